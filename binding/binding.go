@@ -1,0 +1,230 @@
+package binding
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Spec is what a config says of one cache, before any schema is known.
+type Spec struct {
+	Name   string
+	Table  string
+	Key    *Template
+	Format Format
+	// Fields maps output field names to columns, in order; empty means every
+	// column under its own name.
+	Fields []FieldSpec
+	TTL    time.Duration
+	// Jitter shortens each TTL by a random part up to this fraction.
+	Jitter float64
+}
+
+// FieldSpec names one output field and the column it comes from.
+type FieldSpec struct{ Name, Column string }
+
+// Column is a column of a row layout: its name and type OID.
+type Column struct {
+	Name    string
+	TypeOID uint32
+}
+
+// Binding is a Spec resolved against one row layout (the columns of a
+// replication relation, or the columns a snapshot read selects). It is the one
+// place where a row becomes a Redis key and value.
+type Binding struct {
+	Spec
+	keyIdx []int
+	enc    Encoder
+}
+
+// New resolves spec against cols; errors name the config field at fault.
+func New(spec Spec, cols []Column) (*Binding, error) {
+	b := &Binding{Spec: spec, enc: Encoder{Format: spec.Format}}
+	index := func(name string) (int, bool) {
+		for i, c := range cols {
+			if c.Name == name {
+				return i, true
+			}
+		}
+		return 0, false
+	}
+	for _, name := range spec.Key.Columns() {
+		i, ok := index(name)
+		if !ok {
+			return nil, &SpecError{Field: "key", Err: fmt.Errorf("column %q does not exist in %s", name, spec.Table)}
+		}
+		b.keyIdx = append(b.keyIdx, i)
+	}
+	fields := spec.Fields
+	if len(fields) == 0 {
+		for _, c := range cols {
+			fields = append(fields, FieldSpec{Name: c.Name, Column: c.Name})
+		}
+	}
+	for _, f := range fields {
+		i, ok := index(f.Column)
+		if !ok {
+			return nil, &SpecError{Field: "value.columns", Err: fmt.Errorf("column %q does not exist in %s", f.Column, spec.Table)}
+		}
+		b.enc.Fields = append(b.enc.Fields, Field{Name: f.Name, Column: i, TypeOID: cols[i].TypeOID})
+	}
+	return b, nil
+}
+
+// SpecError is a binding that does not fit the live table; Field is the
+// cache's config field (key, value.columns) at fault.
+type SpecError struct {
+	Field string
+	Err   error
+}
+
+func (e *SpecError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *SpecError) Unwrap() error { return e.Err }
+
+// ColumnNames lists the columns a binding reads (key columns first, then
+// value columns, no repeats): what a snapshot read or a row load selects.
+func ColumnNames(spec Spec, all []Column) []string {
+	var names []string
+	seen := map[string]bool{}
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	for _, n := range spec.Key.Columns() {
+		add(n)
+	}
+	if len(spec.Fields) == 0 {
+		for _, c := range all {
+			add(c.Name)
+		}
+	}
+	for _, f := range spec.Fields {
+		add(f.Column)
+	}
+	return names
+}
+
+// UsesColumn reports whether the value reads column i of the layout.
+func (b *Binding) UsesColumn(i int) bool {
+	for _, f := range b.enc.Fields {
+		if f.Column == i {
+			return true
+		}
+	}
+	for _, k := range b.keyIdx {
+		if k == i {
+			return true
+		}
+	}
+	return false
+}
+
+// Key renders the Redis key of row.
+func (b *Binding) Key(row [][]byte) (string, error) {
+	var vals [8][]byte
+	v := vals[:0]
+	for _, i := range b.keyIdx {
+		v = append(v, row[i])
+	}
+	k, err := b.Spec.Key.Render(nil, v)
+	if err != nil {
+		return "", fmt.Errorf("key: %w", err)
+	}
+	return string(k), nil
+}
+
+// ttl returns the TTL for one write, jittered downwards so it never exceeds
+// the configured TTL (a TTL is often a promise about staleness).
+func (b *Binding) ttl() time.Duration {
+	if b.Jitter <= 0 || b.TTL <= 0 {
+		return b.TTL
+	}
+	return b.TTL - time.Duration(rand.Int64N(int64(float64(b.TTL)*b.Jitter)+1))
+}
+
+// hashSet replaces a hash and its TTL in one atomic step, so a reader never
+// sees a half-written or missing hash.
+const hashSet = `redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1`
+
+// AppendSet appends the commands that store row under key.
+func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte) ([]rueidis.Completed, error) {
+	ttl := b.ttl()
+	switch b.Format {
+	case FormatHash:
+		fields, err := b.enc.HashFields(row)
+		if err != nil {
+			return cmds, fmt.Errorf("value: %w", err)
+		}
+		if len(fields) == 0 {
+			return append(cmds, rb.Del().Key(key).Build()), nil
+		}
+		args := append([]string{fmt.Sprint(ttl.Milliseconds())}, fields...)
+		return append(cmds, rb.Eval().Script(hashSet).Numkeys(1).Key(key).Arg(args...).Build()), nil
+	case FormatString:
+		v, err := b.enc.AppendString(nil, row)
+		if err != nil {
+			return cmds, fmt.Errorf("value: %w", err)
+		}
+		return append(cmds, setCmd(rb, key, v, ttl)), nil
+	default:
+		v, err := b.enc.AppendJSON(nil, row)
+		if err != nil {
+			return cmds, fmt.Errorf("value: %w", err)
+		}
+		return append(cmds, setCmd(rb, key, v, ttl)), nil
+	}
+}
+
+func setCmd(rb rueidis.Builder, key string, v []byte, ttl time.Duration) rueidis.Completed {
+	s := rb.Set().Key(key).Value(rueidis.BinaryString(v))
+	if ttl > 0 {
+		return s.Px(ttl).Build()
+	}
+	return s.Build()
+}
+
+// AppendDelete appends the commands that remove key.
+func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
+	return append(cmds, rb.Unlink().Key(key).Build())
+}
+
+// Clear removes every key of this binding from Redis (on every node of a
+// cluster): keys are found with SCAN MATCH and kept only if the template parses them.
+func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
+	pattern := b.Spec.Key.Pattern()
+	n := 0
+	for addr, node := range client.Nodes() {
+		var cursor uint64
+		for {
+			entry, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				return n, fmt.Errorf("scan %s: %w", addr, err)
+			}
+			var cmds []rueidis.Completed
+			for _, k := range entry.Elements {
+				if _, ok := b.Spec.Key.Parse(k); ok {
+					cmds = append(cmds, client.B().Unlink().Key(k).Build())
+				}
+			}
+			for _, r := range client.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					return n, fmt.Errorf("unlink: %w", err)
+				}
+			}
+			n += len(cmds)
+			if cursor = entry.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	return n, nil
+}

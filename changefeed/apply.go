@@ -1,0 +1,323 @@
+package changefeed
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/pgsource"
+)
+
+// maxBatchChanges bounds the changes gathered into one Redis round trip.
+const maxBatchChanges = 4096
+
+// applier turns transactions into Redis writes, one pipelined round trip per
+// batch of transactions that were waiting, and reports applied positions.
+type applier struct {
+	f        *Feed
+	stream   *pgsource.Stream
+	tables   map[uint32]*pgsource.Table
+	caches   map[uint32][]*config.Cache // by table OID
+	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
+	layouts  map[*pgsource.Relation][]relBinding
+	expected pglogrepl.LSN // the applied LSN recorded in Redis
+	fetch    *pgconn.PgConn
+	cmds     []rueidis.Completed
+	errLog   rateLimiter
+}
+
+// relBinding is a cache's binding resolved against one relation layout.
+type relBinding struct {
+	cache *config.Cache
+	b     *binding.Binding
+	err   error
+}
+
+func newApplier(f *Feed, st *pgsource.Stream, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
+	a := &applier{f: f, stream: st, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
+		since: since, layouts: map[*pgsource.Relation][]relBinding{}, expected: applied}
+	for _, c := range f.Caches {
+		t := tables[c.Table]
+		a.tables[t.OID] = t
+		a.caches[t.OID] = append(a.caches[t.OID], c)
+	}
+	return a
+}
+
+func (a *applier) close(ctx context.Context) {
+	if a.fetch != nil {
+		a.fetch.Close(context.WithoutCancel(ctx))
+	}
+}
+
+// run applies transactions from txns until it is closed or a write fails.
+func (a *applier) run(ctx context.Context, txns <-chan *pgsource.Txn) error {
+	tick := time.NewTicker(a.f.CheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case t, ok := <-txns:
+			if !ok {
+				return nil
+			}
+			batch, open := a.gather(t, txns)
+			if err := a.apply(ctx, batch); err != nil {
+				return err
+			}
+			if !open {
+				return nil
+			}
+		case <-tick.C:
+			if err := a.flush(ctx, 0); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// gather takes t and whatever else is already waiting, up to maxBatchChanges.
+func (a *applier) gather(t *pgsource.Txn, txns <-chan *pgsource.Txn) ([]*pgsource.Txn, bool) {
+	batch, n := []*pgsource.Txn{t}, len(t.Changes)
+	for n < maxBatchChanges {
+		select {
+		case t, ok := <-txns:
+			if !ok {
+				return batch, false
+			}
+			batch, n = append(batch, t), n+len(t.Changes)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
+func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
+	var end pglogrepl.LSN
+	var last *pgsource.Txn
+	for _, t := range batch {
+		for i := range t.Changes {
+			if err := a.change(ctx, t, &t.Changes[i]); err != nil {
+				return err
+			}
+		}
+		if t.EndLSN != 0 {
+			end, last = t.EndLSN, t
+			a.f.Stats.Txns.Add(1)
+		}
+	}
+	if err := a.flush(ctx, end); err != nil {
+		return err
+	}
+	if last != nil {
+		a.stream.Applied(end)
+		a.f.Stats.AppliedLSN.Store(uint64(end))
+		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())
+	}
+	return nil
+}
+
+// flush sends the pending commands with the state check in one round trip;
+// end, when set, is the applied position they reach.
+func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
+	to := max(a.expected, end)
+	a.cmds = append(a.cmds, a.f.State.AdvanceCmd(a.f.Source, a.expected, to))
+	res := a.f.Redis.DoMulti(ctx, a.cmds...)
+	n := len(a.cmds) - 1
+	a.cmds = a.cmds[:0]
+	for _, r := range res[:n] {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("redis write: %w", err)
+		}
+	}
+	if err := CheckAdvance(res[n]); err != nil {
+		return err
+	}
+	a.f.Stats.Writes.Add(int64(n))
+	a.expected = to
+	return nil
+}
+
+// bindings returns the caches of rel's table, resolved against rel's layout.
+func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
+	if rbs, ok := a.layouts[rel]; ok {
+		return rbs
+	}
+	var rbs []relBinding
+	cols := bindingColumns(rel.Columns)
+	for _, c := range a.caches[rel.OID] {
+		b, err := binding.New(c.Spec(), cols)
+		rbs = append(rbs, relBinding{cache: c, b: b, err: err})
+	}
+	a.layouts[rel] = rbs
+	return rbs
+}
+
+// change appends the Redis writes of one change to every cache of its table.
+// A row that cannot be mapped is logged and counted; the rest goes on.
+func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Change) error {
+	for _, rb := range a.bindings(ch.Rel) {
+		if t.CommitLSN < a.since[rb.cache.Name] {
+			continue
+		}
+		if rb.err != nil {
+			a.mapError(rb.cache, t, "", rb.err)
+			continue
+		}
+		if ch.Op == pgsource.Truncate {
+			if err := a.flush(ctx, 0); err != nil {
+				return err
+			}
+			if _, err := rb.b.Clear(ctx, a.f.Redis); err != nil {
+				return fmt.Errorf("cache %q: truncate: %w", rb.cache.Name, err)
+			}
+			continue
+		}
+		if err := a.row(ctx, rb, ch); err != nil {
+			a.mapError(rb.cache, t, keyHint(rb.b, ch), err)
+		}
+	}
+	return nil
+}
+
+func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) error {
+	rbld := a.f.Redis.B()
+	if ch.Op == pgsource.Delete {
+		key, err := rb.b.Key(ch.Old)
+		if err != nil {
+			return err
+		}
+		a.cmds = rb.b.AppendDelete(a.cmds, rbld, key)
+		return nil
+	}
+	row := ch.New
+	if ch.Unchanged != nil {
+		var err error
+		if row, err = a.withToasted(ctx, rb, ch); err != nil || row == nil {
+			return err
+		}
+	}
+	key, err := rb.b.Key(row)
+	if err != nil {
+		return err
+	}
+	if ch.Old != nil {
+		// The identity changed: the row moved away from its old key.
+		if old, err := rb.b.Key(ch.Old); err == nil && old != key {
+			a.cmds = rb.b.AppendDelete(a.cmds, rbld, old)
+		}
+	}
+	a.cmds, err = rb.b.AppendSet(a.cmds, rbld, key, row)
+	return err
+}
+
+// withToasted completes a row whose large (TOASTed) values PostgreSQL did not
+// resend because they did not change: from the old row under REPLICA IDENTITY
+// FULL, else by reading the row now. A row read now may be newer than this
+// change; the changes after it in the stream bring the key to the same final
+// state. A nil row means the row is gone (its delete follows in the stream).
+func (a *applier) withToasted(ctx context.Context, rb relBinding, ch *pgsource.Change) ([][]byte, error) {
+	needed := false
+	for i, u := range ch.Unchanged {
+		if u && rb.b.UsesColumn(i) {
+			needed = true
+		}
+	}
+	if !needed {
+		return ch.New, nil
+	}
+	if t := a.tables[ch.Rel.OID]; t.FullIdentity && ch.Old != nil {
+		row := append([][]byte(nil), ch.New...)
+		for i, u := range ch.Unchanged {
+			if u {
+				row[i] = ch.Old[i]
+			}
+		}
+		return row, nil
+	}
+	return a.readRow(ctx, ch)
+}
+
+// readRow reads the current row with the identity values of ch.New.
+func (a *applier) readRow(ctx context.Context, ch *pgsource.Change) ([][]byte, error) {
+	t := a.tables[ch.Rel.OID]
+	if a.fetch == nil {
+		conn, err := pgsource.Connect(ctx, a.f.URL)
+		if err != nil {
+			return nil, err
+		}
+		a.fetch = conn
+	}
+	cols := make([]string, len(ch.Rel.Columns))
+	var where []string
+	var args [][]byte
+	for i, c := range ch.Rel.Columns {
+		cols[i] = pgx.Identifier{c.Name}.Sanitize()
+		if t.InIdentity(c.Name) && !ch.Unchanged[i] && !t.FullIdentity {
+			args = append(args, ch.New[i])
+			where = append(where, fmt.Sprintf("%s::text = $%d", cols[i], len(args)))
+		}
+	}
+	if len(where) == 0 {
+		return nil, fmt.Errorf("unchanged TOAST value and no identity columns to read the row by; set REPLICA IDENTITY FULL on %s", t.Name)
+	}
+	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
+	res := a.fetch.ExecParams(ctx, sql, args, nil, nil, nil).Read()
+	if res.Err != nil {
+		return nil, fmt.Errorf("read row for unchanged TOAST value: %w", res.Err)
+	}
+	if len(res.Rows) == 0 {
+		return nil, nil
+	}
+	return res.Rows[0], nil
+}
+
+// keyHint names the row in an error message as well as it can.
+func keyHint(b *binding.Binding, ch *pgsource.Change) string {
+	for _, row := range [][][]byte{ch.New, ch.Old} {
+		if row != nil && b != nil {
+			if k, err := b.Key(row); err == nil {
+				return k
+			}
+		}
+	}
+	return ""
+}
+
+func (a *applier) mapError(c *config.Cache, t *pgsource.Txn, key string, err error) {
+	a.f.Stats.MapErrors.Add(1)
+	if a.errLog.allow() {
+		a.f.Log.Error("row skipped: cannot map it to the cache", "cache", c.Name, "table", c.Table,
+			"key", key, "lsn", t.CommitLSN, "err", err, "suppressed", a.errLog.takeSuppressed())
+	}
+}
+
+// rateLimiter lets one log line through per interval and counts the rest.
+type rateLimiter struct {
+	next       time.Time
+	suppressed int
+}
+
+func (r *rateLimiter) allow() bool {
+	now := time.Now()
+	if now.Before(r.next) {
+		r.suppressed++
+		return false
+	}
+	r.next = now.Add(time.Second)
+	return true
+}
+
+func (r *rateLimiter) takeSuppressed() int {
+	n := r.suppressed
+	r.suppressed = 0
+	return n
+}

@@ -1,0 +1,132 @@
+package changefeed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/redis/rueidis"
+)
+
+// State is cachesync's own record in Redis of what the caches hold, kept in
+// one hash (cachesync:state:NAME):
+//
+//	lsn:SOURCE  end LSN of the last transaction of SOURCE applied to Redis
+//	cache:NAME  FINGERPRINT/SINCE: the cache was built from a snapshot at SINCE
+//	            with the mapping FINGERPRINT
+//
+// If Redis loses data (flushed, restarted without persistence, restored from
+// an old dump) this record goes missing or falls behind the slot; that is how
+// a lost cache is noticed and rebuilt.
+type State struct {
+	Key   string
+	Redis rueidis.Client
+}
+
+// ErrRedisLost reports that Redis no longer holds what cachesync wrote.
+var ErrRedisLost = errors.New("redis lost cachesync's writes (flushed or restarted without them)")
+
+// NewState returns the state record of the config named name.
+func NewState(client rueidis.Client, name string) *State {
+	return &State{Key: "cachesync:state:" + name, Redis: client}
+}
+
+// CacheEntry is what the state says of one cache.
+type CacheEntry struct {
+	Fingerprint string
+	Since       pglogrepl.LSN
+}
+
+// Load returns the applied LSN of source (0, false when unknown) and the entries of caches.
+func (s *State) Load(ctx context.Context, source string, caches []string) (pglogrepl.LSN, bool, map[string]CacheEntry, error) {
+	m, err := s.Redis.Do(ctx, s.Redis.B().Hgetall().Key(s.Key).Build()).AsStrMap()
+	if err != nil {
+		return 0, false, nil, fmt.Errorf("read %s: %w", s.Key, err)
+	}
+	entries := map[string]CacheEntry{}
+	for _, c := range caches {
+		v, ok := m["cache:"+c]
+		if !ok {
+			continue
+		}
+		fp, since, _ := strings.Cut(v, "/")
+		lsn, err := parseLSN(since)
+		if err != nil {
+			continue // a damaged entry means rebuild
+		}
+		entries[c] = CacheEntry{Fingerprint: fp, Since: lsn}
+	}
+	v, ok := m["lsn:"+source]
+	if !ok {
+		return 0, false, entries, nil
+	}
+	lsn, err := parseLSN(v)
+	return lsn, err == nil, entries, nil
+}
+
+// SetCache records that cache was rebuilt from a snapshot at since.
+func (s *State) SetCache(ctx context.Context, cache string, e CacheEntry) error {
+	err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().
+		FieldValue("cache:"+cache, e.Fingerprint+"/"+formatLSN(e.Since)).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", s.Key, err)
+	}
+	return nil
+}
+
+// ForgetCache removes a cache's entry, so an interrupted rebuild is redone.
+func (s *State) ForgetCache(ctx context.Context, cache string) error {
+	if err := s.Redis.Do(ctx, s.Redis.B().Hdel().Key(s.Key).Field("cache:"+cache).Build()).Error(); err != nil {
+		return fmt.Errorf("write %s: %w", s.Key, err)
+	}
+	return nil
+}
+
+// SetLSN sets source's applied LSN unconditionally (after a rebuild).
+func (s *State) SetLSN(ctx context.Context, source string, lsn pglogrepl.LSN) error {
+	err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("lsn:"+source, formatLSN(lsn)).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", s.Key, err)
+	}
+	return nil
+}
+
+// advance moves lsn:SOURCE from ARGV[2] to ARGV[3] (fixed-width hex, so
+// string order is LSN order) and returns 1, or returns 0 when the field does
+// not hold ARGV[2]: something other than this feed changed or lost it.
+const advance = `local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v ~= ARGV[2] then return 0 end
+if ARGV[3] > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1`
+
+// AdvanceCmd returns the command that checks source's applied LSN is still
+// from and moves it to to. Sent in the same pipeline as a batch of writes, it
+// costs no extra round trip and tells whether Redis lost data since the last batch.
+func (s *State) AdvanceCmd(source string, from, to pglogrepl.LSN) rueidis.Completed {
+	return s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
+		Arg("lsn:"+source, formatLSN(from), formatLSN(max(from, to))).Build()
+}
+
+// CheckAdvance interprets the result of an AdvanceCmd.
+func CheckAdvance(r rueidis.RedisResult) error {
+	n, err := r.AsInt64()
+	if err != nil {
+		return fmt.Errorf("state check: %w", err)
+	}
+	if n != 1 {
+		return ErrRedisLost
+	}
+	return nil
+}
+
+func formatLSN(l pglogrepl.LSN) string { return fmt.Sprintf("%016X", uint64(l)) }
+
+func parseLSN(s string) (pglogrepl.LSN, error) {
+	var v uint64
+	if _, err := fmt.Sscanf(s, "%016X", &v); err != nil || len(s) != 16 {
+		return 0, fmt.Errorf("bad lsn %q", s)
+	}
+	return pglogrepl.LSN(v), nil
+}

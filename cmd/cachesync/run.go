@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+)
+
+type runCommand struct{}
+
+func (c *runCommand) Run(ctx context.Context, args []string) error {
+	fs := newFlagSet("run", "run --config FILE")
+	common := addCommonFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	d, err := openDaemon(ctx, common)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return d.run(ctx)
+}
+
+// commonFlags are the flags of every command that reads a config.
+type commonFlags struct {
+	config    string
+	logLevel  string
+	logFormat string
+}
+
+func addCommonFlags(fs *flag.FlagSet) *commonFlags {
+	c := &commonFlags{}
+	fs.StringVar(&c.config, "config", "cachesync.yaml", "config `file`")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	return c
+}
+
+func (c *commonFlags) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", c.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(c.logFormat) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usageError{fmt.Sprintf("--log-format %q: want text or json", c.logFormat)}
+}
+
+// daemon is a loaded config with its Redis client and one feed per source.
+type daemon struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	redis rueidis.Client
+	feeds []*changefeed.Feed
+}
+
+// openDaemon loads the config, connects to Redis and checks every cache
+// against its live table, so a bad config fails at once with one line.
+func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
+	log, err := common.logger()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.LoadFile(common.config)
+	if err != nil {
+		return nil, err
+	}
+	opt, err := cfg.RedisOption()
+	if err != nil {
+		return nil, err
+	}
+	opt.DisableCache = true
+	client, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	d := &daemon{cfg: cfg, log: log, redis: client}
+	for _, source := range cfg.SourceNames() {
+		if err := checkSource(ctx, cfg, source); err != nil {
+			client.Close()
+			return nil, err
+		}
+		d.feeds = append(d.feeds, changefeed.New(cfg, source, client, log))
+	}
+	return d, nil
+}
+
+// checkSource checks the caches of source against the live schema.
+func checkSource(ctx context.Context, cfg *config.Config, source string) error {
+	db, err := pgx.Connect(ctx, cfg.Sources[source].URL)
+	if err != nil {
+		return fmt.Errorf("source %s: %w", source, err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+	var caches []*config.Cache
+	for _, name := range cfg.CacheNames() {
+		if c := cfg.Caches[name]; c.Source == source {
+			caches = append(caches, c)
+		}
+	}
+	_, err = changefeed.LoadTables(ctx, db, caches)
+	return err
+}
+
+// run runs every feed until ctx is done (SIGINT/SIGTERM) or one fails for good.
+func (d *daemon) run(ctx context.Context) error {
+	d.log.Info("cachesync running", "name", d.cfg.Name, "caches", len(d.cfg.Caches), "sources", len(d.feeds))
+	g, gctx := errgroup.WithContext(ctx)
+	for _, f := range d.feeds {
+		g.Go(func() error { return f.Run(gctx) })
+	}
+	err := g.Wait()
+	if err == nil {
+		d.log.Info("cachesync stopped")
+	}
+	return err
+}
+
+func (d *daemon) close() { d.redis.Close() }

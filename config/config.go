@@ -1,0 +1,401 @@
+// Package config loads and checks a cachesync configuration file.
+//
+// A config names PostgreSQL sources, one Redis target and the caches (bindings)
+// that map a table onto a family of Redis keys. Load parses YAML, expands
+// ${ENV} references and applies defaults; Validate checks everything that can be
+// checked without a database. Checks against the live schema live in pgsource.
+package config
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/rueidis"
+	"gopkg.in/yaml.v3"
+
+	"github.com/cachesync/cachesync/binding"
+)
+
+// Config is a whole cachesync configuration file.
+type Config struct {
+	// Name identifies this deployment; it names the replication slot and
+	// publication (cachesync_NAME) and prefixes cachesync's own Redis keys.
+	Name    string            `yaml:"name"`
+	Redis   Redis             `yaml:"redis"`
+	Sources map[string]Source `yaml:"sources"`
+	Caches  map[string]*Cache `yaml:"caches"`
+}
+
+// Redis is the one Redis (single node or cluster) that holds the caches.
+type Redis struct {
+	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS.
+	URL string `yaml:"url"`
+	// Username and Password override the URL's credentials when set.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// Source is a named PostgreSQL database that caches read from.
+type Source struct {
+	URL string `yaml:"url"`
+}
+
+// Sync modes of a cache.
+const (
+	SyncChangefeed = "changefeed" // keep Redis in step with every committed change
+	SyncNone       = "none"       // no change feed
+)
+
+// Cache (a binding) says how one table corresponds to a family of Redis keys.
+type Cache struct {
+	// Name is the key of this cache in the config's caches map.
+	Name   string `yaml:"-"`
+	Source string `yaml:"source"`
+	// Table is schema.table; a bare name means public.NAME.
+	Table string `yaml:"table"`
+	// Key is the key template, e.g. "price:{item}".
+	Key   string `yaml:"key"`
+	Value Value  `yaml:"value"`
+	// TTL of each written key; zero means no expiry.
+	TTL time.Duration `yaml:"ttl"`
+	// TTLJitter shortens each TTL by a random part up to this fraction, so
+	// keys written together do not expire together.
+	TTLJitter Fraction `yaml:"ttl_jitter"`
+	Sync      string   `yaml:"sync"`
+
+	// Filled by Validate.
+	Template *binding.Template `yaml:"-"`
+	Format   binding.Format    `yaml:"-"`
+}
+
+// Value is the DTO mapping of a cache: which columns, under which names.
+type Value struct {
+	Format string `yaml:"format"`
+	// Columns maps output field names to table columns, in order. Written as
+	// a mapping {field: column} or a list of column names; empty means all.
+	Columns Columns `yaml:"columns"`
+	// Column is the one column of format string (same as a one-entry Columns).
+	Column string `yaml:"column"`
+}
+
+// Columns is an ordered field-to-column mapping.
+type Columns []FieldColumn
+
+// FieldColumn maps one output field to one table column.
+type FieldColumn struct {
+	Field  string
+	Column string
+}
+
+// UnmarshalYAML accepts a mapping (field: column, order kept) or a list of columns.
+func (c *Columns) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			*c = append(*c, FieldColumn{Field: n.Content[i].Value, Column: n.Content[i+1].Value})
+		}
+	case yaml.SequenceNode:
+		for _, e := range n.Content {
+			*c = append(*c, FieldColumn{Field: e.Value, Column: e.Value})
+		}
+	default:
+		return fmt.Errorf("line %d: columns must be a mapping {field: column} or a list of columns", n.Line)
+	}
+	return nil
+}
+
+// Fraction is a ratio in [0, 1), written as 0.1 or "10%".
+type Fraction float64
+
+// UnmarshalYAML parses "10%" or 0.1.
+func (f *Fraction) UnmarshalYAML(n *yaml.Node) error {
+	s := strings.TrimSpace(n.Value)
+	scale := 1.0
+	if strings.HasSuffix(s, "%") {
+		s, scale = strings.TrimSuffix(s, "%"), 100
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a fraction like 0.1 or 10%%", n.Line, n.Value)
+	}
+	*f = Fraction(v / scale)
+	return nil
+}
+
+// Error is a configuration problem in one field; it prints as one line.
+type Error struct {
+	Field string // dotted path, e.g. caches.prices.key
+	Err   error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("config: %s: %v", e.Field, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+// FieldError returns an *Error for field, formatted like fmt.Errorf.
+func FieldError(field, format string, args ...any) error {
+	return &Error{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// LoadFile reads, expands, parses and validates the config at path.
+func LoadFile(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	return Load(f)
+}
+
+// Load parses YAML from r, expands ${ENV} references, applies defaults and validates.
+func Load(r io.Reader) (*Config, error) {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("config: read: %w", err)
+	}
+	expanded, err := expandEnv(raw)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("config: the file is empty")
+		}
+		return nil, fmt.Errorf("config: %s", oneLine(err.Error()))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expandEnv replaces ${NAME} and ${NAME:-default}; an unset NAME without a
+// default is an error, so a missing secret is not silently an empty string.
+func expandEnv(raw []byte) ([]byte, error) {
+	var missing []string
+	out := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
+		sub := envRef.FindSubmatch(m)
+		if v, ok := os.LookupEnv(string(sub[1])); ok {
+			return []byte(v)
+		}
+		if sub[2] != nil {
+			return sub[3]
+		}
+		missing = append(missing, string(sub[1]))
+		return m
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("config: environment variable %s is not set", strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// Validate checks the config without touching any server and fills derived fields.
+func (c *Config) Validate() error {
+	if !nameRE.MatchString(c.Name) || len(c.Name) > 40 {
+		return FieldError("name", "%q must be lower-case letters, digits and _ (at most 40), starting with a letter: it names the replication slot", c.Name)
+	}
+	if c.Redis.URL == "" {
+		return FieldError("redis.url", "missing")
+	}
+	if _, err := c.RedisOption(); err != nil {
+		return err
+	}
+	if len(c.Sources) == 0 {
+		return FieldError("sources", "at least one PostgreSQL source is needed")
+	}
+	for _, name := range sortedKeys(c.Sources) {
+		if !nameRE.MatchString(name) {
+			return FieldError("sources."+name, "source names must be lower-case letters, digits and _")
+		}
+		if c.Sources[name].URL == "" {
+			return FieldError("sources."+name+".url", "missing")
+		}
+		if _, err := pgconn.ParseConfig(c.Sources[name].URL); err != nil {
+			return FieldError("sources."+name+".url", "%s", oneLine(stripURL(err.Error())))
+		}
+	}
+	if len(c.Caches) == 0 {
+		return FieldError("caches", "at least one cache is needed")
+	}
+	for _, name := range c.CacheNames() {
+		if err := c.validateCache(name, c.Caches[name]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateCache(name string, cc *Cache) error {
+	field := "caches." + name
+	if cc == nil {
+		return FieldError(field, "empty cache")
+	}
+	cc.Name = name
+	if cc.Source == "" && len(c.Sources) == 1 {
+		cc.Source = sortedKeys(c.Sources)[0]
+	}
+	if _, ok := c.Sources[cc.Source]; !ok {
+		return FieldError(field+".source", "unknown source %q (sources: %s)", cc.Source, strings.Join(sortedKeys(c.Sources), ", "))
+	}
+	if cc.Table == "" {
+		return FieldError(field+".table", "missing")
+	}
+	if !strings.Contains(cc.Table, ".") {
+		cc.Table = "public." + cc.Table
+	}
+	t, err := binding.ParseTemplate(cc.Key)
+	if err != nil {
+		return FieldError(field+".key", "%v", err)
+	}
+	cc.Template = t
+	if cc.Value.Format == "" {
+		cc.Value.Format = "json"
+	}
+	cc.Format, err = binding.ParseFormat(cc.Value.Format)
+	if err != nil {
+		return FieldError(field+".value.format", "%v", err)
+	}
+	if cc.Value.Column != "" {
+		if len(cc.Value.Columns) > 0 {
+			return FieldError(field+".value", "set column or columns, not both")
+		}
+		cc.Value.Columns = Columns{{Field: cc.Value.Column, Column: cc.Value.Column}}
+	}
+	if cc.Format == binding.FormatString && len(cc.Value.Columns) != 1 {
+		return FieldError(field+".value.column", "format string stores exactly one column; name it with column:")
+	}
+	seen := map[string]bool{}
+	for _, fc := range cc.Value.Columns {
+		if fc.Field == "" || fc.Column == "" {
+			return FieldError(field+".value.columns", "empty field or column name")
+		}
+		if seen[fc.Field] {
+			return FieldError(field+".value.columns", "field %q appears twice", fc.Field)
+		}
+		seen[fc.Field] = true
+	}
+	if cc.TTL < 0 {
+		return FieldError(field+".ttl", "must not be negative")
+	}
+	if cc.TTLJitter < 0 || cc.TTLJitter >= 1 {
+		return FieldError(field+".ttl_jitter", "must be in [0, 1), e.g. 10%%")
+	}
+	if cc.TTLJitter > 0 && cc.TTL == 0 {
+		return FieldError(field+".ttl_jitter", "needs a ttl")
+	}
+	switch cc.Sync {
+	case "":
+		cc.Sync = SyncChangefeed
+	case SyncChangefeed, SyncNone:
+	default:
+		return FieldError(field+".sync", "%q is not one of changefeed, none", cc.Sync)
+	}
+	return nil
+}
+
+// RedisOption turns the redis section into a rueidis client option.
+func (c *Config) RedisOption() (rueidis.ClientOption, error) {
+	u, err := url.Parse(c.Redis.URL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
+		return rueidis.ClientOption{}, FieldError("redis.url", "%q is not a redis://host:port/db, rediss:// or unix:// URL", redactURL(c.Redis.URL))
+	}
+	opt, err := rueidis.ParseURL(c.Redis.URL)
+	if err != nil {
+		return rueidis.ClientOption{}, FieldError("redis.url", "%s", oneLine(stripURL(err.Error())))
+	}
+	if c.Redis.Username != "" {
+		opt.Username = c.Redis.Username
+	}
+	if c.Redis.Password != "" {
+		opt.Password = c.Redis.Password
+	}
+	return opt, nil
+}
+
+// CacheNames returns the cache names in sorted order.
+func (c *Config) CacheNames() []string { return sortedKeys(c.Caches) }
+
+// SourceNames returns the source names in sorted order.
+func (c *Config) SourceNames() []string { return sortedKeys(c.Sources) }
+
+// SlotName is the replication slot (and publication) name of a source:
+// cachesync_NAME, with _SOURCE appended when the config has several sources.
+func (c *Config) SlotName(source string) string {
+	if len(c.Sources) == 1 {
+		return "cachesync_" + c.Name
+	}
+	return "cachesync_" + c.Name + "_" + source
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// redactURL hides a password in a URL so errors never print secrets.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// stripURL drops any quoted connection string from a parse error, which may hold a password.
+func stripURL(s string) string {
+	if i := strings.Index(s, "cannot parse `"); i >= 0 {
+		if j := strings.Index(s[i+14:], "`"); j >= 0 {
+			return s[:i] + "cannot parse the URL" + s[i+14+j+1:]
+		}
+	}
+	return s
+}
+
+// Spec is the cache's binding spec: what binding.New resolves against a table.
+func (c *Cache) Spec() binding.Spec {
+	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter)}
+	for _, f := range c.Value.Columns {
+		s.Fields = append(s.Fields, binding.FieldSpec{Name: f.Field, Column: f.Column})
+	}
+	return s
+}
+
+// Fingerprint identifies what a cache's keys and values look like; when it
+// changes, the keys in Redis were written under another mapping and the cache
+// is rebuilt.
+func (c *Cache) Fingerprint() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%g", c.Table, c.Key, c.Format, c.TTL, float64(c.TTLJitter))
+	for _, f := range c.Value.Columns {
+		fmt.Fprintf(h, "\x00%s=%s", f.Field, f.Column)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}

@@ -1,0 +1,199 @@
+package testenv
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Redis is a private redis-server on a free 127.0.0.1 port in its own temp dir.
+type Redis struct {
+	// Addr is "127.0.0.1:port", ready for a Redis client.
+	Addr string
+	// Port is the TCP port the server listens on.
+	Port int
+	// Dir holds the server's working files and redis.log.
+	Dir string
+
+	bin  string
+	args []string
+
+	mu sync.Mutex
+	p  *proc
+}
+
+// RedisOption configures a Redis before it starts.
+type RedisOption func(*Redis)
+
+// WithRedisArgs appends extra redis-server arguments (e.g. "--appendonly", "yes"),
+// which override the defaults because later arguments win.
+func WithRedisArgs(args ...string) RedisOption {
+	return func(r *Redis) { r.args = append(r.args, args...) }
+}
+
+// StartRedis starts a private redis-server for the test and stops it and
+// removes its directory at cleanup; it fails the test if that is impossible.
+func StartRedis(tb testing.TB, opts ...RedisOption) *Redis {
+	tb.Helper()
+	r, err := NewRedis(tb.TempDir(), opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return r
+}
+
+// NewRedis starts a redis-server keeping its files in dir, for callers
+// outside tests (demo, benchmarks), who must call Stop.
+func NewRedis(dir string, opts ...RedisOption) (*Redis, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found on PATH: %s", installHint)
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("redis dir: %w", err)
+	}
+	r := &Redis{Dir: dir, bin: bin}
+	for _, o := range opts {
+		o(r)
+	}
+	for range startAttempts {
+		if r.Port, err = FreePort(); err != nil {
+			return nil, err
+		}
+		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Port))
+		if err = r.Start(); !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// URL returns the redis:// URL of database 0.
+func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
+
+// PID returns the server's process id, or 0 when it is not running.
+func (r *Redis) PID() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.p == nil || r.p.exited() {
+		return 0
+	}
+	return r.p.cmd.Process.Pid
+}
+
+// Start starts the server again on the same port and dir (after Stop or Kill).
+func (r *Redis) Start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.p != nil && !r.p.exited() {
+		return fmt.Errorf("start redis on port %d: already running", r.Port)
+	}
+	logPath := filepath.Join(r.Dir, "redis.log")
+	args := append([]string{
+		"--port", strconv.Itoa(r.Port),
+		"--bind", "127.0.0.1",
+		"--dir", r.Dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--protected-mode", "no",
+		"--daemonize", "no",
+		"--logfile", logPath,
+	}, r.args...)
+	cmd := exec.Command(r.bin, args...)
+	cmd.Dir = r.Dir
+	off := logSize(logPath)
+	p, err := startProc(cmd, logPath, syscall.SIGTERM)
+	if err == nil {
+		err = p.waitReady(10*time.Second, func() error { return ping(r.Addr, p.cmd.Process.Pid) })
+	}
+	if err != nil {
+		return fmt.Errorf("start redis on port %d: %w", r.Port, startError(err, logPath, off))
+	}
+	r.p = p
+	return nil
+}
+
+// Stop shuts the server down with SIGTERM and waits, SIGKILLing it after 10s.
+func (r *Redis) Stop() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.p == nil {
+		return nil
+	}
+	if err := r.p.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		return fmt.Errorf("stop redis on port %d: %w", r.Port, err)
+	}
+	return nil
+}
+
+// Kill SIGKILLs the server (simulating a crash) and waits for it to exit.
+func (r *Redis) Kill() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.p != nil {
+		r.p.kill()
+	}
+	return nil
+}
+
+// Restart stops the server and starts it again on the same port and dir.
+func (r *Redis) Restart() error {
+	if err := r.Stop(); err != nil {
+		return err
+	}
+	return r.Start()
+}
+
+// ping sends an inline PING over a fresh connection and expects +PONG, then
+// checks via INFO that the server answering is process pid (and not another
+// server that won the race for the port).
+func ping(addr string, pid int) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\nINFO server\r\n")); err != nil {
+		return err
+	}
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("PING: unexpected reply %q", strings.TrimSpace(line))
+	}
+	want := fmt.Sprintf("process_id:%d\r\n", pid)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("INFO server: %w", err)
+		}
+		if strings.HasPrefix(line, "process_id:") {
+			if line != want {
+				return fmt.Errorf("port %s is served by another redis (%s)", addr, strings.TrimSpace(line))
+			}
+			return nil
+		}
+	}
+}

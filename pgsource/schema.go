@@ -1,0 +1,114 @@
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Column is one column of a table as cachesync sees it: its name and the OID
+// of the type whose text form it carries (a domain resolves to its base type).
+type Column struct {
+	Name    string
+	TypeOID uint32
+}
+
+// Table is a source table's shape, read from the live catalog.
+type Table struct {
+	Name    string // schema.table as written in the config
+	Quoted  string // schema.table quoted for SQL, as the catalog spells it
+	OID     uint32
+	Columns []Column
+	// Identity holds the replica identity columns: what PostgreSQL sends of
+	// the old row on UPDATE and DELETE. FullIdentity means every column.
+	Identity     []string
+	FullIdentity bool
+}
+
+// ErrNoTable reports a table that does not exist.
+var ErrNoTable = errors.New("table does not exist")
+
+// Column returns the named column and whether it exists.
+func (t *Table) Column(name string) (Column, bool) {
+	for _, c := range t.Columns {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Column{}, false
+}
+
+// InIdentity reports whether PostgreSQL sends the named column's old value on
+// UPDATE and DELETE, which a key column needs so the old key can be removed.
+func (t *Table) InIdentity(name string) bool {
+	if t.FullIdentity {
+		return true
+	}
+	for _, c := range t.Identity {
+		if c == name {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadTable reads the shape of table (schema.table) from the catalog.
+func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error) {
+	t := &Table{Name: table}
+	var ident string
+	err := conn.QueryRow(ctx,
+		`SELECT c.oid, c.relreplident::text, format('%I.%I', n.nspname, c.relname)
+		 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`, table).
+		Scan(&t.OID, &ident, &t.Quoted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%s: %w", table, ErrNoTable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("table %s: %w", table, err)
+	}
+	// Domains are followed to their base type, so values are formatted by what they hold.
+	rows, err := conn.Query(ctx, `
+		WITH RECURSIVE base(attnum, typ, depth) AS (
+			SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
+			WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+			UNION ALL
+			SELECT b.attnum, t.typbasetype, b.depth + 1 FROM base b JOIN pg_type t ON t.oid = b.typ
+			WHERE t.typtype = 'd')
+		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1)
+		FROM pg_attribute a
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+		ORDER BY a.attnum`, t.OID)
+	if err != nil {
+		return nil, fmt.Errorf("table %s: columns: %w", table, err)
+	}
+	for rows.Next() {
+		var c Column
+		if err := rows.Scan(&c.Name, &c.TypeOID); err != nil {
+			return nil, fmt.Errorf("table %s: columns: %w", table, err)
+		}
+		t.Columns = append(t.Columns, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("table %s: columns: %w", table, err)
+	}
+	switch ident {
+	case "f":
+		t.FullIdentity = true
+	case "d", "i":
+		rows, err := conn.Query(ctx, `
+			SELECT a.attname FROM pg_index i
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+			WHERE i.indrelid = $1 AND CASE WHEN $2 = 'd' THEN i.indisprimary ELSE i.indisreplident END`,
+			t.OID, ident)
+		if err != nil {
+			return nil, fmt.Errorf("table %s: replica identity: %w", table, err)
+		}
+		t.Identity, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("table %s: replica identity: %w", table, err)
+		}
+	}
+	return t, nil
+}

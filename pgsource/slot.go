@@ -1,0 +1,114 @@
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// SlotInfo is what the server says of a replication slot.
+type SlotInfo struct {
+	Exists bool
+	// Created is true when EnsureSlot made the slot just now: every change
+	// before it is unknown to the slot, so caches must be rebuilt.
+	Created   bool
+	Confirmed pglogrepl.LSN // confirmed_flush_lsn: where streaming resumes
+	ActivePID int           // a process streaming from it, 0 when idle
+}
+
+// EnsurePublication creates or updates publication name so it covers exactly tables.
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []*Table) error {
+	want := make([]string, 0, len(tables))
+	for _, t := range tables {
+		want = append(want, t.Quoted)
+	}
+	slices.Sort(want)
+	want = slices.Compact(want)
+
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("publication %s: %w", name, err)
+	}
+	list := strings.Join(want, ", ")
+	if !exists {
+		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
+			return fmt.Errorf("create publication %s: %w", name, err)
+		}
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, name)
+	if err != nil {
+		return fmt.Errorf("publication %s: %w", name, err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("publication %s: %w", name, err)
+	}
+	slices.Sort(have)
+	if slices.Equal(have, want) {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
+		return fmt.Errorf("alter publication %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadSlot returns the state of slot name in the connected database.
+func ReadSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error) {
+	var (
+		info      SlotInfo
+		db, plug  string
+		confirmed *string
+		pid       *int32
+	)
+	err := conn.QueryRow(ctx, `SELECT database, plugin, confirmed_flush_lsn::text, active_pid
+		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&db, &plug, &confirmed, &pid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return info, nil
+	}
+	if err != nil {
+		return info, fmt.Errorf("slot %s: %w", name, err)
+	}
+	if db != conn.Config().Database || plug != "pgoutput" {
+		return info, fmt.Errorf("slot %s already exists for database %q with plugin %q; choose another config name", name, db, plug)
+	}
+	info.Exists = true
+	if confirmed != nil {
+		if info.Confirmed, err = pglogrepl.ParseLSN(*confirmed); err != nil {
+			return info, fmt.Errorf("slot %s: %w", name, err)
+		}
+	}
+	if pid != nil {
+		info.ActivePID = int(*pid)
+	}
+	return info, nil
+}
+
+// EnsureSlot creates the permanent pgoutput slot name when it is missing.
+func EnsureSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error) {
+	info, err := ReadSlot(ctx, conn, name)
+	if err != nil || info.Exists {
+		return info, err
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, name); err != nil {
+		return info, fmt.Errorf("create replication slot %s: %w", name, err)
+	}
+	info, err = ReadSlot(ctx, conn, name)
+	info.Created = true
+	return info, err
+}
+
+// DropSlot removes slot name if it exists; tests and tools use it to start over.
+func DropSlot(ctx context.Context, conn *pgx.Conn, name string) error {
+	_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
+	if err != nil {
+		return fmt.Errorf("drop replication slot %s: %w", name, err)
+	}
+	return nil
+}

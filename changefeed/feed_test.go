@@ -1,0 +1,284 @@
+package changefeed_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/changefeed"
+)
+
+// TestTypes checks the JSON form of every common column type, written once
+// by the snapshot rebuild (row 1, present before start) and once by the
+// stream (row 2), for insert, update and delete, NULLs included.
+func TestTypes(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE typed (id int PRIMARY KEY, i2 smallint, i8 bigint, n numeric, f float8, t text,
+		b bool, j json, jb jsonb, ts timestamptz, u uuid, by bytea, ia int[], ta text[])`)
+	const values = `1, 9007199254740993, 1.50, 0.1, E'a "q"\n\\', true, '{"b":1, "a":2}', '{"b":1,"a":2}',
+		'2024-03-01 10:00:00.5+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\x0102ff', '{1,NULL,3}', '{"x y",NULL,"NULL"}'`
+	const want = `"i2":1,"i8":9007199254740993,"n":1.50,"f":0.1,"t":"a \"q\"\n\\","b":true,"j":{"b":1, "a":2},` +
+		`"jb":{"a": 2, "b": 1},"ts":"2024-03-01T08:00:00.5Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",` +
+		`"by":"AQL/","ia":[1,null,3],"ta":["x y",null,"NULL"]}`
+	const nulls = `"i2":null,"i8":null,"n":null,"f":null,"t":null,"b":null,"j":null,"jb":null,"ts":null,"u":null,"by":null,"ia":null,"ta":null}`
+	e.exec(`INSERT INTO typed VALUES (1, ` + values + `)`)
+	e.exec(`INSERT INTO typed (id) VALUES (3)`)
+	cfg := e.config("  typed: {table: typed, key: \"typed:{id}\"}\n")
+	e.start(cfg)
+	e.waitEqual("typed:*", lit(map[string]string{`typed:1`: `{"id":1,` + want, `typed:3`: `{"id":3,` + nulls}))
+
+	e.exec(`INSERT INTO typed VALUES (2, ` + values + `)`)
+	e.exec(`INSERT INTO typed (id) VALUES (4)`)
+	e.waitEqual("typed:*", lit(map[string]string{
+		`typed:1`: `{"id":1,` + want, `typed:2`: `{"id":2,` + want,
+		`typed:3`: `{"id":3,` + nulls, `typed:4`: `{"id":4,` + nulls,
+	}))
+
+	e.exec(`UPDATE typed SET i2 = NULL, t = '', ia = '{}' WHERE id = 2`)
+	e.exec(`UPDATE typed SET b = false WHERE id = 4`)
+	e.exec(`DELETE FROM typed WHERE id IN (1, 3)`)
+	upd := strings.NewReplacer(`"i2":1,`, `"i2":null,`, `"t":"a \"q\"\n\\",`, `"t":"",`, `"ia":[1,null,3]`, `"ia":[]`).Replace(want)
+	e.waitEqual("typed:*", lit(map[string]string{
+		`typed:2`: `{"id":2,` + upd,
+		`typed:4`: `{"id":4,` + strings.Replace(nulls, `"b":null`, `"b":false`, 1),
+	}))
+}
+
+// TestFormats covers hash and string values, renamed fields, a key of two
+// placeholders, a key that moves, and transactions over many rows and tables.
+func TestFormats(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE stock (store text, item text, qty int, note text, PRIMARY KEY (store, item));
+		CREATE TABLE prices (item text PRIMARY KEY, price numeric(6,2))`)
+	cfg := e.config(`  stock: {table: stock, key: "stock:{store}:{item}", value: {format: hash, columns: {count: qty, remark: note}}}
+  qty: {table: stock, key: "qty:{store}:{item}", value: {format: string, column: qty}}
+  prices: {table: public.prices, key: "price:{item}", value: {format: json, columns: {name: item, euro: price}}}
+`)
+	e.start(cfg)
+	e.exec(`BEGIN;
+		INSERT INTO stock VALUES ('north', 'apple', 5, 'crisp'), ('north', 'pear', 7, NULL), ('south', 'apple', 1, 'last one');
+		INSERT INTO prices VALUES ('apple', 1.99), ('pear', 2.50);
+		COMMIT`)
+	e.waitEqual("*", lit(map[string]string{
+		"stock:north:apple": "count=5 remark=crisp", "stock:north:pear": "count=7", "stock:south:apple": "count=1 remark=last one",
+		"qty:north:apple": "5", "qty:north:pear": "7", "qty:south:apple": "1",
+		"price:apple": `{"name":"apple","euro":1.99}`, "price:pear": `{"name":"pear","euro":2.50}`,
+	}))
+
+	e.exec(`BEGIN;
+		UPDATE stock SET qty = qty + 10, note = NULL WHERE item = 'apple';
+		UPDATE stock SET store = 'east' WHERE item = 'pear';
+		DELETE FROM prices WHERE item = 'pear';
+		UPDATE prices SET item = 'green apple' WHERE item = 'apple';
+		COMMIT`)
+	e.waitEqual("*", lit(map[string]string{
+		"stock:north:apple": "count=15", "stock:east:pear": "count=7", "stock:south:apple": "count=11",
+		"qty:north:apple": "15", "qty:east:pear": "7", "qty:south:apple": "11",
+		"price:green apple": `{"name":"green apple","euro":1.99}`,
+	}))
+}
+
+// TestTruncate: a truncate removes every key of the table's caches, and only those.
+func TestTruncate(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);
+		INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 3000) g;
+		INSERT INTO b VALUES (1, 'b1')`)
+	cfg := e.config("  a: {table: a, key: \"a:{id}\", value: {format: string, column: v}}\n  b: {table: b, key: \"b:{id}\", value: {format: string, column: v}}\n")
+	e.start(cfg)
+	e.waitEqual("a:*", func() map[string]string { return e.rows(`SELECT 'a:' || id, v FROM a`) })
+	e.exec(`BEGIN; INSERT INTO a VALUES (0, 'before'); TRUNCATE a; INSERT INTO a VALUES (5, 'after'); COMMIT`)
+	e.waitEqual("*", lit(map[string]string{"a:5": "after", "b:1": "b1"}))
+}
+
+// TestTTL: keys get the cache's TTL, shortened by at most the jitter.
+func TestTTL(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 200) g`)
+	cfg := e.config("  s: {table: s, key: \"s:{id}\", value: {format: string, column: v}, ttl: 100s, ttl_jitter: 50%}\n")
+	e.start(cfg)
+	e.waitEqual("s:*", func() map[string]string { return e.rows(`SELECT 's:' || id, v FROM s`) })
+	ctx := context.Background()
+	lo, hi := int64(1<<62), int64(0)
+	for i := 1; i <= 200; i++ {
+		ms, err := e.client.Do(ctx, e.client.B().Pttl().Key(fmt.Sprintf("s:%d", i)).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lo, hi = min(lo, ms), max(hi, ms)
+	}
+	if lo < 49_000 || hi > 100_000 {
+		t.Fatalf("PTTL range [%d, %d] ms, want within [50000, 100000] (minus test time)", lo, hi)
+	}
+	if hi-lo < 10_000 {
+		t.Fatalf("PTTL range [%d, %d] ms: no jitter", lo, hi)
+	}
+}
+
+// TestSnapshotHandover writes continuously while the feed starts and
+// rebuilds from its snapshot: nothing between snapshot and stream is lost.
+func TestSnapshotHandover(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE h (id int PRIMARY KEY, v bigint NOT NULL);
+		INSERT INTO h SELECT g, 0 FROM generate_series(1, 20000) g`)
+	cfg := e.config("  h: {table: h, key: \"h:{id}\", value: {format: string, column: v}}\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conn, err := pgConnect(ctx, e.dbURL)
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; ctx.Err() == nil; i++ {
+			if _, err := conn.Exec(ctx, `UPDATE h SET v = v + 1 WHERE id % 97 = $1`, i%97); err != nil && ctx.Err() == nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // let writes be in flight when the slot and snapshot are made
+	f := e.start(cfg)
+	waitFor(t, func() bool { return f.Stats.Rebuilds.Load() == 1 && f.Stats.Txns.Load() > 20 })
+	cancel()
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	e.waitEqual("h:*", func() map[string]string { return e.rows(`SELECT 'h:' || id, v::text FROM h`) })
+}
+
+// TestRedisLost: Redis flushed, then restarted empty, under a running feed:
+// each time the cache is rebuilt and equals the database, and changes go on.
+func TestRedisLost(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 1000) g`)
+	cfg := e.config("  r: {table: r, key: \"r:{id}\", value: {format: string, column: v}}\n")
+	f := e.start(cfg)
+	want := func() map[string]string { return e.rows(`SELECT 'r:' || id, v FROM r`) }
+	e.waitEqual("r:*", want)
+
+	if err := e.client.Do(context.Background(), e.client.B().Flushall().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEqual("r:*", want)
+	e.exec(`UPDATE r SET v = 'after flush' WHERE id = 7`)
+	e.waitEqual("r:*", want)
+
+	if err := e.redis.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEqual("r:*", want)
+	e.exec(`UPDATE r SET v = 'after restart' WHERE id = 8`)
+	e.waitEqual("r:*", want)
+	if n := f.Stats.Rebuilds.Load(); n != 3 {
+		t.Fatalf("rebuilds = %d, want 3 (start, flush, restart)", n)
+	}
+}
+
+// TestPostgresRestart: the feed reconnects and resumes from its slot.
+func TestPostgresRestart(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p VALUES (1, 'one')`)
+	cfg := e.config("  p: {table: p, key: \"p:{id}\", value: {format: string, column: v}}\n")
+	f := e.start(cfg)
+	want := func() map[string]string { return e.rows(`SELECT 'p:' || id, v FROM p`) }
+	e.waitEqual("p:*", want)
+	if err := pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pgConnect(context.Background(), e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.db = db
+	e.exec(`INSERT INTO p SELECT g, 'v' || g FROM generate_series(2, 500) g`)
+	e.exec(`UPDATE p SET v = 'changed' WHERE id = 1`)
+	e.waitEqual("p:*", want)
+	if f.Stats.Rebuilds.Load() != 1 {
+		t.Fatalf("rebuilds = %d, want 1: a PostgreSQL restart must resume from the slot", f.Stats.Rebuilds.Load())
+	}
+}
+
+// TestUnmappableRow: a row whose key cannot be made is counted and skipped;
+// the rows around it land.
+func TestUnmappableRow(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE u (store text, item text, qty int, PRIMARY KEY (store, item))`)
+	cfg := e.config("  u: {table: u, key: \"u:{store}:{item}\", value: {format: string, column: qty}}\n")
+	f := e.start(cfg)
+	e.exec(`BEGIN; INSERT INTO u VALUES ('a', 'x', 1), ('b:c', 'x', 2), ('d', 'x', 3); COMMIT`)
+	e.exec(`INSERT INTO u VALUES ('e', 'x', 4)`)
+	e.waitEqual("u:*", lit(map[string]string{"u:a:x": "1", "u:d:x": "3", "u:e:x": "4"}))
+	if n := f.Stats.MapErrors.Load(); n != 1 {
+		t.Fatalf("map errors = %d, want 1", n)
+	}
+}
+
+// TestToast: an update that leaves a large (TOASTed) value unchanged still
+// writes the whole value, with the default replica identity (the row is read
+// back) and with REPLICA IDENTITY FULL (from the old row).
+func TestToast(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE d (id int PRIMARY KEY, body text, n int);
+		CREATE TABLE df (id int PRIMARY KEY, body text, n int); ALTER TABLE df REPLICA IDENTITY FULL`)
+	cfg := e.config("  d: {table: d, key: \"d:{id}\", value: {columns: [id, body, n]}}\n  df: {table: df, key: \"df:{id}\", value: {columns: [id, body, n]}}\n")
+	f := e.start(cfg)
+	// md5 chains do not compress, so the value is stored out of line.
+	big := `(SELECT string_agg(md5(g::text || $1), '') FROM generate_series(1, 400) g)`
+	for _, tbl := range []string{"d", "df"} {
+		e.exec(`INSERT INTO `+tbl+` VALUES (1, `+big+`, 0)`, tbl)
+		e.exec(`UPDATE ` + tbl + ` SET n = n + 1 WHERE id = 1`)
+		e.exec(`UPDATE ` + tbl + ` SET n = n + 1 WHERE id = 1`)
+	}
+	want := func() map[string]string {
+		return e.rows(`SELECT 'd:' || id, json_build_object('id', id, 'body', body, 'n', n)::text FROM d
+			UNION ALL SELECT 'df:' || id, json_build_object('id', id, 'body', body, 'n', n)::text FROM df`)
+	}
+	e.waitEqual("d*", func() map[string]string {
+		m := want()
+		for k, v := range m { // json_build_object spaces its output
+			m[k] = strings.NewReplacer(`" : `, `":`, `, "`, `,"`).Replace(v)
+		}
+		return m
+	})
+	if len(e.snapshot("d:1")["d:1"]) < 12000 {
+		t.Fatal("the large value is missing")
+	}
+	if f.Stats.MapErrors.Load() != 0 {
+		t.Fatalf("map errors = %d", f.Stats.MapErrors.Load())
+	}
+}
+
+// TestRebuildOnRequest: a cache named in Rebuild (cachesync resync) is
+// cleared of stray keys and refilled; a changed mapping rebuilds on its own.
+func TestRebuildOnRequest(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE q (id int PRIMARY KEY, v text); INSERT INTO q SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+	cfg := e.config("  q: {table: q, key: \"q:{id}\", value: {format: string, column: v}}\n")
+	f := e.start(cfg)
+	want := func() map[string]string { return e.rows(`SELECT 'q:' || id, v FROM q`) }
+	e.waitEqual("q:*", want)
+	f.stop(t)
+
+	ctx := context.Background()
+	e.client.Do(ctx, e.client.B().Set().Key("q:5").Value("wrong").Build())
+	e.client.Do(ctx, e.client.B().Set().Key("q:1000").Value("stray").Build())
+	f = e.start(cfg, func(f *changefeed.Feed) { f.Rebuild = []string{"q"} })
+	e.waitEqual("q:*", want)
+	f.stop(t)
+
+	cfg = e.config("  q: {table: q, key: \"q:{id}\", value: {format: json, columns: [v]}}\n")
+	e.start(cfg)
+	e.waitEqual("q:*", func() map[string]string { return e.rows(`SELECT 'q:' || id, '{"v":"' || v || '"}' FROM q`) })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

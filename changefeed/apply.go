@@ -110,16 +110,21 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 			}
 		}
 		if t.EndLSN != 0 {
-			end, last = t.EndLSN, t
+			end = t.EndLSN
+		}
+		if t.EndLSN != 0 && !t.Heartbeat {
+			last = t
 			a.f.Stats.Txns.Add(1)
 		}
 	}
 	if err := a.flush(ctx, end); err != nil {
 		return err
 	}
-	if last != nil {
+	if end != 0 {
 		a.stream.Applied(end)
 		a.f.Stats.AppliedLSN.Store(uint64(end))
+	}
+	if last != nil {
 		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())
 	}
 	return nil

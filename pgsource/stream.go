@@ -60,6 +60,10 @@ type Txn struct {
 	CommitTime time.Time
 	// EndLSN, set on the last part, is the position to confirm once applied.
 	EndLSN pglogrepl.LSN
+	// Heartbeat marks an empty Txn that only moves the position: the server
+	// has sent everything before EndLSN (the rest of its WAL concerned other
+	// tables). Confirming it keeps a quiet publication from holding WAL back.
+	Heartbeat bool
 }
 
 // MaxChangesPerTxn bounds the changes in one Txn part.
@@ -115,10 +119,9 @@ type Stream struct {
 	// StatusInterval is how often the applied position is reported.
 	StatusInterval time.Duration
 
-	inTxn     bool
-	handedOff pglogrepl.LSN // EndLSN of the last whole transaction handed off
-	idleEnd   pglogrepl.LSN // server WAL end seen in a keepalive between transactions
-	reported  pglogrepl.LSN
+	inTxn    bool
+	beat     pglogrepl.LSN // EndLSN of the last heartbeat handed off
+	beatTime time.Time
 }
 
 // StartStream starts streaming slot from its confirmed position with the
@@ -149,26 +152,14 @@ func (s *Stream) Applied(lsn pglogrepl.LSN) {
 	}
 }
 
-// position is the LSN safe to confirm: what was applied, or, when nothing is
-// in flight and no transaction is open, the server's WAL end from a keepalive
-// (so a quiet publication does not hold WAL back).
-func (s *Stream) position() pglogrepl.LSN {
-	applied := pglogrepl.LSN(s.applied.Load())
-	if !s.inTxn && applied >= s.handedOff && s.idleEnd > applied {
-		return s.idleEnd
-	}
-	return applied
-}
-
 func (s *Stream) sendStatus(ctx context.Context) error {
-	pos := s.position()
+	pos := pglogrepl.LSN(s.applied.Load())
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
 	})
 	if err != nil {
 		return fmt.Errorf("slot %s: send status: %w", s.slot, err)
 	}
-	s.reported = pos
 	return nil
 }
 
@@ -216,11 +207,17 @@ func (s *Stream) Run(ctx context.Context, out chan<- *Txn) error {
 			if err != nil {
 				return fmt.Errorf("slot %s: keepalive: %w", s.slot, err)
 			}
-			if !s.inTxn && ka.ServerWALEnd > s.idleEnd {
-				s.idleEnd = ka.ServerWALEnd
-			}
 			if ka.ReplyRequested {
 				nextStatus = time.Time{}
+			}
+			// Between transactions everything before the server's WAL end
+			// has been handed off; pass the position on, at most once per
+			// StatusInterval, in order behind the transactions.
+			if !s.inTxn && ka.ServerWALEnd > s.beat && (ka.ReplyRequested || time.Since(s.beatTime) >= s.StatusInterval) {
+				if err := s.send(ctx, out, &Txn{EndLSN: ka.ServerWALEnd, Heartbeat: true}); err != nil {
+					return err
+				}
+				s.beat, s.beatTime = ka.ServerWALEnd, time.Now()
 			}
 		case pglogrepl.XLogDataByteID:
 			xld, err := pglogrepl.ParseXLogData(data[1:])
@@ -259,7 +256,6 @@ func (s *Stream) decode(ctx context.Context, out chan<- *Txn, cur *Txn, xld pglo
 		if err := s.send(ctx, out, cur); err != nil {
 			return nil, err
 		}
-		s.handedOff = m.TransactionEndLSN
 		return nil, nil
 	case *pglogrepl.InsertMessage:
 		return s.add(ctx, out, cur, m.RelationID, Insert, m.Tuple, nil)

@@ -197,12 +197,19 @@ func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key
 	return append(cmds, rb.Unlink().Key(key).Build())
 }
 
-// Clear removes every key of this binding from Redis (on every node of a
+// Clear removes every key of this binding from Redis (on every primary of a
 // cluster): keys are found with SCAN MATCH and kept only if the template parses them.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	pattern := b.Spec.Key.Pattern()
 	n := 0
 	for addr, node := range client.Nodes() {
+		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+		if err != nil {
+			return n, fmt.Errorf("role of %s: %w", addr, err)
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue // a replica holds its primary's keys
+		}
 		var cursor uint64
 		for {
 			entry, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()

@@ -2,6 +2,7 @@ package changefeed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -27,11 +28,17 @@ type applier struct {
 	tables   map[uint32]*pgsource.Table
 	caches   map[uint32][]*config.Cache // by table OID
 	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
-	layouts  map[*pgsource.Relation][]relBinding
+	layouts  map[uint32]layout // by table OID, for the latest relation layout
 	expected pglogrepl.LSN // the applied LSN recorded in Redis
 	fetch    *pgconn.PgConn
 	cmds     []rueidis.Completed
 	errLog   rateLimiter
+}
+
+// layout holds the bindings of a table's caches for one relation layout.
+type layout struct {
+	rel *pgsource.Relation
+	rbs []relBinding
 }
 
 // relBinding is a cache's binding resolved against one relation layout.
@@ -43,7 +50,7 @@ type relBinding struct {
 
 func newApplier(f *Feed, st *pgsource.Stream, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
 	a := &applier{f: f, stream: st, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
-		since: since, layouts: map[*pgsource.Relation][]relBinding{}, expected: applied}
+		since: since, layouts: map[uint32]layout{}, expected: applied}
 	for _, c := range f.Caches {
 		t := tables[c.Table]
 		a.tables[t.OID] = t
@@ -152,17 +159,26 @@ func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 }
 
 // bindings returns the caches of rel's table, resolved against rel's layout.
+// Column types come from the table as loaded (domains resolved to their base
+// type, as in a rebuild); the stream names a domain's own type.
 func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
-	if rbs, ok := a.layouts[rel]; ok {
-		return rbs
+	if l, ok := a.layouts[rel.OID]; ok && l.rel == rel {
+		return l.rbs
+	}
+	cols := bindingColumns(rel.Columns)
+	if t := a.tables[rel.OID]; t != nil {
+		for i := range cols {
+			if c, ok := t.Column(cols[i].Name); ok {
+				cols[i].TypeOID = c.TypeOID
+			}
+		}
 	}
 	var rbs []relBinding
-	cols := bindingColumns(rel.Columns)
 	for _, c := range a.caches[rel.OID] {
 		b, err := binding.New(c.Spec(), cols)
 		rbs = append(rbs, relBinding{cache: c, b: b, err: err})
 	}
-	a.layouts[rel] = rbs
+	a.layouts[rel.OID] = layout{rel: rel, rbs: rbs}
 	return rbs
 }
 
@@ -174,8 +190,10 @@ func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Chan
 			continue
 		}
 		if rb.err != nil {
-			a.mapError(rb.cache, t, "", rb.err)
-			continue
+			// The table changed under the cache: skipping would confirm
+			// changes never applied, so stop; the next session checks the
+			// schema again and reports what is wrong.
+			return fmt.Errorf("cache %q: table %s changed: %w", rb.cache.Name, ch.Rel.Name, rb.err)
 		}
 		if ch.Op == pgsource.Truncate {
 			if err := a.flush(ctx, 0); err != nil {
@@ -187,6 +205,10 @@ func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Chan
 			continue
 		}
 		if err := a.row(ctx, rb, ch); err != nil {
+			var rerr *readError
+			if errors.As(err, &rerr) {
+				return err
+			}
 			a.mapError(rb.cache, t, keyHint(rb.b, ch), err)
 		}
 	}
@@ -251,13 +273,23 @@ func (a *applier) withToasted(ctx context.Context, rb relBinding, ch *pgsource.C
 	return a.readRow(ctx, ch)
 }
 
-// readRow reads the current row with the identity values of ch.New.
+// readError is a failure to read a row back: unlike a row that cannot be
+// mapped it must not be skipped, so it ends the session unconfirmed.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "read row for an unchanged TOAST value: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// readRow reads the current row with the identity values of ch.New. FOR
+// SHARE waits for the transaction that made the change to finish and reads
+// its version (or a newer one): a plain read could still see the old row,
+// because a commit is decoded before it is visible to new snapshots.
 func (a *applier) readRow(ctx context.Context, ch *pgsource.Change) ([][]byte, error) {
 	t := a.tables[ch.Rel.OID]
 	if a.fetch == nil {
 		conn, err := pgsource.Connect(ctx, a.f.URL)
 		if err != nil {
-			return nil, err
+			return nil, &readError{err}
 		}
 		a.fetch = conn
 	}
@@ -268,16 +300,20 @@ func (a *applier) readRow(ctx context.Context, ch *pgsource.Change) ([][]byte, e
 		cols[i] = pgx.Identifier{c.Name}.Sanitize()
 		if t.InIdentity(c.Name) && !ch.Unchanged[i] && !t.FullIdentity {
 			args = append(args, ch.New[i])
-			where = append(where, fmt.Sprintf("%s::text = $%d", cols[i], len(args)))
+			where = append(where, fmt.Sprintf("%s = $%d", cols[i], len(args)))
 		}
 	}
 	if len(where) == 0 {
 		return nil, fmt.Errorf("unchanged TOAST value and no identity columns to read the row by; set REPLICA IDENTITY FULL on %s", t.Name)
 	}
-	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
+	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s FOR SHARE", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	res := a.fetch.ExecParams(ctx, sql, args, nil, nil, nil).Read()
 	if res.Err != nil {
-		return nil, fmt.Errorf("read row for unchanged TOAST value: %w", res.Err)
+		a.fetch.Close(context.WithoutCancel(ctx))
+		a.fetch = nil
+		return nil, &readError{res.Err}
 	}
 	if len(res.Rows) == 0 {
 		return nil, nil

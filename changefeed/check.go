@@ -21,6 +21,14 @@ func CheckTable(c *config.Cache, t *pgsource.Table) error {
 		}
 		return config.FieldError(field, "%v", err)
 	}
+	if !t.Identifies(c.Template.Columns()) {
+		keys := "it has no unique key"
+		if len(t.UniqueKeys) > 0 {
+			keys = "include the columns of a unique key such as (" + strings.Join(t.UniqueKeys[0], ", ") + ")"
+		}
+		return config.FieldError(field+".key", "columns (%s) do not name one row of %s: %s",
+			strings.Join(c.Template.Columns(), ", "), t.Name, keys)
+	}
 	if c.Sync != config.SyncChangefeed {
 		return nil
 	}

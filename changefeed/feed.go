@@ -128,6 +128,15 @@ func (f *Feed) session(ctx context.Context) error {
 	}
 	defer db.Close(context.WithoutCancel(ctx))
 
+	// One process at a time rebuilds and streams this slot's caches: a
+	// standby waits here, before it touches Redis.
+	locked, err := pgsource.LockSlot(ctx, db, f.Slot)
+	if err != nil {
+		return err
+	}
+	if !locked {
+		return fmt.Errorf("%w: slot %s is locked by another cachesync", errSlotBusy, f.Slot)
+	}
 	tables, err := LoadTables(ctx, db, f.Caches)
 	if err != nil {
 		return err
@@ -166,15 +175,16 @@ func (f *Feed) session(ctx context.Context) error {
 		}
 		since[c.Name] = e.Since
 	}
-	if lost {
-		// Redis has nothing we can trust: record that streaming resumes at
-		// the slot's position before rebuilding every cache.
-		applied = slot.Confirmed
-		if err := f.State.SetLSN(ctx, f.Source, applied); err != nil {
+	if len(rebuild) > 0 {
+		// Forget every cache to rebuild (and, when Redis lost data, record
+		// that streaming resumes at the slot's position) in one step, so an
+		// interrupted rebuild is redone whole.
+		if lost {
+			applied = slot.Confirmed
+		}
+		if err := f.State.Forget(ctx, f.Source, rebuild, lost, applied); err != nil {
 			return err
 		}
-	}
-	if len(rebuild) > 0 {
 		lsn, err := f.rebuild(ctx, tables, rebuild)
 		if err != nil {
 			return err
@@ -238,6 +248,9 @@ func LoadTables(ctx context.Context, db *pgx.Conn, caches []*config.Cache) (map[
 			t, err = pgsource.LoadTable(ctx, db, c.Table)
 			if errors.Is(err, pgsource.ErrNoTable) {
 				return nil, config.FieldError("caches."+c.Name+".table", "table %s does not exist", c.Table)
+			}
+			if errors.Is(err, pgsource.ErrNotTable) {
+				return nil, config.FieldError("caches."+c.Name+".table", "%v: a cache needs a table", err)
 			}
 			if err != nil {
 				return nil, err

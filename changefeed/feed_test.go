@@ -9,27 +9,31 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
 )
 
 // TestTypes checks the JSON form of every common column type, written once
 // by the snapshot rebuild (row 1, present before start) and once by the
 // stream (row 2), for insert, update and delete, NULLs included.
 func TestTypes(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE typed (id int PRIMARY KEY, i2 smallint, i8 bigint, n numeric, f float8, t text,
-		b bool, j json, jb jsonb, ts timestamptz, u uuid, by bytea, ia int[], ta text[])`)
+	e := newEnv(t, `CREATE DOMAIN price AS numeric(8,2) CHECK (VALUE >= 0);
+		CREATE TABLE typed (id int PRIMARY KEY, i2 smallint, i8 bigint, n numeric, f float8, t text,
+		b bool, j json, jb jsonb, ts timestamptz, u uuid, by bytea, ia int[], ta text[], p price,
+		g int GENERATED ALWAYS AS (id * 2) STORED)`)
 	const values = `1, 9007199254740993, 1.50, 0.1, E'a "q"\n\\', true, '{"b":1, "a":2}', '{"b":1,"a":2}',
-		'2024-03-01 10:00:00.5+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\x0102ff', '{1,NULL,3}', '{"x y",NULL,"NULL"}'`
+		'2024-03-01 10:00:00.5+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\x0102ff', '{1,NULL,3}', '{"x y",NULL,"NULL"}', 2.5`
+	// The domain price is a number; the generated column is left out (pgoutput does not send it).
 	const want = `"i2":1,"i8":9007199254740993,"n":1.50,"f":0.1,"t":"a \"q\"\n\\","b":true,"j":{"b":1, "a":2},` +
 		`"jb":{"a": 2, "b": 1},"ts":"2024-03-01T08:00:00.5Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",` +
-		`"by":"AQL/","ia":[1,null,3],"ta":["x y",null,"NULL"]}`
-	const nulls = `"i2":null,"i8":null,"n":null,"f":null,"t":null,"b":null,"j":null,"jb":null,"ts":null,"u":null,"by":null,"ia":null,"ta":null}`
-	e.exec(`INSERT INTO typed VALUES (1, ` + values + `)`)
+		`"by":"AQL/","ia":[1,null,3],"ta":["x y",null,"NULL"],"p":2.50}`
+	const nulls = `"i2":null,"i8":null,"n":null,"f":null,"t":null,"b":null,"j":null,"jb":null,"ts":null,"u":null,"by":null,"ia":null,"ta":null,"p":null}`
+	e.exec(`INSERT INTO typed (id, i2, i8, n, f, t, b, j, jb, ts, u, by, ia, ta, p) VALUES (1, ` + values + `)`)
 	e.exec(`INSERT INTO typed (id) VALUES (3)`)
 	cfg := e.config("  typed: {table: typed, key: \"typed:{id}\"}\n")
 	e.start(cfg)
 	e.waitEqual("typed:*", lit(map[string]string{`typed:1`: `{"id":1,` + want, `typed:3`: `{"id":3,` + nulls}))
 
-	e.exec(`INSERT INTO typed VALUES (2, ` + values + `)`)
+	e.exec(`INSERT INTO typed (id, i2, i8, n, f, t, b, j, jb, ts, u, by, ia, ta, p) VALUES (2, ` + values + `)`)
 	e.exec(`INSERT INTO typed (id) VALUES (4)`)
 	e.waitEqual("typed:*", lit(map[string]string{
 		`typed:1`: `{"id":1,` + want, `typed:2`: `{"id":2,` + want,
@@ -321,5 +325,77 @@ func TestResume(t *testing.T) {
 	e.waitEqual("m:*", want)
 	if n := f.Stats.Rebuilds.Load(); n != 0 {
 		t.Fatalf("rebuilds after restart = %d, want 0 (resume from the slot)", n)
+	}
+}
+
+// TestStandby: a second feed of the same config waits for the first and
+// touches nothing; when the first stops, it takes over without a rebuild.
+func TestStandby(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+	cfg := e.config("  s: {table: s, key: \"s:{id}\", value: {format: string, column: v}}\n")
+	want := func() map[string]string { return e.rows(`SELECT 's:' || id, v FROM s`) }
+	a := e.start(cfg)
+	e.waitEqual("s:*", want)
+	b := e.start(cfg)
+	waitFor(t, func() bool { return b.Stats.Reconnects.Load() >= 2 }) // it tried, and waits
+	e.exec(`UPDATE s SET v = 'by a' WHERE id = 1`)
+	e.waitEqual("s:*", want)
+	if b.Stats.Rebuilds.Load() != 0 || b.Stats.Txns.Load() != 0 || a.Stats.Rebuilds.Load() != 1 {
+		t.Fatalf("standby did work while the slot was taken: rebuilds %d, txns %d", b.Stats.Rebuilds.Load(), b.Stats.Txns.Load())
+	}
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`UPDATE s SET v = 'by b' WHERE id = 2`)
+	e.waitEqual("s:*", want)
+	if b.Stats.Rebuilds.Load() != 0 || b.Stats.Txns.Load() == 0 {
+		t.Fatalf("standby took over with rebuilds %d, txns %d; want 0 and > 0", b.Stats.Rebuilds.Load(), b.Stats.Txns.Load())
+	}
+}
+
+// TestPartitioned: a cache of a partitioned table sees the changes of its partitions.
+func TestPartitioned(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE pt (region text, id int, v text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+		CREATE TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu'); CREATE TABLE pt_us PARTITION OF pt FOR VALUES IN ('us');
+		INSERT INTO pt VALUES ('eu', 1, 'a'), ('us', 1, 'b')`)
+	cfg := e.config("  pt: {table: pt, key: \"pt:{region}:{id}\", value: {format: string, column: v}}\n")
+	e.start(cfg)
+	want := func() map[string]string { return e.rows(`SELECT 'pt:' || region || ':' || id, v FROM pt`) }
+	e.waitEqual("pt:*", want)
+	e.exec(`INSERT INTO pt VALUES ('eu', 2, 'c'), ('us', 2, 'd'), ('eu', 3, 'e')`)
+	e.exec(`UPDATE pt SET v = 'changed' WHERE id = 1`)
+	e.exec(`UPDATE pt SET region = 'us' WHERE region = 'eu' AND id = 3`) // moves between partitions
+	e.exec(`DELETE FROM pt WHERE region = 'us' AND id = 1`)
+	e.waitEqual("pt:*", want)
+}
+
+// TestSchemaErrors: a cache that does not fit its live table is refused with
+// an error naming the field.
+func TestSchemaErrors(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE k (a int, b int, c text, PRIMARY KEY (a, b));
+		CREATE TABLE nopk (a int, c text); CREATE VIEW kv AS SELECT * FROM k;
+		CREATE TABLE full_nokey (a int, c text); ALTER TABLE full_nokey REPLICA IDENTITY FULL;
+		CREATE TABLE full_uniq (a int NOT NULL UNIQUE, c text); ALTER TABLE full_uniq REPLICA IDENTITY FULL`)
+	tests := []struct{ cache, want string }{
+		{`{table: nosuch, key: "x:{a}"}`, `config: caches.c.table: table public.nosuch does not exist`},
+		{`{table: kv, key: "x:{a}:{b}"}`, `config: caches.c.table:`},
+		{`{table: k, key: "x:{a}:{zz}"}`, `config: caches.c.key: column "zz" does not exist`},
+		{`{table: k, key: "x:{a}:{b}", value: {columns: [a, nope]}}`, `config: caches.c.value.columns: column "nope" does not exist`},
+		{`{table: k, key: "x:{a}"}`, `config: caches.c.key: columns (a) do not name one row of public.k: include the columns of a unique key such as (a, b)`},
+		{`{table: nopk, key: "x:{a}"}`, `config: caches.c.key: columns (a) do not name one row of public.nopk: it has no unique key`},
+		{`{table: full_nokey, key: "x:{a}"}`, `config: caches.c.key: columns (a) do not name one row`},
+		{`{table: k, key: "x:{a}:{b}:{c}", sync: changefeed}`, `config: caches.c.key: column(s) c are not in the replica identity (a, b) of public.k`},
+		{`{table: full_uniq, key: "x:{a}"}`, ``},
+		{`{table: k, key: "x:{b}:{a}"}`, ``},
+	}
+	for _, tt := range tests {
+		cfg := e.config("  c: " + tt.cache + "\n")
+		_, err := changefeed.LoadTables(context.Background(), e.db, []*config.Cache{cfg.Caches["c"]})
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v", tt.cache, err)
+		case tt.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.want)):
+			t.Errorf("%s: error %v, want %q", tt.cache, err, tt.want)
+		}
 	}
 }

@@ -46,11 +46,9 @@ func (f *Feed) rebuild(ctx context.Context, tables map[string]*pgsource.Table, c
 }
 
 // rebuildCache replaces every key of cache c with the rows of the snapshot.
-// Its state entry is removed first, so a crash midway redoes the rebuild.
+// Its state entry was removed before (State.Forget), so a crash midway
+// redoes the rebuild; it is written back at the end.
 func (f *Feed) rebuildCache(ctx context.Context, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
-	if err := f.State.ForgetCache(ctx, c.Name); err != nil {
-		return 0, err
-	}
 	spec := c.Spec()
 	cols := binding.ColumnNames(spec, bindingColumns(t.Columns))
 	layout := make([]binding.Column, len(cols))
@@ -135,6 +133,7 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 		select {
 		case batches <- cmds:
 		case <-gctx.Done():
+			err = gctx.Err()
 		}
 	}
 	close(batches)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/config"
 )
 
 // State is cachesync's own record in Redis of what the caches hold, kept in
@@ -76,18 +78,26 @@ func (s *State) SetCache(ctx context.Context, cache string, e CacheEntry) error 
 	return nil
 }
 
-// ForgetCache removes a cache's entry, so an interrupted rebuild is redone.
-func (s *State) ForgetCache(ctx context.Context, cache string) error {
-	if err := s.Redis.Do(ctx, s.Redis.B().Hdel().Key(s.Key).Field("cache:"+cache).Build()).Error(); err != nil {
-		return fmt.Errorf("write %s: %w", s.Key, err)
-	}
-	return nil
-}
+// forget removes the cache entries ARGV[4..] and, when ARGV[1] is 1, sets
+// the field ARGV[2] (applied LSN) to ARGV[3], in one atomic step.
+const forget = `local n = tonumber(ARGV[1])
+for i = 4, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if n == 1 then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+return 1`
 
-// SetLSN sets source's applied LSN unconditionally (after a rebuild).
-func (s *State) SetLSN(ctx context.Context, source string, lsn pglogrepl.LSN) error {
-	err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("lsn:"+source, formatLSN(lsn)).Build()).Error()
-	if err != nil {
+// Forget removes the entries of caches about to be rebuilt, so an
+// interrupted rebuild is redone whole; with setLSN it also records lsn as
+// source's applied LSN (Redis lost data: streaming resumes at the slot).
+func (s *State) Forget(ctx context.Context, source string, caches []*config.Cache, setLSN bool, lsn pglogrepl.LSN) error {
+	flag := "0"
+	if setLSN {
+		flag = "1"
+	}
+	args := []string{flag, "lsn:" + source, formatLSN(lsn)}
+	for _, c := range caches {
+		args = append(args, "cache:"+c.Name)
+	}
+	if err := s.Redis.Do(ctx, s.Redis.B().Eval().Script(forget).Numkeys(1).Key(s.Key).Arg(args...).Build()).Error(); err != nil {
 		return fmt.Errorf("write %s: %w", s.Key, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -25,10 +26,16 @@ type Table struct {
 	// the old row on UPDATE and DELETE. FullIdentity means every column.
 	Identity     []string
 	FullIdentity bool
+	// UniqueKeys lists the column sets of the unique indexes (primary key
+	// included) that have no predicate or expression: what can name one row.
+	UniqueKeys [][]string
 }
 
 // ErrNoTable reports a table that does not exist.
 var ErrNoTable = errors.New("table does not exist")
+
+// ErrNotTable reports a relation that is not a table (a view, say): it has no changes to stream.
+var ErrNotTable = errors.New("not a table")
 
 // Column returns the named column and whether it exists.
 func (t *Table) Column(name string) (Column, bool) {
@@ -57,18 +64,22 @@ func (t *Table) InIdentity(name string) bool {
 // LoadTable reads the shape of table (schema.table) from the catalog.
 func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error) {
 	t := &Table{Name: table}
-	var ident string
+	var ident, kind string
 	err := conn.QueryRow(ctx,
-		`SELECT c.oid, c.relreplident::text, format('%I.%I', n.nspname, c.relname)
+		`SELECT c.oid, c.relreplident::text, c.relkind::text, format('%I.%I', n.nspname, c.relname)
 		 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`, table).
-		Scan(&t.OID, &ident, &t.Quoted)
+		Scan(&t.OID, &ident, &kind, &t.Quoted)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%s: %w", table, ErrNoTable)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("table %s: %w", table, err)
 	}
-	// Domains are followed to their base type, so values are formatted by what they hold.
+	if kind != "r" && kind != "p" { // plain or partitioned table
+		return nil, fmt.Errorf("%s: %w (relkind %s)", table, ErrNotTable, kind)
+	}
+	// Domains are followed to their base type, so values are formatted by
+	// what they hold. Generated columns are left out: pgoutput never sends them.
 	rows, err := conn.Query(ctx, `
 		WITH RECURSIVE base(attnum, typ, depth) AS (
 			SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
@@ -78,7 +89,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			WHERE t.typtype = 'd')
 		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1)
 		FROM pg_attribute a
-		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, t.OID)
 	if err != nil {
 		return nil, fmt.Errorf("table %s: columns: %w", table, err)
@@ -110,5 +121,33 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			return nil, fmt.Errorf("table %s: replica identity: %w", table, err)
 		}
 	}
+	rows, err = conn.Query(ctx, `
+		SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+		GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid`, t.OID)
+	if err != nil {
+		return nil, fmt.Errorf("table %s: unique keys: %w", table, err)
+	}
+	if t.UniqueKeys, err = pgx.CollectRows(rows, pgx.RowTo[[]string]); err != nil {
+		return nil, fmt.Errorf("table %s: unique keys: %w", table, err)
+	}
 	return t, nil
+}
+
+// Identifies reports whether the columns cols always name at most one row:
+// they include every column of some unique key.
+func (t *Table) Identifies(cols []string) bool {
+	for _, key := range t.UniqueKeys {
+		covered := true
+		for _, k := range key {
+			if !slices.Contains(cols, k) {
+				covered = false
+			}
+		}
+		if covered {
+			return true
+		}
+	}
+	return false
 }

@@ -19,6 +19,9 @@ type SlotInfo struct {
 	Created   bool
 	Confirmed pglogrepl.LSN // confirmed_flush_lsn: where streaming resumes
 	ActivePID int           // a process streaming from it, 0 when idle
+	// Lost is true when the server removed WAL the slot still needed
+	// (max_slot_wal_keep_size): the slot can no longer stream.
+	Lost bool
 }
 
 // EnsurePublication creates or updates publication name so it covers exactly tables.
@@ -36,7 +39,8 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	}
 	list := strings.Join(want, ", ")
 	if !exists {
-		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
+		// Partitions publish under their root table, the one a cache names.
+		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), list)); err != nil {
 			return fmt.Errorf("create publication %s: %w", name, err)
 		}
 		return nil
@@ -50,6 +54,15 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		return fmt.Errorf("publication %s: %w", name, err)
 	}
 	slices.Sort(have)
+	var viaRoot bool
+	if err := conn.QueryRow(ctx, `SELECT pubviaroot FROM pg_publication WHERE pubname = $1`, name).Scan(&viaRoot); err != nil {
+		return fmt.Errorf("publication %s: %w", name, err)
+	}
+	if !viaRoot {
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize())); err != nil {
+			return fmt.Errorf("alter publication %s: %w", name, err)
+		}
+	}
 	if slices.Equal(have, want) {
 		return nil
 	}
@@ -65,17 +78,19 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error
 		info      SlotInfo
 		db, plug  string
 		confirmed *string
+		walStatus *string
 		pid       *int32
+		sameDB    bool
 	)
-	err := conn.QueryRow(ctx, `SELECT database, plugin, confirmed_flush_lsn::text, active_pid
-		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&db, &plug, &confirmed, &pid)
+	err := conn.QueryRow(ctx, `SELECT database, database = current_database(), plugin, confirmed_flush_lsn::text, active_pid, wal_status
+		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&db, &sameDB, &plug, &confirmed, &pid, &walStatus)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return info, nil
 	}
 	if err != nil {
 		return info, fmt.Errorf("slot %s: %w", name, err)
 	}
-	if db != conn.Config().Database || plug != "pgoutput" {
+	if !sameDB || plug != "pgoutput" {
 		return info, fmt.Errorf("slot %s already exists for database %q with plugin %q; choose another config name", name, db, plug)
 	}
 	info.Exists = true
@@ -87,14 +102,25 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error
 	if pid != nil {
 		info.ActivePID = int(*pid)
 	}
+	info.Lost = walStatus != nil && *walStatus == "lost"
 	return info, nil
 }
 
-// EnsureSlot creates the permanent pgoutput slot name when it is missing.
+// EnsureSlot creates the permanent pgoutput slot name when it is missing,
+// and recreates it when the server invalidated it.
 func EnsureSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotInfo, error) {
 	info, err := ReadSlot(ctx, conn, name)
-	if err != nil || info.Exists {
+	if err != nil {
 		return info, err
+	}
+	if info.Exists && info.Lost && info.ActivePID == 0 {
+		if err := DropSlot(ctx, conn, name); err != nil {
+			return info, err
+		}
+		info.Exists = false
+	}
+	if info.Exists {
+		return info, nil
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, name); err != nil {
 		return info, fmt.Errorf("create replication slot %s: %w", name, err)
@@ -109,6 +135,25 @@ func DropSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 	_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
 	if err != nil {
 		return fmt.Errorf("drop replication slot %s: %w", name, err)
+	}
+	return nil
+}
+
+// LockSlot takes a session-level advisory lock named after the slot on conn,
+// so one process at a time rebuilds and streams a slot's caches; false
+// means another holds it. The lock goes with the connection.
+func LockSlot(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('cachesync slot ' || $1))`, name).Scan(&ok); err != nil {
+		return false, fmt.Errorf("lock slot %s: %w", name, err)
+	}
+	return ok, nil
+}
+
+// UnlockSlot releases LockSlot's lock.
+func UnlockSlot(ctx context.Context, conn *pgx.Conn, name string) error {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('cachesync slot ' || $1))`, name); err != nil {
+		return fmt.Errorf("unlock slot %s: %w", name, err)
 	}
 	return nil
 }

@@ -64,10 +64,14 @@ func slotIdle(ctx context.Context, cfg *config.Config, source string) error {
 	if err != nil {
 		return err
 	}
-	if slot.ActivePID != 0 {
-		return fmt.Errorf("replication slot %s is in use (server pid %d): stop the running cachesync of this config first", cfg.SlotName(source), slot.ActivePID)
+	locked, err := pgsource.LockSlot(ctx, db, cfg.SlotName(source))
+	if err != nil {
+		return err
 	}
-	return nil
+	if slot.ActivePID != 0 || !locked {
+		return fmt.Errorf("replication slot %s is in use by a running cachesync of this config: stop it first", cfg.SlotName(source))
+	}
+	return pgsource.UnlockSlot(ctx, db, cfg.SlotName(source))
 }
 
 // progress draws a rebuild's progress: a bar redrawn in place on a terminal,

@@ -94,6 +94,7 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	d := &daemon{cfg: cfg, log: log, redis: client}
+	d.warnEviction(ctx)
 	for _, source := range cfg.SourceNames() {
 		if err := checkSource(ctx, cfg, source); err != nil {
 			client.Close()
@@ -136,3 +137,15 @@ func (d *daemon) run(ctx context.Context) error {
 }
 
 func (d *daemon) close() { d.redis.Close() }
+
+// warnEviction warns when Redis may evict any key: cachesync's state record
+// would go too, and every cache would be rebuilt.
+func (d *daemon) warnEviction(ctx context.Context) {
+	m, err := d.redis.Do(ctx, d.redis.B().ConfigGet().Parameter("maxmemory-policy").Build()).AsStrMap()
+	if err != nil {
+		return // CONFIG may be refused (managed Redis, ACL); nothing to say then
+	}
+	if p := m["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+		d.log.Warn("redis maxmemory-policy may evict cachesync's state key (cachesync:state:"+d.cfg.Name+"), which forces full rebuilds; prefer volatile-* or noeviction", "policy", p)
+	}
+}

@@ -28,8 +28,8 @@ type applier struct {
 	tables   map[uint32]*pgsource.Table
 	caches   map[uint32][]*config.Cache // by table OID
 	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
-	layouts  map[uint32]layout // by table OID, for the latest relation layout
-	expected pglogrepl.LSN // the applied LSN recorded in Redis
+	layouts  map[uint32]layout          // by table OID, for the latest relation layout
+	expected pglogrepl.LSN              // the applied LSN recorded in Redis
 	fetch    *pgconn.PgConn
 	cmds     []rueidis.Completed
 	errLog   rateLimiter

@@ -141,8 +141,8 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 		err = werr
 	}
 	f.Stats.BackfillRow.Add(done)
-	if f.Progress != nil {
-		f.Progress(c.Name, done, max(total, done))
+	if f.Progress != nil && err == nil {
+		f.Progress(c.Name, done, done) // the count was an estimate; now it is exact
 	}
 	return n, err
 }

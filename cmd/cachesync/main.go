@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -68,7 +69,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cachesync %s: %v\n", args[0], err)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "cachesync: %v\n", err)
+		// One line, whatever the error: drivers put attempts on lines of their own.
+		fmt.Fprintf(stderr, "cachesync: %s\n", strings.Join(strings.Fields(err.Error()), " "))
 		return 1
 	}
 }

@@ -57,7 +57,7 @@ func (c *resyncCommand) Run(ctx context.Context, args []string) error {
 func slotIdle(ctx context.Context, cfg *config.Config, source string) error {
 	db, err := pgx.Connect(ctx, cfg.Sources[source].URL)
 	if err != nil {
-		return fmt.Errorf("source %s: %w", source, err)
+		return fmt.Errorf("sources.%s.url: cannot connect: %w", source, err)
 	}
 	defer db.Close(context.WithoutCancel(ctx))
 	slot, err := pgsource.ReadSlot(ctx, db, cfg.SlotName(source))

@@ -109,7 +109,7 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 func checkSource(ctx context.Context, cfg *config.Config, source string) error {
 	db, err := pgx.Connect(ctx, cfg.Sources[source].URL)
 	if err != nil {
-		return fmt.Errorf("source %s: %w", source, err)
+		return fmt.Errorf("sources.%s.url: cannot connect: %w", source, err)
 	}
 	defer db.Close(context.WithoutCancel(ctx))
 	var caches []*config.Cache

@@ -1,0 +1,104 @@
+// Command bench measures cachesync against ceilings taken in the same run and
+// writes the results to docs/BENCHMARKS.md.
+//
+// It starts a private Redis and PostgreSQL in a temporary directory, runs the
+// daemon (bin/cachesync run) as a subprocess for each case, and measures:
+//
+//  1. change throughput from commit to Redis visible, for 1,000-row and
+//     single-row transactions, written while the daemon runs and (1a′, 1b′)
+//     as a backlog read after the writes, beside the rate at which
+//     pg_recvlogical (PostgreSQL's own pgoutput decoding) and a bare Go
+//     receiver read the same WAL;
+//  2. lag from commit to Redis visible at a steady 2,000 commits/s, beside the
+//     lag of a bare logical replication receiver on the same load;
+//  3. backfill of a cache from an empty Redis, beside COPY of the same rows
+//     and beside a bare client writing the same SETs into Redis;
+//  4. the daemon's peak RSS in each case.
+//
+// It also accounts for CPU (daemon, its walsender, Redis, and other processes
+// on the machine), waits for other load to pass before each step and repeats
+// a disturbed step once. Traffic goes to 127.0.0.1 only; everything it starts
+// is stopped and its directory removed at the end.
+//
+// Usage (from the repository root; make bench builds bin/cachesync and runs it):
+//
+//	go run ./bench [-quick] [-out docs/BENCHMARKS.md] [-keep] [-perf]
+//
+// -perf records the daemon with perf(1) during the streaming cases and keeps
+// the profiles in the work directory (perf report -i FILE); it distorts the
+// figures, so do not publish a -perf run.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// sizes are the workload sizes; -quick divides them by ten.
+type sizes struct {
+	Rows        int           // rows in the bench table (backfill size)
+	BatchedRows int           // single-row updates in 1,000-row transactions
+	TxnSize     int           // rows per transaction in the batched case
+	SingleTxns  int           // single-row transactions
+	SingleConns int           // connections generating them
+	LagRate     int           // commits per second in the lag test
+	LagFor      time.Duration // duration of the lag test
+	LagConns    int           // connections of the paced writer
+}
+
+func fullSizes() sizes {
+	return sizes{Rows: 1_000_000, BatchedRows: 1_000_000, TxnSize: 1000, SingleTxns: 100_000, SingleConns: 8,
+		LagRate: 2000, LagFor: 20 * time.Second, LagConns: 4}
+}
+
+func (s sizes) quick() sizes {
+	s.Rows /= 10
+	s.BatchedRows /= 10
+	s.SingleTxns /= 10
+	s.LagFor /= 10
+	return s
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "10x smaller sizes, for trying the benchmark out")
+	out := flag.String("out", "docs/BENCHMARKS.md", "write the results table to this `file` (empty: do not write)")
+	bin := flag.String("bin", "bin/cachesync", "the cachesync `binary` to run (make build)")
+	keep := flag.Bool("keep", false, "keep the work directory (databases, daemon logs) for inspection")
+	perf := flag.Bool("perf", false, "record the daemon with perf during the throughput cases (implies -keep; distorts the figures)")
+	flag.Parse()
+
+	sz := fullSizes()
+	if *quick {
+		sz = sz.quick()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Bound the whole run: the full run takes a few minutes on two cores.
+	ctx, cancel := context.WithTimeout(ctx, 25*time.Minute)
+	defer cancel()
+
+	b := &bench{sz: sz, quick: *quick, bin: *bin, keep: *keep || *perf, perf: *perf}
+	err := b.run(ctx)
+	b.cleanup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	if *out != "" {
+		err := os.MkdirAll(filepath.Dir(*out), 0o755)
+		if err == nil {
+			err = os.WriteFile(*out, []byte(b.report()), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		fmt.Println("\nwrote", *out)
+	}
+}

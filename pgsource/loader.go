@@ -75,4 +75,3 @@ func selectByKey(t *Table, columns, keyColumns []string) string {
 	}
 	return fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
 }
-

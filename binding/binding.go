@@ -2,8 +2,10 @@ package binding
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -148,53 +150,81 @@ func (b *Binding) ttl() time.Duration {
 	return b.TTL - time.Duration(rand.Int64N(int64(float64(b.TTL)*b.Jitter)+1))
 }
 
+// Value is a row encoded for Redis: Bytes for json and string, Fields
+// (field, value, ...) for hash.
+type Value struct {
+	Bytes  []byte
+	Fields []string
+}
+
+// Encode encodes row in the binding's format.
+func (b *Binding) Encode(row [][]byte) (Value, error) {
+	var v Value
+	var err error
+	switch b.Format {
+	case FormatHash:
+		v.Fields, err = b.enc.HashFields(row)
+	case FormatString:
+		v.Bytes, err = b.enc.AppendString(nil, row)
+	default:
+		v.Bytes, err = b.enc.AppendJSON(nil, row)
+	}
+	if err != nil {
+		return v, fmt.Errorf("value: %w", err)
+	}
+	return v, nil
+}
+
+// Result is the value as a reader of the API gets it: the stored bytes, or a
+// hash as a JSON object of its fields.
+func (v Value) Result(f Format) []byte {
+	if f != FormatHash {
+		return v.Bytes
+	}
+	m := make(map[string]string, len(v.Fields)/2)
+	for i := 0; i+1 < len(v.Fields); i += 2 {
+		m[v.Fields[i]] = v.Fields[i+1]
+	}
+	out, _ := json.Marshal(m)
+	return out
+}
+
 // hashSet replaces a hash and its TTL in one atomic step, so a reader never
-// sees a half-written or missing hash.
-const hashSet = `redis.call('DEL', KEYS[1])
+// sees a half-written or missing hash; it also ends the key's lease and
+// "not found" marker. KEYS: key, lease, neg. ARGV: ttl ms, field, value, ...
+const hashSet = `redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1`
 
-// AppendSet appends the commands that store row under key.
+// AppendSet appends the commands that store row under key unconditionally:
+// the change feed's write, the one ordered writer of a cache. It first ends
+// any fill in progress for the key (its lease) and any "not found" marker,
+// so a fill that read an older row cannot write after it.
 func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte) ([]rueidis.Completed, error) {
+	v, err := b.Encode(row)
+	if err != nil {
+		return cmds, err
+	}
 	ttl := b.ttl()
-	switch b.Format {
-	case FormatHash:
-		fields, err := b.enc.HashFields(row)
-		if err != nil {
-			return cmds, fmt.Errorf("value: %w", err)
+	if b.Format == FormatHash {
+		if len(v.Fields) == 0 {
+			return append(cmds, rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()), nil
 		}
-		if len(fields) == 0 {
-			return append(cmds, rb.Del().Key(key).Build()), nil
-		}
-		args := append([]string{fmt.Sprint(ttl.Milliseconds())}, fields...)
-		return append(cmds, rb.Eval().Script(hashSet).Numkeys(1).Key(key).Arg(args...).Build()), nil
-	case FormatString:
-		v, err := b.enc.AppendString(nil, row)
-		if err != nil {
-			return cmds, fmt.Errorf("value: %w", err)
-		}
-		return append(cmds, setCmd(rb, key, v, ttl)), nil
-	default:
-		v, err := b.enc.AppendJSON(nil, row)
-		if err != nil {
-			return cmds, fmt.Errorf("value: %w", err)
-		}
-		return append(cmds, setCmd(rb, key, v, ttl)), nil
+		args := append([]string{strconv.FormatInt(ttl.Milliseconds(), 10)}, v.Fields...)
+		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build()), nil
 	}
-}
-
-func setCmd(rb rueidis.Builder, key string, v []byte, ttl time.Duration) rueidis.Completed {
-	s := rb.Set().Key(key).Value(rueidis.BinaryString(v))
+	cmds = append(cmds, rb.Unlink().Key(LeaseKey(key), NegKey(key)).Build())
+	set := rb.Set().Key(key).Value(rueidis.BinaryString(v.Bytes))
 	if ttl > 0 {
-		return s.Px(ttl).Build()
+		return append(cmds, set.Px(ttl).Build()), nil
 	}
-	return s.Build()
+	return append(cmds, set.Build()), nil
 }
 
-// AppendDelete appends the commands that remove key.
+// AppendDelete appends the command that removes key, with its lease and marker.
 func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
-	return append(cmds, rb.Unlink().Key(key).Build())
+	return append(cmds, InvalidateCmd(rb, key))
 }
 
 // Clear removes every key of this binding from Redis (on every primary of a

@@ -15,6 +15,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/schema"
 )
 
 // maxBatchChanges bounds the changes gathered into one Redis round trip.
@@ -165,7 +166,7 @@ func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
 	if l, ok := a.layouts[rel.OID]; ok && l.rel == rel {
 		return l.rbs
 	}
-	cols := bindingColumns(rel.Columns)
+	cols := schema.BindingColumns(rel.Columns)
 	if t := a.tables[rel.OID]; t != nil {
 		for i := range cols {
 			if c, ok := t.Column(cols[i].Name); ok {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/schema"
 )
 
 // Stats counts what a feed did; safe for concurrent reads.
@@ -137,7 +138,7 @@ func (f *Feed) session(ctx context.Context) error {
 	if !locked {
 		return fmt.Errorf("%w: slot %s is locked by another cachesync", errSlotBusy, f.Slot)
 	}
-	tables, err := LoadTables(ctx, db, f.Caches)
+	tables, err := schema.LoadTables(ctx, db, f.Caches)
 	if err != nil {
 		return err
 	}
@@ -236,30 +237,4 @@ func (f *Feed) stream(ctx context.Context, tables map[string]*pgsource.Table, si
 		return nil
 	}
 	return rerr
-}
-
-// LoadTables reads and checks the tables of caches against the live schema.
-func LoadTables(ctx context.Context, db *pgx.Conn, caches []*config.Cache) (map[string]*pgsource.Table, error) {
-	tables := map[string]*pgsource.Table{}
-	for _, c := range caches {
-		t, ok := tables[c.Table]
-		if !ok {
-			var err error
-			t, err = pgsource.LoadTable(ctx, db, c.Table)
-			if errors.Is(err, pgsource.ErrNoTable) {
-				return nil, config.FieldError("caches."+c.Name+".table", "table %s does not exist", c.Table)
-			}
-			if errors.Is(err, pgsource.ErrNotTable) {
-				return nil, config.FieldError("caches."+c.Name+".table", "%v: a cache needs a table", err)
-			}
-			if err != nil {
-				return nil, err
-			}
-			tables[c.Table] = t
-		}
-		if err := CheckTable(c, t); err != nil {
-			return nil, err
-		}
-	}
-	return tables, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/schema"
 )
 
 // TestTypes checks the JSON form of every common column type, written once
@@ -390,7 +391,7 @@ func TestSchemaErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		cfg := e.config("  c: " + tt.cache + "\n")
-		_, err := changefeed.LoadTables(context.Background(), e.db, []*config.Cache{cfg.Caches["c"]})
+		_, err := schema.LoadTables(context.Background(), e.db, []*config.Cache{cfg.Caches["c"]})
 		switch {
 		case tt.want == "" && err != nil:
 			t.Errorf("%s: %v", tt.cache, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/schema"
 )
 
 const (
@@ -49,14 +50,7 @@ func (f *Feed) rebuild(ctx context.Context, tables map[string]*pgsource.Table, c
 // Its state entry was removed before (State.Forget), so a crash midway
 // redoes the rebuild; it is written back at the end.
 func (f *Feed) rebuildCache(ctx context.Context, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
-	spec := c.Spec()
-	cols := binding.ColumnNames(spec, bindingColumns(t.Columns))
-	layout := make([]binding.Column, len(cols))
-	for i, name := range cols {
-		col, _ := t.Column(name)
-		layout[i] = binding.Column(col)
-	}
-	b, err := binding.New(spec, layout)
+	b, cols, err := schema.SelectBinding(c, t)
 	if err != nil {
 		return 0, err
 	}

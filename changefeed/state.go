@@ -140,3 +140,16 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 	}
 	return pglogrepl.LSN(v), nil
 }
+
+// Applied returns source's applied LSN; ok is false when none is recorded.
+func (s *State) Applied(ctx context.Context, source string) (pglogrepl.LSN, bool, error) {
+	v, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("lsn:"+source).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read %s: %w", s.Key, err)
+	}
+	lsn, err := parseLSN(v)
+	return lsn, err == nil, err
+}

@@ -73,7 +73,10 @@ type Cache struct {
 	// TTLJitter shortens each TTL by a random part up to this fraction, so
 	// keys written together do not expire together.
 	TTLJitter Fraction `yaml:"ttl_jitter"`
-	Sync      string   `yaml:"sync"`
+	// NegativeTTL is how long a read-through remembers that a key's row does
+	// not exist (default 10s), so misses for absent rows do not each query.
+	NegativeTTL time.Duration `yaml:"negative_ttl"`
+	Sync        string        `yaml:"sync"`
 
 	// Filled by Validate.
 	Template *binding.Template `yaml:"-"`
@@ -300,6 +303,12 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	}
 	if cc.TTLJitter < 0 || cc.TTLJitter >= 1 {
 		return FieldError(field+".ttl_jitter", "must be in [0, 1), e.g. 10%%")
+	}
+	switch {
+	case cc.NegativeTTL < 0:
+		return FieldError(field+".negative_ttl", "must not be negative")
+	case cc.NegativeTTL == 0:
+		cc.NegativeTTL = 10 * time.Second
 	}
 	if cc.TTLJitter > 0 && cc.TTL == 0 {
 		return FieldError(field+".ttl_jitter", "needs a ttl")

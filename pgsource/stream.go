@@ -66,6 +66,9 @@ type Txn struct {
 	Heartbeat bool
 }
 
+// beatInterval is the least time between two heartbeats.
+const beatInterval = 10 * time.Millisecond
+
 // MaxChangesPerTxn bounds the changes in one Txn part.
 const MaxChangesPerTxn = 1024
 
@@ -211,9 +214,10 @@ func (s *Stream) Run(ctx context.Context, out chan<- *Txn) error {
 				nextStatus = time.Time{}
 			}
 			// Between transactions everything before the server's WAL end
-			// has been handed off; pass the position on, at most once per
-			// StatusInterval, in order behind the transactions.
-			if !s.inTxn && ka.ServerWALEnd > s.beat && (ka.ReplyRequested || time.Since(s.beatTime) >= s.StatusInterval) {
+			// has been handed off; pass the position on, in order behind the
+			// transactions (at most every beatInterval: each costs a Redis
+			// round trip), so writers waiting for the feed see it move.
+			if !s.inTxn && ka.ServerWALEnd > s.beat && (ka.ReplyRequested || time.Since(s.beatTime) >= beatInterval) {
 				if err := s.send(ctx, out, &Txn{EndLSN: ka.ServerWALEnd, Heartbeat: true}); err != nil {
 					return err
 				}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/schema"
 )
 
 type runCommand struct{}
@@ -118,7 +119,7 @@ func checkSource(ctx context.Context, cfg *config.Config, source string) error {
 			caches = append(caches, c)
 		}
 	}
-	_, err = changefeed.LoadTables(ctx, db, caches)
+	_, err = schema.LoadTables(ctx, db, caches)
 	return err
 }
 

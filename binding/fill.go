@@ -1,0 +1,88 @@
+package binding
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Companion keys hold cachesync's metadata about a user key in the same
+// Redis Cluster slot: the user key is their hash tag (or its own tag is reused).
+const (
+	leasePrefix = "cachesync:lease:"
+	negPrefix   = "cachesync:neg:"
+)
+
+// LeaseKey names the lease of key: a fill in progress.
+func LeaseKey(key string) string { return leasePrefix + hashTagged(key) }
+
+// NegKey names the "row not found" marker of key.
+func NegKey(key string) string { return negPrefix + hashTagged(key) }
+
+// hashTagged returns key as the hash tag of a companion key: key itself when
+// it has a tag of its own (Redis hashes only the first {...} part), else {key}.
+func hashTagged(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key
+		}
+	}
+	return "{" + key + "}"
+}
+
+// LeaseCmd takes the lease of key for token, if nobody holds it.
+func LeaseCmd(rb rueidis.Builder, key, token string, ttl time.Duration) rueidis.Completed {
+	return rb.Set().Key(LeaseKey(key)).Value(token).Nx().Px(ttl).Build()
+}
+
+// release drops a lease if token still holds it.
+const release = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1`
+
+// ReleaseCmd gives up token's lease of key (a fill that failed).
+func ReleaseCmd(rb rueidis.Builder, key, token string) rueidis.Completed {
+	return rb.Eval().Script(release).Numkeys(1).Key(LeaseKey(key)).Arg(token).Build()
+}
+
+// InvalidateCmd removes key's value, lease and "not found" marker at once:
+// a fill racing with the invalidation loses.
+func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
+	return rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()
+}
+
+// fill writes a value (or a "not found" marker) only if the fill's lease is
+// still there: every change-feed write and every invalidation deletes the
+// lease, so a fill that read the row before a newer change loses.
+// KEYS: key, lease, neg. ARGV: token, mode (s string, h hash, n not found), ttl ms, value...
+const fill = `if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local ttl = tonumber(ARGV[3])
+if ARGV[2] == 'n' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[3], '1', 'PX', ttl)
+  return 1
+end
+redis.call('DEL', KEYS[3])
+if ARGV[2] == 's' then
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return 1`
+
+// FillCmd writes v under key if token still holds the lease; a nil v writes
+// the "not found" marker with negTTL instead. Its result is 1 when written.
+func (b *Binding) FillCmd(rb rueidis.Builder, key, token string, v *Value, negTTL time.Duration) rueidis.Completed {
+	keys := rb.Eval().Script(fill).Numkeys(3).Key(key, LeaseKey(key), NegKey(key))
+	switch {
+	case v == nil:
+		return keys.Arg(token, "n", strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10)).Build()
+	case b.Format == FormatHash:
+		return keys.Arg(append([]string{token, "h", strconv.FormatInt(b.ttl().Milliseconds(), 10)}, v.Fields...)...).Build()
+	default:
+		return keys.Arg(token, "s", strconv.FormatInt(b.ttl().Milliseconds(), 10), string(v.Bytes)).Build()
+	}
+}

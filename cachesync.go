@@ -1,0 +1,270 @@
+// Package cachesync is the Go API over cachesync's caches (bindings):
+// read-through Get that never stampedes the database, write-through Put,
+// and Invalidate. Values are written to Redis by the same binding code as the
+// change feed, so the daemon and the library agree on every key and value.
+package cachesync
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/schema"
+)
+
+// Errors a caller can test with errors.Is.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrUnknownCache = errors.New("unknown cache")
+	ErrBadKey       = errors.New("key does not fit the cache's key template")
+)
+
+// Client reads and writes caches through Redis and PostgreSQL.
+type Client struct {
+	cfg     *config.Config
+	redis   rueidis.Client
+	loaders map[string]*pgsource.Loader
+	caches  map[string]*cache
+	flights singleflight.Group
+	state   *changefeed.State
+	opts    Options
+}
+
+// Options tune a Client; the zero value is good.
+type Options struct {
+	// LeaseTTL bounds how long one fill may hold a key before others may
+	// try: the cross-process stampede window. Default 5s.
+	LeaseTTL time.Duration
+	// WriteWait bounds how long Put waits for the change feed to apply its
+	// commit (read-your-writes). Default 5s.
+	WriteWait time.Duration
+	// Logger receives errors worth a look; default slog.Default().
+	Logger *slog.Logger
+}
+
+// cache is a cache of the config with what a fill needs.
+type cache struct {
+	cfg    *config.Cache
+	table  *pgsource.Table
+	b      *binding.Binding // resolved against cols
+	cols   []string         // the columns a fill selects
+	loader *pgsource.Loader
+}
+
+// Open connects to Redis and every source of cfg and checks each cache
+// against its table.
+func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error) {
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = 5 * time.Second
+	}
+	if opts.WriteWait <= 0 {
+		opts.WriteWait = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ropt, err := cfg.RedisOption()
+	if err != nil {
+		return nil, err
+	}
+	ropt.DisableCache = true
+	r, err := rueidis.NewClient(ropt)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	c := &Client{cfg: cfg, redis: r, loaders: map[string]*pgsource.Loader{}, caches: map[string]*cache{},
+		state: changefeed.NewState(r, cfg.Name), opts: opts}
+	if err := c.open(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Client) open(ctx context.Context) error {
+	for _, source := range c.cfg.SourceNames() {
+		l, err := pgsource.NewLoader(ctx, c.cfg.Sources[source].URL)
+		if err != nil {
+			return fmt.Errorf("sources.%s.url: %w", source, err)
+		}
+		c.loaders[source] = l
+	}
+	for _, name := range c.cfg.CacheNames() {
+		cc := c.cfg.Caches[name]
+		var t *pgsource.Table
+		err := c.loaders[cc.Source].Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
+			tables, err := schema.LoadTables(ctx, conn.Conn(), []*config.Cache{cc})
+			t = tables[cc.Table]
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		b, cols, err := schema.SelectBinding(cc, t)
+		if err != nil {
+			return err
+		}
+		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source]}
+	}
+	return nil
+}
+
+// Close releases the connections.
+func (c *Client) Close() {
+	for _, l := range c.loaders {
+		l.Close()
+	}
+	c.redis.Close()
+}
+
+func (c *Client) cache(name, key string) (*cache, []string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	values, ok := ca.cfg.Template.Parse(key)
+	if !ok {
+		return nil, nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
+	}
+	return ca, values, nil
+}
+
+// Get returns the value of key in cache name: from Redis, or on a miss from
+// PostgreSQL, filling Redis. Concurrent misses of one key make one database
+// query per process (singleflight) and, across processes, one per lease
+// (a Redis lease on the key; the others wait for its fill). A row that does
+// not exist returns ErrNotFound and is remembered for the cache's
+// negative_ttl. A hash is returned as a JSON object of its fields.
+func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
+	ca, values, err := c.cache(name, key)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
+		return v, err
+	}
+	v, err, _ := c.flights.Do(name+"\x00"+key, func() (any, error) { return c.fill(ctx, ca, key, values) })
+	if err != nil {
+		return nil, err
+	}
+	return v.([]byte), nil
+}
+
+// read looks key up in Redis; ok is false on a miss.
+func (c *Client) read(ctx context.Context, ca *cache, key string) ([]byte, bool, error) {
+	if ca.cfg.Format == binding.FormatHash {
+		m, err := c.redis.Do(ctx, c.redis.B().Hgetall().Key(key).Build()).AsStrMap()
+		if err != nil {
+			return nil, false, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+		}
+		if len(m) == 0 {
+			return nil, false, nil
+		}
+		v, _ := json.Marshal(m)
+		return v, true, nil
+	}
+	v, err := c.redis.Do(ctx, c.redis.B().Get().Key(key).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+	}
+	return v, true, nil
+}
+
+// fill loads key's row under a lease and writes it, or waits for the fill of
+// whoever holds the lease.
+func (c *Client) fill(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
+	rb := c.redis.B()
+	var tok [16]byte
+	rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	wait := time.Millisecond
+	for {
+		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, c.opts.LeaseTTL), rb.Exists().Key(binding.NegKey(key)).Build())
+		err := res[0].Error()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+		}
+		leased := err == nil
+		if neg, _ := res[1].AsInt64(); neg == 1 {
+			if leased {
+				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+			}
+			return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
+		}
+		if leased {
+			// Filled by someone else since our miss? Then no query is needed.
+			if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
+				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+				return v, err
+			}
+			return c.load(ctx, ca, key, values, token)
+		}
+		// Someone else fills the key: wait for their value.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 50*time.Millisecond)
+		if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
+			return v, err
+		}
+	}
+}
+
+// load reads the row and writes it if the lease held; the value read is
+// returned either way (it was current when read).
+func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
+	rb := c.redis.B()
+	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
+	if err != nil {
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
+	}
+	if row == nil {
+		if err := c.redis.Do(ctx, ca.b.FillCmd(rb, key, token, nil, ca.cfg.NegativeTTL)).Error(); err != nil {
+			return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+		}
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
+	}
+	v, err := ca.b.Encode(row)
+	if err != nil {
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
+	}
+	if ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return []byte("{}"), nil
+	}
+	if err := c.redis.Do(ctx, ca.b.FillCmd(rb, key, token, &v, 0)).Error(); err != nil {
+		return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+	}
+	return v.Result(ca.cfg.Format), nil
+}
+
+// Invalidate removes key from cache name; a fill in progress for it loses.
+func (c *Client) Invalidate(ctx context.Context, name, key string) error {
+	if _, _, err := c.cache(name, key); err != nil {
+		return err
+	}
+	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), key)).Error(); err != nil {
+		return fmt.Errorf("cache %q: redis: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,368 @@
+package cachesync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// pg is one PostgreSQL cluster shared by the package's tests, with
+// pg_stat_statements to count the queries a stampede makes.
+var pg *testenv.Postgres
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cachesync-api-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pg, err = testenv.NewPostgres(dir, testenv.WithPostgresSettings("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"))
+	if err != nil {
+		os.RemoveAll(dir)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	pg.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var dbSeq atomic.Int64
+
+type env struct {
+	t     *testing.T
+	name  string
+	dbURL string
+	db    *pgx.Conn
+	redis *testenv.Redis
+	rc    rueidis.Client
+}
+
+func newEnv(t *testing.T, schema string) *env {
+	t.Helper()
+	ctx := context.Background()
+	e := &env{t: t, name: fmt.Sprintf("api%d", dbSeq.Add(1)), redis: testenv.StartRedis(t)}
+	if err := pg.CreateDatabase(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+	e.dbURL = pg.URL(e.name)
+	var err error
+	if e.db, err = pgx.Connect(ctx, e.dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.db.Close(context.Background()) })
+	e.exec(`CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+	e.exec(schema)
+	if e.rc, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.redis.Addr}, DisableCache: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.rc.Close)
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (e *env) config(caches string) *config.Config {
+	e.t.Helper()
+	y := fmt.Sprintf("name: %s\nredis: {url: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s", e.name, e.redis.URL(), e.dbURL, caches)
+	cfg, err := config.Load(strings.NewReader(y))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return cfg
+}
+
+func (e *env) open(cfg *config.Config) *cachesync.Client {
+	e.t.Helper()
+	c, err := cachesync.Open(context.Background(), cfg, cachesync.Options{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(c.Close)
+	return c
+}
+
+// feed runs the change feed of cfg until the test ends.
+func (e *env) feed(cfg *config.Config) *changefeed.Feed {
+	e.t.Helper()
+	f := changefeed.New(cfg, "db", e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Error(err)
+		}
+	})
+	// Wait for the first rebuild: the feed owns the cache from then on.
+	deadline := time.Now().Add(30 * time.Second)
+	for f.Stats.Rebuilds.Load() < int64(len(f.Caches)) {
+		if time.Now().After(deadline) {
+			e.t.Fatal("feed did not start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return f
+}
+
+// queries counts the statements run so far that read table by key.
+func (e *env) queries(table string) int64 {
+	e.t.Helper()
+	var n int64
+	err := e.db.QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND query LIKE 'SELECT % FROM ' || $1 || ' WHERE %'`, table).Scan(&n)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) get(key string) (string, bool) {
+	e.t.Helper()
+	v, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(key).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v, true
+}
+
+// TestGet: a miss loads the row and fills Redis in the cache's format; a hit
+// does not query; a hash comes back as a JSON object.
+func TestGet(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), stock int);
+		INSERT INTO inventory VALUES ('apple', 1.99, 5), ('pear', 2.50, NULL)`)
+	c := e.open(e.config(`  prices: {table: inventory, key: "price:{item}", value: {columns: {item: item, price: price}}, ttl: 1m, sync: none}
+  stock: {table: inventory, key: "stock:{item}", value: {format: hash, columns: [price, stock]}, sync: none}
+  plain: {table: inventory, key: "p:{item}", value: {format: string, column: price}, sync: none}
+`))
+	ctx := context.Background()
+	tests := []struct{ cache, key, want string }{
+		{"prices", "price:apple", `{"item":"apple","price":1.99}`},
+		{"stock", "stock:apple", `{"price":"1.99","stock":"5"}`},
+		{"stock", "stock:pear", `{"price":"2.50"}`},
+		{"plain", "p:pear", `2.50`},
+	}
+	for _, tt := range tests {
+		for range 2 { // miss, then hit
+			v, err := c.Get(ctx, tt.cache, tt.key)
+			if err != nil || string(v) != tt.want {
+				t.Fatalf("Get(%s, %s) = %s, %v; want %s", tt.cache, tt.key, v, err, tt.want)
+			}
+		}
+	}
+	if n := e.queries("public.inventory"); n != 4 {
+		t.Fatalf("%d queries for 4 misses and 4 hits, want 4", n)
+	}
+	if v, _ := e.get("price:apple"); v != `{"item":"apple","price":1.99}` {
+		t.Fatalf("redis price:apple = %q", v)
+	}
+	if ttl, _ := e.rc.Do(ctx, e.rc.B().Pttl().Key("price:apple").Build()).AsInt64(); ttl <= 0 || ttl > 60_000 {
+		t.Fatalf("price:apple TTL %d ms, want (0, 60000]", ttl)
+	}
+	for _, tt := range []struct {
+		cache, key string
+		want       error
+	}{
+		{"nosuch", "price:apple", cachesync.ErrUnknownCache},
+		{"prices", "cost:apple", cachesync.ErrBadKey},
+		{"prices", "price:kiwi", cachesync.ErrNotFound},
+	} {
+		if _, err := c.Get(ctx, tt.cache, tt.key); !errors.Is(err, tt.want) {
+			t.Errorf("Get(%s, %s) error %v, want %v", tt.cache, tt.key, err, tt.want)
+		}
+	}
+}
+
+// TestStampede: 1,000 concurrent Gets of one missing key make one query; two
+// clients (each with its own connections and in-process deduplication, as
+// two processes would have) make at most two.
+func TestStampede(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory SELECT 'item' || g, g FROM generate_series(1, 10) g`)
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", sync: none}` + "\n")
+	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+	stampede := func(key string, clients []*cachesync.Client) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 2000)
+		start := make(chan struct{})
+		for _, c := range clients {
+			for range 1000 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					v, err := c.Get(context.Background(), "prices", key)
+					if err == nil && !strings.Contains(string(v), `"price":`) {
+						err = fmt.Errorf("value %s", v)
+					}
+					if err != nil {
+						errs <- err
+					}
+				}()
+			}
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	before := e.queries("public.inventory")
+	stampede("price:item1", clients[:1])
+	if n := e.queries("public.inventory") - before; n != 1 {
+		t.Fatalf("1,000 concurrent misses made %d queries, want 1", n)
+	}
+	before = e.queries("public.inventory")
+	stampede("price:item2", clients)
+	if n := e.queries("public.inventory") - before; n < 1 || n > 2 {
+		t.Fatalf("2 clients x 1,000 concurrent misses made %d queries, want 1 or 2", n)
+	}
+}
+
+// TestNegative: a missing row is remembered for negative_ttl, and a change
+// feed insert of it ends that at once.
+func TestNegative(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2))`)
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", negative_ttl: 1h}` + "\n")
+	e.feed(cfg)
+	c := e.open(cfg)
+	ctx := context.Background()
+	for range 3 {
+		if _, err := c.Get(ctx, "prices", "price:kiwi"); !errors.Is(err, cachesync.ErrNotFound) {
+			t.Fatalf("error %v, want ErrNotFound", err)
+		}
+	}
+	if n := e.queries("public.inventory"); n != 1 {
+		t.Fatalf("%d queries for 3 Gets of a missing row, want 1", n)
+	}
+	if _, ok := e.get("price:kiwi"); ok {
+		t.Fatal("the key holds a value for a missing row; a marker belongs in a companion key")
+	}
+	e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, err := c.Get(ctx, "prices", "price:kiwi")
+		if err == nil && string(v) == `{"item":"kiwi","price":0.69}` {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the insert: %s, %v", v, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFillLoses: a fill whose lease was ended by a change-feed write or an
+// invalidation writes nothing, so it cannot put an older value back.
+func TestFillLoses(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2)); INSERT INTO inventory VALUES ('apple', 1.00)`)
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}` + "\n")
+	e.feed(cfg)
+	ctx := context.Background()
+	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := binding.Value{Bytes: []byte("1.00")}
+	rb := e.rc.B()
+	for _, race := range []struct {
+		name string
+		do   func()
+	}{
+		{"change feed write", func() { e.exec(`UPDATE inventory SET price = price + 1`) }},
+		{"invalidate", func() {
+			if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, "price:apple")).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		// A fill takes the lease and reads the row (1.00) ...
+		if err := e.rc.Do(ctx, binding.LeaseCmd(rb, "price:apple", "tok", time.Minute)).Error(); err != nil {
+			t.Fatal(err)
+		}
+		// ... the race happens (the feed's write lands, or the key is invalidated) ...
+		race.do()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if n, _ := e.rc.Do(ctx, rb.Exists().Key(binding.LeaseKey("price:apple")).Build()).AsInt64(); n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not end the lease", race.name)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		before, _ := e.get("price:apple")
+		// ... and the fill's write is refused.
+		n, err := e.rc.Do(ctx, b.FillCmd(rb, "price:apple", "tok", &old, 0)).AsInt64()
+		if err != nil || n != 0 {
+			t.Fatalf("%s: fill after it returned %d, %v; want 0", race.name, n, err)
+		}
+		if after, _ := e.get("price:apple"); after != before {
+			t.Fatalf("%s: fill changed the key from %q to %q", race.name, before, after)
+		}
+	}
+}
+
+// TestPut: write-through reads its own write at once, through the change
+// feed or, without one, by invalidating the key.
+func TestPut(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), note text);
+		CREATE TABLE plain (item text PRIMARY KEY, price numeric(6,2))`)
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {columns: [item, price]}}
+  plain: {table: plain, key: "plain:{item}", value: {columns: [item, price]}, sync: none}
+`)
+	e.feed(cfg)
+	c := e.open(cfg)
+	ctx := context.Background()
+	for _, cache := range []string{"prices", "plain"} {
+		for i, price := range []string{"1.10", "2.20", "3.30"} {
+			start := time.Now()
+			key, err := c.Put(ctx, cache, map[string]any{"item": "apple", "price": price})
+			if err != nil {
+				t.Fatalf("%s: Put #%d: %v", cache, i, err)
+			}
+			took := time.Since(start)
+			want := fmt.Sprintf(`{"item":"apple","price":%s}`, price)
+			v, err := c.Get(ctx, cache, key)
+			if err != nil || string(v) != want {
+				t.Fatalf("%s: Get after Put #%d (took %s) = %s, %v; want %s", cache, i, took, v, err, want)
+			}
+		}
+	}
+	if _, err := c.Put(ctx, "prices", map[string]any{"price": 1}); err == nil || !strings.Contains(err.Error(), `key column "item"`) {
+		t.Fatalf("Put without the key column: %v", err)
+	}
+	if _, err := c.Put(ctx, "prices", map[string]any{"item": "x", "colour": "red"}); err == nil || !strings.Contains(err.Error(), `no column "colour"`) {
+		t.Fatalf("Put with an unknown column: %v", err)
+	}
+}

@@ -1,0 +1,158 @@
+package cachesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/config"
+)
+
+// ErrNotApplied reports a write that committed to PostgreSQL but that the
+// change feed did not apply to Redis within Options.WriteWait (is the daemon
+// running?). The database has the row; Redis will get it when the feed runs.
+var ErrNotApplied = errors.New("committed, but the change feed has not applied it yet")
+
+// Put writes row (column name → value) to the cache's table, inserting or
+// updating by the key's columns, and returns the row's key. Then Redis is
+// made to agree: for a cache with a change feed, Put waits until the feed
+// has applied the commit, so a Get after Put reads the new value; for a cache
+// without one, Put invalidates the key. Either way no older value can be
+// left in Redis by a racing fill (DESIGN invariant 2).
+func (c *Client) Put(ctx context.Context, name string, row map[string]any) (string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	sql, args, err := ca.upsert(row)
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w", name, err)
+	}
+	var keyText []string
+	var target pglogrepl.LSN
+	err = ca.loader.Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
+		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
+			return err
+		}
+		// After the commit: the WAL position the feed must reach to have applied it.
+		var lsn string
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+			return err
+		}
+		target, err = pglogrepl.ParseLSN(lsn)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, err)
+	}
+	values := make([][]byte, len(keyText))
+	for i, v := range keyText {
+		values[i] = []byte(v)
+	}
+	k, err := ca.cfg.Template.Render(nil, values)
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w", name, err)
+	}
+	key := string(k)
+	if ca.cfg.Sync != config.SyncChangefeed {
+		return key, c.Invalidate(ctx, name, key)
+	}
+	return key, c.waitApplied(ctx, ca.cfg.Source, target)
+}
+
+// upsert builds INSERT ... ON CONFLICT (unique key) DO UPDATE for row,
+// returning the key columns as text.
+func (ca *cache) upsert(row map[string]any) (string, []any, error) {
+	cols := make([]string, 0, len(row))
+	for col := range row {
+		if _, ok := ca.table.Column(col); !ok {
+			return "", nil, fmt.Errorf("table %s has no column %q", ca.table.Name, col)
+		}
+		cols = append(cols, col)
+	}
+	slices.Sort(cols)
+	var conflict []string
+	for _, uk := range ca.table.UniqueKeys {
+		if !slices.ContainsFunc(uk, func(c string) bool { return !slices.Contains(ca.cfg.Template.Columns(), c) }) {
+			conflict = uk
+			break
+		}
+	}
+	for _, k := range ca.cfg.Template.Columns() {
+		if _, ok := row[k]; !ok {
+			return "", nil, fmt.Errorf("the row needs key column %q", k)
+		}
+	}
+	quoted := func(names []string) []string {
+		out := make([]string, len(names))
+		for i, n := range names {
+			out[i] = pgx.Identifier{n}.Sanitize()
+		}
+		return out
+	}
+	args := make([]any, len(cols))
+	params := make([]string, len(cols))
+	var set []string
+	for i, col := range cols {
+		args[i] = row[col]
+		params[i] = fmt.Sprintf("$%d", i+1)
+		if !slices.Contains(conflict, col) {
+			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
+		}
+	}
+	action := "DO NOTHING"
+	if len(set) > 0 {
+		action = "DO UPDATE SET " + strings.Join(set, ", ")
+	}
+	returning := quoted(ca.cfg.Template.Columns())
+	for i := range returning {
+		returning[i] += "::text"
+	}
+	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) %s RETURNING %s",
+		ca.table.Quoted, strings.Join(quoted(cols), ", "), strings.Join(params, ", "),
+		strings.Join(quoted(conflict), ", "), action, strings.Join(returning, ", "))
+	return sql, args, nil
+}
+
+// waitApplied waits until the feed of source has recorded in Redis that it
+// applied everything up to target.
+func (c *Client) waitApplied(ctx context.Context, source string, target pglogrepl.LSN) error {
+	deadline := time.Now().Add(c.opts.WriteWait)
+	wait := 500 * time.Microsecond
+	for {
+		lsn, ok, err := c.state.Applied(ctx, source)
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return err
+		}
+		if ok && lsn >= target {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("source %s at %s: %w", source, target, ErrNotApplied)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 20*time.Millisecond)
+	}
+}
+
+// anyPtrs returns n scan targets that fill *dst.
+func anyPtrs(dst *[]string, n int) []any {
+	*dst = make([]string, n)
+	out := make([]any, n)
+	for i := range out {
+		out[i] = &(*dst)[i]
+	}
+	return out
+}

@@ -1,0 +1,171 @@
+package cachesync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/changefeed"
+)
+
+// TestTorture runs writers through the API and straight to the database,
+// readers that fill on misses, invalidations and the change feed together on
+// 100 keys for 20 s; once writes stop, every key must read as the database
+// says (DESIGN invariant 2: no stale value after quiescence).
+func TestTorture(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s torture test")
+	}
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
+		INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h}` + "\n")
+	e.feed(cfg)
+	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	var puts, sqls, gets, invalidations, deletes int64
+	var mu sync.Mutex
+	count := func(n *int64) { mu.Lock(); *n++; mu.Unlock() }
+	run := func(f func(r *rand.Rand) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
+			for ctx.Err() == nil {
+				if err := f(r); err != nil && ctx.Err() == nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range 2 { // writers through the API
+		c := clients[i]
+		run(func(r *rand.Rand) error {
+			_, err := c.Put(ctx, "t", map[string]any{"id": 1 + r.IntN(100), "v": r.Int64N(1 << 40)})
+			if errors.Is(err, cachesync.ErrNotApplied) {
+				err = nil
+			}
+			count(&puts)
+			return err
+		})
+	}
+	for range 2 { // writers straight to the database: updates, deletes, re-inserts
+		conn, err := pgx.Connect(context.Background(), e.dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		run(func(r *rand.Rand) error {
+			id := 1 + r.IntN(100)
+			var err error
+			switch r.IntN(10) {
+			case 0:
+				_, err = conn.Exec(ctx, `DELETE FROM t WHERE id = $1`, id)
+				count(&deletes)
+			case 1:
+				_, err = conn.Exec(ctx, `INSERT INTO t VALUES ($1, $2) ON CONFLICT DO NOTHING`, id, r.Int64N(1<<40))
+			default:
+				_, err = conn.Exec(ctx, `UPDATE t SET v = $2 WHERE id = $1`, id, r.Int64N(1<<40))
+			}
+			count(&sqls)
+			return err
+		})
+	}
+	for i := range 4 { // readers that fill, and invalidations
+		c := clients[i%2]
+		run(func(r *rand.Rand) error {
+			key := fmt.Sprintf("t:%d", 1+r.IntN(100))
+			if r.IntN(20) == 0 {
+				count(&invalidations)
+				return c.Invalidate(ctx, "t", key)
+			}
+			_, err := c.Get(ctx, "t", key)
+			if errors.Is(err, cachesync.ErrNotFound) {
+				err = nil
+			}
+			count(&gets)
+			return err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d puts, %d SQL writes (%d deletes), %d gets, %d invalidations", puts, sqls, deletes, gets, invalidations)
+
+	// Quiescence: the feed catches up; then every key reads as the database says.
+	want := map[int]string{}
+	rows, err := e.db.Query(context.Background(), `SELECT id, v::text FROM t`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int
+		var v string
+		rows.Scan(&id, &v)
+		want[id] = v
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	// Wait for the feed to apply everything, then look once: a stale value
+	// or marker would persist (no TTL, an hour's negative TTL), not heal.
+	var target string
+	if err := e.db.QueryRow(context.Background(), `SELECT pg_current_wal_insert_lsn()::text`).Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := changefeed.NewState(e.rc, cfg.Name)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		applied, _, err := state.Applied(context.Background(), "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if applied >= lsn {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the feed did not catch up: applied %s, want %s", applied, lsn)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	bad := 0
+	var example string
+	for id := 1; id <= 100; id++ {
+		key := fmt.Sprintf("t:%d", id)
+		cached, inRedis := e.get(key)
+		w, exists := want[id]
+		got, err := clients[0].Get(context.Background(), "t", key)
+		switch {
+		case inRedis && (!exists || cached != w):
+			bad++
+			example = fmt.Sprintf("%s: Redis holds %s; database %s (exists %v)", key, cached, w, exists)
+		case exists && (err != nil || string(got) != w):
+			bad++
+			example = fmt.Sprintf("%s: Get = %s, %v; database %s", key, got, err, w)
+		case !exists && !errors.Is(err, cachesync.ErrNotFound):
+			bad++
+			example = fmt.Sprintf("%s: Get = %s, %v; the row is deleted", key, got, err)
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d keys disagree with the database after quiescence, e.g. %s", bad, example)
+	}
+}

@@ -30,6 +30,8 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrUnknownCache = errors.New("unknown cache")
 	ErrBadKey       = errors.New("key does not fit the cache's key template")
+	// ErrUnavailable wraps a failure to reach Redis or PostgreSQL: worth a retry.
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // Client reads and writes caches through Redis and PostgreSQL.
@@ -81,6 +83,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error
 		return nil, err
 	}
 	ropt.DisableCache = true
+	ropt.DisableRetry = true // a caller gets ErrUnavailable at once rather than waiting out its context
 	r, err := rueidis.NewClient(ropt)
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
@@ -168,7 +171,7 @@ func (c *Client) read(ctx context.Context, ca *cache, key string) ([]byte, bool,
 	if ca.cfg.Format == binding.FormatHash {
 		m, err := c.redis.Do(ctx, c.redis.B().Hgetall().Key(key).Build()).AsStrMap()
 		if err != nil {
-			return nil, false, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+			return nil, false, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 		}
 		if len(m) == 0 {
 			return nil, false, nil
@@ -181,7 +184,7 @@ func (c *Client) read(ctx context.Context, ca *cache, key string) ([]byte, bool,
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+		return nil, false, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 	}
 	return v, true, nil
 }
@@ -194,11 +197,17 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
 	wait := time.Millisecond
+	// A fill must end well within the key's shortest TTL: a feed write it
+	// raced with must still be there when the fill checks for it.
+	leaseTTL := c.opts.LeaseTTL
+	if ttl := time.Duration(float64(ca.cfg.TTL) * (1 - float64(ca.cfg.TTLJitter)) / 2); ttl > 0 && ttl < leaseTTL {
+		leaseTTL = max(ttl, time.Millisecond)
+	}
 	for {
-		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, c.opts.LeaseTTL), rb.Exists().Key(binding.NegKey(key)).Build())
+		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, leaseTTL), rb.Exists().Key(binding.NegKey(key)).Build())
 		err := res[0].Error()
 		if err != nil && !rueidis.IsRedisNil(err) {
-			return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 		}
 		leased := err == nil
 		if neg, _ := res[1].AsInt64(); neg == 1 {
@@ -235,11 +244,11 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
+		return nil, fmt.Errorf("cache %q: key %q: postgres %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
 	}
 	if row == nil {
 		if err := c.redis.Do(ctx, ca.b.FillCmd(rb, key, token, nil, ca.cfg.NegativeTTL)).Error(); err != nil {
-			return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
@@ -253,7 +262,7 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		return []byte("{}"), nil
 	}
 	if err := c.redis.Do(ctx, ca.b.FillCmd(rb, key, token, &v, 0)).Error(); err != nil {
-		return nil, fmt.Errorf("cache %q: redis: %w", ca.cfg.Name, err)
+		return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 	}
 	return v.Result(ca.cfg.Format), nil
 }
@@ -264,7 +273,29 @@ func (c *Client) Invalidate(ctx context.Context, name, key string) error {
 		return err
 	}
 	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), key)).Error(); err != nil {
-		return fmt.Errorf("cache %q: redis: %w", name, err)
+		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Cache returns the config of cache name.
+func (c *Client) Cache(name string) (*config.Cache, bool) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, false
+	}
+	return ca.cfg, true
+}
+
+// Ping checks that Redis and every source answer.
+func (c *Client) Ping(ctx context.Context) error {
+	if err := c.redis.Do(ctx, c.redis.B().Ping().Build()).Error(); err != nil {
+		return fmt.Errorf("redis %w: %w", ErrUnavailable, err)
+	}
+	for name, l := range c.loaders {
+		if err := l.Pool().Ping(ctx); err != nil {
+			return fmt.Errorf("source %s %w: %w", name, ErrUnavailable, err)
+		}
 	}
 	return nil
 }

@@ -281,8 +281,10 @@ func TestNegative(t *testing.T) {
 	}
 }
 
-// TestFillLoses: a fill whose lease was ended by a change-feed write or an
-// invalidation writes nothing, so it cannot put an older value back.
+// TestFillLoses: a fill that read a row before a change writes nothing
+// after it: not over the feed's update (the key exists again), not after the
+// feed's insert of a row it found missing (the lease ended), not after an
+// invalidation (the lease ended).
 func TestFillLoses(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2)); INSERT INTO inventory VALUES ('apple', 1.00)`)
 	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}` + "\n")
@@ -292,43 +294,59 @@ func TestFillLoses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := binding.Value{Bytes: []byte("1.00")}
 	rb := e.rc.B()
-	for _, race := range []struct {
-		name string
-		do   func()
-	}{
-		{"change feed write", func() { e.exec(`UPDATE inventory SET price = price + 1`) }},
-		{"invalidate", func() {
-			if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, "price:apple")).Error(); err != nil {
-				t.Fatal(err)
-			}
-		}},
-	} {
-		// A fill takes the lease and reads the row (1.00) ...
-		if err := e.rc.Do(ctx, binding.LeaseCmd(rb, "price:apple", "tok", time.Minute)).Error(); err != nil {
-			t.Fatal(err)
-		}
-		// ... the race happens (the feed's write lands, or the key is invalidated) ...
-		race.do()
+	waitKey := func(key, want string) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if n, _ := e.rc.Do(ctx, rb.Exists().Key(binding.LeaseKey("price:apple")).Build()).AsInt64(); n == 0 {
-				break
+			if v, ok := e.get(key); ok == (want != "") && v == want {
+				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s did not end the lease", race.name)
+				t.Fatalf("%s never became %q", key, want)
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
-		before, _ := e.get("price:apple")
-		// ... and the fill's write is refused.
-		n, err := e.rc.Do(ctx, b.FillCmd(rb, "price:apple", "tok", &old, 0)).AsInt64()
-		if err != nil || n != 0 {
-			t.Fatalf("%s: fill after it returned %d, %v; want 0", race.name, n, err)
+	}
+	old := &binding.Value{Bytes: []byte("1.00")}
+	for _, race := range []struct {
+		name, key string
+		read      *binding.Value // what the fill read: the old row, or nil (no row yet)
+		do        func()
+		after     string // the key afterwards
+	}{
+		{"feed update", "price:apple", old, func() {
+			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
+			waitKey("price:apple", "2.00")
+		}, "2.00"},
+		{"feed insert", "price:kiwi", nil, func() {
+			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+			waitKey("price:kiwi", "0.69")
+		}, "0.69"},
+		{"invalidate", "price:apple", old, func() {
+			if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, "price:apple")).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+	} {
+		// A miss: the key is not in Redis; a fill takes the lease and reads ...
+		if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, race.key)).Error(); err != nil {
+			t.Fatal(err)
 		}
-		if after, _ := e.get("price:apple"); after != before {
-			t.Fatalf("%s: fill changed the key from %q to %q", race.name, before, after)
+		if err := e.rc.Do(ctx, binding.LeaseCmd(rb, race.key, "tok", time.Minute)).Error(); err != nil {
+			t.Fatal(err)
+		}
+		// ... the change happens and lands ...
+		race.do()
+		// ... and the fill's write of what it read is refused.
+		n, err := e.rc.Do(ctx, b.FillCmd(rb, race.key, "tok", race.read, time.Hour)).AsInt64()
+		if err != nil || n != 0 {
+			t.Fatalf("%s: the fill's write returned %d, %v; want 0", race.name, n, err)
+		}
+		if v, _ := e.get(race.key); v != race.after {
+			t.Fatalf("%s: %s = %q after the fill, want %q", race.name, race.key, v, race.after)
+		}
+		if neg, _ := e.rc.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -20,6 +21,9 @@ import (
 // change feed did not apply to Redis within Options.WriteWait (is the daemon
 // running?). The database has the row; Redis will get it when the feed runs.
 var ErrNotApplied = errors.New("committed, but the change feed has not applied it yet")
+
+// ErrBadRow reports a row that does not fit the cache's table.
+var ErrBadRow = errors.New("bad row")
 
 // Put writes row (column name → value) to the cache's table, inserting or
 // updating by the key's columns, and returns the row's key. Then Redis is
@@ -51,7 +55,7 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, err)
+		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, classify(err))
 	}
 	values := make([][]byte, len(keyText))
 	for i, v := range keyText {
@@ -74,7 +78,7 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	cols := make([]string, 0, len(row))
 	for col := range row {
 		if _, ok := ca.table.Column(col); !ok {
-			return "", nil, fmt.Errorf("table %s has no column %q", ca.table.Name, col)
+			return "", nil, fmt.Errorf("%w: table %s has no column %q", ErrBadRow, ca.table.Name, col)
 		}
 		cols = append(cols, col)
 	}
@@ -88,7 +92,7 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	}
 	for _, k := range ca.cfg.Template.Columns() {
 		if _, ok := row[k]; !ok {
-			return "", nil, fmt.Errorf("the row needs key column %q", k)
+			return "", nil, fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
 		}
 	}
 	quoted := func(names []string) []string {
@@ -156,3 +160,19 @@ func anyPtrs(dst *[]string, n int) []any {
 	}
 	return out
 }
+
+// classify marks connection failures as ErrUnavailable; errors PostgreSQL
+// raised about the row itself (a constraint, a bad value) stay as they are.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return &RowError{Err: pgErr}
+	}
+	return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
+}
+
+// RowError is PostgreSQL refusing a written row (a constraint, a bad value).
+type RowError struct{ Err *pgconn.PgError }
+
+func (e *RowError) Error() string { return e.Err.Message + " (SQLSTATE " + e.Err.Code + ")" }
+func (e *RowError) Unwrap() error { return e.Err }

@@ -198,10 +198,12 @@ if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1`
 
 // AppendSet appends the commands that store row under key unconditionally:
-// the change feed's write, the one ordered writer of a cache. It first ends
-// any fill in progress for the key (its lease) and any "not found" marker,
-// so a fill that read an older row cannot write after it.
-func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte) ([]rueidis.Completed, error) {
+// the change feed's write, the one ordered writer of a cache. A fill never
+// overwrites an existing key, so a fill that read an older row loses to
+// this write. When fresh (the key may not have existed: an insert, a row
+// that moved to this key), the key's lease and "not found" marker are
+// ended too, so a fill that found no row cannot write its marker after it.
+func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte, fresh bool) ([]rueidis.Completed, error) {
 	v, err := b.Encode(row)
 	if err != nil {
 		return cmds, err
@@ -214,7 +216,9 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 		args := append([]string{strconv.FormatInt(ttl.Milliseconds(), 10)}, v.Fields...)
 		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build()), nil
 	}
-	cmds = append(cmds, rb.Unlink().Key(LeaseKey(key), NegKey(key)).Build())
+	if fresh {
+		cmds = append(cmds, rb.Unlink().Key(LeaseKey(key), NegKey(key)).Build())
+	}
 	set := rb.Set().Key(key).Value(rueidis.BinaryString(v.Bytes))
 	if ttl > 0 {
 		return append(cmds, set.Px(ttl).Build()), nil
@@ -227,10 +231,29 @@ func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key
 	return append(cmds, InvalidateCmd(rb, key))
 }
 
-// Clear removes every key of this binding from Redis (on every primary of a
-// cluster): keys are found with SCAN MATCH and kept only if the template parses them.
+// Clear removes every key of this binding from Redis, with their leases and
+// "not found" markers (on every primary of a cluster): keys are found with
+// SCAN MATCH and kept only if the template parses them.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
-	pattern := b.Spec.Key.Pattern()
+	n := 0
+	for _, prefix := range []string{"", leasePrefix, negPrefix} {
+		m, err := b.clear(ctx, client, prefix)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// clear removes the keys of this binding with prefix (a companion kind).
+func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {
+	pattern := prefix + b.Spec.Key.Pattern()
+	owns := b.Spec.Key.Parse
+	if prefix != "" {
+		pattern = prefix + "*"
+		owns = func(k string) ([]string, bool) { return b.Spec.Key.Parse(companionOf(prefix, k)) }
+	}
 	n := 0
 	for addr, node := range client.Nodes() {
 		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
@@ -248,7 +271,7 @@ func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error)
 			}
 			var cmds []rueidis.Completed
 			for _, k := range entry.Elements {
-				if _, ok := b.Spec.Key.Parse(k); ok {
+				if _, ok := owns(k); ok {
 					cmds = append(cmds, client.B().Unlink().Key(k).Build())
 				}
 			}

@@ -21,6 +21,17 @@ func LeaseKey(key string) string { return leasePrefix + hashTagged(key) }
 // NegKey names the "row not found" marker of key.
 func NegKey(key string) string { return negPrefix + hashTagged(key) }
 
+// companionOf returns the user key of companion key k (of kind prefix).
+func companionOf(prefix, k string) string {
+	k = strings.TrimPrefix(k, prefix)
+	if inner, ok := strings.CutPrefix(k, "{"); ok && strings.HasSuffix(inner, "}") {
+		if u := strings.TrimSuffix(inner, "}"); hashTagged(u) != u {
+			return u // the braces were added by hashTagged
+		}
+	}
+	return k
+}
+
 // hashTagged returns key as the hash tag of a companion key: key itself when
 // it has a tag of its own (Redis hashes only the first {...} part), else {key}.
 func hashTagged(key string) string {
@@ -52,11 +63,13 @@ func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
 }
 
 // fill writes a value (or a "not found" marker) only if the fill's lease is
-// still there: every change-feed write and every invalidation deletes the
-// lease, so a fill that read the row before a newer change loses.
+// still there and the key is still missing: a change-feed write either sets
+// the key or ends the lease, an invalidation ends the lease, so a fill that
+// read the row before a newer change loses.
 // KEYS: key, lease, neg. ARGV: token, mode (s string, h hash, n not found), ttl ms, value...
 const fill = `if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'n' then
   redis.call('DEL', KEYS[1])

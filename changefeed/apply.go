@@ -237,13 +237,15 @@ func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) e
 	if err != nil {
 		return err
 	}
+	fresh := ch.Op == pgsource.Insert
 	if ch.Old != nil {
 		// The identity changed: the row moved away from its old key.
 		if old, err := rb.b.Key(ch.Old); err == nil && old != key {
 			a.cmds = rb.b.AppendDelete(a.cmds, rbld, old)
+			fresh = true
 		}
 	}
-	a.cmds, err = rb.b.AppendSet(a.cmds, rbld, key, row)
+	a.cmds, err = rb.b.AppendSet(a.cmds, rbld, key, row, fresh)
 	return err
 }
 

@@ -100,7 +100,7 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 	n, err := read(func(row [][]byte) error {
 		key, err := b.Key(row)
 		if err == nil {
-			cmds, err = b.AppendSet(cmds, rb, key, row)
+			cmds, err = b.AppendSet(cmds, rb, key, row, false) // Clear ended leases and markers
 		}
 		if err != nil {
 			f.Stats.MapErrors.Add(1)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"regexp"
@@ -36,6 +37,25 @@ type Config struct {
 	Redis   Redis             `yaml:"redis"`
 	Sources map[string]Source `yaml:"sources"`
 	Caches  map[string]*Cache `yaml:"caches"`
+	HTTP    HTTP              `yaml:"http"`
+}
+
+// HTTP is the daemon's HTTP API (served by cachesync run when Addr is set).
+type HTTP struct {
+	// Addr is host:port to listen on, e.g. 127.0.0.1:8080.
+	Addr string `yaml:"addr"`
+	// MaxBody bounds a request body in bytes (default 1 MiB).
+	MaxBody int64 `yaml:"max_body"`
+	// Keys are the API keys; with none, every request is allowed (a warning
+	// is logged at start).
+	Keys []APIKey `yaml:"keys"`
+}
+
+// APIKey is one API key and what it may do.
+type APIKey struct {
+	Name   string   `yaml:"name"`   // shown in logs instead of the key
+	Key    string   `yaml:"key"`    // the secret; use ${ENV}
+	Scopes []string `yaml:"scopes"` // read, write
 }
 
 // Redis is the one Redis (single node or cluster) that holds the caches.
@@ -241,6 +261,9 @@ func (c *Config) Validate() error {
 	if len(c.Caches) == 0 {
 		return FieldError("caches", "at least one cache is needed")
 	}
+	if err := c.HTTP.validate(); err != nil {
+		return err
+	}
 	for _, name := range c.CacheNames() {
 		if err := c.validateCache(name, c.Caches[name]); err != nil {
 			return err
@@ -407,4 +430,33 @@ func (c *Cache) Fingerprint() string {
 		fmt.Fprintf(h, "\x00%s=%s", f.Field, f.Column)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func (h *HTTP) validate() error {
+	if h.MaxBody < 0 {
+		return FieldError("http.max_body", "must not be negative")
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = 1 << 20
+	}
+	if h.Addr != "" {
+		if _, _, err := net.SplitHostPort(h.Addr); err != nil {
+			return FieldError("http.addr", "%q is not host:port", h.Addr)
+		}
+	}
+	for i, k := range h.Keys {
+		field := fmt.Sprintf("http.keys[%d]", i)
+		if len(k.Key) < 16 {
+			return FieldError(field+".key", "an API key needs at least 16 characters")
+		}
+		if len(k.Scopes) == 0 {
+			return FieldError(field+".scopes", "give read, write or both")
+		}
+		for _, s := range k.Scopes {
+			if s != "read" && s != "write" {
+				return FieldError(field+".scopes", "%q is not read or write", s)
+			}
+		}
+	}
+	return nil
 }

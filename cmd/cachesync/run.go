@@ -12,8 +12,10 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/httpapi"
 	"github.com/cachesync/cachesync/schema"
 )
 
@@ -123,12 +125,22 @@ func checkSource(ctx context.Context, cfg *config.Config, source string) error {
 	return err
 }
 
-// run runs every feed until ctx is done (SIGINT/SIGTERM) or one fails for good.
+// run runs every feed, and the HTTP API when configured, until ctx is done
+// (SIGINT/SIGTERM) or one fails for good.
 func (d *daemon) run(ctx context.Context) error {
 	d.log.Info("cachesync running", "name", d.cfg.Name, "caches", len(d.cfg.Caches), "sources", len(d.feeds))
 	g, gctx := errgroup.WithContext(ctx)
 	for _, f := range d.feeds {
 		g.Go(func() error { return f.Run(gctx) })
+	}
+	if d.cfg.HTTP.Addr != "" {
+		api, err := cachesync.Open(ctx, d.cfg, cachesync.Options{Logger: d.log})
+		if err != nil {
+			return err
+		}
+		defer api.Close()
+		srv := httpapi.New(api, d.cfg.HTTP, d.log)
+		g.Go(func() error { return srv.Run(gctx) })
 	}
 	err := g.Wait()
 	if err == nil {

@@ -1,0 +1,266 @@
+// Package httpapi serves the caches over HTTP for services in any language:
+// GET reads through, PUT writes through, DELETE invalidates, with API keys,
+// body limits and JSON errors whose code is stable. docs/openapi.yaml
+// describes it.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+)
+
+// Server is the HTTP API over a cachesync Client.
+type Server struct {
+	api     *cachesync.Client
+	cfg     config.HTTP
+	log     *slog.Logger
+	handler http.Handler
+}
+
+// New returns the API of api as configured by cfg.
+func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
+	s := &Server{api: api, cfg: cfg, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.HandleFunc("GET /v1/caches/{cache}/{key...}", s.auth("read", s.get))
+	mux.HandleFunc("PUT /v1/caches/{cache}/{key...}", s.auth("write", s.put))
+	mux.HandleFunc("DELETE /v1/caches/{cache}/{key...}", s.auth("write", s.delete))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	s.handler = http.TimeoutHandler(mux, 30*time.Second, `{"error":{"code":"timeout","message":"the request took longer than 30s"}}`)
+	return s
+}
+
+// Handler returns the API's handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run serves on cfg.Addr until ctx is done, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	if len(s.cfg.Keys) == 0 {
+		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
+	}
+	s.log.Info("HTTP API listening", "addr", ln.Addr().String())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("http: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-done
+	return err
+}
+
+// auth lets a request through when it carries a key with scope (in
+// Authorization: Bearer KEY or X-API-Key), comparing in constant time.
+func (s *Server) auth(scope string, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if len(s.cfg.Keys) == 0 {
+			next(w, r)
+			return
+		}
+		given := r.Header.Get("X-API-Key")
+		if b, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			given = b
+		}
+		if given == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cachesync"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "an API key is needed (Authorization: Bearer KEY or X-API-Key)")
+			return
+		}
+		var key *config.APIKey
+		for i := range s.cfg.Keys {
+			// Compare with every key, so timing does not tell which matched.
+			if subtle.ConstantTimeCompare([]byte(given), []byte(s.cfg.Keys[i].Key)) == 1 {
+				key = &s.cfg.Keys[i]
+			}
+		}
+		if key == nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cachesync"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "unknown API key")
+			return
+		}
+		for _, sc := range key.Scopes {
+			if sc == scope {
+				next(w, r)
+				return
+			}
+		}
+		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("the API key %q lacks the %s scope", key.Name, scope))
+	}
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.api.Ping(ctx); err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	name, key := r.PathValue("cache"), r.PathValue("key")
+	v, err := s.api.Get(r.Context(), name, key)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if c, _ := s.api.Cache(name); c.Format == binding.FormatString {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.Write(v)
+}
+
+func (s *Server) put(w http.ResponseWriter, r *http.Request) {
+	name, key := r.PathValue("cache"), r.PathValue("key")
+	c, ok := s.api.Cache(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_cache", fmt.Sprintf("no cache named %q", name))
+		return
+	}
+	switch mode := r.URL.Query().Get("mode"); mode {
+	case "", "through":
+	case "behind":
+		writeError(w, http.StatusNotImplemented, "not_implemented", "write-behind is not available yet; use mode=through")
+		return
+	default:
+		writeError(w, http.StatusBadRequest, "bad_mode", fmt.Sprintf("mode %q is not through or behind", mode))
+		return
+	}
+	values, ok := c.Template.Parse(key)
+	if !ok {
+		writeError(w, http.StatusBadRequest, "bad_key", fmt.Sprintf("key %q does not fit the template %s", key, c.Template))
+		return
+	}
+	row, err := s.readRow(w, r)
+	if err != nil {
+		return
+	}
+	// The key names the row: its columns come from the key, and a body that
+	// says otherwise is a mistake.
+	for i, col := range c.Template.Columns() {
+		if v, ok := row[col]; ok && fmt.Sprint(v) != values[i] {
+			writeError(w, http.StatusBadRequest, "key_mismatch", fmt.Sprintf("column %q is %v in the body but %q in the key", col, v, values[i]))
+			return
+		}
+		row[col] = values[i]
+	}
+	if _, err := s.api.Put(r.Context(), name, row); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// readRow decodes the body as one JSON object, within the size limit.
+func (s *Server) readRow(w http.ResponseWriter, r *http.Request) (map[string]any, error) {
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+	dec := json.NewDecoder(body)
+	dec.UseNumber()
+	var row map[string]any
+	err := dec.Decode(&row)
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, body) // reach the limit check for trailing bytes
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the body exceeds %d bytes", s.cfg.MaxBody))
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values: "+err.Error())
+	case row == nil:
+		err = errors.New("null body")
+		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values")
+	}
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range row {
+		if n, ok := v.(json.Number); ok {
+			row[k] = n.String() // PostgreSQL parses the exact digits
+		}
+	}
+	return row, nil
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	if err := s.api.Invalidate(r.Context(), r.PathValue("cache"), r.PathValue("key")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// fail answers with the status and code of err.
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	var rowErr *cachesync.RowError
+	switch {
+	case errors.Is(err, cachesync.ErrUnknownCache):
+		writeError(w, http.StatusNotFound, "unknown_cache", err.Error())
+	case errors.Is(err, cachesync.ErrBadKey):
+		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
+	case errors.Is(err, cachesync.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, cachesync.ErrBadRow):
+		writeError(w, http.StatusBadRequest, "bad_row", err.Error())
+	case errors.As(err, &rowErr):
+		writeError(w, http.StatusUnprocessableEntity, "row_refused", err.Error())
+	case errors.Is(err, cachesync.ErrNotApplied):
+		writeError(w, http.StatusAccepted, "not_applied", err.Error())
+	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+	default:
+		s.log.Error("http request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError writes {"error": {"code": CODE, "message": MESSAGE}}.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}

@@ -159,7 +159,23 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
 		return v, err
 	}
-	v, err, _ := c.flights.Do(name+"\x00"+key, func() (any, error) { return c.fill(ctx, ca, key, values) })
+	return c.fillOnce(ctx, ca, key, values)
+}
+
+// Fill loads key of cache name into Redis as a read-through miss would,
+// without reading it first: for a listener that already saw the miss.
+func (c *Client) Fill(ctx context.Context, name, key string) error {
+	ca, values, err := c.cache(name, key)
+	if err != nil {
+		return err
+	}
+	_, err = c.fillOnce(ctx, ca, key, values)
+	return err
+}
+
+// fillOnce runs one fill of key per process at a time; callers share its result.
+func (c *Client) fillOnce(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
+	v, err, _ := c.flights.Do(ca.cfg.Name+"\x00"+key, func() (any, error) { return c.fill(ctx, ca, key, values) })
 	if err != nil {
 		return nil, err
 	}

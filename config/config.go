@@ -78,6 +78,12 @@ const (
 	SyncNone       = "none"       // no change feed
 )
 
+// Fill modes of a cache.
+const (
+	FillNone   = "none"    // only Get fills
+	FillOnMiss = "on-miss" // the daemon fills what plain Redis clients miss
+)
+
 // Cache (a binding) says how one table corresponds to a family of Redis keys.
 type Cache struct {
 	// Name is the key of this cache in the config's caches map.
@@ -97,6 +103,9 @@ type Cache struct {
 	// not exist (default 10s), so misses for absent rows do not each query.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
 	Sync        string        `yaml:"sync"`
+	// Fill on-miss makes the daemon fill keys that plain Redis clients miss
+	// (it listens for keymiss events); none (default) leaves that to Get.
+	Fill string `yaml:"fill"`
 
 	// Filled by Validate.
 	Template *binding.Template `yaml:"-"`
@@ -335,6 +344,13 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	}
 	if cc.TTLJitter > 0 && cc.TTL == 0 {
 		return FieldError(field+".ttl_jitter", "needs a ttl")
+	}
+	switch cc.Fill {
+	case "", FillNone:
+		cc.Fill = FillNone
+	case FillOnMiss:
+	default:
+		return FieldError(field+".fill", "%q is not one of on-miss, none", cc.Fill)
 	}
 	switch cc.Sync {
 	case "":

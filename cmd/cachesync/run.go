@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/httpapi"
+	"github.com/cachesync/cachesync/keymiss"
 	"github.com/cachesync/cachesync/schema"
 )
 
@@ -133,14 +135,24 @@ func (d *daemon) run(ctx context.Context) error {
 	for _, f := range d.feeds {
 		g.Go(func() error { return f.Run(gctx) })
 	}
-	if d.cfg.HTTP.Addr != "" {
+	onMiss := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Fill == config.FillOnMiss })
+	if d.cfg.HTTP.Addr != "" || onMiss {
 		api, err := cachesync.Open(ctx, d.cfg, cachesync.Options{Logger: d.log})
 		if err != nil {
 			return err
 		}
 		defer api.Close()
-		srv := httpapi.New(api, d.cfg.HTTP, d.log)
-		g.Go(func() error { return srv.Run(gctx) })
+		if d.cfg.HTTP.Addr != "" {
+			srv := httpapi.New(api, d.cfg.HTTP, d.log)
+			g.Go(func() error { return srv.Run(gctx) })
+		}
+		listener, err := keymiss.New(d.cfg, api, d.redis, d.log)
+		if err != nil {
+			return err
+		}
+		if listener != nil {
+			g.Go(func() error { return listener.Run(gctx, 16) })
+		}
 	}
 	err := g.Wait()
 	if err == nil {

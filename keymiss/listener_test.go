@@ -1,0 +1,114 @@
+package keymiss_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keymiss"
+)
+
+// TestFillOnMiss: a plain Redis client's GET misses, the listener fills
+// the key, the next GET hits; a missing row and a foreign key cause no loop.
+func TestFillOnMiss(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t)
+	rds := testenv.StartRedis(t)
+	db, err := pgx.Connect(ctx, pg.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory VALUES ('apple', 1.99)`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(strings.NewReader(`name: km
+redis: {url: "` + rds.URL() + `"}
+sources: {db: {url: "` + pg.URL("postgres") + `"}}
+caches:
+  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, sync: none, fill: on-miss}
+  other: {table: inventory, key: "other:{item}", sync: none}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	l, err := keymiss.New(cfg, api, rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil || l == nil {
+		t.Fatalf("listener %v, %v", l, err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Run(runCtx, 4) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	get := func(key string) (string, bool) {
+		v, err := rc.Do(ctx, rc.B().Get().Key(key).Build()).ToString()
+		if rueidis.IsRedisNil(err) {
+			return "", false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, true
+	}
+	// The listener subscribes asynchronously: miss until the fill lands.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if v, ok := get("price:apple"); ok {
+			if v != "1.99" {
+				t.Fatalf("price:apple = %q, want 1.99", v)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("price:apple never filled; stats: %d events, %d fills", l.Stats.Events.Load(), l.Stats.Filled.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n, _ := rc.Do(ctx, rc.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap(); !strings.Contains(n["notify-keyspace-events"], "m") {
+		t.Fatalf("notify-keyspace-events = %q", n["notify-keyspace-events"])
+	}
+
+	// A missing row: the plain client keeps missing, the listener fills once
+	// per window at most (its own reads miss too: no loop).
+	filled := l.Stats.Filled.Load()
+	for range 20 {
+		if _, ok := get("price:kiwi"); ok {
+			t.Fatal("price:kiwi has a value for a missing row")
+		}
+		get("other:apple") // a cache without fill: on-miss
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := l.Stats.Filled.Load() - filled; n != 1 {
+		t.Fatalf("%d fills for 20 misses of a missing row within a second, want 1", n)
+	}
+	if _, ok := get("other:apple"); ok {
+		t.Fatal("a cache without fill: on-miss was filled")
+	}
+}

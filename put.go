@@ -75,24 +75,30 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 // upsert builds INSERT ... ON CONFLICT (unique key) DO UPDATE for row,
 // returning the key columns as text.
 func (ca *cache) upsert(row map[string]any) (string, []any, error) {
-	cols := make([]string, 0, len(row))
-	for col := range row {
+	return ca.upsertMany([]map[string]any{row})
+}
+
+// upsertMany builds one multi-row upsert of rows, which all have the
+// columns of the first.
+func (ca *cache) upsertMany(rows []map[string]any) (string, []any, error) {
+	cols := make([]string, 0, len(rows[0]))
+	for col := range rows[0] {
 		if _, ok := ca.table.Column(col); !ok {
 			return "", nil, fmt.Errorf("%w: table %s has no column %q", ErrBadRow, ca.table.Name, col)
 		}
 		cols = append(cols, col)
 	}
 	slices.Sort(cols)
+	for _, k := range ca.cfg.Template.Columns() {
+		if _, ok := rows[0][k]; !ok {
+			return "", nil, fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
+		}
+	}
 	var conflict []string
 	for _, uk := range ca.table.UniqueKeys {
 		if !slices.ContainsFunc(uk, func(c string) bool { return !slices.Contains(ca.cfg.Template.Columns(), c) }) {
 			conflict = uk
 			break
-		}
-	}
-	for _, k := range ca.cfg.Template.Columns() {
-		if _, ok := row[k]; !ok {
-			return "", nil, fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
 		}
 	}
 	quoted := func(names []string) []string {
@@ -102,26 +108,36 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 		}
 		return out
 	}
-	args := make([]any, len(cols))
-	params := make([]string, len(cols))
+	args := make([]any, 0, len(rows)*len(cols))
+	tuples := make([]string, len(rows))
+	for r, row := range rows {
+		params := make([]string, len(cols))
+		for i, col := range cols {
+			v, ok := row[col]
+			if !ok || len(row) != len(cols) {
+				return "", nil, fmt.Errorf("%w: rows of one upsert must have the same columns", ErrBadRow)
+			}
+			args = append(args, v)
+			params[i] = fmt.Sprintf("$%d", len(args))
+		}
+		tuples[r] = "(" + strings.Join(params, ", ") + ")"
+	}
 	var set []string
-	for i, col := range cols {
-		args[i] = row[col]
-		params[i] = fmt.Sprintf("$%d", i+1)
+	for _, col := range cols {
 		if !slices.Contains(conflict, col) {
 			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
 		}
 	}
-	action := "DO NOTHING"
-	if len(set) > 0 {
-		action = "DO UPDATE SET " + strings.Join(set, ", ")
+	if len(set) == 0 { // only key columns: update one to itself, so RETURNING still returns the row
+		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", quoted(conflict[:1])[0], quoted(conflict[:1])[0]))
 	}
+	action := "DO UPDATE SET " + strings.Join(set, ", ")
 	returning := quoted(ca.cfg.Template.Columns())
 	for i := range returning {
 		returning[i] += "::text"
 	}
-	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) %s RETURNING %s",
-		ca.table.Quoted, strings.Join(quoted(cols), ", "), strings.Join(params, ", "),
+	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (%s) %s RETURNING %s",
+		ca.table.Quoted, strings.Join(quoted(cols), ", "), strings.Join(tuples, ", "),
 		strings.Join(quoted(conflict), ", "), action, strings.Join(returning, ", "))
 	return sql, args, nil
 }

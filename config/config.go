@@ -78,6 +78,12 @@ const (
 	SyncNone       = "none"       // no change feed
 )
 
+// Write modes of a cache.
+const (
+	WritesThrough = "through" // Put writes PostgreSQL, then Redis agrees
+	WritesBehind  = "behind"  // PutBehind writes Redis and a queue; the daemon drains it
+)
+
 // Fill modes of a cache.
 const (
 	FillNone   = "none"    // only Get fills
@@ -103,6 +109,10 @@ type Cache struct {
 	// not exist (default 10s), so misses for absent rows do not each query.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
 	Sync        string        `yaml:"sync"`
+	// Writes behind lets PutBehind (PUT ?mode=behind) write Redis first and
+	// has the daemon drain those writes into the table; through (default)
+	// allows only write-through.
+	Writes string `yaml:"writes"`
 	// Fill on-miss makes the daemon fill keys that plain Redis clients miss
 	// (it listens for keymiss events); none (default) leaves that to Get.
 	Fill string `yaml:"fill"`
@@ -344,6 +354,13 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	}
 	if cc.TTLJitter > 0 && cc.TTL == 0 {
 		return FieldError(field+".ttl_jitter", "needs a ttl")
+	}
+	switch cc.Writes {
+	case "", WritesThrough:
+		cc.Writes = WritesThrough
+	case WritesBehind:
+	default:
+		return FieldError(field+".writes", "%q is not one of through, behind", cc.Writes)
 	}
 	switch cc.Fill {
 	case "", FillNone:

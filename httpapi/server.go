@@ -153,11 +153,9 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_cache", fmt.Sprintf("no cache named %q", name))
 		return
 	}
-	switch mode := r.URL.Query().Get("mode"); mode {
-	case "", "through":
-	case "behind":
-		writeError(w, http.StatusNotImplemented, "not_implemented", "write-behind is not available yet; use mode=through")
-		return
+	mode := r.URL.Query().Get("mode")
+	switch mode {
+	case "", "through", "behind":
 	default:
 		writeError(w, http.StatusBadRequest, "bad_mode", fmt.Sprintf("mode %q is not through or behind", mode))
 		return
@@ -180,7 +178,11 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		}
 		row[col] = values[i]
 	}
-	if _, err := s.api.Put(r.Context(), name, row); err != nil {
+	put := s.api.Put
+	if mode == "behind" {
+		put = s.api.PutBehind
+	}
+	if _, err := put(r.Context(), name, row); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -239,6 +241,8 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
 	case errors.Is(err, cachesync.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, cachesync.ErrNotBehind):
+		writeError(w, http.StatusBadRequest, "not_behind", err.Error())
 	case errors.Is(err, cachesync.ErrBadRow):
 		writeError(w, http.StatusBadRequest, "bad_row", err.Error())
 	case errors.As(err, &rowErr):

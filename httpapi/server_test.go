@@ -83,7 +83,7 @@ http:
 		{"unknown column", "PUT", "/v1/caches/prices/price:apple", rwKey, `{"colour": "red"}`, nil, 400, "bad_row"},
 		{"key mismatch", "PUT", "/v1/caches/prices/price:apple", rwKey, `{"item": "pear"}`, nil, 400, "key_mismatch"},
 		{"refused row", "PUT", "/v1/caches/prices/price:apple", rwKey, `{"price": "cheap"}`, nil, 422, "row_refused"},
-		{"behind", "PUT", "/v1/caches/prices/price:apple?mode=behind", rwKey, `{"price": 2}`, nil, 501, "not_implemented"},
+		{"behind needs writes: behind", "PUT", "/v1/caches/prices/price:apple?mode=behind", rwKey, `{"price": 2}`, nil, 400, "not_behind"},
 		{"bad mode", "PUT", "/v1/caches/prices/price:apple?mode=sideways", rwKey, `{"price": 2}`, nil, 400, "bad_mode"},
 		{"write through", "PUT", "/v1/caches/prices/price:apple", rwKey, `{"price": 2.49}`, nil, 204, ""},
 		{"reads the write", "GET", "/v1/caches/prices/price:apple", rwKey, "", nil, 200, `{"item":"apple","price":2.49}`},

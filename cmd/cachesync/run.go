@@ -136,7 +136,8 @@ func (d *daemon) run(ctx context.Context) error {
 		g.Go(func() error { return f.Run(gctx) })
 	}
 	onMiss := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Fill == config.FillOnMiss })
-	if d.cfg.HTTP.Addr != "" || onMiss {
+	behind := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Writes == config.WritesBehind })
+	if d.cfg.HTTP.Addr != "" || onMiss || behind {
 		api, err := cachesync.Open(ctx, d.cfg, cachesync.Options{Logger: d.log})
 		if err != nil {
 			return err
@@ -152,6 +153,10 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		if listener != nil {
 			g.Go(func() error { return listener.Run(gctx, 16) })
+		}
+		if behind {
+			d.warnNoAOF(ctx)
+			g.Go(func() error { return api.Drain(gctx) })
 		}
 	}
 	err := g.Wait()
@@ -172,5 +177,18 @@ func (d *daemon) warnEviction(ctx context.Context) {
 	}
 	if p := m["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
 		d.log.Warn("redis maxmemory-policy may evict cachesync's state key (cachesync:state:"+d.cfg.Name+"), which forces full rebuilds; prefer volatile-* or noeviction", "policy", p)
+	}
+}
+
+// warnNoAOF warns when Redis does not log writes to disk: acknowledged
+// write-behind writes queued in it would be lost if it crashed.
+func (d *daemon) warnNoAOF(ctx context.Context) {
+	m, err := d.redis.Do(ctx, d.redis.B().ConfigGet().Parameter("appendonly").Build()).AsStrMap()
+	if err != nil {
+		d.log.Warn("cannot read Redis appendonly: write-behind is only as durable as Redis (use appendonly yes)", "err", err)
+		return
+	}
+	if m["appendonly"] != "yes" {
+		d.log.Warn("Redis runs without appendonly: queued write-behind writes are lost if Redis crashes; set appendonly yes")
 	}
 }

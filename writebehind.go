@@ -1,0 +1,420 @@
+package cachesync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+)
+
+// Write-behind: PutBehind writes the value to Redis and appends the row to
+// the cache's Redis Stream in one Lua script; Drain (run by the daemon)
+// reads the stream with a consumer group, applies batches to PostgreSQL with
+// multi-row upserts, and acknowledges only what committed. A row PostgreSQL
+// refuses MaxAttempts times moves to the dead-letter stream and its key is
+// invalidated, so Redis never keeps a value the database refused.
+
+// StreamKey names the write-behind stream of cache (one Cluster slot).
+func StreamKey(cache string) string { return "cachesync:wb:{" + cache + "}" }
+
+// DeadLetterKey names the dead-letter stream of cache.
+func DeadLetterKey(cache string) string { return "cachesync:wb:dead:{" + cache + "}" }
+
+const drainGroup = "cachesync"
+
+// MaxAttempts is how often a refused row is tried before it is dead-lettered.
+const MaxAttempts = 3
+
+// ErrNotBehind reports PutBehind on a cache without writes: behind.
+var ErrNotBehind = errors.New("the cache does not take write-behind (writes: behind)")
+
+// putBehind sets the value like a fresh feed write (ending a fill's lease
+// and a not-found marker) and queues the row, atomically.
+// KEYS: key, lease, neg, stream. ARGV: mode (s|h), ttl ms, row JSON, value...
+const putBehind = `redis.call('DEL', KEYS[2], KEYS[3])
+local ttl = tonumber(ARGV[2])
+if ARGV[1] == 's' then
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return redis.call('XADD', KEYS[4], '*', 'key', KEYS[1], 'row', ARGV[3])`
+
+// PutBehind writes row to Redis at once and queues it for PostgreSQL; it
+// returns the row's key once Redis acknowledged both. The row must hold the
+// key's columns and every column the cached value shows, in PostgreSQL's text
+// form for anything but numbers, strings, booleans and null. Redis must keep
+// its data through a crash (appendonly yes) for the queue to be durable.
+func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any) (string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	if ca.cfg.Writes != config.WritesBehind {
+		return "", fmt.Errorf("cache %q: %w", name, ErrNotBehind)
+	}
+	if _, _, err := ca.upsert(row); err != nil {
+		return "", fmt.Errorf("cache %q: %w", name, err)
+	}
+	text := make([][]byte, len(ca.cols))
+	for i, col := range ca.cols {
+		v, ok := row[col]
+		if !ok {
+			return "", fmt.Errorf("cache %q: %w: write-behind needs column %q (the cached value shows it)", name, ErrBadRow, col)
+		}
+		if text[i], ok = pgText(v); !ok {
+			return "", fmt.Errorf("cache %q: %w: column %q: a %T cannot be written behind", name, ErrBadRow, col, v)
+		}
+	}
+	keyBytes, err := ca.cfg.Template.Render(nil, text[:len(ca.cfg.Template.Columns())])
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+	}
+	key := string(keyBytes)
+	v, err := ca.b.Encode(text)
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+	}
+	rowJSON, err := json.Marshal(row)
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+	}
+	mode, args := "s", []string{string(v.Bytes)}
+	if ca.cfg.Format == binding.FormatHash {
+		mode, args = "h", v.Fields
+		if len(args) == 0 {
+			return "", fmt.Errorf("cache %q: %w: every value column is null", name, ErrBadRow)
+		}
+	}
+	ttl := ca.cfg.TTL
+	argv := append([]string{mode, strconv.FormatInt(ttl.Milliseconds(), 10), string(rowJSON)}, args...)
+	cmd := c.redis.B().Eval().Script(putBehind).Numkeys(4).
+		Key(key, binding.LeaseKey(key), binding.NegKey(key), StreamKey(name)).Arg(argv...).Build()
+	if err := c.redis.Do(ctx, cmd).Error(); err != nil {
+		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+	}
+	return key, nil
+}
+
+// pgText gives the PostgreSQL text form of a JSON-ish value; nil is NULL.
+func pgText(v any) ([]byte, bool) {
+	switch v := v.(type) {
+	case nil:
+		return nil, true
+	case string:
+		return []byte(v), true
+	case json.Number:
+		return []byte(v.String()), true
+	case bool:
+		if v {
+			return []byte("t"), true
+		}
+		return []byte("f"), true
+	case int:
+		return strconv.AppendInt(nil, int64(v), 10), true
+	case int64:
+		return strconv.AppendInt(nil, v, 10), true
+	case float64:
+		return strconv.AppendFloat(nil, v, 'g', -1, 64), true
+	}
+	return nil, false
+}
+
+// Drain applies the write-behind queues of every cache with writes: behind
+// until ctx is done. Only one process may drain a config at a time (the
+// daemon holding the slot lock does), which keeps each key's writes in order.
+func (c *Client) Drain(ctx context.Context) error {
+	if !slices.ContainsFunc(c.cfg.CacheNames(), func(n string) bool { return c.cfg.Caches[n].Writes == config.WritesBehind }) {
+		return nil
+	}
+	release, err := c.lockDrain(ctx)
+	if err != nil || release == nil {
+		return err
+	}
+	defer release()
+	errs := make(chan error, len(c.caches))
+	n := 0
+	for _, ca := range c.caches {
+		if ca.cfg.Writes != config.WritesBehind {
+			continue
+		}
+		n++
+		go func() { errs <- c.drain(ctx, ca) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// lockDrain waits until this process may drain the config: a session-level
+// advisory lock held on one connection of each source for as long as it
+// drains. It returns nil, nil when ctx ends first.
+func (c *Client) lockDrain(ctx context.Context) (func(), error) {
+	var conns []*pgxpool.Conn
+	release := func() {
+		for _, conn := range conns {
+			conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('cachesync drain ' || $1))`, c.cfg.Name)
+			conn.Release()
+		}
+	}
+	for _, l := range c.loaders {
+		conn, err := l.Pool().Acquire(ctx)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("write-behind lock: %w", err)
+		}
+		conns = append(conns, conn)
+		for {
+			var ok bool
+			if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('cachesync drain ' || $1))`, c.cfg.Name).Scan(&ok); err != nil {
+				release()
+				if ctx.Err() != nil {
+					return nil, nil
+				}
+				return nil, fmt.Errorf("write-behind lock: %w", err)
+			}
+			if ok {
+				break
+			}
+			sleep(ctx, time.Second)
+			if ctx.Err() != nil {
+				release()
+				return nil, nil
+			}
+		}
+	}
+	return release, nil
+}
+
+// entry is one queued write.
+type entry struct {
+	id, key string
+	row     map[string]any
+}
+
+func (c *Client) drain(ctx context.Context, ca *cache) error {
+	log := c.opts.Logger.With("cache", ca.cfg.Name, "component", "writebehind")
+	stream := StreamKey(ca.cfg.Name)
+	rb := c.redis.B()
+	backoff := 100 * time.Millisecond
+	claimed := false
+	for ctx.Err() == nil {
+		err := c.redis.Do(ctx, rb.XgroupCreate().Key(stream).Group(drainGroup).Id("0").Mkstream().Build()).Error()
+		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
+			log.Error("write-behind: create consumer group", "err", err)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 10*time.Second)
+			continue
+		}
+		var entries []entry
+		if !claimed {
+			// Entries a crashed drainer read but did not acknowledge come
+			// first, however fresh: they are older than anything unread.
+			entries, err = c.claimAll(ctx, stream)
+			claimed = err == nil
+		} else {
+			entries, err = c.readNew(ctx, stream)
+		}
+		if err == nil && len(entries) > 0 {
+			err = c.applyBehind(ctx, ca, entries, log)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			log.Error("write-behind: retrying", "err", err, "retry_in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 10*time.Second)
+			claimed = false // what was read stays pending: claim it again, first
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// claimAll takes over every pending entry of the group, oldest first.
+func (c *Client) claimAll(ctx context.Context, stream string) ([]entry, error) {
+	var out []entry
+	start := "0-0"
+	for {
+		res, err := c.redis.Do(ctx, c.redis.B().Xautoclaim().Key(stream).Group(drainGroup).Consumer("drainer").
+			MinIdleTime("0").Start(start).Count(1000).Build()).ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("xautoclaim: %w", err)
+		}
+		next, _ := res[0].ToString()
+		msgs, _ := res[1].AsXRange()
+		out = append(out, toEntries(msgs)...)
+		if next == "0-0" || len(msgs) == 0 {
+			return out, nil
+		}
+		start = next
+	}
+}
+
+// readNew reads entries no one has read, waiting up to a second for some.
+func (c *Client) readNew(ctx context.Context, stream string) ([]entry, error) {
+	res, err := c.redis.Do(ctx, c.redis.B().Xreadgroup().Group(drainGroup, "drainer").Count(1000).Block(1000).
+		Streams().Key(stream).Id(">").Build()).AsXRead()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xreadgroup: %w", err)
+	}
+	return toEntries(res[stream]), nil
+}
+
+func toEntries(msgs []rueidis.XRangeEntry) []entry {
+	out := make([]entry, 0, len(msgs))
+	for _, m := range msgs {
+		e := entry{id: m.ID, key: m.FieldValues["key"]}
+		dec := json.NewDecoder(strings.NewReader(m.FieldValues["row"]))
+		dec.UseNumber()
+		dec.Decode(&e.row) // a damaged row (nil) is refused below and dead-lettered
+		out = append(out, e)
+	}
+	return out
+}
+
+// applyBehind writes entries to PostgreSQL, the last write of each key
+// winning (entries are in stream order), and acknowledges them. A refused
+// row is tried alone up to MaxAttempts times, then dead-lettered.
+func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, log interface {
+	Error(string, ...any)
+}) error {
+	last := map[string]int{}
+	for i, e := range entries {
+		last[e.key] = i
+	}
+	var rows []entry
+	for i, e := range entries {
+		if last[e.key] == i {
+			rows = append(rows, e)
+		}
+	}
+	err := c.upsertRows(ctx, ca, rows)
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && refused(pgErr)) && !errors.Is(err, ErrBadRow) {
+		return err // PostgreSQL unreachable: retry the whole batch later
+	}
+	if err != nil {
+		// Someone's row is refused: find it by trying each alone.
+		for _, r := range rows {
+			var rerr error
+			for attempt := 1; attempt <= MaxAttempts; attempt++ {
+				if rerr = c.upsertRows(ctx, ca, []entry{r}); rerr == nil {
+					break
+				}
+				if !(errors.As(rerr, &pgErr) && refused(pgErr)) && !errors.Is(rerr, ErrBadRow) {
+					return rerr
+				}
+				sleep(ctx, time.Duration(attempt)*50*time.Millisecond)
+			}
+			if rerr != nil {
+				log.Error("write-behind: row refused; moved to the dead-letter stream", "key", r.key, "err", rerr)
+				if err := c.deadLetter(ctx, ca, r, rerr); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.id
+	}
+	stream := StreamKey(ca.cfg.Name)
+	for _, r := range c.redis.DoMulti(ctx,
+		c.redis.B().Xack().Key(stream).Group(drainGroup).Id(ids...).Build(),
+		c.redis.B().Xdel().Key(stream).Id(ids...).Build()) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("xack: %w", err)
+		}
+	}
+	return nil
+}
+
+// refused tells a row PostgreSQL will never take (bad data, a constraint,
+// an unknown column) from a failure worth retrying.
+func refused(e *pgconn.PgError) bool {
+	return strings.HasPrefix(e.Code, "22") || strings.HasPrefix(e.Code, "23") || strings.HasPrefix(e.Code, "42")
+}
+
+// deadLetter moves r to the dead-letter stream and invalidates its key, in
+// one step: Redis must not keep a value PostgreSQL refused.
+func (c *Client) deadLetter(ctx context.Context, ca *cache, r entry, cause error) error {
+	row, _ := json.Marshal(r.row)
+	res := c.redis.DoMulti(ctx,
+		c.redis.B().Xadd().Key(DeadLetterKey(ca.cfg.Name)).Id("*").FieldValue().
+			FieldValue("key", r.key).FieldValue("row", string(row)).FieldValue("id", r.id).FieldValue("error", cause.Error()).Build(),
+		binding.InvalidateCmd(c.redis.B(), r.key))
+	for _, x := range res {
+		if err := x.Error(); err != nil {
+			return fmt.Errorf("dead-letter: %w", err)
+		}
+	}
+	return nil
+}
+
+// upsertRows writes rows in one transaction, one multi-row upsert per set of columns.
+func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error {
+	groups := map[string][]map[string]any{}
+	var order []string
+	for _, r := range rows {
+		if r.row == nil {
+			return fmt.Errorf("%w: entry %s has no row", ErrBadRow, r.id)
+		}
+		cols := make([]string, 0, len(r.row))
+		for col := range r.row {
+			cols = append(cols, col)
+		}
+		slices.Sort(cols)
+		sig := strings.Join(cols, "\x00")
+		if _, ok := groups[sig]; !ok {
+			order = append(order, sig)
+		}
+		groups[sig] = append(groups[sig], r.row)
+	}
+	tx, err := ca.loader.Pool().Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	for _, sig := range order {
+		for chunk := range slices.Chunk(groups[sig], 500) {
+			sql, args, err := ca.upsertMany(chunk)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, sql, args...); err != nil {
+				return err
+			}
+		}
+	}
+	return tx.Commit(ctx)
+}

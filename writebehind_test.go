@@ -1,0 +1,139 @@
+package cachesync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync"
+)
+
+// drain runs c.Drain until the test ends.
+func drain(t *testing.T, c *cachesync.Client) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Drain(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// waitRows waits until query returns want (id -> value text).
+func (e *env) waitRows(query string, want map[int]string) {
+	e.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := map[int]string{}
+		rows, err := e.db.Query(context.Background(), query)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for rows.Next() {
+			var id int
+			var v string
+			rows.Scan(&id, &v)
+			got[id] = v
+		}
+		same := len(got) == len(want)
+		for k, v := range want {
+			same = same && got[k] == v
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("table has %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWriteBehind: values are in Redis at once, PostgreSQL gets the last
+// write of each key, a refused row goes to the dead-letter stream with its
+// key invalidated, and the rest drains.
+func TestWriteBehind(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	want := map[int]string{}
+	for i := range 200 {
+		id, v := i%10, i
+		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = fmt.Sprint(v)
+		if got, _ := e.get(fmt.Sprintf("t:%d", id)); got != fmt.Sprintf(`{"id":%d,"v":%d}`, id, v) {
+			t.Fatalf("redis t:%d = %s right after PutBehind", id, got)
+		}
+	}
+	if _, err := c.PutBehind(ctx, "t", map[string]any{"id": 99, "v": -1}); err != nil { // refused by the CHECK
+		t.Fatal(err)
+	}
+	if _, err := c.PutBehind(ctx, "t", map[string]any{"id": 100, "v": 1}); err != nil {
+		t.Fatal(err)
+	}
+	want[100] = "1"
+	drain(t, c)
+	e.waitRows(`SELECT id, v::text FROM t`, want)
+
+	dead, err := e.rc.Do(ctx, e.rc.B().Xrange().Key(cachesync.DeadLetterKey("t")).Start("-").End("+").Build()).AsXRange()
+	if err != nil || len(dead) != 1 || dead[0].FieldValues["key"] != "t:99" || dead[0].FieldValues["error"] == "" {
+		t.Fatalf("dead letters %v, %v; want one for t:99 with its error", dead, err)
+	}
+	if _, ok := e.get("t:99"); ok {
+		t.Fatal("t:99 still holds the refused value")
+	}
+	if n, _ := e.rc.Do(ctx, e.rc.B().Xlen().Key(cachesync.StreamKey("t")).Build()).AsInt64(); n != 0 {
+		t.Fatalf("%d entries left in the stream", n)
+	}
+	for _, bad := range []map[string]any{{"v": 1}, {"id": 1}, {"id": 1, "v": 1, "colour": "red"}} {
+		if _, err := c.PutBehind(ctx, "t", bad); !errors.Is(err, cachesync.ErrBadRow) {
+			t.Errorf("PutBehind(%v) error %v, want ErrBadRow", bad, err)
+		}
+	}
+}
+
+// TestWriteBehindTakeover: entries a crashed drainer read but never
+// acknowledged are applied by the next one before newer entries, so each
+// key ends with its last write.
+func TestWriteBehindTakeover(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	put := func(id, v int) {
+		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50 {
+		put(i%5, i)
+	}
+	// A drainer reads them all and dies before writing or acknowledging.
+	stream := cachesync.StreamKey("t")
+	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	read, err := e.rc.Do(ctx, e.rc.B().Xreadgroup().Group("cachesync", "crashed").Count(1000).Streams().Key(stream).Id(">").Build()).AsXRead()
+	if err != nil || len(read[stream]) != 50 {
+		t.Fatalf("read %d, %v", len(read[stream]), err)
+	}
+	// Newer writes of the same keys arrive; a new drainer starts at once.
+	for i := 50; i < 60; i++ {
+		if i%2 == 0 {
+			put(i%5, i)
+		}
+	}
+	drain(t, c)
+	e.waitRows(`SELECT id, v::text FROM t`, map[int]string{0: "50", 1: "56", 2: "52", 3: "58", 4: "54"})
+	pending, err := e.rc.Do(ctx, e.rc.B().Xpending().Key(stream).Group("cachesync").Build()).ToArray()
+	if n, _ := pending[0].AsInt64(); err != nil || n != 0 {
+		t.Fatalf("%d entries still pending (%v)", n, err)
+	}
+}

@@ -365,21 +365,29 @@ func refused(e *pgconn.PgError) bool {
 	return strings.HasPrefix(e.Code, "22") || strings.HasPrefix(e.Code, "23") || strings.HasPrefix(e.Code, "42")
 }
 
-// deadLetter moves r to the dead-letter stream and invalidates its key, in
-// one step: Redis must not keep a value PostgreSQL refused.
+// deadLetter invalidates r's key, so Redis does not keep a value PostgreSQL
+// refused, then moves r to the dead-letter stream and acknowledges it in one
+// script, so a drainer killed midway dead-letters it once when it retries.
 func (c *Client) deadLetter(ctx context.Context, ca *cache, r entry, cause error) error {
 	row, _ := json.Marshal(r.row)
-	res := c.redis.DoMulti(ctx,
-		c.redis.B().Xadd().Key(DeadLetterKey(ca.cfg.Name)).Id("*").FieldValue().
-			FieldValue("key", r.key).FieldValue("row", string(row)).FieldValue("id", r.id).FieldValue("error", cause.Error()).Build(),
-		binding.InvalidateCmd(c.redis.B(), r.key))
-	for _, x := range res {
-		if err := x.Error(); err != nil {
-			return fmt.Errorf("dead-letter: %w", err)
-		}
+	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), r.key)).Error(); err != nil {
+		return fmt.Errorf("dead-letter: %w", err)
+	}
+	err := c.redis.Do(ctx, c.redis.B().Eval().Script(moveDead).Numkeys(2).
+		Key(DeadLetterKey(ca.cfg.Name), StreamKey(ca.cfg.Name)).
+		Arg(drainGroup, r.id, r.key, string(row), cause.Error()).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("dead-letter: %w", err)
 	}
 	return nil
 }
+
+// moveDead adds an entry to the dead-letter stream (KEYS[1]) and removes it
+// from the queue (KEYS[2]). ARGV: group, id, key, row, error.
+const moveDead = `redis.call('XADD', KEYS[1], '*', 'key', ARGV[3], 'row', ARGV[4], 'id', ARGV[2], 'error', ARGV[5])
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return 1`
 
 // upsertRows writes rows in one transaction, one multi-row upsert per set of columns.
 func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error {

@@ -65,6 +65,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return 0 // SIGINT/SIGTERM while starting: nothing was left half done
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "cachesync %s: %v\n", args[0], err)
 		return 2

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -43,6 +45,19 @@ type Client struct {
 	flights singleflight.Group
 	state   *changefeed.State
 	opts    Options
+
+	// Stats counts what the client did beyond plain reads and writes.
+	Stats Stats
+
+	bg       context.Context // background refreshes (stale-while-revalidate) end with Close
+	stopBg   context.CancelFunc
+	bgWaiter sync.WaitGroup
+}
+
+// Stats counts stale values served; safe for concurrent reads.
+type Stats struct {
+	StaleWhileRevalidate atomic.Int64 // stale values served while a refresh ran
+	StaleIfError         atomic.Int64 // stale values served because PostgreSQL could not be reached
 }
 
 // Options tune a Client; the zero value is good.
@@ -90,6 +105,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error
 	}
 	c := &Client{cfg: cfg, redis: r, loaders: map[string]*pgsource.Loader{}, caches: map[string]*cache{},
 		state: changefeed.NewState(r, cfg.Name), opts: opts}
+	c.bg, c.stopBg = context.WithCancel(context.Background())
 	if err := c.open(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -125,8 +141,10 @@ func (c *Client) open(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the connections.
+// Close stops background refreshes and releases the connections.
 func (c *Client) Close() {
+	c.stopBg()
+	c.bgWaiter.Wait()
 	for _, l := range c.loaders {
 		l.Close()
 	}
@@ -159,7 +177,42 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
 		return v, err
 	}
-	return c.fillOnce(ctx, ca, key, values)
+	if w := ca.cfg.StaleWhileRevalidate; w > 0 {
+		if v, ok := c.stale(ctx, ca, key, w); ok {
+			c.Stats.StaleWhileRevalidate.Add(1)
+			c.bgWaiter.Add(1)
+			go func() {
+				defer c.bgWaiter.Done()
+				c.fillOnce(c.bg, ca, key, values) // one per process; the lease makes it one across processes
+			}()
+			return v, nil
+		}
+	}
+	v, err := c.fillOnce(ctx, ca, key, values)
+	if err != nil && errors.Is(err, ErrUnavailable) && ca.cfg.StaleIfError > 0 {
+		if sv, ok := c.stale(ctx, ca, key, ca.cfg.StaleIfError); ok {
+			c.Stats.StaleIfError.Add(1)
+			c.opts.Logger.Warn("served a stale value: the database cannot be reached", "cache", ca.cfg.Name, "key", key, "err", err)
+			return sv, nil
+		}
+	}
+	return v, err
+}
+
+// stale returns the stale copy of key if it expired at most window ago.
+func (c *Client) stale(ctx context.Context, ca *cache, key string, window time.Duration) ([]byte, bool) {
+	res := c.redis.DoMulti(ctx, c.redis.B().Get().Key(binding.StaleKey(key)).Build(), c.redis.B().Pttl().Key(binding.StaleKey(key)).Build())
+	v, err := res[0].AsBytes()
+	if err != nil {
+		return nil, false
+	}
+	left, err := res[1].AsInt64()
+	// The copy outlives the key by Spec.Stale: what is left beyond
+	// Stale-window is how long ago the key expired, within the window.
+	if err != nil || left >= 0 && time.Duration(left)*time.Millisecond < ca.b.Stale-window {
+		return nil, false
+	}
+	return v, true
 }
 
 // Fill loads key of cache name into Redis as a read-through miss would,

@@ -41,14 +41,16 @@ var ErrNotBehind = errors.New("the cache does not take write-behind (writes: beh
 
 // putBehind sets the value like a fresh feed write (ending a fill's lease
 // and a not-found marker) and queues the row, atomically.
-// KEYS: key, lease, neg, stream. ARGV: mode (s|h), ttl ms, row JSON, value...
+// KEYS: key, lease, neg, stream, stale. ARGV: mode (s|h), ttl ms, row JSON,
+// stale copy ttl ms (0: none), stale copy, value...
 const putBehind = `redis.call('DEL', KEYS[2], KEYS[3])
 local ttl = tonumber(ARGV[2])
+if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[4]) end
 if ARGV[1] == 's' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[6]) end
 else
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return redis.call('XADD', KEYS[4], '*', 'key', KEYS[1], 'row', ARGV[3])`
@@ -100,9 +102,13 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 		}
 	}
 	ttl := ca.cfg.TTL
-	argv := append([]string{mode, strconv.FormatInt(ttl.Milliseconds(), 10), string(rowJSON)}, args...)
-	cmd := c.redis.B().Eval().Script(putBehind).Numkeys(4).
-		Key(key, binding.LeaseKey(key), binding.NegKey(key), StreamKey(name)).Arg(argv...).Build()
+	staleTTL, stale := "0", ""
+	if s := ca.b.Stale; s > 0 {
+		staleTTL, stale = strconv.FormatInt((ttl+s).Milliseconds(), 10), string(v.Result(ca.cfg.Format))
+	}
+	argv := append([]string{mode, strconv.FormatInt(ttl.Milliseconds(), 10), string(rowJSON), staleTTL, stale}, args...)
+	cmd := c.redis.B().Eval().Script(putBehind).Numkeys(5).
+		Key(key, binding.LeaseKey(key), binding.NegKey(key), StreamKey(name), binding.StaleKey(key)).Arg(argv...).Build()
 	if err := c.redis.Do(ctx, cmd).Error(); err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}

@@ -23,6 +23,10 @@ type Spec struct {
 	TTL    time.Duration
 	// Jitter shortens each TTL by a random part up to this fraction.
 	Jitter float64
+	// Stale, when set, keeps a stale copy of each value (cachesync:stale:{KEY})
+	// for this long after the key expires: what stale-while-revalidate and
+	// stale-if-error serve.
+	Stale time.Duration
 }
 
 // FieldSpec names one output field and the column it comes from.
@@ -209,6 +213,9 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 		return cmds, err
 	}
 	ttl := b.ttl()
+	if b.Stale > 0 {
+		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(rueidis.BinaryString(v.Result(b.Format))).Px(ttl+b.Stale).Build())
+	}
 	if b.Format == FormatHash {
 		if len(v.Fields) == 0 {
 			return append(cmds, rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()), nil
@@ -236,7 +243,7 @@ func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key
 // SCAN MATCH and kept only if the template parses them.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	n := 0
-	for _, prefix := range []string{"", leasePrefix, negPrefix} {
+	for _, prefix := range []string{"", leasePrefix, negPrefix, stalePrefix} {
 		m, err := b.clear(ctx, client, prefix)
 		n += m
 		if err != nil {

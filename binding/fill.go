@@ -13,7 +13,11 @@ import (
 const (
 	leasePrefix = "cachesync:lease:"
 	negPrefix   = "cachesync:neg:"
+	stalePrefix = "cachesync:stale:"
 )
+
+// StaleKey names the stale copy of key (Spec.Stale).
+func StaleKey(key string) string { return stalePrefix + hashTagged(key) }
 
 // LeaseKey names the lease of key: a fill in progress.
 func LeaseKey(key string) string { return leasePrefix + hashTagged(key) }
@@ -59,29 +63,31 @@ func ReleaseCmd(rb rueidis.Builder, key, token string) rueidis.Completed {
 // InvalidateCmd removes key's value, lease and "not found" marker at once:
 // a fill racing with the invalidation loses.
 func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
-	return rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()
+	return rb.Unlink().Key(key, LeaseKey(key), NegKey(key), StaleKey(key)).Build()
 }
 
 // fill writes a value (or a "not found" marker) only if the fill's lease is
 // still there and the key is still missing: a change-feed write either sets
 // the key or ends the lease, an invalidation ends the lease, so a fill that
 // read the row before a newer change loses.
-// KEYS: key, lease, neg. ARGV: token, mode (s string, h hash, n not found), ttl ms, value...
+// KEYS: key, lease, neg, stale. ARGV: token, mode (s string, h hash, n not
+// found), ttl ms, stale copy ttl ms (0: none), stale copy, value...
 const fill = `if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'n' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[4])
   redis.call('SET', KEYS[3], '1', 'PX', ttl)
   return 1
 end
 redis.call('DEL', KEYS[3])
+if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4]) end
 if ARGV[2] == 's' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[4]) end
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[6]) end
 else
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return 1`
@@ -89,13 +95,19 @@ return 1`
 // FillCmd writes v under key if token still holds the lease; a nil v writes
 // the "not found" marker with negTTL instead. Its result is 1 when written.
 func (b *Binding) FillCmd(rb rueidis.Builder, key, token string, v *Value, negTTL time.Duration) rueidis.Completed {
-	keys := rb.Eval().Script(fill).Numkeys(3).Key(key, LeaseKey(key), NegKey(key))
-	switch {
-	case v == nil:
-		return keys.Arg(token, "n", strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10)).Build()
-	case b.Format == FormatHash:
-		return keys.Arg(append([]string{token, "h", strconv.FormatInt(b.ttl().Milliseconds(), 10)}, v.Fields...)...).Build()
-	default:
-		return keys.Arg(token, "s", strconv.FormatInt(b.ttl().Milliseconds(), 10), string(v.Bytes)).Build()
+	keys := rb.Eval().Script(fill).Numkeys(4).Key(key, LeaseKey(key), NegKey(key), StaleKey(key))
+	if v == nil {
+		return keys.Arg(token, "n", strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10), "0", "").Build()
 	}
+	ttl := b.ttl()
+	staleTTL, stale := "0", ""
+	if b.Stale > 0 {
+		staleTTL, stale = strconv.FormatInt((ttl+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
+	}
+	args := []string{token, "s", strconv.FormatInt(ttl.Milliseconds(), 10), staleTTL, stale}
+	if b.Format == FormatHash {
+		args[1] = "h"
+		return keys.Arg(append(args, v.Fields...)...).Build()
+	}
+	return keys.Arg(append(args, string(v.Bytes))...).Build()
 }

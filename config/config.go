@@ -108,7 +108,13 @@ type Cache struct {
 	// NegativeTTL is how long a read-through remembers that a key's row does
 	// not exist (default 10s), so misses for absent rows do not each query.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
-	Sync        string        `yaml:"sync"`
+	// StaleWhileRevalidate serves a value up to this long after it expired
+	// while one refresh runs; StaleIfError serves it up to this long after
+	// it expired when PostgreSQL cannot be reached. Both read a stale copy
+	// cachesync keeps beside the key (cachesync:stale:{KEY}).
+	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
+	StaleIfError         time.Duration `yaml:"stale_if_error"`
+	Sync                 string        `yaml:"sync"`
 	// Writes behind lets PutBehind (PUT ?mode=behind) write Redis first and
 	// has the daemon drain those writes into the table; through (default)
 	// allows only write-through.
@@ -352,6 +358,12 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	case cc.NegativeTTL == 0:
 		cc.NegativeTTL = 10 * time.Second
 	}
+	if cc.StaleWhileRevalidate < 0 {
+		return FieldError(field+".stale_while_revalidate", "must not be negative")
+	}
+	if cc.StaleIfError < 0 {
+		return FieldError(field+".stale_if_error", "must not be negative")
+	}
 	if cc.TTLJitter > 0 && cc.TTL == 0 {
 		return FieldError(field+".ttl_jitter", "needs a ttl")
 	}
@@ -446,7 +458,8 @@ func stripURL(s string) string {
 
 // Spec is the cache's binding spec: what binding.New resolves against a table.
 func (c *Cache) Spec() binding.Spec {
-	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter)}
+	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter),
+		Stale: max(c.StaleWhileRevalidate, c.StaleIfError)}
 	for _, f := range c.Value.Columns {
 		s.Fields = append(s.Fields, binding.FieldSpec{Name: f.Field, Column: f.Column})
 	}

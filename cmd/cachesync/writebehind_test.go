@@ -150,5 +150,6 @@ caches:
 			t.Fatalf("wb:%d still holds a refused value", 10_000+i)
 		}
 	}
+	d.waitLog(t, "cachesync running", 30*time.Second) // a SIGTERM before Go installs its handler kills outright
 	d.stopOK(t)
 }

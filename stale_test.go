@@ -1,0 +1,98 @@
+package cachesync_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
+)
+
+// TestStale: after a key expires, stale-while-revalidate serves the old
+// value at once while one refresh loads the new one; with PostgreSQL down,
+// stale-if-error serves it instead of failing; an invalidation or a missing
+// row leaves nothing stale to serve.
+func TestStale(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s VALUES (1, 'old'), (2, 'two')`)
+	cfg := e.config(`  s: {table: s, key: "s:{id}", value: {format: string, column: v}, sync: none, ttl: 200ms,
+       stale_while_revalidate: 1h, stale_if_error: 1h}
+  e: {table: s, key: "e:{id}", value: {format: string, column: v}, sync: none, ttl: 200ms, stale_if_error: 1h}
+`)
+	c := e.open(cfg)
+	ctx := context.Background()
+	get := func(cache, key string) (string, error) {
+		v, err := c.Get(ctx, cache, key)
+		return string(v), err
+	}
+	expired := func(key string) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(key).Build()).AsInt64(); n == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not expire", key)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if v, err := get("s", "s:1"); err != nil || v != "old" {
+		t.Fatalf("first Get = %q, %v", v, err)
+	}
+	e.exec(`UPDATE s SET v = 'new' WHERE id = 1`)
+	expired("s:1")
+	before := e.queries("public.s")
+	if v, err := get("s", "s:1"); err != nil || v != "old" {
+		t.Fatalf("Get after expiry = %q, %v; want the stale %q", v, err, "old")
+	}
+	// The refresh runs in the background and fills the new value.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if v, ok := e.get("s:1"); ok && v == "new" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the background refresh did not fill s:1")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := e.queries("public.s") - before; n != 1 {
+		t.Fatalf("%d queries for one stale read, want 1 refresh", n)
+	}
+	if c.Stats.StaleWhileRevalidate.Load() != 1 {
+		t.Fatalf("stale-while-revalidate count %d, want 1", c.Stats.StaleWhileRevalidate.Load())
+	}
+
+	// Invalidated: nothing stale is left to serve.
+	if err := c.Invalidate(ctx, "s", "s:1"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(binding.StaleKey("s:1")).Build()).AsInt64(); n != 0 {
+		t.Fatal("Invalidate left the stale copy")
+	}
+
+	// PostgreSQL down: stale-if-error serves the expired value; a key with
+	// no stale copy fails with ErrUnavailable.
+	if v, err := get("e", "e:2"); err != nil || v != "two" {
+		t.Fatalf("Get e:2 = %q, %v", v, err)
+	}
+	expired("e:2")
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Start() }) // for the tests after this one, should this one fail
+	if v, err := get("e", "e:2"); err != nil || v != "two" {
+		t.Fatalf("Get e:2 with PostgreSQL down = %q, %v; want the stale %q", v, err, "two")
+	}
+	if _, err := get("e", "e:1"); !errors.Is(err, cachesync.ErrUnavailable) {
+		t.Fatalf("Get e:1 (never cached) with PostgreSQL down: %v, want ErrUnavailable", err)
+	}
+	if c.Stats.StaleIfError.Load() != 1 {
+		t.Fatalf("stale-if-error count %d, want 1", c.Stats.StaleIfError.Load())
+	}
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -39,22 +39,6 @@ const MaxAttempts = 3
 // ErrNotBehind reports PutBehind on a cache without writes: behind.
 var ErrNotBehind = errors.New("the cache does not take write-behind (writes: behind)")
 
-// putBehind sets the value like a fresh feed write (ending a fill's lease
-// and a not-found marker) and queues the row, atomically.
-// KEYS: key, lease, neg, stream, stale. ARGV: mode (s|h), ttl ms, row JSON,
-// stale copy ttl ms (0: none), stale copy, value...
-const putBehind = `redis.call('DEL', KEYS[2], KEYS[3])
-local ttl = tonumber(ARGV[2])
-if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[4]) end
-if ARGV[1] == 's' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[6]) end
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-end
-return redis.call('XADD', KEYS[4], '*', 'key', KEYS[1], 'row', ARGV[3])`
-
 // PutBehind writes row to Redis at once and queues it for PostgreSQL; it
 // returns the row's key once Redis acknowledged both. The row must hold the
 // key's columns and every column the cached value shows, in PostgreSQL's text
@@ -94,21 +78,10 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
-	mode, args := "s", []string{string(v.Bytes)}
-	if ca.cfg.Format == binding.FormatHash {
-		mode, args = "h", v.Fields
-		if len(args) == 0 {
-			return "", fmt.Errorf("cache %q: %w: every value column is null", name, ErrBadRow)
-		}
+	if ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
+		return "", fmt.Errorf("cache %q: %w: every value column is null", name, ErrBadRow)
 	}
-	ttl := ca.cfg.TTL
-	staleTTL, stale := "0", ""
-	if s := ca.b.Stale; s > 0 {
-		staleTTL, stale = strconv.FormatInt((ttl+s).Milliseconds(), 10), string(v.Result(ca.cfg.Format))
-	}
-	argv := append([]string{mode, strconv.FormatInt(ttl.Milliseconds(), 10), string(rowJSON), staleTTL, stale}, args...)
-	cmd := c.redis.B().Eval().Script(putBehind).Numkeys(5).
-		Key(key, binding.LeaseKey(key), binding.NegKey(key), StreamKey(name), binding.StaleKey(key)).Arg(argv...).Build()
+	cmd := ca.b.QueueCmd(c.redis.B(), key, StreamKey(name), &v, string(rowJSON))
 	if err := c.redis.Do(ctx, cmd).Error(); err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}

@@ -168,7 +168,8 @@ func (c *Client) cache(name, key string) (*cache, []string, error) {
 // query per process (singleflight) and, across processes, one per lease
 // (a Redis lease on the key; the others wait for its fill). A row that does
 // not exist returns ErrNotFound and is remembered for the cache's
-// negative_ttl. A hash is returned as a JSON object of its fields.
+// negative_ttl. A hash is returned as a JSON object of its fields. The
+// returned bytes may be shared: do not modify them.
 func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	ca, values, err := c.cache(name, key)
 	if err != nil {

@@ -30,6 +30,11 @@ var pgSettings = []string{
 	"checkpoint_timeout=1h", // nor by time: CHECKPOINT runs between cases
 	"autovacuum=off",        // VACUUM runs between cases, never during one
 	"logical_decoding_work_mem=64MB",
+	// Counts the read path's fill queries (step 7); tracking is switched
+	// on for that step's sessions only (ALTER DATABASE), so nothing else
+	// pays for it.
+	"shared_preload_libraries=pg_stat_statements",
+	"pg_stat_statements.track=none",
 }
 
 const (

@@ -13,7 +13,12 @@
 //     lag of a bare logical replication receiver on the same load;
 //  3. backfill of a cache from an empty Redis, beside COPY of the same rows
 //     and beside a bare client writing the same SETs into Redis;
-//  4. the daemon's peak RSS in each case.
+//  4. the daemon's peak RSS in each case;
+//  5. hit-path Get throughput and p99 through the Go API (cachesync.Open,
+//     Client.Get), beside a bare rueidis GET of the same keys;
+//  6. HTTP GET hits through httpapi, beside the Go API;
+//  7. the database queries a storm of 10,000 concurrent Gets of one missing
+//     key costs, from one client and from two (pg_stat_statements).
 //
 // It also accounts for CPU (daemon, its walsender, Redis, and other processes
 // on the machine), waits for other load to pass before each step and repeats
@@ -24,9 +29,10 @@
 //
 //	go run ./bench [-quick] [-out docs/BENCHMARKS.md] [-keep] [-perf]
 //
-// -perf records the daemon with perf(1) during the streaming cases and keeps
-// the profiles in the work directory (perf report -i FILE); it distorts the
-// figures, so do not publish a -perf run.
+// -perf records the daemon with perf(1) during the streaming cases, and this
+// program with runtime/pprof during the Go API and HTTP runs of 5 and 6, and
+// keeps the profiles in the work directory (perf report -i FILE, go tool
+// pprof FILE); it distorts the figures, so do not publish a -perf run.
 package main
 
 import (

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -28,7 +29,7 @@ func (b *bench) report() string {
 		m.CPU, m.Cores, m.RAM, m.Kernel, m.Go, m.Redis, m.Postgres, m.Date)
 
 	p("## Results\n\n")
-	p("Ratio is the fraction of the ceiling cachesync reaches (cachesync rate ÷ ceiling rate; for lag, floor ÷ cachesync).\n\n")
+	p("Ratio is the fraction of the ceiling cachesync reaches (cachesync rate ÷ ceiling rate; for lag and latency, floor ÷ cachesync).\n\n")
 	p("| # | Measurement | cachesync | Ceiling (same run) | Ratio | Target | Met |\n")
 	p("|---|---|---|---|---|---|---|\n")
 	t := func(id, what string, tr throughputResult, target string, need float64) {
@@ -65,6 +66,25 @@ func (b *bench) report() string {
 	rss("1b single-row", r.Single.Daemon)
 	rss("1b′ backlog catch-up", r.CatchupSingle.Daemon)
 	rss("2 lag", l.Process)
+	rd := r.Read
+	p("| 5 | Hit-path Get through the Go API (`Client.Get`), %d goroutines, keys in Redis, throughput (mean of 2 × %s) | %s gets/s | bare rueidis GET: %s gets/s | %.2f | ≥ 0.85 | %s |\n",
+		readWorkers, rd.For, num(rd.API.Rate), num(rd.Bare.Rate), rd.API.Rate/rd.Bare.Rate, yes(rd.API.Rate/rd.Bare.Rate >= 0.85))
+	p("| 5 | Same, p99 latency | %s | bare rueidis GET: %s | %.2f | | |\n", us(rd.API.P99), us(rd.Bare.P99), ratioDur(rd.Bare.P99, rd.API.P99))
+	p("| 6 | HTTP GET hits through httpapi (net/http, keep-alive client), %d goroutines, throughput | %s requests/s | Go API: %s gets/s | %.2f | (none set) | — |\n",
+		readWorkers, num(rd.HTTP.Rate), num(rd.API.Rate), rd.HTTP.Rate/rd.API.Rate)
+	p("| 6 | Same, p99 latency | %s | Go API: %s | %.2f | | |\n", us(rd.HTTP.P99), us(rd.API.P99), ratioDur(rd.API.P99, rd.HTTP.P99))
+	st := r.Storm
+	storm := func(what string, rs []stormRound, target string, limit int64) {
+		var each []string
+		for _, x := range rs {
+			each = append(each, strconv.FormatInt(x.Queries, 10))
+		}
+		m := maxQueries(rs)
+		p("| 7 | Database queries for %s concurrent Gets of one missing key (row exists, key unlinked), %s | %d (worst of %d storms: %s) | — | — | %s | %s |\n",
+			count(st.Gets), what, m, len(rs), strings.Join(each, ", "), target, yes(m >= 0 && m <= limit))
+	}
+	storm("one client", st.One, "1", 1)
+	storm("two clients (two processes' worth: separate Redis clients, pools and singleflight), half the Gets each", st.Two, "≤ 2", 2)
 	p("\nConsistency check after the run: %s.\n\n", r.Check)
 
 	p("## Reading the results\n\n")
@@ -102,6 +122,7 @@ func (b *bench) report() string {
 			p("\n")
 		}
 	}
+	b.readReading(p)
 	p("\n")
 	p("## Where the time goes\n\n")
 	p("CPU times are read from `/proc/PID/stat` (daemon, its walsender: the PostgreSQL backend decoding WAL for the daemon's slot) and `INFO` (Redis) over the measured window. \"Decoded\" and \"applied\" are how much of the case's WAL the walsender had sent (`sent_lsn`) and the daemon had recorded as applied in Redis when the last commit returned. A Redis round trip of writes is one pipelined batch ending with the daemon's state check (counted as EVAL calls). The bare receiver is a minimal Go pgoutput client (pglogrepl, parses every message, writes nothing) reading the same WAL after pg_recvlogical, as a second ceiling.\n\n")
@@ -131,6 +152,7 @@ func (b *bench) report() string {
 	p("\n\nLag test: achieved %.0f commits/s (floor run %.0f/s); daemon CPU %s (%.0f%% of one core, %.0f µs/commit), Redis CPU %s, %s Redis round trips of writes.\n\n",
 		l.Daemon.Rate, l.Floor.Rate, secs(l.CPU), 100*l.CPU.Seconds()/sz.LagFor.Seconds(),
 		perRow(l.CPU, l.Daemon.N), secs(l.Redis.CPU), count(int(l.Redis.Flushes)))
+	b.readCosts(p)
 
 	p("## Method\n\n")
 	p("- Table `bench(id int primary key, val bigint, note text)` with %s rows (note = 37 characters) plus a sentinel row id 0; one cache `b:{id}` → JSON `{\"id\",\"val\",\"note\"}`, no TTL. Redis, PostgreSQL, the daemon (`bin/cachesync run`) and the load generator all run on this machine over 127.0.0.1.\n", count(sz.Rows))
@@ -140,14 +162,19 @@ func (b *bench) report() string {
 	p("- **1b**: %d connections each commit autocommit `UPDATE bench SET val = val + 1 WHERE id = $1` (every statement its own transaction) until %s are done; same measurement.\n", sz.SingleConns, count(sz.SingleTxns))
 	p("- **2**: a paced writer (fixed schedule, %d connections) commits single-row updates of distinct ids at %d/s for %s and records when each COMMIT returned. cachesync: Redis keyspace notifications (`notify-keyspace-events E$`, on only during this test) report when each key is set. Floor: the same load, daemon stopped, read by a bare Go pgoutput receiver (pglogrepl) on its own slot, which records when each commit message arrives. Lag = visible − commit returned.\n", sz.LagConns, sz.LagRate, sz.LagFor)
 	p("- **3**: `FLUSHALL`, then the daemon starts with a fresh slot and no state, so it rebuilds the cache from a snapshot: process start → the `cache rebuilt` log line (all rows acknowledged by Redis). Ceiling: `COPY (SELECT id, val, note FROM public.bench) TO STDOUT` through pgx `CopyTo` into `io.Discard`, best of two runs after a warm-up.\n")
+	b.readMethod(p)
 	p("- **4**: `VmHWM` from `/proc/PID/status` just before SIGTERM; the daemon is restarted for every case, so each peak is that case's own.\n")
 	p("- PostgreSQL settings: testenv defaults (`wal_level=logical`, `fsync=off`, `full_page_writes=off`) plus `%s`; `synchronous_commit` stays `on`. `VACUUM ANALYZE` and `CHECKPOINT` run between cases, never during one. Redis: no persistence (`save \"\"`, `appendonly no`).\n\n", strings.Join(pgSettings, "`, `"))
 
 	p("## Noise\n\n")
 	p("Other processes on the machine (not this benchmark's Redis, PostgreSQL, daemon or load generator) used this share of its CPU during each step, measured from `/proc/stat` minus this program's process tree: ")
 	var parts []string
-	for _, id := range []string{"3", "1a", "1a′", "1b", "1b′", "2"} {
-		part := fmt.Sprintf("%s %.0f%%", id, 100*r.Other[id])
+	for _, id := range []string{"3", "1a", "1a′", "1b", "1b′", "2", "5"} {
+		label := id
+		if id == "5" {
+			label = "5–6"
+		}
+		part := fmt.Sprintf("%s %.0f%%", label, 100*r.Other[id])
 		if b.attempts[id] > 1 {
 			part += fmt.Sprintf(" (quieter of %d attempts)", b.attempts[id])
 		}

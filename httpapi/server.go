@@ -44,7 +44,7 @@ func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	s.handler = http.TimeoutHandler(mux, 30*time.Second, `{"error":{"code":"timeout","message":"the request took longer than 30s"}}`)
+	s.handler = mux
 	return s
 }
 
@@ -62,7 +62,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve serves on ln until ctx is done.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	if len(s.cfg.Keys) == 0 {
 		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
 	}
@@ -84,6 +84,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // auth lets a request through when it carries a key with scope (in
 // Authorization: Bearer KEY or X-API-Key), comparing in constant time.
 func (s *Server) auth(scope string, next http.HandlerFunc) http.HandlerFunc {
+	next = withTimeout(next)
 	return func(w http.ResponseWriter, r *http.Request) {
 		if len(s.cfg.Keys) == 0 {
 			next(w, r)
@@ -117,6 +118,18 @@ func (s *Server) auth(scope string, next http.HandlerFunc) http.HandlerFunc {
 			}
 		}
 		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("the API key %q lacks the %s scope", key.Name, scope))
+	}
+}
+
+// requestTimeout bounds the work of one request: a dependency that hangs
+// gives 503, not a stuck client.
+const requestTimeout = 25 * time.Second
+
+func withTimeout(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		next(w, r.WithContext(ctx))
 	}
 }
 

@@ -28,21 +28,7 @@ import (
 var pg *testenv.Postgres
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "cachesync-api-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = testenv.NewPostgres(dir, testenv.WithPostgresSettings("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"))
-	if err != nil {
-		os.RemoveAll(dir)
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testenv.RunWithPostgres(m, &pg, testenv.WithPostgresSettings("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")))
 }
 
 var dbSeq atomic.Int64

@@ -24,23 +24,7 @@ import (
 // its own database and config name (slot names are cluster-wide).
 var pg *testenv.Postgres
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "cachesync-changefeed-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = testenv.NewPostgres(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
 
 var dbSeq atomic.Int64
 

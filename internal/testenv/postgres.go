@@ -346,3 +346,22 @@ func checkTraversable(dir string, c *syscall.Credential) error {
 		}
 	}
 }
+
+// RunWithPostgres runs a package's tests with one private PostgreSQL cluster
+// shared by all of them, stored in *pg, and returns the exit code; use it as
+// TestMain's body: os.Exit(testenv.RunWithPostgres(m, &pg)). Tests share the
+// cluster by each using a database and replication slot of its own.
+func RunWithPostgres(m *testing.M, pg **Postgres, opts ...PostgresOption) int {
+	dir, err := os.MkdirTemp("", "cachesync-pg-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *pg, err = NewPostgres(dir, opts...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer (*pg).Stop()
+	return m.Run()
+}

@@ -16,17 +16,18 @@ import (
 	"github.com/cachesync/cachesync/changefeed"
 )
 
-// TestTorture runs writers through the API and straight to the database,
-// readers that fill on misses, invalidations and the change feed together on
-// 100 keys for 20 s; once writes stop, every key must read as the database
-// says (DESIGN invariant 2: no stale value after quiescence).
+// TestTorture runs writers through the API (write-through and write-behind,
+// with its drainer) and straight to the database, readers that fill on
+// misses, invalidations and the change feed together on 100 keys for 20 s;
+// once writes stop and the queue is drained, every key must read as the
+// database says (DESIGN invariant 2: no stale value after quiescence).
 func TestTorture(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20 s torture test")
 	}
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h}` + "\n")
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, writes: behind}` + "\n")
 	e.feed(cfg)
 	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
 
@@ -34,7 +35,7 @@ func TestTorture(t *testing.T) {
 	defer stop()
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
-	var puts, sqls, gets, invalidations, deletes int64
+	var puts, behinds, sqls, gets, invalidations, deletes int64
 	var mu sync.Mutex
 	count := func(n *int64) { mu.Lock(); *n++; mu.Unlock() }
 	run := func(f func(r *rand.Rand) error) {
@@ -61,6 +62,23 @@ func TestTorture(t *testing.T) {
 			return err
 		})
 	}
+	for i := range 2 { // writers behind, drained by one client
+		c := clients[i]
+		run(func(r *rand.Rand) error {
+			_, err := c.PutBehind(ctx, "t", map[string]any{"id": 1 + r.IntN(100), "v": r.Int64N(1 << 40)})
+			count(&behinds)
+			return err
+		})
+	}
+	drainCtx, stopDrain := context.WithCancel(context.Background())
+	drained := make(chan error, 1)
+	go func() { drained <- clients[1].Drain(drainCtx) }()
+	defer func() {
+		stopDrain()
+		if err := <-drained; err != nil {
+			t.Error(err)
+		}
+	}()
 	for range 2 { // writers straight to the database: updates, deletes, re-inserts
 		conn, err := pgx.Connect(context.Background(), e.dbURL)
 		if err != nil {
@@ -104,7 +122,23 @@ func TestTorture(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	t.Logf("%d puts, %d SQL writes (%d deletes), %d gets, %d invalidations", puts, sqls, deletes, gets, invalidations)
+	t.Logf("%d puts, %d behind, %d SQL writes (%d deletes), %d gets, %d invalidations", puts, behinds, sqls, deletes, gets, invalidations)
+
+	// The drainer empties the queue.
+	drainDeadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(cachesync.StreamKey("t")).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(drainDeadline) {
+			t.Fatalf("%d write-behind entries left", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	// Quiescence: the feed catches up; then every key reads as the database says.
 	want := map[int]string{}

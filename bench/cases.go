@@ -28,8 +28,9 @@ type results struct {
 	Single        throughputResult // 1b
 	CatchupSingle throughputResult // 1b': the 1b workload as a backlog
 	Lag           lagResult
-	Read          readResult  // 5 and 6: hits through the Go API, bare rueidis and HTTP
-	Storm         stormResult // 7: database queries of a miss storm
+	Read          readResult        // 5 and 6: hits through the Go API, bare rueidis and HTTP
+	Storm         stormResult       // 7: database queries of a miss storm
+	WB            writeBehindResult // 8: write-behind ingest and drain
 	Check         string
 	Other         map[string]float64 // step id -> share of the machine's CPU other processes used
 }
@@ -218,6 +219,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"2", "2. lag at a steady rate", b.lag},
 		{"5", "5–6. read path: hits through the Go API, a bare rueidis client and HTTP", b.hits},
 		{"7", "7. read path: miss storm (database queries)", b.missStorm},
+		{"8", "8. write-behind: PutBehind ingest and drain into PostgreSQL", b.writeBehind},
 		{"check", "consistency check", b.check},
 	}
 	if data, err := os.ReadFile("/proc/loadavg"); err == nil {

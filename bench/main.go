@@ -18,7 +18,10 @@
 //     Client.Get), beside a bare rueidis GET of the same keys;
 //  6. HTTP GET hits through httpapi, beside the Go API;
 //  7. the database queries a storm of 10,000 concurrent Gets of one missing
-//     key costs, from one client and from two (pg_stat_statements).
+//     key costs, from one client and from two (pg_stat_statements);
+//  8. write-behind: Client.PutBehind's ingest rate from 16 goroutines beside
+//     bare rueidis EVALs of SET + XADD, then Client.Drain's rate into
+//     PostgreSQL beside plain multi-row upserts of the same batches.
 //
 // It also accounts for CPU (daemon, its walsender, Redis, and other processes
 // on the machine), waits for other load to pass before each step and repeats
@@ -30,8 +33,8 @@
 //	go run ./bench [-quick] [-out docs/BENCHMARKS.md] [-keep] [-perf]
 //
 // -perf records the daemon with perf(1) during the streaming cases, and this
-// program with runtime/pprof during the Go API and HTTP runs of 5 and 6, and
-// keeps the profiles in the work directory (perf report -i FILE, go tool
+// program with runtime/pprof during the Go API and HTTP runs of 5 and 6 and
+// during 8's PutBehind run and drain, and keeps the profiles in the work directory (perf report -i FILE, go tool
 // pprof FILE); it distorts the figures, so do not publish a -perf run.
 package main
 

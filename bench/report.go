@@ -85,6 +85,7 @@ func (b *bench) report() string {
 	}
 	storm("one client", st.One, "1", 1)
 	storm("two clients (two processes' worth: separate Redis clients, pools and singleflight), half the Gets each", st.Two, "≤ 2", 2)
+	b.wbRows(p)
 	p("\nConsistency check after the run: %s.\n\n", r.Check)
 
 	p("## Reading the results\n\n")
@@ -123,6 +124,7 @@ func (b *bench) report() string {
 		}
 	}
 	b.readReading(p)
+	b.wbReading(p)
 	p("\n")
 	p("## Where the time goes\n\n")
 	p("CPU times are read from `/proc/PID/stat` (daemon, its walsender: the PostgreSQL backend decoding WAL for the daemon's slot) and `INFO` (Redis) over the measured window. \"Decoded\" and \"applied\" are how much of the case's WAL the walsender had sent (`sent_lsn`) and the daemon had recorded as applied in Redis when the last commit returned. A Redis round trip of writes is one pipelined batch ending with the daemon's state check (counted as EVAL calls). The bare receiver is a minimal Go pgoutput client (pglogrepl, parses every message, writes nothing) reading the same WAL after pg_recvlogical, as a second ceiling.\n\n")
@@ -163,13 +165,14 @@ func (b *bench) report() string {
 	p("- **2**: a paced writer (fixed schedule, %d connections) commits single-row updates of distinct ids at %d/s for %s and records when each COMMIT returned. cachesync: Redis keyspace notifications (`notify-keyspace-events E$`, on only during this test) report when each key is set. Floor: the same load, daemon stopped, read by a bare Go pgoutput receiver (pglogrepl) on its own slot, which records when each commit message arrives. Lag = visible − commit returned.\n", sz.LagConns, sz.LagRate, sz.LagFor)
 	p("- **3**: `FLUSHALL`, then the daemon starts with a fresh slot and no state, so it rebuilds the cache from a snapshot: process start → the `cache rebuilt` log line (all rows acknowledged by Redis). Ceiling: `COPY (SELECT id, val, note FROM public.bench) TO STDOUT` through pgx `CopyTo` into `io.Discard`, best of two runs after a warm-up.\n")
 	b.readMethod(p)
+	b.wbMethod(p)
 	p("- **4**: `VmHWM` from `/proc/PID/status` just before SIGTERM; the daemon is restarted for every case, so each peak is that case's own.\n")
 	p("- PostgreSQL settings: testenv defaults (`wal_level=logical`, `fsync=off`, `full_page_writes=off`) plus `%s`; `synchronous_commit` stays `on`. `VACUUM ANALYZE` and `CHECKPOINT` run between cases, never during one. Redis: no persistence (`save \"\"`, `appendonly no`).\n\n", strings.Join(pgSettings, "`, `"))
 
 	p("## Noise\n\n")
 	p("Other processes on the machine (not this benchmark's Redis, PostgreSQL, daemon or load generator) used this share of its CPU during each step, measured from `/proc/stat` minus this program's process tree: ")
 	var parts []string
-	for _, id := range []string{"3", "1a", "1a′", "1b", "1b′", "2", "5"} {
+	for _, id := range []string{"3", "1a", "1a′", "1b", "1b′", "2", "5", "8"} {
 		label := id
 		if id == "5" {
 			label = "5–6"

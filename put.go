@@ -78,36 +78,32 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	return ca.upsertMany([]map[string]any{row})
 }
 
+// checkRow checks that row's columns exist and include the key's.
+func (ca *cache) checkRow(row map[string]any) error {
+	for col := range row {
+		if _, ok := ca.table.Column(col); !ok {
+			return fmt.Errorf("%w: table %s has no column %q", ErrBadRow, ca.table.Name, col)
+		}
+	}
+	for _, k := range ca.cfg.Template.Columns() {
+		if _, ok := row[k]; !ok {
+			return fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
+		}
+	}
+	return nil
+}
+
 // upsertMany builds one multi-row upsert of rows, which all have the
 // columns of the first.
 func (ca *cache) upsertMany(rows []map[string]any) (string, []any, error) {
+	if err := ca.checkRow(rows[0]); err != nil {
+		return "", nil, err
+	}
 	cols := make([]string, 0, len(rows[0]))
 	for col := range rows[0] {
-		if _, ok := ca.table.Column(col); !ok {
-			return "", nil, fmt.Errorf("%w: table %s has no column %q", ErrBadRow, ca.table.Name, col)
-		}
 		cols = append(cols, col)
 	}
 	slices.Sort(cols)
-	for _, k := range ca.cfg.Template.Columns() {
-		if _, ok := rows[0][k]; !ok {
-			return "", nil, fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
-		}
-	}
-	var conflict []string
-	for _, uk := range ca.table.UniqueKeys {
-		if !slices.ContainsFunc(uk, func(c string) bool { return !slices.Contains(ca.cfg.Template.Columns(), c) }) {
-			conflict = uk
-			break
-		}
-	}
-	quoted := func(names []string) []string {
-		out := make([]string, len(names))
-		for i, n := range names {
-			out[i] = pgx.Identifier{n}.Sanitize()
-		}
-		return out
-	}
 	args := make([]any, 0, len(rows)*len(cols))
 	tuples := make([]string, len(rows))
 	for r, row := range rows {
@@ -122,24 +118,57 @@ func (ca *cache) upsertMany(rows []map[string]any) (string, []any, error) {
 		}
 		tuples[r] = "(" + strings.Join(params, ", ") + ")"
 	}
-	var set []string
-	for _, col := range cols {
-		if !slices.Contains(conflict, col) {
-			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
-		}
-	}
-	if len(set) == 0 { // only key columns: update one to itself, so RETURNING still returns the row
-		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", quoted(conflict[:1])[0], quoted(conflict[:1])[0]))
-	}
-	action := "DO UPDATE SET " + strings.Join(set, ", ")
-	returning := quoted(ca.cfg.Template.Columns())
+	returning := quoteAll(ca.cfg.Template.Columns())
 	for i := range returning {
 		returning[i] += "::text"
 	}
-	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (%s) %s RETURNING %s",
-		ca.table.Quoted, strings.Join(quoted(cols), ", "), strings.Join(tuples, ", "),
-		strings.Join(quoted(conflict), ", "), action, strings.Join(returning, ", "))
-	return sql, args, nil
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s %s RETURNING %s", ca.table.Quoted,
+		strings.Join(quoteAll(cols), ", "), strings.Join(tuples, ", "), ca.onConflict(cols),
+		strings.Join(returning, ", ")), args, nil
+}
+
+// upsertJSON builds the upsert of a JSON array of row objects ($1), all with
+// exactly cols, read by PostgreSQL with jsonb_populate_recordset.
+func (ca *cache) upsertJSON(cols []string) (string, error) {
+	for _, col := range cols {
+		if _, ok := ca.table.Column(col); !ok {
+			return "", fmt.Errorf("%w: table %s has no column %q", ErrBadRow, ca.table.Name, col)
+		}
+	}
+	list := strings.Join(quoteAll(cols), ", ")
+	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1::text::jsonb) %s",
+		ca.table.Quoted, list, list, ca.table.Quoted, ca.onConflict(cols)), nil
+}
+
+// onConflict is the ON CONFLICT clause that makes an insert of cols an
+// upsert by the unique key the cache's key covers.
+func (ca *cache) onConflict(cols []string) string {
+	var conflict []string
+	for _, uk := range ca.table.UniqueKeys {
+		if !slices.ContainsFunc(uk, func(c string) bool { return !slices.Contains(ca.cfg.Template.Columns(), c) }) {
+			conflict = uk
+			break
+		}
+	}
+	var set []string
+	for _, col := range quoteAll(cols) {
+		if !slices.Contains(quoteAll(conflict), col) {
+			set = append(set, col+" = EXCLUDED."+col)
+		}
+	}
+	if len(set) == 0 { // only key columns: update one to itself, so RETURNING still returns the row
+		q := quoteAll(conflict[:1])[0]
+		set = append(set, q+" = EXCLUDED."+q)
+	}
+	return fmt.Sprintf("ON CONFLICT (%s) DO UPDATE SET %s", strings.Join(quoteAll(conflict), ", "), strings.Join(set, ", "))
+}
+
+func quoteAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = pgx.Identifier{n}.Sanitize()
+	}
+	return out
 }
 
 // waitApplied waits until the feed of source has recorded in Redis that it

@@ -52,7 +52,7 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	if ca.cfg.Writes != config.WritesBehind {
 		return "", fmt.Errorf("cache %q: %w", name, ErrNotBehind)
 	}
-	if _, _, err := ca.upsert(row); err != nil {
+	if err := ca.checkRow(row); err != nil {
 		return "", fmt.Errorf("cache %q: %w", name, err)
 	}
 	text := make([][]byte, len(ca.cols))
@@ -182,10 +182,11 @@ func (c *Client) lockDrain(ctx context.Context) (func(), error) {
 	return release, nil
 }
 
-// entry is one queued write.
+// entry is one queued write: the row as the JSON object PutBehind queued,
+// and its column names, sorted.
 type entry struct {
-	id, key string
-	row     map[string]any
+	id, key, row string
+	cols         []string
 }
 
 func (c *Client) drain(ctx context.Context, ca *cache) error {
@@ -272,10 +273,14 @@ func (c *Client) readNew(ctx context.Context, stream string) ([]entry, error) {
 func toEntries(msgs []rueidis.XRangeEntry) []entry {
 	out := make([]entry, 0, len(msgs))
 	for _, m := range msgs {
-		e := entry{id: m.ID, key: m.FieldValues["key"]}
-		dec := json.NewDecoder(strings.NewReader(m.FieldValues["row"]))
-		dec.UseNumber()
-		dec.Decode(&e.row) // a damaged row (nil) is refused below and dead-lettered
+		e := entry{id: m.ID, key: m.FieldValues["key"], row: m.FieldValues["row"]}
+		var cols map[string]json.RawMessage
+		if json.Unmarshal([]byte(e.row), &cols) == nil { // a damaged row (no cols) is refused below and dead-lettered
+			for c := range cols {
+				e.cols = append(e.cols, c)
+			}
+			slices.Sort(e.cols)
+		}
 		out = append(out, e)
 	}
 	return out
@@ -348,13 +353,12 @@ func refused(e *pgconn.PgError) bool {
 // refused, then moves r to the dead-letter stream and acknowledges it in one
 // script, so a drainer killed midway dead-letters it once when it retries.
 func (c *Client) deadLetter(ctx context.Context, ca *cache, r entry, cause error) error {
-	row, _ := json.Marshal(r.row)
 	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), r.key)).Error(); err != nil {
 		return fmt.Errorf("dead-letter: %w", err)
 	}
 	err := c.redis.Do(ctx, c.redis.B().Eval().Script(moveDead).Numkeys(2).
 		Key(DeadLetterKey(ca.cfg.Name), StreamKey(ca.cfg.Name)).
-		Arg(drainGroup, r.id, r.key, string(row), cause.Error()).Build()).Error()
+		Arg(drainGroup, r.id, r.key, r.row, cause.Error()).Build()).Error()
 	if err != nil {
 		return fmt.Errorf("dead-letter: %w", err)
 	}
@@ -368,22 +372,21 @@ redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
 return 1`
 
-// upsertRows writes rows in one transaction, one multi-row upsert per set of columns.
+// upsertRows writes rows in one transaction, one statement per set of
+// columns: PostgreSQL reads the queued JSON objects itself
+// (jsonb_populate_recordset), converting each value to its column's type.
 func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error {
-	groups := map[string][]map[string]any{}
+	groups := map[string][]string{}
+	cols := map[string][]string{}
 	var order []string
 	for _, r := range rows {
-		if r.row == nil {
+		if len(r.cols) == 0 {
 			return fmt.Errorf("%w: entry %s has no row", ErrBadRow, r.id)
 		}
-		cols := make([]string, 0, len(r.row))
-		for col := range r.row {
-			cols = append(cols, col)
-		}
-		slices.Sort(cols)
-		sig := strings.Join(cols, "\x00")
+		sig := strings.Join(r.cols, "\x00")
 		if _, ok := groups[sig]; !ok {
 			order = append(order, sig)
+			cols[sig] = r.cols
 		}
 		groups[sig] = append(groups[sig], r.row)
 	}
@@ -393,14 +396,12 @@ func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error 
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	for _, sig := range order {
-		for chunk := range slices.Chunk(groups[sig], 500) {
-			sql, args, err := ca.upsertMany(chunk)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, sql, args...); err != nil {
-				return err
-			}
+		sql, err := ca.upsertJSON(cols[sig])
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, sql, "["+strings.Join(groups[sig], ",")+"]"); err != nil {
+			return err
 		}
 	}
 	return tx.Commit(ctx)

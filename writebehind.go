@@ -81,7 +81,12 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	if ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
 		return "", fmt.Errorf("cache %q: %w: every value column is null", name, ErrBadRow)
 	}
-	cmd := ca.b.QueueCmd(c.redis.B(), key, StreamKey(name), &v, string(rowJSON))
+	cols := make([]string, 0, len(row))
+	for col := range row {
+		cols = append(cols, col)
+	}
+	slices.Sort(cols)
+	cmd := ca.b.QueueCmd(c.redis.B(), key, StreamKey(name), &v, string(rowJSON), strings.Join(cols, "\x00"))
 	if err := c.redis.Do(ctx, cmd).Error(); err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
@@ -274,14 +279,10 @@ func toEntries(msgs []rueidis.XRangeEntry) []entry {
 	out := make([]entry, 0, len(msgs))
 	for _, m := range msgs {
 		e := entry{id: m.ID, key: m.FieldValues["key"], row: m.FieldValues["row"]}
-		var cols map[string]json.RawMessage
-		if json.Unmarshal([]byte(e.row), &cols) == nil { // a damaged row (no cols) is refused below and dead-lettered
-			for c := range cols {
-				e.cols = append(e.cols, c)
-			}
-			slices.Sort(e.cols)
+		if cols := m.FieldValues["cols"]; cols != "" {
+			e.cols = strings.Split(cols, "\x00") // sorted by PutBehind
 		}
-		out = append(out, e)
+		out = append(out, e) // a damaged entry (no cols) is refused below and dead-lettered
 	}
 	return out
 }

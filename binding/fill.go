@@ -95,24 +95,25 @@ return 1`
 // queue sets a value like a fresh feed write (ending a fill's lease and a
 // not-found marker) and appends the row to a write-behind stream, atomically.
 // KEYS: key, lease, neg, stale, stream. ARGV: mode (s|h), ttl ms, stale copy
-// ttl ms (0: none), stale copy, row JSON, value...
+// ttl ms (0: none), stale copy, row JSON, row's column names, value...
 const queue = `redis.call('DEL', KEYS[2], KEYS[3])
 local ttl = tonumber(ARGV[2])
 if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3]) end
 if ARGV[1] == 's' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[6]) end
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[7], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[7]) end
 else
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
-return redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[5])`
+return redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[5], 'cols', ARGV[6])`
 
-// QueueCmd writes v under key and appends row (JSON) to the write-behind
+// QueueCmd writes v under key and appends row (JSON, with its column names
+// joined by NUL, so the drainer need not parse the row) to the write-behind
 // stream, in one step: a value is in Redis exactly when its write is queued.
-func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row string) rueidis.Completed {
+func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row, cols string) rueidis.Completed {
 	ttl := b.ttl()
-	args := []string{"s", strconv.FormatInt(ttl.Milliseconds(), 10), "0", "", row}
+	args := []string{"s", strconv.FormatInt(ttl.Milliseconds(), 10), "0", "", row, cols}
 	if b.Stale > 0 {
 		args[2], args[3] = strconv.FormatInt((ttl+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
 	}

@@ -200,6 +200,14 @@ func (c *Client) drain(ctx context.Context, ca *cache) error {
 	rb := c.redis.B()
 	backoff := 100 * time.Millisecond
 	claimed := false
+	// next reads the following batch while the current one is written to
+	// PostgreSQL; its entries are applied only after the current ones.
+	var next chan batchRead
+	defer func() {
+		if next != nil {
+			<-next
+		}
+	}()
 	for ctx.Err() == nil {
 		err := c.redis.Do(ctx, rb.XgroupCreate().Key(stream).Group(drainGroup).Id("0").Mkstream().Build()).Error()
 		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
@@ -214,13 +222,27 @@ func (c *Client) drain(ctx context.Context, ca *cache) error {
 			// first, however fresh: they are older than anything unread.
 			entries, err = c.claimAll(ctx, stream)
 			claimed = err == nil
+		} else if next != nil {
+			r := <-next
+			next, entries, err = nil, r.entries, r.err
 		} else {
 			entries, err = c.readNew(ctx, stream)
 		}
 		if err == nil && len(entries) > 0 {
+			if claimed {
+				next = make(chan batchRead, 1)
+				go func(out chan<- batchRead) {
+					e, err := c.readNew(ctx, stream)
+					out <- batchRead{e, err}
+				}(next)
+			}
 			err = c.applyBehind(ctx, ca, entries, log)
 		}
 		if err != nil {
+			if next != nil {
+				<-next // what it read stays pending and is claimed again, in order
+				next = nil
+			}
 			if ctx.Err() != nil {
 				break
 			}
@@ -233,6 +255,12 @@ func (c *Client) drain(ctx context.Context, ca *cache) error {
 		backoff = 100 * time.Millisecond
 	}
 	return nil
+}
+
+// batchRead is the outcome of reading a batch.
+type batchRead struct {
+	entries []entry
+	err     error
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -390,6 +418,14 @@ func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error 
 			cols[sig] = r.cols
 		}
 		groups[sig] = append(groups[sig], r.row)
+	}
+	if len(order) == 1 { // one statement is a transaction of its own: one round trip
+		sql, err := ca.upsertJSON(cols[order[0]])
+		if err != nil {
+			return err
+		}
+		_, err = ca.loader.Pool().Exec(ctx, sql, "["+strings.Join(groups[order[0]], ",")+"]")
+		return err
 	}
 	tx, err := ca.loader.Pool().Begin(ctx)
 	if err != nil {

@@ -72,12 +72,6 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	return key, c.waitApplied(ctx, ca.cfg.Source, target)
 }
 
-// upsert builds INSERT ... ON CONFLICT (unique key) DO UPDATE for row,
-// returning the key columns as text.
-func (ca *cache) upsert(row map[string]any) (string, []any, error) {
-	return ca.upsertMany([]map[string]any{row})
-}
-
 // checkRow checks that row's columns exist and include the key's.
 func (ca *cache) checkRow(row map[string]any) error {
 	for col := range row {
@@ -93,37 +87,29 @@ func (ca *cache) checkRow(row map[string]any) error {
 	return nil
 }
 
-// upsertMany builds one multi-row upsert of rows, which all have the
-// columns of the first.
-func (ca *cache) upsertMany(rows []map[string]any) (string, []any, error) {
-	if err := ca.checkRow(rows[0]); err != nil {
+// upsert builds INSERT ... ON CONFLICT (unique key) DO UPDATE for row,
+// returning the key columns as text.
+func (ca *cache) upsert(row map[string]any) (string, []any, error) {
+	if err := ca.checkRow(row); err != nil {
 		return "", nil, err
 	}
-	cols := make([]string, 0, len(rows[0]))
-	for col := range rows[0] {
+	cols := make([]string, 0, len(row))
+	for col := range row {
 		cols = append(cols, col)
 	}
 	slices.Sort(cols)
-	args := make([]any, 0, len(rows)*len(cols))
-	tuples := make([]string, len(rows))
-	for r, row := range rows {
-		params := make([]string, len(cols))
-		for i, col := range cols {
-			v, ok := row[col]
-			if !ok || len(row) != len(cols) {
-				return "", nil, fmt.Errorf("%w: rows of one upsert must have the same columns", ErrBadRow)
-			}
-			args = append(args, v)
-			params[i] = fmt.Sprintf("$%d", len(args))
-		}
-		tuples[r] = "(" + strings.Join(params, ", ") + ")"
+	args := make([]any, len(cols))
+	params := make([]string, len(cols))
+	for i, col := range cols {
+		args[i] = row[col]
+		params[i] = fmt.Sprintf("$%d", i+1)
 	}
 	returning := quoteAll(ca.cfg.Template.Columns())
 	for i := range returning {
 		returning[i] += "::text"
 	}
-	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s %s RETURNING %s", ca.table.Quoted,
-		strings.Join(quoteAll(cols), ", "), strings.Join(tuples, ", "), ca.onConflict(cols),
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) %s RETURNING %s", ca.table.Quoted,
+		strings.Join(quoteAll(cols), ", "), strings.Join(params, ", "), ca.onConflict(cols),
 		strings.Join(returning, ", ")), args, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -318,9 +319,7 @@ func toEntries(msgs []rueidis.XRangeEntry) []entry {
 // applyBehind writes entries to PostgreSQL, the last write of each key
 // winning (entries are in stream order), and acknowledges them. A refused
 // row is tried alone up to MaxAttempts times, then dead-lettered.
-func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, log interface {
-	Error(string, ...any)
-}) error {
+func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, log *slog.Logger) error {
 	last := map[string]int{}
 	for i, e := range entries {
 		last[e.key] = i

@@ -112,17 +112,9 @@ return redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[5], 'cols', 
 // joined by NUL, so the drainer need not parse the row) to the write-behind
 // stream, in one step: a value is in Redis exactly when its write is queued.
 func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row, cols string) rueidis.Completed {
-	ttl := b.ttl()
-	args := []string{"s", strconv.FormatInt(ttl.Milliseconds(), 10), "0", "", row, cols}
-	if b.Stale > 0 {
-		args[2], args[3] = strconv.FormatInt((ttl+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
-	}
-	keys := rb.Eval().Script(queue).Numkeys(5).Key(key, LeaseKey(key), NegKey(key), StaleKey(key), stream)
-	if b.Format == FormatHash {
-		args[0] = "h"
-		return keys.Arg(append(args, v.Fields...)...).Build()
-	}
-	return keys.Arg(append(args, string(v.Bytes))...).Build()
+	mode, ttl, staleTTL, stale, value := b.writeArgs(v)
+	return rb.Eval().Script(queue).Numkeys(5).Key(key, LeaseKey(key), NegKey(key), StaleKey(key), stream).
+		Arg(append([]string{mode, ttl, staleTTL, stale, row, cols}, value...)...).Build()
 }
 
 // FillCmd writes v under key if token still holds the lease; a nil v writes
@@ -132,15 +124,21 @@ func (b *Binding) FillCmd(rb rueidis.Builder, key, token string, v *Value, negTT
 	if v == nil {
 		return keys.Arg(token, "n", strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10), "0", "").Build()
 	}
-	ttl := b.ttl()
-	staleTTL, stale := "0", ""
+	mode, ttl, staleTTL, stale, value := b.writeArgs(v)
+	return keys.Arg(append([]string{token, mode, ttl, staleTTL, stale}, value...)...).Build()
+}
+
+// writeArgs is how the scripts that write a value take it: mode (s string,
+// h hash), TTL in ms (jittered), the stale copy's TTL in ms (0: none) and
+// content, and the value (the string, or field, value, ...).
+func (b *Binding) writeArgs(v *Value) (mode, ttl, staleTTL, stale string, value []string) {
+	t := b.ttl()
+	mode, ttl, staleTTL = "s", strconv.FormatInt(t.Milliseconds(), 10), "0"
 	if b.Stale > 0 {
-		staleTTL, stale = strconv.FormatInt((ttl+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
+		staleTTL, stale = strconv.FormatInt((t+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
 	}
-	args := []string{token, "s", strconv.FormatInt(ttl.Milliseconds(), 10), staleTTL, stale}
 	if b.Format == FormatHash {
-		args[1] = "h"
-		return keys.Arg(append(args, v.Fields...)...).Build()
+		return "h", ttl, staleTTL, stale, v.Fields
 	}
-	return keys.Arg(append(args, string(v.Bytes))...).Build()
+	return mode, ttl, staleTTL, stale, []string{string(v.Bytes)}
 }

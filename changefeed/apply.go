@@ -151,7 +151,7 @@ func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 			return fmt.Errorf("redis write: %w", err)
 		}
 	}
-	if err := CheckAdvance(res[n]); err != nil {
+	if err := checkAdvance(res[n]); err != nil {
 		return err
 	}
 	a.f.Stats.Writes.Add(int64(n))

@@ -119,8 +119,8 @@ func (s *State) AdvanceCmd(source string, from, to pglogrepl.LSN) rueidis.Comple
 		Arg("lsn:"+source, formatLSN(from), formatLSN(max(from, to))).Build()
 }
 
-// CheckAdvance interprets the result of an AdvanceCmd.
-func CheckAdvance(r rueidis.RedisResult) error {
+// checkAdvance interprets the result of an AdvanceCmd.
+func checkAdvance(r rueidis.RedisResult) error {
 	n, err := r.AsInt64()
 	if err != nil {
 		return fmt.Errorf("state check: %w", err)

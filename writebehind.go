@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,43 +202,66 @@ func (c *Client) drain(ctx context.Context, ca *cache) error {
 	rb := c.redis.B()
 	backoff := 100 * time.Millisecond
 	claimed := false
-	// next reads the following batch while the current one is written to
-	// PostgreSQL; its entries are applied only after the current ones.
+	// done holds the entries PostgreSQL committed that are not acknowledged
+	// yet, in stream order. They are acknowledged with the next read, so the
+	// acknowledgement costs no round trip of its own. Acknowledgements go in
+	// stream order, so the pending entries are always the newest ones, and
+	// replaying them after a crash rewrites every key in order.
+	var done []entry
+	// next acknowledges done and reads the following batch while the current
+	// one is written to PostgreSQL; its entries are applied after the
+	// current ones.
 	var next chan batchRead
 	defer func() {
 		if next != nil {
 			<-next
 		}
+		if err := c.ack(context.WithoutCancel(ctx), stream, done); err != nil {
+			log.Warn("write-behind: acknowledge", "err", err) // replayed at the next start
+		}
 	}()
 	for ctx.Err() == nil {
-		err := c.redis.Do(ctx, rb.XgroupCreate().Key(stream).Group(drainGroup).Id("0").Mkstream().Build()).Error()
-		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
-			log.Error("write-behind: create consumer group", "err", err)
-			sleep(ctx, backoff)
-			backoff = min(backoff*2, 10*time.Second)
-			continue
-		}
 		var entries []entry
-		if !claimed {
+		var err error
+		switch {
+		case !claimed:
 			// Entries a crashed drainer read but did not acknowledge come
 			// first, however fresh: they are older than anything unread.
-			entries, err = c.claimAll(ctx, stream)
-			claimed = err == nil
-		} else if next != nil {
+			err = c.redis.Do(ctx, rb.XgroupCreate().Key(stream).Group(drainGroup).Id("0").Mkstream().Build()).Error()
+			if err != nil && strings.Contains(err.Error(), "BUSYGROUP") {
+				err = nil
+			}
+			if err == nil {
+				err = c.ack(ctx, stream, done)
+			}
+			if err == nil {
+				done = nil
+				entries, err = c.claimAll(ctx, stream)
+				claimed = err == nil
+			}
+		case next != nil:
 			r := <-next
 			next, entries, err = nil, r.entries, r.err
-		} else {
-			entries, err = c.readNew(ctx, stream)
+			if err == nil {
+				done = done[r.acked:]
+			}
+		default:
+			if entries, err = c.ackAndRead(ctx, stream, done, true); err == nil {
+				done = nil
+			}
 		}
 		if err == nil && len(entries) > 0 {
 			if claimed {
 				next = make(chan batchRead, 1)
+				ack := done[:len(done):len(done)]
 				go func(out chan<- batchRead) {
-					e, err := c.readNew(ctx, stream)
-					out <- batchRead{e, err}
+					e, err := c.ackAndRead(ctx, stream, ack, false)
+					out <- batchRead{e, len(ack), err}
 				}(next)
 			}
-			err = c.applyBehind(ctx, ca, entries, log)
+			if err = c.applyBehind(ctx, ca, entries, log); err == nil {
+				done = append(done, entries...)
+			}
 		}
 		if err != nil {
 			if next != nil {
@@ -258,9 +282,10 @@ func (c *Client) drain(ctx context.Context, ca *cache) error {
 	return nil
 }
 
-// batchRead is the outcome of reading a batch.
+// batchRead is the outcome of acknowledging acked entries and reading a batch.
 type batchRead struct {
 	entries []entry
+	acked   int
 	err     error
 }
 
@@ -291,17 +316,76 @@ func (c *Client) claimAll(ctx context.Context, stream string) ([]entry, error) {
 	}
 }
 
-// readNew reads entries no one has read, waiting up to a second for some.
-func (c *Client) readNew(ctx context.Context, stream string) ([]entry, error) {
-	res, err := c.redis.Do(ctx, c.redis.B().Xreadgroup().Group(drainGroup, "drainer").Count(1000).Block(1000).
-		Streams().Key(stream).Id(">").Build()).AsXRead()
+// ackCmds acknowledges entries and trims the stream below the last of them:
+// everything older was acknowledged before (acknowledgements go in stream
+// order) or dead-lettered, and trimming whole stream nodes costs Redis far
+// less than deleting entries one by one.
+func (c *Client) ackCmds(stream string, entries []entry) rueidis.Commands {
+	if len(entries) == 0 {
+		return nil
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.id
+	}
+	return rueidis.Commands{
+		c.redis.B().Xack().Key(stream).Group(drainGroup).Id(ids...).Build(),
+		c.redis.B().Xtrim().Key(stream).Minid().Threshold(afterID(ids[len(ids)-1])).Build(),
+	}
+}
+
+// afterID gives the smallest stream ID greater than id ("ms-seq").
+func afterID(id string) string {
+	ms, seq, _ := strings.Cut(id, "-")
+	m, err1 := strconv.ParseUint(ms, 10, 64)
+	n, err2 := strconv.ParseUint(seq, 10, 64)
+	switch {
+	case err1 != nil || err2 != nil:
+		return id // not an ID Redis gave: trim nothing more than before it
+	case n < math.MaxUint64:
+		return ms + "-" + strconv.FormatUint(n+1, 10)
+	case m < math.MaxUint64:
+		return strconv.FormatUint(m+1, 10) + "-0"
+	}
+	return id
+}
+
+// ack acknowledges entries whose rows PostgreSQL committed.
+func (c *Client) ack(ctx context.Context, stream string, entries []entry) error {
+	for _, r := range c.redis.DoMulti(ctx, c.ackCmds(stream, entries)...) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("xack: %w", err)
+		}
+	}
+	return nil
+}
+
+// ackAndRead acknowledges entries whose rows PostgreSQL committed, then reads
+// entries no one has read, waiting up to a second for some if block; one
+// round trip.
+func (c *Client) ackAndRead(ctx context.Context, stream string, entries []entry, block bool) ([]entry, error) {
+	read := c.redis.B().Xreadgroup().Group(drainGroup, "drainer").Count(1000)
+	var cmd rueidis.Completed
+	if block {
+		cmd = read.Block(1000).Streams().Key(stream).Id(">").Build()
+	} else {
+		cmd = read.Streams().Key(stream).Id(">").Build()
+	}
+	cmds := append(c.ackCmds(stream, entries), cmd)
+	res := c.redis.DoMulti(ctx, cmds...)
+	for _, r := range res[:len(res)-1] {
+		if err := r.Error(); err != nil {
+			return nil, fmt.Errorf("xack: %w", err)
+		}
+	}
+	got, err := res[len(res)-1].AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("xreadgroup: %w", err)
 	}
-	return toEntries(res[stream]), nil
+	return toEntries(got[stream]), nil
 }
 
 func toEntries(msgs []rueidis.XRangeEntry) []entry {
@@ -317,7 +401,7 @@ func toEntries(msgs []rueidis.XRangeEntry) []entry {
 }
 
 // applyBehind writes entries to PostgreSQL, the last write of each key
-// winning (entries are in stream order), and acknowledges them. A refused
+// winning (entries are in stream order); the caller acknowledges them. A refused
 // row is tried alone up to MaxAttempts times, then dead-lettered.
 func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, log *slog.Logger) error {
 	last := map[string]int{}
@@ -354,18 +438,6 @@ func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, lo
 					return err
 				}
 			}
-		}
-	}
-	ids := make([]string, len(entries))
-	for i, e := range entries {
-		ids[i] = e.id
-	}
-	stream := StreamKey(ca.cfg.Name)
-	for _, r := range c.redis.DoMulti(ctx,
-		c.redis.B().Xack().Key(stream).Group(drainGroup).Id(ids...).Build(),
-		c.redis.B().Xdel().Key(stream).Id(ids...).Build()) {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("xack: %w", err)
 		}
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -233,6 +234,9 @@ func (b *bench) run(ctx context.Context) error {
 	const noisy, retryBefore = 0.10, 6 * time.Minute
 	runStart := time.Now()
 	for _, s := range steps {
+		if b.only != "" && s.id != "load" && !slices.Contains(strings.Split(b.only, ","), s.id) {
+			continue
+		}
 		measuring := s.id != "load" && s.id != "check" && s.id != "7" // 7 counts queries, not time
 		var best results
 		bestShare := -1.0

@@ -49,7 +49,8 @@ type bench struct {
 	quick bool
 	bin   string
 	keep  bool
-	perf  bool // record the daemon with perf during each throughput case
+	perf  bool   // record the daemon with perf during each throughput case
+	only  string // comma-separated steps to run (-steps); empty: all
 
 	dir      string
 	rds      *testenv.Redis

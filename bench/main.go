@@ -30,7 +30,7 @@
 //
 // Usage (from the repository root; make bench builds bin/cachesync and runs it):
 //
-//	go run ./bench [-quick] [-out docs/BENCHMARKS.md] [-keep] [-perf]
+//	go run ./bench [-quick] [-out docs/BENCHMARKS.md] [-keep] [-perf] [-steps 8]
 //
 // -perf records the daemon with perf(1) during the streaming cases, and this
 // program with runtime/pprof during the Go API and HTTP runs of 5 and 6 and
@@ -80,7 +80,11 @@ func main() {
 	bin := flag.String("bin", "bin/cachesync", "the cachesync `binary` to run (make build)")
 	keep := flag.Bool("keep", false, "keep the work directory (databases, daemon logs) for inspection")
 	perf := flag.Bool("perf", false, "record the daemon with perf during the throughput cases (implies -keep; distorts the figures)")
+	only := flag.String("steps", "", "run only these comma-separated `steps` (e.g. 8 or 5,7), for trying one out; writes no report")
 	flag.Parse()
+	if *only != "" {
+		*out = ""
+	}
 
 	sz := fullSizes()
 	if *quick {
@@ -92,7 +96,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(ctx, 25*time.Minute)
 	defer cancel()
 
-	b := &bench{sz: sz, quick: *quick, bin: *bin, keep: *keep || *perf, perf: *perf}
+	b := &bench{sz: sz, quick: *quick, bin: *bin, keep: *keep || *perf, perf: *perf, only: *only}
 	err := b.run(ctx)
 	b.cleanup()
 	if err != nil {

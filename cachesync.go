@@ -267,12 +267,7 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
 	wait := time.Millisecond
-	// A fill must end well within the key's shortest TTL: a feed write it
-	// raced with must still be there when the fill checks for it.
-	leaseTTL := c.opts.LeaseTTL
-	if ttl := time.Duration(float64(ca.cfg.TTL) * (1 - float64(ca.cfg.TTLJitter)) / 2); ttl > 0 && ttl < leaseTTL {
-		leaseTTL = max(ttl, time.Millisecond)
-	}
+	leaseTTL := c.leaseTTL(ca)
 	for {
 		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, leaseTTL), rb.Exists().Key(binding.NegKey(key)).Build())
 		err := res[0].Error()
@@ -307,6 +302,16 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 	}
 }
 
+// leaseTTL is how long a fill of ca may hold a key's lease. A fill must end
+// well within the key's shortest TTL: a feed write it raced with must still
+// be there when the fill checks for it.
+func (c *Client) leaseTTL(ca *cache) time.Duration {
+	if ttl := time.Duration(float64(ca.cfg.TTL) * (1 - float64(ca.cfg.TTLJitter)) / 2); ttl > 0 && ttl < c.opts.LeaseTTL {
+		return max(ttl, time.Millisecond)
+	}
+	return c.opts.LeaseTTL
+}
+
 // load reads the row and writes it if the lease held; the value read is
 // returned either way (it was current when read).
 func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
@@ -339,11 +344,22 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 
 // Invalidate removes key from cache name; a fill in progress for it loses.
 func (c *Client) Invalidate(ctx context.Context, name, key string) error {
-	if _, _, err := c.cache(name, key); err != nil {
+	ca, _, err := c.cache(name, key)
+	if err != nil {
 		return err
 	}
-	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), key)).Error(); err != nil {
+	if err := c.invalidate(ctx, ca, key); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+	}
+	return nil
+}
+
+// invalidate removes key with its companions and its expiry record.
+func (c *Client) invalidate(ctx context.Context, ca *cache, key string) error {
+	for _, r := range c.redis.DoMulti(ctx, ca.b.AppendInvalidate(nil, c.redis.B(), key)...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -453,7 +453,7 @@ func refused(e *pgconn.PgError) bool {
 // refused, then moves r to the dead-letter stream and acknowledges it in one
 // script, so a drainer killed midway dead-letters it once when it retries.
 func (c *Client) deadLetter(ctx context.Context, ca *cache, r entry, cause error) error {
-	if err := c.redis.Do(ctx, binding.InvalidateCmd(c.redis.B(), r.key)).Error(); err != nil {
+	if err := c.invalidate(ctx, ca, r.key); err != nil {
 		return fmt.Errorf("dead-letter: %w", err)
 	}
 	err := c.redis.Do(ctx, c.redis.B().Eval().Script(moveDead).Numkeys(2).

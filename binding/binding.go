@@ -27,6 +27,9 @@ type Spec struct {
 	// for this long after the key expires: what stale-while-revalidate and
 	// stale-if-error serve.
 	Stale time.Duration
+	// Record, when set, is the cache's expiry record (RecordKey): every
+	// write adds the key with its expiry time, every removal removes it.
+	Record string
 }
 
 // FieldSpec names one output field and the column it comes from.
@@ -216,6 +219,9 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	if b.Stale > 0 {
 		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(rueidis.BinaryString(v.Result(b.Format))).Px(ttl+b.Stale).Build())
 	}
+	if b.Record != "" && ttl > 0 {
+		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(time.Now().Add(ttl).UnixMilli()), key).Build())
+	}
 	if b.Format == FormatHash {
 		if len(v.Fields) == 0 {
 			return append(cmds, rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()), nil
@@ -233,9 +239,9 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	return append(cmds, set.Build()), nil
 }
 
-// AppendDelete appends the command that removes key, with its lease and marker.
+// AppendDelete appends the commands that remove key, with its lease and marker.
 func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
-	return append(cmds, InvalidateCmd(rb, key))
+	return b.AppendInvalidate(cmds, rb, key)
 }
 
 // Clear removes every key of this binding from Redis, with their leases and
@@ -243,6 +249,11 @@ func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key
 // SCAN MATCH and kept only if the template parses them.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	n := 0
+	if b.Record != "" {
+		if err := client.Do(ctx, client.B().Unlink().Key(b.Record).Build()).Error(); err != nil {
+			return 0, fmt.Errorf("unlink %s: %w", b.Record, err)
+		}
+	}
 	for _, prefix := range []string{"", leasePrefix, negPrefix, stalePrefix} {
 		m, err := b.clear(ctx, client, prefix)
 		n += m

@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
+	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
 	"github.com/cachesync/cachesync/binding"
@@ -90,6 +91,35 @@ const (
 	FillOnMiss = "on-miss" // the daemon fills what plain Redis clients miss
 )
 
+// Refresh modes of a cache.
+const (
+	RefreshNone     = "none"      // keys expire and stay gone until read
+	RefreshOnExpiry = "on-expiry" // a key is reloaded as soon as it expires
+	RefreshAhead    = "ahead"     // a key is reloaded before it expires
+)
+
+// What a refresh does with a key whose row no longer exists.
+const (
+	NotFoundDelete   = "delete"   // the key is removed
+	NotFoundNegative = "negative" // a "not found" marker is kept for negative_ttl
+)
+
+// Schedule reloads a set of a cache's keys on a cron schedule: the listed
+// keys, or the keys of every row matching a SQL condition.
+type Schedule struct {
+	// Cron has six fields, seconds first ("0 */5 * * * *"), or a descriptor
+	// such as @hourly or @every 30s.
+	Cron string `yaml:"cron"`
+	// Keys are Redis keys of the cache.
+	Keys []string `yaml:"keys"`
+	// Where is a SQL condition over the cache's table ("price > 0"); every
+	// row it matches is reloaded.
+	Where string `yaml:"where"`
+
+	// Filled by Validate.
+	Every cron.Schedule `yaml:"-"`
+}
+
 // Cache (a binding) says how one table corresponds to a family of Redis keys.
 type Cache struct {
 	// Name is the key of this cache in the config's caches map.
@@ -122,6 +152,18 @@ type Cache struct {
 	// Fill on-miss makes the daemon fill keys that plain Redis clients miss
 	// (it listens for keymiss events); none (default) leaves that to Get.
 	Fill string `yaml:"fill"`
+	// Refresh on-expiry reloads a key from the table when it expires; ahead
+	// reloads it before, after RefreshAhead of its TTL; none (default) lets
+	// keys expire. Both need a ttl.
+	Refresh string `yaml:"refresh"`
+	// RefreshAhead is the part of a key's TTL after which ahead reloads it
+	// (default 0.8).
+	RefreshAhead Fraction `yaml:"refresh_ahead"`
+	// NotFound says what a refresh does with a key whose row is gone:
+	// delete it (default), or keep a "not found" marker for negative_ttl.
+	NotFound string `yaml:"not_found"`
+	// Schedule lists cron-scheduled reloads.
+	Schedule []Schedule `yaml:"schedule"`
 
 	// Filled by Validate.
 	Template *binding.Template `yaml:"-"`
@@ -388,8 +430,70 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	default:
 		return FieldError(field+".sync", "%q is not one of changefeed, none", cc.Sync)
 	}
+	return cc.validateRefresh(field)
+}
+
+// leadsDatabase tells a cache whose Redis values may be newer than the
+// table's rows (queued write-behind writes, no change feed): reloading a
+// present key from the table could bring back an older value.
+func (cc *Cache) leadsDatabase() bool {
+	return cc.Writes == WritesBehind && cc.Sync == SyncNone
+}
+
+func (cc *Cache) validateRefresh(field string) error {
+	switch cc.Refresh {
+	case "":
+		cc.Refresh = RefreshNone
+	case RefreshNone:
+	case RefreshOnExpiry, RefreshAhead:
+		if cc.TTL == 0 {
+			return FieldError(field+".refresh", "%s needs a ttl: keys without one never expire", cc.Refresh)
+		}
+		if cc.Refresh == RefreshAhead && cc.leadsDatabase() {
+			return FieldError(field+".refresh", "ahead would reload keys whose write-behind writes are not in the table yet (writes: behind without sync: changefeed); use on-expiry")
+		}
+	default:
+		return FieldError(field+".refresh", "%q is not one of on-expiry, ahead, none", cc.Refresh)
+	}
+	switch {
+	case cc.RefreshAhead == 0:
+		cc.RefreshAhead = 0.8
+	case cc.RefreshAhead < 0 || cc.RefreshAhead >= 1:
+		return FieldError(field+".refresh_ahead", "must be in (0, 1), e.g. 0.8")
+	}
+	switch cc.NotFound {
+	case "":
+		cc.NotFound = NotFoundDelete
+	case NotFoundDelete, NotFoundNegative:
+	default:
+		return FieldError(field+".not_found", "%q is not one of delete, negative", cc.NotFound)
+	}
+	parser := cron.NewParser(cron.Second | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+	for i := range cc.Schedule {
+		s := &cc.Schedule[i]
+		f := fmt.Sprintf("%s.schedule[%d]", field, i)
+		every, err := parser.Parse(s.Cron)
+		if err != nil {
+			return FieldError(f+".cron", "%q: %v (six fields, seconds first: \"0 */5 * * * *\")", s.Cron, err)
+		}
+		s.Every = every
+		if (len(s.Keys) == 0) == (s.Where == "") {
+			return FieldError(f, "give keys or where, one of them")
+		}
+		for _, k := range s.Keys {
+			if _, ok := cc.Template.Parse(k); !ok {
+				return FieldError(f+".keys", "%q does not fit the key template %s", k, cc.Template)
+			}
+		}
+		if cc.leadsDatabase() {
+			return FieldError(f, "a reload would overwrite write-behind writes that are not in the table yet (writes: behind without sync: changefeed)")
+		}
+	}
 	return nil
 }
+
+// Refreshes tells a cache whose keys cachesync tracks to reload them.
+func (cc *Cache) Refreshes() bool { return cc.Refresh != RefreshNone }
 
 // RedisOption turns the redis section into a rueidis client option.
 func (c *Config) RedisOption() (rueidis.ClientOption, error) {
@@ -460,6 +564,9 @@ func stripURL(s string) string {
 func (c *Cache) Spec() binding.Spec {
 	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter),
 		Stale: max(c.StaleWhileRevalidate, c.StaleIfError)}
+	if c.Refreshes() {
+		s.Record = binding.RecordKey(c.Name)
+	}
 	for _, f := range c.Value.Columns {
 		s.Fields = append(s.Fields, binding.FieldSpec{Name: f.Field, Column: f.Column})
 	}
@@ -472,6 +579,9 @@ func (c *Cache) Spec() binding.Spec {
 func (c *Cache) Fingerprint() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%g", c.Table, c.Key, c.Format, c.TTL, float64(c.TTLJitter))
+	if c.Refreshes() {
+		h.Write([]byte("\x00refresh")) // a rebuild records every key's expiry
+	}
 	for _, f := range c.Value.Columns {
 		fmt.Fprintf(h, "\x00%s=%s", f.Field, f.Column)
 	}

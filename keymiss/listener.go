@@ -7,9 +7,7 @@ package keymiss
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/keyevents"
 )
 
 // Stats counts what a listener did.
@@ -68,27 +67,7 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 // Enable makes every Redis primary publish keymiss events ('E' and 'm' in
 // notify-keyspace-events), or says exactly what to configure when it may not.
 func (l *Listener) Enable(ctx context.Context) error {
-	for addr, node := range l.redis.Nodes() {
-		m, err := node.Do(ctx, node.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap()
-		if err != nil {
-			return fmt.Errorf("redis %s: read notify-keyspace-events: %w; set it to include E and m (e.g. notify-keyspace-events Em) for fill: on-miss", addr, err)
-		}
-		flags := m["notify-keyspace-events"]
-		want := flags
-		for _, f := range "Em" {
-			if !strings.ContainsRune(want, f) {
-				want += string(f)
-			}
-		}
-		if want == flags {
-			continue
-		}
-		if err := node.Do(ctx, node.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", want).Build()).Error(); err != nil {
-			return fmt.Errorf("redis %s: notify-keyspace-events is %q and cachesync may not change it (%v): configure notify-keyspace-events %q for fill: on-miss", addr, flags, err, want)
-		}
-		l.log.Info("enabled keymiss events", "redis", addr, "notify-keyspace-events", want)
-	}
-	return nil
+	return keyevents.Enable(ctx, l.redis, "Em", "fill: on-miss", l.log)
 }
 
 // Run listens on every primary until ctx is done, resubscribing after a
@@ -98,52 +77,26 @@ func (l *Listener) Run(ctx context.Context, workers int) error {
 		return err
 	}
 	keys := make(chan string, 1024)
-	var fillers, subscribers sync.WaitGroup
+	var fillers sync.WaitGroup
 	for range workers {
-		fillers.Add(1)
-		go func() {
-			defer fillers.Done()
+		fillers.Go(func() {
 			for key := range keys {
 				l.fill(ctx, key)
 			}
-		}()
+		})
 	}
-	channel := fmt.Sprintf("__keyevent@%d__:keymiss", l.db)
-	for addr, node := range l.redis.Nodes() {
-		subscribers.Add(1)
-		go func() {
-			defer subscribers.Done()
-			l.subscribe(ctx, addr, node, channel, keys)
-		}()
-	}
-	// The subscribers end with ctx; then the fillers finish and end.
-	subscribers.Wait()
+	keyevents.Listen(ctx, l.redis, keyevents.Channel(l.db, "keymiss"), l.log, func(key string) {
+		l.Stats.Events.Add(1)
+		select {
+		case keys <- key:
+		default:
+			l.Stats.Dropped.Add(1)
+		}
+	})
+	// The subscriptions ended with ctx; then the fillers finish and end.
 	close(keys)
 	fillers.Wait()
 	return nil
-}
-
-func (l *Listener) subscribe(ctx context.Context, addr string, node rueidis.Client, channel string, keys chan<- string) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := node.Receive(ctx, node.B().Subscribe().Channel(channel).Build(), func(m rueidis.PubSubMessage) {
-			l.Stats.Events.Add(1)
-			select {
-			case keys <- m.Message:
-			default:
-				l.Stats.Dropped.Add(1)
-			}
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		l.log.Warn("keymiss subscription ended; resubscribing", "redis", addr, "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
 }
 
 func (l *Listener) fill(ctx context.Context, key string) {

@@ -64,6 +64,69 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 	return row, nil
 }
 
+// LoadRows returns columns of the rows of t whose keyColumns equal one of
+// keys (each a list of text values, one per key column), in one query.
+// Rows come in no particular order; keys without a row have none.
+func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []string, keys [][]string) ([][][]byte, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	sql, err := selectByKeys(t, columns, keyColumns)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", t.Name, err)
+	}
+	// One text[] parameter per key column, in PostgreSQL's array syntax.
+	params := make([][]byte, len(keyColumns))
+	for i := range keyColumns {
+		a := []byte{'{'}
+		for j, k := range keys {
+			if j > 0 {
+				a = append(a, ',')
+			}
+			a = append(a, '"')
+			for _, c := range []byte(k[i]) {
+				if c == '"' || c == '\\' {
+					a = append(a, '\\')
+				}
+				a = append(a, c)
+			}
+			a = append(a, '"')
+		}
+		params[i] = append(a, '}')
+	}
+	var rows [][][]byte
+	err = l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+		rows = res.Rows
+		return res.Err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", t.Name, err)
+	}
+	return rows, nil
+}
+
+// selectByKeys selects the rows whose key columns are in the unnested
+// parameter arrays, cast to each column's type so its index serves.
+func selectByKeys(t *Table, columns, keyColumns []string) (string, error) {
+	cols := make([]string, len(columns))
+	for i, c := range columns {
+		cols[i] = "t." + pgx.Identifier{c}.Sanitize()
+	}
+	keys := make([]string, len(keyColumns))
+	arrays := make([]string, len(keyColumns))
+	for i, name := range keyColumns {
+		c, ok := t.Column(name)
+		if !ok {
+			return "", fmt.Errorf("no column %q", name)
+		}
+		keys[i] = "t." + pgx.Identifier{name}.Sanitize()
+		arrays[i] = fmt.Sprintf("$%d::text[]::%s[]", i+1, c.Type)
+	}
+	return fmt.Sprintf("SELECT %s FROM %s t WHERE (%s) IN (SELECT * FROM unnest(%s))",
+		strings.Join(cols, ", "), t.Quoted, strings.Join(keys, ", "), strings.Join(arrays, ", ")), nil
+}
+
 func selectByKey(t *Table, columns, keyColumns []string) string {
 	cols := make([]string, len(columns))
 	for i, c := range columns {

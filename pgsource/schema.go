@@ -13,7 +13,10 @@ import (
 // of the type whose text form it carries (a domain resolves to its base type).
 type Column struct {
 	Name    string
-	TypeOID uint32
+	TypeOID uint32 // the base type, through domains: what values are formatted by
+	// Type is the declared type without modifiers (format_type), for casts
+	// of text parameters to the column's type.
+	Type string
 }
 
 // Table is a source table's shape, read from the live catalog.
@@ -87,7 +90,8 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			UNION ALL
 			SELECT b.attnum, t.typbasetype, b.depth + 1 FROM base b JOIN pg_type t ON t.oid = b.typ
 			WHERE t.typtype = 'd')
-		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1)
+		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1),
+			format_type(a.atttypid, NULL)
 		FROM pg_attribute a
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, t.OID)
@@ -96,7 +100,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.TypeOID); err != nil {
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type); err != nil {
 			return nil, fmt.Errorf("table %s: columns: %w", table, err)
 		}
 		t.Columns = append(t.Columns, c)

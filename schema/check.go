@@ -59,7 +59,7 @@ func CheckTable(c *config.Cache, t *pgsource.Table) error {
 func BindingColumns(cols []pgsource.Column) []binding.Column {
 	out := make([]binding.Column, len(cols))
 	for i, c := range cols {
-		out[i] = binding.Column(c)
+		out[i] = binding.Column{Name: c.Name, TypeOID: c.TypeOID}
 	}
 	return out
 }
@@ -99,7 +99,7 @@ func SelectBinding(c *config.Cache, t *pgsource.Table) (*binding.Binding, []stri
 	layout := make([]binding.Column, len(cols))
 	for i, name := range cols {
 		col, _ := t.Column(name)
-		layout[i] = binding.Column(col)
+		layout[i] = binding.Column{Name: col.Name, TypeOID: col.TypeOID}
 	}
 	b, err := binding.New(spec, layout)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/httpapi"
 	"github.com/cachesync/cachesync/keymiss"
+	"github.com/cachesync/cachesync/refresh"
 	"github.com/cachesync/cachesync/schema"
 )
 
@@ -137,7 +138,10 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	onMiss := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Fill == config.FillOnMiss })
 	behind := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Writes == config.WritesBehind })
-	if d.cfg.HTTP.Addr != "" || onMiss || behind {
+	refreshes := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool {
+		return d.cfg.Caches[n].Refreshes() || len(d.cfg.Caches[n].Schedule) > 0
+	})
+	if d.cfg.HTTP.Addr != "" || onMiss || behind || refreshes {
 		api, err := cachesync.Open(ctx, d.cfg, cachesync.Options{Logger: d.log})
 		if err != nil {
 			return err
@@ -153,6 +157,13 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		if listener != nil {
 			g.Go(func() error { return listener.Run(gctx, 16) })
+		}
+		refresher, err := refresh.New(d.cfg, api, d.redis, d.log)
+		if err != nil {
+			return err
+		}
+		if refresher != nil {
+			g.Go(func() error { return refresher.Run(gctx) })
 		}
 		if behind {
 			d.warnNoAOF(ctx)

@@ -1,0 +1,372 @@
+// Package refresh reloads cache keys from PostgreSQL when they expire
+// (refresh: on-expiry), before they expire (refresh: ahead), and on cron
+// schedules. Expired-key events from Redis are the fast path; they are
+// fire-and-forget, so every write of a refreshing cache also records the
+// key's expiry time in the cache's expiry record (a sorted set), and the
+// refresher reads that record too: what expired while it was down or
+// disconnected is reloaded as soon as it runs again. The reloads themselves
+// are cachesync.Client.Reload: lease-guarded, batched, one query each.
+package refresh
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/keyevents"
+)
+
+// Stats counts what a refresher did; safe for concurrent reads.
+type Stats struct {
+	Events    atomic.Int64 // expired-key events received
+	Refreshed atomic.Int64 // keys written back, on expiry or ahead
+	Repaired  atomic.Int64 // of those, keys that expired before this refresher ran, or were found over Late after they expired: missed, then repaired
+	Kept      atomic.Int64 // keys found present (already refilled, or written by someone else)
+	NotFound  atomic.Int64 // keys whose row was gone: deleted or marked
+	Ignored   atomic.Int64 // expired keys that belong to no refreshing cache
+	Dropped   atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
+	Scheduled atomic.Int64 // keys written by scheduled reloads
+	Errors    atomic.Int64 // reload batches that failed (their keys are retried from the record)
+	// DelayNanos and DelayCount sum the delay from a recorded expiry to the
+	// key's refresh, for keys refreshed after they expired.
+	DelayNanos atomic.Int64
+	DelayCount atomic.Int64
+}
+
+// Late is how long after its recorded expiry a key must still be missing
+// to count as repaired rather than refreshed in time.
+const Late = time.Second
+
+// BatchSize bounds the keys of one reload: one query, one pipeline.
+const BatchSize = 500
+
+// Workers bounds the reloads that run at once, so a mass expiry does not
+// stampede the database.
+const Workers = 4
+
+// Refresher keeps the keys of one config's refreshing caches.
+type Refresher struct {
+	api       *cachesync.Client
+	redis     rueidis.Client
+	refreshed []*config.Cache // refresh: on-expiry or ahead
+	scheduled []*config.Cache // with schedule entries
+	db        int
+	log       *slog.Logger
+	Stats     Stats
+
+	started int64 // unix ms when Run began
+	work    chan batch
+	mu      sync.Mutex
+	busy    map[string]bool // cache NUL key: in a reload now
+}
+
+// batch is keys of one cache to reload.
+type batch struct {
+	cache     *config.Cache
+	keys      []string
+	expiries  []int64 // recorded expiry of each key (unix ms), 0 when unknown
+	present   bool    // reload present keys too (ahead, schedule)
+	scheduled bool
+}
+
+// New returns the refresher of cfg's caches, or nil when no cache
+// refreshes or has a schedule.
+func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
+	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
+		work: make(chan batch, Workers), busy: map[string]bool{}}
+	for _, name := range cfg.CacheNames() {
+		c := cfg.Caches[name]
+		if c.Refreshes() {
+			r.refreshed = append(r.refreshed, c)
+		}
+		if len(c.Schedule) > 0 {
+			r.scheduled = append(r.scheduled, c)
+		}
+	}
+	if len(r.refreshed) == 0 && len(r.scheduled) == 0 {
+		return nil, nil
+	}
+	opt, err := cfg.RedisOption()
+	if err != nil {
+		return nil, err
+	}
+	r.db = opt.SelectDB
+	return r, nil
+}
+
+// Run refreshes until ctx is done: it listens for expired keys on every
+// primary, reads the expiry records, and runs the schedules.
+func (r *Refresher) Run(ctx context.Context) error {
+	r.started = time.Now().UnixMilli()
+	if len(r.refreshed) > 0 {
+		if err := CheckSingleNode(ctx, r.redis); err != nil {
+			return err
+		}
+		if err := keyevents.Enable(ctx, r.redis, "Ex", "refresh: on-expiry and ahead", r.log); err != nil {
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	for range Workers {
+		wg.Go(func() {
+			for b := range r.work {
+				r.reload(ctx, b)
+			}
+		})
+	}
+	var producers sync.WaitGroup
+	if len(r.refreshed) > 0 {
+		events := make(chan string, 65536)
+		producers.Go(func() {
+			keyevents.Listen(ctx, r.redis, keyevents.Channel(r.db, "expired"), r.log, func(key string) {
+				r.Stats.Events.Add(1)
+				select {
+				case events <- key:
+				default:
+					r.Stats.Dropped.Add(1)
+				}
+			})
+		})
+		producers.Go(func() { r.expired(ctx, events) })
+	}
+	for _, c := range r.refreshed {
+		producers.Go(func() { r.poll(ctx, c) })
+	}
+	for _, c := range r.scheduled {
+		for _, s := range c.Schedule {
+			producers.Go(func() { r.schedule(ctx, c, s) })
+		}
+	}
+	producers.Wait()
+	close(r.work)
+	wg.Wait()
+	return nil
+}
+
+// CheckSingleNode refuses a Redis Cluster: a refreshing cache's values and
+// its expiry record are written by one script, which Cluster allows only
+// within one hash slot.
+func CheckSingleNode(ctx context.Context, redis rueidis.Client) error {
+	info, err := redis.Do(ctx, redis.B().Info().Section("cluster").Build()).ToString()
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if strings.Contains(info, "cluster_enabled:1") {
+		return fmt.Errorf("refresh: on-expiry and ahead need a single Redis node; Redis Cluster is not supported for them yet")
+	}
+	return nil
+}
+
+// expired turns expired-key events into batches of reloads, until ctx is
+// done. A batch takes whatever events are waiting, up to BatchSize a cache.
+func (r *Refresher) expired(ctx context.Context, events <-chan string) {
+	pending := map[*config.Cache][]string{}
+	n := 0
+	add := func(key string) {
+		c := r.cacheOf(key)
+		if c == nil {
+			r.Stats.Ignored.Add(1)
+			return
+		}
+		if !r.claim(c, key) {
+			return // a reload of it is running
+		}
+		pending[c] = append(pending[c], key)
+		n++
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case key := <-events:
+			add(key)
+		}
+	drain:
+		for n < BatchSize {
+			select {
+			case key := <-events:
+				add(key)
+			default:
+				break drain
+			}
+		}
+		for c, keys := range pending {
+			if !r.send(ctx, batch{cache: c, keys: keys, expiries: make([]int64, len(keys))}) {
+				return
+			}
+			delete(pending, c)
+		}
+		n = 0
+	}
+}
+
+// cacheOf returns the refreshing cache whose template key fits, or nil.
+func (r *Refresher) cacheOf(key string) *config.Cache {
+	if strings.HasPrefix(key, "cachesync:") {
+		return nil // a lease, marker or stale copy of cachesync's own
+	}
+	for _, c := range r.refreshed {
+		if _, ok := c.Template.Parse(key); ok {
+			return c
+		}
+	}
+	return nil
+}
+
+// claim marks key of c as in a reload; false when it already is.
+func (r *Refresher) claim(c *config.Cache, key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := c.Name + "\x00" + key
+	if r.busy[k] {
+		return false
+	}
+	r.busy[k] = true
+	return true
+}
+
+func (r *Refresher) done(c *config.Cache, keys []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, key := range keys {
+		delete(r.busy, c.Name+"\x00"+key)
+	}
+}
+
+func (r *Refresher) send(ctx context.Context, b batch) bool {
+	select {
+	case r.work <- b:
+		return true
+	case <-ctx.Done():
+		r.done(b.cache, b.keys)
+		return false
+	}
+}
+
+// poll reads c's expiry record for keys that expired (on-expiry) or expire
+// within the last part of their TTL (ahead), until ctx is done.
+func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
+	lead := time.Duration(0)
+	if c.Refresh == config.RefreshAhead {
+		lead = time.Duration(float64(c.TTL) * (1 - float64(c.RefreshAhead)))
+	}
+	// Often enough that an ahead refresh comes well before the expiry.
+	every := min(max(c.TTL/20, 10*time.Millisecond), 250*time.Millisecond)
+	if lead > 0 {
+		every = min(every, max(lead/4, 5*time.Millisecond))
+	}
+	record := binding.RecordKey(c.Name)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	const page = 4 * BatchSize
+	for {
+		// Read due keys until a page brings nothing new (keys in a reload
+		// are skipped: they are rescored when it ends).
+		for more := true; more && ctx.Err() == nil; {
+			until := time.Now().Add(lead).UnixMilli()
+			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(strconv.FormatInt(until, 10)).
+				Byscore().Limit(0, page).Withscores().Build()).AsZScores()
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("read expiry record", "cache", c.Name, "err", err)
+				}
+				break
+			}
+			more = len(res) == page
+			b := batch{cache: c, present: lead > 0}
+			sent := false
+			for i, z := range res {
+				if r.claim(c, z.Member) {
+					b.keys = append(b.keys, z.Member)
+					b.expiries = append(b.expiries, int64(z.Score))
+				}
+				if len(b.keys) == BatchSize || (i == len(res)-1 && len(b.keys) > 0) {
+					if !r.send(ctx, b) {
+						return
+					}
+					b, sent = batch{cache: c, present: lead > 0}, true
+				}
+			}
+			more = more && sent
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// schedule runs one cron entry of c until ctx is done.
+func (r *Refresher) schedule(ctx context.Context, c *config.Cache, s config.Schedule) {
+	for {
+		next := s.Every.Next(time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(next)):
+		}
+		keys := s.Keys
+		if s.Where != "" {
+			var err error
+			if keys, err = r.api.KeysWhere(ctx, c.Name, s.Where); err != nil {
+				r.Stats.Errors.Add(1)
+				r.log.Error("scheduled reload", "cache", c.Name, "cron", s.Cron, "err", err)
+				continue
+			}
+		}
+		for start := 0; start < len(keys); start += BatchSize {
+			var b batch
+			for _, key := range keys[start:min(start+BatchSize, len(keys))] {
+				if r.claim(c, key) {
+					b.keys = append(b.keys, key)
+					b.expiries = append(b.expiries, 0)
+				}
+			}
+			if len(b.keys) > 0 && !r.send(ctx, batch{cache: c, keys: b.keys, expiries: b.expiries, present: true, scheduled: true}) {
+				return
+			}
+		}
+	}
+}
+
+// reload runs one batch and counts what it did.
+func (r *Refresher) reload(ctx context.Context, b batch) {
+	defer r.done(b.cache, b.keys)
+	res, err := r.api.Reload(ctx, b.cache.Name, b.keys, b.present)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.Stats.Errors.Add(1)
+			r.log.Error("reload", "cache", b.cache.Name, "keys", len(b.keys), "err", err)
+		}
+		return
+	}
+	r.Stats.Kept.Add(int64(res.Kept))
+	r.Stats.NotFound.Add(int64(res.NotFound))
+	if b.scheduled {
+		r.Stats.Scheduled.Add(int64(res.Written))
+		return
+	}
+	r.Stats.Refreshed.Add(int64(res.Written))
+	now := time.Now().UnixMilli()
+	for i, at := range b.expiries {
+		if at == 0 || at > now || !res.Wrote[i] {
+			continue
+		}
+		r.Stats.DelayNanos.Add((now - at) * int64(time.Millisecond))
+		r.Stats.DelayCount.Add(1)
+		if at < r.started || now-at > Late.Milliseconds() {
+			r.Stats.Repaired.Add(1)
+		}
+	}
+}

@@ -1,0 +1,343 @@
+package refresh_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/refresh"
+)
+
+var pg *testenv.Postgres
+
+func TestMain(m *testing.M) { testenv.RunWithPostgres(m, &pg) }
+
+// env is one test's database, Redis, config, API client and refresher.
+type env struct {
+	t   *testing.T
+	db  *pgx.Conn
+	rc  rueidis.Client
+	cfg *config.Config
+	api *cachesync.Client
+}
+
+var dbs atomic.Int64
+
+func newEnv(t *testing.T, schema, caches string) *env {
+	t.Helper()
+	ctx := t.Context()
+	name := fmt.Sprintf("refresh%d", dbs.Add(1))
+	if err := pg.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pgx.Connect(ctx, pg.URL(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	if _, err := db.Exec(ctx, schema); err != nil {
+		t.Fatal(err)
+	}
+	rds := testenv.StartRedis(t)
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Close)
+	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, rds.URL(), pg.URL(name), caches)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(api.Close)
+	return &env{t: t, db: db, rc: rc, cfg: cfg, api: api}
+}
+
+// start runs a refresher until the returned stop is called (or the test ends).
+func (e *env) start() (*refresh.Refresher, func()) {
+	e.t.Helper()
+	r, err := refresh.New(e.cfg, e.api, e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil || r == nil {
+		e.t.Fatalf("refresher %v, %v", r, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Error(err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return r, stop
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) get(key string) (string, bool) {
+	e.t.Helper()
+	v, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(key).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v, true
+}
+
+func (e *env) do(cmd rueidis.Completed) {
+	e.t.Helper()
+	if err := e.rc.Do(context.Background(), cmd).Error(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// mget returns the values of keys ("" for a missing key) and how many were missing.
+func (e *env) mget(keys []string) ([]string, int) {
+	e.t.Helper()
+	out := make([]string, 0, len(keys))
+	missing := 0
+	for start := 0; start < len(keys); start += 1000 {
+		vals, err := e.rc.Do(context.Background(), e.rc.B().Mget().Key(keys[start:min(start+1000, len(keys))]...).Build()).ToArray()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, v := range vals {
+			s, err := v.ToString()
+			if err != nil {
+				missing++
+			}
+			out = append(out, s)
+		}
+	}
+	return out, missing
+}
+
+// TestSeedScenario is the seed document's scenario, as redis-cli would
+// drive it: the row (apple, 1.99) in the table, SET price:apple 1, EXPIRE
+// price:apple 3; within a second after the expiry GET price:apple returns
+// the database's value in the cache's format, with the cache's TTL.
+func TestSeedScenario(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory VALUES ('apple', 1.99)`, `
+  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none, refresh: on-expiry}
+  marked: {table: inventory, key: "marked:{item}", value: {format: string, column: price}, ttl: 1h, sync: none, refresh: on-expiry, not_found: negative, negative_ttl: 30s}
+`)
+	r, _ := e.start()
+	// Wait until the refresher listens: it enables expired events first.
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Stats.Events.Load() == 0 {
+		e.do(e.rc.B().Set().Key("probe:x").Value("1").Px(time.Millisecond).Build())
+		if time.Now().After(deadline) {
+			t.Fatal("no expired event reached the refresher")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	e.do(e.rc.B().Set().Key("price:apple").Value("1").Build())
+	e.do(e.rc.B().Expire().Key("price:apple").Seconds(3).Build())
+	expiry := time.Now().Add(3 * time.Second)
+	for {
+		v, ok := e.get("price:apple")
+		if ok && v == "1.99" {
+			if late := time.Since(expiry); late > time.Second {
+				t.Fatalf("refreshed %v after the expiry, want within 1s", late)
+			}
+			break
+		}
+		if ok && v != "1" {
+			t.Fatalf("price:apple = %q", v)
+		}
+		if time.Since(expiry) > time.Second {
+			t.Fatalf("price:apple still %q (present %v) %v after its expiry", v, ok, time.Since(expiry))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ttl, err := e.rc.Do(t.Context(), e.rc.B().Ttl().Key("price:apple").Build()).AsInt64()
+	if err != nil || ttl < 3500 || ttl > 3600 {
+		t.Fatalf("TTL %d (%v), want the cache's hour", ttl, err)
+	}
+	if n := r.Stats.Refreshed.Load(); n != 1 {
+		t.Fatalf("refreshed %d keys, want 1", n)
+	}
+
+	// A key whose row is gone: deleted by default, marked with not_found: negative.
+	ignored := r.Stats.Ignored.Load()
+	e.do(e.rc.B().Set().Key("price:pear").Value("1").Px(50 * time.Millisecond).Build())
+	e.do(e.rc.B().Set().Key("marked:pear").Value("1").Px(50 * time.Millisecond).Build())
+	for r.Stats.NotFound.Load() < 2 {
+		if time.Since(deadline) > 20*time.Second {
+			t.Fatalf("not-found count %d", r.Stats.NotFound.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, k := range []string{"price:pear", "marked:pear"} {
+		if v, ok := e.get(k); ok {
+			t.Errorf("%s = %q, want no key", k, v)
+		}
+	}
+	if _, err := e.api.Get(t.Context(), "marked", "marked:pear"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("Get(marked:pear) error %v, want not found from the marker", err)
+	}
+	if n, _ := e.rc.Do(t.Context(), e.rc.B().Exists().Key("cachesync:neg:{marked:pear}").Build()).AsInt64(); n != 1 {
+		t.Error("no not-found marker for marked:pear")
+	}
+	if n, _ := e.rc.Do(t.Context(), e.rc.B().Exists().Key("cachesync:neg:{price:pear}").Build()).AsInt64(); n != 0 {
+		t.Error("a not-found marker for price:pear, whose cache deletes")
+	}
+	// Keys of no cache are ignored and counted.
+	e.do(e.rc.B().Set().Key("session:1").Value("x").Px(10 * time.Millisecond).Build())
+	for r.Stats.Ignored.Load() == ignored {
+		if time.Since(deadline) > 20*time.Second {
+			t.Fatal("an expired key of no cache was not counted as ignored")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestNothingMissed: 10,000 keys with 1 s TTLs are each refreshed (a
+// change made in the table while they cycle reaches every one); the
+// refresher stops, at least 5,000 keys expire meanwhile, and a new one
+// repairs every key within 5 seconds of its start.
+func TestNothingMissed(t *testing.T) {
+	const n = 10_000
+	e := newEnv(t, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+		INSERT INTO t SELECT g, 0 FROM generate_series(1, %d) g`, n), `
+  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1s, ttl_jitter: 20%, sync: none, refresh: on-expiry}
+`)
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("t:%d", i+1)
+	}
+	for start := 0; start < n; start += 500 {
+		if res, err := e.api.Reload(t.Context(), "t", keys[start:start+500], false); err != nil || res.Written != 500 {
+			t.Fatalf("initial fill: %+v, %v", res, err)
+		}
+	}
+	// waitAll waits until every key has been seen holding want.
+	waitAll := func(want string, within time.Duration) {
+		t.Helper()
+		seen := make([]bool, n)
+		left := n
+		deadline := time.Now().Add(within)
+		for left > 0 {
+			vals, _ := e.mget(keys)
+			for i, v := range vals {
+				if !seen[i] && v == want {
+					seen[i], left = true, left-1
+				}
+			}
+			if left > 0 && time.Now().After(deadline) {
+				t.Fatalf("%d of %d keys never held %q within %v", left, n, want, within)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	r, stop := e.start()
+	e.exec(`UPDATE t SET v = 1`)
+	waitAll("1", 10*time.Second) // each expired and was reloaded
+	if got := r.Stats.Refreshed.Load(); got < n {
+		t.Fatalf("refreshed %d keys, want at least %d", got, n)
+	}
+	stop()
+
+	// Down: keys expire with nobody listening.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, missing := e.mget(keys)
+		if missing >= n/2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d keys expired", missing)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.exec(`UPDATE t SET v = 2`)
+	r2, _ := e.start()
+	waitAll("2", 5*time.Second)
+	if got := r2.Stats.Repaired.Load(); got < n/2 {
+		t.Errorf("repaired %d keys, want at least %d", got, n/2)
+	}
+	t.Logf("first run refreshed %d, second run refreshed %d, repaired %d; mean delay %v",
+		r.Stats.Refreshed.Load(), r2.Stats.Refreshed.Load(), r2.Stats.Repaired.Load(),
+		time.Duration(r2.Stats.DelayNanos.Load()/max(r2.Stats.DelayCount.Load(), 1)))
+}
+
+// TestAheadNoMisses: with refresh: ahead, 8 readers hammering 1,000 keys
+// with 1 s TTLs for 10 s never miss (reloaded after half the TTL: the
+// other half leaves room for a machine loaded by the other tests); with a change feed the keys' TTLs are
+// renewed (their values are the feed's), without one they are reloaded.
+func TestAheadNoMisses(t *testing.T) {
+	for _, mode := range []string{"none", "changefeed"} {
+		t.Run(mode, func(t *testing.T) {
+			const n = 1000
+			e := newEnv(t, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+				INSERT INTO t SELECT g, 0 FROM generate_series(1, %d) g`, n), fmt.Sprintf(`
+  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1s, sync: %s, refresh: ahead, refresh_ahead: 0.5}
+`, mode))
+			keys := make([]string, n)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("t:%d", i+1)
+			}
+			if res, err := e.api.Reload(t.Context(), "t", keys, false); err != nil || res.Written != n {
+				t.Fatalf("initial fill: %+v, %v", res, err)
+			}
+			r, _ := e.start()
+			var reads, misses atomic.Int64
+			var wg sync.WaitGroup
+			end := time.Now().Add(10 * time.Second)
+			for g := range 8 {
+				wg.Go(func() {
+					for i := g; time.Now().Before(end); i += 7 {
+						_, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(keys[i%n]).Build()).ToString()
+						reads.Add(1)
+						if rueidis.IsRedisNil(err) {
+							misses.Add(1)
+						} else if err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if misses.Load() != 0 || reads.Load() < 10_000 {
+				t.Fatalf("%d misses in %d reads", misses.Load(), reads.Load())
+			}
+			if mode == "none" && r.Stats.Refreshed.Load() < 5*n {
+				t.Errorf("reloaded %d keys in 10 s, want each about every 0.5 s", r.Stats.Refreshed.Load())
+			}
+			if mode == "changefeed" && r.Stats.Kept.Load() < 5*n {
+				t.Errorf("renewed %d keys in 10 s, want each about every 0.5 s", r.Stats.Kept.Load())
+			}
+			t.Logf("%d reads, %d misses; reloaded %d, renewed %d", reads.Load(), misses.Load(), r.Stats.Refreshed.Load(), r.Stats.Kept.Load())
+		})
+	}
+}

@@ -444,3 +444,88 @@ func TestPut(t *testing.T) {
 		t.Fatalf("Put with an unknown column: %v", err)
 	}
 }
+
+// TestReloadLoses: a refresh that read a row before a change writes
+// nothing after it: not after the feed deleted the row (the lease ended,
+// so no deleted row comes back), not over the feed's update, not after the
+// feed inserted a row it found missing, not after an invalidation of a key
+// it leased to overwrite.
+func TestReloadLoses(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
+	e.feed(cfg)
+	ctx := context.Background()
+	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := e.rc.B()
+	wait := func(what string, ok func() bool) {
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	recorded := func(key string) bool {
+		_, err := e.rc.Do(ctx, rb.Zscore().Key(binding.RecordKey("prices")).Member(key).Build()).AsFloat64()
+		return err == nil
+	}
+	old := &binding.Value{Bytes: []byte("1.00")}
+	for _, race := range []struct {
+		name, key, action string
+		read              *binding.Value // what the refresh read: the old row, or nil (no row)
+		do                func()
+		after             string // the key afterwards
+	}{
+		{"feed delete", "price:pear", binding.ClaimRecord, old, func() {
+			e.exec(`DELETE FROM inventory WHERE item = 'pear'`)
+			wait("the feed's delete", func() bool { return !recorded("price:pear") })
+		}, ""},
+		{"feed update", "price:apple", binding.ClaimRecord, old, func() {
+			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
+			wait("the feed's update", func() bool { v, _ := e.get("price:apple"); return v == "2.00" })
+		}, "2.00"},
+		{"feed insert", "price:kiwi", binding.ClaimRecord, nil, func() {
+			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+			wait("the feed's insert", func() bool { v, _ := e.get("price:kiwi"); return v == "0.69" })
+		}, "0.69"},
+		{"invalidate", "price:apple", binding.ClaimLease, old, func() {
+			for _, r := range e.rc.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
+				if err := r.Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, ""},
+	} {
+		// The key expired (or, to overwrite, is there); the refresh claims it ...
+		if race.action == binding.ClaimRecord {
+			e.rc.Do(ctx, rb.Del().Key(race.key).Build())
+		} else {
+			e.rc.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
+		}
+		claimed, err := e.rc.Do(ctx, b.ClaimCmd(rb, race.key, race.action, "tok", time.Minute, time.Now())).ToString()
+		if want := map[string]string{binding.ClaimRecord: "a", binding.ClaimLease: "l"}[race.action]; err != nil || claimed != want {
+			t.Fatalf("%s: claim %q, %v; want %q", race.name, claimed, err, want)
+		}
+		// ... the change happens and lands ...
+		race.do()
+		// ... and the refresh's write of what it read is refused.
+		n, err := e.rc.Do(ctx, b.ReloadCmd(rb, race.key, "tok", race.read, race.action == binding.ClaimLease, true, time.Hour)).AsInt64()
+		if err != nil || n != 0 {
+			t.Fatalf("%s: the refresh's write returned %d, %v; want 0", race.name, n, err)
+		}
+		if v, _ := e.get(race.key); v != race.after {
+			t.Fatalf("%s: %s = %q after the refresh, want %q", race.name, race.key, v, race.after)
+		}
+		if neg, _ := e.rc.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+			t.Fatalf("%s: a not-found marker was left", race.name)
+		}
+		if race.after == "" && recorded(race.key) {
+			t.Fatalf("%s: %s is still in the expiry record", race.name, race.key)
+		}
+	}
+}

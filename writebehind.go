@@ -316,23 +316,35 @@ func (c *Client) claimAll(ctx context.Context, stream string) ([]entry, error) {
 	}
 }
 
-// ackCmds acknowledges entries and trims the stream below the last of them:
-// everything older was acknowledged before (acknowledgements go in stream
-// order) or dead-lettered, and trimming whole stream nodes costs Redis far
-// less than deleting entries one by one.
+// ackCmds acknowledges entries and trims the stream below the last of them,
+// but never past the oldest entry still pending (read by a drainer, not yet
+// acknowledged): everything older was acknowledged before (acknowledgements
+// go in stream order) or dead-lettered. Trimming whole stream nodes costs
+// Redis far less than deleting entries one by one.
 func (c *Client) ackCmds(stream string, entries []entry) rueidis.Commands {
 	if len(entries) == 0 {
 		return nil
 	}
-	ids := make([]string, len(entries))
-	for i, e := range entries {
-		ids[i] = e.id
+	args := make([]string, 0, len(entries)+2)
+	args = append(args, drainGroup, afterID(entries[len(entries)-1].id))
+	for _, e := range entries {
+		args = append(args, e.id)
 	}
-	return rueidis.Commands{
-		c.redis.B().Xack().Key(stream).Group(drainGroup).Id(ids...).Build(),
-		c.redis.B().Xtrim().Key(stream).Minid().Threshold(afterID(ids[len(ids)-1])).Build(),
-	}
+	return rueidis.Commands{c.redis.B().Eval().Script(ackTrim).Numkeys(1).Key(stream).Arg(args...).Build()}
 }
+
+// ackTrim acknowledges ids and trims the stream (KEYS[1]) below a bound,
+// or below the oldest pending entry when that comes first. ARGV: group,
+// bound, id...
+const ackTrim = `redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+local bound = ARGV[2]
+local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+if p[1] > 0 then
+  local a, b = string.match(p[2], '(%d+)-(%d+)')
+  local c, d = string.match(bound, '(%d+)-(%d+)')
+  if #a < #c or (#a == #c and (a < c or (a == c and (#b < #d or (#b == #d and b < d))))) then bound = p[2] end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)`
 
 // afterID gives the smallest stream ID greater than id ("ms-seq").
 func afterID(id string) string {

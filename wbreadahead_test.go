@@ -1,0 +1,77 @@
+package cachesync_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync"
+)
+
+// TestWriteBehindReadAheadFailure: the drainer claims entries, reads ahead
+// newer ones, and the upsert of the claimed batch fails (its backend is
+// terminated while blocked on a row lock). Nothing may be acknowledged or
+// trimmed that was not committed: every write, each to its own key, must
+// reach the table, with no kill and no restart.
+func TestWriteBehindReadAheadFailure(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	e.exec(`INSERT INTO t VALUES (1, 0)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	put := func(id, v int) {
+		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream := cachesync.StreamKey("t")
+	put(1, 1) // P: read by a drainer that crashed
+	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rc.Do(ctx, e.rc.B().Xreadgroup().Group("cachesync", "crashed").Count(1000).Streams().Key(stream).Id(">").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]string{1: "1"}
+	for id := 11; id <= 20; id++ { // U: unread; the read-ahead takes them
+		put(id, id)
+		want[id] = fmt.Sprint(id)
+	}
+	lock, err := pgx.Connect(ctx, e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close(ctx)
+	tx, err := lock.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT * FROM t WHERE id = 1 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, c)
+	// Wait until the claimed batch blocks on the lock, give the read-ahead
+	// time to finish, then fail the upsert.
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := e.db.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&pid)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the drainer's upsert never blocked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := e.db.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback(ctx)
+	put(21, 21) // later writes are committed, acknowledged and trimmed
+	want[21] = "21"
+	e.waitRows(`SELECT id, v::text FROM t`, want)
+}

@@ -32,6 +32,7 @@ type results struct {
 	Read          readResult        // 5 and 6: hits through the Go API, bare rueidis and HTTP
 	Storm         stormResult       // 7: database queries of a miss storm
 	WB            writeBehindResult // 8: write-behind ingest and drain
+	Refresh       refreshResult     // 9: refresh on expiry and ahead
 	Check         string
 	Other         map[string]float64 // step id -> share of the machine's CPU other processes used
 }
@@ -221,6 +222,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"5", "5–6. read path: hits through the Go API, a bare rueidis client and HTTP", b.hits},
 		{"7", "7. read path: miss storm (database queries)", b.missStorm},
 		{"8", "8. write-behind: PutBehind ingest and drain into PostgreSQL", b.writeBehind},
+		{"9", "9. refresh: mass expiry, delay, reader misses", b.refresh},
 		{"check", "consistency check", b.check},
 	}
 	if data, err := os.ReadFile("/proc/loadavg"); err == nil {

@@ -86,6 +86,7 @@ func (b *bench) report() string {
 	storm("one client", st.One, "1", 1)
 	storm("two clients (two processes' worth: separate Redis clients, pools and singleflight), half the Gets each", st.Two, "≤ 2", 2)
 	b.wbRows(p)
+	b.rfRows(p)
 	p("\nConsistency check after the run: %s.\n\n", r.Check)
 
 	p("## Reading the results\n\n")
@@ -166,6 +167,7 @@ func (b *bench) report() string {
 	p("- **3**: `FLUSHALL`, then the daemon starts with a fresh slot and no state, so it rebuilds the cache from a snapshot: process start → the `cache rebuilt` log line (all rows acknowledged by Redis). Ceiling: `COPY (SELECT id, val, note FROM public.bench) TO STDOUT` through pgx `CopyTo` into `io.Discard`, best of two runs after a warm-up.\n")
 	b.readMethod(p)
 	b.wbMethod(p)
+	b.rfMethod(p)
 	p("- **4**: `VmHWM` from `/proc/PID/status` just before SIGTERM; the daemon is restarted for every case, so each peak is that case's own.\n")
 	p("- PostgreSQL settings: testenv defaults (`wal_level=logical`, `fsync=off`, `full_page_writes=off`) plus `%s`; `synchronous_commit` stays `on`. `VACUUM ANALYZE` and `CHECKPOINT` run between cases, never during one. Redis: no persistence (`save \"\"`, `appendonly no`).\n\n", strings.Join(pgSettings, "`, `"))
 

@@ -41,6 +41,35 @@ type Stats struct {
 	// key's refresh, for keys refreshed after they expired.
 	DelayNanos atomic.Int64
 	DelayCount atomic.Int64
+	// Delays counts those delays by DelayBuckets (the last: longer ones).
+	Delays [len(DelayBuckets) + 1]atomic.Int64
+}
+
+// DelayBuckets are the upper bounds of Stats.Delays.
+var DelayBuckets = [...]time.Duration{time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
+	200 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+
+// DelayQuantile returns the upper bound of the bucket that holds quantile q
+// of the delays (0 when there are none; -1 when beyond the last bound).
+func (s *Stats) DelayQuantile(q float64) time.Duration {
+	var total int64
+	for i := range s.Delays {
+		total += s.Delays[i].Load()
+	}
+	if total == 0 {
+		return 0
+	}
+	var seen int64
+	for i := range s.Delays {
+		if seen += s.Delays[i].Load(); float64(seen) >= q*float64(total) {
+			if i == len(DelayBuckets) {
+				return -1
+			}
+			return DelayBuckets[i]
+		}
+	}
+	return -1
 }
 
 // Late is how long after its recorded expiry a key must still be missing
@@ -363,8 +392,14 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 		if at == 0 || at > now || !res.Wrote[i] {
 			continue
 		}
-		r.Stats.DelayNanos.Add((now - at) * int64(time.Millisecond))
+		d := time.Duration(now-at) * time.Millisecond
+		r.Stats.DelayNanos.Add(int64(d))
 		r.Stats.DelayCount.Add(1)
+		i := 0
+		for i < len(DelayBuckets) && d > DelayBuckets[i] {
+			i++
+		}
+		r.Stats.Delays[i].Add(1)
 		if at < r.started || now-at > Late.Milliseconds() {
 			r.Stats.Repaired.Add(1)
 		}

@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/refresh"
+)
+
+// The refresh path (9): a mass expiry of rfKeys keys refreshed by the
+// refresher, beside the same rows read by one SELECT ... = ANY per batch
+// plus a pipelined SET; then readers' miss ratio with on-expiry and ahead.
+
+const (
+	rfKeys    = 100_000 // keys expiring at once (-quick: a tenth)
+	rfReadKey = 1000    // keys the readers hammer
+	rfReaders = 8
+	rfReadFor = 5 * time.Second
+)
+
+type refreshResult struct {
+	Keys              int
+	Elapsed, Ceiling  time.Duration
+	Rate, CeilRate    float64
+	P50, P99          time.Duration
+	Repaired          int64
+	ExpiryReads       int64
+	ExpiryMisses      int64
+	AheadReads        int64
+	AheadMisses       int64
+	AheadRefreshes    int64
+	ExpiryRefreshes   int64
+	ExpiryDelayMean   time.Duration
+	CeilingBatchQuery int
+}
+
+func (b *bench) rfConfig(caches string) (*config.Config, error) {
+	return config.Load(strings.NewReader(`# the refresh step of go run ./bench
+name: ` + configName + `_rf
+redis: {url: "` + b.rds.URL() + `"}
+sources:
+  db: {url: "` + b.dbURL + `"}
+caches:
+` + caches))
+}
+
+func (b *bench) refresh(ctx context.Context) error {
+	n := rfKeys
+	if b.quick {
+		n /= 10
+	}
+	r := &b.res.Refresh
+	*r = refreshResult{Keys: n, CeilingBatchQuery: refresh.BatchSize}
+	if _, err := b.db.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS rf; CREATE TABLE rf (id int PRIMARY KEY, v bigint NOT NULL);
+		INSERT INTO rf SELECT g, g FROM generate_series(1, %d) g`, n)); err != nil {
+		return err
+	}
+	if _, err := b.db.Exec(ctx, `VACUUM ANALYZE rf`); err != nil {
+		return err
+	}
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "rf:" + strconv.Itoa(i+1)
+	}
+	log := slog.New(slog.DiscardHandler)
+
+	// Ceiling first: the same rows, SELECT ... = ANY per batch and a
+	// pipelined SET, from as many goroutines as the refresher's workers.
+	pool, err := pgxpool.New(ctx, b.dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	start := time.Now()
+	if err := parallelBatches(n, refresh.BatchSize, refresh.Workers, func(lo, hi int) error {
+		ids := make([]int32, 0, hi-lo)
+		for id := lo + 1; id <= hi; id++ {
+			ids = append(ids, int32(id))
+		}
+		rows, err := pool.Query(ctx, `SELECT id, v FROM rf WHERE id = ANY($1)`, ids)
+		if err != nil {
+			return err
+		}
+		var cmds []rueidisCompleted
+		for rows.Next() {
+			var id int32
+			var v int64
+			if err := rows.Scan(&id, &v); err != nil {
+				rows.Close()
+				return err
+			}
+			cmds = append(cmds, b.redis.B().Set().Key("rfc:"+strconv.Itoa(int(id))).Value(strconv.FormatInt(v, 10)).Px(time.Hour).Build())
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, res := range b.redis.DoMulti(ctx, cmds...) {
+			if err := res.Error(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("ceiling: %w", err)
+	}
+	r.Ceiling = time.Since(start)
+	r.CeilRate = float64(n) / r.Ceiling.Seconds()
+	fmt.Printf("   ceiling: %s rows by SELECT = ANY (%d a batch, %d goroutines) + pipelined SET in %s: %s keys/s\n",
+		count(n), refresh.BatchSize, refresh.Workers, secs(r.Ceiling), num(r.CeilRate))
+
+	// Mass expiry: every key (recorded) expires at the same moment T.
+	cfg, err := b.rfConfig(`  rf: {table: rf, key: "rf:{id}", value: {format: string, column: v}, ttl: 1h, sync: none, refresh: on-expiry}` + "\n")
+	if err != nil {
+		return err
+	}
+	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	for lo := 0; lo < n; lo += refresh.BatchSize {
+		if _, err := api.Reload(ctx, "rf", keys[lo:min(lo+refresh.BatchSize, n)], false); err != nil {
+			return fmt.Errorf("fill: %w", err)
+		}
+	}
+	at := time.Now().Add(10 * time.Second).Truncate(time.Millisecond)
+	var cmds []rueidisCompleted
+	for _, k := range keys {
+		cmds = append(cmds, b.redis.B().Pexpireat().Key(k).MillisecondsTimestamp(at.UnixMilli()).Build(),
+			b.redis.B().Zadd().Key(binding.RecordKey("rf")).ScoreMember().ScoreMember(float64(at.UnixMilli()), k).Build())
+	}
+	for _, res := range b.redis.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			return err
+		}
+	}
+	if time.Now().After(at.Add(-time.Second)) {
+		return fmt.Errorf("mass expiry: setting the expiries took too long")
+	}
+	rf, err := refresh.New(cfg, api, b.redis, log)
+	if err != nil {
+		return err
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rf.Run(rctx) }()
+	deadline := at.Add(2 * time.Minute)
+	for rf.Stats.Refreshed.Load() < int64(n) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	r.Elapsed = time.Since(at)
+	stop()
+	if err := <-done; err != nil {
+		return err
+	}
+	if got := rf.Stats.Refreshed.Load(); got < int64(n) {
+		return fmt.Errorf("mass expiry: %d of %d keys refreshed in 2 minutes", got, n)
+	}
+	if _, missing, err := b.mgetMissing(ctx, keys); err != nil || missing != 0 {
+		return fmt.Errorf("mass expiry: %d keys missing after it (%v)", missing, err)
+	}
+	r.Rate = float64(n) / r.Elapsed.Seconds()
+	r.P50, r.P99 = rf.Stats.DelayQuantile(0.5), rf.Stats.DelayQuantile(0.99)
+	fmt.Printf("   mass expiry: %s keys expired at once, refreshed in %s: %s keys/s (%.2f of the ceiling); delay expiry → refreshed p50 ≤ %s, p99 ≤ %s\n",
+		count(n), secs(r.Elapsed), num(r.Rate), r.Rate/r.CeilRate, ms(r.P50), ms(r.P99))
+
+	// Readers: on-expiry against ahead, 1 s TTLs.
+	for _, mode := range []string{"on-expiry", "ahead"} {
+		cfg, err := b.rfConfig(fmt.Sprintf(`  rf: {table: rf, key: "rf:{id}", value: {format: string, column: v}, ttl: 1s, sync: none, refresh: %s}`+"\n", mode))
+		if err != nil {
+			return err
+		}
+		api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		// Start from nothing: the keys are written with this mode's TTL.
+		if err := b.redis.Do(ctx, b.redis.B().Del().Key(append([]string{binding.RecordKey("rf")}, keys[:rfReadKey]...)...).Build()).Error(); err != nil {
+			api.Close()
+			return err
+		}
+		if _, err := api.Reload(ctx, "rf", keys[:rfReadKey], false); err != nil {
+			api.Close()
+			return err
+		}
+		rf, err := refresh.New(cfg, api, b.redis, log)
+		if err != nil {
+			api.Close()
+			return err
+		}
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- rf.Run(rctx) }()
+		var reads, misses atomic.Int64
+		var wg sync.WaitGroup
+		end := time.Now().Add(rfReadFor)
+		for g := range rfReaders {
+			wg.Go(func() {
+				for i := g; time.Now().Before(end); i += 7 {
+					v, err := b.redis.Do(ctx, b.redis.B().Get().Key(keys[i%rfReadKey]).Build()).ToString()
+					reads.Add(1)
+					if err != nil || v == "" {
+						misses.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		stop()
+		err = <-done
+		api.Close()
+		if err != nil {
+			return err
+		}
+		if mode == "ahead" {
+			r.AheadReads, r.AheadMisses, r.AheadRefreshes = reads.Load(), misses.Load(), rf.Stats.Refreshed.Load()
+		} else {
+			r.ExpiryReads, r.ExpiryMisses, r.ExpiryRefreshes = reads.Load(), misses.Load(), rf.Stats.Refreshed.Load()
+			r.ExpiryDelayMean = time.Duration(rf.Stats.DelayNanos.Load() / max(rf.Stats.DelayCount.Load(), 1))
+		}
+		fmt.Printf("   readers, %s: %s GETs over %d keys (1 s TTL) in %s, %s misses (%.4f%%); %s keys refreshed\n",
+			mode, count(int(reads.Load())), rfReadKey, secs(rfReadFor), count(int(misses.Load())),
+			100*float64(misses.Load())/float64(max(reads.Load(), 1)), count(int(rf.Stats.Refreshed.Load())))
+	}
+	return nil
+}
+
+// parallelBatches runs fn over [lo, hi) batches of size up to n from workers goroutines.
+func parallelBatches(n, size, workers int, fn func(lo, hi int) error) error {
+	next := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for lo := range next {
+				if err := fn(lo, min(lo+size, n)); err != nil {
+					errs <- err
+					for range next {
+					}
+					return
+				}
+			}
+		})
+	}
+	for lo := 0; lo < n; lo += size {
+		next <- lo
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// mgetMissing counts keys without a value.
+func (b *bench) mgetMissing(ctx context.Context, keys []string) (int, int, error) {
+	missing := 0
+	for lo := 0; lo < len(keys); lo += 1000 {
+		vals, err := b.redis.Do(ctx, b.redis.B().Mget().Key(keys[lo:min(lo+1000, len(keys))]...).Build()).ToArray()
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, v := range vals {
+			if _, err := v.ToString(); err != nil {
+				missing++
+			}
+		}
+	}
+	return len(keys), missing, nil
+}
+
+func (b *bench) rfRows(p func(string, ...any)) {
+	r := b.res.Refresh
+	if r.Keys == 0 {
+		return
+	}
+	p("| 9 | Refresh on expiry: %s recorded keys expire at the same moment; the refresher (4 workers, %d keys a batch) reloads them all | %s keys/s (%s) | `SELECT id, v FROM rf WHERE id = ANY($1)` per %d ids + pipelined `SET PX`, 4 goroutines: %s keys/s (%s) | %.2f | ≥ 0.7 | %s |\n",
+		count(r.Keys), refresh.BatchSize, num(r.Rate), secs(r.Elapsed), refresh.BatchSize, num(r.CeilRate), secs(r.Ceiling), r.Rate/r.CeilRate, yes(r.Rate/r.CeilRate >= 0.7))
+	p("| 9 | Delay from the recorded expiry to the key refreshed, same mass expiry | p50 ≤ %s, p99 ≤ %s (histogram bucket bounds) | — | — | report | — |\n", ms(r.P50), ms(r.P99))
+	p("| 9 | Reader misses, %d readers GETting %s keys with 1 s TTLs for %s: on-expiry against ahead (refresh_ahead 0.8) | on-expiry: %s misses in %s reads (%.3f%%); ahead: %s misses in %s reads | — | — | 0 misses with ahead | %s |\n",
+		rfReaders, count(rfReadKey), secs(rfReadFor), count(int(r.ExpiryMisses)), count(int(r.ExpiryReads)), 100*float64(r.ExpiryMisses)/float64(max(r.ExpiryReads, 1)),
+		count(int(r.AheadMisses)), count(int(r.AheadReads)), yes(r.AheadMisses == 0 && r.AheadReads > 0))
+}
+
+func (b *bench) rfMethod(p func(string, ...any)) {
+	if b.res.Refresh.Keys == 0 {
+		return
+	}
+	p("- **9**: table `rf(id int primary key, v bigint)` with %s rows; cache `{key: \"rf:{id}\", value: {format: string, column: v}, ttl: 1h, sync: none, refresh: on-expiry}`, opened in this process. The ceiling runs first (into keys `rfc:{id}`). Then every key is filled with `Client.Reload` (untimed), and a pipeline sets each key's `PEXPIREAT` and its expiry record entry to the same moment T, 10 s ahead; a refresher (`refresh.New(...).Run`) starts in this process; rate = keys ÷ (T → its refreshed count reaching all keys), and every key is checked present afterwards. Delays come from the refresher's histogram (bucket upper bounds). Readers: %d goroutines `GET` %s keys round-robin for %s with a plain rueidis client while a refresher runs, once with `refresh: on-expiry` and once with `refresh: ahead` (`refresh_ahead` default 0.8), TTL 1 s; a miss is a nil reply.\n",
+		count(b.res.Refresh.Keys), rfReaders, count(rfReadKey), secs(rfReadFor))
+}
+
+// rueidisCompleted is a built command.
+type rueidisCompleted = rueidis.Completed

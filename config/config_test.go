@@ -72,6 +72,14 @@ caches:
 		{"negative ttl", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl: -1s`, 1), "config: caches.prices.ttl:"},
 		{"jitter too big", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl: 1m, ttl_jitter: 150%`, 1), "config: caches.prices.ttl_jitter:"},
 		{"jitter no ttl", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl_jitter: 10%`, 1), "config: caches.prices.ttl_jitter: needs a ttl"},
+		{"refresh no ttl", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", refresh: on-expiry`, 1), "config: caches.prices.refresh: on-expiry needs a ttl"},
+		{"refresh unknown", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl: 1m, refresh: sometimes`, 1), "config: caches.prices.refresh: \"sometimes\" is not one of"},
+		{"refresh ahead leads", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl: 1m, refresh: ahead, sync: none, writes: behind`, 1), "config: caches.prices.refresh: ahead would reload"},
+		{"refresh fraction", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", ttl: 1m, refresh: ahead, refresh_ahead: 1.5`, 1), "config: caches.prices.refresh_ahead:"},
+		{"not found", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", not_found: keep`, 1), "config: caches.prices.not_found:"},
+		{"cron", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", schedule: [{cron: "*/5 * * * *", keys: [price:apple]}]`, 1), "config: caches.prices.schedule[0].cron:"},
+		{"schedule both", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", schedule: [{cron: "0 */5 * * * *", keys: [price:apple], where: "price > 0"}]`, 1), "config: caches.prices.schedule[0]: give keys or where"},
+		{"schedule key", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", schedule: [{cron: "0 */5 * * * *", keys: [fruit:apple]}]`, 1), "config: caches.prices.schedule[0].keys:"},
 		{"bad sync", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", sync: sometimes`, 1), "config: caches.prices.sync:"},
 	}
 	for _, tt := range tests {

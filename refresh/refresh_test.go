@@ -341,3 +341,40 @@ func TestAheadNoMisses(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedule: cron entries reload a declared key and every row a SQL
+// condition matches, overwriting what the keys held (no change feed), and
+// leave other keys alone.
+func TestSchedule(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+		INSERT INTO t SELECT g, 0 FROM generate_series(1, 5) g`, `
+  t:
+    table: t
+    key: "t:{id}"
+    value: {format: string, column: v}
+    ttl: 1h
+    sync: none
+    schedule:
+      - {cron: "* * * * * *", keys: ["t:1"]}
+      - {cron: "* * * * * *", where: "id BETWEEN 3 AND 4"}
+`)
+	keys := []string{"t:1", "t:2", "t:3", "t:4", "t:5"}
+	if res, err := e.api.Reload(t.Context(), "t", keys, false); err != nil || res.Written != 5 {
+		t.Fatalf("fill: %+v, %v", res, err)
+	}
+	e.exec(`UPDATE t SET v = 9`)
+	r, _ := e.start()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		vals, _ := e.mget(keys)
+		if got := strings.Join(vals, ","); got == "9,0,9,9,0" {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("values %s, want 9,0,9,9,0 (t:1 and t:3-4 reloaded)", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := r.Stats.Scheduled.Load(); n < 3 {
+		t.Fatalf("scheduled reloads wrote %d keys, want at least 3", n)
+	}
+}

@@ -398,9 +398,9 @@ func TestFillLoses(t *testing.T) {
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the fill's write of what it read is refused.
-		n, err := e.rc.Do(ctx, b.FillCmd(rb, race.key, "tok", race.read, time.Hour)).AsInt64()
-		if err != nil || n != 0 {
-			t.Fatalf("%s: the fill's write returned %d, %v; want 0", race.name, n, err)
+		n, err := e.rc.Do(ctx, b.FillCmd(rb, race.key, "tok", race.read, time.Hour)).AsIntSlice()
+		if err != nil || len(n) != 1 || n[0] != 0 {
+			t.Fatalf("%s: the fill's write returned %v, %v; want [0]", race.name, n, err)
 		}
 		if v, _ := e.get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the fill, want %q", race.name, race.key, v, race.after)
@@ -507,16 +507,16 @@ func TestReloadLoses(t *testing.T) {
 		} else {
 			e.rc.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
 		}
-		claimed, err := e.rc.Do(ctx, b.ClaimCmd(rb, race.key, race.action, "tok", time.Minute, time.Now())).ToString()
-		if want := map[string]string{binding.ClaimRecord: "a", binding.ClaimLease: "l"}[race.action]; err != nil || claimed != want {
+		claimed, err := e.rc.Do(ctx, b.ClaimCmd(rb, race.key, race.action, "tok", time.Minute, time.Now())).AsStrSlice()
+		if want := map[string]string{binding.ClaimRecord: "a", binding.ClaimLease: "l"}[race.action]; err != nil || len(claimed) != 1 || claimed[0] != want {
 			t.Fatalf("%s: claim %q, %v; want %q", race.name, claimed, err, want)
 		}
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the refresh's write of what it read is refused.
-		n, err := e.rc.Do(ctx, b.ReloadCmd(rb, race.key, "tok", race.read, race.action == binding.ClaimLease, true, time.Hour)).AsInt64()
-		if err != nil || n != 0 {
-			t.Fatalf("%s: the refresh's write returned %d, %v; want 0", race.name, n, err)
+		n, err := e.rc.Do(ctx, b.ReloadCmd(rb, race.key, "tok", race.read, race.action == binding.ClaimLease, true, time.Hour)).AsIntSlice()
+		if err != nil || len(n) != 1 || n[0] != 0 {
+			t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
 		}
 		if v, _ := e.get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the refresh, want %q", race.name, race.key, v, race.after)

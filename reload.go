@@ -53,23 +53,22 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	case present:
 		action = binding.ClaimLease
 	}
-	rb := c.redis.B()
 	var tok [16]byte
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
 	now, lease := time.Now(), c.leaseTTL(ca)
-	cmds := make(rueidis.Commands, len(keys))
+	claims := make([]rueidis.LuaExec, len(keys))
 	for i, key := range keys {
-		cmds[i] = ca.b.ClaimCmd(rb, key, action, token, lease, now)
+		claims[i] = ca.b.Claim(key, action, token, lease, now)
 	}
 	var load []int        // indexes of leased keys
 	overwrite := []bool{} // per leased key: it was present
-	for i, r := range c.redis.DoMulti(ctx, cmds...) {
-		s, err := r.ToString()
-		if err != nil {
-			c.release(ctx, keys, load, token)
-			return done, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
-		}
+	claimed, err := ca.b.ExecClaims(ctx, c.redis, claims)
+	if err != nil || len(claimed) != len(keys) {
+		// Leases some key may hold end with their short TTL.
+		return done, fmt.Errorf("cache %q: redis %w: claim: %v", name, ErrUnavailable, err)
+	}
+	for i, s := range claimed {
 		switch s {
 		case "p":
 			done.Kept++
@@ -92,15 +91,16 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		c.release(ctx, keys, load, token)
 		return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
+	found := make([]bool, len(keys))
 	byKey := make(map[string][][]byte, len(rows))
 	for _, row := range rows {
 		if k, err := ca.b.Key(row); err == nil {
 			byKey[k] = row
 		}
 	}
-	cmds = cmds[:0]
-	notFound := make([]bool, 0, len(load))
-	released := make([]bool, 0, len(load))
+	var writes []rueidis.LuaExec
+	var written []int // index in keys of each write
+	var release []int // leased keys whose row cannot be stored
 	for j, i := range load {
 		row, ok := byKey[keys[i]]
 		if !ok {
@@ -112,31 +112,35 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			}
 		}
 		var v *binding.Value
+		found[i] = row != nil
 		if row != nil {
 			enc, err := ca.b.Encode(row)
 			if err != nil || (ca.cfg.Format == binding.FormatHash && len(enc.Fields) == 0) {
 				c.opts.Logger.Warn("reload: row cannot be stored; key left alone", "cache", name, "key", keys[i], "err", err)
-				cmds = append(cmds, binding.ReleaseCmd(rb, keys[i], token))
-				notFound, released = append(notFound, false), append(released, true)
+				release = append(release, i)
 				continue
 			}
 			v = &enc
 		}
-		notFound, released = append(notFound, v == nil), append(released, false)
-		cmds = append(cmds, ca.b.ReloadCmd(rb, keys[i], token, v, overwrite[j], ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
+		writes = append(writes, ca.b.Reload(keys[i], token, v, overwrite[j], ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
+		written = append(written, i)
 	}
-	for j, r := range c.redis.DoMulti(ctx, cmds...) {
-		n, err := r.AsInt64()
+	if len(release) > 0 {
+		c.release(ctx, keys, release, token)
+		done.Skipped += len(release)
+	}
+	wrote, err := ca.b.ExecReloads(ctx, c.redis, writes)
+	if err != nil || len(wrote) != len(writes) {
+		return done, fmt.Errorf("cache %q: redis %w: write: %v", name, ErrUnavailable, err)
+	}
+	for j, n := range wrote {
+		i := written[j]
 		switch {
-		case err != nil:
-			return done, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
-		case released[j]:
-			done.Skipped++
-		case n == 1 && notFound[j]:
+		case n == 1 && !found[i]:
 			done.NotFound++
 		case n == 1:
 			done.Written++
-			done.Wrote[load[j]] = true
+			done.Wrote[i] = true
 		default:
 			done.Skipped++
 		}

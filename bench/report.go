@@ -126,6 +126,7 @@ func (b *bench) report() string {
 	}
 	b.readReading(p)
 	b.wbReading(p)
+	b.rfReading(p)
 	p("\n")
 	p("## Where the time goes\n\n")
 	p("CPU times are read from `/proc/PID/stat` (daemon, its walsender: the PostgreSQL backend decoding WAL for the daemon's slot) and `INFO` (Redis) over the measured window. \"Decoded\" and \"applied\" are how much of the case's WAL the walsender had sent (`sent_lsn`) and the daemon had recorded as applied in Redis when the last commit returned. A Redis round trip of writes is one pipelined batch ending with the daemon's state check (counted as EVAL calls). The bare receiver is a minimal Go pgoutput client (pglogrepl, parses every message, writes nothing) reading the same WAL after pg_recvlogical, as a second ceiling.\n\n")

@@ -93,10 +93,11 @@ type Refresher struct {
 	log       *slog.Logger
 	Stats     Stats
 
-	started int64 // unix ms when Run began
-	work    chan batch
-	mu      sync.Mutex
-	busy    map[string]bool // cache NUL key: in a reload now
+	since  int64 // unix ms when Run began
+	work   chan batch
+	mu     sync.Mutex
+	busy   map[string]bool // cache NUL key: in a reload now
+	inPoll map[string]int  // cache -> keys read from its record, in reloads now
 }
 
 // batch is keys of one cache to reload.
@@ -106,13 +107,14 @@ type batch struct {
 	expiries  []int64 // recorded expiry of each key (unix ms), 0 when unknown
 	present   bool    // reload present keys too (ahead, schedule)
 	scheduled bool
+	polled    bool // read from the expiry record
 }
 
 // New returns the refresher of cfg's caches, or nil when no cache
 // refreshes or has a schedule.
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
-		work: make(chan batch, Workers), busy: map[string]bool{}}
+		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}}
 	for _, name := range cfg.CacheNames() {
 		c := cfg.Caches[name]
 		if c.Refreshes() {
@@ -136,7 +138,7 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 // Run refreshes until ctx is done: it listens for expired keys on every
 // primary, reads the expiry records, and runs the schedules.
 func (r *Refresher) Run(ctx context.Context) error {
-	r.started = time.Now().UnixMilli()
+	r.since = time.Now().UnixMilli()
 	if len(r.refreshed) > 0 {
 		if err := CheckSingleNode(ctx, r.redis); err != nil {
 			return err
@@ -272,12 +274,36 @@ func (r *Refresher) done(c *config.Cache, keys []string) {
 	}
 }
 
+// started and finished count the keys read from c's record that are in
+// reloads; polling is that count.
+func (r *Refresher) started(b batch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inPoll[b.cache.Name] += len(b.keys)
+}
+
+func (r *Refresher) finished(b batch) {
+	if !b.polled {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inPoll[b.cache.Name] -= len(b.keys)
+}
+
+func (r *Refresher) polling(c *config.Cache) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return int64(r.inPoll[c.Name])
+}
+
 func (r *Refresher) send(ctx context.Context, b batch) bool {
 	select {
 	case r.work <- b:
 		return true
 	case <-ctx.Done():
 		r.done(b.cache, b.keys)
+		r.finished(b)
 		return false
 	}
 }
@@ -290,43 +316,45 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 		lead = time.Duration(float64(c.TTL) * (1 - float64(c.RefreshAhead)))
 	}
 	// Often enough that an ahead refresh comes well before the expiry.
-	every := min(max(c.TTL/20, 10*time.Millisecond), 250*time.Millisecond)
+	every := min(max(c.TTL/20, 10*time.Millisecond), 100*time.Millisecond)
 	if lead > 0 {
 		every = min(every, max(lead/4, 5*time.Millisecond))
 	}
 	record := binding.RecordKey(c.Name)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	const page = 4 * BatchSize
 	for {
-		// Read due keys until a page brings nothing new (keys in a reload
-		// are skipped: they are rescored when it ends).
-		for more := true; more && ctx.Err() == nil; {
-			until := time.Now().Add(lead).UnixMilli()
-			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(strconv.FormatInt(until, 10)).
-				Byscore().Limit(0, page).Withscores().Build()).AsZScores()
+		// Read due keys a batch at a time until none is left. The keys of
+		// reloads still running are the first due ones (a reload rescores
+		// its keys when it writes them), so reading skips as many; a key
+		// missed as they finish is found at the next tick.
+		for ctx.Err() == nil {
+			until := strconv.FormatInt(time.Now().Add(lead).UnixMilli(), 10)
+			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(until).
+				Byscore().Limit(r.polling(c), BatchSize).Withscores().Build()).AsZScores()
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("read expiry record", "cache", c.Name, "err", err)
 				}
 				break
 			}
-			more = len(res) == page
-			b := batch{cache: c, present: lead > 0}
-			sent := false
-			for i, z := range res {
+			b := batch{cache: c, present: lead > 0, polled: true}
+			for _, z := range res {
 				if r.claim(c, z.Member) {
 					b.keys = append(b.keys, z.Member)
 					b.expiries = append(b.expiries, int64(z.Score))
 				}
-				if len(b.keys) == BatchSize || (i == len(res)-1 && len(b.keys) > 0) {
-					if !r.send(ctx, b) {
-						return
-					}
-					b, sent = batch{cache: c, present: lead > 0}, true
-				}
 			}
-			more = more && sent
+			if len(b.keys) == 0 {
+				break // all in reloads already
+			}
+			r.started(b)
+			if !r.send(ctx, b) {
+				return
+			}
+			if len(res) < BatchSize {
+				break
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -371,6 +399,7 @@ func (r *Refresher) schedule(ctx context.Context, c *config.Cache, s config.Sche
 
 // reload runs one batch and counts what it did.
 func (r *Refresher) reload(ctx context.Context, b batch) {
+	defer r.finished(b)
 	defer r.done(b.cache, b.keys)
 	res, err := r.api.Reload(ctx, b.cache.Name, b.keys, b.present)
 	if err != nil {
@@ -400,7 +429,7 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 			i++
 		}
 		r.Stats.Delays[i].Add(1)
-		if at < r.started || now-at > Late.Milliseconds() {
+		if at < r.since || now-at > Late.Milliseconds() {
 			r.Stats.Repaired.Add(1)
 		}
 	}

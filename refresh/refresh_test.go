@@ -182,6 +182,7 @@ func TestSeedScenario(t *testing.T) {
 	if err != nil || ttl < 3500 || ttl > 3600 {
 		t.Fatalf("TTL %d (%v), want the cache's hour", ttl, err)
 	}
+	waitStat(t, "refreshed", &r.Stats.Refreshed, 1)
 	if n := r.Stats.Refreshed.Load(); n != 1 {
 		t.Fatalf("refreshed %d keys, want 1", n)
 	}
@@ -262,9 +263,7 @@ func TestNothingMissed(t *testing.T) {
 	r, stop := e.start()
 	e.exec(`UPDATE t SET v = 1`)
 	waitAll("1", 10*time.Second) // each expired and was reloaded
-	if got := r.Stats.Refreshed.Load(); got < n {
-		t.Fatalf("refreshed %d keys, want at least %d", got, n)
-	}
+	waitStat(t, "refreshed", &r.Stats.Refreshed, n)
 	stop()
 
 	// Down: keys expire with nobody listening.
@@ -282,9 +281,7 @@ func TestNothingMissed(t *testing.T) {
 	e.exec(`UPDATE t SET v = 2`)
 	r2, _ := e.start()
 	waitAll("2", 5*time.Second)
-	if got := r2.Stats.Repaired.Load(); got < n/2 {
-		t.Errorf("repaired %d keys, want at least %d", got, n/2)
-	}
+	waitStat(t, "repaired", &r2.Stats.Repaired, n/2)
 	t.Logf("first run refreshed %d, second run refreshed %d, repaired %d; mean delay %v",
 		r.Stats.Refreshed.Load(), r2.Stats.Refreshed.Load(), r2.Stats.Repaired.Load(),
 		time.Duration(r2.Stats.DelayNanos.Load()/max(r2.Stats.DelayCount.Load(), 1)))
@@ -374,7 +371,23 @@ func TestSchedule(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := r.Stats.Scheduled.Load(); n < 3 {
-		t.Fatalf("scheduled reloads wrote %d keys, want at least 3", n)
+	for r.Stats.Scheduled.Load() < 3 { // counted once each reload returns
+		if time.Now().After(deadline) {
+			t.Fatalf("scheduled reloads wrote %d keys, want at least 3", r.Stats.Scheduled.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitStat waits until a counter reaches want: counters move when a reload
+// returns, a moment after its values are visible.
+func waitStat(t *testing.T, what string, c *atomic.Int64, want int64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %d keys, want at least %d", what, c.Load(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/singleflight"
@@ -23,6 +24,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/latency"
 	"github.com/cachesync/cachesync/pgsource"
 	"github.com/cachesync/cachesync/schema"
 )
@@ -60,6 +62,29 @@ type Stats struct {
 	StaleIfError         atomic.Int64 // stale values served because PostgreSQL could not be reached
 }
 
+// CacheStats counts what the client did for one cache; safe for
+// concurrent reads. The metrics endpoint exports them.
+type CacheStats struct {
+	Hits         atomic.Int64 // Gets answered from Redis
+	Misses       atomic.Int64 // Gets that found no key
+	NegativeHits atomic.Int64 // misses answered "not found" by the marker, without a query
+	Fills        atomic.Int64 // rows loaded by Gets' fills (database queries)
+	Collapsed    atomic.Int64 // misses that waited for another fill instead of querying
+	Stale        atomic.Int64 // stale values served (while revalidating, or on error)
+	Drained      atomic.Int64 // write-behind entries applied to PostgreSQL
+	DeadLettered atomic.Int64 // write-behind entries moved to the dead-letter stream
+	// Gets times every Get, hit or miss.
+	Gets *latency.Histogram
+}
+
+// CacheStats returns the counters of cache name, or nil for an unknown cache.
+func (c *Client) CacheStats(name string) *CacheStats {
+	if ca, ok := c.caches[name]; ok {
+		return ca.stats
+	}
+	return nil
+}
+
 // Options tune a Client; the zero value is good.
 type Options struct {
 	// LeaseTTL bounds how long one fill may hold a key before others may
@@ -79,6 +104,7 @@ type cache struct {
 	b      *binding.Binding // resolved against cols
 	cols   []string         // the columns a fill selects
 	loader *pgsource.Loader
+	stats  *CacheStats
 }
 
 // Open connects to Redis and every source of cfg and checks each cache
@@ -136,7 +162,8 @@ func (c *Client) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source]}
+		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source],
+			stats: &CacheStats{Gets: latency.New(latency.Fast)}}
 	}
 	return nil
 }
@@ -175,12 +202,19 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
+	defer func() { ca.stats.Gets.Observe(time.Since(start)) }()
 	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
+		if ok {
+			ca.stats.Hits.Add(1)
+		}
 		return v, err
 	}
+	ca.stats.Misses.Add(1)
 	if w := ca.cfg.StaleWhileRevalidate; w > 0 {
 		if v, ok := c.stale(ctx, ca, key, w); ok {
 			c.Stats.StaleWhileRevalidate.Add(1)
+			ca.stats.Stale.Add(1)
 			c.bgWaiter.Add(1)
 			go func() {
 				defer c.bgWaiter.Done()
@@ -193,6 +227,7 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	if err != nil && errors.Is(err, ErrUnavailable) && ca.cfg.StaleIfError > 0 {
 		if sv, ok := c.stale(ctx, ca, key, ca.cfg.StaleIfError); ok {
 			c.Stats.StaleIfError.Add(1)
+			ca.stats.Stale.Add(1)
 			c.opts.Logger.Warn("served a stale value: the database cannot be reached", "cache", ca.cfg.Name, "key", key, "err", err)
 			return sv, nil
 		}
@@ -200,7 +235,6 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	return v, err
 }
 
-// stale returns the stale copy of key if it expired at most window ago.
 func (c *Client) stale(ctx context.Context, ca *cache, key string, window time.Duration) ([]byte, bool) {
 	res := c.redis.DoMulti(ctx, c.redis.B().Get().Key(binding.StaleKey(key)).Build(), c.redis.B().Pttl().Key(binding.StaleKey(key)).Build())
 	v, err := res[0].AsBytes()
@@ -229,7 +263,11 @@ func (c *Client) Fill(ctx context.Context, name, key string) error {
 
 // fillOnce runs one fill of key per process at a time; callers share its result.
 func (c *Client) fillOnce(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
-	v, err, _ := c.flights.Do(ca.cfg.Name+"\x00"+key, func() (any, error) { return c.fill(ctx, ca, key, values) })
+	ran := false
+	v, err, _ := c.flights.Do(ca.cfg.Name+"\x00"+key, func() (any, error) { ran = true; return c.fill(ctx, ca, key, values) })
+	if !ran {
+		ca.stats.Collapsed.Add(1) // another Get of this process filled it
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -276,6 +314,7 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 		}
 		leased := err == nil
 		if neg, _ := res[1].AsInt64(); neg == 1 {
+			ca.stats.NegativeHits.Add(1)
 			if leased {
 				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 			}
@@ -290,6 +329,9 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 			return c.load(ctx, ca, key, values, token)
 		}
 		// Someone else fills the key: wait for their value.
+		if wait == time.Millisecond {
+			ca.stats.Collapsed.Add(1)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -316,6 +358,7 @@ func (c *Client) leaseTTL(ca *cache) time.Duration {
 // returned either way (it was current when read).
 func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
 	rb := c.redis.B()
+	ca.stats.Fills.Add(1)
 	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
@@ -362,6 +405,24 @@ func (c *Client) invalidate(ctx context.Context, ca *cache, key string) error {
 		}
 	}
 	return nil
+}
+
+// WALPosition returns source's current WAL position (pg_current_wal_lsn):
+// how far the change feed has to go.
+func (c *Client) WALPosition(ctx context.Context, source string) (uint64, error) {
+	l, ok := c.loaders[source]
+	if !ok {
+		return 0, fmt.Errorf("source %q: unknown", source)
+	}
+	var lsn string
+	if err := l.Pool().QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return 0, fmt.Errorf("source %q: %w", source, err)
+	}
+	pos, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return 0, fmt.Errorf("source %q: %w", source, err)
+	}
+	return uint64(pos), nil
 }
 
 // Cache returns the config of cache name.

@@ -114,7 +114,8 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 }
 
 // upsertJSON builds the upsert of a JSON array of row objects ($1), all with
-// exactly cols, read by PostgreSQL with jsonb_populate_recordset.
+// exactly cols, read by PostgreSQL with json_populate_recordset (it parses plain json
+// faster than jsonb, and the rows are read once).
 func (ca *cache) upsertJSON(cols []string) (string, error) {
 	for _, col := range cols {
 		if _, ok := ca.table.Column(col); !ok {
@@ -122,7 +123,7 @@ func (ca *cache) upsertJSON(cols []string) (string, error) {
 		}
 	}
 	list := strings.Join(quoteAll(cols), ", ")
-	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1::text::jsonb) %s",
+	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM json_populate_recordset(NULL::%s, $1::text::json) %s",
 		ca.table.Quoted, list, list, ca.table.Quoted, ca.onConflict(cols)), nil
 }
 

@@ -452,6 +452,7 @@ func (c *Client) applyBehind(ctx context.Context, ca *cache, entries []entry, lo
 			}
 		}
 	}
+	ca.stats.Drained.Add(int64(len(entries)))
 	return nil
 }
 
@@ -474,6 +475,7 @@ func (c *Client) deadLetter(ctx context.Context, ca *cache, r entry, cause error
 	if err != nil {
 		return fmt.Errorf("dead-letter: %w", err)
 	}
+	ca.stats.DeadLettered.Add(1)
 	return nil
 }
 
@@ -486,7 +488,7 @@ return 1`
 
 // upsertRows writes rows in one transaction, one statement per set of
 // columns: PostgreSQL reads the queued JSON objects itself
-// (jsonb_populate_recordset), converting each value to its column's type.
+// (json_populate_recordset), converting each value to its column's type.
 func (c *Client) upsertRows(ctx context.Context, ca *cache, rows []entry) error {
 	groups := map[string][]string{}
 	cols := map[string][]string{}

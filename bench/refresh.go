@@ -184,7 +184,7 @@ func (b *bench) refresh(ctx context.Context) error {
 		return fmt.Errorf("mass expiry: %d keys missing after it (%v)", missing, err)
 	}
 	r.Rate = float64(n) / r.Elapsed.Seconds()
-	r.P50, r.P99 = rf.Stats.DelayQuantile(0.5), rf.Stats.DelayQuantile(0.99)
+	r.P50, r.P99 = rf.Stats.Delays.Quantile(0.5), rf.Stats.Delays.Quantile(0.99)
 	fmt.Printf("   mass expiry: %s keys expired at once, refreshed in %s: %s keys/s (%.2f of the ceiling); delay expiry → refreshed p50 ≤ %s, p99 ≤ %s; CPU: this process %s, Redis %s; %s expired events\n",
 		count(n), secs(r.Elapsed), num(r.Rate), r.Rate/r.CeilRate, ms(r.P50), ms(r.P99), secs(r.CPU), secs(r.RedisCPU), count(int(rf.Stats.Events.Load())))
 

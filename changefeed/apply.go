@@ -134,6 +134,7 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 	}
 	if last != nil {
 		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())
+		a.f.Stats.Lag.Observe(time.Since(last.CommitTime))
 	}
 	return nil
 }

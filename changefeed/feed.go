@@ -22,20 +22,24 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/latency"
 	"github.com/cachesync/cachesync/pgsource"
 	"github.com/cachesync/cachesync/schema"
 )
 
 // Stats counts what a feed did; safe for concurrent reads.
 type Stats struct {
-	Writes      atomic.Int64  // keys written or deleted in Redis
-	Txns        atomic.Int64  // transactions applied
-	MapErrors   atomic.Int64  // rows that could not be mapped to a key or value
-	Rebuilds    atomic.Int64  // caches rebuilt from a snapshot
-	AppliedLSN  atomic.Uint64 // end LSN of the last transaction applied
-	LastCommit  atomic.Int64  // commit time (unix ns) of the last transaction applied
-	Reconnects  atomic.Int64  // sessions that ended in an error and were restarted
-	BackfillRow atomic.Int64  // rows written by rebuilds
+	Writes     atomic.Int64  // keys written or deleted in Redis
+	Txns       atomic.Int64  // transactions applied
+	MapErrors  atomic.Int64  // rows that could not be mapped to a key or value
+	Rebuilds   atomic.Int64  // caches rebuilt from a snapshot
+	AppliedLSN atomic.Uint64 // end LSN of the last transaction applied
+	LastCommit atomic.Int64  // commit time (unix ns) of the last transaction applied
+	// Lag times commit → visible in Redis, for the last transaction of
+	// each applied batch.
+	Lag         *latency.Histogram
+	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted
+	BackfillRow atomic.Int64 // rows written by rebuilds
 }
 
 // Feed keeps the caches of one PostgreSQL source in step with its change stream.
@@ -60,7 +64,7 @@ type Feed struct {
 func New(cfg *config.Config, source string, client rueidis.Client, log *slog.Logger) *Feed {
 	f := &Feed{
 		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
-		Redis: client, State: NewState(client, cfg.Name), Stats: &Stats{},
+		Redis: client, State: NewState(client, cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)},
 		Log: log.With("source", source), CheckEvery: time.Second,
 	}
 	for _, name := range cfg.CacheNames() {

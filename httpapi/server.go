@@ -28,6 +28,7 @@ type Server struct {
 	cfg     config.HTTP
 	log     *slog.Logger
 	handler http.Handler
+	mux     *http.ServeMux
 }
 
 // New returns the API of api as configured by cfg.
@@ -44,8 +45,27 @@ func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
+	s.mux = mux
 	s.handler = mux
 	return s
+}
+
+// Observe serves the operator's views: GET /metrics (Prometheus; no key,
+// as scrapers expect, and nothing secret in it), GET /v1/status (a key with
+// the read scope when keys are configured) and the dashboard at GET /.
+func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any, error), page http.Handler) {
+	s.mux.Handle("GET /metrics", metrics)
+	s.mux.HandleFunc("GET /v1/status", s.auth("read", func(w http.ResponseWriter, r *http.Request) {
+		st, err := status(r.Context())
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	s.mux.Handle("GET /{$}", page)
+	s.mux.Handle("GET /app.js", page)
+	s.mux.Handle("GET /style.css", page)
 }
 
 // Handler returns the API's handler.

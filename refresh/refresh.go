@@ -24,6 +24,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/keyevents"
+	"github.com/cachesync/cachesync/latency"
 )
 
 // Stats counts what a refresher did; safe for concurrent reads.
@@ -41,35 +42,8 @@ type Stats struct {
 	// key's refresh, for keys refreshed after they expired.
 	DelayNanos atomic.Int64
 	DelayCount atomic.Int64
-	// Delays counts those delays by DelayBuckets (the last: longer ones).
-	Delays [len(DelayBuckets) + 1]atomic.Int64
-}
-
-// DelayBuckets are the upper bounds of Stats.Delays.
-var DelayBuckets = [...]time.Duration{time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
-	10 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
-	200 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
-
-// DelayQuantile returns the upper bound of the bucket that holds quantile q
-// of the delays (0 when there are none; -1 when beyond the last bound).
-func (s *Stats) DelayQuantile(q float64) time.Duration {
-	var total int64
-	for i := range s.Delays {
-		total += s.Delays[i].Load()
-	}
-	if total == 0 {
-		return 0
-	}
-	var seen int64
-	for i := range s.Delays {
-		if seen += s.Delays[i].Load(); float64(seen) >= q*float64(total) {
-			if i == len(DelayBuckets) {
-				return -1
-			}
-			return DelayBuckets[i]
-		}
-	}
-	return -1
+	// Delays counts those delays.
+	Delays *latency.Histogram
 }
 
 // Late is how long after its recorded expiry a key must still be missing
@@ -115,6 +89,7 @@ type batch struct {
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
 		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}}
+	r.Stats.Delays = latency.New(latency.Slow)
 	for _, name := range cfg.CacheNames() {
 		c := cfg.Caches[name]
 		if c.Refreshes() {
@@ -424,11 +399,7 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 		d := time.Duration(now-at) * time.Millisecond
 		r.Stats.DelayNanos.Add(int64(d))
 		r.Stats.DelayCount.Add(1)
-		i := 0
-		for i < len(DelayBuckets) && d > DelayBuckets[i] {
-			i++
-		}
-		r.Stats.Delays[i].Add(1)
+		r.Stats.Delays.Observe(d)
 		if at < r.since || now-at > Late.Milliseconds() {
 			r.Stats.Repaired.Add(1)
 		}

@@ -25,6 +25,8 @@ type command interface {
 var commands = map[string]command{
 	"run":     &runCommand{},
 	"resync":  &resyncCommand{},
+	"check":   &checkCommand{},
+	"status":  &statusCommand{},
 	"version": &versionCommand{},
 }
 
@@ -33,6 +35,8 @@ const usage = `cachesync keeps Redis a consistent cache of PostgreSQL tables.
 Usage:
   cachesync run --config FILE            run every cache of the config
   cachesync resync --config FILE CACHE   rebuild one cache from a snapshot, then keep streaming
+  cachesync check --config FILE [CACHE]  compare Redis with PostgreSQL (--sample N, --repair, --json)
+  cachesync status --config FILE          each cache's mode, keys, hit ratio, lag, queue, last error (--json)
   cachesync version                      print the version
 
 Run "cachesync COMMAND -h" for a command's flags.
@@ -67,6 +71,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 0
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return 0 // SIGINT/SIGTERM while starting: nothing was left half done
+	case errors.Is(err, errInconsistent):
+		fmt.Fprintf(stderr, "cachesync %s: %v\n", args[0], err)
+		return 3
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "cachesync %s: %v\n", args[0], err)
 		return 2

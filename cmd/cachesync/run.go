@@ -16,10 +16,13 @@ import (
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/dashboard"
 	"github.com/cachesync/cachesync/httpapi"
 	"github.com/cachesync/cachesync/keymiss"
+	"github.com/cachesync/cachesync/metrics"
 	"github.com/cachesync/cachesync/refresh"
 	"github.com/cachesync/cachesync/schema"
+	"github.com/cachesync/cachesync/status"
 )
 
 type runCommand struct{}
@@ -73,10 +76,11 @@ func (c *commonFlags) logger() (*slog.Logger, error) {
 
 // daemon is a loaded config with its Redis client and one feed per source.
 type daemon struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	redis rueidis.Client
-	feeds []*changefeed.Feed
+	cfg    *config.Config
+	log    *slog.Logger
+	errors *status.Errors // the last error of each cache, for the status
+	redis  rueidis.Client
+	feeds  []*changefeed.Feed
 }
 
 // openDaemon loads the config, connects to Redis and checks every cache
@@ -86,6 +90,8 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	errs := &status.Errors{}
+	log = slog.New(errs.Wrap(log.Handler()))
 	cfg, err := config.LoadFile(common.config)
 	if err != nil {
 		return nil, err
@@ -99,7 +105,7 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	d := &daemon{cfg: cfg, log: log, redis: client}
+	d := &daemon{cfg: cfg, log: log, errors: errs, redis: client}
 	d.warnEviction(ctx)
 	for _, source := range cfg.SourceNames() {
 		if err := checkSource(ctx, cfg, source); err != nil {
@@ -147,10 +153,6 @@ func (d *daemon) run(ctx context.Context) error {
 			return err
 		}
 		defer api.Close()
-		if d.cfg.HTTP.Addr != "" {
-			srv := httpapi.New(api, d.cfg.HTTP, d.log)
-			g.Go(func() error { return srv.Run(gctx) })
-		}
 		listener, err := keymiss.New(d.cfg, api, d.redis, d.log)
 		if err != nil {
 			return err
@@ -164,6 +166,18 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		if refresher != nil {
 			g.Go(func() error { return refresher.Run(gctx) })
+		}
+		if d.cfg.HTTP.Addr != "" {
+			srv := httpapi.New(api, d.cfg.HTTP, d.log)
+			ms := metrics.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Keymiss: listener, Log: d.log}
+			st := status.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Errors: d.errors}
+			if refresher != nil {
+				ms.Refresher = refresher
+				st.Refreshed = refresher.Stats.Refreshed.Load
+			}
+			collector := status.NewCollector(st)
+			srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())
+			g.Go(func() error { return srv.Run(gctx) })
 		}
 		if behind {
 			d.warnNoAOF(ctx)

@@ -1,0 +1,347 @@
+// Package check compares what Redis holds for a cache with what PostgreSQL
+// says it should hold, and can repair the differences. It tolerates a live
+// system: a key that looks wrong is read again, on both sides, after the
+// change feed has applied everything committed when it was first read, and
+// is reported only when it still differs.
+package check
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+)
+
+// Options tune a check.
+type Options struct {
+	// Sample checks this many random rows instead of every key and row
+	// (extra keys are found only by a full check).
+	Sample int
+	// Repair fixes what the check finds: missing keys are filled, stale
+	// keys invalidated and filled, extra keys removed; each lease-guarded
+	// like any fill, so a repair never writes an older value.
+	Repair bool
+	// Examples is how many keys of each kind the report names (default 5).
+	Examples int
+	// Settle bounds the wait for the change feed before re-verifying (default 10s).
+	Settle time.Duration
+}
+
+// Report is what a check found in one cache.
+type Report struct {
+	Cache    string   `json:"cache"`
+	Keys     int      `json:"keys_checked"` // keys found in Redis and compared
+	Rows     int      `json:"rows_checked"` // rows whose key was looked up
+	Missing  Finding  `json:"missing"`      // rows whose key is absent (caches that hold every row)
+	Stale    Finding  `json:"stale"`        // keys whose value differs from their row
+	Extra    Finding  `json:"extra"`        // keys without a row
+	Repaired int      `json:"repaired"`
+	Took     Duration `json:"took"`
+}
+
+// Finding counts keys of one kind and names a few.
+type Finding struct {
+	Count    int      `json:"count"`
+	Examples []string `json:"examples"`
+}
+
+// Duration prints as a string in JSON.
+type Duration time.Duration
+
+// MarshalText renders d like time.Duration does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Consistent reports whether Redis agrees with PostgreSQL.
+func (r *Report) Consistent() bool { return r.Missing.Count+r.Stale.Count+r.Extra.Count == 0 }
+
+// holdsEveryRow tells a cache whose Redis should hold a key for each row: a
+// missing key is a fault there, not a key that expired or was never read.
+func holdsEveryRow(c *config.Cache) bool {
+	return c.Sync == config.SyncChangefeed && c.TTL == 0
+}
+
+const batch = 1000
+
+// Run checks cache name.
+func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis rueidis.Client, name string, opt Options) (*Report, error) {
+	cc, ok := cfg.Caches[name]
+	if !ok {
+		return nil, fmt.Errorf("cache %q: %w", name, cachesync.ErrUnknownCache)
+	}
+	if opt.Examples <= 0 {
+		opt.Examples = 5
+	}
+	if opt.Settle <= 0 {
+		opt.Settle = 10 * time.Second
+	}
+	start := time.Now()
+	r := &Report{Cache: name}
+	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r}
+	var err error
+	if opt.Sample > 0 {
+		err = k.sample(ctx)
+	} else {
+		err = k.full(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := k.verify(ctx); err != nil {
+		return nil, err
+	}
+	r.Took = Duration(time.Since(start))
+	return r, nil
+}
+
+type checker struct {
+	cfg   *config.Config
+	cc    *config.Cache
+	api   *cachesync.Client
+	redis rueidis.Client
+	opt   Options
+	r     *Report
+	// suspects are keys that looked wrong once, by kind.
+	suspects map[string]string
+}
+
+func (k *checker) suspect(key, kind string) {
+	if k.suspects == nil {
+		k.suspects = map[string]string{}
+	}
+	k.suspects[key] = kind
+}
+
+// kind classifies a key from what Redis holds and what its row says: "" when
+// they agree. A missing key counts only in a cache that holds every row.
+func (k *checker) kind(have, want []byte) string {
+	switch {
+	case have == nil && want == nil:
+		return ""
+	case have == nil:
+		if holdsEveryRow(k.cc) {
+			return "missing"
+		}
+		return ""
+	case want == nil:
+		return "extra"
+	case !bytes.Equal(have, want):
+		return "stale"
+	}
+	return ""
+}
+
+// compare reads keys on both sides and notes the ones that differ.
+func (k *checker) compare(ctx context.Context, keys []string) error {
+	have, err := k.api.Peek(ctx, k.cc.Name, keys)
+	if err != nil {
+		return err
+	}
+	want, err := k.api.Want(ctx, k.cc.Name, keys)
+	if err != nil {
+		return err
+	}
+	for i, key := range keys {
+		if kind := k.kind(have[i], want[i]); kind != "" {
+			k.suspect(key, kind)
+		}
+	}
+	return nil
+}
+
+// full compares every key of the cache in Redis (SCAN) and, for caches that
+// hold every row, looks every row's key up.
+func (k *checker) full(ctx context.Context) error {
+	pattern := k.cc.Template.Pattern()
+	for addr, node := range k.redis.Nodes() {
+		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("role of %s: %w", addr, err)
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue
+		}
+		var cursor uint64
+		var keys []string
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
+			if err != nil {
+				return fmt.Errorf("scan %s: %w", addr, err)
+			}
+			for _, key := range e.Elements {
+				if _, ok := k.cc.Template.Parse(key); ok {
+					keys = append(keys, key)
+				}
+			}
+			cursor = e.Cursor
+			for len(keys) >= batch || (cursor == 0 && len(keys) > 0) {
+				n := min(batch, len(keys))
+				if err := k.compare(ctx, keys[:n]); err != nil {
+					return err
+				}
+				k.r.Keys += n
+				keys = keys[n:]
+			}
+			if cursor == 0 {
+				break
+			}
+		}
+	}
+	if !holdsEveryRow(k.cc) {
+		return nil
+	}
+	keys, err := k.api.KeysWhere(ctx, k.cc.Name, "true")
+	if err != nil {
+		return err
+	}
+	for lo := 0; lo < len(keys); lo += batch {
+		chunk := keys[lo:min(lo+batch, len(keys))]
+		cmds := make(rueidis.Commands, len(chunk))
+		for i, key := range chunk {
+			cmds[i] = k.redis.B().Exists().Key(key).Build()
+		}
+		for i, res := range k.redis.DoMulti(ctx, cmds...) {
+			n, err := res.AsInt64()
+			if err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			if n == 0 {
+				k.suspect(chunk[i], "missing")
+			}
+		}
+		k.r.Rows += len(chunk)
+	}
+	return nil
+}
+
+// sample compares the keys of opt.Sample random rows.
+func (k *checker) sample(ctx context.Context) error {
+	keys, err := k.api.KeysWhere(ctx, k.cc.Name, fmt.Sprintf("true ORDER BY random() LIMIT %d", k.opt.Sample))
+	if err != nil {
+		return err
+	}
+	for lo := 0; lo < len(keys); lo += batch {
+		chunk := keys[lo:min(lo+batch, len(keys))]
+		if err := k.compare(ctx, chunk); err != nil {
+			return err
+		}
+		k.r.Rows += len(chunk)
+	}
+	return nil
+}
+
+// verify reads each suspect again, twice over: its row, then (after the
+// change feed applied everything committed by then) its key, then its row
+// once more. A key whose row changed between the two row reads is left out
+// (a live system, not a fault); one that is still wrong the same way after
+// both rounds is reported (and repaired).
+func (k *checker) verify(ctx context.Context) error {
+	for round := 0; round < 2 && len(k.suspects) > 0; round++ {
+		first := k.suspects
+		k.suspects = nil
+		keys := make([]string, 0, len(first))
+		for key := range first {
+			keys = append(keys, key)
+		}
+		for lo := 0; lo < len(keys); lo += batch {
+			chunk := keys[lo:min(lo+batch, len(keys))]
+			before, err := k.api.Want(ctx, k.cc.Name, chunk)
+			if err != nil {
+				return err
+			}
+			if k.cc.Sync == config.SyncChangefeed {
+				if err := k.settle(ctx); err != nil {
+					return err
+				}
+			}
+			have, err := k.api.Peek(ctx, k.cc.Name, chunk)
+			if err != nil {
+				return err
+			}
+			after, err := k.api.Want(ctx, k.cc.Name, chunk)
+			if err != nil {
+				return err
+			}
+			for i, key := range chunk {
+				if bytes.Equal(before[i], after[i]) && k.kind(have[i], after[i]) == first[key] {
+					k.suspect(key, first[key])
+				}
+			}
+		}
+	}
+	var missing, stale, extra []string
+	for key, kind := range k.suspects {
+		f := map[string]*Finding{"missing": &k.r.Missing, "stale": &k.r.Stale, "extra": &k.r.Extra}[kind]
+		f.Count++
+		if len(f.Examples) < k.opt.Examples {
+			f.Examples = append(f.Examples, key)
+		}
+		switch kind {
+		case "missing":
+			missing = append(missing, key)
+		case "stale":
+			stale = append(stale, key)
+		default:
+			extra = append(extra, key)
+		}
+	}
+	if !k.opt.Repair {
+		return nil
+	}
+	return k.repair(ctx, missing, stale, extra)
+}
+
+// settle waits until the feed's applied position reaches PostgreSQL's
+// current one, or opt.Settle passes.
+func (k *checker) settle(ctx context.Context) error {
+	target, err := k.api.WALPosition(ctx, k.cc.Source)
+	if err != nil {
+		return err
+	}
+	state := changefeed.NewState(k.redis, k.cfg.Name)
+	deadline := time.Now().Add(k.opt.Settle)
+	for time.Now().Before(deadline) {
+		applied, ok, err := state.Applied(ctx, k.cc.Source)
+		if err != nil {
+			return err
+		}
+		if ok && uint64(applied) >= target {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil // a feed that is down or behind: the second read decides
+}
+
+// repair fills missing keys, invalidates stale ones (and fills them) and
+// removes extra ones; every write is a lease-guarded fill.
+func (k *checker) repair(ctx context.Context, missing, stale, extra []string) error {
+	name := k.cc.Name
+	for _, key := range append(stale, extra...) {
+		if err := k.api.Invalidate(ctx, name, key); err != nil {
+			return err
+		}
+	}
+	k.r.Repaired += len(stale) + len(extra)
+	for i, keys := range [][]string{missing, stale} {
+		for lo := 0; lo < len(keys); lo += batch {
+			res, err := k.api.Reload(ctx, name, keys[lo:min(lo+batch, len(keys))], false)
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				k.r.Repaired += res.Written
+			}
+		}
+	}
+	return nil
+}

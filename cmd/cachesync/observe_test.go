@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/status"
+)
+
+// observeBed runs a daemon with HTTP over a change-feed cache that refreshes
+// on expiry and a write-behind cache, and returns its base URL.
+func observeBed(t *testing.T, name string) (*bed, *proc, string, string) {
+	b := newBed(t, name)
+	b.exec(`CREATE TABLE p (id int PRIMARY KEY, v int NOT NULL);
+		INSERT INTO p SELECT g, g FROM generate_series(1, 100) g;
+		CREATE TABLE w (id int PRIMARY KEY, v int NOT NULL)`)
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.writeConfig(name+".yaml", fmt.Sprintf(`name: %s
+redis: {url: %q}
+sources: {main: {url: %q}}
+caches:
+  p: {table: p, key: "p:{id}", value: {columns: [id, v]}, ttl: 1h, refresh: on-expiry}
+  w: {table: w, key: "w:{id}", value: {columns: [id, v]}, sync: none, writes: behind}
+http: {addr: "127.0.0.1:%d"}
+`, name, b.redis.URL(), b.dbURL, port))
+	d := b.run(cfg)
+	d.waitLog(t, "cachesync running", 30*time.Second)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, _ := b.rc.Do(t.Context(), b.rc.B().Exists().Key("p:1", "p:100").Build()).AsInt64()
+		if code, _ := httpDo(t, "GET", base+"/healthz", ""); code == 200 && n == 2 { // served, and p rebuilt
+			break
+		}
+		if time.Now().After(deadline) || d.exited() {
+			t.Fatalf("no HTTP: %s", tail(d.stderr.String(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return b, d, base, cfg
+}
+
+func httpDo(t *testing.T, method, url, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}
+
+// scrape reads /metrics into "name{labels}" → value.
+func scrape(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	code, body := httpDo(t, "GET", base+"/metrics", "")
+	if code != 200 {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	m := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
+}
+
+// TestMetricsMove: /metrics counts hits, misses, a change, a refresh and a
+// write-behind entry as they happen, and /v1/status and `cachesync status`
+// show the caches.
+func TestMetricsMove(t *testing.T) {
+	b, d, base, cfg := observeBed(t, "metricsdb")
+	before := scrape(t, base)
+	for _, name := range []string{
+		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="main"}`,
+		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{result="refreshed"}`,
+		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="main"}`,
+	} {
+		if _, ok := before[name]; !ok {
+			t.Errorf("no %s in /metrics", name)
+		}
+	}
+	// moved waits until metric name grew by at least want since before.
+	moved := func(name string, want float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			now := scrape(t, base)
+			if now[name]-before[name] >= want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s went from %v to %v, want +%v", name, before[name], now[name], want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for range 3 {
+		if code, body := httpDo(t, "GET", base+"/v1/caches/p/p:1", ""); code != 200 {
+			t.Fatalf("GET p:1: %d %s", code, body)
+		}
+	}
+	moved(`cachesync_gets_total{cache="p",result="hit"}`, 3)
+	b.rc.Do(t.Context(), b.rc.B().Del().Key("p:2").Build())
+	if code, _ := httpDo(t, "GET", base+"/v1/caches/p/p:2", ""); code != 200 {
+		t.Fatal("GET p:2 after its key was deleted")
+	}
+	moved(`cachesync_gets_total{cache="p",result="miss"}`, 1)
+	moved(`cachesync_fills_total{cache="p"}`, 1)
+	b.exec(`UPDATE p SET v = -3 WHERE id = 3`)
+	moved(`cachesync_changefeed_rows_applied_total{source="main"}`, 1)
+	moved(`cachesync_changefeed_transactions_total{source="main"}`, 1)
+	b.rc.Do(t.Context(), b.rc.B().Pexpire().Key("p:4").Milliseconds(1).Build())
+	moved(`cachesync_refresh_keys_total{result="refreshed"}`, 1)
+	if code, body := httpDo(t, "PUT", base+"/v1/caches/w/w:1?mode=behind", `{"id": 1, "v": 5}`); code != 204 {
+		t.Fatalf("PUT behind: %d %s", code, body)
+	}
+	moved(`cachesync_writebehind_drained_total{cache="w"}`, 1)
+
+	code, body := httpDo(t, "GET", base+"/v1/status", "")
+	var r status.Report
+	if code != 200 || json.Unmarshal([]byte(body), &r) != nil {
+		t.Fatalf("/v1/status: %d %s", code, body)
+	}
+	if len(r.Caches) != 2 || r.Caches[0].Name != "p" || r.Caches[0].Keys != 100 || r.Caches[0].HitRatio == nil || r.Caches[0].LagBytes == nil ||
+		r.Caches[1].Queue == nil || !r.Redis.Up || !r.Live {
+		t.Fatalf("/v1/status: %s", body)
+	}
+	codeCLI, out, errOut, _ := runCLI(t, 30*time.Second, nil, "status", "--config", cfg)
+	if codeCLI != 0 || !strings.Contains(out, "CACHE") || !strings.Contains(out, "changefeed, refresh on-expiry, ttl 1h0m0s") || !strings.Contains(out, "% of ") {
+		t.Fatalf("cachesync status: exit %d\n%s%s", codeCLI, out, errOut)
+	}
+	d.stopOK(t)
+	// Without the daemon, status reads Redis and PostgreSQL itself.
+	codeCLI, out, errOut, _ = runCLI(t, 30*time.Second, nil, "status", "--config", cfg, "--json")
+	if codeCLI != 0 || json.Unmarshal([]byte(out), &r) != nil || r.Live || r.Caches[0].Keys != 100 {
+		t.Fatalf("cachesync status --json without a daemon: exit %d\n%s%s", codeCLI, out, errOut)
+	}
+}
+
+// TestCheckCommand: cachesync check exits 0 on a consistent cache, 3 with
+// a planted difference (named), and repairs it with --repair.
+func TestCheckCommand(t *testing.T) {
+	b, d, _, cfg := observeBed(t, "checkdb")
+	b.exec(`CREATE TABLE q (id int PRIMARY KEY, v int NOT NULL); INSERT INTO q SELECT g, g FROM generate_series(1, 50) g`)
+	cfg2 := strings.Replace(readFile(t, cfg), "caches:\n", "caches:\n  q: {table: q, key: \"q:{id}\", value: {columns: [id, v]}}\n", 1)
+	d.stopOK(t)
+	cfg = b.writeConfig("check2.yaml", cfg2)
+	d = b.run(cfg)
+	d.waitLog(t, "cachesync running", 30*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if code, _, _, _ := runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "q"); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("check never passed on a fresh cache")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.rc.Do(t.Context(), b.rc.B().Set().Key("q:5").Value(`{"id":5,"v":0}`).Build())
+	code, out, errOut, _ := runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "q")
+	if code != 3 || !strings.Contains(out, "stale: 1, e.g. q:5") {
+		t.Fatalf("check with a stale key: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--repair", "q"); code != 0 || !strings.Contains(out, "repaired: 1") {
+		t.Fatalf("check --repair: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--json", "q"); code != 0 || !strings.Contains(out, `"stale": {`) {
+		t.Fatalf("check after the repair: exit %d\n%s%s", code, out, errOut)
+	}
+	d.stopOK(t)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/status"
+)
+
+type statusCommand struct{}
+
+func (c *statusCommand) Run(ctx context.Context, args []string) error {
+	fs := newFlagSet("status", "status --config FILE [--json]\n\nPrints each cache's mode, keys, hit ratio, change-feed lag, write-behind queue\nand last error. With http.addr in the config it asks the running daemon\n(GET /v1/status); otherwise, or when no daemon answers, it reads Redis and\nPostgreSQL itself (no hit ratios or errors then).")
+	common := addCommonFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	cfg, err := config.LoadFile(common.config)
+	if err != nil {
+		return err
+	}
+	r, err := fromDaemon(ctx, cfg)
+	if err != nil {
+		if r, err = readStatus(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	status.WriteTable(os.Stdout, r)
+	return nil
+}
+
+// fromDaemon asks the daemon of cfg for its status.
+func fromDaemon(ctx context.Context, cfg *config.Config) (*status.Report, error) {
+	if cfg.HTTP.Addr == "" {
+		return nil, fmt.Errorf("no http.addr")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.HTTP.Addr+"/v1/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range cfg.HTTP.Keys {
+		for _, sc := range k.Scopes {
+			if sc == "read" {
+				req.Header.Set("X-API-Key", k.Key)
+			}
+		}
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+		return nil, fmt.Errorf("GET /v1/status: %s: %s", res.Status, b)
+	}
+	var r status.Report
+	if err := json.NewDecoder(res.Body).Decode(&r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// readStatus reads what it can without the daemon.
+func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error) {
+	opt, err := cfg.RedisOption()
+	if err != nil {
+		return nil, err
+	}
+	opt.DisableCache = true
+	rc, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	defer rc.Close()
+	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
+	}
+	defer api.Close()
+	// Not the daemon's client: its counters are empty, so leave them out.
+	return status.NewCollector(status.Sources{Config: cfg, Redis: rc, API: api, Outside: true}).Collect(ctx)
+}

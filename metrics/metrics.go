@@ -1,0 +1,270 @@
+// Package metrics exports cachesync's figures in the Prometheus format:
+// what the Go API did per cache, the change feeds, write-behind queues,
+// refreshes, and what Redis itself reports (INFO, LATENCY HISTOGRAM). Every
+// figure is read when scraped; the hot paths only count with atomics.
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/keymiss"
+	"github.com/cachesync/cachesync/latency"
+	"github.com/cachesync/cachesync/refresh"
+)
+
+// Sources are what the metrics are read from; any but Config and Redis may be nil.
+type Sources struct {
+	Config    *config.Config
+	Redis     rueidis.Client
+	API       *cachesync.Client
+	Feeds     []*changefeed.Feed
+	Refresher *refresh.Refresher
+	Keymiss   *keymiss.Listener
+	Log       *slog.Logger
+}
+
+// Handler serves the metrics of s, with Go's process and runtime metrics.
+func Handler(s Sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogAdapter{s.Log}})
+}
+
+type slogAdapter struct{ log *slog.Logger }
+
+func (a slogAdapter) Println(v ...any) {
+	if a.log != nil {
+		a.log.Warn("metrics: " + strings.TrimSpace(fmt.Sprintln(v...)))
+	}
+}
+
+// Names and help of every metric, in one place (docs/grafana.json uses them).
+var (
+	descGets         = desc("gets_total", "Gets through the Go API and HTTP, by result: hit, miss, negative (a cached \"not found\"), stale (served stale).", "cache", "result")
+	descGetDuration  = desc("get_duration_seconds", "Duration of Gets through the Go API and HTTP, hits and misses.", "cache")
+	descFills        = desc("fills_total", "Rows loaded from PostgreSQL by read-through fills.", "cache")
+	descCollapsed    = desc("fills_collapsed_total", "Misses that waited for another fill instead of querying (stampedes collapsed).", "cache")
+	descWBPending    = desc("writebehind_pending", "Write-behind entries in the queue stream, not yet applied to PostgreSQL.", "cache")
+	descWBDead       = desc("writebehind_dead_letters", "Entries in the write-behind dead-letter stream.", "cache")
+	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache")
+	descWBDeadTotal  = desc("writebehind_dead_lettered_total", "Write-behind entries this process moved to the dead-letter stream.", "cache")
+	descFeedRows     = desc("changefeed_rows_applied_total", "Keys written or deleted in Redis by the change feed.", "source")
+	descFeedTxns     = desc("changefeed_transactions_total", "Transactions the change feed applied.", "source")
+	descFeedErrors   = desc("changefeed_errors_total", "Change feed errors, by kind: map (a row with no key or value), session (a session that ended in an error).", "source", "kind")
+	descFeedRebuilds = desc("changefeed_rebuilds_total", "Caches rebuilt from a snapshot.", "source")
+	descFeedLSN      = desc("changefeed_confirmed_lsn", "End LSN of the last transaction applied to Redis (and confirmed to PostgreSQL), as a number.", "source")
+	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source")
+	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source")
+	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "result")
+	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate")
+	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
+	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
+	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
+	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO.")
+	descRedisGauge   = map[string]*prometheus.Desc{
+		"used_memory":               desc("redis_used_memory_bytes", "Redis used_memory."),
+		"maxmemory":                 desc("redis_maxmemory_bytes", "Redis maxmemory (0: no limit)."),
+		"connected_clients":         desc("redis_connected_clients", "Redis connected_clients."),
+		"instantaneous_ops_per_sec": desc("redis_instantaneous_ops_per_second", "Redis instantaneous_ops_per_sec."),
+	}
+	descRedisCounter = map[string]*prometheus.Desc{
+		"evicted_keys":             desc("redis_evicted_keys_total", "Redis evicted_keys."),
+		"expired_keys":             desc("redis_expired_keys_total", "Redis expired_keys."),
+		"keyspace_hits":            desc("redis_keyspace_hits_total", "Redis keyspace_hits: reads that found their key, from every client."),
+		"keyspace_misses":          desc("redis_keyspace_misses_total", "Redis keyspace_misses."),
+		"total_commands_processed": desc("redis_commands_processed_total", "Redis total_commands_processed."),
+	}
+	descRedisLatency = desc("redis_command_duration_seconds", "Redis's own latency histogram of each command (LATENCY HISTOGRAM), for the commands cachesync uses.", "command")
+)
+
+// redisCommands are the commands whose Redis latency histogram is exported.
+var redisCommands = []string{"get", "set", "hgetall", "mget", "unlink", "eval", "evalsha", "xadd", "xreadgroup", "zadd"}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("cachesync_"+name, help, labels, nil)
+}
+
+type collector struct{ s Sources }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	cfg := c.s.Config
+	if api := c.s.API; api != nil {
+		for _, name := range cfg.CacheNames() {
+			st := api.CacheStats(name)
+			if st == nil {
+				continue
+			}
+			counter(descGets, st.Hits.Load(), name, "hit")
+			counter(descGets, st.Misses.Load(), name, "miss")
+			counter(descGets, st.NegativeHits.Load(), name, "negative")
+			counter(descGets, st.Stale.Load(), name, "stale")
+			counter(descFills, st.Fills.Load(), name)
+			counter(descCollapsed, st.Collapsed.Load(), name)
+			ch <- histogram(descGetDuration, st.Gets, name)
+			if cfg.Caches[name].Writes == config.WritesBehind {
+				counter(descWBDrained, st.Drained.Load(), name)
+				counter(descWBDeadTotal, st.DeadLettered.Load(), name)
+			}
+		}
+	}
+	// Queue depths, from Redis.
+	var cmds rueidis.Commands
+	var behind []string
+	for _, name := range cfg.CacheNames() {
+		if cfg.Caches[name].Writes == config.WritesBehind {
+			behind = append(behind, name)
+			cmds = append(cmds, c.s.Redis.B().Xlen().Key(cachesync.StreamKey(name)).Build(),
+				c.s.Redis.B().Xlen().Key(cachesync.DeadLetterKey(name)).Build())
+		}
+	}
+	if len(cmds) > 0 {
+		res := c.s.Redis.DoMulti(ctx, cmds...)
+		for i, name := range behind {
+			if n, err := res[2*i].AsInt64(); err == nil {
+				gauge(descWBPending, float64(n), name)
+			}
+			if n, err := res[2*i+1].AsInt64(); err == nil {
+				gauge(descWBDead, float64(n), name)
+			}
+		}
+	}
+	state := changefeed.NewState(c.s.Redis, cfg.Name)
+	for _, f := range c.s.Feeds {
+		st := f.Stats
+		counter(descFeedRows, st.Writes.Load(), f.Source)
+		counter(descFeedTxns, st.Txns.Load(), f.Source)
+		counter(descFeedErrors, st.MapErrors.Load(), f.Source, "map")
+		counter(descFeedErrors, st.Reconnects.Load(), f.Source, "session")
+		counter(descFeedRebuilds, st.Rebuilds.Load(), f.Source)
+		applied := st.AppliedLSN.Load()
+		if applied == 0 { // nothing applied since the start: the recorded position
+			if lsn, ok, err := state.Applied(ctx, f.Source); err == nil && ok {
+				applied = uint64(lsn)
+			}
+		}
+		gauge(descFeedLSN, float64(applied), f.Source)
+		ch <- histogram(descFeedLag, st.Lag, f.Source)
+		if c.s.API != nil && applied > 0 {
+			if cur, err := c.s.API.WALPosition(ctx, f.Source); err == nil {
+				gauge(descFeedLagBytes, float64(max(int64(cur)-int64(applied), 0)), f.Source)
+			}
+		}
+	}
+	if r := c.s.Refresher; r != nil {
+		st := &r.Stats
+		counter(descRefresh, st.Refreshed.Load(), "refreshed")
+		counter(descRefresh, st.Repaired.Load(), "repaired")
+		counter(descRefresh, st.Kept.Load(), "kept")
+		counter(descRefresh, st.NotFound.Load(), "not_found")
+		counter(descRefresh, st.Scheduled.Load(), "scheduled")
+		counter(descRefreshEv, st.Events.Load(), "received")
+		counter(descRefreshEv, st.Ignored.Load(), "ignored")
+		counter(descRefreshEv, st.Dropped.Load(), "dropped")
+		counter(descRefreshErr, st.Errors.Load())
+		ch <- histogram(descRefreshDelay, st.Delays)
+	}
+	if l := c.s.Keymiss; l != nil {
+		counter(descKeymiss, l.Stats.Events.Load(), "received")
+		counter(descKeymiss, l.Stats.Filled.Load(), "filled")
+		counter(descKeymiss, l.Stats.Ignored.Load(), "ignored")
+		counter(descKeymiss, l.Stats.Dropped.Load(), "dropped")
+		counter(descKeymiss, l.Stats.Errors.Load(), "error")
+	}
+	c.collectRedis(ctx, ch)
+}
+
+// histogram turns h into a Prometheus histogram in seconds.
+func histogram(d *prometheus.Desc, h *latency.Histogram, labels ...string) prometheus.Metric {
+	cum, n, sum := h.Snapshot()
+	buckets := make(map[float64]uint64, len(cum))
+	for i, b := range h.Bounds() {
+		buckets[b.Seconds()] = cum[i]
+	}
+	return prometheus.MustNewConstHistogram(d, n, sum.Seconds(), buckets, labels...)
+}
+
+// collectRedis reports INFO fields and Redis's latency histograms.
+func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metric) {
+	rc := c.s.Redis
+	res := rc.DoMulti(ctx, rc.B().Info().Build(), rc.B().Arbitrary("LATENCY", "HISTOGRAM").Args(redisCommands...).Build())
+	info, err := res[0].ToString()
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 1)
+	usec := map[string]float64{} // commandstats usec, the histograms' sums
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok {
+			for _, f := range strings.Split(v, ",") {
+				if u, ok := strings.CutPrefix(f, "usec="); ok {
+					usec[cmd], _ = strconv.ParseFloat(u, 64)
+				}
+			}
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			continue
+		}
+		if d, ok := descRedisGauge[k]; ok {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, f)
+		}
+		if d, ok := descRedisCounter[k]; ok {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, f)
+		}
+	}
+	hists, err := res[1].AsMap()
+	if err != nil {
+		return // LATENCY may be refused (managed Redis, ACL)
+	}
+	for cmd, h := range hists {
+		m, err := h.AsMap()
+		if err != nil {
+			continue
+		}
+		callsMsg, histMsg := m["calls"], m["histogram_usec"]
+		calls, _ := callsMsg.AsInt64()
+		bm, err := histMsg.AsMap()
+		if err != nil {
+			continue
+		}
+		buckets := make(map[float64]uint64, len(bm))
+		for k, v := range bm {
+			b, err1 := strconv.ParseFloat(k, 64)
+			n, err2 := v.AsInt64()
+			if err1 == nil && err2 == nil {
+				buckets[b/1e6] = uint64(n)
+			}
+		}
+		ch <- prometheus.MustNewConstHistogram(descRedisLatency, uint64(calls), usec[cmd]/1e6, buckets, cmd)
+	}
+}

@@ -1,0 +1,88 @@
+package cachesync
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/binding"
+)
+
+// Peek returns what Redis holds for keys of cache name, in one pipeline,
+// as Get would return each (a hash as a JSON object of its fields), and nil
+// for a missing key. It fills nothing: what a consistency check reads.
+func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	out := make([][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	if ca.cfg.Format != binding.FormatHash {
+		vals, err := c.redis.Do(ctx, c.redis.B().Mget().Key(keys...).Build()).ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+		}
+		for i, v := range vals {
+			if b, err := v.AsBytes(); err == nil {
+				out[i] = b
+			}
+		}
+		return out, nil
+	}
+	cmds := make(rueidis.Commands, len(keys))
+	for i, k := range keys {
+		cmds[i] = c.redis.B().Hgetall().Key(k).Build()
+	}
+	for i, r := range c.redis.DoMulti(ctx, cmds...) {
+		m, err := r.AsStrMap()
+		if err != nil {
+			return nil, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+		}
+		if len(m) > 0 {
+			out[i], _ = json.Marshal(m)
+		}
+	}
+	return out, nil
+}
+
+// Want returns what Redis should hold for keys of cache name, read from
+// PostgreSQL now in one query: the value as Get returns it, or nil for a
+// key whose row does not exist (or cannot be stored).
+func (c *Client) Want(ctx context.Context, name string, keys []string) ([][]byte, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	values := make([][]string, len(keys))
+	for i, key := range keys {
+		if values[i], ok = ca.cfg.Template.Parse(key); !ok {
+			return nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
+		}
+	}
+	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
+	if err != nil {
+		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	byKey := make(map[string][]byte, len(rows))
+	for _, row := range rows {
+		k, err := ca.b.Key(row)
+		if err != nil {
+			continue
+		}
+		v, err := ca.b.Encode(row)
+		if err != nil || (ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0) {
+			continue
+		}
+		byKey[k] = v.Result(ca.cfg.Format)
+	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = byKey[k]
+	}
+	return out, nil
+}

@@ -1,0 +1,318 @@
+// Package status answers "is the cache right, and how is it doing?" per
+// cache: its mode, keys, hit ratio, change-feed lag, write-behind queue and
+// last error, plus what Redis reports. The daemon serves it at /v1/status
+// (and draws it at /); `cachesync status` prints it.
+package status
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/config"
+)
+
+// Report is the status of one config's caches.
+type Report struct {
+	Name   string    `json:"name"`
+	Time   time.Time `json:"time"`
+	Live   bool      `json:"live"` // from the running daemon (hit ratios, errors), not read from outside
+	Redis  Redis     `json:"redis"`
+	Caches []Cache   `json:"caches"`
+}
+
+// Redis is what Redis reports of itself.
+type Redis struct {
+	Up            bool    `json:"up"`
+	UsedMemory    int64   `json:"used_memory_bytes"`
+	MaxMemory     int64   `json:"maxmemory_bytes"`
+	EvictedKeys   int64   `json:"evicted_keys"`
+	Clients       int64   `json:"connected_clients"`
+	OpsPerSecond  int64   `json:"ops_per_second"`
+	KeyspaceHits  int64   `json:"keyspace_hits"`
+	KeyspaceMiss  int64   `json:"keyspace_misses"`
+	HitRatio      float64 `json:"hit_ratio"` // keyspace hits / (hits + misses), every client
+	ExpiredKeys   int64   `json:"expired_keys"`
+	CommandsTotal int64   `json:"commands_processed"`
+}
+
+// Cache is the status of one cache. Counters are since the daemon started.
+type Cache struct {
+	Name        string   `json:"name"`
+	Mode        string   `json:"mode"`
+	Keys        int64    `json:"keys"` // -1: not counted
+	Gets        int64    `json:"gets"`
+	Hits        int64    `json:"hits"`
+	HitRatio    *float64 `json:"hit_ratio"` // of Gets through cachesync; null when none
+	Fills       int64    `json:"fills"`
+	LagBytes    *int64   `json:"lag_bytes"`   // change feed: WAL not yet applied
+	LagSeconds  *float64 `json:"lag_seconds"` // change feed: age of the oldest unapplied commit, about
+	Applied     int64    `json:"rows_applied"`
+	Queue       *int64   `json:"queue"` // write-behind entries waiting
+	DeadLetters *int64   `json:"dead_letters"`
+	Drained     int64    `json:"drained"`
+	Refreshed   int64    `json:"refreshed"`
+	LastError   string   `json:"last_error"`
+}
+
+// Sources are what a status is read from; API, Feeds and Errors may be nil
+// (outside the daemon).
+type Sources struct {
+	Config    *config.Config
+	Redis     rueidis.Client
+	API       *cachesync.Client
+	Feeds     []*changefeed.Feed
+	Errors    *Errors
+	Refreshed func() int64 // keys refreshed by the daemon, when it refreshes
+	// Outside is set when API is not the daemon's client (cachesync
+	// status without a daemon): its counters say nothing then.
+	Outside bool
+}
+
+// Collector builds reports, counting each cache's keys at most every
+// KeysEvery (a SCAN of the keyspace is not free).
+type Collector struct {
+	s         Sources
+	KeysEvery time.Duration
+
+	mu      sync.Mutex
+	keys    map[string]int64
+	counted time.Time
+}
+
+// NewCollector returns a collector of s.
+func NewCollector(s Sources) *Collector {
+	return &Collector{s: s, KeysEvery: 10 * time.Second}
+}
+
+// Collect reads the status now.
+func (c *Collector) Collect(ctx context.Context) (*Report, error) {
+	cfg := c.s.Config
+	r := &Report{Name: cfg.Name, Time: time.Now().UTC(), Live: !c.s.Outside}
+	r.Redis = redisInfo(ctx, c.s.Redis)
+	keys := c.countKeys(ctx)
+	lag := c.lag(ctx)
+	for _, name := range cfg.CacheNames() {
+		cc := cfg.Caches[name]
+		cs := Cache{Name: name, Mode: Mode(cc), Keys: -1}
+		if n, ok := keys[name]; ok {
+			cs.Keys = n
+		}
+		if c.s.API != nil && !c.s.Outside {
+			if st := c.s.API.CacheStats(name); st != nil {
+				hits, misses := st.Hits.Load(), st.Misses.Load()
+				cs.Gets, cs.Hits, cs.Fills, cs.Drained = hits+misses, hits, st.Fills.Load(), st.Drained.Load()
+				if hits+misses > 0 {
+					ratio := float64(hits) / float64(hits+misses)
+					cs.HitRatio = &ratio
+				}
+			}
+		}
+		if l, ok := lag[cc.Source]; ok && cc.Sync == config.SyncChangefeed {
+			cs.LagBytes, cs.LagSeconds, cs.Applied = l.bytes, l.seconds, l.applied
+		}
+		if cc.Writes == config.WritesBehind {
+			res := c.s.Redis.DoMulti(ctx, c.s.Redis.B().Xlen().Key(cachesync.StreamKey(name)).Build(),
+				c.s.Redis.B().Xlen().Key(cachesync.DeadLetterKey(name)).Build())
+			if n, err := res[0].AsInt64(); err == nil {
+				cs.Queue = &n
+			}
+			if n, err := res[1].AsInt64(); err == nil {
+				cs.DeadLetters = &n
+			}
+		}
+		if cc.Refreshes() && c.s.Refreshed != nil {
+			cs.Refreshed = c.s.Refreshed()
+		}
+		if c.s.Errors != nil {
+			cs.LastError = c.s.Errors.Last(name, cc.Source)
+		}
+		r.Caches = append(r.Caches, cs)
+	}
+	return r, nil
+}
+
+// Mode says in a few words how a cache is kept.
+func Mode(c *config.Cache) string {
+	m := []string{c.Sync}
+	if c.Writes == config.WritesBehind {
+		m = append(m, "writes behind")
+	}
+	if c.Refreshes() {
+		m = append(m, "refresh "+c.Refresh)
+	}
+	if len(c.Schedule) > 0 {
+		m = append(m, "scheduled")
+	}
+	if c.Fill == config.FillOnMiss {
+		m = append(m, "fill on-miss")
+	}
+	if c.TTL > 0 {
+		m = append(m, "ttl "+c.TTL.String())
+	}
+	return strings.Join(m, ", ")
+}
+
+type lagInfo struct {
+	bytes   *int64
+	seconds *float64
+	applied int64
+}
+
+// lag reads each source's feed position against PostgreSQL's.
+func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
+	out := map[string]lagInfo{}
+	if c.s.API == nil {
+		return out
+	}
+	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	for _, source := range c.s.Config.SourceNames() {
+		var li lagInfo
+		var applied uint64
+		var lastCommit int64
+		if f := c.feed(source); f != nil {
+			applied, lastCommit, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastCommit.Load(), f.Stats.Writes.Load()
+		}
+		if applied == 0 {
+			if lsn, ok, err := state.Applied(ctx, source); err == nil && ok {
+				applied = uint64(lsn)
+			}
+		}
+		cur, err := c.s.API.WALPosition(ctx, source)
+		if err != nil || applied == 0 {
+			out[source] = li
+			continue
+		}
+		b := max(int64(cur)-int64(applied), 0)
+		li.bytes = &b
+		if lastCommit > 0 {
+			s := 0.0
+			if b > 0 {
+				s = time.Since(time.Unix(0, lastCommit)).Seconds()
+			}
+			li.seconds = &s
+		}
+		out[source] = li
+	}
+	return out
+}
+
+func (c *Collector) feed(source string) *changefeed.Feed {
+	for _, f := range c.s.Feeds {
+		if f.Source == source {
+			return f
+		}
+	}
+	return nil
+}
+
+// countKeys counts each cache's keys with SCAN, at most every KeysEvery.
+func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.keys != nil && time.Since(c.counted) < c.KeysEvery {
+		return c.keys
+	}
+	keys := map[string]int64{}
+	cfg := c.s.Config
+	for _, name := range cfg.CacheNames() {
+		cc := cfg.Caches[name]
+		var n int64
+		ok := true
+		for _, node := range c.s.Redis.Nodes() {
+			var cursor uint64
+			for {
+				e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(cc.Template.Pattern()).Count(1000).Build()).AsScanEntry()
+				if err != nil {
+					ok = false
+					break
+				}
+				for _, k := range e.Elements {
+					if _, fits := cc.Template.Parse(k); fits {
+						n++
+					}
+				}
+				if cursor = e.Cursor; cursor == 0 {
+					break
+				}
+			}
+		}
+		if ok {
+			keys[name] = n
+		}
+	}
+	c.keys, c.counted = keys, time.Now()
+	return keys
+}
+
+func redisInfo(ctx context.Context, rc rueidis.Client) Redis {
+	var r Redis
+	info, err := rc.Do(ctx, rc.B().Info().Build()).ToString()
+	if err != nil {
+		return r
+	}
+	r.Up = true
+	fields := map[string]*int64{"used_memory": &r.UsedMemory, "maxmemory": &r.MaxMemory, "evicted_keys": &r.EvictedKeys,
+		"connected_clients": &r.Clients, "instantaneous_ops_per_sec": &r.OpsPerSecond, "keyspace_hits": &r.KeyspaceHits,
+		"keyspace_misses": &r.KeyspaceMiss, "expired_keys": &r.ExpiredKeys, "total_commands_processed": &r.CommandsTotal}
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if p, want := fields[k]; ok && want {
+			fmt.Sscan(v, p)
+		}
+	}
+	if r.KeyspaceHits+r.KeyspaceMiss > 0 {
+		r.HitRatio = float64(r.KeyspaceHits) / float64(r.KeyspaceHits+r.KeyspaceMiss)
+	}
+	return r
+}
+
+// WriteTable prints r as a table for a terminal.
+func WriteTable(w io.Writer, r *Report) {
+	mem := fmt.Sprintf("%.1f MiB", float64(r.Redis.UsedMemory)/(1<<20))
+	if r.Redis.MaxMemory > 0 {
+		mem += fmt.Sprintf(" of %.1f MiB", float64(r.Redis.MaxMemory)/(1<<20))
+	}
+	if !r.Redis.Up {
+		mem = "DOWN"
+	}
+	fmt.Fprintf(w, "%s at %s — Redis: %s, %d clients, %d ops/s, %d evicted, keyspace hit ratio %.1f%%\n\n",
+		r.Name, r.Time.Format(time.RFC3339), mem, r.Redis.Clients, r.Redis.OpsPerSecond, r.Redis.EvictedKeys, 100*r.Redis.HitRatio)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CACHE\tMODE\tKEYS\tHIT RATIO\tLAG\tQUEUE\tLAST ERROR")
+	for _, c := range r.Caches {
+		keys, hit, lag, queue := "-", "-", "-", "-"
+		if c.Keys >= 0 {
+			keys = fmt.Sprint(c.Keys)
+		}
+		if c.HitRatio != nil {
+			hit = fmt.Sprintf("%.1f%% of %d", 100**c.HitRatio, c.Gets)
+		}
+		if c.LagBytes != nil {
+			lag = fmt.Sprintf("%d B", *c.LagBytes)
+			if c.LagSeconds != nil {
+				lag += fmt.Sprintf(", %.1fs", *c.LagSeconds)
+			}
+		}
+		if c.Queue != nil {
+			queue = fmt.Sprint(*c.Queue)
+			if c.DeadLetters != nil && *c.DeadLetters > 0 {
+				queue += fmt.Sprintf(" (+%d dead)", *c.DeadLetters)
+			}
+		}
+		last := c.LastError
+		if last == "" {
+			last = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Mode, keys, hit, lag, queue, last)
+	}
+	tw.Flush()
+}

@@ -95,6 +95,9 @@ type Options struct {
 	WriteWait time.Duration
 	// Logger receives errors worth a look; default slog.Default().
 	Logger *slog.Logger
+	// DisableStats stops counting and timing Gets (CacheStats, the
+	// metrics): only to measure what they cost.
+	DisableStats bool
 }
 
 // cache is a cache of the config with what a fill needs.
@@ -202,10 +205,19 @@ func (c *Client) Get(ctx context.Context, name, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.opts.DisableStats {
+		return c.get(ctx, ca, key, values)
+	}
 	start := time.Now()
-	defer func() { ca.stats.Gets.Observe(time.Since(start)) }()
+	v, err := c.get(ctx, ca, key, values)
+	ca.stats.Gets.Observe(time.Since(start))
+	return v, err
+}
+
+// get is Get once the key is known to fit its cache.
+func (c *Client) get(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
 	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
-		if ok {
+		if ok && !c.opts.DisableStats {
 			ca.stats.Hits.Add(1)
 		}
 		return v, err

@@ -52,19 +52,16 @@ func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte
 
 // Want returns what Redis should hold for keys of cache name, read from
 // PostgreSQL now in one query: the value as Get returns it, or nil for a
-// key whose row does not exist (or cannot be stored).
-func (c *Client) Want(ctx context.Context, name string, keys []string) ([][]byte, error) {
-	ca, ok := c.caches[name]
-	if !ok {
-		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+// key whose row does not exist (or cannot be stored). With forShare the
+// rows are read FOR SHARE (see pgsource.Loader.LoadRows): no commit the
+// change feed may already have applied is missed; it needs the UPDATE
+// privilege and briefly holds up writers of those rows.
+func (c *Client) Want(ctx context.Context, name string, keys []string, forShare bool) ([][]byte, error) {
+	ca, values, err := c.parseKeys(name, keys)
+	if err != nil {
+		return nil, err
 	}
-	values := make([][]string, len(keys))
-	for i, key := range keys {
-		if values[i], ok = ca.cfg.Template.Parse(key); !ok {
-			return nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
-		}
-	}
-	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
+	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, forShare)
 	if err != nil {
 		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
@@ -85,4 +82,19 @@ func (c *Client) Want(ctx context.Context, name string, keys []string) ([][]byte
 		out[i] = byKey[k]
 	}
 	return out, nil
+}
+
+// parseKeys returns cache name and the column values of each key.
+func (c *Client) parseKeys(name string, keys []string) (*cache, [][]string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	values := make([][]string, len(keys))
+	for i, key := range keys {
+		if values[i], ok = ca.cfg.Template.Parse(key); !ok {
+			return nil, nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
+		}
+	}
+	return ca, values, nil
 }

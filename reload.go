@@ -36,15 +36,9 @@ type Reloaded struct {
 // It costs one query and two pipelined Redis round trips for all keys.
 func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
 	done := Reloaded{Wrote: make([]bool, len(keys))}
-	ca, ok := c.caches[name]
-	if !ok {
-		return done, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
-	}
-	values := make([][]string, len(keys))
-	for i, key := range keys {
-		if values[i], ok = ca.cfg.Template.Parse(key); !ok {
-			return done, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
-		}
+	ca, values, err := c.parseKeys(name, keys)
+	if err != nil {
+		return done, err
 	}
 	action := binding.ClaimRecord
 	switch {
@@ -86,7 +80,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	for j, i := range load {
 		want[j] = values[i]
 	}
-	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want)
+	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want, false)
 	if err != nil {
 		c.release(ctx, keys, load, token)
 		return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
@@ -155,6 +149,19 @@ func (c *Client) release(ctx context.Context, keys []string, idx []int, token st
 		cmds[j] = binding.ReleaseCmd(c.redis.B(), keys[i], token)
 	}
 	c.redis.DoMulti(context.WithoutCancel(ctx), cmds...)
+}
+
+// CountRows returns how many rows the table of cache name has.
+func (c *Client) CountRows(ctx context.Context, name string) (int64, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return 0, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	var n int64
+	if err := ca.loader.Pool().QueryRow(ctx, "SELECT count(*) FROM "+ca.table.Quoted).Scan(&n); err != nil {
+		return 0, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	return n, nil
 }
 
 // KeysWhere returns the keys of cache name whose rows match where, a SQL

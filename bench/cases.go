@@ -33,6 +33,7 @@ type results struct {
 	Storm         stormResult       // 7: database queries of a miss storm
 	WB            writeBehindResult // 8: write-behind ingest and drain
 	Refresh       refreshResult     // 9: refresh on expiry and ahead
+	CheckRate     checkRateResult   // 11: cachesync check's full scan
 	Check         string
 	Other         map[string]float64 // step id -> share of the machine's CPU other processes used
 }
@@ -224,6 +225,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"8", "8. write-behind: PutBehind ingest and drain into PostgreSQL", b.writeBehind},
 		{"9", "9. refresh: mass expiry, delay, reader misses", b.refresh},
 		{"check", "consistency check", b.check},
+		{"11", "11. cachesync check: full-scan rate", b.checkRate},
 	}
 	if data, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.loadAvg = strings.Join(strings.Fields(string(data))[:3], " ")

@@ -102,7 +102,8 @@ type readResult struct {
 	For             time.Duration // each timed run
 	Keys            int
 	API, Bare, HTTP hitSummary
-	Order           []string // the runs in the order they ran
+	NoStats         hitSummary // the Go API with Options.DisableStats
+	Order           []string   // the runs in the order they ran
 }
 
 // stormRound is one storm of concurrent Gets of one missing key.
@@ -243,6 +244,11 @@ func (b *bench) hits(ctx context.Context) error {
 		return err
 	}
 	defer api.Close()
+	plain, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler), DisableStats: true})
+	if err != nil {
+		return err
+	}
+	defer plain.Close()
 	bare, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{b.rds.Addr}, DisableCache: true})
 	if err != nil {
 		return err
@@ -300,6 +306,13 @@ func (b *bench) hits(ctx context.Context) error {
 	ops := map[string]func(context.Context, int) error{
 		"api": func(ctx context.Context, i int) error {
 			v, err := api.Get(ctx, readCache, keys[i])
+			if err == nil && len(v) == 0 {
+				err = errors.New("empty value")
+			}
+			return err
+		},
+		"nostats": func(ctx context.Context, i int) error {
+			v, err := plain.Get(ctx, readCache, keys[i])
 			if err == nil && len(v) == 0 {
 				err = errors.New("empty value")
 			}
@@ -365,15 +378,15 @@ func (b *bench) hits(ctx context.Context) error {
 
 func (b *bench) hitRuns(ctx context.Context, r *readResult, keys []string, ops map[string]func(context.Context, int) error) error {
 	// Warm up every path (connections, keep-alive pool, code) briefly.
-	for _, mode := range []string{"api", "bare", "http"} {
+	for _, mode := range []string{"api", "nostats", "bare", "http"} {
 		if _, _, err := b.runHits(ctx, keys, r.For/10, ops[mode]); err != nil {
 			return fmt.Errorf("warm-up %s: %w", mode, err)
 		}
 	}
-	sums := map[string]*hitSummary{"api": &r.API, "bare": &r.Bare, "http": &r.HTTP}
-	names := map[string]string{"api": "Go API Get", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)"}
+	sums := map[string]*hitSummary{"api": &r.API, "nostats": &r.NoStats, "bare": &r.Bare, "http": &r.HTTP}
+	names := map[string]string{"api": "Go API Get", "nostats": "Go API, no stats", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)"}
 	for round := range 2 {
-		for _, mode := range []string{"api", "bare", "http"} {
+		for _, mode := range []string{"api", "nostats", "bare", "http"} {
 			stopProfile := b.profileReads(mode, round)
 			run, lat, err := b.runHits(ctx, keys, r.For, ops[mode])
 			stopProfile()
@@ -392,6 +405,7 @@ func (b *bench) hitRuns(ctx context.Context, r *readResult, keys []string, ops m
 	}
 	fmt.Printf("   5. Go API / bare rueidis (mean of 2 runs each): %.2f (target ≥ 0.85); p99 %s vs %s\n", r.API.Rate/r.Bare.Rate, us(r.API.P99), us(r.Bare.P99))
 	fmt.Printf("   6. HTTP / Go API: %.2f; p99 %s vs %s\n", r.HTTP.Rate/r.API.Rate, us(r.HTTP.P99), us(r.API.P99))
+	fmt.Printf("   10. Go API with stats / without: %.2f (target ≥ 0.95); p99 %s vs %s\n", r.API.Rate/r.NoStats.Rate, us(r.API.P99), us(r.NoStats.P99))
 	return nil
 }
 

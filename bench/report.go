@@ -73,6 +73,10 @@ func (b *bench) report() string {
 	p("| 6 | HTTP GET hits through httpapi (net/http, keep-alive client), %d goroutines, throughput | %s requests/s | Go API: %s gets/s | %.2f | (none set) | — |\n",
 		readWorkers, num(rd.HTTP.Rate), num(rd.API.Rate), rd.HTTP.Rate/rd.API.Rate)
 	p("| 6 | Same, p99 latency | %s | Go API: %s | %.2f | | |\n", us(rd.HTTP.P99), us(rd.API.P99), ratioDur(rd.API.P99, rd.HTTP.P99))
+	if rd.NoStats.Rate > 0 {
+		p("| 10 | Metrics on the hit path: Go API Get counting and timing every Get (what /metrics exports), same runs as 5 | %s gets/s, p99 %s | the same Go API with `Options.DisableStats`: %s gets/s, p99 %s | %.2f | ≥ 0.95 | %s |\n",
+			num(rd.API.Rate), us(rd.API.P99), num(rd.NoStats.Rate), us(rd.NoStats.P99), rd.API.Rate/rd.NoStats.Rate, yes(rd.API.Rate/rd.NoStats.Rate >= 0.95))
+	}
 	st := r.Storm
 	storm := func(what string, rs []stormRound, target string, limit int64) {
 		var each []string
@@ -87,6 +91,7 @@ func (b *bench) report() string {
 	storm("two clients (two processes' worth: separate Redis clients, pools and singleflight), half the Gets each", st.Two, "≤ 2", 2)
 	b.wbRows(p)
 	b.rfRows(p)
+	b.checkRateRows(p)
 	p("\nConsistency check after the run: %s.\n\n", r.Check)
 
 	p("## Reading the results\n\n")

@@ -9,9 +9,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/changefeed"
@@ -82,7 +86,7 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 	}
 	start := time.Now()
 	r := &Report{Cache: name}
-	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r}
+	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r, shared: true}
 	var err error
 	if opt.Sample > 0 {
 		err = k.sample(ctx)
@@ -100,17 +104,21 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 }
 
 type checker struct {
-	cfg   *config.Config
-	cc    *config.Cache
-	api   *cachesync.Client
-	redis rueidis.Client
-	opt   Options
-	r     *Report
+	cfg    *config.Config
+	cc     *config.Cache
+	api    *cachesync.Client
+	redis  rueidis.Client
+	opt    Options
+	r      *Report
+	shared bool // verify may read FOR SHARE
 	// suspects are keys that looked wrong once, by kind.
+	mu       sync.Mutex
 	suspects map[string]string
 }
 
 func (k *checker) suspect(key, kind string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.suspects == nil {
 		k.suspects = map[string]string{}
 	}
@@ -136,64 +144,117 @@ func (k *checker) kind(have, want []byte) string {
 	return ""
 }
 
-// compare reads keys on both sides and notes the ones that differ.
-func (k *checker) compare(ctx context.Context, keys []string) error {
+// compare reads keys on both sides and notes the ones that differ; it
+// returns how many of the keys have a row.
+func (k *checker) compare(ctx context.Context, keys []string) (int, error) {
 	have, err := k.api.Peek(ctx, k.cc.Name, keys)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	want, err := k.api.Want(ctx, k.cc.Name, keys)
+	want, err := k.api.Want(ctx, k.cc.Name, keys, false)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	n := 0
 	for i, key := range keys {
+		if want[i] != nil {
+			n++
+		}
 		if kind := k.kind(have[i], want[i]); kind != "" {
 			k.suspect(key, kind)
 		}
 	}
-	return nil
+	return n, nil
 }
 
-// full compares every key of the cache in Redis (SCAN) and, for caches that
-// hold every row, looks every row's key up.
+// workers is how many batches are compared at once: PostgreSQL, Redis and
+// this process each work while the others do.
+const workers = 4
+
+// full compares every key of the cache in Redis (SCAN), batches in
+// parallel, and, for caches that hold every row, makes sure no row lacks
+// its key: when the table has as many rows as there were distinct keys
+// with a row, none can; otherwise every row's key is looked up.
 func (k *checker) full(ctx context.Context) error {
 	pattern := k.cc.Template.Pattern()
-	for addr, node := range k.redis.Nodes() {
-		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
-		if err != nil {
-			return fmt.Errorf("role of %s: %w", addr, err)
-		}
-		if r, _ := role[0].ToString(); r != "master" {
-			continue
-		}
-		var cursor uint64
-		var keys []string
-		for {
-			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
-			if err != nil {
-				return fmt.Errorf("scan %s: %w", addr, err)
-			}
-			for _, key := range e.Elements {
-				if _, ok := k.cc.Template.Parse(key); ok {
-					keys = append(keys, key)
-				}
-			}
-			cursor = e.Cursor
-			for len(keys) >= batch || (cursor == 0 && len(keys) > 0) {
-				n := min(batch, len(keys))
-				if err := k.compare(ctx, keys[:n]); err != nil {
+	// SCAN may return a key twice: count each once, by a 64-bit hash of it
+	// (cheaper than keeping the keys; a collision is vanishingly rare).
+	size, _ := k.redis.Do(ctx, k.redis.B().Dbsize().Build()).AsInt64()
+	seen := make(map[uint64]struct{}, min(size, 1<<26))
+	seed := maphash.MakeSeed()
+	var withRow atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	work := make(chan []string)
+	for range workers {
+		g.Go(func() error {
+			for keys := range work {
+				n, err := k.compare(gctx, keys)
+				if err != nil {
 					return err
 				}
-				k.r.Keys += n
-				keys = keys[n:]
+				withRow.Add(int64(n))
 			}
-			if cursor == 0 {
-				break
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(work)
+		for addr, node := range k.redis.Nodes() {
+			role, err := node.Do(gctx, node.B().Role().Build()).ToArray()
+			if err != nil {
+				return fmt.Errorf("role of %s: %w", addr, err)
+			}
+			if r, _ := role[0].ToString(); r != "master" {
+				continue
+			}
+			var cursor uint64
+			var keys []string
+			for {
+				e, err := node.Do(gctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
+				if err != nil {
+					return fmt.Errorf("scan %s: %w", addr, err)
+				}
+				for _, key := range e.Elements {
+					h := maphash.String(seed, key)
+					if _, dup := seen[h]; dup {
+						continue
+					}
+					if _, ok := k.cc.Template.Parse(key); ok {
+						seen[h] = struct{}{}
+						keys = append(keys, key)
+					}
+				}
+				cursor = e.Cursor
+				for len(keys) >= batch || (cursor == 0 && len(keys) > 0) {
+					n := min(batch, len(keys))
+					select {
+					case work <- keys[:n:n]:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+					keys = keys[n:]
+				}
+				if cursor == 0 {
+					break
+				}
 			}
 		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return err
 	}
+	k.r.Keys = len(seen)
 	if !holdsEveryRow(k.cc) {
 		return nil
+	}
+	rows, err := k.api.CountRows(ctx, k.cc.Name)
+	if err != nil {
+		return err
+	}
+	k.r.Rows = int(rows)
+	if rows == withRow.Load() {
+		return nil // every row has its key: the keys were distinct, each with its own row
 	}
 	keys, err := k.api.KeysWhere(ctx, k.cc.Name, "true")
 	if err != nil {
@@ -214,8 +275,8 @@ func (k *checker) full(ctx context.Context) error {
 				k.suspect(chunk[i], "missing")
 			}
 		}
-		k.r.Rows += len(chunk)
 	}
+	k.r.Rows = len(keys)
 	return nil
 }
 
@@ -227,7 +288,7 @@ func (k *checker) sample(ctx context.Context) error {
 	}
 	for lo := 0; lo < len(keys); lo += batch {
 		chunk := keys[lo:min(lo+batch, len(keys))]
-		if err := k.compare(ctx, chunk); err != nil {
+		if _, err := k.compare(ctx, chunk); err != nil {
 			return err
 		}
 		k.r.Rows += len(chunk)
@@ -235,13 +296,23 @@ func (k *checker) sample(ctx context.Context) error {
 	return nil
 }
 
-// verify reads each suspect again, twice over: its row, then (after the
-// change feed applied everything committed by then) its key, then its row
-// once more. A key whose row changed between the two row reads is left out
-// (a live system, not a fault); one that is still wrong the same way after
-// both rounds is reported (and repaired).
+// verify reads each suspect again, three times over: its row, then (after
+// the change feed applied everything committed by then) its key, then its
+// row once more, FOR SHARE: a plain read may miss a commit that is in the
+// WAL, so already applied by the feed, but not yet visible. A key whose row
+// changed between the two row reads is left out (a live system, not a
+// fault); one that is still wrong the same way after every round is
+// reported (and repaired). A row inserted by a commit not yet visible
+// cannot be waited for; the rounds, further apart each time, let it show.
 func (k *checker) verify(ctx context.Context) error {
-	for round := 0; round < 2 && len(k.suspects) > 0; round++ {
+	for round := 0; round < 3 && len(k.suspects) > 0; round++ {
+		if round > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(round*round) * 50 * time.Millisecond):
+			}
+		}
 		first := k.suspects
 		k.suspects = nil
 		keys := make([]string, 0, len(first))
@@ -250,7 +321,7 @@ func (k *checker) verify(ctx context.Context) error {
 		}
 		for lo := 0; lo < len(keys); lo += batch {
 			chunk := keys[lo:min(lo+batch, len(keys))]
-			before, err := k.api.Want(ctx, k.cc.Name, chunk)
+			before, err := k.api.Want(ctx, k.cc.Name, chunk, false)
 			if err != nil {
 				return err
 			}
@@ -263,7 +334,11 @@ func (k *checker) verify(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			after, err := k.api.Want(ctx, k.cc.Name, chunk)
+			after, err := k.api.Want(ctx, k.cc.Name, chunk, k.shared)
+			if err != nil && k.shared {
+				k.shared = false // no UPDATE privilege: a plain read, and the rounds
+				after, err = k.api.Want(ctx, k.cc.Name, chunk, false)
+			}
 			if err != nil {
 				return err
 			}

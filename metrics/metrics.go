@@ -1,6 +1,7 @@
 // Package metrics exports cachesync's figures in the Prometheus format:
 // what the Go API did per cache, the change feeds, write-behind queues,
-// refreshes, and what Redis itself reports (INFO, LATENCY HISTOGRAM). Every
+// refreshes, and what Redis itself reports (INFO, including its latency
+// percentiles per command). Every
 // figure is read when scraped; the hot paths only count with atomics.
 package metrics
 
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -88,7 +90,7 @@ var (
 		"keyspace_misses":          desc("redis_keyspace_misses_total", "Redis keyspace_misses."),
 		"total_commands_processed": desc("redis_commands_processed_total", "Redis total_commands_processed."),
 	}
-	descRedisLatency = desc("redis_command_duration_seconds", "Redis's own latency histogram of each command (LATENCY HISTOGRAM), for the commands cachesync uses.", "command")
+	descRedisLatency = desc("redis_command_duration_seconds", "Redis's own latency of each command cachesync uses: percentiles from INFO latencystats (its latency histograms), count and sum from commandstats.", "command")
 )
 
 // redisCommands are the commands whose Redis latency histogram is exported.
@@ -207,28 +209,45 @@ func histogram(d *prometheus.Desc, h *latency.Histogram, labels ...string) prome
 	return prometheus.MustNewConstHistogram(d, n, sum.Seconds(), buckets, labels...)
 }
 
-// collectRedis reports INFO fields and Redis's latency histograms.
+// collectRedis reports INFO fields and Redis's command latencies.
 func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metric) {
 	rc := c.s.Redis
-	res := rc.DoMulti(ctx, rc.B().Info().Build(), rc.B().Arbitrary("LATENCY", "HISTOGRAM").Args(redisCommands...).Build())
-	info, err := res[0].ToString()
+	info, err := rc.Do(ctx, rc.B().Info().Section("everything").Build()).ToString()
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 0)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 1)
-	usec := map[string]float64{} // commandstats usec, the histograms' sums
+	calls, usec := map[string]uint64{}, map[string]float64{}
+	quantiles := map[string]map[float64]float64{}
 	for _, line := range strings.Split(info, "\n") {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok {
 			continue
 		}
-		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok {
+		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok && slices.Contains(redisCommands, cmd) {
 			for _, f := range strings.Split(v, ",") {
-				if u, ok := strings.CutPrefix(f, "usec="); ok {
-					usec[cmd], _ = strconv.ParseFloat(u, 64)
+				name, val, _ := strings.Cut(f, "=")
+				switch name {
+				case "calls":
+					calls[cmd], _ = strconv.ParseUint(val, 10, 64)
+				case "usec":
+					usec[cmd], _ = strconv.ParseFloat(val, 64)
 				}
 			}
+			continue
+		}
+		if cmd, ok := strings.CutPrefix(k, "latency_percentiles_usec_"); ok && slices.Contains(redisCommands, cmd) {
+			q := map[float64]float64{}
+			for _, f := range strings.Split(v, ",") { // p50=1.003,p99=2.007,p99.9=10.015
+				name, val, _ := strings.Cut(f, "=")
+				pct, err1 := strconv.ParseFloat(strings.TrimPrefix(name, "p"), 64)
+				us, err2 := strconv.ParseFloat(val, 64)
+				if err1 == nil && err2 == nil {
+					q[pct/100] = us / 1e6
+				}
+			}
+			quantiles[cmd] = q
 			continue
 		}
 		f, err := strconv.ParseFloat(v, 64)
@@ -242,29 +261,7 @@ func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metri
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, f)
 		}
 	}
-	hists, err := res[1].AsMap()
-	if err != nil {
-		return // LATENCY may be refused (managed Redis, ACL)
-	}
-	for cmd, h := range hists {
-		m, err := h.AsMap()
-		if err != nil {
-			continue
-		}
-		callsMsg, histMsg := m["calls"], m["histogram_usec"]
-		calls, _ := callsMsg.AsInt64()
-		bm, err := histMsg.AsMap()
-		if err != nil {
-			continue
-		}
-		buckets := make(map[float64]uint64, len(bm))
-		for k, v := range bm {
-			b, err1 := strconv.ParseFloat(k, 64)
-			n, err2 := v.AsInt64()
-			if err1 == nil && err2 == nil {
-				buckets[b/1e6] = uint64(n)
-			}
-		}
-		ch <- prometheus.MustNewConstHistogram(descRedisLatency, uint64(calls), usec[cmd]/1e6, buckets, cmd)
+	for cmd, q := range quantiles {
+		ch <- prometheus.MustNewConstSummary(descRedisLatency, calls[cmd], usec[cmd]/1e6, q, cmd)
 	}
 }

@@ -66,14 +66,20 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 
 // LoadRows returns columns of the rows of t whose keyColumns equal one of
 // keys (each a list of text values, one per key column), in one query.
-// Rows come in no particular order; keys without a row have none.
-func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []string, keys [][]string) ([][][]byte, error) {
+// Rows come in no particular order; keys without a row have none. With
+// forShare the rows are read FOR SHARE: the read waits for a transaction
+// that changed one of them and is still finishing its commit, and reads
+// its version (a plain read could miss a commit already in the WAL).
+func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []string, keys [][]string, forShare bool) ([][][]byte, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
 	sql, err := selectByKeys(t, columns, keyColumns)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", t.Name, err)
+	}
+	if forShare {
+		sql += " FOR SHARE OF t"
 	}
 	// One text[] parameter per key column, in PostgreSQL's array syntax.
 	params := make([][]byte, len(keyColumns))
@@ -122,6 +128,9 @@ func selectByKeys(t *Table, columns, keyColumns []string) (string, error) {
 		}
 		keys[i] = "t." + pgx.Identifier{name}.Sanitize()
 		arrays[i] = fmt.Sprintf("$%d::text[]::%s[]", i+1, c.Type)
+	}
+	if len(keys) == 1 { // the common case, planned best as = ANY
+		return fmt.Sprintf("SELECT %s FROM %s t WHERE %s = ANY(%s)", strings.Join(cols, ", "), t.Quoted, keys[0], arrays[0]), nil
 	}
 	return fmt.Sprintf("SELECT %s FROM %s t WHERE (%s) IN (SELECT * FROM unnest(%s))",
 		strings.Join(cols, ", "), t.Quoted, strings.Join(keys, ", "), strings.Join(arrays, ", ")), nil

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh installs the servers cachesync's tests, demo and benchmarks
-# need (redis-server, PostgreSQL) from Debian packages, only when missing.
+# need (redis-server, PostgreSQL) and the headless browser of the dashboard
+# test (chromium, chromium-driver) from Debian packages, only when missing.
 # It never starts a system service and is idempotent.
 set -euo pipefail
 
@@ -16,6 +17,12 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
 fi
 if ! command -v psql >/dev/null 2>&1 || ! command -v pg_recvlogical >/dev/null 2>&1; then
 	pkgs+=(postgresql-client)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+	pkgs+=(chromium)
+fi
+if ! command -v chromedriver >/dev/null 2>&1; then
+	pkgs+=(chromium-driver)
 fi
 
 if [ "${#pkgs[@]}" -eq 0 ]; then

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,7 +32,7 @@ func observeBed(t *testing.T, name string) (*bed, *proc, string, string) {
 redis: {url: %q}
 sources: {main: {url: %q}}
 caches:
-  p: {table: p, key: "p:{id}", value: {columns: [id, v]}, ttl: 1h, refresh: on-expiry}
+  p: {table: p, key: "p:{id}", value: {columns: [id, v]}, ttl: 1h, refresh: on-expiry, fill: on-miss}
   w: {table: w, key: "w:{id}", value: {columns: [id, v]}, sync: none, writes: behind}
 http: {addr: "127.0.0.1:%d"}
 `, name, b.redis.URL(), b.dbURL, port))
@@ -148,8 +149,19 @@ func TestMetricsMove(t *testing.T) {
 		r.Caches[1].Queue == nil || !r.Redis.Up || !r.Live {
 		t.Fatalf("/v1/status: %s", body)
 	}
+	// The Grafana dashboard uses only these metrics.
+	scraped := scrape(t, base)
+	for _, name := range regexp.MustCompile(`cachesync_[a-z_]+`).FindAllString(readFile(t, "../../docs/grafana.json"), -1) {
+		found := false
+		for series := range scraped {
+			found = found || strings.HasPrefix(series, name+"{") || series == name
+		}
+		if !found {
+			t.Errorf("docs/grafana.json uses %s, which /metrics does not serve", name)
+		}
+	}
 	codeCLI, out, errOut, _ := runCLI(t, 30*time.Second, nil, "status", "--config", cfg)
-	if codeCLI != 0 || !strings.Contains(out, "CACHE") || !strings.Contains(out, "changefeed, refresh on-expiry, ttl 1h0m0s") || !strings.Contains(out, "% of ") {
+	if codeCLI != 0 || !strings.Contains(out, "CACHE") || !strings.Contains(out, "changefeed, refresh on-expiry, fill on-miss, ttl 1h0m0s") || !strings.Contains(out, "% of ") {
 		t.Fatalf("cachesync status: exit %d\n%s%s", codeCLI, out, errOut)
 	}
 	d.stopOK(t)

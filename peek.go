@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/binding"
@@ -97,4 +99,40 @@ func (c *Client) parseKeys(name string, keys []string) (*cache, [][]string, erro
 		}
 	}
 	return ca, values, nil
+}
+
+// EachRow calls fn with the key and value (as Get returns it) of every row
+// of cache name's table, streamed in one query: what a full consistency
+// check compares Redis with. A row that cannot be keyed or stored is
+// skipped. fn must not keep value.
+func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, value []byte)) error {
+	ca, ok := c.caches[name]
+	if !ok {
+		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	cols := make([]string, len(ca.cols))
+	for i, col := range ca.cols {
+		cols[i] = pgx.Identifier{col}.Sanitize()
+	}
+	rows, err := ca.loader.Pool().Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+ca.table.Quoted, pgx.QueryResultFormats{pgx.TextFormatCode})
+	if err != nil {
+		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		row := rows.RawValues()
+		key, err := ca.b.Key(row)
+		if err != nil {
+			continue
+		}
+		v, err := ca.b.Encode(row)
+		if err != nil || (ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0) {
+			continue
+		}
+		fn(key, v.Result(ca.cfg.Format))
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	return nil
 }

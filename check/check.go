@@ -33,6 +33,10 @@ type Options struct {
 	Repair bool
 	// Examples is how many keys of each kind the report names (default 5).
 	Examples int
+	// Lookup compares key by key, looking rows up by key, instead of
+	// hashing the whole cache and table in memory (about 50 bytes a key):
+	// slower, for caches too big for that; chosen by itself beyond 20M keys.
+	Lookup bool
 	// Settle bounds the wait for the change feed before re-verifying (default 10s).
 	Settle time.Duration
 }
@@ -167,15 +171,136 @@ func (k *checker) compare(ctx context.Context, keys []string) (int, error) {
 	return n, nil
 }
 
+// hashedLimit is the most keys full keeps hashes of (about 50 bytes each);
+// a bigger cache is checked by fullByLookup.
+const hashedLimit = 20_000_000
+
+// full compares the whole cache: one pass over its keys in Redis (SCAN, then
+// MGET or HGETALL of each page) and, at the same time, one pass over its
+// table, each reduced to a hash of every key and its value; then the two
+// are compared, and a second pass names the keys that differ (rare).
+func (k *checker) full(ctx context.Context) error {
+	size, err := k.redis.Do(ctx, k.redis.B().Dbsize().Build()).AsInt64()
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if size > hashedLimit || k.opt.Lookup {
+		return k.fullByLookup(ctx)
+	}
+	seed := maphash.MakeSeed()
+	var inRedis, inTable map[uint64]uint64 // hash of key -> hash of value
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		inRedis = make(map[uint64]uint64, size)
+		return k.scan(gctx, func(keys []string) error {
+			vals, err := k.api.Peek(gctx, k.cc.Name, keys)
+			if err != nil {
+				return err
+			}
+			for i, v := range vals {
+				if v != nil {
+					inRedis[maphash.String(seed, keys[i])] = maphash.Bytes(seed, v)
+				}
+			}
+			return nil
+		})
+	})
+	g.Go(func() error {
+		inTable = make(map[uint64]uint64, size)
+		return k.api.EachRow(gctx, k.cc.Name, func(key string, value []byte) {
+			inTable[maphash.String(seed, key)] = maphash.Bytes(seed, value)
+		})
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	k.r.Keys, k.r.Rows = len(inRedis), len(inTable)
+	bad := map[uint64]string{}
+	for hk, hv := range inRedis {
+		switch rv, ok := inTable[hk]; {
+		case !ok:
+			bad[hk] = "extra"
+		case rv != hv:
+			bad[hk] = "stale"
+		}
+	}
+	missing := false
+	if holdsEveryRow(k.cc) {
+		for hk := range inTable {
+			if _, ok := inRedis[hk]; !ok {
+				bad[hk], missing = "missing", true
+			}
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	// Name the keys behind the hashes: the verification reads them again.
+	err = k.scan(ctx, func(keys []string) error {
+		for _, key := range keys {
+			if kind, ok := bad[maphash.String(seed, key)]; ok && kind != "missing" {
+				k.suspect(key, kind)
+			}
+		}
+		return nil
+	})
+	if err != nil || !missing {
+		return err
+	}
+	return k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) {
+		if bad[maphash.String(seed, key)] == "missing" {
+			k.suspect(key, "missing")
+		}
+	})
+}
+
+// scan calls fn with the cache's keys on every primary, a SCAN page at a
+// time (a key may come twice).
+func (k *checker) scan(ctx context.Context, fn func(keys []string) error) error {
+	pattern := k.cc.Template.Pattern()
+	for addr, node := range k.redis.Nodes() {
+		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("role of %s: %w", addr, err)
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue
+		}
+		var cursor uint64
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
+			if err != nil {
+				return fmt.Errorf("scan %s: %w", addr, err)
+			}
+			keys := e.Elements[:0]
+			for _, key := range e.Elements {
+				if _, ok := k.cc.Template.Parse(key); ok {
+					keys = append(keys, key)
+				}
+			}
+			if len(keys) > 0 {
+				if err := fn(keys); err != nil {
+					return err
+				}
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
 // workers is how many batches are compared at once: PostgreSQL, Redis and
 // this process each work while the others do.
 const workers = 4
 
-// full compares every key of the cache in Redis (SCAN), batches in
-// parallel, and, for caches that hold every row, makes sure no row lacks
-// its key: when the table has as many rows as there were distinct keys
-// with a row, none can; otherwise every row's key is looked up.
-func (k *checker) full(ctx context.Context) error {
+// fullByLookup compares every key of the cache in Redis (SCAN) with its row
+// looked up by key, batches in parallel, and, for caches that hold every
+// row, makes sure no row lacks its key: when the table has as many rows as
+// there were distinct keys with a row, none can; otherwise every row's key
+// is looked up. It holds little in memory: for caches too big for full.
+func (k *checker) fullByLookup(ctx context.Context) error {
 	pattern := k.cc.Template.Pattern()
 	// SCAN may return a key twice: count each once, by a 64-bit hash of it
 	// (cheaper than keeping the keys; a collision is vanishingly rare).

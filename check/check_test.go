@@ -113,19 +113,21 @@ func (e *env) do(cmd rueidis.Completed) {
 // without a row are found, named, and repaired; then the check is clean.
 func TestCheckFindsAndRepairs(t *testing.T) {
 	e := newEnv(t, 500)
-	if r := e.check(check.Options{}); !r.Consistent() || r.Keys != 500 || r.Rows != 500 {
-		t.Fatalf("fresh cache: %+v", r)
+	for _, opt := range []check.Options{{}, {Lookup: true}} {
+		if r := e.check(opt); !r.Consistent() || r.Keys != 500 || r.Rows != 500 {
+			t.Fatalf("fresh cache, %+v: %+v", opt, r)
+		}
 	}
 	e.do(e.rc.B().Set().Key("t:7").Value(`{"id":7,"v":0,"note":"n7"}`).Build())       // stale
 	e.do(e.rc.B().Del().Key("t:8").Build())                                           // missing
 	e.do(e.rc.B().Set().Key("t:9999").Value(`{"id":9999,"v":1,"note":null}`).Build()) // extra
-	for _, sample := range []int{0, 500} {
-		r := e.check(check.Options{Sample: sample})
+	for _, opt := range []check.Options{{}, {Lookup: true}, {Sample: 500}} {
+		r := e.check(opt)
 		if r.Consistent() || r.Stale.Count != 1 || r.Stale.Examples[0] != "t:7" || r.Missing.Count != 1 || r.Missing.Examples[0] != "t:8" {
-			t.Fatalf("sample %d: %+v", sample, r)
+			t.Fatalf("%+v: %+v", opt, r)
 		}
-		if want := map[int]int{0: 1, 500: 0}[sample]; r.Extra.Count != want { // a sample reads rows: no extra keys
-			t.Fatalf("sample %d: extra %+v, want %d", sample, r.Extra, want)
+		if want := map[bool]int{true: 1, false: 0}[opt.Sample == 0]; r.Extra.Count != want { // a sample reads rows: no extra keys
+			t.Fatalf("%+v: extra %+v, want %d", opt, r.Extra, want)
 		}
 	}
 	r := e.check(check.Options{Repair: true})
@@ -178,7 +180,7 @@ func TestCheckLive(t *testing.T) {
 	end := time.Now().Add(30 * time.Second)
 	checks := 0
 	for time.Now().Before(end) {
-		r := e.check(check.Options{})
+		r := e.check(check.Options{Lookup: checks%2 == 1}) // both ways of comparing
 		if !r.Consistent() {
 			halt()
 			t.Fatalf("check %d reported differences on a consistent live system: %+v", checks+1, r)

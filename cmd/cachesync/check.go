@@ -27,6 +27,7 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	common := addCommonFlags(fs)
 	sample := fs.Int("sample", 0, "check `N` random rows instead of everything")
 	repair := fs.Bool("repair", false, "fix what it finds (lease-guarded fills and invalidations)")
+	lookup := fs.Bool("lookup", false, "look rows up key by key instead of hashing the cache in memory (slower; for very big caches)")
 	asJSON := fs.Bool("json", false, "print the reports as JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -64,7 +65,7 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	defer api.Close()
 	var reports []*check.Report
 	for _, n := range names {
-		r, err := check.Run(ctx, cfg, api, rc, n, check.Options{Sample: *sample, Repair: *repair})
+		r, err := check.Run(ctx, cfg, api, rc, n, check.Options{Sample: *sample, Repair: *repair, Lookup: *lookup})
 		if err != nil {
 			return err
 		}

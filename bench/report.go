@@ -174,6 +174,7 @@ func (b *bench) report() string {
 	b.readMethod(p)
 	b.wbMethod(p)
 	b.rfMethod(p)
+	b.checkRateMethod(p)
 	p("- **4**: `VmHWM` from `/proc/PID/status` just before SIGTERM; the daemon is restarted for every case, so each peak is that case's own.\n")
 	p("- PostgreSQL settings: testenv defaults (`wal_level=logical`, `fsync=off`, `full_page_writes=off`) plus `%s`; `synchronous_commit` stays `on`. `VACUUM ANALYZE` and `CHECKPOINT` run between cases, never during one. Redis: no persistence (`save \"\"`, `appendonly no`).\n\n", strings.Join(pgSettings, "`, `"))
 

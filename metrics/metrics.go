@@ -71,7 +71,7 @@ var (
 	descFeedLSN      = desc("changefeed_confirmed_lsn", "End LSN of the last transaction applied to Redis (and confirmed to PostgreSQL), as a number.", "source")
 	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source")
 	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source")
-	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "result")
+	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "cache", "result")
 	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate")
 	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
 	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
@@ -178,11 +178,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r := c.s.Refresher; r != nil {
 		st := &r.Stats
-		counter(descRefresh, st.Refreshed.Load(), "refreshed")
-		counter(descRefresh, st.Repaired.Load(), "repaired")
-		counter(descRefresh, st.Kept.Load(), "kept")
-		counter(descRefresh, st.NotFound.Load(), "not_found")
-		counter(descRefresh, st.Scheduled.Load(), "scheduled")
+		for _, name := range cfg.CacheNames() {
+			if pc := r.PerCache[name]; pc != nil {
+				counter(descRefresh, pc.Refreshed.Load(), name, "refreshed")
+				counter(descRefresh, pc.Repaired.Load(), name, "repaired")
+				counter(descRefresh, pc.Kept.Load(), name, "kept")
+				counter(descRefresh, pc.NotFound.Load(), name, "not_found")
+				counter(descRefresh, pc.Scheduled.Load(), name, "scheduled")
+			}
+		}
 		counter(descRefreshEv, st.Events.Load(), "received")
 		counter(descRefreshEv, st.Ignored.Load(), "ignored")
 		counter(descRefreshEv, st.Dropped.Load(), "dropped")

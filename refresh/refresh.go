@@ -27,17 +27,23 @@ import (
 	"github.com/cachesync/cachesync/latency"
 )
 
-// Stats counts what a refresher did; safe for concurrent reads.
-type Stats struct {
-	Events    atomic.Int64 // expired-key events received
+// Counts are what refreshes did with keys, in all or for one cache; safe
+// for concurrent reads.
+type Counts struct {
 	Refreshed atomic.Int64 // keys written back, on expiry or ahead
 	Repaired  atomic.Int64 // of those, keys that expired before this refresher ran, or were found over Late after they expired: missed, then repaired
 	Kept      atomic.Int64 // keys found present (already refilled, or written by someone else)
 	NotFound  atomic.Int64 // keys whose row was gone: deleted or marked
-	Ignored   atomic.Int64 // expired keys that belong to no refreshing cache
-	Dropped   atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
 	Scheduled atomic.Int64 // keys written by scheduled reloads
-	Errors    atomic.Int64 // reload batches that failed (their keys are retried from the record)
+}
+
+// Stats counts what a refresher did; safe for concurrent reads.
+type Stats struct {
+	Counts
+	Events  atomic.Int64 // expired-key events received
+	Ignored atomic.Int64 // expired keys that belong to no refreshing cache
+	Dropped atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
+	Errors  atomic.Int64 // reload batches that failed (their keys are retried from the record)
 	// DelayNanos and DelayCount sum the delay from a recorded expiry to the
 	// key's refresh, for keys refreshed after they expired.
 	DelayNanos atomic.Int64
@@ -66,6 +72,8 @@ type Refresher struct {
 	db        int
 	log       *slog.Logger
 	Stats     Stats
+	// PerCache counts by cache, for every cache that refreshes or has a schedule.
+	PerCache map[string]*Counts
 
 	since  int64 // unix ms when Run began
 	work   chan batch
@@ -90,6 +98,7 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
 		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}}
 	r.Stats.Delays = latency.New(latency.Slow)
+	r.PerCache = map[string]*Counts{}
 	for _, name := range cfg.CacheNames() {
 		c := cfg.Caches[name]
 		if c.Refreshes() {
@@ -97,6 +106,9 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 		}
 		if len(c.Schedule) > 0 {
 			r.scheduled = append(r.scheduled, c)
+		}
+		if c.Refreshes() || len(c.Schedule) > 0 {
+			r.PerCache[name] = &Counts{}
 		}
 	}
 	if len(r.refreshed) == 0 && len(r.scheduled) == 0 {
@@ -384,13 +396,19 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 		}
 		return
 	}
-	r.Stats.Kept.Add(int64(res.Kept))
-	r.Stats.NotFound.Add(int64(res.NotFound))
+	per := r.PerCache[b.cache.Name]
+	for _, st := range []*Counts{&r.Stats.Counts, per} {
+		st.Kept.Add(int64(res.Kept))
+		st.NotFound.Add(int64(res.NotFound))
+		if b.scheduled {
+			st.Scheduled.Add(int64(res.Written))
+		} else {
+			st.Refreshed.Add(int64(res.Written))
+		}
+	}
 	if b.scheduled {
-		r.Stats.Scheduled.Add(int64(res.Written))
 		return
 	}
-	r.Stats.Refreshed.Add(int64(res.Written))
 	now := time.Now().UnixMilli()
 	for i, at := range b.expiries {
 		if at == 0 || at > now || !res.Wrote[i] {
@@ -402,6 +420,7 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 		r.Stats.Delays.Observe(d)
 		if at < r.since || now-at > Late.Milliseconds() {
 			r.Stats.Repaired.Add(1)
+			per.Repaired.Add(1)
 		}
 	}
 }

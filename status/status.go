@@ -71,7 +71,7 @@ type Sources struct {
 	API       *cachesync.Client
 	Feeds     []*changefeed.Feed
 	Errors    *Errors
-	Refreshed func() int64 // keys refreshed by the daemon, when it refreshes
+	Refreshed func(cache string) int64 // keys of cache refreshed by the daemon, when it refreshes
 	// Outside is set when API is not the daemon's client (cachesync
 	// status without a daemon): its counters say nothing then.
 	Outside bool
@@ -130,7 +130,7 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 			}
 		}
 		if cc.Refreshes() && c.s.Refreshed != nil {
-			cs.Refreshed = c.s.Refreshed()
+			cs.Refreshed = c.s.Refreshed(name)
 		}
 		if c.s.Errors != nil {
 			cs.LastError = c.s.Errors.Last(name, cc.Source)

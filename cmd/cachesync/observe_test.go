@@ -96,7 +96,7 @@ func TestMetricsMove(t *testing.T) {
 	before := scrape(t, base)
 	for _, name := range []string{
 		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="main"}`,
-		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{result="refreshed"}`,
+		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{cache="p",result="refreshed"}`,
 		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="main"}`,
 	} {
 		if _, ok := before[name]; !ok {
@@ -134,7 +134,7 @@ func TestMetricsMove(t *testing.T) {
 	moved(`cachesync_changefeed_rows_applied_total{source="main"}`, 1)
 	moved(`cachesync_changefeed_transactions_total{source="main"}`, 1)
 	b.rc.Do(t.Context(), b.rc.B().Pexpire().Key("p:4").Milliseconds(1).Build())
-	moved(`cachesync_refresh_keys_total{result="refreshed"}`, 1)
+	moved(`cachesync_refresh_keys_total{cache="p",result="refreshed"}`, 1)
 	if code, body := httpDo(t, "PUT", base+"/v1/caches/w/w:1?mode=behind", `{"id": 1, "v": 5}`); code != 204 {
 		t.Fatalf("PUT behind: %d %s", code, body)
 	}

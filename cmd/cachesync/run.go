@@ -173,7 +173,12 @@ func (d *daemon) run(ctx context.Context) error {
 			st := status.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Errors: d.errors}
 			if refresher != nil {
 				ms.Refresher = refresher
-				st.Refreshed = refresher.Stats.Refreshed.Load
+				st.Refreshed = func(cache string) int64 {
+					if pc := refresher.PerCache[cache]; pc != nil {
+						return pc.Refreshed.Load()
+					}
+					return 0
+				}
 			}
 			collector := status.NewCollector(st)
 			srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -94,7 +95,7 @@ func printReport(w io.Writer, r *check.Report, repair bool) {
 	if !r.Consistent() {
 		state = "INCONSISTENT"
 	}
-	fmt.Fprintf(w, "%s: %s (%d keys, %d rows checked in %s)\n", r.Cache, state, r.Keys, r.Rows, strings.TrimSuffix(fmt.Sprint(r.Took), "0"))
+	fmt.Fprintf(w, "%s: %s (%d keys, %d rows checked in %s)\n", r.Cache, state, r.Keys, r.Rows, time.Duration(r.Took).Round(time.Millisecond))
 	for _, f := range []struct {
 		what string
 		f    check.Finding

@@ -36,7 +36,7 @@ Usage:
   cachesync run --config FILE            run every cache of the config
   cachesync resync --config FILE CACHE   rebuild one cache from a snapshot, then keep streaming
   cachesync check --config FILE [CACHE]  compare Redis with PostgreSQL (--sample N, --repair, --json)
-  cachesync status --config FILE          each cache's mode, keys, hit ratio, lag, queue, last error (--json)
+  cachesync status --config FILE         each cache's mode, keys, hit ratio, lag, queue, last error (--json)
   cachesync version                      print the version
 
 Run "cachesync COMMAND -h" for a command's flags.

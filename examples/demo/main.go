@@ -71,8 +71,13 @@ func run(ctx context.Context) error {
 	}
 	fmt.Println("loaded the grocery catalog (examples/grocery.sql)")
 
+	httpPort, err := testenv.FreePort()
+	if err != nil {
+		return err
+	}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", httpPort)
 	daemon := exec.CommandContext(ctx, "bin/cachesync", "run", "--config", "examples/grocery.yaml")
-	daemon.Env = append(os.Environ(), "REDIS_URL="+rds.URL(), "DATABASE_URL="+dbURL)
+	daemon.Env = append(os.Environ(), "REDIS_URL="+rds.URL(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+httpAddr)
 	daemon.Stdout, daemon.Stderr = os.Stdout, os.Stderr
 	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
 	daemon.WaitDelay = 10 * time.Second
@@ -114,9 +119,12 @@ cachesync is running on examples/grocery.yaml. Try it yourself in another termin
   add an item:     %s "%s" -c "INSERT INTO inventory (item, price, category) VALUES ('kiwi', 0.69, 'fruit')"
   delete it:       %s "%s" -c "DELETE FROM inventory WHERE item = 'kiwi'"
   a hash:          redis-cli -p %d HGETALL stock:downtown:apple
+  the dashboard:   http://%s/  (and /metrics, /v1/status, /v1/caches/prices/price:apple)
+  status, check:   REDIS_URL=%s DATABASE_URL="%s" HTTP_ADDR=%s bin/cachesync status --config examples/grocery.yaml
+                   (and: ... bin/cachesync check --config examples/grocery.yaml)
 
 Press Ctrl-C to stop cachesync, Redis and PostgreSQL.
-`, rds.Port, psql, dbURL, psql, dbURL, psql, dbURL, rds.Port)
+`, rds.Port, psql, dbURL, psql, dbURL, psql, dbURL, rds.Port, httpAddr, rds.URL(), dbURL, httpAddr)
 
 	select {
 	case <-ctx.Done():

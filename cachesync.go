@@ -371,7 +371,7 @@ func (c *Client) leaseTTL(ca *cache) time.Duration {
 func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
 	rb := c.redis.B()
 	ca.stats.Fills.Add(1)
-	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
+	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, true)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 		return nil, fmt.Errorf("cache %q: key %q: postgres %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
@@ -419,15 +419,16 @@ func (c *Client) invalidate(ctx context.Context, ca *cache, key string) error {
 	return nil
 }
 
-// WALPosition returns source's current WAL position (pg_current_wal_lsn):
-// how far the change feed has to go.
+// WALPosition returns source's current WAL insert position
+// (pg_current_wal_insert_lsn): past every commit made so far, however
+// synchronous_commit is set; how far the change feed has to go.
 func (c *Client) WALPosition(ctx context.Context, source string) (uint64, error) {
 	l, ok := c.loaders[source]
 	if !ok {
 		return 0, fmt.Errorf("source %q: unknown", source)
 	}
 	var lsn string
-	if err := l.Pool().QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+	if err := l.Pool().QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
 		return 0, fmt.Errorf("source %q: %w", source, err)
 	}
 	pos, err := pglogrepl.ParseLSN(lsn)

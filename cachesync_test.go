@@ -122,7 +122,7 @@ func (e *env) queries(table string) int64 {
 	var n int64
 	err := e.db.QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
 		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-		AND query LIKE 'SELECT % FROM ' || $1 || ' WHERE %'`, table).Scan(&n)
+		AND query LIKE 'SELECT % FROM ' || $1 || ' t WHERE %'`, table).Scan(&n)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -527,5 +527,85 @@ func TestReloadLoses(t *testing.T) {
 		if race.after == "" && recorded(race.key) {
 			t.Fatalf("%s: %s is still in the expiry record", race.name, race.key)
 		}
+	}
+}
+
+// TestFillAfterInvisibleDelete: a DELETE's commit is in the WAL, so the
+// change feed has applied it (the key and its lease are gone), but other
+// sessions cannot see it yet: it waits for a synchronous standby that never
+// answers. A fill then (Get's, and a refresh's Reload) must not write the
+// row back: it reads FOR SHARE, which waits for the deleting transaction,
+// then finds no row (DESIGN's visibility trap, for fills).
+func TestFillAfterInvisibleDelete(t *testing.T) {
+	for _, via := range []string{"get", "reload"} {
+		t.Run(via, func(t *testing.T) {
+			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g`)
+			cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+			e.feed(cfg)
+			c := e.open(cfg)
+			ctx := context.Background()
+			admin, err := pgx.Connect(ctx, pg.URL("postgres"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer admin.Close(ctx)
+			set := func(qs ...string) {
+				for _, q := range qs {
+					if _, err := admin.Exec(ctx, q); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `ALTER SYSTEM SET synchronous_commit = 'local'`, `SELECT pg_reload_conf()`)
+			defer set(`ALTER SYSTEM RESET synchronous_standby_names`, `ALTER SYSTEM RESET synchronous_commit`, `SELECT pg_reload_conf()`)
+			var pid int
+			if err := e.db.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			deleted := make(chan error, 1)
+			go func() { // waits for the standby until cancelled; its commit is local by then
+				_, err := e.db.Exec(context.Background(), `SET synchronous_commit = on; DELETE FROM t WHERE id = 5`)
+				deleted <- err
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for { // the feed applied the delete
+				if _, ok := e.get("t:5"); !ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the feed never applied the delete")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			filled := make(chan error, 1)
+			go func() {
+				if via == "get" {
+					_, err := c.Get(context.Background(), "t", "t:5")
+					filled <- err
+					return
+				}
+				_, err := c.Reload(context.Background(), "t", []string{"t:5"}, false)
+				filled <- err
+			}()
+			time.Sleep(300 * time.Millisecond) // the fill waits FOR SHARE (a plain read would have written by now)
+			if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
+				t.Fatal(err)
+			}
+			<-deleted // cancelled while waiting for the standby: committed locally, with a warning
+			err = <-filled
+			if via == "get" && !errors.Is(err, cachesync.ErrNotFound) {
+				t.Fatalf("Get after the delete: %v, want not found", err)
+			}
+			if via == "reload" && err != nil {
+				t.Fatal(err)
+			}
+			var rows int
+			if err := e.db.QueryRow(ctx, `SELECT count(*) FROM t WHERE id = 5`).Scan(&rows); err != nil || rows != 0 {
+				t.Fatalf("row 5: %d rows, %v; the delete should have committed", rows, err)
+			}
+			if v, ok := e.get("t:5"); ok {
+				t.Fatalf("t:5 = %q: the fill wrote back a deleted row", v)
+			}
+		})
 	}
 }

@@ -42,6 +42,10 @@ func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte
 	}
 	for i, r := range c.redis.DoMulti(ctx, cmds...) {
 		m, err := r.AsStrMap()
+		if e, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(e.Error(), "WRONGTYPE") {
+			out[i] = []byte("(not a hash)") // differs from every row's value: reported
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 		}

@@ -80,7 +80,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	for j, i := range load {
 		want[j] = values[i]
 	}
-	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want, false)
+	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want, true)
 	if err != nil {
 		c.release(ctx, keys, load, token)
 		return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
@@ -100,7 +100,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		if !ok {
 			// Not among the rows by its rendering: a key spelled unlike
 			// PostgreSQL prints its values ("item:01") still has its row.
-			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i]); err != nil {
+			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i], true); err != nil {
 				c.release(ctx, keys, load, token)
 				return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 			}

@@ -435,8 +435,8 @@ func (b *bench) profileReads(mode string, round int) func() {
 
 // ---- 7. miss storm ----
 
-// stormStatement matches the fill's query, SELECT "id", ... FROM public.bench WHERE "id" = $1.
-const stormStatement = `^SELECT .* FROM "?public"?\."?bench"? WHERE `
+// stormStatement matches the fill's query, SELECT "id", ... FROM public.bench t WHERE "id" = $1 FOR SHARE OF t.
+const stormStatement = `^SELECT .* FROM "?public"?\."?bench"? t WHERE `
 
 // fillQueries returns how often PostgreSQL has run the fill's statement.
 func (b *bench) fillQueries(ctx context.Context) (int64, error) {

@@ -134,7 +134,9 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 	}
 	if last != nil {
 		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())
-		a.f.Stats.Lag.Observe(time.Since(last.CommitTime))
+		lag := time.Since(last.CommitTime)
+		a.f.Stats.Lag.Observe(lag)
+		a.f.Stats.LastLag.Store(int64(lag))
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ type Stats struct {
 	// Lag times commit → visible in Redis, for the last transaction of
 	// each applied batch.
 	Lag         *latency.Histogram
+	LastLag     atomic.Int64 // commit → visible (ns) of the last transaction applied
 	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted
 	BackfillRow atomic.Int64 // rows written by rebuilds
 }

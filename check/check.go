@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -82,6 +81,9 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, cachesync.ErrUnknownCache)
 	}
+	if opt.Repair && cc.Writes == config.WritesBehind {
+		return nil, fmt.Errorf("cache %q: --repair refuses a cache with writes: behind: a key whose write is still queued is newer than its row, and repairing it would bring the older row back", name)
+	}
 	if opt.Examples <= 0 {
 		opt.Examples = 5
 	}
@@ -90,7 +92,7 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 	}
 	start := time.Now()
 	r := &Report{Cache: name}
-	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r, shared: true}
+	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r}
 	var err error
 	if opt.Sample > 0 {
 		err = k.sample(ctx)
@@ -108,13 +110,12 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 }
 
 type checker struct {
-	cfg    *config.Config
-	cc     *config.Cache
-	api    *cachesync.Client
-	redis  rueidis.Client
-	opt    Options
-	r      *Report
-	shared bool // verify may read FOR SHARE
+	cfg   *config.Config
+	cc    *config.Cache
+	api   *cachesync.Client
+	redis rueidis.Client
+	opt   Options
+	r     *Report
 	// suspects are keys that looked wrong once, by kind.
 	mu       sync.Mutex
 	suspects map[string]string
@@ -297,9 +298,8 @@ const workers = 4
 
 // fullByLookup compares every key of the cache in Redis (SCAN) with its row
 // looked up by key, batches in parallel, and, for caches that hold every
-// row, makes sure no row lacks its key: when the table has as many rows as
-// there were distinct keys with a row, none can; otherwise every row's key
-// is looked up. It holds little in memory: for caches too big for full.
+// row, looks every row's key up (streaming the table). It holds little in
+// memory beyond a hash of each key seen: for caches too big for full.
 func (k *checker) fullByLookup(ctx context.Context) error {
 	pattern := k.cc.Template.Pattern()
 	// SCAN may return a key twice: count each once, by a 64-bit hash of it
@@ -307,17 +307,14 @@ func (k *checker) fullByLookup(ctx context.Context) error {
 	size, _ := k.redis.Do(ctx, k.redis.B().Dbsize().Build()).AsInt64()
 	seen := make(map[uint64]struct{}, min(size, 1<<26))
 	seed := maphash.MakeSeed()
-	var withRow atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	work := make(chan []string)
 	for range workers {
 		g.Go(func() error {
 			for keys := range work {
-				n, err := k.compare(gctx, keys)
-				if err != nil {
+				if _, err := k.compare(gctx, keys); err != nil {
 					return err
 				}
-				withRow.Add(int64(n))
 			}
 			return nil
 		})
@@ -373,20 +370,9 @@ func (k *checker) fullByLookup(ctx context.Context) error {
 	if !holdsEveryRow(k.cc) {
 		return nil
 	}
-	rows, err := k.api.CountRows(ctx, k.cc.Name)
-	if err != nil {
-		return err
-	}
-	k.r.Rows = int(rows)
-	if rows == withRow.Load() {
-		return nil // every row has its key: the keys were distinct, each with its own row
-	}
-	keys, err := k.api.KeysWhere(ctx, k.cc.Name, "true")
-	if err != nil {
-		return err
-	}
-	for lo := 0; lo < len(keys); lo += batch {
-		chunk := keys[lo:min(lo+batch, len(keys))]
+	// Every row's key must be there: look them up, streaming the rows.
+	var chunk []string
+	lookup := func() error {
 		cmds := make(rueidis.Commands, len(chunk))
 		for i, key := range chunk {
 			cmds[i] = k.redis.B().Exists().Key(key).Build()
@@ -400,9 +386,23 @@ func (k *checker) fullByLookup(ctx context.Context) error {
 				k.suspect(chunk[i], "missing")
 			}
 		}
+		k.r.Rows += len(chunk)
+		chunk = chunk[:0]
+		return nil
 	}
-	k.r.Rows = len(keys)
-	return nil
+	var lookupErr error
+	err := k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) {
+		if chunk = append(chunk, key); len(chunk) == batch && lookupErr == nil {
+			lookupErr = lookup()
+		}
+	})
+	if err == nil {
+		err = lookupErr
+	}
+	if err == nil && len(chunk) > 0 {
+		err = lookup()
+	}
+	return err
 }
 
 // sample compares the keys of opt.Sample random rows.
@@ -459,11 +459,7 @@ func (k *checker) verify(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			after, err := k.api.Want(ctx, k.cc.Name, chunk, k.shared)
-			if err != nil && k.shared {
-				k.shared = false // no UPDATE privilege: a plain read, and the rounds
-				after, err = k.api.Want(ctx, k.cc.Name, chunk, false)
-			}
+			after, err := k.api.Want(ctx, k.cc.Name, chunk, true)
 			if err != nil {
 				return err
 			}
@@ -472,6 +468,15 @@ func (k *checker) verify(ctx context.Context) error {
 					k.suspect(key, first[key])
 				}
 			}
+		}
+	}
+	if k.cc.Writes == config.WritesBehind && len(k.suspects) > 0 {
+		queued, err := k.queued(ctx)
+		if err != nil {
+			return err
+		}
+		for key := range queued {
+			delete(k.suspects, key) // its write is on its way: newer than its row
 		}
 	}
 	var missing, stale, extra []string
@@ -494,6 +499,25 @@ func (k *checker) verify(ctx context.Context) error {
 		return nil
 	}
 	return k.repair(ctx, missing, stale, extra)
+}
+
+// queued returns the keys with entries in the cache's write-behind queue.
+func (k *checker) queued(ctx context.Context) (map[string]bool, error) {
+	keys := map[string]bool{}
+	start := "-"
+	for {
+		entries, err := k.redis.Do(ctx, k.redis.B().Xrange().Key(cachesync.StreamKey(k.cc.Name)).Start(start).End("+").Count(batch).Build()).AsXRange()
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		for _, e := range entries {
+			keys[e.FieldValues["key"]] = true
+		}
+		if len(entries) < batch {
+			return keys, nil
+		}
+		start = "(" + entries[len(entries)-1].ID
+	}
 }
 
 // settle waits until the feed's applied position reaches PostgreSQL's
@@ -522,8 +546,10 @@ func (k *checker) settle(ctx context.Context) error {
 	return nil // a feed that is down or behind: the second read decides
 }
 
-// repair fills missing keys, invalidates stale ones (and fills them) and
-// removes extra ones; every write is a lease-guarded fill.
+// repair invalidates stale and extra keys, then fills them and the missing
+// ones like any fill (lease-guarded): a key whose row appeared meanwhile is
+// filled again, a key whose row is gone stays gone, and no repair writes an
+// older value than the change feed's.
 func (k *checker) repair(ctx context.Context, missing, stale, extra []string) error {
 	name := k.cc.Name
 	for _, key := range append(stale, extra...) {
@@ -532,7 +558,7 @@ func (k *checker) repair(ctx context.Context, missing, stale, extra []string) er
 		}
 	}
 	k.r.Repaired += len(stale) + len(extra)
-	for i, keys := range [][]string{missing, stale} {
+	for i, keys := range [][]string{missing, stale, extra} {
 		for lo := 0; lo < len(keys); lo += batch {
 			res, err := k.api.Reload(ctx, name, keys[lo:min(lo+batch, len(keys))], false)
 			if err != nil {

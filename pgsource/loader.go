@@ -2,10 +2,14 @@ package pgsource
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -14,6 +18,27 @@ import (
 // (read-through fills, refreshes).
 type Loader struct {
 	pool *pgxpool.Pool
+	// noShare is set once PostgreSQL refused a FOR SHARE read (the role
+	// lacks the UPDATE privilege): reads are plain from then on.
+	noShare atomic.Bool
+}
+
+// share adds FOR SHARE to sql when asked and allowed.
+func (l *Loader) share(sql string, share bool) string {
+	if share && !l.noShare.Load() {
+		return sql + " FOR SHARE OF t"
+	}
+	return sql
+}
+
+// refused tells a FOR SHARE read the role may not make; it turns them off.
+func (l *Loader) refused(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" && !l.noShare.Swap(true) {
+		slog.Warn("the source role may not read FOR SHARE (it needs the UPDATE privilege): fills read plainly, and a fill racing a commit that is not yet visible may write the older row", "err", err)
+		return true
+	}
+	return false
 }
 
 // NewLoader opens a connection pool to url with SessionParams.
@@ -40,46 +65,50 @@ func (l *Loader) Pool() *pgxpool.Pool { return l.pool }
 
 // LoadRow returns columns of the row of t whose keyColumns equal values
 // (text, converted by PostgreSQL to each column's type), or nil when there is
-// no such row.
-func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string) ([][]byte, error) {
-	sql := selectByKey(t, columns, keyColumns)
+// no such row. With share the row is read FOR SHARE (see LoadRows).
+func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string, share bool) ([][]byte, error) {
 	params := make([][]byte, len(values))
 	for i, v := range values {
 		params[i] = []byte(v)
 	}
-	var row [][]byte
-	err := l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
-		res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
-		if res.Err != nil {
-			return res.Err
+	for {
+		sql := l.share(selectByKey(t, columns, keyColumns), share)
+		var row [][]byte
+		err := l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+			if res.Err != nil {
+				return res.Err
+			}
+			if len(res.Rows) > 0 {
+				row = res.Rows[0]
+			}
+			return nil
+		})
+		if err != nil && share && l.refused(err) {
+			continue
 		}
-		if len(res.Rows) > 0 {
-			row = res.Rows[0]
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", t.Name, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", t.Name, err)
+		return row, nil
 	}
-	return row, nil
 }
 
 // LoadRows returns columns of the rows of t whose keyColumns equal one of
 // keys (each a list of text values, one per key column), in one query.
 // Rows come in no particular order; keys without a row have none. With
-// forShare the rows are read FOR SHARE: the read waits for a transaction
-// that changed one of them and is still finishing its commit, and reads
-// its version (a plain read could miss a commit already in the WAL).
-func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []string, keys [][]string, forShare bool) ([][][]byte, error) {
+// share the rows are read FOR SHARE: the read waits for a transaction that
+// changed one of them and is still finishing its commit, and reads its
+// version. A plain read could miss a commit already in the WAL, so already
+// applied by the change feed, and a fill would then write the older row
+// (DESIGN's visibility trap). Without the UPDATE privilege it reads plainly.
+func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []string, keys [][]string, share bool) ([][][]byte, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	sql, err := selectByKeys(t, columns, keyColumns)
+	query, err := selectByKeys(t, columns, keyColumns)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", t.Name, err)
-	}
-	if forShare {
-		sql += " FOR SHARE OF t"
 	}
 	// One text[] parameter per key column, in PostgreSQL's array syntax.
 	params := make([][]byte, len(keyColumns))
@@ -100,16 +129,22 @@ func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []s
 		}
 		params[i] = append(a, '}')
 	}
-	var rows [][][]byte
-	err = l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
-		res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
-		rows = res.Rows
-		return res.Err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", t.Name, err)
+	for {
+		sql := l.share(query, share)
+		var rows [][][]byte
+		err = l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+			rows = res.Rows
+			return res.Err
+		})
+		if err != nil && share && l.refused(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", t.Name, err)
+		}
+		return rows, nil
 	}
-	return rows, nil
 }
 
 // selectByKeys selects the rows whose key columns are in the unnested
@@ -145,5 +180,5 @@ func selectByKey(t *Table, columns, keyColumns []string) string {
 	for i, c := range keyColumns {
 		where[i] = fmt.Sprintf("%s = $%d", pgx.Identifier{c}.Sanitize(), i+1)
 	}
-	return fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
+	return fmt.Sprintf("SELECT %s FROM %s t WHERE %s", strings.Join(cols, ", "), t.Quoted, strings.Join(where, " AND "))
 }

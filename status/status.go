@@ -54,7 +54,7 @@ type Cache struct {
 	HitRatio    *float64 `json:"hit_ratio"` // of Gets through cachesync; null when none
 	Fills       int64    `json:"fills"`
 	LagBytes    *int64   `json:"lag_bytes"`   // change feed: WAL not yet applied
-	LagSeconds  *float64 `json:"lag_seconds"` // change feed: age of the oldest unapplied commit, about
+	LagSeconds  *float64 `json:"lag_seconds"` // change feed: commit → visible of the last transaction applied (daemon only)
 	Applied     int64    `json:"rows_applied"`
 	Queue       *int64   `json:"queue"` // write-behind entries waiting
 	DeadLetters *int64   `json:"dead_letters"`
@@ -177,9 +177,10 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 	for _, source := range c.s.Config.SourceNames() {
 		var li lagInfo
 		var applied uint64
-		var lastCommit int64
-		if f := c.feed(source); f != nil {
-			applied, lastCommit, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastCommit.Load(), f.Stats.Writes.Load()
+		var lastLag int64
+		f := c.feed(source)
+		if f != nil {
+			applied, lastLag, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastLag.Load(), f.Stats.Writes.Load()
 		}
 		if applied == 0 {
 			if lsn, ok, err := state.Applied(ctx, source); err == nil && ok {
@@ -193,11 +194,8 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 		}
 		b := max(int64(cur)-int64(applied), 0)
 		li.bytes = &b
-		if lastCommit > 0 {
-			s := 0.0
-			if b > 0 {
-				s = time.Since(time.Unix(0, lastCommit)).Seconds()
-			}
+		if f != nil {
+			s := time.Duration(lastLag).Seconds()
 			li.seconds = &s
 		}
 		out[source] = li

@@ -556,15 +556,17 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 					}
 				}
 			}
-			set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `ALTER SYSTEM SET synchronous_commit = 'local'`, `SELECT pg_reload_conf()`)
-			defer set(`ALTER SYSTEM RESET synchronous_standby_names`, `ALTER SYSTEM RESET synchronous_commit`, `SELECT pg_reload_conf()`)
+			// Every commit now waits for the standby, the fill's too (a FOR
+			// SHARE read takes locks): loads commit without waiting.
+			set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`)
+			defer set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
 			var pid int
 			if err := e.db.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 				t.Fatal(err)
 			}
 			deleted := make(chan error, 1)
 			go func() { // waits for the standby until cancelled; its commit is local by then
-				_, err := e.db.Exec(context.Background(), `SET synchronous_commit = on; DELETE FROM t WHERE id = 5`)
+				_, err := e.db.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
 				deleted <- err
 			}()
 			deadline := time.Now().Add(10 * time.Second)
@@ -607,5 +609,41 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				t.Fatalf("t:5 = %q: the fill wrote back a deleted row", v)
 			}
 		})
+	}
+}
+
+// TestFillBehindSlowWriter: a fill of a row an open transaction has locked
+// gives up after the load lock timeout with ErrUnavailable (the row is being
+// changed; reading around the lock could bring an older row back after the
+// change), and fills of other rows go on meanwhile.
+func TestFillBehindSlowWriter(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, g FROM generate_series(1, 40) g`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE t SET v = -v WHERE id <= 20`); err != nil { // held, uncommitted
+		t.Fatal(err)
+	}
+	errs := make(chan error, 20)
+	for id := 1; id <= 20; id++ { // more than the load pool's connections
+		go func() {
+			_, err := c.Get(ctx, "t", fmt.Sprintf("t:%d", id))
+			errs <- err
+		}()
+	}
+	start := time.Now()
+	if v, err := c.Get(ctx, "t", "t:30"); err != nil || string(v) != "30" {
+		t.Fatalf("Get of an unlocked row beside locked ones: %q, %v", v, err)
+	}
+	t.Logf("an unlocked row filled in %v beside 20 waiting fills", time.Since(start).Round(time.Millisecond))
+	for range 20 {
+		if err := <-errs; !errors.Is(err, cachesync.ErrUnavailable) {
+			t.Fatalf("Get of a locked row: %v, want ErrUnavailable after the lock timeout", err)
+		}
 	}
 }

@@ -108,8 +108,8 @@ func (c *Client) parseKeys(name string, keys []string) (*cache, [][]string, erro
 // EachRow calls fn with the key and value (as Get returns it) of every row
 // of cache name's table, streamed in one query: what a full consistency
 // check compares Redis with. A row that cannot be keyed or stored is
-// skipped. fn must not keep value.
-func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, value []byte)) error {
+// skipped. fn must not keep value; an error from fn ends the stream.
+func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, value []byte) error) error {
 	ca, ok := c.caches[name]
 	if !ok {
 		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
@@ -118,7 +118,7 @@ func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, v
 	for i, col := range ca.cols {
 		cols[i] = pgx.Identifier{col}.Sanitize()
 	}
-	rows, err := ca.loader.Pool().Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+ca.table.Quoted, pgx.QueryResultFormats{pgx.TextFormatCode})
+	rows, err := ca.loader.Reads().Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+ca.table.Quoted, pgx.QueryResultFormats{pgx.TextFormatCode})
 	if err != nil {
 		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
@@ -133,7 +133,9 @@ func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, v
 		if err != nil || (ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0) {
 			continue
 		}
-		fn(key, v.Result(ca.cfg.Format))
+		if err := fn(key, v.Result(ca.cfg.Format)); err != nil {
+			return err
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)

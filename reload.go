@@ -151,19 +151,6 @@ func (c *Client) release(ctx context.Context, keys []string, idx []int, token st
 	c.redis.DoMulti(context.WithoutCancel(ctx), cmds...)
 }
 
-// CountRows returns how many rows the table of cache name has.
-func (c *Client) CountRows(ctx context.Context, name string) (int64, error) {
-	ca, ok := c.caches[name]
-	if !ok {
-		return 0, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
-	}
-	var n int64
-	if err := ca.loader.Pool().QueryRow(ctx, "SELECT count(*) FROM "+ca.table.Quoted).Scan(&n); err != nil {
-		return 0, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
-	}
-	return n, nil
-}
-
 // KeysWhere returns the keys of cache name whose rows match where, a SQL
 // condition over its table: what a scheduled reload with where: reloads.
 func (c *Client) KeysWhere(ctx context.Context, name, where string) ([]string, error) {

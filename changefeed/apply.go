@@ -131,6 +131,7 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 	if end != 0 {
 		a.stream.Applied(end)
 		a.f.Stats.AppliedLSN.Store(uint64(end))
+		a.f.Stats.Progress.Store(time.Now().UnixNano())
 	}
 	if last != nil {
 		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())

@@ -39,6 +39,7 @@ type Stats struct {
 	// each applied batch.
 	Lag         *latency.Histogram
 	LastLag     atomic.Int64 // commit → visible (ns) of the last transaction applied
+	Progress    atomic.Int64 // when AppliedLSN last moved (unix ns); heartbeats move it when idle
 	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted
 	BackfillRow atomic.Int64 // rows written by rebuilds
 }

@@ -208,8 +208,9 @@ func (k *checker) full(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		inTable = make(map[uint64]uint64, size)
-		return k.api.EachRow(gctx, k.cc.Name, func(key string, value []byte) {
+		return k.api.EachRow(gctx, k.cc.Name, func(key string, value []byte) error {
 			inTable[maphash.String(seed, key)] = maphash.Bytes(seed, value)
+			return nil
 		})
 	})
 	if err := g.Wait(); err != nil {
@@ -248,10 +249,11 @@ func (k *checker) full(ctx context.Context) error {
 	if err != nil || !missing {
 		return err
 	}
-	return k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) {
+	return k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) error {
 		if bad[maphash.String(seed, key)] == "missing" {
 			k.suspect(key, "missing")
 		}
+		return nil
 	})
 }
 
@@ -390,15 +392,12 @@ func (k *checker) fullByLookup(ctx context.Context) error {
 		chunk = chunk[:0]
 		return nil
 	}
-	var lookupErr error
-	err := k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) {
-		if chunk = append(chunk, key); len(chunk) == batch && lookupErr == nil {
-			lookupErr = lookup()
+	err := k.api.EachRow(ctx, k.cc.Name, func(key string, _ []byte) error {
+		if chunk = append(chunk, key); len(chunk) == batch {
+			return lookup()
 		}
+		return nil
 	})
-	if err == nil {
-		err = lookupErr
-	}
 	if err == nil && len(chunk) > 0 {
 		err = lookup()
 	}

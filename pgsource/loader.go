@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,11 +20,20 @@ import (
 // stream and snapshots: the one place a cache's rows are loaded on demand
 // (read-through fills, refreshes).
 type Loader struct {
-	pool *pgxpool.Pool
+	pool *pgxpool.Pool // writes (Put, the drainer) and other work
+	// reads serves the loads. Its sessions do not wait for the WAL flush
+	// or a synchronous standby at commit (a FOR SHARE read takes row locks,
+	// so it commits like a write; it changes no data) and give up on a row
+	// lock after ReadLockTimeout, so a row held by a slow writer costs a
+	// fill an error, not a stuck connection.
+	reads *pgxpool.Pool
 	// noShare is set once PostgreSQL refused a FOR SHARE read (the role
 	// lacks the UPDATE privilege): reads are plain from then on.
 	noShare atomic.Bool
 }
+
+// ReadLockTimeout bounds how long a load waits for a row lock.
+const ReadLockTimeout = time.Second
 
 // share adds FOR SHARE to sql when asked and allowed.
 func (l *Loader) share(sql string, share bool) string {
@@ -31,34 +43,69 @@ func (l *Loader) share(sql string, share bool) string {
 	return sql
 }
 
-// refused tells a FOR SHARE read the role may not make; it turns them off.
-func (l *Loader) refused(err error) bool {
+// retry tells a FOR SHARE read worth making again: refused for want of the
+// UPDATE privilege (reads turn plain, with one warning), or the row moved
+// to another partition while being locked.
+func (l *Loader) retry(err error, attempt int) bool {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42501" && !l.noShare.Swap(true) {
-		slog.Warn("the source role may not read FOR SHARE (it needs the UPDATE privilege): fills read plainly, and a fill racing a commit that is not yet visible may write the older row", "err", err)
+	if !errors.As(err, &pgErr) || attempt > 3 {
+		return false
+	}
+	switch pgErr.Code {
+	case "42501":
+		if !l.noShare.Swap(true) {
+			slog.Warn("the source role may not read FOR SHARE (it needs the UPDATE privilege): fills read plainly, and a fill racing a commit that is not yet visible may write the older row", "err", err)
+		}
+		return true
+	case "40001": // tuple to be locked was already moved to another partition
 		return true
 	}
 	return false
 }
 
-// NewLoader opens a connection pool to url with SessionParams.
+// NewLoader opens the connection pools to url with SessionParams.
 func NewLoader(ctx context.Context, url string) (*Loader, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+	open := func(extra map[string]string, maxConns int32) (*pgxpool.Pool, error) {
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range SessionParams {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
+		for k, v := range extra {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
+		if maxConns > 0 {
+			cfg.MaxConns = maxConns
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		return pool, nil
+	}
+	pool, err := open(nil, 0)
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range SessionParams {
-		cfg.ConnConfig.RuntimeParams[k] = v
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	reads, err := open(map[string]string{"synchronous_commit": "off",
+		"lock_timeout": strconv.FormatInt(ReadLockTimeout.Milliseconds(), 10)}, int32(max(8, 2*runtime.NumCPU())))
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
+		pool.Close()
+		return nil, err
 	}
-	return &Loader{pool: pool}, nil
+	return &Loader{pool: pool, reads: reads}, nil
 }
 
-// Close closes the pool.
-func (l *Loader) Close() { l.pool.Close() }
+// Close closes the pools.
+func (l *Loader) Close() {
+	l.pool.Close()
+	l.reads.Close()
+}
+
+// Reads is the pool loads use, for streaming reads of a cache's rows.
+func (l *Loader) Reads() *pgxpool.Pool { return l.reads }
 
 // Pool is the loader's connection pool, for writes that go with loads.
 func (l *Loader) Pool() *pgxpool.Pool { return l.pool }
@@ -71,10 +118,10 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 	for i, v := range values {
 		params[i] = []byte(v)
 	}
-	for {
+	for attempt := 1; ; attempt++ {
 		sql := l.share(selectByKey(t, columns, keyColumns), share)
 		var row [][]byte
-		err := l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		err := l.reads.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
 			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
 			if res.Err != nil {
 				return res.Err
@@ -84,7 +131,7 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 			}
 			return nil
 		})
-		if err != nil && share && l.refused(err) {
+		if err != nil && share && l.retry(err, attempt) {
 			continue
 		}
 		if err != nil {
@@ -129,15 +176,15 @@ func (l *Loader) LoadRows(ctx context.Context, t *Table, columns, keyColumns []s
 		}
 		params[i] = append(a, '}')
 	}
-	for {
+	for attempt := 1; ; attempt++ {
 		sql := l.share(query, share)
 		var rows [][][]byte
-		err = l.pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		err = l.reads.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
 			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
 			rows = res.Rows
 			return res.Err
 		})
-		if err != nil && share && l.refused(err) {
+		if err != nil && share && l.retry(err, attempt) {
 			continue
 		}
 		if err != nil {
@@ -164,11 +211,13 @@ func selectByKeys(t *Table, columns, keyColumns []string) (string, error) {
 		keys[i] = "t." + pgx.Identifier{name}.Sanitize()
 		arrays[i] = fmt.Sprintf("$%d::text[]::%s[]", i+1, c.Type)
 	}
+	// Rows come (and are locked, FOR SHARE) in key order: two batches
+	// never wait for each other's locks in a cycle.
 	if len(keys) == 1 { // the common case, planned best as = ANY
-		return fmt.Sprintf("SELECT %s FROM %s t WHERE %s = ANY(%s)", strings.Join(cols, ", "), t.Quoted, keys[0], arrays[0]), nil
+		return fmt.Sprintf("SELECT %s FROM %s t WHERE %s = ANY(%s) ORDER BY %s", strings.Join(cols, ", "), t.Quoted, keys[0], arrays[0], keys[0]), nil
 	}
-	return fmt.Sprintf("SELECT %s FROM %s t WHERE (%s) IN (SELECT * FROM unnest(%s))",
-		strings.Join(cols, ", "), t.Quoted, strings.Join(keys, ", "), strings.Join(arrays, ", ")), nil
+	return fmt.Sprintf("SELECT %s FROM %s t WHERE (%s) IN (SELECT * FROM unnest(%s)) ORDER BY %s",
+		strings.Join(cols, ", "), t.Quoted, strings.Join(keys, ", "), strings.Join(arrays, ", "), strings.Join(keys, ", ")), nil
 }
 
 func selectByKey(t *Table, columns, keyColumns []string) string {

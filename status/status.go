@@ -54,7 +54,7 @@ type Cache struct {
 	HitRatio    *float64 `json:"hit_ratio"` // of Gets through cachesync; null when none
 	Fills       int64    `json:"fills"`
 	LagBytes    *int64   `json:"lag_bytes"`   // change feed: WAL not yet applied
-	LagSeconds  *float64 `json:"lag_seconds"` // change feed: commit → visible of the last transaction applied (daemon only)
+	LagSeconds  *float64 `json:"lag_seconds"` // change feed: commit → visible of the last transaction applied, or how long it has not moved while behind (daemon only)
 	Applied     int64    `json:"rows_applied"`
 	Queue       *int64   `json:"queue"` // write-behind entries waiting
 	DeadLetters *int64   `json:"dead_letters"`
@@ -177,10 +177,10 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 	for _, source := range c.s.Config.SourceNames() {
 		var li lagInfo
 		var applied uint64
-		var lastLag int64
+		var lastLag, progress int64
 		f := c.feed(source)
 		if f != nil {
-			applied, lastLag, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastLag.Load(), f.Stats.Writes.Load()
+			applied, lastLag, progress, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastLag.Load(), f.Stats.Progress.Load(), f.Stats.Writes.Load()
 		}
 		if applied == 0 {
 			if lsn, ok, err := state.Applied(ctx, source); err == nil && ok {
@@ -195,7 +195,14 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 		b := max(int64(cur)-int64(applied), 0)
 		li.bytes = &b
 		if f != nil {
-			s := time.Duration(lastLag).Seconds()
+			// The last transaction's commit → visible time; a feed that has
+			// not moved for a while (stuck, or catching up a backlog since
+			// its start) is at least that far behind.
+			lag := time.Duration(lastLag)
+			if stalled := time.Since(time.Unix(0, progress)); b > 0 && stalled > time.Second {
+				lag = max(lag, stalled)
+			}
+			s := lag.Seconds()
 			li.seconds = &s
 		}
 		out[source] = li

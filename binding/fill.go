@@ -169,7 +169,7 @@ func (b *Binding) FillCmd(rb rueidis.Builder, key, token string, v *Value, negTT
 	if v != nil {
 		mode = ""
 	}
-	return b.fillCmd(rb, key, token, v, mode, false, negTTL)
+	return evalCmd(rb, fill, b.join([]rueidis.LuaExec{b.fillExec(key, token, v, mode, false, negTTL)}, true))
 }
 
 // ReloadCmd is FillCmd for a refresh (its result is [1] when written): it also overwrites a present key when
@@ -262,11 +262,6 @@ func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Compl
 	return rb.Eval().Script(script).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 }
 
-// fillCmd is the fill script for one key; its result is 1 when written.
-func (b *Binding) fillCmd(rb rueidis.Builder, key, token string, v *Value, mode string, overwrite bool, negTTL time.Duration) rueidis.Completed {
-	return evalCmd(rb, fill, b.join([]rueidis.LuaExec{b.fillExec(key, token, v, mode, overwrite, negTTL)}, true))
-}
-
 func (b *Binding) fillExec(key, token string, v *Value, mode string, overwrite bool, negTTL time.Duration) rueidis.LuaExec {
 	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key)}
 	over := "0"
@@ -306,7 +301,7 @@ local function one(key, lease, stale, action, token, leaseMs, now, ttl, staleTTL
       else
         local at = tonumber(now) + pttl
         local was = redis.call('ZSCORE', rec, key)
-        if not was or math.abs(tonumber(was) - at) > 1000 then redis.call('ZADD', rec, at, key) end
+        if action == 'x' or not was or math.abs(tonumber(was) - at) > 1000 then redis.call('ZADD', rec, at, key) end
       end
     end
     return 'p'

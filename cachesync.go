@@ -110,6 +110,19 @@ type cache struct {
 	stats  *CacheStats
 }
 
+// errNothingToStore reports a row whose value Redis cannot hold: a hash
+// whose every column is null (Redis has no empty hash).
+var errNothingToStore = errors.New("every value column is null: a hash cannot be empty")
+
+// encode encodes row as ca stores it.
+func (ca *cache) encode(row [][]byte) (binding.Value, error) {
+	v, err := ca.b.Encode(row)
+	if err == nil && ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
+		err = errNothingToStore
+	}
+	return v, err
+}
+
 // Open connects to Redis and every source of cfg and checks each cache
 // against its table.
 func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error) {
@@ -313,9 +326,7 @@ func (c *Client) read(ctx context.Context, ca *cache, key string) ([]byte, bool,
 // whoever holds the lease.
 func (c *Client) fill(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
 	rb := c.redis.B()
-	var tok [16]byte
-	rand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
+	token := newToken()
 	wait := time.Millisecond
 	leaseTTL := c.leaseTTL(ca)
 	for {
@@ -356,6 +367,13 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 	}
 }
 
+// newToken returns a random lease token.
+func newToken() string {
+	var tok [16]byte
+	rand.Read(tok[:])
+	return hex.EncodeToString(tok[:])
+}
+
 // leaseTTL is how long a fill of ca may hold a key's lease. A fill must end
 // well within the key's shortest TTL: a feed write it raced with must still
 // be there when the fill checks for it.
@@ -371,7 +389,7 @@ func (c *Client) leaseTTL(ca *cache) time.Duration {
 func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
 	rb := c.redis.B()
 	ca.stats.Fills.Add(1)
-	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, true)
+	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 		return nil, fmt.Errorf("cache %q: key %q: postgres %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
@@ -382,14 +400,13 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
-	v, err := ca.b.Encode(row)
+	v, err := ca.encode(row)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		if errors.Is(err, errNothingToStore) {
+			return []byte("{}"), nil // read, not cached
+		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
-	}
-	if ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		return []byte("{}"), nil
 	}
 	if err := c.redis.Do(ctx, ca.b.FillCmd(rb, key, token, &v, 0)).Error(); err != nil {
 		return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)

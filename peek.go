@@ -73,15 +73,9 @@ func (c *Client) Want(ctx context.Context, name string, keys []string, forShare 
 	}
 	byKey := make(map[string][]byte, len(rows))
 	for _, row := range rows {
-		k, err := ca.b.Key(row)
-		if err != nil {
-			continue
+		if k, v, ok := ca.stored(row); ok {
+			byKey[k] = v
 		}
-		v, err := ca.b.Encode(row)
-		if err != nil || (ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0) {
-			continue
-		}
-		byKey[k] = v.Result(ca.cfg.Format)
 	}
 	out := make([][]byte, len(keys))
 	for i, k := range keys {
@@ -114,31 +108,34 @@ func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, v
 	if !ok {
 		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	cols := make([]string, len(ca.cols))
-	for i, col := range ca.cols {
-		cols[i] = pgx.Identifier{col}.Sanitize()
-	}
-	rows, err := ca.loader.Reads().Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+ca.table.Quoted, pgx.QueryResultFormats{pgx.TextFormatCode})
+	rows, err := ca.loader.Reads().Query(ctx, "SELECT "+strings.Join(quoteAll(ca.cols), ", ")+" FROM "+ca.table.Quoted, pgx.QueryResultFormats{pgx.TextFormatCode})
 	if err != nil {
 		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		row := rows.RawValues()
-		key, err := ca.b.Key(row)
-		if err != nil {
-			continue
-		}
-		v, err := ca.b.Encode(row)
-		if err != nil || (ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0) {
-			continue
-		}
-		if err := fn(key, v.Result(ca.cfg.Format)); err != nil {
-			return err
+		if key, v, ok := ca.stored(rows.RawValues()); ok {
+			if err := fn(key, v); err != nil {
+				return err
+			}
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
 	return nil
+}
+
+// stored returns the key of row and the value Redis holds for it, as Get
+// returns it; ok is false for a row with no key or no value to store.
+func (ca *cache) stored(row [][]byte) (key string, value []byte, ok bool) {
+	key, err := ca.b.Key(row)
+	if err != nil {
+		return "", nil, false
+	}
+	v, err := ca.encode(row)
+	if err != nil {
+		return "", nil, false
+	}
+	return key, v.Result(ca.cfg.Format), true
 }

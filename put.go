@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
 )
@@ -69,7 +68,7 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	if ca.cfg.Sync != config.SyncChangefeed {
 		return key, c.Invalidate(ctx, name, key)
 	}
-	return key, c.waitApplied(ctx, ca.cfg.Source, target)
+	return key, c.WaitApplied(ctx, ca.cfg.Source, uint64(target), c.opts.WriteWait)
 }
 
 // checkRow checks that row's columns exist and include the key's.
@@ -158,21 +157,23 @@ func quoteAll(names []string) []string {
 	return out
 }
 
-// waitApplied waits until the feed of source has recorded in Redis that it
-// applied everything up to target.
-func (c *Client) waitApplied(ctx context.Context, source string, target pglogrepl.LSN) error {
-	deadline := time.Now().Add(c.opts.WriteWait)
+// WaitApplied waits until the change feed of source has recorded in Redis
+// that it applied everything up to the WAL position target (as WALPosition
+// gives it), or returns ErrNotApplied after timeout: read-your-writes for
+// Put, and what a consistency check waits for before it re-reads.
+func (c *Client) WaitApplied(ctx context.Context, source string, target uint64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	wait := 500 * time.Microsecond
 	for {
 		lsn, ok, err := c.state.Applied(ctx, source)
-		if err != nil && !rueidis.IsRedisNil(err) {
+		if err != nil {
 			return err
 		}
-		if ok && lsn >= target {
+		if ok && uint64(lsn) >= target {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("source %s at %s: %w", source, target, ErrNotApplied)
+			return fmt.Errorf("source %s at %s: %w", source, pglogrepl.LSN(target), ErrNotApplied)
 		}
 		select {
 		case <-ctx.Done():

@@ -2,13 +2,10 @@ package cachesync
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/binding"
@@ -47,9 +44,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	case present:
 		action = binding.ClaimLease
 	}
-	var tok [16]byte
-	rand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
+	token := newToken()
 	now, lease := time.Now(), c.leaseTTL(ca)
 	claims := make([]rueidis.LuaExec, len(keys))
 	for i, key := range keys {
@@ -100,7 +95,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		if !ok {
 			// Not among the rows by its rendering: a key spelled unlike
 			// PostgreSQL prints its values ("item:01") still has its row.
-			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i], true); err != nil {
+			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i]); err != nil {
 				c.release(ctx, keys, load, token)
 				return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 			}
@@ -108,8 +103,8 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		var v *binding.Value
 		found[i] = row != nil
 		if row != nil {
-			enc, err := ca.b.Encode(row)
-			if err != nil || (ca.cfg.Format == binding.FormatHash && len(enc.Fields) == 0) {
+			enc, err := ca.encode(row)
+			if err != nil {
 				c.opts.Logger.Warn("reload: row cannot be stored; key left alone", "cache", name, "key", keys[i], "err", err)
 				release = append(release, i)
 				continue
@@ -158,12 +153,7 @@ func (c *Client) KeysWhere(ctx context.Context, name, where string) ([]string, e
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	names := ca.cfg.Template.Columns()
-	cols := make([]string, len(names))
-	for i, n := range names {
-		cols[i] = pgx.Identifier{n}.Sanitize()
-	}
-	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), ca.table.Quoted, where)
+	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(quoteAll(ca.cfg.Template.Columns()), ", "), ca.table.Quoted, where)
 	var keys []string
 	conn, err := ca.loader.Pool().Acquire(ctx)
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 )
 
@@ -72,16 +71,13 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
 	key := string(keyBytes)
-	v, err := ca.b.Encode(text)
+	v, err := ca.encode(text)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
 	rowJSON, err := json.Marshal(row)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
-	}
-	if ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
-		return "", fmt.Errorf("cache %q: %w: every value column is null", name, ErrBadRow)
 	}
 	cols := make([]string, 0, len(row))
 	for col := range row {

@@ -42,7 +42,6 @@ type refreshResult struct {
 	AheadMisses       int64
 	AheadRefreshes    int64
 	ExpiryRefreshes   int64
-	ExpiryDelayMean   time.Duration
 	CeilingBatchQuery int
 	CPU, RedisCPU     time.Duration // during the mass expiry: this process, Redis
 	CeilRedisCPU      time.Duration // Redis during the ceiling
@@ -240,7 +239,6 @@ func (b *bench) refresh(ctx context.Context) error {
 			r.AheadReads, r.AheadMisses, r.AheadRefreshes = reads.Load(), misses.Load(), rf.Stats.Refreshed.Load()
 		} else {
 			r.ExpiryReads, r.ExpiryMisses, r.ExpiryRefreshes = reads.Load(), misses.Load(), rf.Stats.Refreshed.Load()
-			r.ExpiryDelayMean = time.Duration(rf.Stats.DelayNanos.Load() / max(rf.Stats.DelayCount.Load(), 1))
 		}
 		fmt.Printf("   readers, %s: %s GETs over %d keys (1 s TTL) in %s, %s misses (%.4f%%); %s keys refreshed\n",
 			mode, count(int(reads.Load())), rfReadKey, secs(rfReadFor), count(int(misses.Load())),

@@ -239,11 +239,6 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	return append(cmds, set.Build()), nil
 }
 
-// AppendDelete appends the commands that remove key, with its lease and marker.
-func (b *Binding) AppendDelete(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
-	return b.AppendInvalidate(cmds, rb, key)
-}
-
 // Clear removes every key of this binding from Redis, with their leases and
 // "not found" markers (on every primary of a cluster): keys are found with
 // SCAN MATCH and kept only if the template parses them.
@@ -267,42 +262,24 @@ func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error)
 // clear removes the keys of this binding with prefix (a companion kind).
 func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {
 	pattern := prefix + b.Spec.Key.Pattern()
-	owns := b.Spec.Key.Parse
+	owns := func(k string) bool { _, ok := b.Spec.Key.Parse(k); return ok }
 	if prefix != "" {
 		pattern = prefix + "*"
-		owns = func(k string) ([]string, bool) { return b.Spec.Key.Parse(companionOf(prefix, k)) }
+		owns = func(k string) bool { _, ok := b.Spec.Key.Parse(companionOf(prefix, k)); return ok }
 	}
 	n := 0
-	for addr, node := range client.Nodes() {
-		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
-		if err != nil {
-			return n, fmt.Errorf("role of %s: %w", addr, err)
+	err := ScanKeys(ctx, client, pattern, owns, func(keys []string) error {
+		cmds := make(rueidis.Commands, len(keys))
+		for i, k := range keys { // one by one: a Cluster refuses keys of several slots in one command
+			cmds[i] = client.B().Unlink().Key(k).Build()
 		}
-		if r, _ := role[0].ToString(); r != "master" {
-			continue // a replica holds its primary's keys
-		}
-		var cursor uint64
-		for {
-			entry, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				return n, fmt.Errorf("scan %s: %w", addr, err)
-			}
-			var cmds []rueidis.Completed
-			for _, k := range entry.Elements {
-				if _, ok := owns(k); ok {
-					cmds = append(cmds, client.B().Unlink().Key(k).Build())
-				}
-			}
-			for _, r := range client.DoMulti(ctx, cmds...) {
-				if err := r.Error(); err != nil {
-					return n, fmt.Errorf("unlink: %w", err)
-				}
-			}
-			n += len(cmds)
-			if cursor = entry.Cursor; cursor == 0 {
-				break
+		for _, r := range client.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return fmt.Errorf("unlink: %w", err)
 			}
 		}
-	}
-	return n, nil
+		n += len(keys)
+		return nil
+	})
+	return n, err
 }

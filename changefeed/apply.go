@@ -134,7 +134,6 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 		a.f.Stats.Progress.Store(time.Now().UnixNano())
 	}
 	if last != nil {
-		a.f.Stats.LastCommit.Store(last.CommitTime.UnixNano())
 		lag := time.Since(last.CommitTime)
 		a.f.Stats.Lag.Observe(lag)
 		a.f.Stats.LastLag.Store(int64(lag))
@@ -227,7 +226,7 @@ func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) e
 		if err != nil {
 			return err
 		}
-		a.cmds = rb.b.AppendDelete(a.cmds, rbld, key)
+		a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, key)
 		return nil
 	}
 	row := ch.New
@@ -245,7 +244,7 @@ func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) e
 	if ch.Old != nil {
 		// The identity changed: the row moved away from its old key.
 		if old, err := rb.b.Key(ch.Old); err == nil && old != key {
-			a.cmds = rb.b.AppendDelete(a.cmds, rbld, old)
+			a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, old)
 			fresh = true
 		}
 	}

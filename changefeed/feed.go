@@ -34,7 +34,6 @@ type Stats struct {
 	MapErrors  atomic.Int64  // rows that could not be mapped to a key or value
 	Rebuilds   atomic.Int64  // caches rebuilt from a snapshot
 	AppliedLSN atomic.Uint64 // end LSN of the last transaction applied
-	LastCommit atomic.Int64  // commit time (unix ns) of the last transaction applied
 	// Lag times commit → visible in Redis, for the last transaction of
 	// each applied batch.
 	Lag         *latency.Histogram

@@ -8,6 +8,7 @@ package check
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"sync"
@@ -17,7 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 )
 
@@ -92,7 +93,7 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 	}
 	start := time.Now()
 	r := &Report{Cache: name}
-	k := &checker{cfg: cfg, cc: cc, api: api, redis: redis, opt: opt, r: r}
+	k := &checker{cc: cc, api: api, redis: redis, opt: opt, r: r}
 	var err error
 	if opt.Sample > 0 {
 		err = k.sample(ctx)
@@ -110,7 +111,6 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 }
 
 type checker struct {
-	cfg   *config.Config
 	cc    *config.Cache
 	api   *cachesync.Client
 	redis rueidis.Client
@@ -186,7 +186,7 @@ func (k *checker) full(ctx context.Context) error {
 		return fmt.Errorf("redis: %w", err)
 	}
 	if size > hashedLimit || k.opt.Lookup {
-		return k.fullByLookup(ctx)
+		return k.fullByLookup(ctx, size)
 	}
 	seed := maphash.MakeSeed()
 	var inRedis, inTable map[uint64]uint64 // hash of key -> hash of value
@@ -257,41 +257,10 @@ func (k *checker) full(ctx context.Context) error {
 	})
 }
 
-// scan calls fn with the cache's keys on every primary, a SCAN page at a
-// time (a key may come twice).
+// scan calls fn with the cache's keys, a SCAN page at a time (a key may
+// come twice).
 func (k *checker) scan(ctx context.Context, fn func(keys []string) error) error {
-	pattern := k.cc.Template.Pattern()
-	for addr, node := range k.redis.Nodes() {
-		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
-		if err != nil {
-			return fmt.Errorf("role of %s: %w", addr, err)
-		}
-		if r, _ := role[0].ToString(); r != "master" {
-			continue
-		}
-		var cursor uint64
-		for {
-			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
-			if err != nil {
-				return fmt.Errorf("scan %s: %w", addr, err)
-			}
-			keys := e.Elements[:0]
-			for _, key := range e.Elements {
-				if _, ok := k.cc.Template.Parse(key); ok {
-					keys = append(keys, key)
-				}
-			}
-			if len(keys) > 0 {
-				if err := fn(keys); err != nil {
-					return err
-				}
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				return nil
-			}
-		}
-	}
-	return nil
+	return binding.ScanTemplate(ctx, k.redis, k.cc.Template, fn)
 }
 
 // workers is how many batches are compared at once: PostgreSQL, Redis and
@@ -302,11 +271,9 @@ const workers = 4
 // looked up by key, batches in parallel, and, for caches that hold every
 // row, looks every row's key up (streaming the table). It holds little in
 // memory beyond a hash of each key seen: for caches too big for full.
-func (k *checker) fullByLookup(ctx context.Context) error {
-	pattern := k.cc.Template.Pattern()
+func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 	// SCAN may return a key twice: count each once, by a 64-bit hash of it
 	// (cheaper than keeping the keys; a collision is vanishingly rare).
-	size, _ := k.redis.Do(ctx, k.redis.B().Dbsize().Build()).AsInt64()
 	seen := make(map[uint64]struct{}, min(size, 1<<26))
 	seed := maphash.MakeSeed()
 	g, gctx := errgroup.WithContext(ctx)
@@ -323,47 +290,25 @@ func (k *checker) fullByLookup(ctx context.Context) error {
 	}
 	g.Go(func() error {
 		defer close(work)
-		for addr, node := range k.redis.Nodes() {
-			role, err := node.Do(gctx, node.B().Role().Build()).ToArray()
-			if err != nil {
-				return fmt.Errorf("role of %s: %w", addr, err)
-			}
-			if r, _ := role[0].ToString(); r != "master" {
-				continue
-			}
-			var cursor uint64
+		return k.scan(gctx, func(page []string) error {
 			var keys []string
-			for {
-				e, err := node.Do(gctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(batch).Build()).AsScanEntry()
-				if err != nil {
-					return fmt.Errorf("scan %s: %w", addr, err)
-				}
-				for _, key := range e.Elements {
-					h := maphash.String(seed, key)
-					if _, dup := seen[h]; dup {
-						continue
-					}
-					if _, ok := k.cc.Template.Parse(key); ok {
-						seen[h] = struct{}{}
-						keys = append(keys, key)
-					}
-				}
-				cursor = e.Cursor
-				for len(keys) >= batch || (cursor == 0 && len(keys) > 0) {
-					n := min(batch, len(keys))
-					select {
-					case work <- keys[:n:n]:
-					case <-gctx.Done():
-						return gctx.Err()
-					}
-					keys = keys[n:]
-				}
-				if cursor == 0 {
-					break
+			for _, key := range page {
+				h := maphash.String(seed, key)
+				if _, dup := seen[h]; !dup {
+					seen[h] = struct{}{}
+					keys = append(keys, key)
 				}
 			}
-		}
-		return nil
+			if len(keys) == 0 {
+				return nil
+			}
+			select {
+			case work <- keys:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		})
 	})
 	if err := g.Wait(); err != nil {
 		return err
@@ -526,23 +471,11 @@ func (k *checker) settle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	state := changefeed.NewState(k.redis, k.cfg.Name)
-	deadline := time.Now().Add(k.opt.Settle)
-	for time.Now().Before(deadline) {
-		applied, ok, err := state.Applied(ctx, k.cc.Source)
-		if err != nil {
-			return err
-		}
-		if ok && uint64(applied) >= target {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+	err = k.api.WaitApplied(ctx, k.cc.Source, target, k.opt.Settle)
+	if errors.Is(err, cachesync.ErrNotApplied) {
+		return nil // a feed that is down or behind: the second read decides
 	}
-	return nil // a feed that is down or behind: the second read decides
+	return err
 }
 
 // repair invalidates stale and extra keys, then fills them and the missing

@@ -24,11 +24,10 @@ import (
 
 // Server is the HTTP API over a cachesync Client.
 type Server struct {
-	api     *cachesync.Client
-	cfg     config.HTTP
-	log     *slog.Logger
-	handler http.Handler
-	mux     *http.ServeMux
+	api *cachesync.Client
+	cfg config.HTTP
+	log *slog.Logger
+	mux *http.ServeMux
 }
 
 // New returns the API of api as configured by cfg.
@@ -46,7 +45,6 @@ func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
 		writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	s.mux = mux
-	s.handler = mux
 	return s
 }
 
@@ -69,7 +67,7 @@ func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any
 }
 
 // Handler returns the API's handler.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *Server) Handler() http.Handler { return s.mux }
 
 // Run serves on cfg.Addr until ctx is done, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
@@ -82,7 +80,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve serves on ln until ctx is done.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	if len(s.cfg.Keys) == 0 {
 		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
 	}

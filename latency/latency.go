@@ -59,6 +59,15 @@ func (h *Histogram) Snapshot() (cumulative []uint64, count uint64, sum time.Dura
 	return cumulative, n + uint64(h.counts[len(h.bounds)].Load()), time.Duration(h.sum.Load())
 }
 
+// Mean returns the mean of the durations (0 when empty).
+func (h *Histogram) Mean() time.Duration {
+	_, n, sum := h.Snapshot()
+	if n == 0 {
+		return 0
+	}
+	return sum / time.Duration(n)
+}
+
 // Quantile returns the bound of the bucket holding quantile q (0 when
 // empty; -1 when beyond the last bound).
 func (h *Histogram) Quantile(q float64) time.Duration {

@@ -24,6 +24,9 @@ func TestHistogram(t *testing.T) {
 			}
 		}
 	}
+	if m := h.Mean(); m != sum/5 {
+		t.Errorf("mean %v, want %v", m, sum/5)
+	}
 	if q := h.Quantile(0.5); q != 100*time.Microsecond {
 		t.Errorf("median bound %v", q)
 	}

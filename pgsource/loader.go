@@ -112,14 +112,14 @@ func (l *Loader) Pool() *pgxpool.Pool { return l.pool }
 
 // LoadRow returns columns of the row of t whose keyColumns equal values
 // (text, converted by PostgreSQL to each column's type), or nil when there is
-// no such row. With share the row is read FOR SHARE (see LoadRows).
-func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string, share bool) ([][]byte, error) {
+// no such row. The row is read FOR SHARE, as a fill needs (see LoadRows).
+func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string) ([][]byte, error) {
 	params := make([][]byte, len(values))
 	for i, v := range values {
 		params[i] = []byte(v)
 	}
 	for attempt := 1; ; attempt++ {
-		sql := l.share(selectByKey(t, columns, keyColumns), share)
+		sql := l.share(selectByKey(t, columns, keyColumns), true)
 		var row [][]byte
 		err := l.reads.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
 			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
@@ -131,7 +131,7 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 			}
 			return nil
 		})
-		if err != nil && share && l.retry(err, attempt) {
+		if err != nil && l.retry(err, attempt) {
 			continue
 		}
 		if err != nil {

@@ -44,11 +44,8 @@ type Stats struct {
 	Ignored atomic.Int64 // expired keys that belong to no refreshing cache
 	Dropped atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
 	Errors  atomic.Int64 // reload batches that failed (their keys are retried from the record)
-	// DelayNanos and DelayCount sum the delay from a recorded expiry to the
-	// key's refresh, for keys refreshed after they expired.
-	DelayNanos atomic.Int64
-	DelayCount atomic.Int64
-	// Delays counts those delays.
+	// Delays times a recorded expiry to the key's refresh, for keys
+	// refreshed after they expired.
 	Delays *latency.Histogram
 }
 
@@ -415,8 +412,6 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 			continue
 		}
 		d := time.Duration(now-at) * time.Millisecond
-		r.Stats.DelayNanos.Add(int64(d))
-		r.Stats.DelayCount.Add(1)
 		r.Stats.Delays.Observe(d)
 		if at < r.since || now-at > Late.Milliseconds() {
 			r.Stats.Repaired.Add(1)

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
 )
@@ -229,28 +230,12 @@ func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 	keys := map[string]int64{}
 	cfg := c.s.Config
 	for _, name := range cfg.CacheNames() {
-		cc := cfg.Caches[name]
 		var n int64
-		ok := true
-		for _, node := range c.s.Redis.Nodes() {
-			var cursor uint64
-			for {
-				e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(cc.Template.Pattern()).Count(1000).Build()).AsScanEntry()
-				if err != nil {
-					ok = false
-					break
-				}
-				for _, k := range e.Elements {
-					if _, fits := cc.Template.Parse(k); fits {
-						n++
-					}
-				}
-				if cursor = e.Cursor; cursor == 0 {
-					break
-				}
-			}
-		}
-		if ok {
+		err := binding.ScanTemplate(ctx, c.s.Redis, cfg.Caches[name].Template, func(ks []string) error {
+			n += int64(len(ks))
+			return nil
+		})
+		if err == nil {
 			keys[name] = n
 		}
 	}

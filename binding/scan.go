@@ -1,0 +1,50 @@
+package binding
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/redis/rueidis"
+)
+
+// ScanKeys calls fn with the keys that match pattern and that owns accepts,
+// a SCAN page at a time, on every primary (a replica holds its primary's
+// keys). SCAN returns a key at least once: it may come twice.
+func ScanKeys(ctx context.Context, client rueidis.Client, pattern string, owns func(key string) bool, fn func(keys []string) error) error {
+	for addr, node := range client.Nodes() {
+		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("role of %s: %w", addr, err)
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue
+		}
+		var cursor uint64
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				return fmt.Errorf("scan %s: %w", addr, err)
+			}
+			keys := e.Elements[:0]
+			for _, k := range e.Elements {
+				if owns(k) {
+					keys = append(keys, k)
+				}
+			}
+			if len(keys) > 0 {
+				if err := fn(keys); err != nil {
+					return err
+				}
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// ScanTemplate is ScanKeys for the keys of template t.
+func ScanTemplate(ctx context.Context, client rueidis.Client, t *Template, fn func(keys []string) error) error {
+	return ScanKeys(ctx, client, t.Pattern(), func(k string) bool { _, ok := t.Parse(k); return ok }, fn)
+}

@@ -41,30 +41,16 @@ func newEnv(t *testing.T, rows int) *env {
 	t.Helper()
 	ctx := t.Context()
 	name := fmt.Sprintf("check%d", dbs.Add(1))
-	if err := pg.CreateDatabase(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, pg.URL(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	if _, err := db.Exec(ctx, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
-		INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, %d) g`, rows)); err != nil {
-		t.Fatal(err)
-	}
+	db, dbURL := pg.Database(t, name, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
+		INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, %d) g`, rows))
 	rds := testenv.StartRedis(t)
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rc.Close)
+	rc := rds.Client(t)
 	cfg, err := config.Load(strings.NewReader(fmt.Sprintf(`name: %s
 redis: {url: %q}
 sources: {db: {url: %q}}
 caches:
   t: {table: t, key: "t:{id}", value: {columns: [id, v, note]}}
-`, name, rds.URL(), pg.URL(name))))
+`, name, rds.URL(), dbURL)))
 	if err != nil {
 		t.Fatal(err)
 	}

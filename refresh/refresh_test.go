@@ -39,24 +39,10 @@ func newEnv(t *testing.T, schema, caches string) *env {
 	t.Helper()
 	ctx := t.Context()
 	name := fmt.Sprintf("refresh%d", dbs.Add(1))
-	if err := pg.CreateDatabase(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, pg.URL(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	if _, err := db.Exec(ctx, schema); err != nil {
-		t.Fatal(err)
-	}
+	db, dbURL := pg.Database(t, name, schema)
 	rds := testenv.StartRedis(t)
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rc.Close)
-	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, rds.URL(), pg.URL(name), caches)))
+	rc := rds.Client(t)
+	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, rds.URL(), dbURL, caches)))
 	if err != nil {
 		t.Fatal(err)
 	}

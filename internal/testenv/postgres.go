@@ -365,3 +365,24 @@ func RunWithPostgres(m *testing.M, pg **Postgres, opts ...PostgresOption) int {
 	defer (*pg).Stop()
 	return m.Run()
 }
+
+// Database creates database name, runs schema in it (when not empty) and
+// returns a connection to it that closes when the test ends, with its URL.
+func (p *Postgres) Database(tb testing.TB, name, schema string) (*pgx.Conn, string) {
+	tb.Helper()
+	ctx := context.Background()
+	if err := p.CreateDatabase(ctx, name); err != nil {
+		tb.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, p.URL(name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close(context.Background()) })
+	if schema != "" {
+		if _, err := conn.Exec(ctx, schema); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return conn, p.URL(name)
+}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // Redis is a private redis-server on a free 127.0.0.1 port in its own temp dir.
@@ -196,4 +198,16 @@ func ping(addr string, pid int) error {
 			return nil
 		}
 	}
+}
+
+// Client returns a client of r (no client-side cache) that closes when the
+// test ends.
+func (r *Redis) Client(tb testing.TB) rueidis.Client {
+	tb.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(c.Close)
+	return c
 }

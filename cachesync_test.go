@@ -398,7 +398,7 @@ func TestFillLoses(t *testing.T) {
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the fill's write of what it read is refused.
-		n, err := e.rc.Do(ctx, b.FillCmd(rb, race.key, "tok", race.read, time.Hour)).AsIntSlice()
+		n, err := b.ExecFills(ctx, e.rc, "tok", time.Minute, []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, time.Now())
 		if err != nil || len(n) != 1 || n[0] != 0 {
 			t.Fatalf("%s: the fill's write returned %v, %v; want [0]", race.name, n, err)
 		}
@@ -455,6 +455,7 @@ func TestReloadLoses(t *testing.T) {
 		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
 	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
 	e.feed(cfg)
+	c := e.open(cfg)
 	ctx := context.Background()
 	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
 	if err != nil {
@@ -480,26 +481,27 @@ func TestReloadLoses(t *testing.T) {
 		read              *binding.Value // what the refresh read: the old row, or nil (no row)
 		do                func()
 		after             string // the key afterwards
+		reloaded          string // the key after a later refresh, when after is ""
 	}{
 		{"feed delete", "price:pear", binding.ClaimRecord, old, func() {
 			e.exec(`DELETE FROM inventory WHERE item = 'pear'`)
 			wait("the feed's delete", func() bool { return !recorded("price:pear") })
-		}, ""},
+		}, "", ""},
 		{"feed update", "price:apple", binding.ClaimRecord, old, func() {
 			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
 			wait("the feed's update", func() bool { v, _ := e.get("price:apple"); return v == "2.00" })
-		}, "2.00"},
+		}, "2.00", ""},
 		{"feed insert", "price:kiwi", binding.ClaimRecord, nil, func() {
 			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
 			wait("the feed's insert", func() bool { v, _ := e.get("price:kiwi"); return v == "0.69" })
-		}, "0.69"},
+		}, "0.69", ""},
 		{"invalidate", "price:apple", binding.ClaimLease, old, func() {
 			for _, r := range e.rc.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
 				if err := r.Error(); err != nil {
 					t.Fatal(err)
 				}
 			}
-		}, ""},
+		}, "", "2.00"},
 	} {
 		// The key expired (or, to overwrite, is there); the refresh claims it ...
 		if race.action == binding.ClaimRecord {
@@ -507,14 +509,14 @@ func TestReloadLoses(t *testing.T) {
 		} else {
 			e.rc.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
 		}
-		claimed, err := e.rc.Do(ctx, b.ClaimCmd(rb, race.key, race.action, "tok", time.Minute, time.Now())).AsStrSlice()
-		if want := map[string]string{binding.ClaimRecord: "a", binding.ClaimLease: "l"}[race.action]; err != nil || len(claimed) != 1 || claimed[0] != want {
-			t.Fatalf("%s: claim %q, %v; want %q", race.name, claimed, err, want)
+		claimed, err := b.ExecClaims(ctx, e.rc, []string{race.key}, race.action, "tok", time.Minute, time.Now(), time.Now())
+		if want := (binding.Claimed{Leased: true, Present: race.action == binding.ClaimLease}); err != nil || len(claimed) != 1 || claimed[0] != want {
+			t.Fatalf("%s: claim %+v, %v; want %+v", race.name, claimed, err, want)
 		}
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the refresh's write of what it read is refused.
-		n, err := e.rc.Do(ctx, b.ReloadCmd(rb, race.key, "tok", race.read, race.action == binding.ClaimLease, true, time.Hour)).AsIntSlice()
+		n, err := b.ExecFills(ctx, e.rc, "tok", time.Minute, []binding.Fill{b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)}, time.Now())
 		if err != nil || len(n) != 1 || n[0] != 0 {
 			t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
 		}
@@ -526,6 +528,16 @@ func TestReloadLoses(t *testing.T) {
 		}
 		if race.after == "" && recorded(race.key) {
 			t.Fatalf("%s: %s is still in the expiry record", race.name, race.key)
+		}
+		// A refresh later brings back the row as it is then, never the one
+		// read before.
+		if race.after == "" {
+			if _, err := c.Reload(ctx, "prices", []string{race.key}, false); err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := e.get(race.key); v != race.reloaded {
+				t.Fatalf("%s: %s = %q after a later refresh, want %q", race.name, race.key, v, race.reloaded)
+			}
 		}
 	}
 }

@@ -46,26 +46,26 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	}
 	token := newToken()
 	now, lease := time.Now(), c.leaseTTL(ca)
-	claims := make([]rueidis.LuaExec, len(keys))
-	for i, key := range keys {
-		claims[i] = ca.b.Claim(key, action, token, lease, now)
+	// What this reload may take out of the expiry record: what was due.
+	dueBy := now
+	if present && ca.cfg.Refresh == config.RefreshAhead {
+		dueBy = now.Add(ca.cfg.Lead())
 	}
-	var load []int        // indexes of leased keys
-	overwrite := []bool{} // per leased key: it was present
-	claimed, err := ca.b.ExecClaims(ctx, c.redis, claims)
-	if err != nil || len(claimed) != len(keys) {
+	claimed, err := ca.b.ExecClaims(ctx, c.redis, keys, action, token, lease, now, dueBy)
+
+	if err != nil {
 		// Leases some key may hold end with their short TTL.
-		return done, fmt.Errorf("cache %q: redis %w: claim: %v", name, ErrUnavailable, err)
+		return done, fmt.Errorf("cache %q: redis %w: claim: %w", name, ErrUnavailable, err)
 	}
-	for i, s := range claimed {
-		switch s {
-		case "p":
-			done.Kept++
-		case "h":
+	var load []int // indexes of leased keys
+	for i, cl := range claimed {
+		switch {
+		case cl.Leased:
+			load = append(load, i)
+		case cl.Held:
 			done.Skipped++
 		default:
-			load = append(load, i)
-			overwrite = append(overwrite, s == "l")
+			done.Kept++
 		}
 	}
 	if len(load) == 0 {
@@ -87,10 +87,10 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			byKey[k] = row
 		}
 	}
-	var writes []rueidis.LuaExec
+	var writes []binding.Fill
 	var written []int // index in keys of each write
 	var release []int // leased keys whose row cannot be stored
-	for j, i := range load {
+	for _, i := range load {
 		row, ok := byKey[keys[i]]
 		if !ok {
 			// Not among the rows by its rendering: a key spelled unlike
@@ -111,16 +111,16 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			}
 			v = &enc
 		}
-		writes = append(writes, ca.b.Reload(keys[i], token, v, overwrite[j], ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
+		writes = append(writes, ca.b.Fill(keys[i], v, claimed[i].Present, ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
 		written = append(written, i)
 	}
 	if len(release) > 0 {
 		c.release(ctx, keys, release, token)
 		done.Skipped += len(release)
 	}
-	wrote, err := ca.b.ExecReloads(ctx, c.redis, writes)
-	if err != nil || len(wrote) != len(writes) {
-		return done, fmt.Errorf("cache %q: redis %w: write: %v", name, ErrUnavailable, err)
+	wrote, err := ca.b.ExecFills(ctx, c.redis, token, lease, writes, dueBy)
+	if err != nil {
+		return done, fmt.Errorf("cache %q: redis %w: write: %w", name, ErrUnavailable, err)
 	}
 	for j, n := range wrote {
 		i := written[j]

@@ -167,15 +167,7 @@ func (b *bench) redisStats(ctx context.Context) (redisStats, error) {
 			fmt.Sscan(v, &f)
 			s.CPU += time.Duration(f * float64(time.Second))
 		case "cmdstat_eval", "cmdstat_set":
-			var n, usec int64
-			for _, kv := range strings.Split(v, ",") {
-				if c, ok := strings.CutPrefix(kv, "calls="); ok {
-					fmt.Sscan(c, &n)
-				}
-				if c, ok := strings.CutPrefix(kv, "usec="); ok {
-					fmt.Sscan(c, &usec)
-				}
-			}
+			n, usec := cmdstat(v)
 			if k == "cmdstat_eval" {
 				s.Flushes, s.EvalCPU = n, time.Duration(usec)*time.Microsecond
 			} else {
@@ -184,6 +176,19 @@ func (b *bench) redisStats(ctx context.Context) (redisStats, error) {
 		}
 	}
 	return s, nil
+}
+
+// cmdstat reads the calls and CPU µs of an INFO commandstats line's value.
+func cmdstat(v string) (calls, usec int64) {
+	for _, kv := range strings.Split(v, ",") {
+		if c, ok := strings.CutPrefix(kv, "calls="); ok {
+			fmt.Sscan(c, &calls)
+		}
+		if c, ok := strings.CutPrefix(kv, "usec="); ok {
+			fmt.Sscan(c, &usec)
+		}
+	}
+	return calls, usec
 }
 
 type lagStats struct {

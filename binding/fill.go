@@ -2,6 +2,9 @@ package binding
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -78,58 +81,6 @@ func (b *Binding) AppendInvalidate(cmds []rueidis.Completed, rb rueidis.Builder,
 	return cmds
 }
 
-// RecordKey names the expiry record of a cache that refreshes: a sorted set
-// of its keys scored by when they expire (unix ms), written with every value,
-// so a refresher that was down finds what expired meanwhile.
-func RecordKey(cache string) string { return "cachesync:expiry:{" + cache + "}" }
-
-// fill writes a value, a "not found" marker or a deletion only if the
-// fill's lease is still there and (unless it overwrites) the key is still
-// missing: a change-feed write either sets the key or ends the lease, an
-// invalidation ends the lease, so a fill that read the row before a newer
-// change loses. It records the key's expiry in the cache's expiry record
-// when there is one. It takes many keys at once (one script call for a
-// refresh batch, rather than one per key) and returns 1 or 0 for each.
-// KEYS: [record,] then per key: key, lease, neg, stale. ARGV: has record
-// (1 or 0), then per key: the count of its arguments, then token, mode (s
-// string, h hash, n not found, d delete), overwrite (1 or 0), ttl ms,
-// expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
-const fill = `local rec = nil
-local k = 0
-if ARGV[1] == '1' then rec = KEYS[1]; k = 1 end
-local function one(key, lease, neg, stale, A)
-  if redis.call('GET', lease) ~= A[1] then return 0 end
-  redis.call('DEL', lease)
-  if A[3] == '0' and redis.call('EXISTS', key) == 1 then return 0 end
-  local ttl = tonumber(A[4])
-  if A[2] == 'n' or A[2] == 'd' then
-    redis.call('DEL', key, stale)
-    if rec then redis.call('ZREM', rec, key) end
-    if A[2] == 'n' then redis.call('SET', neg, '1', 'PX', ttl) end
-    return 1
-  end
-  redis.call('DEL', neg)
-  if tonumber(A[6]) > 0 then redis.call('SET', stale, A[7], 'PX', A[6]) end
-  if A[2] == 's' then
-    if ttl > 0 then redis.call('SET', key, A[8], 'PX', ttl) else redis.call('SET', key, A[8]) end
-  else
-    redis.call('DEL', key)
-    redis.call('HSET', key, unpack(A, 8))
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-  end
-  if rec and ttl > 0 then redis.call('ZADD', rec, A[5], key) end
-  return 1
-end
-local out = {}
-local a = 2
-while k < #KEYS do
-  local n = tonumber(ARGV[a])
-  out[#out + 1] = one(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], {unpack(ARGV, a + 1, a + n)})
-  a = a + n + 1
-  k = k + 4
-end
-return out`
-
 // queue sets a value like a fresh feed write (ending a fill's lease and a
 // not-found marker) and appends the row to a write-behind stream, atomically.
 // KEYS: key, lease, neg, stale, stream[, record]. ARGV: mode (s|h), ttl ms,
@@ -158,165 +109,197 @@ func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row
 		keys = append(keys, b.Record)
 	}
 	return rb.Eval().Script(queue).Numkeys(int64(len(keys))).Key(keys...).
-		Arg(append([]string{w.mode, w.ttl, w.expiresAt, w.staleTTL, w.stale, row, cols}, w.value...)...).Build()
+		Arg(append([]string{w.mode, w.ttl, strconv.FormatInt(w.expiresAt, 10), w.staleTTL, w.stale, row, cols}, w.value...)...).Build()
 }
 
-// FillCmd writes v under key if token still holds the lease and the key is
-// still missing; a nil v writes the "not found" marker with negTTL instead.
-// Its result is [1] when written, [0] when not.
-func (b *Binding) FillCmd(rb rueidis.Builder, key, token string, v *Value, negTTL time.Duration) rueidis.Completed {
-	mode := "n"
-	if v != nil {
-		mode = ""
-	}
-	return evalCmd(rb, fill, b.join([]rueidis.LuaExec{b.fillExec(key, token, v, mode, false, negTTL)}, true))
+// fill writes, for each of many keys, a value, a "not found" marker or a
+// deletion, each only if the fill's lease is still there and (unless it
+// overwrites) the key is still missing: a change-feed write either sets the
+// key or ends the lease, an invalidation ends the lease, so a fill that read
+// the row before a newer change loses. It returns 1 (written) or 0 per key.
+// A lease found to be another's (ours ran out) is given back. Given the
+// cache's expiry record, it records each value's expiry and removes a
+// deleted key, in the same step.
+// KEYS: [record,] then per key: key, lease, neg, stale. ARGV: has record (1
+// or 0), token, lease ms, then per key: the count of its arguments, then
+// mode (s string, h hash, n not found, d delete), overwrite (1 or 0), ttl
+// ms, expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
+const fill = `local rec, k0 = nil, 1
+if ARGV[1] == '1' then rec, k0 = KEYS[1], 2 end
+local token, leaseMs = ARGV[2], ARGV[3]
+local out, zadd, zrem = {}, {}, {}
+local a = 4
+for k = k0, #KEYS, 4 do
+  local key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local mode, over, ttl, staleTTL = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
+  local at, v, last = ARGV[a + 4], a + 7, a + tonumber(ARGV[a])
+  a = last + 1
+  local r = 0
+  local held = redis.call('GETDEL', lease)
+  if held ~= token then
+    if held then redis.call('SET', lease, held, 'PX', leaseMs) end
+  elseif mode == 's' then
+    local set
+    if over == '1' then
+      if ttl > 0 then set = redis.call('SET', key, ARGV[v], 'PX', ttl) else set = redis.call('SET', key, ARGV[v]) end
+    elseif ttl > 0 then
+      set = redis.call('SET', key, ARGV[v], 'NX', 'PX', ttl)
+    else
+      set = redis.call('SET', key, ARGV[v], 'NX')
+    end
+    if set then r = 1 end
+  elseif over == '1' or redis.call('EXISTS', key) == 0 then
+    r = 1
+    if mode == 'h' then
+      redis.call('DEL', key)
+      redis.call('HSET', key, unpack(ARGV, v, last))
+      if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    else
+      redis.call('DEL', key, stale)
+      if mode == 'n' then redis.call('SET', neg, '1', 'PX', ttl) end
+      if rec then zrem[#zrem + 1] = key end
+    end
+  end
+  if r == 1 and (mode == 's' or mode == 'h') then
+    redis.call('DEL', neg)
+    if staleTTL > 0 then redis.call('SET', stale, ARGV[v - 1], 'PX', staleTTL) end
+    if rec and ttl > 0 then zadd[#zadd + 1] = at; zadd[#zadd + 1] = key end
+  end
+  out[#out + 1] = r
+end
+if #zadd > 0 then redis.call('ZADD', rec, unpack(zadd)) end
+if #zrem > 0 then redis.call('ZREM', rec, unpack(zrem)) end
+return out`
+
+// Fill is one key's write for ExecFills; make it with Binding.Fill.
+type Fill struct {
+	Key       string
+	expiresAt int64 // unix ms, for the expiry record; 0: no value with a TTL
+	args      []string
 }
 
-// ReloadCmd is FillCmd for a refresh (its result is [1] when written): it also overwrites a present key when
-// overwrite is set (the lease was taken on a present key), and for a nil v
-// (no row) it deletes the key, or writes the "not found" marker with negTTL
-// when negative.
-func (b *Binding) ReloadCmd(rb rueidis.Builder, key, token string, v *Value, overwrite, negative bool, negTTL time.Duration) rueidis.Completed {
-	return evalCmd(rb, fill, b.join([]rueidis.LuaExec{b.Reload(key, token, v, overwrite, negative, negTTL)}, true))
-}
-
-// Reload is ReloadCmd's keys and arguments, for ExecReloads.
-func (b *Binding) Reload(key, token string, v *Value, overwrite, negative bool, negTTL time.Duration) rueidis.LuaExec {
-	mode := ""
-	switch {
-	case v == nil && negative:
-		mode = "n"
-	case v == nil:
-		mode = "d"
-	}
-	return b.fillExec(key, token, v, mode, overwrite, negTTL)
-}
-
-// Refresh batches run the scripts by EVALSHA (rueidis loads them first),
-// BatchKeys keys a call: a script call per key would cost Redis more than
-// the work inside it.
-var (
-	fillScript  = rueidis.NewLuaScript(fill)
-	claimScript = rueidis.NewLuaScript(claim)
-)
-
-// BatchKeys is how many keys one script call of ExecClaims or ExecReloads
-// takes; the calls of a batch go in one pipeline.
-const BatchKeys = 100
-
-// ExecClaims runs Claim executions, BatchKeys keys a script call, in one
-// pipeline, and returns each key's result.
-func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, execs []rueidis.LuaExec) ([]string, error) {
-	out := make([]string, 0, len(execs))
-	for _, r := range claimScript.ExecMulti(ctx, c, b.batches(execs, false)...) {
-		vals, err := r.AsStrSlice()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, vals...)
-	}
-	return out, nil
-}
-
-// ExecReloads runs Reload executions like ExecClaims; each result is 1 when written.
-func (b *Binding) ExecReloads(ctx context.Context, c rueidis.Client, execs []rueidis.LuaExec) ([]int64, error) {
-	out := make([]int64, 0, len(execs))
-	for _, r := range fillScript.ExecMulti(ctx, c, b.batches(execs, true)...) {
-		vals, err := r.AsIntSlice()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, vals...)
-	}
-	return out, nil
-}
-
-// batches joins per-key executions into script calls of BatchKeys keys:
-// the record first when there is one, each key's arguments prefixed by
-// their count when counted.
-func (b *Binding) batches(execs []rueidis.LuaExec, counted bool) []rueidis.LuaExec {
-	var out []rueidis.LuaExec
-	for lo := 0; lo < len(execs); lo += BatchKeys {
-		out = append(out, b.join(execs[lo:min(lo+BatchKeys, len(execs))], counted))
-	}
-	return out
-}
-
-func (b *Binding) join(execs []rueidis.LuaExec, counted bool) rueidis.LuaExec {
-	var j rueidis.LuaExec
-	j.Args = append(j.Args, "0")
-	if b.Record != "" {
-		j.Keys, j.Args[0] = append(j.Keys, b.Record), "1"
-	}
-	for _, e := range execs {
-		j.Keys = append(j.Keys, e.Keys...)
-		if counted {
-			j.Args = append(j.Args, strconv.Itoa(len(e.Args)))
-		}
-		j.Args = append(j.Args, e.Args...)
-	}
-	return j
-}
-
-func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Completed {
-	return rb.Eval().Script(script).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
-}
-
-func (b *Binding) fillExec(key, token string, v *Value, mode string, overwrite bool, negTTL time.Duration) rueidis.LuaExec {
-	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key)}
+// Fill is the write of v under key by a fill that holds the key's lease: a
+// value only while the key is missing, or over a present key when
+// overwrite is set (the lease was taken on a present key). A nil v (no row)
+// deletes the key, or, when negative, writes the "not found" marker for
+// negTTL.
+func (b *Binding) Fill(key string, v *Value, overwrite, negative bool, negTTL time.Duration) Fill {
 	over := "0"
 	if overwrite {
 		over = "1"
 	}
 	if v == nil {
-		return rueidis.LuaExec{Keys: keys, Args: []string{token, mode, over, strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10), "0", "0", ""}}
+		mode := "d"
+		if negative {
+			mode = "n"
+		}
+		return Fill{Key: key, args: []string{mode, over, strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10), "0", "0", ""}}
 	}
 	w := b.writeArgs(v)
-	return rueidis.LuaExec{Keys: keys, Args: append([]string{token, w.mode, over, w.ttl, w.expiresAt, w.staleTTL, w.stale}, w.value...)}
+	f := Fill{Key: key, args: append([]string{w.mode, over, w.ttl, strconv.FormatInt(w.expiresAt, 10), w.staleTTL, w.stale}, w.value...)}
+	if b.TTL > 0 {
+		f.expiresAt = w.expiresAt
+	}
+	return f
+}
+
+// deletes tells a fill that removes its key (no row).
+func (f Fill) deletes() bool { return f.args[0] == "n" || f.args[0] == "d" }
+
+// ExecFills runs fills under token's leases (of lease TTL), BatchKeys keys
+// a script call, in one pipeline, and returns 1 (written) or 0 for each.
+// The expiry record is kept as record.go says; in a Redis Cluster, keys
+// removed because their row is gone leave it if recorded due by dueBy.
+func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string, lease time.Duration, fills []Fill, dueBy time.Time) ([]int64, error) {
+	aside := b.recordAside(c)
+	if aside {
+		var keys []string
+		var at []int64
+		for _, f := range fills {
+			if f.expiresAt > 0 {
+				keys, at = append(keys, f.Key), append(at, f.expiresAt)
+			}
+		}
+		if err := b.record(ctx, c, keys, at, true); err != nil {
+			return nil, err
+		}
+	}
+	keys := make([]string, len(fills))
+	for i, f := range fills {
+		keys[i] = f.Key
+	}
+	head := []string{token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10)}
+	out := make([]int64, len(fills))
+	err := fillScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
+		k := fills[i].Key
+		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(fills[i].args))}, fills[i].args...)
+	}, func(i int, r rueidis.RedisMessage) error {
+		var err error
+		out[i], err = r.AsInt64()
+		return err
+	})
+	if err != nil || !aside {
+		return out, err
+	}
+	var written, gone []string
+	var at []int64
+	for i, f := range fills {
+		switch {
+		case out[i] != 1:
+		case f.deletes():
+			gone = append(gone, f.Key)
+		case f.expiresAt > 0:
+			written, at = append(written, f.Key), append(at, f.expiresAt)
+		}
+	}
+	if err := b.record(ctx, c, written, at, false); err != nil {
+		return nil, err
+	}
+	return out, b.unrecord(ctx, c, gone, dueBy)
 }
 
 // claim decides what a refresh does with each of many keys, atomically: a
-// present key is kept ('p') after its expiry is recorded anew when the record
-// is off by over a second (action r) or
-// its TTL is renewed (action x: its value is the change feed's, current
-// already), or leased for a reload that overwrites it (action l: 'l'); a
-// missing key is leased for a fill ('a'). 'h': someone else holds the lease.
-// KEYS: [record,] then per key: key, lease, stale. ARGV: has record (1 or 0),
-// then per key: action, token, lease ms, now (unix ms), ttl ms, stale copy
-// ttl ms (0: none).
-const claim = `local rec = nil
-local k = 0
-if ARGV[1] == '1' then rec = KEYS[1]; k = 1 end
-local function one(key, lease, stale, action, token, leaseMs, now, ttl, staleTTL)
+// missing key is leased for a fill ('a'); a present key is leased for a
+// reload that overwrites it (action l: 'l'), or kept (action r), or kept
+// with its TTL renewed (action x: its value is the change feed's, current
+// already). A kept key's result is its TTL in ms (-1: none). Given the
+// cache's expiry record, a kept key's expiry is recorded anew (when off by
+// over a second, or renewed), or, without a TTL, it leaves the record.
+// 'h': another fill holds the lease.
+// KEYS: [record,] then per key: key, lease, stale. ARGV: has record (1 or
+// 0), action, token, lease ms, stale copy's extra ms (0: no stale copy),
+// now (unix ms), then per key its TTL in ms (for x).
+const claim = `local rec, k0 = nil, 1
+if ARGV[1] == '1' then rec, k0 = KEYS[1], 2 end
+local action, token, leaseMs, staleExtra, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local out, zadd, zrem = {}, {}, {}
+local a = 7
+for k = k0, #KEYS, 3 do
+  local key = KEYS[k]
   local pttl = redis.call('PTTL', key)
   if pttl ~= -2 and action ~= 'l' then
     if action == 'x' and pttl >= 0 then
-      pttl = tonumber(ttl)
+      pttl = tonumber(ARGV[a])
       redis.call('PEXPIRE', key, pttl)
-      if tonumber(staleTTL) > 0 then redis.call('PEXPIRE', stale, staleTTL) end
+      if staleExtra > 0 then redis.call('PEXPIRE', KEYS[k + 2], pttl + staleExtra) end
     end
-    if rec then
-      if pttl < 0 then
-        redis.call('ZREM', rec, key)
-      else
-        local at = tonumber(now) + pttl
-        local was = redis.call('ZSCORE', rec, key)
-        if action == 'x' or not was or math.abs(tonumber(was) - at) > 1000 then redis.call('ZADD', rec, at, key) end
-      end
+    if rec and pttl < 0 then
+      zrem[#zrem + 1] = key
+    elseif rec then
+      local at = now + pttl
+      local was = redis.call('ZSCORE', rec, key)
+      if action == 'x' or not was or math.abs(tonumber(was) - at) > 1000 then zadd[#zadd + 1] = at; zadd[#zadd + 1] = key end
     end
-    return 'p'
+    out[#out + 1] = tostring(pttl)
+  elseif redis.call('SET', KEYS[k + 1], token, 'NX', 'PX', leaseMs) then
+    if pttl == -2 then out[#out + 1] = 'a' else out[#out + 1] = 'l' end
+  else
+    out[#out + 1] = 'h'
   end
-  if not redis.call('SET', lease, token, 'NX', 'PX', leaseMs) then return 'h' end
-  if pttl == -2 then return 'a' end
-  return 'l'
+  a = a + 1
 end
-local out = {}
-local a = 2
-while k < #KEYS do
-  out[#out + 1] = one(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
-  a = a + 6
-  k = k + 3
-end
+if #zadd > 0 then redis.call('ZADD', rec, unpack(zadd)) end
+if #zrem > 0 then redis.call('ZREM', rec, unpack(zrem)) end
 return out`
 
 // Claim actions for a present key.
@@ -326,23 +309,182 @@ const (
 	ClaimLease  = "l" // lease it for a reload that overwrites it
 )
 
-// ClaimCmd starts a refresh of key: see claim. Its result is ['p'] (present,
-// kept), ['a'] (missing, leased), ['l'] (present, leased) or ['h'] (lease
-// held by another).
-func (b *Binding) ClaimCmd(rb rueidis.Builder, key, action, token string, lease time.Duration, now time.Time) rueidis.Completed {
-	return evalCmd(rb, claim, b.join([]rueidis.LuaExec{b.Claim(key, action, token, lease, now)}, false))
+// Claimed says what a claim did with one key.
+type Claimed struct {
+	Leased  bool // the lease is ours: the key is to be filled (or overwritten when Present)
+	Present bool // the key was there
+	Held    bool // another fill holds the key's lease
+	// TTL of a kept key (Present, not Leased): -1 when it has none.
+	TTL time.Duration
 }
 
-// Claim is ClaimCmd's keys and arguments, for ExecClaims.
-func (b *Binding) Claim(key, action, token string, lease time.Duration, now time.Time) rueidis.LuaExec {
-	keys := []string{key, LeaseKey(key), StaleKey(key)}
-	ttl := b.ttl()
-	staleTTL := int64(0)
+// ExecClaims starts a refresh of keys with action for present ones (see
+// claim), BatchKeys keys a script call, in one pipeline. The expiry record
+// is kept as record.go says; in a Redis Cluster, kept keys without a TTL
+// leave it if recorded due by dueBy.
+func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []string, action, token string, lease time.Duration, now, dueBy time.Time) ([]Claimed, error) {
+	staleExtra := int64(0)
 	if b.Stale > 0 {
-		staleTTL = (ttl + b.Stale).Milliseconds()
+		staleExtra = b.Stale.Milliseconds()
 	}
-	return rueidis.LuaExec{Keys: keys, Args: []string{action, token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10),
-		strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(ttl.Milliseconds(), 10), strconv.FormatInt(staleTTL, 10)}}
+	head := []string{action, token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10), strconv.FormatInt(staleExtra, 10), strconv.FormatInt(now.UnixMilli(), 10)}
+	out := make([]Claimed, len(keys))
+	err := claimScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
+		return []string{keys[i], LeaseKey(keys[i]), StaleKey(keys[i])}, []string{strconv.FormatInt(b.ttl().Milliseconds(), 10)}
+	}, func(i int, r rueidis.RedisMessage) error {
+		s, err := r.ToString()
+		switch {
+		case err != nil:
+			return err
+		case s == "a":
+			out[i] = Claimed{Leased: true}
+		case s == "l":
+			out[i] = Claimed{Leased: true, Present: true}
+		case s == "h":
+			out[i] = Claimed{Held: true}
+		default:
+			ms, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return fmt.Errorf("claim: unexpected %q", s)
+			}
+			out[i] = Claimed{Present: true, TTL: time.Duration(ms) * time.Millisecond}
+			if ms < 0 {
+				out[i].TTL = -1
+			}
+		}
+		return nil
+	})
+	if err != nil || !b.recordAside(c) {
+		return out, err
+	}
+	var kept, untimed []string
+	var at []int64
+	for i, cl := range out {
+		switch {
+		case !cl.Present || cl.Leased:
+		case cl.TTL < 0:
+			untimed = append(untimed, keys[i])
+		default:
+			kept, at = append(kept, keys[i]), append(at, now.Add(cl.TTL).UnixMilli())
+		}
+	}
+	if err := b.record(ctx, c, kept, at, false); err != nil {
+		return nil, err
+	}
+	return out, b.unrecord(ctx, c, untimed, dueBy)
+}
+
+// Scripts run by EVALSHA; BatchKeys keys a call: a script call per key
+// would cost Redis more than the work inside it.
+var (
+	fillScript  = newScript(fill)
+	claimScript = newScript(claim)
+)
+
+// BatchKeys is how many keys one script call of ExecClaims or ExecFills
+// takes; the calls of a batch go in one pipeline.
+const BatchKeys = 100
+
+// script is a Lua script run by EVALSHA, and by EVAL when Redis does not
+// have it yet (which also loads it).
+type script struct{ body, sha string }
+
+func newScript(body string) *script {
+	sum := sha1.Sum([]byte(body))
+	return &script{body: body, sha: hex.EncodeToString(sum[:])}
+}
+
+// runBatches runs the script over keys, BatchKeys keys a call (in a Redis
+// Cluster, the keys of a call share a slot), in one pipeline. Each call's
+// KEYS are the expiry record (if not "") then each of its keys' KEYS, its
+// ARGV whether there is a record (1 or 0), head, then each of its keys'
+// arguments; perKey gives key i's KEYS
+// and arguments, and result takes key i's reply.
+func (s *script) runBatches(ctx context.Context, c rueidis.Client, record string, keys []string, head []string,
+	perKey func(i int) (keys, args []string), result func(i int, r rueidis.RedisMessage) error) error {
+	groups := batches(c, keys)
+	cmds := make(rueidis.Commands, len(groups))
+	execs := make([]rueidis.LuaExec, len(groups))
+	for g, idx := range groups {
+		e := rueidis.LuaExec{Args: append([]string{"0"}, head...)}
+		if record != "" {
+			e.Keys, e.Args[0] = []string{record}, "1"
+		}
+		for _, i := range idx {
+			k, a := perKey(i)
+			e.Keys, e.Args = append(e.Keys, k...), append(e.Args, a...)
+		}
+		execs[g] = e
+		cmds[g] = c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+	}
+	res := c.DoMulti(ctx, cmds...)
+	var again []int
+	for g, r := range res {
+		if e, ok := rueidis.IsRedisErr(r.Error()); ok && e.IsNoScript() {
+			again = append(again, g)
+		}
+	}
+	if len(again) > 0 {
+		cmds = cmds[:0]
+		for _, g := range again {
+			cmds = append(cmds, evalCmd(c.B(), s.body, execs[g]))
+		}
+		for j, r := range c.DoMulti(ctx, cmds...) {
+			res[again[j]] = r
+		}
+	}
+	for g, r := range res {
+		vals, err := r.ToArray()
+		if err == nil && len(vals) != len(groups[g]) {
+			err = fmt.Errorf("%d replies for %d keys", len(vals), len(groups[g]))
+		}
+		if err != nil {
+			return err
+		}
+		for j, i := range groups[g] {
+			if err := result(i, vals[j]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// batches splits the indexes of keys into script calls of at most
+// BatchKeys keys; in a Redis Cluster the keys of a call share a hash slot,
+// since Cluster refuses a script over keys of several slots.
+func batches(c rueidis.Client, keys []string) [][]int {
+	var out [][]int
+	add := func(idx []int) {
+		for lo := 0; lo < len(idx); lo += BatchKeys {
+			out = append(out, idx[lo:min(lo+BatchKeys, len(idx))])
+		}
+	}
+	if c.Mode() != rueidis.ClientModeCluster {
+		idx := make([]int, len(keys))
+		for i := range idx {
+			idx[i] = i
+		}
+		add(idx)
+		return out
+	}
+	bySlot := map[uint16][]int{}
+	var slots []uint16
+	for i, k := range keys {
+		s := Slot(k)
+		if bySlot[s] == nil {
+			slots = append(slots, s)
+		}
+		bySlot[s] = append(bySlot[s], i)
+	}
+	for _, s := range slots {
+		add(bySlot[s])
+	}
+	return out
+}
+
+func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Completed {
+	return rb.Eval().Script(script).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 }
 
 // writeArgs is how the scripts that write a value take it: mode (s string,
@@ -350,14 +492,15 @@ func (b *Binding) Claim(key, action, token string, lease time.Duration, now time
 // record), the stale copy's TTL in ms (0: none) and content, and the value
 // (the string, or field, value, ...).
 type writeArgs struct {
-	mode, ttl, expiresAt, staleTTL, stale string
-	value                                 []string
+	mode, ttl, staleTTL, stale string
+	expiresAt                  int64
+	value                      []string
 }
 
 func (b *Binding) writeArgs(v *Value) writeArgs {
 	t := b.ttl()
 	w := writeArgs{mode: "s", ttl: strconv.FormatInt(t.Milliseconds(), 10),
-		expiresAt: strconv.FormatInt(time.Now().Add(t).UnixMilli(), 10), staleTTL: "0"}
+		expiresAt: time.Now().Add(t).UnixMilli(), staleTTL: "0"}
 	if b.Stale > 0 {
 		w.staleTTL, w.stale = strconv.FormatInt((t+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
 	}

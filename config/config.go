@@ -495,6 +495,15 @@ func (cc *Cache) validateRefresh(field string) error {
 // Refreshes tells a cache whose keys cachesync tracks to reload them.
 func (cc *Cache) Refreshes() bool { return cc.Refresh != RefreshNone }
 
+// Lead is how long before its expiry refresh: ahead reloads a key (0 for
+// the other modes): the last part of the TTL after RefreshAhead.
+func (cc *Cache) Lead() time.Duration {
+	if cc.Refresh != RefreshAhead {
+		return 0
+	}
+	return time.Duration(float64(cc.TTL) * (1 - float64(cc.RefreshAhead)))
+}
+
 // RedisOption turns the redis section into a rueidis client option.
 func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	u, err := url.Parse(c.Redis.URL)

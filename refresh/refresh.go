@@ -295,10 +295,7 @@ func (r *Refresher) send(ctx context.Context, b batch) bool {
 // poll reads c's expiry record for keys that expired (on-expiry) or expire
 // within the last part of their TTL (ahead), until ctx is done.
 func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
-	lead := time.Duration(0)
-	if c.Refresh == config.RefreshAhead {
-		lead = time.Duration(float64(c.TTL) * (1 - float64(c.RefreshAhead)))
-	}
+	lead := c.Lead()
 	// Often enough that an ahead refresh comes well before the expiry.
 	every := min(max(c.TTL/20, 10*time.Millisecond), 100*time.Millisecond)
 	if lead > 0 {

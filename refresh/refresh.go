@@ -10,7 +10,6 @@ package refresh
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -124,9 +123,6 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 func (r *Refresher) Run(ctx context.Context) error {
 	r.since = time.Now().UnixMilli()
 	if len(r.refreshed) > 0 {
-		if err := CheckSingleNode(ctx, r.redis); err != nil {
-			return err
-		}
 		if err := keyevents.Enable(ctx, r.redis, "Ex", "refresh: on-expiry and ahead", r.log); err != nil {
 			return err
 		}
@@ -165,20 +161,6 @@ func (r *Refresher) Run(ctx context.Context) error {
 	producers.Wait()
 	close(r.work)
 	wg.Wait()
-	return nil
-}
-
-// CheckSingleNode refuses a Redis Cluster: a refreshing cache's values and
-// its expiry record are written by one script, which Cluster allows only
-// within one hash slot.
-func CheckSingleNode(ctx context.Context, redis rueidis.Client) error {
-	info, err := redis.Do(ctx, redis.B().Info().Section("cluster").Build()).ToString()
-	if err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	if strings.Contains(info, "cluster_enabled:1") {
-		return fmt.Errorf("refresh: on-expiry and ahead need a single Redis node; Redis Cluster is not supported for them yet")
-	}
 	return nil
 }
 

@@ -35,14 +35,27 @@ type env struct {
 
 var dbs atomic.Int64
 
-func newEnv(t *testing.T, schema, caches string) *env {
+// topologies are the Redis set-ups each test runs against: one node, and a
+// Redis Cluster of three primaries (a key, its lease and its cache's expiry
+// record then live in different slots, and expired events come from each
+// node).
+var topologies = []string{"single", "cluster"}
+
+func newEnv(t *testing.T, topology, schema, caches string) *env {
 	t.Helper()
 	ctx := t.Context()
 	name := fmt.Sprintf("refresh%d", dbs.Add(1))
 	db, dbURL := pg.Database(t, name, schema)
-	rds := testenv.StartRedis(t)
-	rc := rds.Client(t)
-	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, rds.URL(), dbURL, caches)))
+	var url string
+	var rc rueidis.Client
+	if topology == "cluster" {
+		c := testenv.StartCluster(t, 3)
+		url, rc = c.URL(), c.Client(t)
+	} else {
+		rds := testenv.StartRedis(t)
+		url, rc = rds.URL(), rds.Client(t)
+	}
+	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, url, dbURL, caches)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,20 +119,19 @@ func (e *env) do(cmd rueidis.Completed) {
 // mget returns the values of keys ("" for a missing key) and how many were missing.
 func (e *env) mget(keys []string) ([]string, int) {
 	e.t.Helper()
-	out := make([]string, 0, len(keys))
+	vals, err := rueidis.MGet(e.rc, context.Background(), keys) // by slot on a cluster
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := make([]string, len(keys))
 	missing := 0
-	for start := 0; start < len(keys); start += 1000 {
-		vals, err := e.rc.Do(context.Background(), e.rc.B().Mget().Key(keys[start:min(start+1000, len(keys))]...).Build()).ToArray()
+	for i, k := range keys {
+		m := vals[k]
+		v, err := m.ToString()
 		if err != nil {
-			e.t.Fatal(err)
+			missing++
 		}
-		for _, v := range vals {
-			s, err := v.ToString()
-			if err != nil {
-				missing++
-			}
-			out = append(out, s)
-		}
+		out[i] = v
 	}
 	return out, missing
 }
@@ -128,8 +140,10 @@ func (e *env) mget(keys []string) ([]string, int) {
 // drive it: the row (apple, 1.99) in the table, SET price:apple 1, EXPIRE
 // price:apple 3; within a second after the expiry GET price:apple returns
 // the database's value in the cache's format, with the cache's TTL.
-func TestSeedScenario(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+func TestSeedScenario(t *testing.T) { eachTopology(t, testSeedScenario) }
+
+func testSeedScenario(t *testing.T, topology string) {
+	e := newEnv(t, topology, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory VALUES ('apple', 1.99)`, `
   prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none, refresh: on-expiry}
   marked: {table: inventory, key: "marked:{item}", value: {format: string, column: price}, ttl: 1h, sync: none, refresh: on-expiry, not_found: negative, negative_ttl: 30s}
@@ -211,9 +225,11 @@ func TestSeedScenario(t *testing.T) {
 // change made in the table while they cycle reaches every one); the
 // refresher stops, at least 5,000 keys expire meanwhile, and a new one
 // repairs every key within 5 seconds of its start.
-func TestNothingMissed(t *testing.T) {
+func TestNothingMissed(t *testing.T) { eachTopology(t, testNothingMissed) }
+
+func testNothingMissed(t *testing.T, topology string) {
 	const n = 10_000
-	e := newEnv(t, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+	e := newEnv(t, topology, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, %d) g`, n), `
   t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1s, ttl_jitter: 20%, sync: none, refresh: on-expiry}
 `)
@@ -277,11 +293,13 @@ func TestNothingMissed(t *testing.T) {
 // with 1 s TTLs for 10 s never miss (reloaded after half the TTL: the
 // other half leaves room for a machine loaded by the other tests); with a change feed the keys' TTLs are
 // renewed (their values are the feed's), without one they are reloaded.
-func TestAheadNoMisses(t *testing.T) {
+func TestAheadNoMisses(t *testing.T) { eachTopology(t, testAheadNoMisses) }
+
+func testAheadNoMisses(t *testing.T, topology string) {
 	for _, mode := range []string{"none", "changefeed"} {
 		t.Run(mode, func(t *testing.T) {
 			const n = 1000
-			e := newEnv(t, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+			e := newEnv(t, topology, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
 				INSERT INTO t SELECT g, 0 FROM generate_series(1, %d) g`, n), fmt.Sprintf(`
   t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1s, sync: %s, refresh: ahead, refresh_ahead: 0.5}
 `, mode))
@@ -333,8 +351,10 @@ func TestAheadNoMisses(t *testing.T) {
 // TestSchedule: cron entries reload a declared key and every row a SQL
 // condition matches, overwriting what the keys held (no change feed), and
 // leave other keys alone.
-func TestSchedule(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+func TestSchedule(t *testing.T) { eachTopology(t, testSchedule) }
+
+func testSchedule(t *testing.T, topology string) {
+	e := newEnv(t, topology, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 5) g`, `
   t:
     table: t
@@ -367,6 +387,13 @@ func TestSchedule(t *testing.T) {
 			t.Fatalf("scheduled reloads wrote %d keys, want at least 3", r.Stats.Scheduled.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// eachTopology runs test once per topology, as subtests.
+func eachTopology(t *testing.T, test func(*testing.T, string)) {
+	for _, topology := range topologies {
+		t.Run(topology, func(t *testing.T) { test(t, topology) })
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
 )
 
 func TestFreePort(t *testing.T) {
@@ -285,4 +286,31 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// TestCluster: three primaries form a cluster that a client sees as one,
+// and keys spread over all of them.
+func TestCluster(t *testing.T) {
+	c := StartCluster(t, 3)
+	rc := c.Client(t)
+	if rc.Mode() != rueidis.ClientModeCluster || len(rc.Nodes()) != 3 {
+		t.Fatalf("client mode %v with %d nodes, want a cluster of 3", rc.Mode(), len(rc.Nodes()))
+	}
+	ctx := context.Background()
+	for i := range 100 {
+		if err := rc.Do(ctx, rc.B().Set().Key(fmt.Sprintf("k%d", i)).Value("v").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range c.Nodes {
+		node, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{n.Addr}, ForceSingleClient: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close()
+		keys, err := node.Do(ctx, node.B().Dbsize().Build()).AsInt64()
+		if err != nil || keys == 0 {
+			t.Errorf("node %s holds %d keys (%v), want some of the 100", n.Addr, keys, err)
+		}
+	}
 }

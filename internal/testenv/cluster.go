@@ -1,0 +1,84 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Cluster is a private Redis Cluster of primaries (no replicas), each a
+// Redis on a free 127.0.0.1 port in its own temp dir.
+type Cluster struct {
+	Nodes []*Redis
+}
+
+// StartCluster starts n primaries sharing the 16384 hash slots evenly,
+// waits until every node reports the cluster ok, and stops them at cleanup.
+func StartCluster(tb testing.TB, n int) *Cluster {
+	tb.Helper()
+	c := &Cluster{}
+	for range n {
+		c.Nodes = append(c.Nodes, StartRedis(tb, WithRedisArgs("--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")))
+	}
+	if err := c.form(n); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// form gives each node its share of the slots and introduces it to the first.
+func (c *Cluster) form(n int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var clients []rueidis.Client
+	defer func() {
+		for _, cl := range clients {
+			cl.Close()
+		}
+	}()
+	for _, node := range c.Nodes {
+		cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
+		if err != nil {
+			return fmt.Errorf("cluster node %s: %w", node.Addr, err)
+		}
+		clients = append(clients, cl)
+	}
+	for i, cl := range clients {
+		lo, hi := i*16384/n, (i+1)*16384/n-1
+		if err := cl.Do(ctx, cl.B().Arbitrary("CLUSTER", "ADDSLOTSRANGE").Args(strconv.Itoa(lo), strconv.Itoa(hi)).Build()).Error(); err != nil {
+			return fmt.Errorf("cluster node %s: add slots: %w", c.Nodes[i].Addr, err)
+		}
+		if i > 0 {
+			if err := clients[0].Do(ctx, cl.B().ClusterMeet().Ip("127.0.0.1").Port(int64(c.Nodes[i].Port)).Build()).Error(); err != nil {
+				return fmt.Errorf("cluster meet %s: %w", c.Nodes[i].Addr, err)
+			}
+		}
+	}
+	for i, cl := range clients {
+		for {
+			info, err := cl.Do(ctx, cl.B().ClusterInfo().Build()).ToString()
+			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d\r", n)) {
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("cluster node %s never reported the cluster ok: %q, %v", c.Nodes[i].Addr, info, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// URL returns the redis:// URL of the first node: a cluster client finds
+// the others from it.
+func (c *Cluster) URL() string { return c.Nodes[0].URL() }
+
+// Client returns a cluster client (no client-side cache) that closes when
+// the test ends.
+func (c *Cluster) Client(tb testing.TB) rueidis.Client { return c.Nodes[0].Client(tb) }

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,7 +129,12 @@ Press Ctrl-C to stop cachesync, Redis and PostgreSQL.
 
 	select {
 	case <-ctx.Done():
-		return <-exited
+		// Stopped by Ctrl-C: cachesync got SIGTERM and stopped cleanly
+		// unless it says otherwise.
+		if err := <-exited; err != nil && !errors.Is(err, ctx.Err()) {
+			return fmt.Errorf("cachesync: %v", err)
+		}
+		return nil
 	case err := <-exited:
 		return fmt.Errorf("cachesync exited: %v", err)
 	}

@@ -349,7 +349,7 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 				return v, err
 			}
-			return c.load(ctx, ca, key, values, token, leaseTTL)
+			return c.load(ctx, ca, key, values, token)
 		}
 		// Someone else fills the key: wait for their value.
 		if wait == time.Millisecond {
@@ -386,7 +386,7 @@ func (c *Client) leaseTTL(ca *cache) time.Duration {
 
 // load reads the row and writes it if the lease held; the value read is
 // returned either way (it was current when read).
-func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string, leaseTTL time.Duration) ([]byte, error) {
+func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
 	rb := c.redis.B()
 	ca.stats.Fills.Add(1)
 	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
@@ -395,7 +395,7 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		return nil, fmt.Errorf("cache %q: key %q: postgres %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
 	}
 	if row == nil {
-		if _, err := ca.b.ExecFills(ctx, c.redis, token, leaseTTL, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now()); err != nil {
+		if _, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now()); err != nil {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
@@ -408,7 +408,7 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
 	}
-	if _, err := ca.b.ExecFills(ctx, c.redis, token, leaseTTL, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now()); err != nil {
+	if _, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now()); err != nil {
 		return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 	}
 	return v.Result(ca.cfg.Format), nil

@@ -398,7 +398,7 @@ func TestFillLoses(t *testing.T) {
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the fill's write of what it read is refused.
-		n, err := b.ExecFills(ctx, e.rc, "tok", time.Minute, []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, time.Now())
+		n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, time.Now())
 		if err != nil || len(n) != 1 || n[0] != 0 {
 			t.Fatalf("%s: the fill's write returned %v, %v; want [0]", race.name, n, err)
 		}
@@ -516,7 +516,7 @@ func TestReloadLoses(t *testing.T) {
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the refresh's write of what it read is refused.
-		n, err := b.ExecFills(ctx, e.rc, "tok", time.Minute, []binding.Fill{b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)}, time.Now())
+		n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)}, time.Now())
 		if err != nil || len(n) != 1 || n[0] != 0 {
 			t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
 		}

@@ -118,7 +118,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		c.release(ctx, keys, release, token)
 		done.Skipped += len(release)
 	}
-	wrote, err := ca.b.ExecFills(ctx, c.redis, token, lease, writes, dueBy)
+	wrote, err := ca.b.ExecFills(ctx, c.redis, token, writes, dueBy)
 	if err != nil {
 		return done, fmt.Errorf("cache %q: redis %w: write: %w", name, ErrUnavailable, err)
 	}

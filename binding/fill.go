@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -32,24 +33,56 @@ func NegKey(key string) string { return negPrefix + hashTagged(key) }
 // companionOf returns the user key of companion key k (of kind prefix).
 func companionOf(prefix, k string) string {
 	k = strings.TrimPrefix(k, prefix)
-	if inner, ok := strings.CutPrefix(k, "{"); ok && strings.HasSuffix(inner, "}") {
-		if u := strings.TrimSuffix(inner, "}"); hashTagged(u) != u {
+	if inner, ok := strings.CutPrefix(k, "{"); ok {
+		if u, ok := strings.CutSuffix(inner, "}"); ok && hashTagged(u) == k {
 			return u // the braces were added by hashTagged
+		}
+		if _, u, ok := strings.Cut(inner, "}"); ok && u != "" && hashTagged(u) == k {
+			return u // a slot's tag was put in front
 		}
 	}
 	return k
 }
 
-// hashTagged returns key as the hash tag of a companion key: key itself when
-// it has a tag of its own (Redis hashes only the first {...} part), else {key}.
+// hashTagged returns what follows a companion key's prefix, so that the
+// companion hashes to the user key's Redis Cluster slot: key itself when it
+// has a tag of its own (Redis hashes only the first non-empty {...} part),
+// else {key}, hashed whole as Redis hashes key. A key without a tag but with
+// a '}', which would end those braces early, gets a short tag of its slot
+// in front instead.
 func hashTagged(key string) string {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
 			return key
 		}
 	}
+	if strings.IndexByte(key, '}') >= 0 {
+		return "{" + slotTags()[Slot(key)] + "}" + key
+	}
 	return "{" + key + "}"
 }
+
+// slotTags holds, for each hash slot, a short string that Redis hashes to it.
+var slotTags = sync.OnceValue(func() []string {
+	tags := make([]string, 16384)
+	left := len(tags)
+	const chars = "0123456789abcdefghijklmnopqrstuvwxyz"
+	var try func(prefix string, n int)
+	try = func(prefix string, n int) {
+		for i := 0; i < len(chars) && left > 0; i++ {
+			t := prefix + chars[i:i+1]
+			if n > 1 {
+				try(t, n-1)
+			} else if s := Slot(t); tags[s] == "" {
+				tags[s], left = t, left-1
+			}
+		}
+	}
+	for n := 1; left > 0; n++ {
+		try("", n)
+	}
+	return tags
+})
 
 // LeaseCmd takes the lease of key for token, if nobody holds it.
 func LeaseCmd(rb rueidis.Builder, key, token string, ttl time.Duration) rueidis.Completed {
@@ -117,47 +150,47 @@ func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row
 // overwrites) the key is still missing: a change-feed write either sets the
 // key or ends the lease, an invalidation ends the lease, so a fill that read
 // the row before a newer change loses. It returns 1 (written) or 0 per key.
-// A lease found to be another's (ours ran out) is given back. Given the
-// cache's expiry record, it records each value's expiry and removes a
+// A lease that is another's (ours ran out) is left as it is: its TTL bounds
+// how long that fill may take. Given the cache's expiry record, it records each value's expiry and removes a
 // deleted key, in the same step.
 // KEYS: [record,] then per key: key, lease, neg, stale. ARGV: has record (1
-// or 0), token, lease ms, then per key: the count of its arguments, then
+// or 0), token, then per key: the count of its arguments, then
 // mode (s string, h hash, n not found, d delete), overwrite (1 or 0), ttl
 // ms, expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
 const fill = `local rec, k0 = nil, 1
 if ARGV[1] == '1' then rec, k0 = KEYS[1], 2 end
-local token, leaseMs = ARGV[2], ARGV[3]
+local token = ARGV[2]
 local out, zadd, zrem = {}, {}, {}
-local a = 4
+local a = 3
 for k = k0, #KEYS, 4 do
   local key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local mode, over, ttl, staleTTL = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
   local at, v, last = ARGV[a + 4], a + 7, a + tonumber(ARGV[a])
   a = last + 1
   local r = 0
-  local held = redis.call('GETDEL', lease)
-  if held ~= token then
-    if held then redis.call('SET', lease, held, 'PX', leaseMs) end
-  elseif mode == 's' then
-    local set
-    if over == '1' then
-      if ttl > 0 then set = redis.call('SET', key, ARGV[v], 'PX', ttl) else set = redis.call('SET', key, ARGV[v]) end
-    elseif ttl > 0 then
-      set = redis.call('SET', key, ARGV[v], 'NX', 'PX', ttl)
-    else
-      set = redis.call('SET', key, ARGV[v], 'NX')
-    end
-    if set then r = 1 end
-  elseif over == '1' or redis.call('EXISTS', key) == 0 then
-    r = 1
-    if mode == 'h' then
-      redis.call('DEL', key)
-      redis.call('HSET', key, unpack(ARGV, v, last))
-      if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-    else
-      redis.call('DEL', key, stale)
-      if mode == 'n' then redis.call('SET', neg, '1', 'PX', ttl) end
-      if rec then zrem[#zrem + 1] = key end
+  if redis.call('GET', lease) == token then
+    redis.call('DEL', lease)
+    if mode == 's' then
+      local set
+      if over == '1' then
+        if ttl > 0 then set = redis.call('SET', key, ARGV[v], 'PX', ttl) else set = redis.call('SET', key, ARGV[v]) end
+      elseif ttl > 0 then
+        set = redis.call('SET', key, ARGV[v], 'NX', 'PX', ttl)
+      else
+        set = redis.call('SET', key, ARGV[v], 'NX')
+      end
+      if set then r = 1 end
+    elseif over == '1' or redis.call('EXISTS', key) == 0 then
+      r = 1
+      if mode == 'h' then
+        redis.call('DEL', key)
+        redis.call('HSET', key, unpack(ARGV, v, last))
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      else
+        redis.call('DEL', key, stale)
+        if mode == 'n' then redis.call('SET', neg, '1', 'PX', ttl) end
+        if rec then zrem[#zrem + 1] = key end
+      end
     end
   end
   if r == 1 and (mode == 's' or mode == 'h') then
@@ -206,11 +239,11 @@ func (b *Binding) Fill(key string, v *Value, overwrite, negative bool, negTTL ti
 // deletes tells a fill that removes its key (no row).
 func (f Fill) deletes() bool { return f.args[0] == "n" || f.args[0] == "d" }
 
-// ExecFills runs fills under token's leases (of lease TTL), BatchKeys keys
+// ExecFills runs fills under token's leases, BatchKeys keys
 // a script call, in one pipeline, and returns 1 (written) or 0 for each.
 // The expiry record is kept as record.go says; in a Redis Cluster, keys
 // removed because their row is gone leave it if recorded due by dueBy.
-func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string, lease time.Duration, fills []Fill, dueBy time.Time) ([]int64, error) {
+func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string, fills []Fill, dueBy time.Time) ([]int64, error) {
 	aside := b.recordAside(c)
 	if aside {
 		var keys []string
@@ -228,7 +261,7 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	for i, f := range fills {
 		keys[i] = f.Key
 	}
-	head := []string{token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10)}
+	head := []string{token}
 	out := make([]int64, len(fills))
 	err := fillScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
 		k := fills[i].Key

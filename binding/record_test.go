@@ -1,4 +1,4 @@
-package binding_test
+package binding
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -26,16 +25,8 @@ func TestRecordNeverLate(t *testing.T) {
 				rc = testenv.StartRedis(t).Client(t)
 			}
 			ctx := context.Background()
-			tmpl, err := binding.ParseTemplate("p:{id}")
-			if err != nil {
-				t.Fatal(err)
-			}
-			record := binding.RecordKey("p")
-			b, err := binding.New(binding.Spec{Name: "p", Table: "p", Key: tmpl, Format: binding.FormatString, TTL: time.Hour, Record: record},
-				[]binding.Column{{Name: "id", TypeOID: 23}, {Name: "v", TypeOID: 25}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			record := RecordKey("p")
+			b := testBinding(t, time.Hour, record)
 			do := func(cmd rueidis.Completed) {
 				t.Helper()
 				if err := rc.Do(ctx, cmd).Error(); err != nil {
@@ -56,18 +47,18 @@ func TestRecordNeverLate(t *testing.T) {
 			due := func(key string) {
 				do(rc.B().Zadd().Key(record).ScoreMember().ScoreMember(float64(time.Now().Add(-time.Second).UnixMilli()), key).Build())
 			}
-			v := &binding.Value{Bytes: []byte("1")}
-			claim := func(key string) binding.Claimed {
+			v := &Value{Bytes: []byte("1")}
+			claim := func(key string) Claimed {
 				t.Helper()
-				c, err := b.ExecClaims(ctx, rc, []string{key}, binding.ClaimRecord, "tok", time.Minute, time.Now(), time.Now())
+				c, err := b.ExecClaims(ctx, rc, []string{key}, ClaimRecord, "tok", time.Minute, time.Now(), time.Now())
 				if err != nil || len(c) != 1 {
 					t.Fatalf("claim %s: %v, %v", key, c, err)
 				}
 				return c[0]
 			}
-			fill := func(f binding.Fill) int64 {
+			fill := func(f Fill) int64 {
 				t.Helper()
-				n, err := b.ExecFills(ctx, rc, "tok", time.Minute, []binding.Fill{f}, time.Now())
+				n, err := b.ExecFills(ctx, rc, "tok", []Fill{f}, time.Now())
 				if err != nil || len(n) != 1 {
 					t.Fatalf("fill %s: %v, %v", f.Key, n, err)
 				}
@@ -79,7 +70,7 @@ func TestRecordNeverLate(t *testing.T) {
 			if c := claim("p:1"); !c.Leased || c.Present {
 				t.Fatalf("claim of a missing key: %+v", c)
 			}
-			do(rc.B().Del().Key(binding.LeaseKey("p:1")).Build())
+			do(rc.B().Del().Key(LeaseKey("p:1")).Build())
 			if n := fill(b.Fill("p:1", v, false, false, 0)); n != 0 {
 				t.Fatalf("a fill without its lease wrote (%d)", n)
 			}

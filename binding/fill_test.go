@@ -1,0 +1,96 @@
+package binding
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// keysWithBraces are user keys whose companions must still hash to their
+// slot: plain, with a tag of their own, and with braces that make no tag.
+var keysWithBraces = []string{"p:1", "{shop}:p:1", "p:{shop}", "p:a}b", "p:{}x", "}", "{", "a{b", "p:{x}y}z", "{}{a}", "p:a}{b}"}
+
+// TestCompanionSlots: a key's lease, "not found" marker and stale copy
+// hash to the key's Redis Cluster slot (a Cluster refuses a script over
+// several slots), and each names the key back.
+func TestCompanionSlots(t *testing.T) {
+	for _, key := range keysWithBraces {
+		for prefix, name := range map[string]func(string) string{leasePrefix: LeaseKey, negPrefix: NegKey, stalePrefix: StaleKey} {
+			c := name(key)
+			if Slot(c) != Slot(key) {
+				t.Errorf("%s: slot %d, its key %q: slot %d", c, Slot(c), key, Slot(key))
+			}
+			if got := companionOf(prefix, c); got != key {
+				t.Errorf("companionOf(%q) = %q, want %q", c, got, key)
+			}
+		}
+	}
+}
+
+// TestLostFillLeavesLease: a fill whose lease is now another's writes
+// nothing and leaves that lease as it is: its TTL bounds how long the other
+// fill may take, and a fill that outlived its lease must not extend it.
+func TestLostFillLeavesLease(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	b := testBinding(t, time.Hour, "")
+	if err := rc.Do(ctx, LeaseCmd(rc.B(), "p:1", "other", 10*time.Second)).Error(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.ExecFills(ctx, rc, "late", []Fill{b.Fill("p:1", &Value{Bytes: []byte("old")}, false, false, 0)}, time.Now())
+	if err != nil || n[0] != 0 {
+		t.Fatalf("a fill without its lease: %v, %v; want [0]", n, err)
+	}
+	holder, _ := rc.Do(ctx, rc.B().Get().Key(LeaseKey("p:1")).Build()).ToString()
+	ttl, _ := rc.Do(ctx, rc.B().Pttl().Key(LeaseKey("p:1")).Build()).AsInt64()
+	if holder != "other" || ttl > 10_000 || ttl < 9_000 {
+		t.Fatalf("the other fill's lease is now %q with %d ms left, want \"other\" with its 10 s", holder, ttl)
+	}
+}
+
+// TestBraceKeysOnCluster: keys whose braces make no hash tag are claimed,
+// filled and recorded on a Redis Cluster like any other.
+func TestBraceKeysOnCluster(t *testing.T) {
+	rc := testenv.StartCluster(t, 3).Client(t)
+	ctx := context.Background()
+	b := testBinding(t, time.Hour, RecordKey("p"))
+	claimed, err := b.ExecClaims(ctx, rc, keysWithBraces, ClaimRecord, "tok", time.Minute, time.Now(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fills []Fill
+	for i, key := range keysWithBraces {
+		if !claimed[i].Leased {
+			t.Fatalf("claim of %q: %+v", key, claimed[i])
+		}
+		fills = append(fills, b.Fill(key, &Value{Bytes: []byte(key)}, false, false, 0))
+	}
+	n, err := b.ExecFills(ctx, rc, "tok", fills, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, key := range keysWithBraces {
+		v, _ := rc.Do(ctx, rc.B().Get().Key(key).Build()).ToString()
+		_, rerr := rc.Do(ctx, rc.B().Zscore().Key(RecordKey("p")).Member(key).Build()).AsFloat64()
+		if n[i] != 1 || v != key || rerr != nil {
+			t.Errorf("%q: fill %d, value %q, recorded: %v", key, n[i], v, rerr)
+		}
+	}
+}
+
+// testBinding binds cache p (key p:{id}, string values) to columns id, v.
+func testBinding(t *testing.T, ttl time.Duration, record string) *Binding {
+	t.Helper()
+	tmpl, err := ParseTemplate("p:{id}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Spec{Name: "p", Table: "p", Key: tmpl, Format: FormatString, TTL: ttl, Record: record},
+		[]Column{{Name: "id", TypeOID: 25}, {Name: "v", TypeOID: 25}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -45,8 +45,15 @@ type env struct {
 
 func newEnv(t *testing.T, schema string) *env {
 	t.Helper()
+	return newEnvOn(t, testenv.StartRedis(t), schema)
+}
+
+// newEnvOn is newEnv on a given Redis: a node of a Redis Cluster makes
+// every client of the test a cluster client.
+func newEnvOn(t *testing.T, rds *testenv.Redis, schema string) *env {
+	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, name: fmt.Sprintf("api%d", dbSeq.Add(1)), redis: testenv.StartRedis(t)}
+	e := &env{t: t, name: fmt.Sprintf("api%d", dbSeq.Add(1)), redis: rds}
 	if err := pg.CreateDatabase(ctx, e.name); err != nil {
 		t.Fatal(err)
 	}
@@ -657,5 +664,61 @@ func TestFillBehindSlowWriter(t *testing.T) {
 		if err := <-errs; !errors.Is(err, cachesync.ErrUnavailable) {
 			t.Fatalf("Get of a locked row: %v, want ErrUnavailable after the lock timeout", err)
 		}
+	}
+}
+
+// TestCluster: on a Redis Cluster of three primaries the change feed
+// writes, updates and deletes keys of string and hash caches (a key with a
+// '}' but no hash tag among them), and Get, Put and Invalidate work.
+func TestCluster(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory SELECT 'i' || g, g FROM generate_series(1, 200) g`)
+	if e.rc.Mode() != rueidis.ClientModeCluster {
+		t.Fatal("not a cluster client")
+	}
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}
+  stock: {table: inventory, key: "stock:{item}", value: {format: hash, columns: [item, price]}, stale_while_revalidate: 10s}
+`)
+	e.feed(cfg)
+	c := e.open(cfg)
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait("the rebuild's keys", func() bool { v, _ := e.get("price:i150"); return v == "150.00" })
+	e.exec(`UPDATE inventory SET price = price + 1 WHERE item IN ('i150', 'i151');
+		DELETE FROM inventory WHERE item = 'i7';
+		INSERT INTO inventory VALUES ('a}b', 1)`)
+	wait("the update, delete and insert", func() bool {
+		v, _ := e.get("price:i150")
+		_, gone := e.get("price:i7")
+		w, _ := e.get("price:a}b")
+		h, _ := e.rc.Do(ctx, e.rc.B().Hget().Key("stock:i151").Field("price").Build()).ToString()
+		return v == "151.00" && !gone && w == "1.00" && h == "152.00"
+	})
+	if err := e.rc.Do(ctx, e.rc.B().Del().Key("stock:i9").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "stock", "stock:i9"); err != nil || string(v) != `{"item":"i9","price":"9.00"}` {
+		t.Fatalf("Get stock:i9 (a fill) = %s, %v", v, err)
+	}
+	if _, err := c.Put(ctx, "prices", map[string]any{"item": "a}b", "price": 2}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "prices", "price:a}b"); err != nil || string(v) != "2.00" {
+		t.Fatalf("Get price:a}b after Put = %s, %v", v, err)
+	}
+	if err := c.Invalidate(ctx, "stock", "stock:i9"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.get("stock:i9"); ok {
+		t.Fatal("stock:i9 still there after Invalidate")
 	}
 }

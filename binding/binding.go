@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"time"
 
@@ -265,7 +266,11 @@ func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix strin
 	owns := func(k string) bool { _, ok := b.Spec.Key.Parse(k); return ok }
 	if prefix != "" {
 		pattern = prefix + "*"
-		owns = func(k string) bool { _, ok := b.Spec.Key.Parse(companionOf(prefix, k)); return ok }
+		owns = func(k string) bool {
+			// Ours when any key named by it is: removing another key's
+			// lease, marker or stale copy is always safe.
+			return slices.ContainsFunc(companionsOf(prefix, k), func(u string) bool { _, ok := b.Spec.Key.Parse(u); return ok })
+		}
 	}
 	n := 0
 	err := ScanKeys(ctx, client, pattern, owns, func(keys []string) error {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,18 +31,18 @@ func LeaseKey(key string) string { return leasePrefix + hashTagged(key) }
 // NegKey names the "row not found" marker of key.
 func NegKey(key string) string { return negPrefix + hashTagged(key) }
 
-// companionOf returns the user key of companion key k (of kind prefix).
-func companionOf(prefix, k string) string {
+// companionsOf returns the user keys whose companion (of kind prefix) is
+// named k: usually one, but "u" and "{u}" share their companions' names,
+// and so can other odd pairs of keys (see hashTagged).
+func companionsOf(prefix, k string) []string {
 	k = strings.TrimPrefix(k, prefix)
-	if inner, ok := strings.CutPrefix(k, "{"); ok {
-		if u, ok := strings.CutSuffix(inner, "}"); ok && hashTagged(u) == k {
-			return u // the braces were added by hashTagged
-		}
-		if _, u, ok := strings.Cut(inner, "}"); ok && u != "" && hashTagged(u) == k {
-			return u // a slot's tag was put in front
+	var keys []string
+	for _, u := range []string{k, strings.TrimSuffix(strings.TrimPrefix(k, "{"), "}"), k[min(strings.IndexByte(k, '}')+1, len(k)):], ""} {
+		if hashTagged(u) == k && !slices.Contains(keys, u) {
+			keys = append(keys, u)
 		}
 	}
-	return k
+	return keys
 }
 
 // hashTagged returns what follows a companion key's prefix, so that the
@@ -49,12 +50,15 @@ func companionOf(prefix, k string) string {
 // has a tag of its own (Redis hashes only the first non-empty {...} part),
 // else {key}, hashed whole as Redis hashes key. A key without a tag but with
 // a '}', which would end those braces early, gets a short tag of its slot
-// in front instead.
+// in front instead, and so does the empty key (an empty tag counts as none).
 func hashTagged(key string) string {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
 			return key
 		}
+	}
+	if key == "" {
+		return "{" + slotTags()[0] + "}{}"
 	}
 	if strings.IndexByte(key, '}') >= 0 {
 		return "{" + slotTags()[Slot(key)] + "}" + key

@@ -2,6 +2,7 @@ package binding
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -10,7 +11,7 @@ import (
 
 // keysWithBraces are user keys whose companions must still hash to their
 // slot: plain, with a tag of their own, and with braces that make no tag.
-var keysWithBraces = []string{"p:1", "{shop}:p:1", "p:{shop}", "p:a}b", "p:{}x", "}", "{", "a{b", "p:{x}y}z", "{}{a}", "p:a}{b}"}
+var keysWithBraces = []string{"p:1", "{shop}:p:1", "p:{shop}", "p:a}b", "p:{}x", "}", "{", "a{b", "p:{x}y}z", "{}{a}", "p:a}{b}", ""}
 
 // TestCompanionSlots: a key's lease, "not found" marker and stale copy
 // hash to the key's Redis Cluster slot (a Cluster refuses a script over
@@ -22,9 +23,20 @@ func TestCompanionSlots(t *testing.T) {
 			if Slot(c) != Slot(key) {
 				t.Errorf("%s: slot %d, its key %q: slot %d", c, Slot(c), key, Slot(key))
 			}
-			if got := companionOf(prefix, c); got != key {
-				t.Errorf("companionOf(%q) = %q, want %q", c, got, key)
+			if got := companionsOf(prefix, c); !slices.Contains(got, key) {
+				t.Errorf("companionsOf(%q) = %q, want %q among them", c, got, key)
 			}
+		}
+	}
+	// Two keys that share their companions' names are both named back (a
+	// rebuild's Clear removes the companions of either).
+	for _, pair := range [][2]string{{"price:apple", "{price:apple}"}, {":a}29377", "{" + slotTags()[Slot(":a}29377")] + "}:a}29377"}} {
+		key, other := pair[0], pair[1]
+		if LeaseKey(other) != LeaseKey(key) {
+			t.Fatalf("%q and %q: leases %q and %q, want one name", key, other, LeaseKey(key), LeaseKey(other))
+		}
+		if got := companionsOf(leasePrefix, LeaseKey(key)); !slices.Contains(got, key) || !slices.Contains(got, other) {
+			t.Errorf("companionsOf(%q) = %q, want %q and %q", LeaseKey(key), got, key, other)
 		}
 	}
 }

@@ -104,13 +104,9 @@ func (b *bench) refresh(ctx context.Context) error {
 	if err := b.reloadRaw(ctx, pool, n, "rfc:", ""); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	ceil0 := b.mustRedisStats(ctx)
-	start := time.Now()
-	if err := b.reloadRaw(ctx, pool, n, "rfc:", ""); err != nil {
+	if r.Ceiling, r.CeilRedisCPU, err = b.timeRaw(ctx, pool, n, ""); err != nil {
 		return fmt.Errorf("ceiling: %w", err)
 	}
-	r.Ceiling = time.Since(start)
-	r.CeilRedisCPU = b.mustRedisStats(ctx).sub(ceil0).CPU
 	r.CeilRate = float64(n) / r.Ceiling.Seconds()
 	fmt.Printf("   ceiling: %s rows by SELECT = ANY (%d a batch, %d goroutines) + pipelined SET in %s: %s keys/s\n",
 		count(n), refresh.BatchSize, refresh.Workers, secs(r.Ceiling), num(r.CeilRate))
@@ -123,23 +119,17 @@ func (b *bench) refresh(ctx context.Context) error {
 		return err
 	}
 	floorAt := time.Now().Add(2 * time.Second).Truncate(time.Millisecond)
-	var expire []rueidisCompleted
+	var expire []rueidis.Completed
 	for id := 1; id <= n; id++ {
 		expire = append(expire, b.redis.B().Pexpireat().Key("rfc:"+strconv.Itoa(id)).MillisecondsTimestamp(floorAt.UnixMilli()).Build())
 	}
-	for _, res := range b.redis.DoMulti(ctx, expire...) {
-		if err := res.Error(); err != nil {
-			return err
-		}
+	if err := b.doAll(ctx, expire); err != nil {
+		return err
 	}
 	time.Sleep(time.Until(floorAt.Add(10 * time.Millisecond)))
-	floor0 := b.mustRedisStats(ctx)
-	start = time.Now()
-	if err := b.reloadRaw(ctx, pool, n, "rfc:", "rfc:record"); err != nil {
+	if r.Floor, r.FloorRedisCPU, err = b.timeRaw(ctx, pool, n, "rfc:record"); err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
-	r.Floor = time.Since(start)
-	r.FloorRedisCPU = b.mustRedisStats(ctx).sub(floor0).CPU
 	r.FloorRate = float64(n) / r.Floor.Seconds()
 	fmt.Printf("   floor: the same on expired keys, SETs beside one ZADD a batch into a record, in %s: %s keys/s (%.2f of the ceiling)\n",
 		secs(r.Floor), num(r.FloorRate), r.FloorRate/r.CeilRate)
@@ -160,15 +150,13 @@ func (b *bench) refresh(ctx context.Context) error {
 		}
 	}
 	at := time.Now().Add(10 * time.Second).Truncate(time.Millisecond)
-	var cmds []rueidisCompleted
+	var cmds []rueidis.Completed
 	for _, k := range keys {
 		cmds = append(cmds, b.redis.B().Pexpireat().Key(k).MillisecondsTimestamp(at.UnixMilli()).Build(),
 			b.redis.B().Zadd().Key(binding.RecordKey("rf")).ScoreMember().ScoreMember(float64(at.UnixMilli()), k).Build())
 	}
-	for _, res := range b.redis.DoMulti(ctx, cmds...) {
-		if err := res.Error(); err != nil {
-			return err
-		}
+	if err := b.doAll(ctx, cmds); err != nil {
+		return err
 	}
 	if time.Now().After(at.Add(-time.Second)) {
 		return fmt.Errorf("mass expiry: setting the expiries took too long")
@@ -269,6 +257,13 @@ func (b *bench) refresh(ctx context.Context) error {
 	return nil
 }
 
+// timeRaw times reloadRaw into keys rfc:{id}, with the Redis CPU it took.
+func (b *bench) timeRaw(ctx context.Context, pool *pgxpool.Pool, n int, record string) (time.Duration, time.Duration, error) {
+	rs0, start := b.mustRedisStats(ctx), time.Now()
+	err := b.reloadRaw(ctx, pool, n, "rfc:", record)
+	return time.Since(start), b.mustRedisStats(ctx).sub(rs0).CPU, err
+}
+
 // reloadRaw reads rows 1..n of rf by SELECT = ANY per batch and writes
 // them to keys PREFIX{id} by a pipelined SET, from as many goroutines as the
 // refresher has workers; with record, one ZADD per batch records the keys
@@ -283,7 +278,7 @@ func (b *bench) reloadRaw(ctx context.Context, pool *pgxpool.Pool, n int, prefix
 		if err != nil {
 			return err
 		}
-		var cmds []rueidisCompleted
+		var cmds []rueidis.Completed
 		zadd := b.redis.B().Zadd().Key(record).ScoreMember()
 		at := float64(time.Now().Add(time.Hour).UnixMilli())
 		for rows.Next() {
@@ -303,12 +298,7 @@ func (b *bench) reloadRaw(ctx context.Context, pool *pgxpool.Pool, n int, prefix
 		if record != "" {
 			cmds = append(cmds, zadd.Build())
 		}
-		for _, res := range b.redis.DoMulti(ctx, cmds...) {
-			if err := res.Error(); err != nil {
-				return err
-			}
-		}
-		return nil
+		return b.doAll(ctx, cmds)
 	})
 }
 
@@ -382,9 +372,6 @@ func (b *bench) rfMethod(p func(string, ...any)) {
 	p("- **9**: table `rf(id int primary key, v bigint)` with %s rows; cache `{key: \"rf:{id}\", value: {format: string, column: v}, ttl: 1h, sync: none, refresh: on-expiry}`, opened in this process. The ceiling runs first (into keys `rfc:{id}`), after one untimed pass of its loop that opens its connections, reads the table once and creates the keys (the timed pass overwrites them, as the refresher's connections are warm and it adds no keys to Redis's table). The floor then sets every `rfc:` key to expire 2 s ahead, waits for that, and runs the ceiling's loop again with one `ZADD` of the batch's keys into a sorted set beside its SETs (keyspace events `Ex` on, as for the refresher, with nobody listening). Then every key is filled with `Client.Reload` (untimed), and a pipeline sets each key's `PEXPIREAT` and its expiry record entry to the same moment T, 10 s ahead; a refresher (`refresh.New(...).Run`) starts in this process; rate = keys ÷ (T → its refreshed count reaching all keys), and every key is checked present afterwards. Delays come from the refresher's histogram (bucket upper bounds). Readers: %d goroutines `GET` %s keys round-robin for %s with a plain rueidis client while a refresher runs, once with `refresh: on-expiry` and once with `refresh: ahead` (`refresh_ahead` default 0.8), TTL 1 s; a miss is a nil reply.\n",
 		count(b.res.Refresh.Keys), rfReaders, count(rfReadKey), secs(rfReadFor))
 }
-
-// rueidisCompleted is a built command.
-type rueidisCompleted = rueidis.Completed
 
 func perKey(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(max(n, 1)) }
 

@@ -15,6 +15,16 @@ import (
 
 type rueidisMessage = rueidis.PubSubMessage
 
+// doAll sends cmds in one pipeline and returns the first error.
+func (b *bench) doAll(ctx context.Context, cmds []rueidis.Completed) error {
+	for _, res := range b.redis.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // connectReplication opens a replication=database connection.
 func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(url)

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/singleflight"
@@ -444,11 +443,7 @@ func (c *Client) WALPosition(ctx context.Context, source string) (uint64, error)
 	if !ok {
 		return 0, fmt.Errorf("source %q: unknown", source)
 	}
-	var lsn string
-	if err := l.Pool().QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
-		return 0, fmt.Errorf("source %q: %w", source, err)
-	}
-	pos, err := pglogrepl.ParseLSN(lsn)
+	pos, err := pgsource.WALInsertPosition(ctx, l.Pool())
 	if err != nil {
 		return 0, fmt.Errorf("source %q: %w", source, err)
 	}

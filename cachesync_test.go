@@ -669,7 +669,7 @@ func TestFillBehindSlowWriter(t *testing.T) {
 
 // TestCluster: on a Redis Cluster of three primaries the change feed
 // writes, updates and deletes keys of string and hash caches (a key with a
-// '}' but no hash tag among them), and Get, Put and Invalidate work.
+// '}' but no hash tag among them), and Get, Put, Invalidate and Peek work.
 func TestCluster(t *testing.T) {
 	ctx := context.Background()
 	e := newEnvOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
@@ -703,6 +703,11 @@ func TestCluster(t *testing.T) {
 		h, _ := e.rc.Do(ctx, e.rc.B().Hget().Key("stock:i151").Field("price").Build()).ToString()
 		return v == "151.00" && !gone && w == "1.00" && h == "152.00"
 	})
+	// What check reads: keys of many slots in one call.
+	peeked, err := c.Peek(ctx, "prices", []string{"price:i150", "price:i7", "price:a}b", "price:i2"})
+	if err != nil || string(peeked[0]) != "151.00" || peeked[1] != nil || string(peeked[2]) != "1.00" || string(peeked[3]) != "2.00" {
+		t.Fatalf("Peek = %q, %v", peeked, err)
+	}
 	if err := e.rc.Do(ctx, e.rc.B().Del().Key("stock:i9").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}

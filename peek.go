@@ -25,11 +25,12 @@ func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte
 		return out, nil
 	}
 	if ca.cfg.Format != binding.FormatHash {
-		vals, err := c.redis.Do(ctx, c.redis.B().Mget().Key(keys...).Build()).ToArray()
+		vals, err := rueidis.MGet(c.redis, ctx, keys) // one MGET per slot on a Cluster
 		if err != nil {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 		}
-		for i, v := range vals {
+		for i, k := range keys {
+			v := vals[k]
 			if b, err := v.AsBytes(); err == nil {
 				out[i] = b
 			}

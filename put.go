@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/pgsource"
 )
 
 // ErrNotApplied reports a write that committed to PostgreSQL but that the
@@ -46,11 +47,7 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 			return err
 		}
 		// After the commit: the WAL position the feed must reach to have applied it.
-		var lsn string
-		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
-			return err
-		}
-		target, err = pglogrepl.ParseLSN(lsn)
+		target, err = pgsource.WALInsertPosition(ctx, conn)
 		return err
 	})
 	if err != nil {

@@ -11,14 +11,7 @@ import (
 // a SCAN page at a time, on every primary (a replica holds its primary's
 // keys). SCAN returns a key at least once: it may come twice.
 func ScanKeys(ctx context.Context, client rueidis.Client, pattern string, owns func(key string) bool, fn func(keys []string) error) error {
-	for addr, node := range client.Nodes() {
-		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
-		if err != nil {
-			return fmt.Errorf("role of %s: %w", addr, err)
-		}
-		if r, _ := role[0].ToString(); r != "master" {
-			continue
-		}
+	return EachPrimary(ctx, client, func(addr string, node rueidis.Client) error {
 		var cursor uint64
 		for {
 			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
@@ -37,8 +30,25 @@ func ScanKeys(ctx context.Context, client rueidis.Client, pattern string, owns f
 				}
 			}
 			if cursor = e.Cursor; cursor == 0 {
-				break
+				return nil
 			}
+		}
+	})
+}
+
+// EachPrimary calls fn with each primary of client: the one node, or each
+// Redis Cluster primary (replicas are skipped).
+func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string, node rueidis.Client) error) error {
+	for addr, node := range client.Nodes() {
+		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("role of %s: %w", addr, err)
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue
+		}
+		if err := fn(addr, node); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -181,7 +181,12 @@ const hashedLimit = 20_000_000
 // table, each reduced to a hash of every key and its value; then the two
 // are compared, and a second pass names the keys that differ (rare).
 func (k *checker) full(ctx context.Context) error {
-	size, err := k.redis.Do(ctx, k.redis.B().Dbsize().Build()).AsInt64()
+	var size int64 // keys on all primaries
+	err := binding.EachPrimary(ctx, k.redis, func(addr string, node rueidis.Client) error {
+		n, err := node.Do(ctx, node.B().Dbsize().Build()).AsInt64()
+		size += n
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -109,6 +110,20 @@ func (l *Loader) Reads() *pgxpool.Pool { return l.reads }
 
 // Pool is the loader's connection pool, for writes that go with loads.
 func (l *Loader) Pool() *pgxpool.Pool { return l.pool }
+
+// WALInsertPosition returns the server's WAL insert position
+// (pg_current_wal_insert_lsn), read through q: past every commit made so
+// far, however synchronous_commit is set; how far a change feed has to go
+// to have applied them.
+func WALInsertPosition(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (pglogrepl.LSN, error) {
+	var lsn string
+	if err := q.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+		return 0, err
+	}
+	return pglogrepl.ParseLSN(lsn)
+}
 
 // LoadRow returns columns of the row of t whose keyColumns equal values
 // (text, converted by PostgreSQL to each column's type), or nil when there is

@@ -259,6 +259,7 @@ func (c *Client) get(ctx context.Context, ca *cache, key string, values []string
 	return v, err
 }
 
+// stale returns the stale copy of key if it expired at most window ago.
 func (c *Client) stale(ctx context.Context, ca *cache, key string, window time.Duration) ([]byte, bool) {
 	res := c.redis.DoMulti(ctx, c.redis.B().Get().Key(binding.StaleKey(key)).Build(), c.redis.B().Pttl().Key(binding.StaleKey(key)).Build())
 	v, err := res[0].AsBytes()

@@ -80,7 +80,6 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		c.release(ctx, keys, load, token)
 		return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
-	found := make([]bool, len(keys))
 	byKey := make(map[string][][]byte, len(rows))
 	for _, row := range rows {
 		if k, err := ca.b.Key(row); err == nil {
@@ -101,7 +100,6 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			}
 		}
 		var v *binding.Value
-		found[i] = row != nil
 		if row != nil {
 			enc, err := ca.encode(row)
 			if err != nil {
@@ -125,7 +123,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	for j, n := range wrote {
 		i := written[j]
 		switch {
-		case n == 1 && !found[i]:
+		case n == 1 && writes[j].Deletes():
 			done.NotFound++
 		case n == 1:
 			done.Written++

@@ -240,8 +240,8 @@ func (b *Binding) Fill(key string, v *Value, overwrite, negative bool, negTTL ti
 	return f
 }
 
-// deletes tells a fill that removes its key (no row).
-func (f Fill) deletes() bool { return f.args[0] == "n" || f.args[0] == "d" }
+// Deletes tells a fill that removes its key (no row).
+func (f Fill) Deletes() bool { return f.args[0] == "n" || f.args[0] == "d" }
 
 // ExecFills runs fills under token's leases, BatchKeys keys
 // a script call, in one pipeline, and returns 1 (written) or 0 for each.
@@ -283,7 +283,7 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	for i, f := range fills {
 		switch {
 		case out[i] != 1:
-		case f.deletes():
+		case f.Deletes():
 			gone = append(gone, f.Key)
 		case f.expiresAt > 0:
 			written, at = append(written, f.Key), append(at, f.expiresAt)
@@ -429,6 +429,15 @@ type script struct{ body, sha string }
 func newScript(body string) *script {
 	sum := sha1.Sum([]byte(body))
 	return &script{body: body, sha: hex.EncodeToString(sum[:])}
+}
+
+// do runs the script once, by EVALSHA (by EVAL when Redis lacks it).
+func (s *script) do(ctx context.Context, c rueidis.Client, e rueidis.LuaExec) rueidis.RedisResult {
+	r := c.Do(ctx, c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build())
+	if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
+		r = c.Do(ctx, evalCmd(c.B(), s.body, e))
+	}
+	return r
 }
 
 // runBatches runs the script over keys, BatchKeys keys a call (in a Redis

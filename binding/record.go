@@ -68,6 +68,8 @@ for i = 2, #ARGV do
 end
 return 1`
 
+var unrecordScript = newScript(unrecord)
+
 // unrecord removes keys from the expiry record if their recorded expiry is
 // by dueBy: keys removed, or kept without a TTL, by a refresh of what was
 // due then. A later entry was written by a newer write, and stays.
@@ -76,7 +78,7 @@ func (b *Binding) unrecord(ctx context.Context, c rueidis.Client, keys []string,
 		return nil
 	}
 	e := rueidis.LuaExec{Keys: []string{b.Record}, Args: append([]string{strconv.FormatInt(dueBy.UnixMilli(), 10)}, keys...)}
-	if err := c.Do(ctx, evalCmd(c.B(), unrecord, e)).Error(); err != nil {
+	if err := unrecordScript.do(ctx, c, e).Error(); err != nil {
 		return fmt.Errorf("expiry record: %w", err)
 	}
 	return nil

@@ -372,29 +372,27 @@ func (r *Refresher) reload(ctx context.Context, b batch) {
 		}
 		return
 	}
-	per := r.PerCache[b.cache.Name]
-	for _, st := range []*Counts{&r.Stats.Counts, per} {
+	var repaired int64
+	if !b.scheduled {
+		now := time.Now().UnixMilli()
+		for i, at := range b.expiries {
+			if at == 0 || at > now || !res.Wrote[i] {
+				continue
+			}
+			r.Stats.Delays.Observe(time.Duration(now-at) * time.Millisecond)
+			if at < r.since || now-at > Late.Milliseconds() {
+				repaired++
+			}
+		}
+	}
+	for _, st := range []*Counts{&r.Stats.Counts, r.PerCache[b.cache.Name]} {
 		st.Kept.Add(int64(res.Kept))
 		st.NotFound.Add(int64(res.NotFound))
+		st.Repaired.Add(repaired)
 		if b.scheduled {
 			st.Scheduled.Add(int64(res.Written))
 		} else {
 			st.Refreshed.Add(int64(res.Written))
-		}
-	}
-	if b.scheduled {
-		return
-	}
-	now := time.Now().UnixMilli()
-	for i, at := range b.expiries {
-		if at == 0 || at > now || !res.Wrote[i] {
-			continue
-		}
-		d := time.Duration(now-at) * time.Millisecond
-		r.Stats.Delays.Observe(d)
-		if at < r.since || now-at > Late.Milliseconds() {
-			r.Stats.Repaired.Add(1)
-			per.Repaired.Add(1)
 		}
 	}
 }

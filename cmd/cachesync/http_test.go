@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,17 +23,7 @@ func TestRunServesHTTP(t *testing.T) {
 		fmt.Sprintf("http:\n  addr: 127.0.0.1:%d\n  keys:\n    - {name: t, key: %q, scopes: [read, write]}\n", port, key))
 	d := b.run(cfg)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	do := func(method, path, body string) (int, string) {
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		out, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(out)
-	}
+	do := func(method, path, body string) (int, string) { return httpDo(t, method, base+path, body, key) }
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		status, body := do("GET", "/v1/caches/items/item:3", "")

@@ -53,9 +53,14 @@ http: {addr: "127.0.0.1:%d"}
 	return b, d, base, cfg
 }
 
-func httpDo(t *testing.T, method, url, body string) (int, string) {
+// httpDo sends a request (with an API key when one is given) and returns
+// the status and body, or 0 and the error.
+func httpDo(t *testing.T, method, url, body string, key ...string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	for _, k := range key {
+		req.Header.Set("Authorization", "Bearer "+k)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err.Error()
@@ -200,8 +205,14 @@ func TestCheckCommand(t *testing.T) {
 	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--repair", "q"); code != 0 || !strings.Contains(out, "repaired: 1") {
 		t.Fatalf("check --repair: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--json", "q"); code != 0 || !strings.Contains(out, `"stale": {`) {
-		t.Fatalf("check after the repair: exit %d\n%s%s", code, out, errOut)
+	code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--json", "q")
+	var reports []struct {
+		Cache string
+		Keys  int `json:"keys_checked"`
+		Stale struct{ Count int }
+	}
+	if err := json.Unmarshal([]byte(out), &reports); code != 0 || err != nil || len(reports) != 1 || reports[0].Cache != "q" || reports[0].Keys == 0 || reports[0].Stale.Count != 0 {
+		t.Fatalf("check --json after the repair: exit %d, %v\n%s%s", code, err, out, errOut)
 	}
 	// A write-behind cache's queued writes are newer than their rows: no repairs there.
 	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--repair", "w"); code != 1 || !strings.Contains(errOut, "writes: behind") {

@@ -141,6 +141,21 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 	return pglogrepl.LSN(v), nil
 }
 
+// Position returns how far source's changes are applied in Redis: the
+// position of its running feed f (nil when none runs here) once it has
+// applied something, else the recorded one; 0 when neither is known.
+func (s *State) Position(ctx context.Context, source string, f *Feed) uint64 {
+	if f != nil {
+		if lsn := f.Stats.AppliedLSN.Load(); lsn > 0 {
+			return lsn
+		}
+	}
+	if lsn, ok, err := s.Applied(ctx, source); err == nil && ok {
+		return uint64(lsn)
+	}
+	return 0
+}
+
 // Applied returns source's applied LSN; ok is false when none is recorded.
 func (s *State) Applied(ctx context.Context, source string) (pglogrepl.LSN, bool, error) {
 	v, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("lsn:"+source).Build()).ToString()

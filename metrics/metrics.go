@@ -133,26 +133,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	// Queue depths, from Redis.
-	var cmds rueidis.Commands
-	var behind []string
-	for _, name := range cfg.CacheNames() {
-		if cfg.Caches[name].Writes == config.WritesBehind {
-			behind = append(behind, name)
-			cmds = append(cmds, c.s.Redis.B().Xlen().Key(cachesync.StreamKey(name)).Build(),
-				c.s.Redis.B().Xlen().Key(cachesync.DeadLetterKey(name)).Build())
-		}
-	}
-	if len(cmds) > 0 {
-		res := c.s.Redis.DoMulti(ctx, cmds...)
-		for i, name := range behind {
-			if n, err := res[2*i].AsInt64(); err == nil {
-				gauge(descWBPending, float64(n), name)
-			}
-			if n, err := res[2*i+1].AsInt64(); err == nil {
-				gauge(descWBDead, float64(n), name)
-			}
-		}
+	for name, q := range cachesync.Queues(ctx, c.s.Redis, cfg) {
+		gauge(descWBPending, float64(q.Pending), name)
+		gauge(descWBDead, float64(q.DeadLetters), name)
 	}
 	state := changefeed.NewState(c.s.Redis, cfg.Name)
 	for _, f := range c.s.Feeds {
@@ -162,12 +145,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descFeedErrors, st.MapErrors.Load(), f.Source, "map")
 		counter(descFeedErrors, st.Reconnects.Load(), f.Source, "session")
 		counter(descFeedRebuilds, st.Rebuilds.Load(), f.Source)
-		applied := st.AppliedLSN.Load()
-		if applied == 0 { // nothing applied since the start: the recorded position
-			if lsn, ok, err := state.Applied(ctx, f.Source); err == nil && ok {
-				applied = uint64(lsn)
-			}
-		}
+		applied := state.Position(ctx, f.Source, f)
 		gauge(descFeedLSN, float64(applied), f.Source)
 		ch <- histogram(descFeedLag, st.Lag, f.Source)
 		if c.s.API != nil && applied > 0 {

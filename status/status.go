@@ -101,6 +101,7 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	r.Redis = redisInfo(ctx, c.s.Redis)
 	keys := c.countKeys(ctx)
 	lag := c.lag(ctx)
+	queues := cachesync.Queues(ctx, c.s.Redis, cfg)
 	for _, name := range cfg.CacheNames() {
 		cc := cfg.Caches[name]
 		cs := Cache{Name: name, Mode: Mode(cc), Keys: -1}
@@ -120,15 +121,8 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 		if l, ok := lag[cc.Source]; ok && cc.Sync == config.SyncChangefeed {
 			cs.LagBytes, cs.LagSeconds, cs.Applied = l.bytes, l.seconds, l.applied
 		}
-		if cc.Writes == config.WritesBehind {
-			res := c.s.Redis.DoMulti(ctx, c.s.Redis.B().Xlen().Key(cachesync.StreamKey(name)).Build(),
-				c.s.Redis.B().Xlen().Key(cachesync.DeadLetterKey(name)).Build())
-			if n, err := res[0].AsInt64(); err == nil {
-				cs.Queue = &n
-			}
-			if n, err := res[1].AsInt64(); err == nil {
-				cs.DeadLetters = &n
-			}
+		if q, ok := queues[name]; ok {
+			cs.Queue, cs.DeadLetters = &q.Pending, &q.DeadLetters
 		}
 		if cc.Refreshes() && c.s.Refreshed != nil {
 			cs.Refreshed = c.s.Refreshed(name)
@@ -177,17 +171,12 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
 	for _, source := range c.s.Config.SourceNames() {
 		var li lagInfo
-		var applied uint64
 		var lastLag, progress int64
 		f := c.feed(source)
 		if f != nil {
-			applied, lastLag, progress, li.applied = f.Stats.AppliedLSN.Load(), f.Stats.LastLag.Load(), f.Stats.Progress.Load(), f.Stats.Writes.Load()
+			lastLag, progress, li.applied = f.Stats.LastLag.Load(), f.Stats.Progress.Load(), f.Stats.Writes.Load()
 		}
-		if applied == 0 {
-			if lsn, ok, err := state.Applied(ctx, source); err == nil && ok {
-				applied = uint64(lsn)
-			}
-		}
+		applied := state.Position(ctx, source, f)
 		cur, err := c.s.API.WALPosition(ctx, source)
 		if err != nil || applied == 0 {
 			out[source] = li

@@ -156,7 +156,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error
 
 func (c *Client) open(ctx context.Context) error {
 	for _, source := range c.cfg.SourceNames() {
-		l, err := pgsource.NewLoader(ctx, c.cfg.Sources[source].URL)
+		l, err := pgsource.NewLoader(ctx, c.cfg.Sources[source].URL, c.opts.Logger)
 		if err != nil {
 			return fmt.Errorf("sources.%s.url: %w", source, err)
 		}

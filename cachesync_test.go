@@ -1,6 +1,7 @@
 package cachesync_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -725,5 +726,40 @@ func TestCluster(t *testing.T) {
 	}
 	if _, ok := e.get("stock:i9"); ok {
 		t.Fatal("stock:i9 still there after Invalidate")
+	}
+}
+
+// TestFillWithoutUpdatePrivilege: a source role that may only SELECT cannot
+// read FOR SHARE; fills (Get's and Reload's) still work, reading plainly,
+// and the client says once, through its own logger, what that gives up.
+func TestFillWithoutUpdatePrivilege(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 2.00), ('kiwi', 3.00)`)
+	role := e.name + "_reader"
+	e.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN; GRANT SELECT ON inventory TO %s`, role, role))
+	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none}` + "\n")
+	src := cfg.Sources["db"]
+	src.URL = strings.Replace(e.dbURL, "postgres@", role+"@", 1)
+	cfg.Sources["db"] = src
+	var logs bytes.Buffer
+	c, err := cachesync.Open(context.Background(), cfg, cachesync.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for _, item := range []string{"apple", "pear"} {
+		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || (item == "apple") != (string(v) == "1.00") {
+			t.Fatalf("Get price:%s = %s, %v", item, v, err)
+		}
+	}
+	if res, err := c.Reload(ctx, "prices", []string{"price:kiwi"}, false); err != nil || res.Written != 1 {
+		t.Fatalf("Reload: %+v, %v", res, err)
+	}
+	if v, _ := e.get("price:kiwi"); v != "3.00" {
+		t.Fatalf("price:kiwi = %q after Reload", v)
+	}
+	if n := strings.Count(logs.String(), "may not read FOR SHARE"); n != 1 {
+		t.Fatalf("%d warnings about FOR SHARE, want 1:\n%s", n, logs.String())
 	}
 }

@@ -31,6 +31,7 @@ type Loader struct {
 	// noShare is set once PostgreSQL refused a FOR SHARE read (the role
 	// lacks the UPDATE privilege): reads are plain from then on.
 	noShare atomic.Bool
+	log     *slog.Logger
 }
 
 // ReadLockTimeout bounds how long a load waits for a row lock.
@@ -55,7 +56,7 @@ func (l *Loader) retry(err error, attempt int) bool {
 	switch pgErr.Code {
 	case "42501":
 		if !l.noShare.Swap(true) {
-			slog.Warn("the source role may not read FOR SHARE (it needs the UPDATE privilege): fills read plainly, and a fill racing a commit that is not yet visible may write the older row", "err", err)
+			l.log.Warn("the source role may not read FOR SHARE (it needs the UPDATE privilege): fills read plainly, and a fill racing a commit that is not yet visible may write the older row", "err", err)
 		}
 		return true
 	case "40001": // tuple to be locked was already moved to another partition
@@ -64,8 +65,9 @@ func (l *Loader) retry(err error, attempt int) bool {
 	return false
 }
 
-// NewLoader opens the connection pools to url with SessionParams.
-func NewLoader(ctx context.Context, url string) (*Loader, error) {
+// NewLoader opens the connection pools to url with SessionParams; log
+// gets its warnings.
+func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, error) {
 	open := func(extra map[string]string, maxConns int32) (*pgxpool.Pool, error) {
 		cfg, err := pgxpool.ParseConfig(url)
 		if err != nil {
@@ -96,7 +98,7 @@ func NewLoader(ctx context.Context, url string) (*Loader, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &Loader{pool: pool, reads: reads}, nil
+	return &Loader{pool: pool, reads: reads, log: log}, nil
 }
 
 // Close closes the pools.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/status"
 )
 
 // results are every figure of one run.
@@ -154,41 +157,19 @@ func (a redisStats) sub(b redisStats) redisStats {
 
 func (b *bench) redisStats(ctx context.Context) (redisStats, error) {
 	var s redisStats
-	info, err := b.redis.Do(ctx, b.redis.B().Info().Section("everything").Build()).ToString()
+	info, err := status.Info(ctx, b.redis, "everything")
 	if err != nil {
 		return s, err
 	}
-	for _, line := range strings.Split(info, "\n") {
-		line = strings.TrimSpace(line)
-		k, v, _ := strings.Cut(line, ":")
-		switch k {
-		case "used_cpu_sys", "used_cpu_user":
-			var f float64
-			fmt.Sscan(v, &f)
-			s.CPU += time.Duration(f * float64(time.Second))
-		case "cmdstat_eval", "cmdstat_set":
-			n, usec := cmdstat(v)
-			if k == "cmdstat_eval" {
-				s.Flushes, s.EvalCPU = n, time.Duration(usec)*time.Microsecond
-			} else {
-				s.Sets, s.SetCPU = n, time.Duration(usec)*time.Microsecond
-			}
-		}
+	for _, k := range []string{"used_cpu_sys", "used_cpu_user"} {
+		f, _ := strconv.ParseFloat(info[k], 64)
+		s.CPU += time.Duration(f * float64(time.Second))
 	}
+	n, usec := status.CommandStat(info["cmdstat_eval"])
+	s.Flushes, s.EvalCPU = n, time.Duration(usec)*time.Microsecond
+	n, usec = status.CommandStat(info["cmdstat_set"])
+	s.Sets, s.SetCPU = n, time.Duration(usec)*time.Microsecond
 	return s, nil
-}
-
-// cmdstat reads the calls and CPU µs of an INFO commandstats line's value.
-func cmdstat(v string) (calls, usec int64) {
-	for _, kv := range strings.Split(v, ",") {
-		if c, ok := strings.CutPrefix(kv, "calls="); ok {
-			fmt.Sscan(c, &calls)
-		}
-		if c, ok := strings.CutPrefix(kv, "usec="); ok {
-			fmt.Sscan(c, &usec)
-		}
-	}
-	return calls, usec
 }
 
 type lagStats struct {

@@ -27,6 +27,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/httpapi"
+	"github.com/cachesync/cachesync/status"
 )
 
 // The read path (5, 6, 7): hits through the Go API beside a bare rueidis
@@ -523,16 +524,15 @@ func (b *bench) storm(ctx context.Context, clients []*cachesync.Client, key stri
 }
 
 func (b *bench) redisCommands(ctx context.Context) (int64, error) {
-	info, err := b.redis.Do(ctx, b.redis.B().Info().Section("stats").Build()).ToString()
+	info, err := status.Info(ctx, b.redis, "stats")
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
-			return strconv.ParseInt(v, 10, 64)
-		}
+	v, ok := info["total_commands_processed"]
+	if !ok {
+		return 0, errors.New("no total_commands_processed in INFO")
 	}
-	return 0, errors.New("no total_commands_processed in INFO")
+	return strconv.ParseInt(v, 10, 64)
 }
 
 // missStorm measures item 7: queries for stormGets concurrent Gets of one

@@ -18,6 +18,7 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/refresh"
+	"github.com/cachesync/cachesync/status"
 )
 
 // The refresh path (9): a mass expiry of rfKeys keys refreshed by the
@@ -387,13 +388,9 @@ func (b *bench) rfReading(p func(string, ...any)) {
 // commandStats reads Redis's per-command call counts and CPU time (µs).
 func (b *bench) commandStats(ctx context.Context) map[string][2]int64 {
 	out := map[string][2]int64{}
-	info, _ := b.redis.Do(ctx, b.redis.B().Info().Section("commandstats").Build()).ToString()
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(k, "cmdstat_") {
-			continue
-		}
-		calls, usec := cmdstat(v)
+	info, _ := status.Info(ctx, b.redis, "commandstats")
+	for k, v := range info {
+		calls, usec := status.CommandStat(v)
 		out[strings.TrimPrefix(k, "cmdstat_")] = [2]int64{calls, usec}
 	}
 	return out

@@ -26,6 +26,7 @@ import (
 	"github.com/cachesync/cachesync/keymiss"
 	"github.com/cachesync/cachesync/latency"
 	"github.com/cachesync/cachesync/refresh"
+	"github.com/cachesync/cachesync/status"
 )
 
 // Sources are what the metrics are read from; any but Config and Redis may be nil.
@@ -194,7 +195,7 @@ func histogram(d *prometheus.Desc, h *latency.Histogram, labels ...string) prome
 // collectRedis reports INFO fields and Redis's command latencies.
 func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metric) {
 	rc := c.s.Redis
-	info, err := rc.Do(ctx, rc.B().Info().Section("everything").Build()).ToString()
+	info, err := status.Info(ctx, rc, "everything")
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 0)
 		return
@@ -202,21 +203,10 @@ func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metri
 	ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 1)
 	calls, usec := map[string]uint64{}, map[string]float64{}
 	quantiles := map[string]map[float64]float64{}
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok {
-			continue
-		}
+	for k, v := range info {
 		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok && slices.Contains(redisCommands, cmd) {
-			for _, f := range strings.Split(v, ",") {
-				name, val, _ := strings.Cut(f, "=")
-				switch name {
-				case "calls":
-					calls[cmd], _ = strconv.ParseUint(val, 10, 64)
-				case "usec":
-					usec[cmd], _ = strconv.ParseFloat(val, 64)
-				}
-			}
+			n, us := status.CommandStat(v)
+			calls[cmd], usec[cmd] = uint64(n), float64(us)
 			continue
 		}
 		if cmd, ok := strings.CutPrefix(k, "latency_percentiles_usec_"); ok && slices.Contains(redisCommands, cmd) {

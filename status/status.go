@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -234,7 +235,7 @@ func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 
 func redisInfo(ctx context.Context, rc rueidis.Client) Redis {
 	var r Redis
-	info, err := rc.Do(ctx, rc.B().Info().Build()).ToString()
+	info, err := Info(ctx, rc, "default")
 	if err != nil {
 		return r
 	}
@@ -242,16 +243,44 @@ func redisInfo(ctx context.Context, rc rueidis.Client) Redis {
 	fields := map[string]*int64{"used_memory": &r.UsedMemory, "maxmemory": &r.MaxMemory, "evicted_keys": &r.EvictedKeys,
 		"connected_clients": &r.Clients, "instantaneous_ops_per_sec": &r.OpsPerSecond, "keyspace_hits": &r.KeyspaceHits,
 		"keyspace_misses": &r.KeyspaceMiss, "expired_keys": &r.ExpiredKeys, "total_commands_processed": &r.CommandsTotal}
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if p, want := fields[k]; ok && want {
-			fmt.Sscan(v, p)
-		}
+	for k, p := range fields {
+		*p, _ = strconv.ParseInt(info[k], 10, 64)
 	}
 	if r.KeyspaceHits+r.KeyspaceMiss > 0 {
 		r.HitRatio = float64(r.KeyspaceHits) / float64(r.KeyspaceHits+r.KeyspaceMiss)
 	}
 	return r
+}
+
+// Info reads a section of Redis's INFO ("default", "everything",
+// "commandstats", ...) as field → value.
+func Info(ctx context.Context, rc rueidis.Client, section string) (map[string]string, error) {
+	info, err := rc.Do(ctx, rc.B().Info().Section(section).Build()).ToString()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
+// CommandStat reads the calls and CPU time (µs) of an INFO commandstats
+// value ("calls=3,usec=27,usec_per_call=9.00,...").
+func CommandStat(v string) (calls int64, usec int64) {
+	for _, f := range strings.Split(v, ",") {
+		name, val, _ := strings.Cut(f, "=")
+		switch name {
+		case "calls":
+			calls, _ = strconv.ParseInt(val, 10, 64)
+		case "usec":
+			usec, _ = strconv.ParseInt(val, 10, 64)
+		}
+	}
+	return calls, usec
 }
 
 // WriteTable prints r as a table for a terminal.

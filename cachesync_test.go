@@ -104,15 +104,7 @@ func (e *env) open(cfg *config.Config) *cachesync.Client {
 func (e *env) feed(cfg *config.Config) *changefeed.Feed {
 	e.t.Helper()
 	f := changefeed.New(cfg, "db", e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Error(err)
-		}
-	})
+	testenv.Go(e.t, f.Run)
 	// Wait for the first rebuild: the feed owns the cache from then on.
 	deadline := time.Now().Add(30 * time.Second)
 	for f.Stats.Rebuilds.Load() < int64(len(f.Caches)) {

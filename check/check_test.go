@@ -55,15 +55,7 @@ caches:
 		t.Fatal(err)
 	}
 	f := changefeed.New(cfg, "db", rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	fctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(fctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	testenv.Go(t, f.Run)
 	deadline := time.Now().Add(30 * time.Second)
 	for f.Stats.Rebuilds.Load() < 1 {
 		if time.Now().After(deadline) {

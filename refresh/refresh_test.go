@@ -74,20 +74,7 @@ func (e *env) start() (*refresh.Refresher, func()) {
 	if err != nil || r == nil {
 		e.t.Fatalf("refresher %v, %v", r, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				e.t.Error(err)
-			}
-		})
-	}
-	e.t.Cleanup(stop)
-	return r, stop
+	return r, testenv.Go(e.t, r.Run)
 }
 
 func (e *env) exec(sql string, args ...any) {

@@ -273,7 +273,7 @@ func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix strin
 		}
 	}
 	n := 0
-	err := ScanKeys(ctx, client, pattern, owns, func(keys []string) error {
+	err := scanKeys(ctx, client, pattern, owns, func(keys []string) error {
 		cmds := make(rueidis.Commands, len(keys))
 		for i, k := range keys { // one by one: a Cluster refuses keys of several slots in one command
 			cmds[i] = client.B().Unlink().Key(k).Build()

@@ -61,7 +61,7 @@ func hashTagged(key string) string {
 		return "{" + slotTags()[0] + "}{}"
 	}
 	if strings.IndexByte(key, '}') >= 0 {
-		return "{" + slotTags()[Slot(key)] + "}" + key
+		return "{" + slotTags()[keySlot(key)] + "}" + key
 	}
 	return "{" + key + "}"
 }
@@ -77,7 +77,7 @@ var slotTags = sync.OnceValue(func() []string {
 			t := prefix + chars[i:i+1]
 			if n > 1 {
 				try(t, n-1)
-			} else if s := Slot(t); tags[s] == "" {
+			} else if s := keySlot(t); tags[s] == "" {
 				tags[s], left = t, left-1
 			}
 		}
@@ -517,7 +517,7 @@ func batches(c rueidis.Client, keys []string) [][]int {
 	bySlot := map[uint16][]int{}
 	var slots []uint16
 	for i, k := range keys {
-		s := Slot(k)
+		s := keySlot(k)
 		if bySlot[s] == nil {
 			slots = append(slots, s)
 		}

@@ -20,8 +20,8 @@ func TestCompanionSlots(t *testing.T) {
 	for _, key := range keysWithBraces {
 		for prefix, name := range map[string]func(string) string{leasePrefix: LeaseKey, negPrefix: NegKey, stalePrefix: StaleKey} {
 			c := name(key)
-			if Slot(c) != Slot(key) {
-				t.Errorf("%s: slot %d, its key %q: slot %d", c, Slot(c), key, Slot(key))
+			if keySlot(c) != keySlot(key) {
+				t.Errorf("%s: slot %d, its key %q: slot %d", c, keySlot(c), key, keySlot(key))
 			}
 			if got := companionsOf(prefix, c); !slices.Contains(got, key) {
 				t.Errorf("companionsOf(%q) = %q, want %q among them", c, got, key)
@@ -30,7 +30,7 @@ func TestCompanionSlots(t *testing.T) {
 	}
 	// Two keys that share their companions' names are both named back (a
 	// rebuild's Clear removes the companions of either).
-	for _, pair := range [][2]string{{"price:apple", "{price:apple}"}, {":a}29377", "{" + slotTags()[Slot(":a}29377")] + "}:a}29377"}} {
+	for _, pair := range [][2]string{{"price:apple", "{price:apple}"}, {":a}29377", "{" + slotTags()[keySlot(":a}29377")] + "}:a}29377"}} {
 		key, other := pair[0], pair[1]
 		if LeaseKey(other) != LeaseKey(key) {
 			t.Fatalf("%q and %q: leases %q and %q, want one name", key, other, LeaseKey(key), LeaseKey(other))

@@ -84,9 +84,9 @@ func (b *Binding) unrecord(ctx context.Context, c rueidis.Client, keys []string,
 	return nil
 }
 
-// Slot is the Redis Cluster hash slot of key: CRC16 of its hash tag (the
+// keySlot is the Redis Cluster hash slot of key: CRC16 of its hash tag (the
 // first non-empty {...} part) or of the whole key, modulo 16384.
-func Slot(key string) uint16 {
+func keySlot(key string) uint16 {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
 			key = key[i+1 : i+1+j]

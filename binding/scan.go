@@ -7,10 +7,10 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// ScanKeys calls fn with the keys that match pattern and that owns accepts,
+// scanKeys calls fn with the keys that match pattern and that owns accepts,
 // a SCAN page at a time, on every primary (a replica holds its primary's
 // keys). SCAN returns a key at least once: it may come twice.
-func ScanKeys(ctx context.Context, client rueidis.Client, pattern string, owns func(key string) bool, fn func(keys []string) error) error {
+func scanKeys(ctx context.Context, client rueidis.Client, pattern string, owns func(key string) bool, fn func(keys []string) error) error {
 	return EachPrimary(ctx, client, func(addr string, node rueidis.Client) error {
 		var cursor uint64
 		for {
@@ -54,7 +54,7 @@ func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string
 	return nil
 }
 
-// ScanTemplate is ScanKeys for the keys of template t.
+// ScanTemplate is scanKeys for the keys of template t.
 func ScanTemplate(ctx context.Context, client rueidis.Client, t *Template, fn func(keys []string) error) error {
-	return ScanKeys(ctx, client, t.Pattern(), func(k string) bool { _, ok := t.Parse(k); return ok }, fn)
+	return scanKeys(ctx, client, t.Pattern(), func(k string) bool { _, ok := t.Parse(k); return ok }, fn)
 }

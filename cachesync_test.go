@@ -451,7 +451,22 @@ func TestPut(t *testing.T) {
 // feed inserted a row it found missing, not after an invalidation of a key
 // it leased to overwrite.
 func TestReloadLoses(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+	for _, topology := range []string{"single", "cluster"} {
+		t.Run(topology, func(t *testing.T) { testReloadLoses(t, topology) })
+	}
+}
+
+// testReloadLoses is TestReloadLoses on one Redis node, or on a Redis
+// Cluster, where the expiry record is written beside the scripts and may
+// keep a key the refresh lost (reloaded for nothing later, as checked).
+func testReloadLoses(t *testing.T, topology string) {
+	var rds *testenv.Redis
+	if topology == "cluster" {
+		rds = testenv.StartCluster(t, 3).Nodes[0]
+	} else {
+		rds = testenv.StartRedis(t)
+	}
+	e := newEnvOn(t, rds, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
 	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
 	e.feed(cfg)
@@ -526,7 +541,7 @@ func TestReloadLoses(t *testing.T) {
 		if neg, _ := e.rc.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
 			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
-		if race.after == "" && recorded(race.key) {
+		if race.after == "" && topology == "single" && recorded(race.key) {
 			t.Fatalf("%s: %s is still in the expiry record", race.name, race.key)
 		}
 		// A refresh later brings back the row as it is then, never the one

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -447,19 +448,23 @@ func TestPut(t *testing.T) {
 
 // TestReloadLoses: a refresh that read a row before a change writes
 // nothing after it: not after the feed deleted the row (the lease ended,
-// so no deleted row comes back), not over the feed's update, not after the
-// feed inserted a row it found missing, not after an invalidation of a key
-// it leased to overwrite.
+// or the watched removal count moved, so no deleted row comes back), not
+// over the feed's update, not after the feed inserted a row it found
+// missing, not after an invalidation of a key it took to overwrite. Under
+// leases and, on one Redis node, watched (binding/watch.go).
 func TestReloadLoses(t *testing.T) {
-	for _, topology := range []string{"single", "cluster"} {
-		t.Run(topology, func(t *testing.T) { testReloadLoses(t, topology) })
+	for _, c := range []struct {
+		name, topology string
+		watched        bool
+	}{{"single", "single", false}, {"single watched", "single", true}, {"cluster", "cluster", false}} {
+		t.Run(c.name, func(t *testing.T) { testReloadLoses(t, c.topology, c.watched) })
 	}
 }
 
 // testReloadLoses is TestReloadLoses on one Redis node, or on a Redis
 // Cluster, where the expiry record is written beside the scripts and may
 // keep a key the refresh lost (reloaded for nothing later, as checked).
-func testReloadLoses(t *testing.T, topology string) {
+func testReloadLoses(t *testing.T, topology string, watched bool) {
 	var rds *testenv.Redis
 	if topology == "cluster" {
 		rds = testenv.StartCluster(t, 3).Nodes[0]
@@ -524,16 +529,31 @@ func testReloadLoses(t *testing.T, topology string) {
 		} else {
 			e.rc.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
 		}
-		claimed, err := b.ExecClaims(ctx, e.rc, []string{race.key}, race.action, "tok", time.Minute, time.Now(), time.Now())
-		if want := (binding.Claimed{Leased: true, Present: race.action == binding.ClaimLease}); err != nil || len(claimed) != 1 || claimed[0] != want {
-			t.Fatalf("%s: claim %+v, %v; want %+v", race.name, claimed, err, want)
-		}
-		// ... the change happens and lands ...
-		race.do()
-		// ... and the refresh's write of what it read is refused.
-		n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)}, time.Now())
-		if err != nil || len(n) != 1 || n[0] != 0 {
-			t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
+		want := binding.Claimed{Load: true, Present: race.action == binding.ClaimLease}
+		fill := b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)
+		if watched {
+			claimed, w, err := b.Watch(ctx, e.rc, []string{race.key}, race.action, time.Now())
+			if err != nil || len(claimed) != 1 || claimed[0] != want {
+				t.Fatalf("%s: watch %+v, %v; want %+v", race.name, claimed, err, want)
+			}
+			race.do()
+			refused, err := w.Exec(ctx, []binding.Fill{fill}, []int{0})
+			w.Close(ctx)
+			if err != nil || len(refused) != 1 {
+				t.Fatalf("%s: the refresh's write: refused %v, %v; want [0]", race.name, refused, err)
+			}
+		} else {
+			claimed, err := b.ExecClaims(ctx, e.rc, []string{race.key}, race.action, "tok", time.Minute, time.Now(), time.Now())
+			if err != nil || len(claimed) != 1 || claimed[0] != want {
+				t.Fatalf("%s: claim %+v, %v; want %+v", race.name, claimed, err, want)
+			}
+			// ... the change happens and lands ...
+			race.do()
+			// ... and the refresh's write of what it read is refused.
+			n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{fill}, time.Now())
+			if err != nil || len(n) != 1 || n[0] != 0 {
+				t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
+			}
 		}
 		if v, _ := e.get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the refresh, want %q", race.name, race.key, v, race.after)
@@ -553,6 +573,69 @@ func testReloadLoses(t *testing.T, topology string) {
 			if v, _ := e.get(race.key); v != race.reloaded {
 				t.Fatalf("%s: %s = %q after a later refresh, want %q", race.name, race.key, v, race.reloaded)
 			}
+		}
+	}
+}
+
+// TestReloadFallsBackToLeases: a key of a watched reload written while the
+// reload reads its rows gets the reload's transaction refused; its keys are
+// then reloaded under leases: the written key is kept, the others filled.
+func TestReloadFallsBackToLeases(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 1), (2, 2)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	locker, err := pgx.Connect(ctx, e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(ctx)
+	// Row 2 locked: the reload's read (FOR SHARE) waits for it.
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM t WHERE id = 2 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		r   cachesync.Reloaded
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false)
+		done <- result{r, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		var waiting int
+		if err := e.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reload never waited for the locked row")
+		}
+	}
+	// Meanwhile another writer fills t:1.
+	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("10").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if r := res.r; r.Written != 1 || r.Kept != 1 || r.Skipped != 0 || !slices.Equal(r.Wrote, []bool{false, true}) {
+		t.Fatalf("reload: %+v, want t:2 written, t:1 kept", r)
+	}
+	for key, want := range map[string]string{"t:1": "10", "t:2": "2"} {
+		if v, _ := e.get(key); v != want {
+			t.Fatalf("%s = %q, want %q", key, v, want)
 		}
 	}
 }

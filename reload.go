@@ -24,18 +24,21 @@ type Reloaded struct {
 
 // Reload brings keys of cache name back from PostgreSQL: the refreshes
 // (on expiry, ahead, scheduled) are made of it. A missing key is filled
-// under a lease, like Get's fill. A present key is kept when present is
-// false (only its expiry is recorded anew); when present is true it is
-// reloaded too: overwritten under a lease, or, when the change feed keeps
-// the cache, given a renewed TTL, since its value is the feed's and a
+// (loaded and written unless a change came meanwhile). A present key is
+// kept when present is false (only its expiry is recorded anew); when
+// present is true it is reloaded too: overwritten, or, when the change feed
+// keeps the cache, given a renewed TTL, since its value is the feed's and a
 // reload could only bring back an older row. A key whose row is gone is
 // deleted, or marked "not found" for negative_ttl (not_found: negative).
-// It costs one query and two pipelined Redis round trips for all keys.
+//
+// On one Redis node it is a watched reload (binding/watch.go): one query
+// and a few Redis round trips for all keys. Keys that changed meanwhile
+// (with the others of their transaction), and on a Redis Cluster all keys,
+// are reloaded under leases instead, as Get's fill does.
 func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
-	done := Reloaded{Wrote: make([]bool, len(keys))}
 	ca, values, err := c.parseKeys(name, keys)
 	if err != nil {
-		return done, err
+		return Reloaded{Wrote: make([]bool, len(keys))}, err
 	}
 	action := binding.ClaimRecord
 	switch {
@@ -44,6 +47,61 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	case present:
 		action = binding.ClaimLease
 	}
+	if c.redis.Mode() == rueidis.ClientModeCluster {
+		return c.reloadLeased(ctx, ca, keys, values, action, present)
+	}
+	done, refused, err := c.reloadWatched(ctx, ca, keys, values, action)
+	if err != nil || len(refused) == 0 {
+		return done, err
+	}
+	// Leases settle which write wins for keys that changed since watched.
+	retry, retryValues := make([]string, len(refused)), make([][]string, len(refused))
+	for j, i := range refused {
+		retry[j], retryValues[j] = keys[i], values[i]
+	}
+	more, err := c.reloadLeased(ctx, ca, retry, retryValues, action, present)
+	for j, i := range refused {
+		done.Wrote[i] = more.Wrote[j]
+	}
+	done.Written += more.Written
+	done.Kept += more.Kept
+	done.NotFound += more.NotFound
+	done.Skipped += more.Skipped
+	return done, err
+}
+
+// reloadWatched is Reload on one Redis node: keys watched, then loaded,
+// then written a transaction at a time. It returns the indexes of the keys
+// of refused transactions, which it left alone and did not count.
+func (c *Client) reloadWatched(ctx context.Context, ca *cache, keys []string, values [][]string, action string) (Reloaded, []int, error) {
+	done := Reloaded{Wrote: make([]bool, len(keys))}
+	claimed, w, err := ca.b.Watch(ctx, c.redis, keys, action, time.Now())
+	if err != nil {
+		return done, nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+	}
+	defer w.Close(ctx)
+	fills, of, err := c.loadFills(ctx, ca, keys, values, claimed)
+	if err != nil {
+		return done, nil, err
+	}
+	refused, err := w.Exec(ctx, fills, of)
+	if err != nil {
+		return done, nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+	}
+	wrote := make([]int64, len(fills))
+	for j := range wrote {
+		wrote[j] = 1
+	}
+	done.count(claimed, fills, of, wrote, refused)
+	return done, refused, nil
+}
+
+// reloadLeased is Reload under leases: the keys are claimed (ExecClaims),
+// the rows of those leased loaded, then written by a fill that loses to any
+// change since the claim.
+func (c *Client) reloadLeased(ctx context.Context, ca *cache, keys []string, values [][]string, action string, present bool) (Reloaded, error) {
+	done := Reloaded{Wrote: make([]bool, len(keys))}
+	name := ca.cfg.Name
 	token := newToken()
 	now, lease := time.Now(), c.leaseTTL(ca)
 	// What this reload may take out of the expiry record: what was due.
@@ -52,24 +110,50 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		dueBy = now.Add(ca.cfg.Lead())
 	}
 	claimed, err := ca.b.ExecClaims(ctx, c.redis, keys, action, token, lease, now, dueBy)
-
 	if err != nil {
 		// Leases some key may hold end with their short TTL.
 		return done, fmt.Errorf("cache %q: redis %w: claim: %w", name, ErrUnavailable, err)
 	}
-	var load []int // indexes of leased keys
+	fills, of, err := c.loadFills(ctx, ca, keys, values, claimed)
+	// Give up the leases of keys not to be written: all of them on an error.
+	var unwritten []int
+	j := 0 // of ascends
 	for i, cl := range claimed {
 		switch {
-		case cl.Leased:
-			load = append(load, i)
-		case cl.Held:
-			done.Skipped++
+		case !cl.Load:
+		case err == nil && j < len(of) && of[j] == i:
+			j++
 		default:
-			done.Kept++
+			unwritten = append(unwritten, i)
+		}
+	}
+	if len(unwritten) > 0 {
+		c.release(ctx, keys, unwritten, token)
+	}
+	if err != nil {
+		return done, err
+	}
+	wrote, err := ca.b.ExecFills(ctx, c.redis, token, fills, dueBy)
+	if err != nil {
+		return done, fmt.Errorf("cache %q: redis %w: write: %w", name, ErrUnavailable, err)
+	}
+	done.count(claimed, fills, of, wrote, nil)
+	return done, nil
+}
+
+// loadFills reads the rows of the keys claimed to load, in one query, and
+// returns their writes, with the index in keys of each (ascending). A key
+// whose row cannot be stored is logged and left alone.
+func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values [][]string, claimed []binding.Claimed) ([]binding.Fill, []int, error) {
+	name := ca.cfg.Name
+	var load []int
+	for i, cl := range claimed {
+		if cl.Load {
+			load = append(load, i)
 		}
 	}
 	if len(load) == 0 {
-		return done, nil
+		return nil, nil, nil
 	}
 	want := make([][]string, len(load))
 	for j, i := range load {
@@ -77,8 +161,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	}
 	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want, true)
 	if err != nil {
-		c.release(ctx, keys, load, token)
-		return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+		return nil, nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 	}
 	byKey := make(map[string][][]byte, len(rows))
 	for _, row := range rows {
@@ -86,17 +169,15 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			byKey[k] = row
 		}
 	}
-	var writes []binding.Fill
-	var written []int // index in keys of each write
-	var release []int // leased keys whose row cannot be stored
+	var fills []binding.Fill
+	var of []int
 	for _, i := range load {
 		row, ok := byKey[keys[i]]
 		if !ok {
 			// Not among the rows by its rendering: a key spelled unlike
 			// PostgreSQL prints its values ("item:01") still has its row.
 			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i]); err != nil {
-				c.release(ctx, keys, load, token)
-				return done, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+				return nil, nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
 			}
 		}
 		var v *binding.Value
@@ -104,35 +185,45 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 			enc, err := ca.encode(row)
 			if err != nil {
 				c.opts.Logger.Warn("reload: row cannot be stored; key left alone", "cache", name, "key", keys[i], "err", err)
-				release = append(release, i)
 				continue
 			}
 			v = &enc
 		}
-		writes = append(writes, ca.b.Fill(keys[i], v, claimed[i].Present, ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
-		written = append(written, i)
+		fills = append(fills, ca.b.Fill(keys[i], v, claimed[i].Present, ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
+		of = append(of, i)
 	}
-	if len(release) > 0 {
-		c.release(ctx, keys, release, token)
-		done.Skipped += len(release)
-	}
-	wrote, err := ca.b.ExecFills(ctx, c.redis, token, writes, dueBy)
-	if err != nil {
-		return done, fmt.Errorf("cache %q: redis %w: write: %w", name, ErrUnavailable, err)
-	}
-	for j, n := range wrote {
-		i := written[j]
+	return fills, of, nil
+}
+
+// count adds to r what a reload did with each key but those in skip (both
+// ascending): claimed, then fills[j] of keys[of[j]] written (wrote[j] 1)
+// or lost (0).
+func (r *Reloaded) count(claimed []binding.Claimed, fills []binding.Fill, of []int, wrote []int64, skip []int) {
+	j, s := 0, 0
+	for i, cl := range claimed {
+		filled := j < len(of) && of[j] == i
+		if s < len(skip) && skip[s] == i {
+			s++
+			if filled {
+				j++
+			}
+			continue
+		}
 		switch {
-		case n == 1 && writes[j].Deletes():
-			done.NotFound++
-		case n == 1:
-			done.Written++
-			done.Wrote[i] = true
+		case filled && wrote[j] == 1 && fills[j].Deletes():
+			r.NotFound++
+		case filled && wrote[j] == 1:
+			r.Written++
+			r.Wrote[i] = true
+		case filled, cl.Load, cl.Held: // lost, not storable, or another's
+			r.Skipped++
 		default:
-			done.Skipped++
+			r.Kept++
+		}
+		if filled {
+			j++
 		}
 	}
-	return done, nil
 }
 
 // release gives up the leases of keys[i] for i in idx.

@@ -241,10 +241,15 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 }
 
 // Clear removes every key of this binding from Redis, with their leases and
-// "not found" markers (on every primary of a cluster): keys are found with
-// SCAN MATCH and kept only if the template parses them.
+// "not found" markers (on every primary of a cluster), after bumping the
+// cache's removal count: keys are found with SCAN MATCH and kept only if the
+// template parses them.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	n := 0
+	// First, so watched reloads that read rows before are refused.
+	if err := client.Do(ctx, client.B().Incr().Key(RemovalsKey(b.Name)).Build()).Error(); err != nil {
+		return 0, fmt.Errorf("incr %s: %w", RemovalsKey(b.Name), err)
+	}
 	if b.Record != "" {
 		if err := client.Do(ctx, client.B().Unlink().Key(b.Record).Build()).Error(); err != nil {
 			return 0, fmt.Errorf("unlink %s: %w", b.Record, err)

@@ -109,9 +109,11 @@ func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
 
 // AppendInvalidate appends InvalidateCmd, and the removal of key from the
 // expiry record when the cache keeps one (an invalidated key is not
-// reloaded when its old expiry comes).
+// reloaded when its old expiry comes). The cache's removal count is bumped
+// first, so a watched reload (watch.go) that read the row before is
+// refused even when the key was missing already.
 func (b *Binding) AppendInvalidate(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
-	cmds = append(cmds, InvalidateCmd(rb, key))
+	cmds = append(cmds, rb.Incr().Key(RemovalsKey(b.Name)).Build(), InvalidateCmd(rb, key))
 	if b.Record != "" {
 		cmds = append(cmds, rb.Zrem().Key(b.Record).Member(key).Build())
 	}
@@ -146,7 +148,7 @@ func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row
 		keys = append(keys, b.Record)
 	}
 	return rb.Eval().Script(queue).Numkeys(int64(len(keys))).Key(keys...).
-		Arg(append([]string{w.mode, w.ttl, strconv.FormatInt(w.expiresAt, 10), w.staleTTL, w.stale, row, cols}, w.value...)...).Build()
+		Arg(append([]string{w.mode, strconv.FormatInt(w.ttl, 10), strconv.FormatInt(w.expiresAt, 10), strconv.FormatInt(w.staleTTL, 10), w.stale, row, cols}, w.value...)...).Build()
 }
 
 // fill writes, for each of many keys, a value, a "not found" marker or a
@@ -208,11 +210,17 @@ if #zadd > 0 then redis.call('ZADD', rec, unpack(zadd)) end
 if #zrem > 0 then redis.call('ZREM', rec, unpack(zrem)) end
 return out`
 
-// Fill is one key's write for ExecFills; make it with Binding.Fill.
+// Fill is one key's write for ExecFills or Watched.Exec; make it with
+// Binding.Fill.
 type Fill struct {
 	Key       string
-	expiresAt int64 // unix ms, for the expiry record; 0: no value with a TTL
-	args      []string
+	mode      string // s string, h hash, n "not found" marker, d delete
+	overwrite bool   // write over a present key
+	ttl       int64  // ms: the value's (0: none), or the marker's
+	expiresAt int64  // unix ms, for the expiry record; 0: no value with a TTL
+	staleTTL  int64  // ms: the stale copy's (0: none)
+	stale     string // the stale copy
+	value     []string
 }
 
 // Fill is the write of v under key by a fill that holds the key's lease: a
@@ -221,27 +229,33 @@ type Fill struct {
 // deletes the key, or, when negative, writes the "not found" marker for
 // negTTL.
 func (b *Binding) Fill(key string, v *Value, overwrite, negative bool, negTTL time.Duration) Fill {
-	over := "0"
-	if overwrite {
-		over = "1"
-	}
 	if v == nil {
-		mode := "d"
+		f := Fill{Key: key, mode: "d", overwrite: overwrite, ttl: max(negTTL.Milliseconds(), 1)}
 		if negative {
-			mode = "n"
+			f.mode = "n"
 		}
-		return Fill{Key: key, args: []string{mode, over, strconv.FormatInt(max(negTTL.Milliseconds(), 1), 10), "0", "0", ""}}
+		return f
 	}
 	w := b.writeArgs(v)
-	f := Fill{Key: key, args: append([]string{w.mode, over, w.ttl, strconv.FormatInt(w.expiresAt, 10), w.staleTTL, w.stale}, w.value...)}
-	if b.TTL > 0 {
+	f := Fill{Key: key, mode: w.mode, overwrite: overwrite, ttl: w.ttl, staleTTL: w.staleTTL, stale: w.stale, value: w.value}
+	if w.ttl > 0 {
 		f.expiresAt = w.expiresAt
 	}
 	return f
 }
 
+// args are the fill script's arguments for f.
+func (f Fill) args() []string {
+	over := "0"
+	if f.overwrite {
+		over = "1"
+	}
+	return append([]string{f.mode, over, strconv.FormatInt(f.ttl, 10), strconv.FormatInt(f.expiresAt, 10),
+		strconv.FormatInt(f.staleTTL, 10), f.stale}, f.value...)
+}
+
 // Deletes tells a fill that removes its key (no row).
-func (f Fill) Deletes() bool { return f.args[0] == "n" || f.args[0] == "d" }
+func (f Fill) Deletes() bool { return f.mode == "n" || f.mode == "d" }
 
 // ExecFills runs fills under token's leases, BatchKeys keys
 // a script call, in one pipeline, and returns 1 (written) or 0 for each.
@@ -268,8 +282,8 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	head := []string{token}
 	out := make([]int64, len(fills))
 	err := fillScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
-		k := fills[i].Key
-		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(fills[i].args))}, fills[i].args...)
+		k, args := fills[i].Key, fills[i].args()
+		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(args))}, args...)
 	}, func(i int, r rueidis.RedisMessage) error {
 		var err error
 		out[i], err = r.AsInt64()
@@ -348,10 +362,10 @@ const (
 
 // Claimed says what a claim did with one key.
 type Claimed struct {
-	Leased  bool // the lease is ours: the key is to be filled (or overwritten when Present)
+	Load    bool // the key is to be loaded and filled (overwritten when Present): its lease is ours, or it is watched
 	Present bool // the key was there
 	Held    bool // another fill holds the key's lease
-	// TTL of a kept key (Present, not Leased): -1 when it has none.
+	// TTL of a kept key (Present, not Load): -1 when it has none.
 	TTL time.Duration
 }
 
@@ -374,9 +388,9 @@ func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []strin
 		case err != nil:
 			return err
 		case s == "a":
-			out[i] = Claimed{Leased: true}
+			out[i] = Claimed{Load: true}
 		case s == "l":
-			out[i] = Claimed{Leased: true, Present: true}
+			out[i] = Claimed{Load: true, Present: true}
 		case s == "h":
 			out[i] = Claimed{Held: true}
 		default:
@@ -398,7 +412,7 @@ func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []strin
 	var at []int64
 	for i, cl := range out {
 		switch {
-		case !cl.Present || cl.Leased:
+		case !cl.Present || cl.Load:
 		case cl.TTL < 0:
 			untimed = append(untimed, keys[i])
 		default:
@@ -533,22 +547,21 @@ func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Compl
 	return rb.Eval().Script(script).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 }
 
-// writeArgs is how the scripts that write a value take it: mode (s string,
-// h hash), TTL in ms (jittered), when it expires (unix ms, for the expiry
-// record), the stale copy's TTL in ms (0: none) and content, and the value
-// (the string, or field, value, ...).
+// writeArgs is how a value is written: mode (s string, h hash), TTL in ms
+// (jittered; 0: none), when it expires (unix ms, for the expiry record), the
+// stale copy's TTL in ms (0: none) and content, and the value (the string,
+// or field, value, ...).
 type writeArgs struct {
-	mode, ttl, staleTTL, stale string
-	expiresAt                  int64
-	value                      []string
+	mode, stale              string
+	ttl, staleTTL, expiresAt int64
+	value                    []string
 }
 
 func (b *Binding) writeArgs(v *Value) writeArgs {
 	t := b.ttl()
-	w := writeArgs{mode: "s", ttl: strconv.FormatInt(t.Milliseconds(), 10),
-		expiresAt: time.Now().Add(t).UnixMilli(), staleTTL: "0"}
+	w := writeArgs{mode: "s", ttl: t.Milliseconds(), expiresAt: time.Now().Add(t).UnixMilli()}
 	if b.Stale > 0 {
-		w.staleTTL, w.stale = strconv.FormatInt((t+b.Stale).Milliseconds(), 10), string(v.Result(b.Format))
+		w.staleTTL, w.stale = (t + b.Stale).Milliseconds(), string(v.Result(b.Format))
 	}
 	if b.Format == FormatHash {
 		w.mode, w.value = "h", v.Fields

@@ -74,7 +74,7 @@ func TestBraceKeysOnCluster(t *testing.T) {
 	}
 	var fills []Fill
 	for i, key := range keysWithBraces {
-		if !claimed[i].Leased {
+		if !claimed[i].Load {
 			t.Fatalf("claim of %q: %+v", key, claimed[i])
 		}
 		fills = append(fills, b.Fill(key, &Value{Bytes: []byte(key)}, false, false, 0))

@@ -67,7 +67,7 @@ func TestRecordNeverLate(t *testing.T) {
 
 			// A fill whose lease ran out loses, and the key stays due.
 			due("p:1")
-			if c := claim("p:1"); !c.Leased || c.Present {
+			if c := claim("p:1"); !c.Load || c.Present {
 				t.Fatalf("claim of a missing key: %+v", c)
 			}
 			do(rc.B().Del().Key(LeaseKey("p:1")).Build())
@@ -90,7 +90,7 @@ func TestRecordNeverLate(t *testing.T) {
 			// A present key is kept and recorded anew at its real expiry.
 			do(rc.B().Set().Key("p:2").Value("2").Px(10 * time.Minute).Build())
 			due("p:2")
-			if c := claim("p:2"); c.Leased || !c.Present || c.TTL <= 9*time.Minute {
+			if c := claim("p:2"); c.Load || !c.Present || c.TTL <= 9*time.Minute {
 				t.Fatalf("claim of a present key: %+v", c)
 			}
 			if d := recorded("p:2"); d < 9*time.Minute || d > 10*time.Minute {

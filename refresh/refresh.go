@@ -289,12 +289,14 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 	for {
 		// Read due keys a batch at a time until none is left. The keys of
 		// reloads still running are the first due ones (a reload rescores
-		// its keys when it writes them), so reading skips as many; a key
+		// its keys when it writes them), so reading skips as many, and as
+		// many as it found in reloads of expired events meanwhile; a key
 		// missed as they finish is found at the next tick.
+		others := int64(0)
 		for ctx.Err() == nil {
 			until := strconv.FormatInt(time.Now().Add(lead).UnixMilli(), 10)
 			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(until).
-				Byscore().Limit(r.polling(c), BatchSize).Withscores().Build()).AsZScores()
+				Byscore().Limit(r.polling(c)+others, BatchSize).Withscores().Build()).AsZScores()
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("read expiry record", "cache", c.Name, "err", err)
@@ -308,12 +310,12 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 					b.expiries = append(b.expiries, int64(z.Score))
 				}
 			}
-			if len(b.keys) == 0 {
-				break // all in reloads already
-			}
-			r.started(b)
-			if !r.send(ctx, b) {
-				return
+			others += int64(len(res) - len(b.keys))
+			if len(b.keys) > 0 {
+				r.started(b)
+				if !r.send(ctx, b) {
+					return
+				}
 			}
 			if len(res) < BatchSize {
 				break

@@ -1,0 +1,279 @@
+package binding
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// A watched reload is how a reload writes on one Redis node without
+// leases: it WATCHes its keys and the cache's removal count, reads the rows
+// (after the WATCH), and writes them in one MULTI/EXEC. Redis refuses the
+// EXEC when a watched key was written meanwhile (by the change feed, a
+// fill, a queued write), or removed, or expired after it was watched. The
+// removal count catches what watching the key cannot: removing a key that
+// is missing already (the row was deleted after the reload read it) does
+// not touch the key, so every removal of a cache's key bumps the count
+// first (AppendInvalidate, Clear). A watched reload that read a row before
+// a newer change thus writes nothing, like a fill whose lease was ended
+// (DESIGN invariant 2), and it costs a few plain commands a key where a
+// lease costs two scripts' work. It needs every key of a transaction in one
+// hash slot, so a Redis Cluster reloads under leases.
+
+// RemovalsKey names the count of removals of cache's keys, which a watched
+// reload watches.
+func RemovalsKey(cache string) string { return "cachesync:removals:{" + cache + "}" }
+
+// Watched is a reload begun by Binding.Watch; Exec writes it, Close ends it.
+type Watched struct {
+	b    *Binding
+	keys []string
+	txns []*txn
+}
+
+// txn is the transaction of keys[lo:hi] on a connection of its own.
+type txn struct {
+	dc      rueidis.DedicatedClient
+	release func()
+	lo, hi  int
+	kept    []rueidis.Completed // kept keys' TTL renewals and expiry record updates
+	done    bool                // EXEC or UNWATCH sent
+}
+
+// Watch begins a watched reload of keys on c (one Redis node): BatchKeys
+// keys a transaction, each on a connection of its own (Redis 7.0 takes
+// time quadratic in a connection's watched keys to WATCH them), it WATCHes
+// them and the cache's removal count, then tells of each key what
+// ExecClaims would: Load for a key to fill, or to overwrite with action
+// ClaimLease; no key is Held. Exec makes the kept keys' updates, with the
+// fills. The caller must Close what Watch returns.
+func (b *Binding) Watch(ctx context.Context, c rueidis.Client, keys []string, action string, now time.Time) ([]Claimed, *Watched, error) {
+	w := &Watched{b: b, keys: keys}
+	out := make([]Claimed, len(keys))
+	for lo := 0; lo < len(keys); lo += BatchKeys {
+		t := &txn{lo: lo, hi: min(lo+BatchKeys, len(keys))}
+		t.dc, t.release = c.Dedicate()
+		w.txns = append(w.txns, t)
+	}
+	if err := w.each(func(t *txn) error { return w.watch(ctx, t, action, now, out) }); err != nil {
+		w.Close(ctx)
+		return nil, nil, fmt.Errorf("watch: %w", err)
+	}
+	return out, w, nil
+}
+
+// each runs fn for every transaction at once (each has its own
+// connection), and returns the first error.
+func (w *Watched) each(fn func(t *txn) error) error {
+	errs := make([]error, len(w.txns))
+	var wg sync.WaitGroup
+	for i, t := range w.txns {
+		wg.Go(func() { errs[i] = fn(t) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// watch WATCHes t's keys and sets their out entries.
+func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Time, out []Claimed) error {
+	b, rb, keys := w.b, t.dc.B(), w.keys[t.lo:t.hi]
+	cmds := make(rueidis.Commands, 0, len(keys)+1)
+	cmds = append(cmds, rb.Watch().Key(append([]string{RemovalsKey(b.Name)}, keys...)...).Build())
+	for _, k := range keys {
+		cmds = append(cmds, rb.Pttl().Key(k).Build())
+	}
+	res := t.dc.DoMulti(ctx, cmds...)
+	if err := res[0].Error(); err != nil {
+		return err
+	}
+	var record []string // kept keys to record anew, if off
+	var recordAt []int64
+	var zadd, zrem []string
+	for j, k := range keys {
+		pttl, err := res[1+j].AsInt64()
+		if err != nil {
+			return fmt.Errorf("pttl: %w", err)
+		}
+		o := &out[t.lo+j]
+		switch {
+		case pttl == -2:
+			*o = Claimed{Load: true}
+			continue
+		case action == ClaimLease:
+			*o = Claimed{Load: true, Present: true}
+			continue
+		case action == ClaimRenew && pttl >= 0:
+			pttl = b.ttl().Milliseconds()
+			t.kept = append(t.kept, rb.Pexpire().Key(k).Milliseconds(pttl).Build())
+			if b.Stale > 0 {
+				t.kept = append(t.kept, rb.Pexpire().Key(StaleKey(k)).Milliseconds(pttl+b.Stale.Milliseconds()).Build())
+			}
+		}
+		*o = Claimed{Present: true, TTL: time.Duration(pttl) * time.Millisecond}
+		switch {
+		case pttl < 0:
+			o.TTL = -1
+			zrem = append(zrem, k)
+		case action == ClaimRenew:
+			zadd = append(zadd, strconv.FormatInt(now.UnixMilli()+pttl, 10), k)
+		default:
+			record, recordAt = append(record, k), append(recordAt, now.UnixMilli()+pttl)
+		}
+	}
+	if b.Record == "" {
+		return nil
+	}
+	// As the claim script: a kept key is recorded anew when not recorded
+	// or off by over a second.
+	if len(record) > 0 {
+		was, err := t.dc.Do(ctx, rb.Zmscore().Key(b.Record).Member(record...).Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("expiry record: %w", err)
+		}
+		for j, k := range record {
+			if at, err := was[j].AsFloat64(); err != nil || math.Abs(at-float64(recordAt[j])) > 1000 {
+				zadd = append(zadd, strconv.FormatInt(recordAt[j], 10), k)
+			}
+		}
+	}
+	if len(zadd) > 0 {
+		t.kept = append(t.kept, rb.Arbitrary("ZADD").Keys(b.Record).Args(zadd...).Build())
+	}
+	if len(zrem) > 0 {
+		t.kept = append(t.kept, rb.Zrem().Key(b.Record).Member(zrem...).Build())
+	}
+	return nil
+}
+
+// ErrWatchChanged is a transaction's refusal: a watched key, or the cache's
+// removal count, changed since Watch, and nothing of it was written.
+var ErrWatchChanged = errors.New("a watched key changed")
+
+// Exec writes fills, fills[j] of keys[of[j]] (over its key, present or not:
+// it is watched), and the kept keys' updates, a transaction (MULTI/EXEC) at
+// a time. It returns the indexes in keys whose transaction Redis refused
+// (ErrWatchChanged): none of those was written or updated; every other
+// was.
+func (w *Watched) Exec(ctx context.Context, fills []Fill, of []int) ([]int, error) {
+	mine := make([][]Fill, len(w.txns))
+	j := 0 // of ascends
+	for n, t := range w.txns {
+		for ; j < len(of) && of[j] < t.hi; j++ {
+			mine[n] = append(mine[n], fills[j])
+		}
+	}
+	changed := make([]bool, len(w.txns))
+	err := w.each(func(t *txn) error {
+		n := t.lo / BatchKeys
+		err := w.exec(ctx, t, mine[n])
+		if errors.Is(err, ErrWatchChanged) {
+			changed[n] = true
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var refused []int
+	for n, t := range w.txns {
+		if changed[n] {
+			for i := t.lo; i < t.hi; i++ {
+				refused = append(refused, i)
+			}
+		}
+	}
+	return refused, nil
+}
+
+// exec writes one transaction.
+func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
+	t.done = true
+	b, rb := w.b, t.dc.B()
+	cmds := append(make(rueidis.Commands, 0, len(fills)+len(t.kept)+5), rb.Multi().Build())
+	cmds = append(cmds, t.kept...)
+	var zadd, zrem, neg []string
+	for _, f := range fills {
+		k := f.Key
+		switch f.mode {
+		case "s":
+			set := rb.Set().Key(k).Value(f.value[0])
+			if f.ttl > 0 {
+				cmds = append(cmds, set.Px(time.Duration(f.ttl)*time.Millisecond).Build())
+			} else {
+				cmds = append(cmds, set.Build())
+			}
+		case "h":
+			cmds = append(cmds, rb.Del().Key(k).Build(), rb.Arbitrary("HSET").Keys(k).Args(f.value...).Build())
+			if f.ttl > 0 {
+				cmds = append(cmds, rb.Pexpire().Key(k).Milliseconds(f.ttl).Build())
+			}
+		default: // no row
+			cmds = append(cmds, rb.Del().Key(k, StaleKey(k)).Build())
+			if f.mode == "n" {
+				cmds = append(cmds, rb.Set().Key(NegKey(k)).Value("1").Px(time.Duration(f.ttl)*time.Millisecond).Build())
+			}
+			zrem = append(zrem, k)
+			continue
+		}
+		neg = append(neg, NegKey(k))
+		if f.staleTTL > 0 {
+			cmds = append(cmds, rb.Set().Key(StaleKey(k)).Value(f.stale).Px(time.Duration(f.staleTTL)*time.Millisecond).Build())
+		}
+		if f.expiresAt > 0 {
+			zadd = append(zadd, strconv.FormatInt(f.expiresAt, 10), k)
+		}
+	}
+	if len(neg) > 0 {
+		cmds = append(cmds, rb.Del().Key(neg...).Build())
+	}
+	if b.Record != "" && len(zadd) > 0 {
+		cmds = append(cmds, rb.Arbitrary("ZADD").Keys(b.Record).Args(zadd...).Build())
+	}
+	if b.Record != "" && len(zrem) > 0 {
+		cmds = append(cmds, rb.Zrem().Key(b.Record).Member(zrem...).Build())
+	}
+	cmds = append(cmds, rb.Exec().Build())
+	res := t.dc.DoMulti(ctx, cmds...)
+	for _, r := range res[:len(res)-1] {
+		if err := r.Error(); err != nil {
+			// A command refused as queued makes Redis discard the whole
+			// transaction.
+			return fmt.Errorf("write: %w", err)
+		}
+	}
+	replies, err := res[len(res)-1].ToArray()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return ErrWatchChanged
+	case err != nil:
+		return fmt.Errorf("write: %w", err)
+	}
+	for _, r := range replies {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close ends the reload: a transaction not executed is abandoned
+// (UNWATCH), and the connections go back to their pool.
+func (w *Watched) Close(ctx context.Context) {
+	if w == nil {
+		return
+	}
+	for _, t := range w.txns {
+		if !t.done {
+			// If this fails, the connection is broken and its pool drops it.
+			t.dc.Do(context.WithoutCancel(ctx), t.dc.B().Unwatch().Build())
+		}
+		t.release()
+	}
+}

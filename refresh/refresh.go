@@ -59,6 +59,9 @@ const BatchSize = 500
 // stampede the database.
 const Workers = 4
 
+// pollPage is how many due keys one read of an expiry record takes.
+const pollPage = Workers * BatchSize
+
 // Refresher keeps the keys of one config's refreshing caches.
 type Refresher struct {
 	api       *cachesync.Client
@@ -198,13 +201,38 @@ func (r *Refresher) expired(ctx context.Context, events <-chan string) {
 			}
 		}
 		for c, keys := range pending {
-			if !r.send(ctx, batch{cache: c, keys: keys, expiries: make([]int64, len(keys))}) {
+			keys = r.missing(ctx, c, keys)
+			if len(keys) > 0 && !r.send(ctx, batch{cache: c, keys: keys, expiries: make([]int64, len(keys))}) {
 				return
 			}
 			delete(pending, c)
 		}
 		n = 0
 	}
+}
+
+// missing returns those of keys of c (from expired events, claimed) that
+// are still missing. It lets the others go, counted as kept: filled again
+// since, most often by a reload read from the expiry record, they need no
+// reload (one would only find them present).
+func (r *Refresher) missing(ctx context.Context, c *config.Cache, keys []string) []string {
+	cmds := make(rueidis.Commands, len(keys))
+	for i, k := range keys {
+		cmds[i] = r.redis.B().Exists().Key(k).Build()
+	}
+	var out, present []string
+	for i, res := range r.redis.DoMulti(ctx, cmds...) {
+		if n, err := res.AsInt64(); err == nil && n == 1 {
+			present = append(present, keys[i])
+		} else {
+			out = append(out, keys[i]) // or unknown: the reload tells
+		}
+	}
+	r.done(c, present)
+	for _, st := range []*Counts{&r.Stats.Counts, r.PerCache[c.Name]} {
+		st.Kept.Add(int64(len(present)))
+	}
+	return out
 }
 
 // cacheOf returns the refreshing cache whose template key fits, or nil.
@@ -287,37 +315,42 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		// Read due keys a batch at a time until none is left. The keys of
-		// reloads still running are the first due ones (a reload rescores
-		// its keys when it writes them), so reading skips as many, and as
-		// many as it found in reloads of expired events meanwhile; a key
-		// missed as they finish is found at the next tick.
+		// Read due keys a page (Workers batches) at a time until none is
+		// left. The keys of reloads still running are the first due ones (a
+		// reload rescores its keys when it writes them), so reading skips
+		// as many, and as many as it found in reloads of expired events
+		// meanwhile; a key missed as they finish is found at the next tick.
+		// (Redis walks the skipped entries of each read: large pages keep
+		// the reads few.)
 		others := int64(0)
 		for ctx.Err() == nil {
 			until := strconv.FormatInt(time.Now().Add(lead).UnixMilli(), 10)
 			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(until).
-				Byscore().Limit(r.polling(c)+others, BatchSize).Withscores().Build()).AsZScores()
+				Byscore().Limit(r.polling(c)+others, pollPage).Withscores().Build()).AsZScores()
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("read expiry record", "cache", c.Name, "err", err)
 				}
 				break
 			}
-			b := batch{cache: c, present: lead > 0, polled: true}
-			for _, z := range res {
-				if r.claim(c, z.Member) {
-					b.keys = append(b.keys, z.Member)
-					b.expiries = append(b.expiries, int64(z.Score))
+			for start := 0; start < len(res); start += BatchSize {
+				b := batch{cache: c, present: lead > 0, polled: true}
+				for _, z := range res[start:min(start+BatchSize, len(res))] {
+					if r.claim(c, z.Member) {
+						b.keys = append(b.keys, z.Member)
+						b.expiries = append(b.expiries, int64(z.Score))
+					} else {
+						others++
+					}
+				}
+				if len(b.keys) > 0 {
+					r.started(b)
+					if !r.send(ctx, b) {
+						return
+					}
 				}
 			}
-			others += int64(len(res) - len(b.keys))
-			if len(b.keys) > 0 {
-				r.started(b)
-				if !r.send(ctx, b) {
-					return
-				}
-			}
-			if len(res) < BatchSize {
+			if len(res) < pollPage {
 				break
 			}
 		}

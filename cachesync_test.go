@@ -640,6 +640,52 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 	}
 }
 
+// TestReloadPublishesNoKeymiss: a watched reload finds missing keys without
+// the keymiss event a read of a missing key publishes, which would start a
+// fill: on-miss of each beside the reload.
+func TestReloadPublishesNoKeymiss(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 1)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
+	c := e.open(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rb := e.rc.B()
+	if err := e.rc.Do(ctx, rb.ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "Em").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	missed := make(chan string, 100)
+	go e.rc.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) { missed <- m.Message })
+	// Miss a key until its event comes: the subscription is on.
+	for subscribed := false; !subscribed; {
+		e.rc.Do(ctx, rb.Get().Key("probe").Build())
+		select {
+		case <-missed:
+			subscribed = true
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for len(missed) > 0 {
+		<-missed
+	}
+	if r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false); err != nil || r.Written != 1 || r.NotFound != 1 {
+		t.Fatalf("reload: %+v, %v", r, err)
+	}
+	// Events come in the order of the commands: a keymiss of the reload's
+	// keys comes before the one of this GET.
+	e.rc.Do(ctx, rb.Get().Key("after").Build())
+	for {
+		select {
+		case key := <-missed:
+			if key == "after" {
+				return
+			}
+			t.Fatalf("the reload published a keymiss event for %q", key)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no keymiss event for the GET after the reload")
+		}
+	}
+}
+
 // TestFillAfterInvisibleDelete: a DELETE's commit is in the WAL, so the
 // change feed has applied it (the key and its lease are gone), but other
 // sessions cannot see it yet: it waits for a synchronous standby that never

@@ -83,30 +83,52 @@ func (w *Watched) each(fn func(t *txn) error) error {
 // watch WATCHes t's keys and sets their out entries.
 func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Time, out []Claimed) error {
 	b, rb, keys := w.b, t.dc.B(), w.keys[t.lo:t.hi]
+	// Which keys are there. OBJECT ENCODING, unlike PTTL or EXISTS, does
+	// not publish a keymiss event for a missing key, which would start a
+	// fill: on-miss of it beside this reload.
 	cmds := make(rueidis.Commands, 0, len(keys)+1)
 	cmds = append(cmds, rb.Watch().Key(append([]string{RemovalsKey(b.Name)}, keys...)...).Build())
 	for _, k := range keys {
-		cmds = append(cmds, rb.Pttl().Key(k).Build())
+		cmds = append(cmds, rb.ObjectEncoding().Key(k).Build())
 	}
 	res := t.dc.DoMulti(ctx, cmds...)
 	if err := res[0].Error(); err != nil {
 		return err
 	}
+	var present []int // indexes in keys
+	for j := range keys {
+		switch err := res[1+j].Error(); {
+		case rueidis.IsRedisNil(err):
+			out[t.lo+j] = Claimed{Load: true}
+		case err != nil:
+			return fmt.Errorf("object encoding: %w", err)
+		case action == ClaimLease:
+			out[t.lo+j] = Claimed{Load: true, Present: true}
+		default:
+			present = append(present, j)
+		}
+	}
+	if len(present) == 0 {
+		return nil
+	}
+	cmds = cmds[:0]
+	for _, j := range present {
+		cmds = append(cmds, rb.Pttl().Key(keys[j]).Build())
+	}
+	res = t.dc.DoMulti(ctx, cmds...)
 	var record []string // kept keys to record anew, if off
 	var recordAt []int64
 	var zadd, zrem []string
-	for j, k := range keys {
-		pttl, err := res[1+j].AsInt64()
+	for n, j := range present {
+		k := keys[j]
+		pttl, err := res[n].AsInt64()
 		if err != nil {
 			return fmt.Errorf("pttl: %w", err)
 		}
 		o := &out[t.lo+j]
 		switch {
-		case pttl == -2:
+		case pttl == -2: // expired since: the EXEC will be refused
 			*o = Claimed{Load: true}
-			continue
-		case action == ClaimLease:
-			*o = Claimed{Load: true, Present: true}
 			continue
 		case action == ClaimRenew && pttl >= 0:
 			pttl = b.ttl().Milliseconds()

@@ -216,13 +216,15 @@ func (r *Refresher) expired(ctx context.Context, events <-chan string) {
 // since, most often by a reload read from the expiry record, they need no
 // reload (one would only find them present).
 func (r *Refresher) missing(ctx context.Context, c *config.Cache, keys []string) []string {
+	// OBJECT ENCODING, unlike EXISTS, does not publish a keymiss event for
+	// a missing key, which would start a fill: on-miss of it.
 	cmds := make(rueidis.Commands, len(keys))
 	for i, k := range keys {
-		cmds[i] = r.redis.B().Exists().Key(k).Build()
+		cmds[i] = r.redis.B().ObjectEncoding().Key(k).Build()
 	}
 	var out, present []string
 	for i, res := range r.redis.DoMulti(ctx, cmds...) {
-		if n, err := res.AsInt64(); err == nil && n == 1 {
+		if res.Error() == nil {
 			present = append(present, keys[i])
 		} else {
 			out = append(out, keys[i]) // or unknown: the reload tells

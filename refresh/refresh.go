@@ -314,7 +314,7 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 		every = min(every, max(lead/4, 5*time.Millisecond))
 	}
 	record := binding.RecordKey(c.Name)
-	t := time.NewTicker(every)
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		// Read due keys a page (Workers batches) at a time until none is
@@ -356,12 +356,28 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 				break
 			}
 		}
+		t.Reset(r.untilDue(ctx, record, lead, every))
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// untilDue returns how long the poll of record may sleep: until its first
+// key is due (lead before its expiry), at most every. A first key due
+// already is in a reload, or was skipped: the next read comes in every.
+func (r *Refresher) untilDue(ctx context.Context, record string, lead, every time.Duration) time.Duration {
+	first, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("0").Max("0").Withscores().Build()).AsZScores()
+	if err != nil || len(first) == 0 {
+		return every
+	}
+	d := time.Until(time.UnixMilli(int64(first[0].Score)).Add(-lead))
+	if d <= 0 || d > every {
+		return every
+	}
+	return d
 }
 
 // schedule runs one cron entry of c until ctx is done.

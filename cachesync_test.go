@@ -686,6 +686,32 @@ func TestReloadPublishesNoKeymiss(t *testing.T) {
 	}
 }
 
+// TestReloadHashOfNulls: a row whose value columns are all NULL makes an
+// empty hash, which Redis cannot hold: a reload removes its key and its
+// expiry record entry (as the feed does) rather than leaving the key due.
+func TestReloadHashOfNulls(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, NULL)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: hash, columns: [v]}, ttl: 1h, sync: none, refresh: on-expiry, not_found: negative}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	record := binding.RecordKey("t")
+	if err := e.rc.Do(ctx, e.rc.B().Zadd().Key(record).ScoreMember().ScoreMember(1, "t:1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Reload(ctx, "t", []string{"t:1"}, false)
+	if err != nil || r.NotFound != 1 || r.Written != 0 {
+		t.Fatalf("reload: %+v, %v; want t:1 removed", r, err)
+	}
+	for _, k := range []string{"t:1", binding.NegKey("t:1")} {
+		if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(k).Build()).AsInt64(); n != 0 {
+			t.Fatalf("%s exists after the reload", k)
+		}
+	}
+	if _, err := e.rc.Do(ctx, e.rc.B().Zscore().Key(record).Member("t:1").Build()).AsFloat64(); !rueidis.IsRedisNil(err) {
+		t.Fatalf("t:1 is still in the expiry record (%v)", err)
+	}
+}
+
 // TestFillAfterInvisibleDelete: a DELETE's commit is in the WAL, so the
 // change feed has applied it (the key and its lease are gone), but other
 // sessions cannot see it yet: it waits for a synchronous standby that never

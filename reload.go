@@ -2,6 +2,7 @@ package cachesync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -16,7 +17,7 @@ import (
 type Reloaded struct {
 	Written  int // values written: filled, or overwritten under a lease
 	Kept     int // present keys kept, their expiry recorded anew or their TTL renewed
-	NotFound int // keys whose row is gone: deleted, or marked "not found"
+	NotFound int // keys whose row is gone: deleted, or marked "not found" (or a hash of NULLs: deleted)
 	Skipped  int // keys whose lease another fill held, or that changed meanwhile
 	// Wrote tells, per key, whether its value was written.
 	Wrote []bool
@@ -181,15 +182,22 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 			}
 		}
 		var v *binding.Value
+		negative := ca.cfg.NotFound == config.NotFoundNegative
 		if row != nil {
 			enc, err := ca.encode(row)
-			if err != nil {
+			switch {
+			case errors.Is(err, errNothingToStore):
+				// A hash of NULLs is no key: removed as the feed removes
+				// it, with no "not found" marker (the row is there).
+				negative = false
+			case err != nil:
 				c.opts.Logger.Warn("reload: row cannot be stored; key left alone", "cache", name, "key", keys[i], "err", err)
 				continue
+			default:
+				v = &enc
 			}
-			v = &enc
 		}
-		fills = append(fills, ca.b.Fill(keys[i], v, claimed[i].Present, ca.cfg.NotFound == config.NotFoundNegative, ca.cfg.NegativeTTL))
+		fills = append(fills, ca.b.Fill(keys[i], v, claimed[i].Present, negative, ca.cfg.NegativeTTL))
 		of = append(of, i)
 	}
 	return fills, of, nil

@@ -216,6 +216,11 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	if err != nil {
 		return cmds, err
 	}
+	if b.Format == FormatHash && len(v.Fields) == 0 {
+		// Every value column NULL: an empty hash is no key, so the row's
+		// key goes as a deleted row's does.
+		return b.AppendInvalidate(cmds, rb, key), nil
+	}
 	ttl := b.ttl()
 	if b.Stale > 0 {
 		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(rueidis.BinaryString(v.Result(b.Format))).Px(ttl+b.Stale).Build())
@@ -224,9 +229,6 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(time.Now().Add(ttl).UnixMilli()), key).Build())
 	}
 	if b.Format == FormatHash {
-		if len(v.Fields) == 0 {
-			return append(cmds, rb.Unlink().Key(key, LeaseKey(key), NegKey(key)).Build()), nil
-		}
 		args := append([]string{strconv.FormatInt(ttl.Milliseconds(), 10)}, v.Fields...)
 		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build()), nil
 	}

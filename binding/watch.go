@@ -216,7 +216,6 @@ func (w *Watched) Exec(ctx context.Context, fills []Fill, of []int) ([]int, erro
 
 // exec writes one transaction.
 func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
-	t.done = true
 	b, rb := w.b, t.dc.B()
 	cmds := append(make(rueidis.Commands, 0, len(fills)+len(t.kept)+5), rb.Multi().Build())
 	cmds = append(cmds, t.kept...)
@@ -263,6 +262,10 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 	}
 	cmds = append(cmds, rb.Exec().Build())
 	res := t.dc.DoMulti(ctx, cmds...)
+	replies, err := res[len(res)-1].ToArray()
+	if _, refused := rueidis.IsRedisErr(err); err == nil || refused || rueidis.IsRedisNil(err) {
+		t.done = true // Redis took the EXEC: nothing is watched any more
+	}
 	for _, r := range res[:len(res)-1] {
 		if err := r.Error(); err != nil {
 			// A command refused as queued makes Redis discard the whole
@@ -270,7 +273,6 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 			return fmt.Errorf("write: %w", err)
 		}
 	}
-	replies, err := res[len(res)-1].ToArray()
 	switch {
 	case rueidis.IsRedisNil(err):
 		return ErrWatchChanged
@@ -286,15 +288,18 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 }
 
 // Close ends the reload: a transaction not executed is abandoned
-// (UNWATCH), and the connections go back to their pool.
+// (DISCARD, if it got as far as MULTI, then UNWATCH), and the connections
+// go back to their pool.
 func (w *Watched) Close(ctx context.Context) {
 	if w == nil {
 		return
 	}
 	for _, t := range w.txns {
 		if !t.done {
-			// If this fails, the connection is broken and its pool drops it.
-			t.dc.Do(context.WithoutCancel(ctx), t.dc.B().Unwatch().Build())
+			// If this fails, the connection is broken and its pool drops
+			// it; DISCARD outside MULTI is refused, and harmless.
+			rb := t.dc.B()
+			t.dc.DoMulti(context.WithoutCancel(ctx), rb.Discard().Build(), rb.Unwatch().Build())
 		}
 		t.release()
 	}

@@ -2,8 +2,10 @@ package binding
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +18,7 @@ import (
 // between Watch and Exec, whatever changed it, and writes a key nobody
 // touched; a transaction refused leaves the others of the reload written.
 func TestWatchRefused(t *testing.T) {
-	rc := testenv.StartRedis(t).Client(t)
+	rc := testenv.StartRedis(t, testenv.WithRedisArgs("--enable-debug-command", "local")).Client(t)
 	ctx := context.Background()
 	record := RecordKey("p")
 	b := testBinding(t, time.Hour, record)
@@ -36,6 +38,8 @@ func TestWatchRefused(t *testing.T) {
 		}
 		return v
 	}
+	// Expired keys stay until read, so a key can be expired when watched.
+	do(rb.Arbitrary("DEBUG", "SET-ACTIVE-EXPIRE").Args("0").Build())
 	for _, c := range []struct {
 		name    string
 		present bool   // the key is there when watched (reloaded to overwrite it)
@@ -46,8 +50,8 @@ func TestWatchRefused(t *testing.T) {
 	}{
 		{name: "untouched", after: "read"},
 		{name: "untouched, present", present: true, after: "read"},
-		// Expired but maybe not yet removed when watched: its removal by
-		// Redis, at the latest when Watch reads its TTL, is no change.
+		// Expired but not yet removed when watched: its removal by Redis,
+		// when Watch looks it up, is no change.
 		{name: "expired before watched", before: func() {
 			do(rb.Set().Key("p:1").Value("old").Px(10 * time.Millisecond).Build())
 			time.Sleep(30 * time.Millisecond)
@@ -69,9 +73,19 @@ func TestWatchRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, after: "", refused: true},
-		{name: "present, expired meanwhile", present: true, change: func() {
-			do(rb.Pexpire().Key("p:1").Milliseconds(20).Build())
-			time.Sleep(40 * time.Millisecond)
+		// Present when watched, expired since, untouched.
+		{name: "present, expired meanwhile", present: true, before: func() {
+			do(rb.Pexpire().Key("p:1").Milliseconds(30).Build())
+		}, change: func() { time.Sleep(50 * time.Millisecond) }, after: "", refused: true},
+		// A row whose value columns all became NULL empties a hash: the
+		// feed removes the key.
+		{name: "emptied (hash of NULLs)", change: func() {
+			h := hashBinding(t)
+			cmds, err := h.AppendSet(nil, rb, "p:1", [][]byte{[]byte("1"), nil}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			do(cmds...)
 		}, after: "", refused: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -152,4 +166,201 @@ func TestWatchRefused(t *testing.T) {
 			}
 		}
 	})
+}
+
+// hashBinding is testBinding's cache "p" with hash values.
+func hashBinding(t *testing.T) *Binding {
+	t.Helper()
+	tmpl, err := ParseTemplate("p:{id}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Spec{Name: "p", Table: "p", Key: tmpl, Format: FormatHash, TTL: time.Hour, Record: RecordKey("p"),
+		Fields: []FieldSpec{{Name: "v", Column: "v"}}}, []Column{{Name: "id", TypeOID: 25}, {Name: "v", TypeOID: 25}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestWatchedWritesAsLeased: each kind of reload write, done by a watched
+// reload and under a lease, leaves Redis the same: the value (string or
+// hash) with its TTL, stale copy and expiry record entry, the "not found"
+// marker removed; a marker for a missing row; a present key deleted; a
+// kept key's TTL renewed, or its record entry moved to its real expiry
+// when off, kept when right, removed without a TTL.
+func TestWatchedWritesAsLeased(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	rb := rc.B()
+	record := RecordKey("p")
+	str := testBinding(t, time.Hour, record)
+	str.Stale = time.Minute
+	hash := hashBinding(t)
+	do := func(cmds ...rueidis.Completed) {
+		t.Helper()
+		for _, r := range rc.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	val := &Value{Bytes: []byte("v")}
+	hval := &Value{Fields: []string{"v", "v"}}
+	// fixed is the score a setup gave p:1 in the record: the state tells
+	// whether the reload kept it.
+	var fixed float64
+	at := func() float64 { fixed = float64(time.Now().Add(-time.Second).UnixMilli()); return fixed }
+	for _, c := range []struct {
+		name   string
+		b      *Binding
+		action string
+		setup  func() // p:1 before the reload
+		value  *Value // the row read; nil: none
+		neg    bool   // not_found: negative
+	}{
+		{name: "value", b: str, action: ClaimRecord, setup: func() { do(rb.Set().Key(NegKey("p:1")).Value("1").Build()) }, value: val},
+		{name: "hash", b: hash, action: ClaimRecord, value: hval},
+		{name: "not found marker", b: str, action: ClaimRecord, setup: func() {
+			do(rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+		}, neg: true},
+		{name: "present key deleted", b: str, action: ClaimLease, setup: func() {
+			do(rb.Set().Key("p:1").Value("old").Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Build(),
+				rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+		}},
+		{name: "present key overwritten", b: str, action: ClaimLease, setup: func() { do(rb.Set().Key("p:1").Value("old").Build()) }, value: val},
+		{name: "TTL renewed", b: str, action: ClaimRenew, setup: func() {
+			do(rb.Set().Key("p:1").Value("old").Px(10*time.Second).Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Px(10*time.Second).Build())
+		}},
+		{name: "kept, recorded off", b: str, action: ClaimRecord, setup: func() {
+			do(rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+		}},
+		{name: "kept, recorded right", b: str, action: ClaimRecord, setup: func() {
+			do(rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(),
+				rb.Zadd().Key(record).ScoreMember().ScoreMember(at()+float64((10*time.Minute+1300*time.Millisecond).Milliseconds()), "p:1").Build())
+			fixed += float64((10*time.Minute + 1300*time.Millisecond).Milliseconds())
+		}},
+		{name: "kept without a TTL", b: str, action: ClaimRecord, setup: func() {
+			do(rb.Set().Key("p:1").Value("old").Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var states [2]string
+			for n, watched := range []bool{false, true} {
+				do(rb.Flushall().Build())
+				fixed = 0
+				if c.setup != nil {
+					c.setup()
+				}
+				var claimed []Claimed
+				var err error
+				var w *Watched
+				if watched {
+					claimed, w, err = c.b.Watch(ctx, rc, []string{"p:1"}, c.action, time.Now())
+				} else {
+					claimed, err = c.b.ExecClaims(ctx, rc, []string{"p:1"}, c.action, "tok", time.Minute, time.Now(), time.Now())
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				var fills []Fill
+				if claimed[0].Load {
+					fills = append(fills, c.b.Fill("p:1", c.value, claimed[0].Present, c.neg, time.Hour))
+				}
+				if watched {
+					refused, err := w.Exec(ctx, fills, []int{0}[:len(fills)])
+					w.Close(ctx)
+					if err != nil || len(refused) != 0 {
+						t.Fatalf("watched: refused %v, %v", refused, err)
+					}
+				} else if n, err := c.b.ExecFills(ctx, rc, "tok", fills, time.Now()); err != nil || slices.Contains(n, 0) {
+					t.Fatalf("leased: wrote %v, %v", n, err)
+				}
+				cl := claimed[0]
+				cl.TTL = cl.TTL.Round(time.Minute)
+				states[n] = redisState(t, rc, fmt.Sprintf("%+v", cl), fixed)
+			}
+			if states[0] != states[1] {
+				t.Fatalf("under a lease:\n%s\nwatched:\n%s", states[0], states[1])
+			}
+		})
+	}
+}
+
+// redisState describes every key in Redis, with its value and TTL (to the
+// minute) and sorted sets' entries (when from now, to the minute; "set"
+// for an entry scored fixed), after head.
+func redisState(t *testing.T, rc rueidis.Client, head string, fixed float64) string {
+	t.Helper()
+	ctx := context.Background()
+	rb := rc.B()
+	keys, err := rc.Do(ctx, rb.Keys().Pattern("*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	lines := []string{head}
+	minutes := func(ms int64) int64 { return (ms + 30_000) / 60_000 }
+	for _, k := range keys {
+		typ, _ := rc.Do(ctx, rb.Type().Key(k).Build()).ToString()
+		pttl, _ := rc.Do(ctx, rb.Pttl().Key(k).Build()).AsInt64()
+		var v string
+		switch typ {
+		case "string":
+			v, _ = rc.Do(ctx, rb.Get().Key(k).Build()).ToString()
+		case "hash":
+			m, _ := rc.Do(ctx, rb.Hgetall().Key(k).Build()).AsStrMap()
+			v = fmt.Sprint(m)
+		case "zset":
+			zs, _ := rc.Do(ctx, rb.Zrange().Key(k).Min("0").Max("-1").Withscores().Build()).AsZScores()
+			for _, z := range zs {
+				if z.Score == fixed {
+					v += z.Member + "@set "
+				} else {
+					v += fmt.Sprintf("%s@%dmin ", z.Member, minutes(int64(z.Score)-time.Now().UnixMilli()))
+				}
+			}
+		}
+		if pttl > 0 {
+			pttl = minutes(pttl)
+		}
+		lines = append(lines, fmt.Sprintf("%s %s = %s (ttl %d)", typ, k, v, pttl))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestWatchAbandoned: a watched reload closed without Exec unwatches its
+// connection, so the next transaction on it is not refused for a change to
+// a key it no longer cares about.
+func TestWatchAbandoned(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	b := testBinding(t, time.Hour, "")
+	clientID := func() int64 {
+		dc, release := rc.Dedicate()
+		defer release()
+		id, err := dc.Do(ctx, dc.B().ClientId().Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	first := clientID() // the one dedicated connection, back in its pool
+	_, w, err := b.Watch(ctx, rc, []string{"p:1"}, ClaimRecord, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close(ctx)
+	if err := rc.Do(ctx, rc.B().Set().Key("p:1").Value("x").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	dc, release := rc.Dedicate()
+	defer release()
+	if id, _ := dc.Do(ctx, dc.B().ClientId().Build()).AsInt64(); id != first {
+		t.Fatalf("connection %d, want the reload's %d again", id, first)
+	}
+	res := dc.DoMulti(ctx, dc.B().Multi().Build(), dc.B().Set().Key("q").Value("1").Build(), dc.B().Exec().Build())
+	if _, err := res[2].ToArray(); err != nil {
+		t.Fatalf("a transaction after the abandoned reload: %v", err)
+	}
 }

@@ -484,7 +484,7 @@ func (k *checker) settle(ctx context.Context) error {
 }
 
 // repair invalidates stale and extra keys, then fills them and the missing
-// ones like any fill (lease-guarded): a key whose row appeared meanwhile is
+// ones by Client.Reload (watched, or under leases): a key whose row appeared meanwhile is
 // filled again, a key whose row is gone stays gone, and no repair writes an
 // older value than the change feed's.
 func (k *checker) repair(ctx context.Context, missing, stale, extra []string) error {

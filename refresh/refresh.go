@@ -5,7 +5,8 @@
 // key's expiry time in the cache's expiry record (a sorted set), and the
 // refresher reads that record too: what expired while it was down or
 // disconnected is reloaded as soon as it runs again. The reloads themselves
-// are cachesync.Client.Reload: lease-guarded, batched, one query each.
+// are cachesync.Client.Reload: guarded against writing an older row
+// (watched, or under leases), batched, one query each.
 package refresh
 
 import (

@@ -20,7 +20,8 @@ import (
 // removal count catches what watching the key cannot: removing a key that
 // is missing already (the row was deleted after the reload read it) does
 // not touch the key, so every removal of a cache's key bumps the count
-// first (AppendInvalidate, Clear). A watched reload that read a row before
+// first (AppendInvalidate, which AppendSet also uses for a hash of NULLs;
+// Clear). A watched reload that read a row before
 // a newer change thus writes nothing, like a fill whose lease was ended
 // (DESIGN invariant 2), and it costs a few plain commands a key where a
 // lease costs two scripts' work. It needs every key of a transaction in one
@@ -43,7 +44,7 @@ type txn struct {
 	release func()
 	lo, hi  int
 	kept    []rueidis.Completed // kept keys' TTL renewals and expiry record updates
-	done    bool                // EXEC or UNWATCH sent
+	done    bool                // Redis answered its EXEC: nothing is watched
 }
 
 // Watch begins a watched reload of keys on c (one Redis node): BatchKeys
@@ -69,7 +70,7 @@ func (b *Binding) Watch(ctx context.Context, c rueidis.Client, keys []string, ac
 }
 
 // each runs fn for every transaction at once (each has its own
-// connection), and returns the first error.
+// connection), and returns their errors joined.
 func (w *Watched) each(fn func(t *txn) error) error {
 	errs := make([]error, len(w.txns))
 	var wg sync.WaitGroup

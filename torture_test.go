@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,9 @@ import (
 
 // TestTorture runs writers through the API (write-through and write-behind,
 // with its drainer) and straight to the database, readers that fill on
-// misses, invalidations and the change feed together on 100 keys for 20 s;
+// misses, invalidations, batch reloads (what refreshes and check's repairs
+// run: watched, falling back to leases) and the change feed together on
+// 100 keys for 20 s;
 // once writes stop and the queue is drained, every key must read as the
 // database says (DESIGN invariant 2: no stale value after quiescence).
 func TestTorture(t *testing.T) {
@@ -35,7 +38,7 @@ func TestTorture(t *testing.T) {
 	defer stop()
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
-	var puts, behinds, sqls, gets, invalidations, deletes int64
+	var puts, behinds, sqls, gets, invalidations, deletes, reloads int64
 	var mu sync.Mutex
 	count := func(n *int64) { mu.Lock(); *n++; mu.Unlock() }
 	run := func(f func(r *rand.Rand) error) {
@@ -117,12 +120,25 @@ func TestTorture(t *testing.T) {
 			return err
 		})
 	}
+	for i := range 2 { // reloads of 20 keys, missing ones only or present ones too
+		c := clients[i]
+		run(func(r *rand.Rand) error {
+			keys := make([]string, 20)
+			for j := range keys {
+				keys[j] = fmt.Sprintf("t:%d", 1+r.IntN(100))
+			}
+			slices.Sort(keys)
+			_, err := c.Reload(ctx, "t", slices.Compact(keys), r.IntN(2) == 0)
+			count(&reloads)
+			return err
+		})
+	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
-	t.Logf("%d puts, %d behind, %d SQL writes (%d deletes), %d gets, %d invalidations", puts, behinds, sqls, deletes, gets, invalidations)
+	t.Logf("%d puts, %d behind, %d SQL writes (%d deletes), %d gets, %d invalidations, %d reloads", puts, behinds, sqls, deletes, gets, invalidations, reloads)
 
 	// The drainer empties the queue.
 	drainDeadline := time.Now().Add(30 * time.Second)

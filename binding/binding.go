@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -221,25 +220,14 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 		// key goes as a deleted row's does.
 		return b.AppendInvalidate(cmds, rb, key), nil
 	}
-	ttl := b.ttl()
-	if b.Stale > 0 {
-		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(rueidis.BinaryString(v.Result(b.Format))).Px(ttl+b.Stale).Build())
+	w := b.writeArgs(&v)
+	if b.Record != "" && w.expiresAt > 0 {
+		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(w.expiresAt), key).Build())
 	}
-	if b.Record != "" && ttl > 0 {
-		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(time.Now().Add(ttl).UnixMilli()), key).Build())
-	}
-	if b.Format == FormatHash {
-		args := append([]string{strconv.FormatInt(ttl.Milliseconds(), 10)}, v.Fields...)
-		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build()), nil
-	}
-	if fresh {
+	if fresh && w.mode == "s" { // (a hash's write ends them itself)
 		cmds = append(cmds, rb.Unlink().Key(LeaseKey(key), NegKey(key)).Build())
 	}
-	set := rb.Set().Key(key).Value(rueidis.BinaryString(v.Bytes))
-	if ttl > 0 {
-		return append(cmds, set.Px(ttl).Build()), nil
-	}
-	return append(cmds, set.Build()), nil
+	return appendValue(cmds, rb, key, w), nil
 }
 
 // Clear removes every key of this binding from Redis, with their leases and

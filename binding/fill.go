@@ -157,8 +157,8 @@ func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row
 // key or ends the lease, an invalidation ends the lease, so a fill that read
 // the row before a newer change loses. It returns 1 (written) or 0 per key.
 // A lease that is another's (ours ran out) is left as it is: its TTL bounds
-// how long that fill may take. Given the cache's expiry record, it records each value's expiry and removes a
-// deleted key, in the same step.
+// how long that fill may take. Given the cache's expiry record, it records
+// each value's expiry and removes a deleted key, in the same step.
 // KEYS: [record,] then per key: key, lease, neg, stale. ARGV: has record (1
 // or 0), token, then per key: the count of its arguments, then
 // mode (s string, h hash, n not found, d delete), overwrite (1 or 0), ttl
@@ -214,34 +214,25 @@ return out`
 // Binding.Fill.
 type Fill struct {
 	Key       string
-	mode      string // s string, h hash, n "not found" marker, d delete
-	overwrite bool   // write over a present key
-	ttl       int64  // ms: the value's (0: none), or the marker's
-	expiresAt int64  // unix ms, for the expiry record; 0: no value with a TTL
-	staleTTL  int64  // ms: the stale copy's (0: none)
-	stale     string // the stale copy
-	value     []string
+	overwrite bool // write over a present key
+	// The value; or mode n (the "not found" marker, for ttl) or d (delete).
+	writeArgs
 }
 
-// Fill is the write of v under key by a fill that holds the key's lease: a
-// value only while the key is missing, or over a present key when
-// overwrite is set (the lease was taken on a present key). A nil v (no row)
+// Fill is the write of v under key by a fill that holds the key's lease (or
+// watches the key): a value only while the key is missing, or over a
+// present key when overwrite is set (the key was present when claimed). A nil v (no row)
 // deletes the key, or, when negative, writes the "not found" marker for
 // negTTL.
 func (b *Binding) Fill(key string, v *Value, overwrite, negative bool, negTTL time.Duration) Fill {
 	if v == nil {
-		f := Fill{Key: key, mode: "d", overwrite: overwrite, ttl: max(negTTL.Milliseconds(), 1)}
+		f := Fill{Key: key, overwrite: overwrite, writeArgs: writeArgs{mode: "d", ttl: max(negTTL.Milliseconds(), 1)}}
 		if negative {
 			f.mode = "n"
 		}
 		return f
 	}
-	w := b.writeArgs(v)
-	f := Fill{Key: key, mode: w.mode, overwrite: overwrite, ttl: w.ttl, staleTTL: w.staleTTL, stale: w.stale, value: w.value}
-	if w.ttl > 0 {
-		f.expiresAt = w.expiresAt
-	}
-	return f
+	return Fill{Key: key, overwrite: overwrite, writeArgs: b.writeArgs(v)}
 }
 
 // args are the fill script's arguments for f.
@@ -548,9 +539,9 @@ func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Compl
 }
 
 // writeArgs is how a value is written: mode (s string, h hash), TTL in ms
-// (jittered; 0: none), when it expires (unix ms, for the expiry record), the
-// stale copy's TTL in ms (0: none) and content, and the value (the string,
-// or field, value, ...).
+// (jittered; 0: none), when it expires (unix ms, for the expiry record; 0:
+// never), the stale copy's TTL in ms (0: none) and content, and the value
+// (the string, or field, value, ...).
 type writeArgs struct {
 	mode, stale              string
 	ttl, staleTTL, expiresAt int64
@@ -559,14 +550,36 @@ type writeArgs struct {
 
 func (b *Binding) writeArgs(v *Value) writeArgs {
 	t := b.ttl()
-	w := writeArgs{mode: "s", ttl: t.Milliseconds(), expiresAt: time.Now().Add(t).UnixMilli()}
+	w := writeArgs{mode: "s", ttl: t.Milliseconds()}
+	if t > 0 {
+		w.expiresAt = time.Now().Add(t).UnixMilli()
+	}
 	if b.Stale > 0 {
-		w.staleTTL, w.stale = (t + b.Stale).Milliseconds(), string(v.Result(b.Format))
+		w.staleTTL, w.stale = (t + b.Stale).Milliseconds(), rueidis.BinaryString(v.Result(b.Format))
 	}
 	if b.Format == FormatHash {
 		w.mode, w.value = "h", v.Fields
 		return w
 	}
-	w.value = []string{string(v.Bytes)}
+	w.value = []string{rueidis.BinaryString(v.Bytes)}
 	return w
+}
+
+// appendValue appends the plain commands that store w (mode s or h) under
+// key over whatever is there: its stale copy, then the value; a hash is
+// replaced whole in one step (hashSet, which also ends the key's lease and
+// "not found" marker).
+func appendValue(cmds []rueidis.Completed, rb rueidis.Builder, key string, w writeArgs) []rueidis.Completed {
+	if w.staleTTL > 0 {
+		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(w.stale).Px(time.Duration(w.staleTTL)*time.Millisecond).Build())
+	}
+	if w.mode == "h" {
+		args := append([]string{strconv.FormatInt(w.ttl, 10)}, w.value...)
+		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build())
+	}
+	set := rb.Set().Key(key).Value(w.value[0])
+	if w.ttl > 0 {
+		return append(cmds, set.Px(time.Duration(w.ttl)*time.Millisecond).Build())
+	}
+	return append(cmds, set.Build())
 }

@@ -223,20 +223,7 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 	var zadd, zrem, neg []string
 	for _, f := range fills {
 		k := f.Key
-		switch f.mode {
-		case "s":
-			set := rb.Set().Key(k).Value(f.value[0])
-			if f.ttl > 0 {
-				cmds = append(cmds, set.Px(time.Duration(f.ttl)*time.Millisecond).Build())
-			} else {
-				cmds = append(cmds, set.Build())
-			}
-		case "h":
-			cmds = append(cmds, rb.Del().Key(k).Build(), rb.Arbitrary("HSET").Keys(k).Args(f.value...).Build())
-			if f.ttl > 0 {
-				cmds = append(cmds, rb.Pexpire().Key(k).Milliseconds(f.ttl).Build())
-			}
-		default: // no row
+		if f.Deletes() { // no row
 			cmds = append(cmds, rb.Del().Key(k, StaleKey(k)).Build())
 			if f.mode == "n" {
 				cmds = append(cmds, rb.Set().Key(NegKey(k)).Value("1").Px(time.Duration(f.ttl)*time.Millisecond).Build())
@@ -244,10 +231,8 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 			zrem = append(zrem, k)
 			continue
 		}
+		cmds = appendValue(cmds, rb, k, f.writeArgs) // as the feed writes it
 		neg = append(neg, NegKey(k))
-		if f.staleTTL > 0 {
-			cmds = append(cmds, rb.Set().Key(StaleKey(k)).Value(f.stale).Px(time.Duration(f.staleTTL)*time.Millisecond).Build())
-		}
 		if f.expiresAt > 0 {
 			zadd = append(zadd, strconv.FormatInt(f.expiresAt, 10), k)
 		}

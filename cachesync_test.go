@@ -655,34 +655,42 @@ func TestReloadPublishesNoKeymiss(t *testing.T) {
 	}
 	missed := make(chan string, 100)
 	go e.rc.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) { missed <- m.Message })
-	// Miss a key until its event comes: the subscription is on.
-	for subscribed := false; !subscribed; {
-		e.rc.Do(ctx, rb.Get().Key("probe").Build())
-		select {
-		case <-missed:
-			subscribed = true
-		case <-time.After(10 * time.Millisecond):
+	// until misses key and returns the keys missed before it (events come in
+	// the order of the commands that cause them).
+	until := func(key string) []string {
+		e.rc.Do(ctx, rb.Get().Key(key).Build())
+		var before []string
+		for timeout := time.After(10 * time.Second); ; {
+			select {
+			case k := <-missed:
+				if k == key {
+					return before
+				}
+				before = append(before, k)
+			case <-timeout:
+				t.Fatalf("no keymiss event for %q", key)
+			}
 		}
 	}
-	for len(missed) > 0 {
-		<-missed
+	// Miss keys until an event comes: the subscription is on; then drain.
+	for n := 0; ; n++ {
+		e.rc.Do(ctx, rb.Get().Key(fmt.Sprintf("probe%d", n)).Build())
+		if n == 1000 {
+			t.Fatal("no keymiss event for 1000 probes")
+		}
+		select {
+		case <-missed:
+		case <-time.After(10 * time.Millisecond):
+			continue
+		}
+		break
 	}
+	until("ready")
 	if r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false); err != nil || r.Written != 1 || r.NotFound != 1 {
 		t.Fatalf("reload: %+v, %v", r, err)
 	}
-	// Events come in the order of the commands: a keymiss of the reload's
-	// keys comes before the one of this GET.
-	e.rc.Do(ctx, rb.Get().Key("after").Build())
-	for {
-		select {
-		case key := <-missed:
-			if key == "after" {
-				return
-			}
-			t.Fatalf("the reload published a keymiss event for %q", key)
-		case <-time.After(10 * time.Second):
-			t.Fatal("no keymiss event for the GET after the reload")
-		}
+	if keys := until("after"); len(keys) > 0 {
+		t.Fatalf("the reload published keymiss events for %q", keys)
 	}
 }
 
@@ -910,9 +918,9 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	}
 	defer c.Close()
 	ctx := context.Background()
-	for _, item := range []string{"apple", "pear"} {
-		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || (item == "apple") != (string(v) == "1.00") {
-			t.Fatalf("Get price:%s = %s, %v", item, v, err)
+	for item, want := range map[string]string{"apple": "1.00", "pear": "2.00"} {
+		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || string(v) != want {
+			t.Fatalf("Get price:%s = %s, %v; want %s", item, v, err, want)
 		}
 	}
 	if res, err := c.Reload(ctx, "prices", []string{"price:kiwi"}, false); err != nil || res.Written != 1 {

@@ -20,8 +20,9 @@ import (
 // TestTorture runs writers through the API (write-through and write-behind,
 // with its drainer) and straight to the database, readers that fill on
 // misses, invalidations, batch reloads (what refreshes and check's repairs
-// run: watched, falling back to leases) and the change feed together on
-// 100 keys for 20 s;
+// run: watched, and under leases when refused; with the feed, present keys
+// are renewed, never overwritten) and the change feed together on 100 keys
+// for 20 s;
 // once writes stop and the queue is drained, every key must read as the
 // database says (DESIGN invariant 2: no stale value after quiescence).
 func TestTorture(t *testing.T) {

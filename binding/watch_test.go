@@ -75,8 +75,12 @@ func TestWatchRefused(t *testing.T) {
 		}, after: "", refused: true},
 		// Present when watched, expired since, untouched.
 		{name: "present, expired meanwhile", present: true, before: func() {
-			do(rb.Pexpire().Key("p:1").Milliseconds(30).Build())
-		}, change: func() { time.Sleep(50 * time.Millisecond) }, after: "", refused: true},
+			do(rb.Pexpire().Key("p:1").Milliseconds(300).Build())
+		}, change: func() {
+			for pttl(t, rc, "p:1") != -2 { // (a read that finds it expired removes it: an expiry)
+				time.Sleep(10 * time.Millisecond)
+			}
+		}, after: "", refused: true},
 		// A row whose value columns all became NULL empties a hash: the
 		// feed removes the key.
 		{name: "emptied (hash of NULLs)", change: func() {
@@ -363,4 +367,14 @@ func TestWatchAbandoned(t *testing.T) {
 	if _, err := res[2].ToArray(); err != nil {
 		t.Fatalf("a transaction after the abandoned reload: %v", err)
 	}
+}
+
+// pttl is key's PTTL: -2 once it is gone.
+func pttl(t *testing.T, rc rueidis.Client, key string) int64 {
+	t.Helper()
+	n, err := rc.Do(context.Background(), rc.B().Pttl().Key(key).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

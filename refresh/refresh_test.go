@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/refresh"
@@ -324,6 +326,14 @@ func testAheadNoMisses(t *testing.T, topology string) {
 			}
 			if mode == "changefeed" && r.Stats.Kept.Load() < 5*n {
 				t.Errorf("renewed %d keys in 10 s, want each about every 0.5 s", r.Stats.Kept.Load())
+			}
+			// A refresh moves the key's record entry to its new expiry: none is
+			// overdue by more than half the TTL (an entry written early on a
+			// Cluster is moved at the next poll).
+			overdue, err := e.rc.Do(t.Context(), e.rc.B().Zrange().Key(binding.RecordKey("t")).Min("-inf").
+				Max(strconv.FormatInt(time.Now().Add(-500*time.Millisecond).UnixMilli(), 10)).Byscore().Build()).AsStrSlice()
+			if err != nil || len(overdue) > 0 {
+				t.Errorf("record entries overdue after refreshes: %d (%v)", len(overdue), err)
 			}
 			// Each key is due once per half TTL: about 20 reloads or renewals
 			// in 10 s. Far more means a refresh did not move the key's record.

@@ -235,6 +235,12 @@ func TestCheckCommand(t *testing.T) {
 	if _, err := api.PutBehind(t.Context(), "w", map[string]any{"id": 77, "v": 1}); err != nil {
 		t.Fatal(err)
 	}
+	if n, _ := b.rc.Do(t.Context(), b.rc.B().Exists().Key("w:77").Build()).AsInt64(); n != 1 {
+		t.Fatal("w:77 is not in Redis after PutBehind")
+	}
+	if q := cachesync.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
+		t.Fatalf("queue of w: %+v; want the one write", q)
+	}
 	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "w"); code != 0 || !strings.Contains(out, "consistent") {
 		t.Fatalf("check of a write-behind cache with a queued write: exit %d\n%s%s", code, out, errOut)
 	}

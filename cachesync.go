@@ -109,19 +109,6 @@ type cache struct {
 	stats  *CacheStats
 }
 
-// errNothingToStore reports a row whose value Redis cannot hold: a hash
-// whose every column is null (Redis has no empty hash).
-var errNothingToStore = errors.New("every value column is null: a hash cannot be empty")
-
-// encode encodes row as ca stores it.
-func (ca *cache) encode(row [][]byte) (binding.Value, error) {
-	v, err := ca.b.Encode(row)
-	if err == nil && ca.cfg.Format == binding.FormatHash && len(v.Fields) == 0 {
-		err = errNothingToStore
-	}
-	return v, err
-}
-
 // Open connects to Redis and every source of cfg and checks each cache
 // against its table.
 func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error) {
@@ -400,10 +387,10 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
-	v, err := ca.encode(row)
+	v, err := ca.b.Encode(row)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		if errors.Is(err, errNothingToStore) {
+		if errors.Is(err, binding.ErrEmptyHash) {
 			return []byte("{}"), nil // read, not cached
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)

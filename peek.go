@@ -134,7 +134,7 @@ func (ca *cache) stored(row [][]byte) (key string, value []byte, ok bool) {
 	if err != nil {
 		return "", nil, false
 	}
-	v, err := ca.encode(row)
+	v, err := ca.b.Encode(row)
 	if err != nil {
 		return "", nil, false
 	}

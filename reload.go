@@ -184,9 +184,9 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 		var v *binding.Value
 		negative := ca.cfg.NotFound == config.NotFoundNegative
 		if row != nil {
-			enc, err := ca.encode(row)
+			enc, err := ca.b.Encode(row)
 			switch {
-			case errors.Is(err, errNothingToStore):
+			case errors.Is(err, binding.ErrEmptyHash):
 				// A hash of NULLs is no key: removed as the feed removes
 				// it, with no "not found" marker (the row is there).
 				negative = false

@@ -71,7 +71,7 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
 	key := string(keyBytes)
-	v, err := ca.encode(text)
+	v, err := ca.b.Encode(text)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}

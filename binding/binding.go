@@ -3,6 +3,7 @@ package binding
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -164,13 +165,20 @@ type Value struct {
 	Fields []string
 }
 
+// ErrEmptyHash is Encode's refusal of a row whose value columns are all
+// NULL in the hash format: Redis has no empty hash, so such a row's key is
+// absent (the feed removes it as a deleted row's).
+var ErrEmptyHash = errors.New("every value column is null: a hash cannot be empty")
+
 // Encode encodes row in the binding's format.
 func (b *Binding) Encode(row [][]byte) (Value, error) {
 	var v Value
 	var err error
 	switch b.Format {
 	case FormatHash:
-		v.Fields, err = b.enc.HashFields(row)
+		if v.Fields, err = b.enc.HashFields(row); err == nil && len(v.Fields) == 0 {
+			err = ErrEmptyHash
+		}
 	case FormatString:
 		v.Bytes, err = b.enc.AppendString(nil, row)
 	default:
@@ -212,13 +220,11 @@ return 1`
 // ended too, so a fill that found no row cannot write its marker after it.
 func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte, fresh bool) ([]rueidis.Completed, error) {
 	v, err := b.Encode(row)
+	if errors.Is(err, ErrEmptyHash) {
+		return b.AppendInvalidate(cmds, rb, key), nil // no key, as for a deleted row
+	}
 	if err != nil {
 		return cmds, err
-	}
-	if b.Format == FormatHash && len(v.Fields) == 0 {
-		// Every value column NULL: an empty hash is no key, so the row's
-		// key goes as a deleted row's does.
-		return b.AppendInvalidate(cmds, rb, key), nil
 	}
 	w := b.writeArgs(&v)
 	if b.Record != "" && w.expiresAt > 0 {

@@ -295,8 +295,19 @@ func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 	}
 	g.Go(func() error {
 		defer close(work)
-		return k.scan(gctx, func(page []string) error {
-			var keys []string
+		// Pages of a MATCH scan may hold few of the cache's keys: batches
+		// gather them, so each comparison has batch keys (the last fewer).
+		var keys []string
+		send := func() error {
+			select {
+			case work <- keys:
+				keys = nil
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		err := k.scan(gctx, func(page []string) error {
 			for _, key := range page {
 				h := maphash.String(seed, key)
 				if _, dup := seen[h]; !dup {
@@ -304,16 +315,15 @@ func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 					keys = append(keys, key)
 				}
 			}
-			if len(keys) == 0 {
+			if len(keys) < batch {
 				return nil
 			}
-			select {
-			case work <- keys:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
+			return send()
 		})
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		return send()
 	})
 	if err := g.Wait(); err != nil {
 		return err

@@ -68,6 +68,9 @@ func (l *Loader) retry(err error, attempt int) bool {
 // NewLoader opens the connection pools to url with SessionParams; log
 // gets its warnings.
 func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	open := func(extra map[string]string, maxConns int32) (*pgxpool.Pool, error) {
 		cfg, err := pgxpool.ParseConfig(url)
 		if err != nil {

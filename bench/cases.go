@@ -148,6 +148,8 @@ type redisStats struct {
 	Sets    int64         // SET calls
 	EvalCPU time.Duration // time Redis spent executing them (commandstats usec)
 	SetCPU  time.Duration
+	// Commands holds every command's calls and CPU (µs) so far (not by sub).
+	Commands map[string][2]int64
 }
 
 func (a redisStats) sub(b redisStats) redisStats {
@@ -165,10 +167,15 @@ func (b *bench) redisStats(ctx context.Context) (redisStats, error) {
 		f, _ := strconv.ParseFloat(info[k], 64)
 		s.CPU += time.Duration(f * float64(time.Second))
 	}
-	n, usec := status.CommandStat(info["cmdstat_eval"])
-	s.Flushes, s.EvalCPU = n, time.Duration(usec)*time.Microsecond
-	n, usec = status.CommandStat(info["cmdstat_set"])
-	s.Sets, s.SetCPU = n, time.Duration(usec)*time.Microsecond
+	s.Commands = map[string][2]int64{}
+	for k, v := range info {
+		if name, ok := strings.CutPrefix(k, "cmdstat_"); ok {
+			calls, usec := status.CommandStat(v)
+			s.Commands[name] = [2]int64{calls, usec}
+		}
+	}
+	s.Flushes, s.EvalCPU = s.Commands["eval"][0], time.Duration(s.Commands["eval"][1])*time.Microsecond
+	s.Sets, s.SetCPU = s.Commands["set"][0], time.Duration(s.Commands["set"][1])*time.Microsecond
 	return s, nil
 }
 

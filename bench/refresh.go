@@ -18,7 +18,6 @@ import (
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/refresh"
-	"github.com/cachesync/cachesync/status"
 )
 
 // The refresh path (9): a mass expiry of rfKeys keys refreshed by the
@@ -169,14 +168,15 @@ func (b *bench) refresh(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() { done <- rf.Run(rctx) }()
 	time.Sleep(time.Until(at))
-	cpu0, rs0, cs0 := processCPU(), b.mustRedisStats(ctx), b.commandStats(ctx)
+	cpu0, rs0 := processCPU(), b.mustRedisStats(ctx)
 	deadline := at.Add(2 * time.Minute)
 	for rf.Stats.Refreshed.Load() < int64(n) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	r.Elapsed = time.Since(at)
-	r.CPU, r.RedisCPU = processCPU()-cpu0, b.mustRedisStats(ctx).sub(rs0).CPU
-	r.Commands = commandsSince(cs0, b.commandStats(ctx))
+	rs1 := b.mustRedisStats(ctx)
+	r.CPU, r.RedisCPU = processCPU()-cpu0, rs1.sub(rs0).CPU
+	r.Commands = commandsSince(rs0.Commands, rs1.Commands)
 	stop()
 	if err := <-done; err != nil {
 		return err
@@ -381,17 +381,6 @@ func (b *bench) rfReading(p func(string, ...any)) {
 	}
 	p("- **9**: per refreshed key Redis spent %.1f µs of CPU (%s in all, over %s) against %.1f µs for the ceiling's SETs and %.1f µs for the floor's; this process spent %s. The floor is what the issue asks of every refresher beyond the ceiling's work, with no race protection and nobody listening for events: Redis expiring the keys and a sorted-set record of their expiries; it ran at %.2f of the ceiling. The rest is the race-safe protocol (DESIGN invariant 2), on one Redis node a watched reload: per transaction of %d keys a `WATCH` of them and of the cache's removal count with an `OBJECT ENCODING` each (it tells a missing key without publishing a keymiss event; `PTTL` follows for present ones), then, after the query (one `= ANY` per %d keys, `FOR SHARE`), `MULTI`, a `SET PX` each, one `DEL` of their \"not found\" markers, one `ZADD` into the expiry record, `EXEC`; and the expired events, which reach the refresher for every key (an `OBJECT ENCODING` each drops those a reload from the record has filled already). Redis commands during the mass expiry (calls, CPU): %s.\n",
 		perKey(r.RedisCPU, r.Keys), secs(r.RedisCPU), secs(r.Elapsed), perKey(r.CeilRedisCPU, r.Keys), perKey(r.FloorRedisCPU, r.Keys), secs(r.CPU), r.FloorRate/r.CeilRate, binding.BatchKeys, refresh.BatchSize, r.Commands)
-}
-
-// commandStats reads Redis's per-command call counts and CPU time (µs).
-func (b *bench) commandStats(ctx context.Context) map[string][2]int64 {
-	out := map[string][2]int64{}
-	info, _ := status.Info(ctx, b.redis, "commandstats")
-	for k, v := range info {
-		calls, usec := status.CommandStat(v)
-		out[strings.TrimPrefix(k, "cmdstat_")] = [2]int64{calls, usec}
-	}
-	return out
 }
 
 // commandsSince lists the commands run since before (calls, and CPU ms),

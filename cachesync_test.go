@@ -142,6 +142,16 @@ func (e *env) get(key string) (string, bool) {
 	return v, true
 }
 
+// waitFor polls ok until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+	}
+}
+
 // TestGet: a miss loads the row and fills Redis in the cache's format; a hit
 // does not query; a hash comes back as a JSON object.
 func TestGet(t *testing.T) {
@@ -482,15 +492,6 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 		t.Fatal(err)
 	}
 	rb := e.rc.B()
-	wait := func(what string, ok func() bool) {
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("never: %s", what)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}
 	recorded := func(key string) bool {
 		_, err := e.rc.Do(ctx, rb.Zscore().Key(binding.RecordKey("prices")).Member(key).Build()).AsFloat64()
 		return err == nil
@@ -505,15 +506,15 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 	}{
 		{"feed delete", "price:pear", binding.ClaimRecord, old, func() {
 			e.exec(`DELETE FROM inventory WHERE item = 'pear'`)
-			wait("the feed's delete", func() bool { return !recorded("price:pear") })
+			waitFor(t, "the feed's delete", func() bool { return !recorded("price:pear") })
 		}, "", ""},
 		{"feed update", "price:apple", binding.ClaimRecord, old, func() {
 			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
-			wait("the feed's update", func() bool { v, _ := e.get("price:apple"); return v == "2.00" })
+			waitFor(t, "the feed's update", func() bool { v, _ := e.get("price:apple"); return v == "2.00" })
 		}, "2.00", ""},
 		{"feed insert", "price:kiwi", binding.ClaimRecord, nil, func() {
 			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
-			wait("the feed's insert", func() bool { v, _ := e.get("price:kiwi"); return v == "0.69" })
+			waitFor(t, "the feed's insert", func() bool { v, _ := e.get("price:kiwi"); return v == "0.69" })
 		}, "0.69", ""},
 		{"invalidate", "price:apple", binding.ClaimLease, old, func() {
 			for _, r := range e.rc.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
@@ -607,18 +608,13 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 		r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false)
 		done <- result{r, err}
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+	waitFor(t, "the reload waits for the locked row", func() bool {
 		var waiting int
 		if err := e.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
-		if waiting > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the reload never waited for the locked row")
-		}
-	}
+		return waiting > 0
+	})
 	// Meanwhile another writer fills t:1.
 	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("10").Build()).Error(); err != nil {
 		t.Fatal(err)
@@ -759,16 +755,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				_, err := e.db.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
 				deleted <- err
 			}()
-			deadline := time.Now().Add(10 * time.Second)
-			for { // the feed applied the delete
-				if _, ok := e.get("t:5"); !ok {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the feed never applied the delete")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			waitFor(t, "the feed applies the delete", func() bool { _, ok := e.get("t:5"); return !ok })
 			filled := make(chan error, 1)
 			go func() {
 				if via == "get" {
@@ -853,21 +840,11 @@ func TestCluster(t *testing.T) {
 `)
 	e.feed(cfg)
 	c := e.open(cfg)
-	wait := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("never: %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	wait("the rebuild's keys", func() bool { v, _ := e.get("price:i150"); return v == "150.00" })
+	waitFor(t, "the rebuild's keys", func() bool { v, _ := e.get("price:i150"); return v == "150.00" })
 	e.exec(`UPDATE inventory SET price = price + 1 WHERE item IN ('i150', 'i151');
 		DELETE FROM inventory WHERE item = 'i7';
 		INSERT INTO inventory VALUES ('a}b', 1)`)
-	wait("the update, delete and insert", func() bool {
+	waitFor(t, "the update, delete and insert", func() bool {
 		v, _ := e.get("price:i150")
 		_, gone := e.get("price:i7")
 		w, _ := e.get("price:a}b")

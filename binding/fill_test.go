@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -47,7 +49,7 @@ func TestCompanionSlots(t *testing.T) {
 func TestLostFillLeavesLease(t *testing.T) {
 	rc := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
-	b := testBinding(t, time.Hour, "")
+	b := testBinding(t, FormatString, time.Hour, "")
 	if err := rc.Do(ctx, LeaseCmd(rc.B(), "p:1", "other", 10*time.Second)).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestLostFillLeavesLease(t *testing.T) {
 func TestBraceKeysOnCluster(t *testing.T) {
 	rc := testenv.StartCluster(t, 3).Client(t)
 	ctx := context.Background()
-	b := testBinding(t, time.Hour, RecordKey("p"))
+	b := testBinding(t, FormatString, time.Hour, RecordKey("p"))
 	claimed, err := b.ExecClaims(ctx, rc, keysWithBraces, ClaimRecord, "tok", time.Minute, time.Now(), time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -93,16 +95,26 @@ func TestBraceKeysOnCluster(t *testing.T) {
 }
 
 // testBinding binds cache p (key p:{id}, string values) to columns id, v.
-func testBinding(t *testing.T, ttl time.Duration, record string) *Binding {
+func testBinding(t *testing.T, format Format, ttl time.Duration, record string) *Binding {
 	t.Helper()
 	tmpl, err := ParseTemplate("p:{id}")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Spec{Name: "p", Table: "p", Key: tmpl, Format: FormatString, TTL: ttl, Record: record},
-		[]Column{{Name: "id", TypeOID: 25}, {Name: "v", TypeOID: 25}})
+	b, err := New(Spec{Name: "p", Table: "p", Key: tmpl, Format: format, TTL: ttl, Record: record,
+		Fields: []FieldSpec{{Name: "v", Column: "v"}}}, []Column{{Name: "id", TypeOID: 25}, {Name: "v", TypeOID: 25}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// mustDo runs cmds on rc and fails the test on the first error.
+func mustDo(t *testing.T, rc rueidis.Client, cmds ...rueidis.Completed) {
+	t.Helper()
+	for _, r := range rc.DoMulti(context.Background(), cmds...) {
+		if err := r.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -26,13 +26,7 @@ func TestRecordNeverLate(t *testing.T) {
 			}
 			ctx := context.Background()
 			record := RecordKey("p")
-			b := testBinding(t, time.Hour, record)
-			do := func(cmd rueidis.Completed) {
-				t.Helper()
-				if err := rc.Do(ctx, cmd).Error(); err != nil {
-					t.Fatal(err)
-				}
-			}
+			b := testBinding(t, FormatString, time.Hour, record)
 			recorded := func(key string) time.Duration { // until the recorded expiry; -1h when not recorded
 				t.Helper()
 				at, err := rc.Do(ctx, rc.B().Zscore().Key(record).Member(key).Build()).AsFloat64()
@@ -45,7 +39,7 @@ func TestRecordNeverLate(t *testing.T) {
 				return time.Until(time.UnixMilli(int64(at)))
 			}
 			due := func(key string) {
-				do(rc.B().Zadd().Key(record).ScoreMember().ScoreMember(float64(time.Now().Add(-time.Second).UnixMilli()), key).Build())
+				mustDo(t, rc, rc.B().Zadd().Key(record).ScoreMember().ScoreMember(float64(time.Now().Add(-time.Second).UnixMilli()), key).Build())
 			}
 			v := &Value{Bytes: []byte("1")}
 			claim := func(key string) Claimed {
@@ -70,7 +64,7 @@ func TestRecordNeverLate(t *testing.T) {
 			if c := claim("p:1"); !c.Load || c.Present {
 				t.Fatalf("claim of a missing key: %+v", c)
 			}
-			do(rc.B().Del().Key(LeaseKey("p:1")).Build())
+			mustDo(t, rc, rc.B().Del().Key(LeaseKey("p:1")).Build())
 			if n := fill(b.Fill("p:1", v, false, false, 0)); n != 0 {
 				t.Fatalf("a fill without its lease wrote (%d)", n)
 			}
@@ -88,7 +82,7 @@ func TestRecordNeverLate(t *testing.T) {
 			}
 
 			// A present key is kept and recorded anew at its real expiry.
-			do(rc.B().Set().Key("p:2").Value("2").Px(10 * time.Minute).Build())
+			mustDo(t, rc, rc.B().Set().Key("p:2").Value("2").Px(10*time.Minute).Build())
 			due("p:2")
 			if c := claim("p:2"); c.Load || !c.Present || c.TTL <= 9*time.Minute {
 				t.Fatalf("claim of a present key: %+v", c)

@@ -21,16 +21,8 @@ func TestWatchRefused(t *testing.T) {
 	rc := testenv.StartRedis(t, testenv.WithRedisArgs("--enable-debug-command", "local")).Client(t)
 	ctx := context.Background()
 	record := RecordKey("p")
-	b := testBinding(t, time.Hour, record)
+	b := testBinding(t, FormatString, time.Hour, record)
 	rb := rc.B()
-	do := func(cmds ...rueidis.Completed) {
-		t.Helper()
-		for _, r := range rc.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	get := func(key string) string {
 		v, err := rc.Do(ctx, rb.Get().Key(key).Build()).ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
@@ -39,7 +31,7 @@ func TestWatchRefused(t *testing.T) {
 		return v
 	}
 	// Expired keys stay until read, so a key can be expired when watched.
-	do(rb.Arbitrary("DEBUG", "SET-ACTIVE-EXPIRE").Args("0").Build())
+	mustDo(t, rc, rb.Arbitrary("DEBUG", "SET-ACTIVE-EXPIRE").Args("0").Build())
 	for _, c := range []struct {
 		name    string
 		present bool   // the key is there when watched (reloaded to overwrite it)
@@ -53,21 +45,21 @@ func TestWatchRefused(t *testing.T) {
 		// Expired but not yet removed when watched: its removal by Redis,
 		// when Watch looks it up, is no change.
 		{name: "expired before watched", before: func() {
-			do(rb.Set().Key("p:1").Value("old").Px(10 * time.Millisecond).Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Millisecond).Build())
 			time.Sleep(30 * time.Millisecond)
 		}, after: "read"},
-		{name: "another's lease taken", change: func() { do(LeaseCmd(rb, "p:1", "other", time.Minute)) }, after: "read"},
-		{name: "written (change feed)", change: func() { do(rb.Set().Key("p:1").Value("new").Build()) }, after: "new", refused: true},
+		{name: "another's lease taken", change: func() { mustDo(t, rc, LeaseCmd(rb, "p:1", "other", time.Minute)) }, after: "read"},
+		{name: "written (change feed)", change: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("new").Build()) }, after: "new", refused: true},
 		{name: "written, then expired", change: func() {
-			do(rb.Set().Key("p:1").Value("new").Px(20 * time.Millisecond).Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("new").Px(20*time.Millisecond).Build())
 			for get("p:1") != "" {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}, after: "", refused: true},
 		// The key is missing: removing it changes nothing in Redis, but the
 		// removal count does.
-		{name: "removed while missing (row deleted)", change: func() { do(b.AppendInvalidate(nil, rb, "p:1")...) }, after: "", refused: true},
-		{name: "removed, present", present: true, change: func() { do(b.AppendInvalidate(nil, rb, "p:1")...) }, after: "", refused: true},
+		{name: "removed while missing (row deleted)", change: func() { mustDo(t, rc, b.AppendInvalidate(nil, rb, "p:1")...) }, after: "", refused: true},
+		{name: "removed, present", present: true, change: func() { mustDo(t, rc, b.AppendInvalidate(nil, rb, "p:1")...) }, after: "", refused: true},
 		{name: "cache cleared", change: func() {
 			if _, err := b.Clear(ctx, rc); err != nil {
 				t.Fatal(err)
@@ -75,7 +67,7 @@ func TestWatchRefused(t *testing.T) {
 		}, after: "", refused: true},
 		// Present when watched, expired since, untouched.
 		{name: "present, expired meanwhile", present: true, before: func() {
-			do(rb.Pexpire().Key("p:1").Milliseconds(300).Build())
+			mustDo(t, rc, rb.Pexpire().Key("p:1").Milliseconds(300).Build())
 		}, change: func() {
 			for pttl(t, rc, "p:1") != -2 { // (a read that finds it expired removes it: an expiry)
 				time.Sleep(10 * time.Millisecond)
@@ -84,19 +76,19 @@ func TestWatchRefused(t *testing.T) {
 		// A row whose value columns all became NULL empties a hash: the
 		// feed removes the key.
 		{name: "emptied (hash of NULLs)", change: func() {
-			h := hashBinding(t)
+			h := testBinding(t, FormatHash, time.Hour, RecordKey("p"))
 			cmds, err := h.AppendSet(nil, rb, "p:1", [][]byte{[]byte("1"), nil}, false)
 			if err != nil {
 				t.Fatal(err)
 			}
-			do(cmds...)
+			mustDo(t, rc, cmds...)
 		}, after: "", refused: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			do(rb.Del().Key("p:1", LeaseKey("p:1"), record).Build())
+			mustDo(t, rc, rb.Del().Key("p:1", LeaseKey("p:1"), record).Build())
 			action := ClaimRecord
 			if c.present {
-				do(rb.Set().Key("p:1").Value("old").Build())
+				mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build())
 				action = ClaimLease
 			}
 			if c.before != nil {
@@ -148,7 +140,7 @@ func TestWatchRefused(t *testing.T) {
 			t.Fatalf("%d claims for %d keys", len(claimed), len(keys))
 		}
 		changed := BatchKeys + 7 // in the second transaction
-		do(rb.Set().Key(keys[changed]).Value("new").Build())
+		mustDo(t, rc, rb.Set().Key(keys[changed]).Value("new").Build())
 		refused, err := w.Exec(ctx, fills, of)
 		if err != nil {
 			t.Fatal(err)
@@ -172,21 +164,6 @@ func TestWatchRefused(t *testing.T) {
 	})
 }
 
-// hashBinding is testBinding's cache "p" with hash values.
-func hashBinding(t *testing.T) *Binding {
-	t.Helper()
-	tmpl, err := ParseTemplate("p:{id}")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Spec{Name: "p", Table: "p", Key: tmpl, Format: FormatHash, TTL: time.Hour, Record: RecordKey("p"),
-		Fields: []FieldSpec{{Name: "v", Column: "v"}}}, []Column{{Name: "id", TypeOID: 25}, {Name: "v", TypeOID: 25}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestWatchedWritesAsLeased: each kind of reload write, done by a watched
 // reload and under a lease, leaves Redis the same: the value (string or
 // hash) with its TTL, stale copy and expiry record entry, the "not found"
@@ -198,17 +175,9 @@ func TestWatchedWritesAsLeased(t *testing.T) {
 	ctx := context.Background()
 	rb := rc.B()
 	record := RecordKey("p")
-	str := testBinding(t, time.Hour, record)
+	str := testBinding(t, FormatString, time.Hour, record)
 	str.Stale = time.Minute
-	hash := hashBinding(t)
-	do := func(cmds ...rueidis.Completed) {
-		t.Helper()
-		for _, r := range rc.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	hash := testBinding(t, FormatHash, time.Hour, RecordKey("p"))
 	val := &Value{Bytes: []byte("v")}
 	hval := &Value{Fields: []string{"v", "v"}}
 	// fixed is the score a setup gave p:1 in the record: the state tells
@@ -223,35 +192,35 @@ func TestWatchedWritesAsLeased(t *testing.T) {
 		value  *Value // the row read; nil: none
 		neg    bool   // not_found: negative
 	}{
-		{name: "value", b: str, action: ClaimRecord, setup: func() { do(rb.Set().Key(NegKey("p:1")).Value("1").Build()) }, value: val},
+		{name: "value", b: str, action: ClaimRecord, setup: func() { mustDo(t, rc, rb.Set().Key(NegKey("p:1")).Value("1").Build()) }, value: val},
 		{name: "hash", b: hash, action: ClaimRecord, value: hval},
 		{name: "not found marker", b: str, action: ClaimRecord, setup: func() {
-			do(rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+			mustDo(t, rc, rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}, neg: true},
 		{name: "present key deleted", b: str, action: ClaimLease, setup: func() {
-			do(rb.Set().Key("p:1").Value("old").Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Build(),
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Build(),
 				rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}},
-		{name: "present key overwritten", b: str, action: ClaimLease, setup: func() { do(rb.Set().Key("p:1").Value("old").Build()) }, value: val},
+		{name: "present key overwritten", b: str, action: ClaimLease, setup: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build()) }, value: val},
 		{name: "TTL renewed", b: str, action: ClaimRenew, setup: func() {
-			do(rb.Set().Key("p:1").Value("old").Px(10*time.Second).Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Px(10*time.Second).Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Second).Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Px(10*time.Second).Build())
 		}},
 		{name: "kept, recorded off", b: str, action: ClaimRecord, setup: func() {
-			do(rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}},
 		{name: "kept, recorded right", b: str, action: ClaimRecord, setup: func() {
-			do(rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(),
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(),
 				rb.Zadd().Key(record).ScoreMember().ScoreMember(at()+float64((10*time.Minute+1300*time.Millisecond).Milliseconds()), "p:1").Build())
 			fixed += float64((10*time.Minute + 1300*time.Millisecond).Milliseconds())
 		}},
 		{name: "kept without a TTL", b: str, action: ClaimRecord, setup: func() {
-			do(rb.Set().Key("p:1").Value("old").Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var states [2]string
 			for n, watched := range []bool{false, true} {
-				do(rb.Flushall().Build())
+				mustDo(t, rc, rb.Flushall().Build())
 				fixed = 0
 				if c.setup != nil {
 					c.setup()
@@ -339,7 +308,7 @@ func redisState(t *testing.T, rc rueidis.Client, head string, fixed float64) str
 func TestWatchAbandoned(t *testing.T) {
 	rc := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
-	b := testBinding(t, time.Hour, "")
+	b := testBinding(t, FormatString, time.Hour, "")
 	clientID := func() int64 {
 		dc, release := rc.Dedicate()
 		defer release()

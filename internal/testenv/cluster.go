@@ -55,7 +55,7 @@ func (c *Cluster) form(n int) error {
 			return fmt.Errorf("cluster node %s: add slots: %w", c.Nodes[i].Addr, err)
 		}
 		if i > 0 {
-			if err := clients[0].Do(ctx, cl.B().ClusterMeet().Ip("127.0.0.1").Port(int64(c.Nodes[i].Port)).Build()).Error(); err != nil {
+			if err := clients[0].Do(ctx, clients[0].B().ClusterMeet().Ip("127.0.0.1").Port(int64(c.Nodes[i].Port)).Build()).Error(); err != nil {
 				return fmt.Errorf("cluster meet %s: %w", c.Nodes[i].Addr, err)
 			}
 		}

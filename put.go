@@ -46,6 +46,9 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
 			return err
 		}
+		if ca.cfg.Sync != config.SyncChangefeed {
+			return nil // nothing to wait for
+		}
 		// After the commit: the WAL position the feed must reach to have applied it.
 		target, err = pgsource.WALInsertPosition(ctx, conn)
 		return err
@@ -63,7 +66,11 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	}
 	key := string(k)
 	if ca.cfg.Sync != config.SyncChangefeed {
-		return key, c.Invalidate(ctx, name, key)
+		// Committed: the invalidation must happen even if ctx ends now,
+		// or Redis keeps the older value.
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
+		defer cancel()
+		return key, c.Invalidate(ictx, name, key)
 	}
 	return key, c.WaitApplied(ctx, ca.cfg.Source, uint64(target), c.opts.WriteWait)
 }

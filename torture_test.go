@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -219,4 +220,86 @@ func TestTorture(t *testing.T) {
 	if bad > 0 {
 		t.Fatalf("%d keys disagree with the database after quiescence, e.g. %s", bad, example)
 	}
+}
+
+// TestTortureWithoutFeed: a cache without a change feed, kept by Put (which
+// invalidates after its commit), with readers that fill, invalidations and
+// batch reloads that overwrite present keys (refresh: ahead's reload)
+// together on 50 keys for 10 s; once writes stop, every key in Redis reads
+// as the database says (a reload that read a row before a Put's commit must
+// not have overwritten the key after the Put's invalidation).
+func TestTortureWithoutFeed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 s torture test")
+	}
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
+		INSERT INTO t SELECT g, 0 FROM generate_series(1, 50) g`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+	// Operations run to their end (a Put cancelled between its commit and
+	// its invalidation is another matter); the clock only stops new ones.
+	ctx := context.Background()
+	end := time.Now().Add(10 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	var ops atomic.Int64
+	run := func(c *cachesync.Client, f func(c *cachesync.Client, r *rand.Rand) error) {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
+			for time.Now().Before(end) {
+				if err := f(c, r); err != nil {
+					errs <- err
+					return
+				}
+				ops.Add(1)
+			}
+		})
+	}
+	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(50)) }
+	for _, c := range clients {
+		run(c, func(c *cachesync.Client, r *rand.Rand) error { // writers through the API
+			_, err := c.Put(ctx, "t", map[string]any{"id": 1 + r.IntN(50), "v": r.Int64N(1 << 40)})
+			return err
+		})
+		run(c, func(c *cachesync.Client, r *rand.Rand) error { // readers that fill, and invalidations
+			if r.IntN(20) == 0 {
+				return c.Invalidate(ctx, "t", key(r))
+			}
+			_, err := c.Get(ctx, "t", key(r))
+			return err
+		})
+		run(c, func(c *cachesync.Client, r *rand.Rand) error { // reloads, overwriting present keys
+			keys := []string{key(r), key(r), key(r), key(r), key(r)}
+			slices.Sort(keys)
+			_, err := c.Reload(ctx, "t", slices.Compact(keys), true)
+			return err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	rows, err := e.db.Query(context.Background(), `SELECT id, v::text FROM t`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for rows.Next() {
+		var id int
+		var v string
+		if err := rows.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		want[fmt.Sprintf("t:%d", id)] = v
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	for k, w := range want {
+		if v, ok := e.get(k); ok && v != w {
+			t.Errorf("%s: Redis holds %s, the database %s", k, v, w)
+		}
+	}
+	t.Logf("%d operations", ops.Load())
 }

@@ -54,23 +54,10 @@ func newEnv(t *testing.T, schema string) *env {
 // every client of the test a cluster client.
 func newEnvOn(t *testing.T, rds *testenv.Redis, schema string) *env {
 	t.Helper()
-	ctx := context.Background()
 	e := &env{t: t, name: fmt.Sprintf("api%d", dbSeq.Add(1)), redis: rds}
-	if err := pg.CreateDatabase(ctx, e.name); err != nil {
-		t.Fatal(err)
-	}
-	e.dbURL = pg.URL(e.name)
-	var err error
-	if e.db, err = pgx.Connect(ctx, e.dbURL); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.db.Close(context.Background()) })
-	e.exec(`CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+	e.db, e.dbURL = pg.Database(t, e.name, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
 	e.exec(schema)
-	if e.rc, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.redis.Addr}, DisableCache: true}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.rc.Close)
+	e.rc = rds.Client(t)
 	return e
 }
 

@@ -16,9 +16,11 @@ import (
 // row leaves nothing stale to serve.
 func TestStale(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s VALUES (1, 'old'), (2, 'two')`)
-	cfg := e.config(`  s: {table: s, key: "s:{id}", value: {format: string, column: v}, sync: none, ttl: 200ms,
+	// An hour's TTL, and keys expired on purpose: a short TTL would make the
+	// fills' leases (half of it) short enough to lose on a slow machine.
+	cfg := e.config(`  s: {table: s, key: "s:{id}", value: {format: string, column: v}, sync: none, ttl: 1h,
        stale_while_revalidate: 1h, stale_if_error: 1h}
-  e: {table: s, key: "e:{id}", value: {format: string, column: v}, sync: none, ttl: 200ms, stale_if_error: 1h}
+  e: {table: s, key: "e:{id}", value: {format: string, column: v}, sync: none, ttl: 1h, stale_if_error: 1h}
 `)
 	c := e.open(cfg)
 	ctx := context.Background()
@@ -27,6 +29,9 @@ func TestStale(t *testing.T) {
 		return string(v), err
 	}
 	expired := func(key string) {
+		if n, err := e.rc.Do(ctx, e.rc.B().Pexpire().Key(key).Milliseconds(1).Build()).AsInt64(); err != nil || n != 1 {
+			t.Fatalf("PEXPIRE %s = %d, %v: the fill did not write it", key, n, err)
+		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(key).Build()).AsInt64(); n == 0 {

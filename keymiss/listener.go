@@ -36,18 +36,22 @@ type Listener struct {
 	db     int
 	log    *slog.Logger
 	Stats  Stats
+	// Window is how long a key's further misses are ignored after a fill
+	// starts (the fill's own reads miss too); New sets DefaultWindow.
+	Window time.Duration
 
 	mu     sync.Mutex
 	recent map[string]time.Time // key -> last fill start: our own fill's reads miss too
 }
 
-// Window is how long a key's further misses are ignored after a fill
-// starts: the fill's own reads cause keymiss events as well.
-const Window = time.Second
+// DefaultWindow is the listener's Window: long enough for a fill's own
+// reads to have missed, short enough that a key missed again soon after
+// is filled again.
+const DefaultWindow = time.Second
 
 // New returns the listener of cfg's caches with fill: on-miss, or nil when there are none.
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Listener, error) {
-	l := &Listener{api: api, redis: redis, log: log.With("component", "keymiss"), recent: map[string]time.Time{}}
+	l := &Listener{api: api, redis: redis, log: log.With("component", "keymiss"), recent: map[string]time.Time{}, Window: DefaultWindow}
 	for _, name := range cfg.CacheNames() {
 		if c := cfg.Caches[name]; c.Fill == config.FillOnMiss {
 			l.caches = append(l.caches, c)
@@ -119,17 +123,17 @@ func (l *Listener) fill(ctx context.Context, key string) {
 	}
 }
 
-// first reports whether key had no fill start within Window, and notes this one.
+// first reports whether key had no fill start within l.Window, and notes this one.
 func (l *Listener) first(key string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if t, ok := l.recent[key]; ok && now.Sub(t) < Window {
+	if t, ok := l.recent[key]; ok && now.Sub(t) < l.Window {
 		return false
 	}
 	if len(l.recent) > 100_000 {
 		for k, t := range l.recent {
-			if now.Sub(t) >= Window {
+			if now.Sub(t) >= l.Window {
 				delete(l.recent, k)
 			}
 		}

@@ -733,6 +733,15 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			// SHARE read takes locks): loads commit without waiting.
 			set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`)
 			defer set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
+			// A session takes the reloaded setting at a command after the
+			// server has signalled it, not at once.
+			waitFor(t, "the session that deletes has the setting", func() bool {
+				var v string
+				if err := e.db.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v); err != nil {
+					t.Fatal(err)
+				}
+				return v == "nosuch"
+			})
 			var pid int
 			if err := e.db.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 				t.Fatal(err)
@@ -742,6 +751,13 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				_, err := e.db.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
 				deleted <- err
 			}()
+			waitFor(t, "the delete waits for the standby", func() bool {
+				var waiting bool
+				if err := admin.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'`, pid).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				return waiting
+			})
 			waitFor(t, "the feed applies the delete", func() bool { _, ok := e.get("t:5"); return !ok })
 			filled := make(chan error, 1)
 			go func() {
@@ -753,7 +769,16 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				_, err := c.Reload(context.Background(), "t", []string{"t:5"}, false)
 				filled <- err
 			}()
-			time.Sleep(300 * time.Millisecond) // the fill waits FOR SHARE (a plain read would have written by now)
+			// The fill waits FOR SHARE for the deleting transaction (a
+			// plain read would not wait, and would write the row back).
+			waitFor(t, "the fill waits for the deleting transaction", func() bool {
+				var waiting int
+				if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+					WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.name).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				return waiting > 0
+			})
 			if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,7 +75,7 @@ func NewRedis(dir string, opts ...RedisOption) (*Redis, error) {
 		o(r)
 	}
 	for range startAttempts {
-		if r.Port, err = FreePort(); err != nil {
+		if r.Port, err = r.freePort(); err != nil {
 			return nil, err
 		}
 		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Port))
@@ -86,6 +87,23 @@ func NewRedis(dir string, opts ...RedisOption) (*Redis, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// maxClusterPort is the highest port a Redis Cluster node may listen on:
+// its cluster bus listens 10000 above it.
+const maxClusterPort = 65535 - 10000
+
+// freePort picks a free port the server may listen on. (Go's listeners
+// get ports from the lower half of Linux's ephemeral range, below
+// maxClusterPort, but a kernel may hand out any.)
+func (r *Redis) freePort() (int, error) {
+	for range 100 {
+		port, err := FreePort()
+		if err != nil || port <= maxClusterPort || !slices.Contains(r.args, "--cluster-enabled") {
+			return port, err
+		}
+	}
+	return 0, fmt.Errorf("find free port: none at or below %d for a cluster node", maxClusterPort)
 }
 
 // URL returns the redis:// URL of database 0.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,7 +24,7 @@ import (
 
 var pg *testenv.Postgres
 
-func TestMain(m *testing.M) { testenv.RunWithPostgres(m, &pg) }
+func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
 
 var dbs atomic.Int64
 

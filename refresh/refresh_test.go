@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ import (
 
 var pg *testenv.Postgres
 
-func TestMain(m *testing.M) { testenv.RunWithPostgres(m, &pg) }
+func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
 
 // env is one test's database, Redis, config, API client and refresher.
 type env struct {

@@ -139,6 +139,50 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// stallCommits makes every commit wait for a synchronous standby that
+// never answers: the commit is in the WAL (the change feed applies it), but
+// other sessions cannot see it yet. Sessions started from now on wait so;
+// older ones once they have taken the setting. It returns a connection to
+// the postgres database, and resume, which ends the stall (as does the
+// test's end).
+func stallCommits(t *testing.T) (admin *pgx.Conn, resume func()) {
+	t.Helper()
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, pg.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(qs ...string) {
+		for _, q := range qs {
+			if _, err := admin.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`)
+	resumed := false
+	resume = func() {
+		if !resumed {
+			resumed = true
+			set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
+		}
+	}
+	t.Cleanup(func() {
+		resume()
+		admin.Close(ctx)
+	})
+	// The server reads the setting before it signals the sessions: once
+	// this one has it, sessions started after have it.
+	waitFor(t, "the server has the setting", func() bool {
+		var v string
+		if err := admin.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v == "nosuch"
+	})
+	return admin, resume
+}
+
 // TestGet: a miss loads the row and fills Redis in the cache's format; a hit
 // does not query; a hash comes back as a JSON object.
 func TestGet(t *testing.T) {
@@ -443,6 +487,52 @@ func TestPut(t *testing.T) {
 	}
 }
 
+// TestPutCancelledWhileCommitting: a Put whose caller gives up while
+// PostgreSQL commits it (the commit waits for a synchronous standby that
+// never answers; it is in the WAL already) fails, yet the row is written.
+// On a cache without a feed the Put must still invalidate the key, or Redis
+// keeps the older value for good (DESIGN invariant 2).
+func TestPutCancelledWhileCommitting(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL); INSERT INTO t VALUES (1, 'old')`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+	ctx := context.Background()
+	admin, resume := stallCommits(t) // the client's sessions, opened after, wait
+	c := e.open(cfg)
+	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	putCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	put := make(chan error, 1)
+	go func() {
+		_, err := c.Put(putCtx, "t", map[string]any{"id": 1, "v": "new"})
+		put <- err
+	}()
+	waitFor(t, "the Put's commit waits for the standby", func() bool {
+		var waiting bool
+		if err := admin.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'`, e.name).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		return waiting
+	})
+	cancel()
+	if err := <-put; err == nil {
+		t.Fatal("Put cancelled while committing returned no error")
+	}
+	// Waiting for no standby, the commit completes and shows.
+	resume()
+	waitFor(t, "the row reads new", func() bool {
+		var v string
+		if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v == "new"
+	})
+	if v, ok := e.get("t:1"); ok {
+		t.Fatalf("t:1 = %q after a Put that committed: the older value was left", v)
+	}
+}
+
 // TestReloadLoses: a refresh that read a row before a change writes
 // nothing after it: not after the feed deleted the row (the lease ended,
 // or the watched removal count moved, so no deleted row comes back), not
@@ -717,23 +807,10 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			e.feed(cfg)
 			c := e.open(cfg)
 			ctx := context.Background()
-			admin, err := pgx.Connect(ctx, pg.URL("postgres"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer admin.Close(ctx)
-			set := func(qs ...string) {
-				for _, q := range qs {
-					if _, err := admin.Exec(ctx, q); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
 			// Every commit now waits for the standby, the fill's too (a FOR
 			// SHARE read takes locks): loads commit without waiting.
-			set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`)
-			defer set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
-			// A session takes the reloaded setting at a command after the
+			admin, _ := stallCommits(t)
+			// An older session takes the setting at a command after the
 			// server has signalled it, not at once.
 			waitFor(t, "the session that deletes has the setting", func() bool {
 				var v string
@@ -783,7 +860,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				t.Fatal(err)
 			}
 			<-deleted // cancelled while waiting for the standby: committed locally, with a warning
-			err = <-filled
+			err := <-filled
 			if via == "get" && !errors.Is(err, cachesync.ErrNotFound) {
 				t.Fatalf("Get after the delete: %v, want not found", err)
 			}

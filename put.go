@@ -29,8 +29,10 @@ var ErrBadRow = errors.New("bad row")
 // updating by the key's columns, and returns the row's key. Then Redis is
 // made to agree: for a cache with a change feed, Put waits until the feed
 // has applied the commit, so a Get after Put reads the new value; for a cache
-// without one, Put invalidates the key. Either way no older value can be
-// left in Redis by a racing fill (DESIGN invariant 2).
+// without one, Put invalidates the key, also when it fails with the
+// statement's outcome unknown (sent, then the context ended or the
+// connection broke: it may have committed). Either way no older value can
+// be left in Redis by a racing fill (DESIGN invariant 2).
 func (c *Client) Put(ctx context.Context, name string, row map[string]any) (string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
@@ -42,7 +44,9 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	}
 	var keyText []string
 	var target pglogrepl.LSN
+	ran := false // the statement was sent, or may have been
 	err = ca.loader.Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
+		ran = true
 		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
 			return err
 		}
@@ -54,17 +58,15 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return err
 	})
 	if err != nil {
+		if ran && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
+			c.invalidateRow(ctx, ca, row)
+		}
 		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, classify(err))
 	}
-	values := make([][]byte, len(keyText))
-	for i, v := range keyText {
-		values[i] = []byte(v)
-	}
-	k, err := ca.cfg.Template.Render(nil, values)
+	key, err := ca.renderKey(keyText)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w", name, err)
 	}
-	key := string(k)
 	if ca.cfg.Sync != config.SyncChangefeed {
 		// Committed: the invalidation must happen even if ctx ends now,
 		// or Redis keeps the older value.
@@ -73,6 +75,55 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return key, c.Invalidate(ictx, name, key)
 	}
 	return key, c.WaitApplied(ctx, ca.cfg.Source, uint64(target), c.opts.WriteWait)
+}
+
+// renderKey renders the key of the key columns' values, as PostgreSQL
+// prints them.
+func (ca *cache) renderKey(text []string) (string, error) {
+	values := make([][]byte, len(text))
+	for i, v := range text {
+		values[i] = []byte(v)
+	}
+	k, err := ca.cfg.Template.Render(nil, values)
+	return string(k), err
+}
+
+// mayHaveCommitted tells an error after which a statement's outcome is
+// unknown: it was sent, but PostgreSQL's answer never came (the context
+// ended, the connection broke). An error PostgreSQL reported means the
+// statement failed.
+func mayHaveCommitted(err error) bool {
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err)
+}
+
+// invalidateRow invalidates the key of row after a write of it that may
+// have committed unseen (mayHaveCommitted): as after a commit, or Redis
+// could keep the older value. PostgreSQL renders the key's values, as the
+// write's RETURNING would have; should that fail too, the key is logged.
+func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
+	defer cancel()
+	cols := ca.cfg.Template.Columns()
+	sel, args := make([]string, len(cols)), make([]any, len(cols))
+	for i, name := range cols {
+		col, _ := ca.table.Column(name) // upsert checked it
+		sel[i] = fmt.Sprintf("$%d::%s::text", i+1, col.Type)
+		args[i] = row[name]
+	}
+	var text []string
+	err := ca.loader.Pool().QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(anyPtrs(&text, len(cols))...)
+	key := ""
+	if err == nil {
+		key, err = ca.renderKey(text)
+	}
+	if err == nil {
+		err = c.Invalidate(ctx, ca.cfg.Name, key)
+	}
+	if err != nil {
+		c.opts.Logger.Error("a write that may have committed was not followed by its invalidation: its key may keep the older value until it expires",
+			"cache", ca.cfg.Name, "key", key, "row", row, "err", err)
+	}
 }
 
 // checkRow checks that row's columns exist and include the key's.

@@ -90,7 +90,8 @@ type Options struct {
 	// try: the cross-process stampede window. Default 5s.
 	LeaseTTL time.Duration
 	// WriteWait bounds how long Put waits for the change feed to apply its
-	// commit (read-your-writes). Default 5s.
+	// commit (read-your-writes), or, on a cache without one, for its
+	// invalidation. Default 5s.
 	WriteWait time.Duration
 	// Logger receives errors worth a look; default slog.Default().
 	Logger *slog.Logger

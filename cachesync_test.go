@@ -141,46 +141,79 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 
 // stallCommits makes every commit wait for a synchronous standby that
 // never answers: the commit is in the WAL (the change feed applies it), but
-// other sessions cannot see it yet. Sessions started from now on wait so;
-// older ones once they have taken the setting. It returns a connection to
-// the postgres database, and resume, which ends the stall (as does the
-// test's end).
-func stallCommits(t *testing.T) (admin *pgx.Conn, resume func()) {
+// other sessions cannot see it until its wait ends (or is cancelled), or
+// the test ends. It returns once a probe's commit has stalled so, with a
+// connection to the postgres database.
+func stallCommits(t *testing.T) *pgx.Conn {
 	t.Helper()
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, pg.URL("postgres"))
-	if err != nil {
+	connect := func() *pgx.Conn {
+		conn, err := pgx.Connect(ctx, pg.URL("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	// On a connection of its own each time: a broken one must not leave
+	// every later commit of the package stalled.
+	set := func(qs ...string) error {
+		conn := connect()
+		defer conn.Close(ctx)
+		for _, q := range qs {
+			if _, err := conn.Exec(ctx, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := set(`CREATE TABLE IF NOT EXISTS stall_probe (n int)`,
+		`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`); err != nil {
 		t.Fatal(err)
 	}
-	set := func(qs ...string) {
-		for _, q := range qs {
-			if _, err := admin.Exec(ctx, q); err != nil {
+	t.Cleanup(func() {
+		if err := set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`); err != nil {
+			t.Error(err)
+		}
+	})
+	admin := connect()
+	t.Cleanup(func() { admin.Close(ctx) })
+	// Commits stall once the server's processes have taken the setting, not
+	// at once: a probe commits until its commit stalls, then is cancelled
+	// (committed locally, it goes on with a warning).
+	probe := connect()
+	defer probe.Close(ctx)
+	stalls := func() bool {
+		done := make(chan error, 1)
+		go func() {
+			_, err := probe.Exec(ctx, `INSERT INTO stall_probe VALUES (1)`) // a commit that writes, so waits
+			done <- err
+		}()
+		for {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+				return false
+			case <-time.After(2 * time.Millisecond):
+			}
+			var waiting bool
+			if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep')`, probe.PgConn().PID()).Scan(&waiting); err != nil {
 				t.Fatal(err)
+			}
+			if waiting {
+				if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, probe.PgConn().PID()); err != nil {
+					t.Fatal(err)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				return true
 			}
 		}
 	}
-	set(`ALTER SYSTEM SET synchronous_standby_names = 'nosuch'`, `SELECT pg_reload_conf()`)
-	resumed := false
-	resume = func() {
-		if !resumed {
-			resumed = true
-			set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
-		}
-	}
-	t.Cleanup(func() {
-		resume()
-		admin.Close(ctx)
-	})
-	// The server reads the setting before it signals the sessions: once
-	// this one has it, sessions started after have it.
-	waitFor(t, "the server has the setting", func() bool {
-		var v string
-		if err := admin.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v == "nosuch"
-	})
-	return admin, resume
+	waitFor(t, "commits wait for the standby", stalls)
+	return admin
 }
 
 // TestGet: a miss loads the row and fills Redis in the cache's format; a hit
@@ -496,7 +529,7 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL); INSERT INTO t VALUES (1, 'old')`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
 	ctx := context.Background()
-	admin, resume := stallCommits(t) // the client's sessions, opened after, wait
+	admin := stallCommits(t)
 	c := e.open(cfg)
 	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
 		t.Fatal(err)
@@ -519,8 +552,8 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 	if err := <-put; err == nil {
 		t.Fatal("Put cancelled while committing returned no error")
 	}
-	// Waiting for no standby, the commit completes and shows.
-	resume()
+	// The cancel request pgx sends ends the commit's wait for the
+	// standby: it completes and shows.
 	waitFor(t, "the row reads new", func() bool {
 		var v string
 		if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
@@ -767,6 +800,58 @@ func TestReloadPublishesNoKeymiss(t *testing.T) {
 	}
 }
 
+// TestKeyColumnTypes: keys over columns of types whose bare names mean
+// something narrower (character is char(1), bit is bit(1)) or whose values
+// print with their modifiers (numeric(6,2)) are found by the batched reads
+// that reloads and consistency checks make (Reload, Want), and Put returns
+// them as the change feed spells them.
+func TestKeyColumnTypes(t *testing.T) {
+	tests := []struct {
+		typ, value, key string
+		put             any // the key column's value, written by Put
+	}{
+		{"int", "7", "k0:7", 7},
+		{"char(5)", "'ab'", "k1:ab   ", "ab"}, // as PostgreSQL prints it, and the change feed sends it
+		{"varchar(3)", "'xy'", "k2:xy", "xy"},
+		{"numeric(6,2)", "1.5", "k3:1.50", "1.5"},
+		{"bit(3)", "B'101'", "k4:101", "101"},
+	}
+	var schema, caches strings.Builder
+	for i, tt := range tests {
+		fmt.Fprintf(&schema, "CREATE TABLE k%d (k %s PRIMARY KEY, v text); INSERT INTO k%d VALUES (%s, 'v%d');\n", i, tt.typ, i, tt.value, i)
+		fmt.Fprintf(&caches, "  k%d: {table: k%d, key: \"k%d:{k}\", value: {format: string, column: v}, sync: none}\n", i, i, i)
+	}
+	e := newEnv(t, schema.String())
+	c := e.open(e.config(caches.String()))
+	ctx := context.Background()
+	for i, tt := range tests {
+		t.Run(tt.typ, func(t *testing.T) {
+			name, want := fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)
+			got, err := c.Want(ctx, name, []string{tt.key}, false)
+			if err != nil || string(got[0]) != want {
+				t.Fatalf("Want %s = %q, %v; want %q", tt.key, got[0], err, want)
+			}
+			before := e.queries(fmt.Sprintf("public.k%d", i))
+			r, err := c.Reload(ctx, name, []string{tt.key}, false)
+			if err != nil || r.Written != 1 {
+				t.Fatalf("Reload %s: %+v, %v", tt.key, r, err)
+			}
+			if n := e.queries(fmt.Sprintf("public.k%d", i)) - before; n != 1 {
+				t.Fatalf("Reload %s: %d queries, want the one batched read", tt.key, n)
+			}
+			if v, ok := e.get(tt.key); !ok || v != want {
+				t.Fatalf("%s = %q (present %v), want %q", tt.key, v, ok, want)
+			}
+			if key, err := c.Put(ctx, name, map[string]any{"k": tt.put, "v": "new"}); err != nil || key != tt.key {
+				t.Fatalf("Put: key %q, %v; want %q", key, err, tt.key)
+			}
+			if _, ok := e.get(tt.key); ok {
+				t.Fatalf("%s still cached after Put", tt.key)
+			}
+		})
+	}
+}
+
 // TestReloadHashOfNulls: a row whose value columns are all NULL makes an
 // empty hash, which Redis cannot hold: a reload removes its key and its
 // expiry record entry (as the feed does) rather than leaving the key due.
@@ -809,16 +894,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			ctx := context.Background()
 			// Every commit now waits for the standby, the fill's too (a FOR
 			// SHARE read takes locks): loads commit without waiting.
-			admin, _ := stallCommits(t)
-			// An older session takes the setting at a command after the
-			// server has signalled it, not at once.
-			waitFor(t, "the session that deletes has the setting", func() bool {
-				var v string
-				if err := e.db.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v); err != nil {
-					t.Fatal(err)
-				}
-				return v == "nosuch"
-			})
+			admin := stallCommits(t)
 			var pid int
 			if err := e.db.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 				t.Fatal(err)

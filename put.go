@@ -29,10 +29,12 @@ var ErrBadRow = errors.New("bad row")
 // updating by the key's columns, and returns the row's key. Then Redis is
 // made to agree: for a cache with a change feed, Put waits until the feed
 // has applied the commit, so a Get after Put reads the new value; for a cache
-// without one, Put invalidates the key, also when it fails with the
-// statement's outcome unknown (sent, then the context ended or the
-// connection broke: it may have committed). Either way no older value can
-// be left in Redis by a racing fill (DESIGN invariant 2).
+// without one, Put invalidates the key. Either way no older value can be
+// left in Redis by a racing fill (DESIGN invariant 2). A Put that fails with
+// its statement's outcome unknown (the context ended or the connection
+// broke once it was sent: it may commit all the same) still invalidates the
+// key on a cache without a feed, and again once PostgreSQL has finished
+// the statement, if that takes less than WriteWait; else it logs the key.
 func (c *Client) Put(ctx context.Context, name string, row map[string]any) (string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
@@ -44,9 +46,9 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	}
 	var keyText []string
 	var target pglogrepl.LSN
-	ran := false // the statement was sent, or may have been
+	var pid uint32 // of the server process the statement went to, if sent
 	err = ca.loader.Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
-		ran = true
+		pid = conn.Conn().PgConn().PID()
 		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
 			return err
 		}
@@ -58,8 +60,8 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return err
 	})
 	if err != nil {
-		if ran && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
-			c.invalidateRow(ctx, ca, row)
+		if pid != 0 && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
+			c.invalidateRow(ctx, ca, row, pid)
 		}
 		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, classify(err))
 	}
@@ -89,30 +91,35 @@ func (ca *cache) renderKey(text []string) (string, error) {
 }
 
 // mayHaveCommitted tells an error after which a statement's outcome is
-// unknown: it was sent, but PostgreSQL's answer never came (the context
-// ended, the connection broke). An error PostgreSQL reported means the
-// statement failed.
+// unknown: it may have been sent, and PostgreSQL's answer never came (the
+// context ended, the connection broke). An error PostgreSQL reported means
+// the statement failed.
 func mayHaveCommitted(err error) bool {
 	var pgErr *pgconn.PgError
 	return !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err)
 }
 
-// invalidateRow invalidates the key of row after a write of it that may
-// have committed unseen (mayHaveCommitted): as after a commit, or Redis
-// could keep the older value. PostgreSQL renders the key's values, as the
-// write's RETURNING would have; should that fail too, the key is logged.
-func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any) {
+// invalidateRow invalidates the key of row after a write of it whose
+// outcome is unknown (mayHaveCommitted): it may have committed, or may
+// still, in server process pid, for PostgreSQL runs a statement it had
+// received even once the client has gone. So the key is invalidated at
+// once and again when pid has finished its statement, all within
+// WriteWait: or Redis could keep the older value. PostgreSQL renders the
+// key's values as the write's RETURNING would have; whatever fails is
+// logged, with the key.
+func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any, pid uint32) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 	defer cancel()
+	pool := ca.loader.Pool()
 	cols := ca.cfg.Template.Columns()
 	sel, args := make([]string, len(cols)), make([]any, len(cols))
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // upsert checked it
-		sel[i] = fmt.Sprintf("$%d::%s::text", i+1, col.Type)
+		sel[i] = fmt.Sprintf("format('%%s', $%d::%s)", i+1, col.Declared)
 		args[i] = row[name]
 	}
 	var text []string
-	err := ca.loader.Pool().QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(anyPtrs(&text, len(cols))...)
+	err := pool.QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(anyPtrs(&text, len(cols))...)
 	key := ""
 	if err == nil {
 		key, err = ca.renderKey(text)
@@ -120,9 +127,27 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 	if err == nil {
 		err = c.Invalidate(ctx, ca.cfg.Name, key)
 	}
+	for err == nil {
+		var running bool
+		if err = pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle')`, pid).Scan(&running); err != nil || !running {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("server process %d still runs the write: %w", pid, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err == nil {
+		err = c.Invalidate(ctx, ca.cfg.Name, key)
+	}
 	if err != nil {
+		keyValues := make(map[string]any, len(cols))
+		for _, name := range cols {
+			keyValues[name] = row[name]
+		}
 		c.opts.Logger.Error("a write that may have committed was not followed by its invalidation: its key may keep the older value until it expires",
-			"cache", ca.cfg.Name, "key", key, "row", row, "err", err)
+			"cache", ca.cfg.Name, "key", key, "key_columns", keyValues, "err", err)
 	}
 }
 
@@ -158,9 +183,11 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 		args[i] = row[col]
 		params[i] = fmt.Sprintf("$%d", i+1)
 	}
+	// The key columns as their type prints them, as the change feed and
+	// the loads see them (a cast to text would trim a character(n)).
 	returning := quoteAll(ca.cfg.Template.Columns())
 	for i := range returning {
-		returning[i] += "::text"
+		returning[i] = "format('%s', " + returning[i] + ")"
 	}
 	return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) %s RETURNING %s", ca.table.Quoted,
 		strings.Join(quoteAll(cols), ", "), strings.Join(params, ", "), ca.onConflict(cols),

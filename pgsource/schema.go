@@ -15,8 +15,13 @@ type Column struct {
 	Name    string
 	TypeOID uint32 // the base type, through domains: what values are formatted by
 	// Type is the declared type without modifiers (format_type), for casts
-	// of text parameters to the column's type.
+	// of text parameters to compare with the column: with none, a longer
+	// value is not cut short. (character and bit, whose bare names mean one
+	// character or bit, are bpchar and varbit here.)
 	Type string
+	// Declared is the type with its modifiers (numeric(6,2), character(5)):
+	// a text value cast to it reads back as the column would store it.
+	Declared string
 }
 
 // Table is a source table's shape, read from the live catalog.
@@ -91,7 +96,9 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			SELECT b.attnum, t.typbasetype, b.depth + 1 FROM base b JOIN pg_type t ON t.oid = b.typ
 			WHERE t.typtype = 'd')
 		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1),
-			format_type(a.atttypid, NULL)
+			CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN 'bit'::regtype THEN 'varbit'
+				ELSE format_type(a.atttypid, NULL) END,
+			format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, t.OID)
@@ -100,7 +107,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type); err != nil {
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type, &c.Declared); err != nil {
 			return nil, fmt.Errorf("table %s: columns: %w", table, err)
 		}
 		t.Columns = append(t.Columns, c)

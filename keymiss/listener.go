@@ -37,7 +37,8 @@ type Listener struct {
 	log    *slog.Logger
 	Stats  Stats
 	// Window is how long a key's further misses are ignored after a fill
-	// starts (the fill's own reads miss too); New sets DefaultWindow.
+	// starts (the fill's own reads miss too); New sets DefaultWindow, and
+	// a change must come before Run.
 	Window time.Duration
 
 	mu     sync.Mutex

@@ -520,49 +520,62 @@ func TestPut(t *testing.T) {
 	}
 }
 
-// TestPutCancelledWhileCommitting: a Put whose caller gives up while
-// PostgreSQL commits it (the commit waits for a synchronous standby that
-// never answers; it is in the WAL already) fails, yet the row is written.
-// On a cache without a feed the Put must still invalidate the key, or Redis
-// keeps the older value for good (DESIGN invariant 2).
+// TestPutCancelledWhileCommitting: a Put whose caller gives up, or whose
+// session PostgreSQL terminates, while PostgreSQL commits it (the commit
+// waits for a synchronous standby that never answers; it is in the WAL
+// already) fails, yet the row is written. On a cache without a feed the Put
+// must still invalidate the key, or Redis keeps the older value for good
+// (DESIGN invariant 2).
 func TestPutCancelledWhileCommitting(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL); INSERT INTO t VALUES (1, 'old')`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
-	ctx := context.Background()
-	admin := stallCommits(t)
-	c := e.open(cfg)
-	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	putCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	put := make(chan error, 1)
-	go func() {
-		_, err := c.Put(putCtx, "t", map[string]any{"id": 1, "v": "new"})
-		put <- err
-	}()
-	waitFor(t, "the Put's commit waits for the standby", func() bool {
-		var waiting bool
-		if err := admin.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'`, e.name).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		return waiting
-	})
-	cancel()
-	if err := <-put; err == nil {
-		t.Fatal("Put cancelled while committing returned no error")
-	}
-	// The cancel request pgx sends ends the commit's wait for the
-	// standby: it completes and shows.
-	waitFor(t, "the row reads new", func() bool {
-		var v string
-		if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v == "new"
-	})
-	if v, ok := e.get("t:1"); ok {
-		t.Fatalf("t:1 = %q after a Put that committed: the older value was left", v)
+	for _, via := range []string{"cancelled", "terminated"} {
+		t.Run(via, func(t *testing.T) {
+			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL); INSERT INTO t VALUES (1, 'old')`)
+			cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+			ctx := context.Background()
+			admin := stallCommits(t)
+			c := e.open(cfg)
+			if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			putCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			put := make(chan error, 1)
+			go func() {
+				_, err := c.Put(putCtx, "t", map[string]any{"id": 1, "v": "new"})
+				put <- err
+			}()
+			var pid int
+			waitFor(t, "the Put's commit waits for the standby", func() bool {
+				err := admin.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'`, e.name).Scan(&pid)
+				if errors.Is(err, pgx.ErrNoRows) {
+					return false
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				return true
+			})
+			// Either ends the commit's wait for the standby: it completes
+			// and shows.
+			if via == "cancelled" {
+				cancel() // pgx sends a cancel request
+			} else if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-put; err == nil {
+				t.Fatalf("Put %s while committing returned no error", via)
+			}
+			waitFor(t, "the row reads new", func() bool {
+				var v string
+				if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
+					t.Fatal(err)
+				}
+				return v == "new"
+			})
+			if v, ok := e.get("t:1"); ok {
+				t.Fatalf("t:1 = %q after a Put that committed: the older value was left", v)
+			}
+		})
 	}
 }
 

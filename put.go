@@ -92,11 +92,16 @@ func (ca *cache) renderKey(text []string) (string, error) {
 
 // mayHaveCommitted tells an error after which a statement's outcome is
 // unknown: it may have been sent, and PostgreSQL's answer never came (the
-// context ended, the connection broke). An error PostgreSQL reported means
-// the statement failed.
+// context ended, the connection broke), or PostgreSQL ended the session
+// (FATAL: terminated while waiting for a synchronous standby, its commit is
+// local already). Any other error PostgreSQL reported means the statement
+// failed.
 func mayHaveCommitted(err error) bool {
 	var pgErr *pgconn.PgError
-	return !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err)
+	if errors.As(err, &pgErr) {
+		return pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC"
+	}
+	return !pgconn.SafeToRetry(err)
 }
 
 // invalidateRow invalidates the key of row after a write of it whose

@@ -171,7 +171,7 @@ func stallCommits(t *testing.T) *pgx.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`); err != nil {
+		if err := set(`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`, `DROP TABLE IF EXISTS stall_probe`); err != nil {
 			t.Error(err)
 		}
 	})
@@ -514,6 +514,9 @@ func TestPut(t *testing.T) {
 	}
 	if _, err := c.Put(ctx, "prices", map[string]any{"price": 1}); err == nil || !strings.Contains(err.Error(), `key column "item"`) {
 		t.Fatalf("Put without the key column: %v", err)
+	}
+	if _, err := c.Put(ctx, "prices", map[string]any{"item": nil, "price": 1}); !errors.Is(err, cachesync.ErrBadRow) {
+		t.Fatalf("Put with a NULL key column: %v, want ErrBadRow", err)
 	}
 	if _, err := c.Put(ctx, "prices", map[string]any{"item": "x", "colour": "red"}); err == nil || !strings.Contains(err.Error(), `no column "colour"`) {
 		t.Fatalf("Put with an unknown column: %v", err)

@@ -90,6 +90,13 @@ func (ca *cache) renderKey(text []string) (string, error) {
 	return string(k), err
 }
 
+// printed is SQL for expr as its type prints it (its output function, as
+// the change feed and the loads see values; a cast to text would trim a
+// character(n) and spell a boolean true), NULL for NULL.
+func printed(expr string) string {
+	return "CASE WHEN " + expr + " IS NULL THEN NULL ELSE format('%s', " + expr + ") END"
+}
+
 // mayHaveCommitted tells an error after which a statement's outcome is
 // unknown: it may have been sent, and PostgreSQL's answer never came (the
 // context ended, the connection broke), or PostgreSQL ended the session
@@ -108,10 +115,12 @@ func mayHaveCommitted(err error) bool {
 // outcome is unknown (mayHaveCommitted): it may have committed, or may
 // still, in server process pid, for PostgreSQL runs a statement it had
 // received even once the client has gone. So the key is invalidated at
-// once and again when pid has finished its statement, all within
-// WriteWait: or Redis could keep the older value. PostgreSQL renders the
-// key's values as the write's RETURNING would have; whatever fails is
-// logged, with the key.
+// once and again when pid no longer runs a statement, all within
+// WriteWait: or Redis could keep the older value. (Had pid not yet read
+// the statement when its client gave up, the wait ends before it runs: a
+// narrow window this leaves open.) PostgreSQL renders the key's values as
+// the write's RETURNING would have; whatever fails is logged, with the
+// key.
 func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any, pid uint32) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 	defer cancel()
@@ -120,7 +129,7 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 	sel, args := make([]string, len(cols)), make([]any, len(cols))
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // upsert checked it
-		sel[i] = fmt.Sprintf("format('%%s', $%d::%s)", i+1, col.Declared)
+		sel[i] = printed(fmt.Sprintf("$%d::%s", i+1, col.Declared))
 		args[i] = row[name]
 	}
 	var text []string
@@ -133,8 +142,13 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 		err = c.Invalidate(ctx, ca.cfg.Name, key)
 	}
 	for err == nil {
-		var running bool
-		if err = pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle')`, pid).Scan(&running); err != nil || !running {
+		var state *string // nil: gone, or hidden from this role
+		err = pool.QueryRow(ctx, `SELECT (SELECT coalesce(state, '') FROM pg_stat_activity WHERE pid = $1)`, pid).Scan(&state)
+		if err != nil || state == nil || *state == "idle" {
+			break
+		}
+		if *state == "" {
+			err = fmt.Errorf("server process %d: its state is hidden from this role", pid)
 			break
 		}
 		select {
@@ -164,8 +178,8 @@ func (ca *cache) checkRow(row map[string]any) error {
 		}
 	}
 	for _, k := range ca.cfg.Template.Columns() {
-		if _, ok := row[k]; !ok {
-			return fmt.Errorf("%w: the row needs key column %q", ErrBadRow, k)
+		if v, ok := row[k]; !ok || v == nil {
+			return fmt.Errorf("%w: the row needs key column %q, not null", ErrBadRow, k)
 		}
 	}
 	return nil
@@ -192,7 +206,7 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	// the loads see them (a cast to text would trim a character(n)).
 	returning := quoteAll(ca.cfg.Template.Columns())
 	for i := range returning {
-		returning[i] = "format('%s', " + returning[i] + ")"
+		returning[i] = printed(returning[i])
 	}
 	return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) %s RETURNING %s", ca.table.Quoted,
 		strings.Join(quoteAll(cols), ", "), strings.Join(params, ", "), ca.onConflict(cols),
@@ -281,11 +295,12 @@ func anyPtrs(dst *[]string, n int) []any {
 	return out
 }
 
-// classify marks connection failures as ErrUnavailable; errors PostgreSQL
-// raised about the row itself (a constraint, a bad value) stay as they are.
+// classify marks connection failures and sessions PostgreSQL ended (FATAL)
+// as ErrUnavailable; errors PostgreSQL raised about the row itself (a
+// constraint, a bad value) stay as they are.
 func classify(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	if errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" {
 		return &RowError{Err: pgErr}
 	}
 	return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)

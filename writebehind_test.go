@@ -92,7 +92,7 @@ func TestWriteBehind(t *testing.T) {
 	if n, _ := e.rc.Do(ctx, e.rc.B().Xlen().Key(cachesync.StreamKey("t")).Build()).AsInt64(); n != 0 {
 		t.Fatalf("%d entries left in the stream", n)
 	}
-	for _, bad := range []map[string]any{{"v": 1}, {"id": 1}, {"id": 1, "v": 1, "colour": "red"}} {
+	for _, bad := range []map[string]any{{"v": 1}, {"id": nil, "v": 1}, {"id": 1}, {"id": 1, "v": 1, "colour": "red"}} {
 		if _, err := c.PutBehind(ctx, "t", bad); !errors.Is(err, cachesync.ErrBadRow) {
 			t.Errorf("PutBehind(%v) error %v, want ErrBadRow", bad, err)
 		}

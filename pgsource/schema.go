@@ -14,13 +14,14 @@ import (
 type Column struct {
 	Name    string
 	TypeOID uint32 // the base type, through domains: what values are formatted by
-	// Type is the declared type without modifiers (format_type), for casts
-	// of text parameters to compare with the column: with none, a longer
-	// value is not cut short. (character and bit, whose bare names mean one
-	// character or bit, are bpchar and varbit here.)
+	// Type is the declared type without its length or precision
+	// (format_type with typmod -1: bpchar, "bit", numeric), for casts of
+	// text parameters to compare with the column: a longer value is not cut
+	// short, and the column's index serves. (The bare names character and
+	// bit would mean one character or bit.)
 	Type string
 	// Declared is the type with its modifiers (numeric(6,2), character(5)):
-	// a text value cast to it reads back as the column would store it.
+	// a value cast to it prints as the column would print it once stored.
 	Declared string
 }
 
@@ -96,9 +97,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			SELECT b.attnum, t.typbasetype, b.depth + 1 FROM base b JOIN pg_type t ON t.oid = b.typ
 			WHERE t.typtype = 'd')
 		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1),
-			CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN 'bit'::regtype THEN 'varbit'
-				ELSE format_type(a.atttypid, NULL) END,
-			format_type(a.atttypid, a.atttypmod)
+			format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, t.OID)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -46,9 +47,9 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	}
 	var keyText []string
 	var target pglogrepl.LSN
-	var pid uint32 // of the server process the statement went to, if sent
+	var sent session // where the statement went, if it was sent
 	err = ca.loader.Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
-		pid = conn.Conn().PgConn().PID()
+		sent = sessionOf(conn.Conn().PgConn())
 		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
 			return err
 		}
@@ -60,8 +61,8 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return err
 	})
 	if err != nil {
-		if pid != 0 && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
-			c.invalidateRow(ctx, ca, row, pid)
+		if sent.pid != 0 && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
+			c.invalidateRow(ctx, ca, row, sent)
 		}
 		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, classify(err))
 	}
@@ -113,15 +114,12 @@ func mayHaveCommitted(err error) bool {
 
 // invalidateRow invalidates the key of row after a write of it whose
 // outcome is unknown (mayHaveCommitted): it may have committed, or may
-// still, in server process pid, for PostgreSQL runs a statement it had
+// still, in server session s, for PostgreSQL runs a statement it had
 // received even once the client has gone. So the key is invalidated at
-// once and again when pid no longer runs a statement, all within
-// WriteWait: or Redis could keep the older value. (Had pid not yet read
-// the statement when its client gave up, the wait ends before it runs: a
-// narrow window this leaves open.) PostgreSQL renders the key's values as
-// the write's RETURNING would have; whatever fails is logged, with the
-// key.
-func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any, pid uint32) {
+// once and again when s has finished (finished), all within WriteWait: or
+// Redis could keep the older value. PostgreSQL renders the key's values as
+// the write's RETURNING would have; whatever fails is logged, with the key.
+func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any, s session) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 	defer cancel()
 	pool := ca.loader.Pool()
@@ -141,21 +139,8 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 	if err == nil {
 		err = c.Invalidate(ctx, ca.cfg.Name, key)
 	}
-	for err == nil {
-		var state *string // nil: gone, or hidden from this role
-		err = pool.QueryRow(ctx, `SELECT (SELECT coalesce(state, '') FROM pg_stat_activity WHERE pid = $1)`, pid).Scan(&state)
-		if err != nil || state == nil || *state == "idle" {
-			break
-		}
-		if *state == "" {
-			err = fmt.Errorf("server process %d: its state is hidden from this role", pid)
-			break
-		}
-		select {
-		case <-ctx.Done():
-			err = fmt.Errorf("server process %d still runs the write: %w", pid, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
+	if err == nil {
+		err = finished(ctx, pool, s)
 	}
 	if err == nil {
 		err = c.Invalidate(ctx, ca.cfg.Name, key)
@@ -167,6 +152,61 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 		}
 		c.opts.Logger.Error("a write that may have committed was not followed by its invalidation: its key may keep the older value until it expires",
 			"cache", ca.cfg.Name, "key", key, "key_columns", keyValues, "err", err)
+	}
+}
+
+// session is a server session a statement was sent on: its process id,
+// and the local TCP port it was reached from (0 over a Unix socket), which
+// pg_stat_activity shows as client_port.
+type session struct {
+	pid  uint32
+	port int
+}
+
+func sessionOf(pc *pgconn.PgConn) session {
+	s := session{pid: pc.PID()}
+	if a, ok := pc.Conn().LocalAddr().(*net.TCPAddr); ok {
+		s.port = a.Port
+	}
+	return s
+}
+
+// finished returns once session s runs no statement any more. When
+// pg_stat_activity shows s as ours (its process id and our port; not so
+// behind a connection pooler, which may hand out other ids), it ends s
+// (pg_terminate_backend, which waits for the process to exit): a statement
+// s had not yet read then never runs. Otherwise it waits while s runs one.
+func finished(ctx context.Context, pool *pgxpool.Pool, s session) error {
+	if deadline, ok := ctx.Deadline(); ok && s.port != 0 {
+		var ended bool
+		err := pool.QueryRow(ctx, `SELECT pg_terminate_backend(pid, $3) FROM pg_stat_activity WHERE pid = $1 AND client_port = $2`,
+			int64(s.pid), s.port, max(time.Until(deadline).Milliseconds()-100, 1)).Scan(&ended)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows): // gone already, or not shown as ours
+		case err != nil:
+			return fmt.Errorf("end server process %d: %w", s.pid, err)
+		case ended:
+			return nil
+		default:
+			return fmt.Errorf("server process %d did not end in time", s.pid)
+		}
+	}
+	for {
+		var state *string // nil: gone, or hidden from this role
+		if err := pool.QueryRow(ctx, `SELECT (SELECT coalesce(state, '') FROM pg_stat_activity WHERE pid = $1)`, int64(s.pid)).Scan(&state); err != nil {
+			return err
+		}
+		switch {
+		case state == nil || *state == "idle":
+			return nil
+		case *state == "":
+			return fmt.Errorf("server process %d: its state is hidden from this role", s.pid)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("server process %d still runs the write: %w", s.pid, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
 

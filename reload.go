@@ -89,11 +89,7 @@ func (c *Client) reloadWatched(ctx context.Context, ca *cache, keys []string, va
 	if err != nil {
 		return done, nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 	}
-	wrote := make([]int64, len(fills))
-	for j := range wrote {
-		wrote[j] = 1
-	}
-	done.count(claimed, fills, of, wrote, refused)
+	done.count(claimed, fills, of, nil, refused) // what was not refused was written
 	return done, refused, nil
 }
 
@@ -204,8 +200,8 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 }
 
 // count adds to r what a reload did with each key but those in skip (both
-// ascending): claimed, then fills[j] of keys[of[j]] written (wrote[j] 1)
-// or lost (0).
+// ascending): claimed, then fills[j] of keys[of[j]] written (wrote[j] 1, or
+// wrote nil) or lost (0).
 func (r *Reloaded) count(claimed []binding.Claimed, fills []binding.Fill, of []int, wrote []int64, skip []int) {
 	j, s := 0, 0
 	for i, cl := range claimed {
@@ -217,10 +213,11 @@ func (r *Reloaded) count(claimed []binding.Claimed, fills []binding.Fill, of []i
 			}
 			continue
 		}
+		written := filled && (wrote == nil || wrote[j] == 1)
 		switch {
-		case filled && wrote[j] == 1 && fills[j].Deletes():
+		case written && fills[j].Deletes():
 			r.NotFound++
-		case filled && wrote[j] == 1:
+		case written:
 			r.Written++
 			r.Wrote[i] = true
 		case filled, cl.Load, cl.Held: // lost, not storable, or another's

@@ -438,7 +438,7 @@ func newScript(body string) *script {
 
 // do runs the script once, by EVALSHA (by EVAL when Redis lacks it).
 func (s *script) do(ctx context.Context, c rueidis.Client, e rueidis.LuaExec) rueidis.RedisResult {
-	r := c.Do(ctx, c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build())
+	r := c.Do(ctx, s.evalsha(c.B(), e))
 	if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
 		r = c.Do(ctx, evalCmd(c.B(), s.body, e))
 	}
@@ -466,7 +466,7 @@ func (s *script) runBatches(ctx context.Context, c rueidis.Client, record string
 			e.Keys, e.Args = append(e.Keys, k...), append(e.Args, a...)
 		}
 		execs[g] = e
-		cmds[g] = c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+		cmds[g] = s.evalsha(c.B(), e)
 	}
 	res := c.DoMulti(ctx, cmds...)
 	var again []int
@@ -532,6 +532,10 @@ func batches(c rueidis.Client, keys []string) [][]int {
 		add(bySlot[s])
 	}
 	return out
+}
+
+func (s *script) evalsha(rb rueidis.Builder, e rueidis.LuaExec) rueidis.Completed {
+	return rb.Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 }
 
 func evalCmd(rb rueidis.Builder, script string, e rueidis.LuaExec) rueidis.Completed {

@@ -8,20 +8,11 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // drain runs c.Drain until the test ends.
-func drain(t *testing.T, c *cachesync.Client) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Drain(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-}
+func drain(t *testing.T, c *cachesync.Client) { testenv.Go(t, c.Drain) }
 
 // waitRows waits until query returns want (id -> value text).
 func (e *env) waitRows(query string, want map[int]string) {

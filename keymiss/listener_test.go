@@ -59,15 +59,7 @@ caches:
 	// A window no run outlasts: more than one fill of a key below is the
 	// listener's fault, not a slow machine's.
 	l.Window = time.Hour
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.Run(runCtx, 4) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer testenv.Go(t, func(ctx context.Context) error { return l.Run(ctx, 4) })()
 
 	get := func(key string) (string, bool) {
 		v, err := rc.Do(ctx, rc.B().Get().Key(key).Build()).ToString()

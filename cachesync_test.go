@@ -139,6 +139,24 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// waitSession waits until a server session matches where (a condition
+// on pg_stat_activity), read through conn, and returns its pid.
+func waitSession(t *testing.T, conn *pgx.Conn, what, where string, args ...any) int {
+	t.Helper()
+	var pid int
+	waitFor(t, what, func() bool {
+		err := conn.QueryRow(context.Background(), `SELECT pid FROM pg_stat_activity WHERE `+where+` LIMIT 1`, args...).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return true
+	})
+	return pid
+}
+
 // stallCommits makes every commit wait for a synchronous standby that
 // never answers: the commit is in the WAL (the change feed applies it), but
 // other sessions cannot see it until its wait ends (or is cancelled), or
@@ -547,17 +565,7 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 				_, err := c.Put(putCtx, "t", map[string]any{"id": 1, "v": "new"})
 				put <- err
 			}()
-			var pid int
-			waitFor(t, "the Put's commit waits for the standby", func() bool {
-				err := admin.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'`, e.name).Scan(&pid)
-				if errors.Is(err, pgx.ErrNoRows) {
-					return false
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				return true
-			})
+			pid := waitSession(t, admin, "the Put's commit waits for the standby", `datname = $1 AND wait_event = 'SyncRep'`, e.name)
 			// Either ends the commit's wait for the standby: it completes
 			// and shows.
 			if via == "cancelled" {
@@ -734,13 +742,7 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 		r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false)
 		done <- result{r, err}
 	}()
-	waitFor(t, "the reload waits for the locked row", func() bool {
-		var waiting int
-		if err := e.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		return waiting > 0
-	})
+	waitSession(t, e.db, "the reload waits for the locked row", `datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`)
 	// Meanwhile another writer fills t:1.
 	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("10").Build()).Error(); err != nil {
 		t.Fatal(err)
@@ -920,13 +922,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				_, err := e.db.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
 				deleted <- err
 			}()
-			waitFor(t, "the delete waits for the standby", func() bool {
-				var waiting bool
-				if err := admin.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'`, pid).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				return waiting
-			})
+			waitSession(t, admin, "the delete waits for the standby", `pid = $1 AND wait_event = 'SyncRep'`, pid)
 			waitFor(t, "the feed applies the delete", func() bool { _, ok := e.get("t:5"); return !ok })
 			filled := make(chan error, 1)
 			go func() {
@@ -940,14 +936,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			}()
 			// The fill waits FOR SHARE for the deleting transaction (a
 			// plain read would not wait, and would write the row back).
-			waitFor(t, "the fill waits for the deleting transaction", func() bool {
-				var waiting int
-				if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-					WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.name).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				return waiting > 0
-			})
+			waitSession(t, admin, "the fill waits for the deleting transaction", `datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.name)
 			if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
 				t.Fatal(err)
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -53,20 +52,17 @@ func TestWriteBehindReadAheadFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	drain(t, c)
-	// Wait until the claimed batch blocks on the lock, give the read-ahead
-	// time to finish, then fail the upsert.
-	var pid int
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		err := e.db.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&pid)
-		if err == nil {
-			break
+	// Wait until the claimed batch blocks on the lock and the read-ahead
+	// has taken the 10 newer entries (11 pending), then fail the upsert.
+	pid := waitSession(t, e.db, "the drainer's upsert blocks", `wait_event_type = 'Lock' AND datname = current_database()`)
+	waitFor(t, "the drainer reads ahead", func() bool {
+		p, err := e.rc.Do(ctx, e.rc.B().Xpending().Key(stream).Group("cachesync").Build()).ToArray()
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the drainer's upsert never blocked")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
+		n, _ := p[0].AsInt64()
+		return n == 11
+	})
 	if _, err := e.db.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
 		t.Fatal(err)
 	}

@@ -139,6 +139,27 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// lockRows runs sql (a SELECT ... FOR UPDATE) in a transaction of a
+// session of its own, and returns the transaction, which holds the locks
+// until committed or rolled back (or the test ends).
+func (e *env) lockRows(sql string) pgx.Tx {
+	e.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, e.dbURL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		e.t.Fatal(err)
+	}
+	return tx
+}
+
 // waitSession waits until a server session matches where (a condition
 // on pg_stat_activity), read through conn, and returns its pid.
 func waitSession(t *testing.T, conn *pgx.Conn, what, where string, args ...any) int {
@@ -720,19 +741,8 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
 	c := e.open(cfg)
 	ctx := context.Background()
-	locker, err := pgx.Connect(ctx, e.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer locker.Close(ctx)
 	// Row 2 locked: the reload's read (FOR SHARE) waits for it.
-	tx, err := locker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM t WHERE id = 2 FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := e.lockRows(`SELECT 1 FROM t WHERE id = 2 FOR UPDATE`)
 	type result struct {
 		r   cachesync.Reloaded
 		err error

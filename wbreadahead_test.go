@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/cachesync/cachesync"
 )
 
@@ -39,18 +37,7 @@ func TestWriteBehindReadAheadFailure(t *testing.T) {
 		put(id, id)
 		want[id] = fmt.Sprint(id)
 	}
-	lock, err := pgx.Connect(ctx, e.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close(ctx)
-	tx, err := lock.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT * FROM t WHERE id = 1 FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := e.lockRows(`SELECT * FROM t WHERE id = 1 FOR UPDATE`)
 	drain(t, c)
 	// Wait until the claimed batch blocks on the lock and the read-ahead
 	// has taken the 10 newer entries (11 pending), then fail the upsert.

@@ -52,8 +52,13 @@ type refreshResult struct {
 	Commands          string // Redis commands during the mass expiry
 }
 
+// mustRedisStats is redisStats, or a panic: a figure from stats that could
+// not be read would be wrong, not missing.
 func (b *bench) mustRedisStats(ctx context.Context) redisStats {
-	s, _ := b.redisStats(ctx)
+	s, err := b.redisStats(ctx)
+	if err != nil {
+		panic(fmt.Sprintf("redis stats: %v", err))
+	}
 	return s
 }
 
@@ -167,8 +172,8 @@ func (b *bench) refresh(ctx context.Context) error {
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rf.Run(rctx) }()
+	cpu0, rs0 := processCPU(), b.mustRedisStats(ctx) // (before T: the INFO is not timed)
 	time.Sleep(time.Until(at))
-	cpu0, rs0 := processCPU(), b.mustRedisStats(ctx)
 	deadline := at.Add(2 * time.Minute)
 	for rf.Stats.Refreshed.Load() < int64(n) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)

@@ -78,9 +78,11 @@ func (e *env) config(caches string) *config.Config {
 	return cfg
 }
 
-func (e *env) open(cfg *config.Config) *cachesync.Client {
+// open opens a client of cfg, with opts[0] when given, closed when the
+// test ends.
+func (e *env) open(cfg *config.Config, opts ...cachesync.Options) *cachesync.Client {
 	e.t.Helper()
-	c, err := cachesync.Open(context.Background(), cfg, cachesync.Options{})
+	c, err := cachesync.Open(context.Background(), cfg, append(opts, cachesync.Options{})[0])
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -1069,11 +1071,7 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	src.URL = strings.Replace(e.dbURL, "postgres@", role+"@", 1)
 	cfg.Sources["db"] = src
 	var logs bytes.Buffer
-	c, err := cachesync.Open(context.Background(), cfg, cachesync.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := e.open(cfg, cachesync.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()
 	for item, want := range map[string]string{"apple": "1.00", "pear": "2.00"} {
 		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || string(v) != want {

@@ -23,11 +23,16 @@ test: deps vet
 	$(GO) test -race -timeout 6m $$($(GO) list ./... | grep -v '/refresh$$')
 	$(GO) test -race -timeout 3m ./refresh
 
+# The demo runs as make's own child, not under go run, so a SIGTERM to make
+# reaches it (go run dies of one without passing it on) and it stops its
+# servers and removes their temp dirs.
 demo: deps build
-	$(GO) run ./examples/demo
+	$(GO) build -o bin/demo ./examples/demo
+	bin/demo
 
 bench: deps build
-	$(GO) run ./bench
+	$(GO) build -o bin/bench ./bench
+	bin/bench
 
 clean:
 	rm -rf bin .demo

@@ -1,11 +1,17 @@
 // Command demo runs the grocery catalog example end to end: it starts a
-// private Redis and PostgreSQL under .demo/, loads examples/grocery.sql, runs
-// cachesync on examples/grocery.yaml, changes a price to show it land in
-// Redis, and prints how to try it by hand. Ctrl-C stops everything.
+// private Redis and PostgreSQL, each in a temp dir of its own (not under the
+// clone: as root, PostgreSQL runs as the postgres user, who may not reach
+// it, e.g. in /root), loads examples/grocery.sql, runs cachesync on
+// examples/grocery.yaml, changes a price to show it land in Redis, and
+// prints how to try it by hand. Ctrl-C (or SIGTERM, SIGHUP) stops everything
+// and removes the temp dirs.
 //
 // Usage (from the repository root; make demo does this):
 //
-//	go build -o bin/cachesync ./cmd/cachesync && go run ./examples/demo
+//	go build -o bin/cachesync ./cmd/cachesync && go build -o bin/demo ./examples/demo && bin/demo
+//
+// (go run ./examples/demo works too, but a SIGTERM to go run kills it
+// without reaching the demo, which then runs on.)
 package main
 
 import (
@@ -26,36 +32,36 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	if err := run(ctx); err != nil {
+	// An error caused by Ctrl-C during start-up (a cancelled query, say)
+	// is no error: everything has been stopped and removed all the same.
+	if err := run(ctx); err != nil && ctx.Err() == nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
 func run(ctx context.Context) error {
-	dir, err := filepath.Abs(".demo")
+	fmt.Println("starting a private Redis and PostgreSQL, in temp dirs removed when the demo stops")
+	redisDir, err := os.MkdirTemp("", "cachesync-demo-redis-")
 	if err != nil {
 		return err
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "redis"), filepath.Join(dir, "postgres")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-		os.Chmod(d, 0o755) // the postgres user must reach its data folder
-	}
-	fmt.Println("starting a private Redis and PostgreSQL under", dir)
-	rds, err := testenv.NewRedis(filepath.Join(dir, "redis"))
+	defer os.RemoveAll(redisDir)
+	rds, err := testenv.NewRedis(redisDir)
 	if err != nil {
 		return err
 	}
-	defer rds.Stop()
-	pg, err := testenv.NewPostgres(filepath.Join(dir, "postgres"))
+	defer warn(rds.Stop)
+	// In a temp dir of its own, which the postgres user reaches when we
+	// are root; Close removes it.
+	pg, err := testenv.NewTempPostgres()
 	if err != nil {
 		return err
 	}
-	defer pg.Stop()
+	defer warn(pg.Close)
+	fmt.Printf("Redis is in %s, PostgreSQL in %s\n", rds.Dir, pg.Dir)
 
 	dbURL := pg.URL("postgres")
 	db, err := pgx.Connect(ctx, dbURL)
@@ -77,7 +83,11 @@ func run(ctx context.Context) error {
 		return err
 	}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	daemon := exec.CommandContext(ctx, "bin/cachesync", "run", "--config", "examples/grocery.yaml")
+	// cachesync stops (SIGTERM) on Ctrl-C and also whenever run returns
+	// early, so an error never leaves it running without its servers.
+	daemonCtx, stopDaemon := context.WithCancel(ctx)
+	defer stopDaemon()
+	daemon := exec.CommandContext(daemonCtx, "bin/cachesync", "run", "--config", "examples/grocery.yaml")
 	daemon.Env = append(os.Environ(), "REDIS_URL="+rds.URL(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+httpAddr)
 	daemon.Stdout, daemon.Stderr = os.Stdout, os.Stderr
 	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
@@ -85,8 +95,10 @@ func run(ctx context.Context) error {
 	if err := daemon.Start(); err != nil {
 		return fmt.Errorf("start bin/cachesync (run make build first): %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
+	var daemonErr error           // set before exited is closed
+	exited := make(chan struct{}) // closed once cachesync has exited
+	go func() { daemonErr = daemon.Wait(); close(exited) }()
+	defer func() { stopDaemon(); <-exited }() // before Redis and PostgreSQL stop
 
 	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
 	if err != nil {
@@ -97,15 +109,18 @@ func run(ctx context.Context) error {
 		v, _ := client.Do(ctx, client.B().Get().Key("price:apple").Build()).ToString()
 		return v
 	}
-	if err := waitFor(ctx, exited, func() bool { return get() != "" }); err != nil {
+	if err := waitFor(ctx, "price:apple in Redis", exited, &daemonErr, func() bool { return get() != "" }); err != nil {
 		return err
 	}
-	fmt.Printf("\nRedis holds price:apple = %s\n", get())
+	// before is read ahead of the UPDATE: read after it, it could already
+	// hold the new price, which would then never differ from it.
+	before := get()
+	fmt.Printf("\nRedis holds price:apple = %s\n", before)
+	start := time.Now()
 	if _, err := db.Exec(ctx, `UPDATE inventory SET price = price + 0.10, updated_at = now() WHERE item = 'apple'`); err != nil {
 		return err
 	}
-	start, before := time.Now(), get()
-	if err := waitFor(ctx, exited, func() bool { return get() != before }); err != nil {
+	if err := waitFor(ctx, "the new price in Redis", exited, &daemonErr, func() bool { return get() != before }); err != nil {
 		return err
 	}
 	fmt.Printf("UPDATE inventory SET price = price + 0.10 WHERE item = 'apple'  ->  price:apple = %s  (landed in %s)\n",
@@ -131,28 +146,42 @@ Press Ctrl-C to stop cachesync, Redis and PostgreSQL.
 	case <-ctx.Done():
 		// Stopped by Ctrl-C: cachesync got SIGTERM and stopped cleanly
 		// unless it says otherwise.
-		if err := <-exited; err != nil && !errors.Is(err, ctx.Err()) {
-			return fmt.Errorf("cachesync: %v", err)
+		stopDaemon()
+		<-exited
+		if daemonErr != nil && !errors.Is(daemonErr, daemonCtx.Err()) {
+			return fmt.Errorf("cachesync: %v", daemonErr)
 		}
 		return nil
-	case err := <-exited:
-		return fmt.Errorf("cachesync exited: %v", err)
+	case <-exited:
+		// A terminal's Ctrl-C reaches cachesync too (it shares our process
+		// group), and it may stop before we have seen the signal ourselves.
+		if daemonErr == nil {
+			return nil
+		}
+		return fmt.Errorf("cachesync exited: %v", daemonErr)
+	}
+}
+
+// warn prints the error of a deferred stop, if any.
+func warn(stop func() error) {
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
 	}
 }
 
 // waitFor polls cond until it holds, the daemon exits or 30 s pass.
-func waitFor(ctx context.Context, exited chan error, cond func() bool) error {
+func waitFor(ctx context.Context, what string, exited <-chan struct{}, daemonErr *error, cond func() bool) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("cachesync exited: %v", err)
+		case <-exited:
+			return fmt.Errorf("cachesync exited: %v", *daemonErr)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out waiting for Redis")
+			return fmt.Errorf("timed out waiting for %s", what)
 		}
 	}
 	return nil

@@ -20,6 +20,10 @@ import (
 )
 
 // Postgres is a private PostgreSQL cluster (initdb in a temp dir, wal_level=logical) on a free 127.0.0.1 port.
+//
+// Stop stops the server and keeps Dir, so Start can start it again; Close
+// stops it for good and also removes Dir when the Postgres made Dir itself
+// (NewTempPostgres, StartPostgres, RunWithPostgres).
 type Postgres struct {
 	// Port is the TCP port the postmaster listens on (127.0.0.1 only).
 	Port int
@@ -29,6 +33,7 @@ type Postgres struct {
 	bin      string
 	settings []string
 	cred     *syscall.Credential // non-nil when running as root: drop to the postgres user
+	ownDir   bool                // Dir was made by NewTempPostgres: Close removes it
 
 	mu sync.Mutex
 	p  *proc
@@ -43,34 +48,62 @@ func WithPostgresSettings(kv ...string) PostgresOption {
 	return func(p *Postgres) { p.settings = append(p.settings, kv...) }
 }
 
-// StartPostgres starts a private PostgreSQL cluster for the test and stops it
-// and removes its directory at cleanup; it fails the test if that is impossible.
+// StartPostgres starts a private PostgreSQL cluster for the test (in a
+// directory of its own, as NewTempPostgres) and stops it and removes its
+// directory at cleanup; it fails the test if that is impossible.
 func StartPostgres(tb testing.TB, opts ...PostgresOption) *Postgres {
 	tb.Helper()
-	// Not tb.TempDir: as root its 0700 parents are unreachable for the
-	// postgres user, and its long names can overflow the Unix socket path limit.
-	dir, err := os.MkdirTemp("", "cachesync-pg-")
+	p, err := NewTempPostgres(opts...)
 	if err != nil {
-		tb.Fatal(err)
-	}
-	p, err := NewPostgres(dir, opts...)
-	if err != nil {
-		os.RemoveAll(dir)
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			tb.Error(err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
+		if err := p.Close(); err != nil {
 			tb.Error(err)
 		}
 	})
 	return p
 }
 
+// NewTempPostgres starts a cluster, as NewPostgres does, in a new directory
+// of its own that the postgres user can reach: under os.TempDir(), or under
+// /tmp when we are root and the postgres user (which PostgreSQL then runs
+// as) cannot search os.TempDir(). The caller must call Close, which stops
+// the server and removes the directory.
+//
+// Use it rather than a dir under the caller's (a clone in /root, the demo's
+// working dir) or tb.TempDir: as root their 0700 parents are out of the
+// postgres user's reach, and tb.TempDir's long names can also overflow the
+// Unix socket path limit.
+func NewTempPostgres(opts ...PostgresOption) (*Postgres, error) {
+	base := os.TempDir()
+	if os.Geteuid() == 0 {
+		cred, err := postgresUser()
+		if err != nil {
+			return nil, err
+		}
+		if checkTraversable(filepath.Join(base, "x"), cred) != nil {
+			base = "/tmp" // e.g. TMPDIR=/tmp/user/0 (0700), as pam_tmpdir sets it
+		}
+	}
+	dir, err := os.MkdirTemp(base, "cachesync-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("postgres dir: %w", err)
+	}
+	p, err := NewPostgres(dir, opts...)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	p.ownDir = true
+	return p, nil
+}
+
 // NewPostgres starts a cluster in dir (running initdb unless dir/data already
-// holds one), for callers outside tests (demo, benchmarks), who must call Stop.
+// holds one), for callers outside tests (benchmarks), who must call Stop or
+// Close; both keep dir. As root, dir and its parents must be searchable by
+// the postgres user (NewPostgres fails saying so otherwise): a caller
+// without such a dir of its own uses NewTempPostgres.
 func NewPostgres(dir string, opts ...PostgresOption) (*Postgres, error) {
 	bin, err := PostgresBinDir()
 	if err != nil {
@@ -254,6 +287,19 @@ func (p *Postgres) Stop() error {
 	return p.halt("stop", syscall.SIGINT)
 }
 
+// Close stops the server (as Stop, which kills it if it does not stop in
+// time) and then, if NewTempPostgres made Dir, removes Dir. Calling it again
+// does nothing more.
+func (p *Postgres) Close() error {
+	err := p.Stop()
+	if p.ownDir {
+		if rerr := os.RemoveAll(p.Dir); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove postgres dir: %w", rerr))
+		}
+	}
+	return err
+}
+
 // Kill performs an immediate shutdown (SIGQUIT): no checkpoint, so the next
 // Start runs crash recovery, but no orphaned backends are left behind.
 func (p *Postgres) Kill() error {
@@ -352,17 +398,12 @@ func checkTraversable(dir string, c *syscall.Credential) error {
 // TestMain's body: os.Exit(testenv.RunWithPostgres(m, &pg)). Tests share the
 // cluster by each using a database and replication slot of its own.
 func RunWithPostgres(m *testing.M, pg **Postgres, opts ...PostgresOption) int {
-	dir, err := os.MkdirTemp("", "cachesync-pg-")
-	if err != nil {
+	var err error
+	if *pg, err = NewTempPostgres(opts...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	if *pg, err = NewPostgres(dir, opts...); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer (*pg).Stop()
+	defer (*pg).Close()
 	return m.Run()
 }
 

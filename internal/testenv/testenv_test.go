@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -195,6 +196,45 @@ func TestPostgres(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTempPostgres: NewTempPostgres starts a cluster in a dir of its own
+// even when TMPDIR is a 0700 dir of ours (as pam_tmpdir's /tmp/user/0 is
+// for root, out of the postgres user's reach), and Close stops the server
+// and removes that dir.
+func TestTempPostgres(t *testing.T) {
+	private := t.TempDir()
+	if err := os.Chmod(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", private)
+	p, err := NewTempPostgres(WithPostgresSettings("application_name=temp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			p.Close()
+		}
+	})
+	if err := p.ready(); err != nil {
+		t.Fatal(err)
+	}
+	pid := p.p.cmd.Process.Pid
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	if alive(pid) {
+		t.Errorf("postmaster pid %d still running after Close", pid)
+	}
+	if _, err := os.Stat(p.Dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Close left %s (stat: %v)", p.Dir, err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }
 

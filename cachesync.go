@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/singleflight"
@@ -164,6 +165,11 @@ func (c *Client) open(ctx context.Context) error {
 		b, cols, err := schema.SelectBinding(cc, t)
 		if err != nil {
 			return err
+		}
+		if cc.Writes == config.WritesBehind && c.redis.Mode() == rueidis.ClientModeCluster {
+			if err := binding.QueueSlotError(name, cc.Template); err != nil {
+				return config.FieldError("caches."+name+".key", "%v", err)
+			}
 		}
 		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source],
 			stats: &CacheStats{Gets: latency.New(latency.Fast)}}
@@ -337,7 +343,18 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 				return v, err
 			}
-			return c.load(ctx, ca, key, values, token)
+			v, err := c.load(ctx, ca, key, values, token)
+			if !errors.Is(err, errQueued) {
+				return v, err
+			}
+			// The key's write-behind write is queued: its value is the
+			// answer, and the fill wrote nothing.
+			if v, err := c.redis.Do(ctx, rb.Hget().Key(binding.PendingKey(key)).Field("v").Build()).AsBytes(); err == nil {
+				return v, nil
+			} else if !rueidis.IsRedisNil(err) {
+				return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+			}
+			continue // drained meanwhile: fill again
 		}
 		// Someone else fills the key: wait for their value.
 		if wait == time.Millisecond {
@@ -377,42 +394,128 @@ func (c *Client) leaseTTL(ca *cache) time.Duration {
 func (c *Client) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
 	rb := c.redis.B()
 	ca.stats.Fills.Add(1)
-	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values)
+	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, true)
+	if pgsource.RowLocked(err) {
+		// A writer holds the row: answer with the row as committed, read
+		// plainly, and cache nothing (the writer's commit may be applied
+		// by the feed already, and a plain read could miss it).
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return c.loadLocked(ctx, ca, key, values)
+	}
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		return nil, fmt.Errorf("cache %q: key %q: postgres %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, pgFailure(err))
 	}
 	if row == nil {
-		if _, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now()); err != nil {
+		n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now())
+		if err != nil {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+		}
+		if n[0] == binding.FillQueued {
+			return nil, errQueued
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
 	v, err := ca.b.Encode(row)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		if errors.Is(err, binding.ErrEmptyHash) {
-			return []byte("{}"), nil // read, not cached
+		switch {
+		case errors.Is(err, binding.ErrNoValue) && ca.cfg.Format == binding.FormatHash:
+			return []byte("{}"), nil // a hash of NULLs: read, not cached
+		case errors.Is(err, binding.ErrNoValue): // a NULL string: no value, as for a missing row
+			return nil, fmt.Errorf("cache %q: key %q: %w (its column is NULL)", ca.cfg.Name, key, ErrNotFound)
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
 	}
-	if _, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now()); err != nil {
+	n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now())
+	if err != nil {
 		return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+	}
+	if n[0] == binding.FillQueued {
+		return nil, errQueued
 	}
 	return v.Result(ca.cfg.Format), nil
 }
 
+// loadLocked answers a Get of key, whose row a writer holds, without
+// caching: with the key's queued write-behind value if there is one, else
+// the row as committed.
+func (c *Client) loadLocked(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
+	if ca.b.Queued {
+		v, err := c.redis.Do(ctx, c.redis.B().Hget().Key(binding.PendingKey(key)).Field("v").Build()).AsBytes()
+		if err == nil {
+			return v, nil
+		}
+		if !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+		}
+	}
+	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, false)
+	if err != nil {
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, pgFailure(err))
+	}
+	if row == nil {
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
+	}
+	v, err := ca.b.Encode(row)
+	switch {
+	case errors.Is(err, binding.ErrNoValue) && ca.cfg.Format == binding.FormatHash:
+		return []byte("{}"), nil
+	case errors.Is(err, binding.ErrNoValue):
+		return nil, fmt.Errorf("cache %q: key %q: %w (its column is NULL)", ca.cfg.Name, key, ErrNotFound)
+	case err != nil:
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
+	}
+	return v.Result(ca.cfg.Format), nil
+}
+
+// pgFailure classifies an error of PostgreSQL truthfully: unavailable
+// (worth a retry elsewhere) when it cannot be reached or ended the
+// session, else as it is (a row a writer holds, a statement refused).
+func pgFailure(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
+}
+
+// errQueued is a fill's finding that the key's write-behind write is
+// queued: the queued value, not the row, is the key's.
+var errQueued = errors.New("a write-behind write of the key is queued")
+
 // Invalidate removes key from cache name; a fill in progress for it loses.
+//
+// A complete cache (a change feed and no TTL: every row has its key) stays
+// complete: the key is loaded again at once, by a fill like Get's, so an
+// invalidation there means "reload this key from the table".
 func (c *Client) Invalidate(ctx context.Context, name, key string) error {
-	ca, _, err := c.cache(name, key)
+	ca, values, err := c.cache(name, key)
 	if err != nil {
 		return err
 	}
 	if err := c.invalidate(ctx, ca, key); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
+	return c.refill(ctx, ca, key, values)
+}
+
+// refill loads key again after its invalidation when ca is complete.
+func (c *Client) refill(ctx context.Context, ca *cache, key string, values []string) error {
+	if !ca.complete() {
+		return nil
+	}
+	// A fill of its own: one in flight began before the invalidation, which
+	// ended its lease.
+	if _, err := c.fill(ctx, ca, key, values); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("invalidated, then not loaded again: %w", err)
+	}
 	return nil
 }
+
+// complete tells a cache whose Redis holds a key for every row: one with a
+// change feed and no TTL.
+func (ca *cache) complete() bool { return ca.cfg.Sync == config.SyncChangefeed && ca.cfg.TTL == 0 }
 
 // invalidate removes key with its companions and its expiry record.
 func (c *Client) invalidate(ctx context.Context, ca *cache, key string) error {

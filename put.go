@@ -47,18 +47,18 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	}
 	var keyText []string
 	var target pglogrepl.LSN
+	var targetErr error
 	var sent session // where the statement went, if it was sent
 	err = ca.loader.Pool().AcquireFunc(ctx, func(conn *pgxpool.Conn) error {
 		sent = sessionOf(conn.Conn().PgConn())
 		if err := conn.QueryRow(ctx, sql, args...).Scan(anyPtrs(&keyText, len(ca.cfg.Template.Columns()))...); err != nil {
 			return err
 		}
-		if ca.cfg.Sync != config.SyncChangefeed {
-			return nil // nothing to wait for
+		if ca.cfg.Sync == config.SyncChangefeed {
+			// After the commit: the WAL position the feed must reach to have applied it.
+			target, targetErr = pgsource.WALInsertPosition(ctx, conn)
 		}
-		// After the commit: the WAL position the feed must reach to have applied it.
-		target, err = pgsource.WALInsertPosition(ctx, conn)
-		return err
+		return nil
 	})
 	if err != nil {
 		if sent.pid != 0 && ca.cfg.Sync != config.SyncChangefeed && mayHaveCommitted(err) {
@@ -76,6 +76,9 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 		defer cancel()
 		return key, c.Invalidate(ictx, name, key)
+	}
+	if targetErr != nil { // committed: how far the feed must go is unknown
+		return key, fmt.Errorf("cache %q: %w: read the WAL position: %w", name, ErrNotApplied, targetErr)
 	}
 	return key, c.WaitApplied(ctx, ca.cfg.Source, uint64(target), c.opts.WriteWait)
 }
@@ -127,8 +130,10 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 	sel, args := make([]string, len(cols)), make([]any, len(cols))
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // upsert checked it
-		sel[i] = printed(fmt.Sprintf("$%d::%s", i+1, col.Declared))
-		args[i] = row[name]
+		sel[i] = printed(fmt.Sprintf("$%d::text::%s", i+1, col.Declared))
+		if t, err := inputText(col, row[name]); err == nil && t != nil {
+			args[i] = string(t)
+		}
 	}
 	var text []string
 	err := pool.QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(anyPtrs(&text, len(cols))...)
@@ -218,7 +223,7 @@ func (ca *cache) checkRow(row map[string]any) error {
 		}
 	}
 	for _, k := range ca.cfg.Template.Columns() {
-		if v, ok := row[k]; !ok || v == nil {
+		if v, ok := row[k]; !ok || isNull(v) {
 			return fmt.Errorf("%w: the row needs key column %q, not null", ErrBadRow, k)
 		}
 	}
@@ -238,8 +243,15 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	slices.Sort(cols)
 	args := make([]any, len(cols))
 	params := make([]string, len(cols))
-	for i, col := range cols {
-		args[i] = row[col]
+	for i, name := range cols {
+		col, _ := ca.table.Column(name) // checkRow checked it
+		t, err := inputText(col, row[name])
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: column %q: %w", ErrBadRow, name, err)
+		}
+		if t != nil {
+			args[i] = string(t) // sent as text: PostgreSQL's input function reads it
+		}
 		params[i] = fmt.Sprintf("$%d", i+1)
 	}
 	// The key columns as their type prints them, as the change feed and
@@ -300,13 +312,17 @@ func quoteAll(names []string) []string {
 
 // WaitApplied waits until the change feed of source has recorded in Redis
 // that it applied everything up to the WAL position target (as WALPosition
-// gives it), or returns ErrNotApplied after timeout: read-your-writes for
-// Put, and what a consistency check waits for before it re-reads.
+// gives it), or returns ErrNotApplied after timeout, or when ctx ends (then
+// wrapping ctx's error too): read-your-writes for Put, and what a
+// consistency check waits for before it re-reads.
 func (c *Client) WaitApplied(ctx context.Context, source string, target uint64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	wait := 500 * time.Microsecond
 	for {
 		lsn, ok, err := c.state.Applied(ctx, source)
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("source %s at %s: %w (%w)", source, pglogrepl.LSN(target), ErrNotApplied, ctx.Err())
+		}
 		if err != nil {
 			return err
 		}
@@ -318,7 +334,7 @@ func (c *Client) WaitApplied(ctx context.Context, source string, target uint64, 
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("source %s at %s: %w (%w)", source, pglogrepl.LSN(target), ErrNotApplied, ctx.Err())
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 20*time.Millisecond)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/pgsource"
 )
 
 // Reloaded counts what a Reload did with its keys.
@@ -157,8 +158,15 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 		want[j] = values[i]
 	}
 	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), want, true)
+	if pgsource.RowLocked(err) {
+		// A writer holds one of the rows: its commit ends up in Redis by
+		// the feed or by its own invalidation; the keys are skipped now
+		// (a refresh tries them again while they are due).
+		c.opts.Logger.Debug("reload: a row is held by a writer; keys skipped", "cache", name, "keys", len(load), "err", err)
+		return nil, nil, nil
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+		return nil, nil, fmt.Errorf("cache %q: %w", name, pgFailure(err))
 	}
 	byKey := make(map[string][][]byte, len(rows))
 	for _, row := range rows {
@@ -173,8 +181,12 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 		if !ok {
 			// Not among the rows by its rendering: a key spelled unlike
 			// PostgreSQL prints its values ("item:01") still has its row.
-			if row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i]); err != nil {
-				return nil, nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+			row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i], true)
+			if pgsource.RowLocked(err) {
+				continue // skipped, as above
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("cache %q: %w", name, pgFailure(err))
 			}
 		}
 		var v *binding.Value
@@ -182,9 +194,10 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 		if row != nil {
 			enc, err := ca.b.Encode(row)
 			switch {
-			case errors.Is(err, binding.ErrEmptyHash):
-				// A hash of NULLs is no key: removed as the feed removes
-				// it, with no "not found" marker (the row is there).
+			case errors.Is(err, binding.ErrNoValue):
+				// A hash of NULLs or a NULL string is no key: removed as
+				// the feed removes it, with no "not found" marker (the
+				// row is there).
 				negative = false
 			case err != nil:
 				c.opts.Logger.Warn("reload: row cannot be stored; key left alone", "cache", name, "key", keys[i], "err", err)

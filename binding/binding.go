@@ -31,6 +31,9 @@ type Spec struct {
 	// Record, when set, is the cache's expiry record (RecordKey): every
 	// write adds the key with its expiry time, every removal removes it.
 	Record string
+	// Queued tells a cache that takes write-behind writes: while a key's
+	// write is queued (PendingKey), fills leave the key alone.
+	Queued bool
 }
 
 // FieldSpec names one output field and the column it comes from.
@@ -165,24 +168,39 @@ type Value struct {
 	Fields []string
 }
 
-// ErrEmptyHash is Encode's refusal of a row whose value columns are all
-// NULL in the hash format: Redis has no empty hash, so such a row's key is
-// absent (the feed removes it as a deleted row's).
-var ErrEmptyHash = errors.New("every value column is null: a hash cannot be empty")
+// ErrNoValue is Encode's refusal of a row that has no value to store: in
+// the hash format every value column is NULL (Redis has no empty hash), in
+// the string format its column is NULL. Such a row's key is absent, as a
+// deleted row's is: the feed removes it, a fill writes nothing.
+var ErrNoValue = errors.New("no value to store: a NULL string, or a hash whose every field is NULL")
 
 // Encode encodes row in the binding's format.
-func (b *Binding) Encode(row [][]byte) (Value, error) {
+func (b *Binding) Encode(row [][]byte) (Value, error) { return b.encode(&b.enc, row) }
+
+// EncodeGiven encodes a row given by a writer (write-behind) rather than
+// read from PostgreSQL: a value in a form PostgreSQL takes but does not
+// print is kept as given (Encoder.Loose), until the row as stored replaces it.
+func (b *Binding) EncodeGiven(row [][]byte) (Value, error) {
+	enc := b.enc
+	enc.Loose = true
+	return b.encode(&enc, row)
+}
+
+func (b *Binding) encode(enc *Encoder, row [][]byte) (Value, error) {
 	var v Value
 	var err error
 	switch b.Format {
 	case FormatHash:
-		if v.Fields, err = b.enc.HashFields(row); err == nil && len(v.Fields) == 0 {
-			err = ErrEmptyHash
+		if v.Fields, err = enc.HashFields(row); err == nil && len(v.Fields) == 0 {
+			err = ErrNoValue
 		}
 	case FormatString:
-		v.Bytes, err = b.enc.AppendString(nil, row)
+		if len(enc.Fields) == 1 && enc.Fields[0].Column < len(row) && row[enc.Fields[0].Column] == nil {
+			return v, ErrNoValue
+		}
+		v.Bytes, err = enc.AppendString(nil, row)
 	default:
-		v.Bytes, err = b.enc.AppendJSON(nil, row)
+		v.Bytes, err = enc.AppendJSON(nil, row)
 	}
 	if err != nil {
 		return v, fmt.Errorf("value: %w", err)
@@ -220,7 +238,7 @@ return 1`
 // ended too, so a fill that found no row cannot write its marker after it.
 func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key string, row [][]byte, fresh bool) ([]rueidis.Completed, error) {
 	v, err := b.Encode(row)
-	if errors.Is(err, ErrEmptyHash) {
+	if errors.Is(err, ErrNoValue) {
 		return b.AppendInvalidate(cmds, rb, key), nil // no key, as for a deleted row
 	}
 	if err != nil {
@@ -236,10 +254,15 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	return appendValue(cmds, rb, key, w), nil
 }
 
-// Clear removes every key of this binding from Redis, with their leases and
-// "not found" markers (on every primary of a cluster), after bumping the
-// cache's removal count: keys are found with SCAN MATCH and kept only if the
-// template parses them.
+// Clear removes every key of this binding from Redis, with their leases,
+// "not found" markers and stale copies (on every primary of a cluster),
+// after bumping the cache's removal count: keys are found with SCAN MATCH
+// and kept only if the template parses them. It ends fills in flight
+// before it removes values (DESIGN invariant 9): the leases go first, so a
+// fill that read its row before the clear either wrote before the values
+// are removed, or finds its lease gone and writes nothing. (SCAN returns
+// every key present for the whole scan, so every lease taken before it.)
+// Pending marks of queued write-behind writes are the queue's, and stay.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	n := 0
 	// First, so watched reloads that read rows before are refused.
@@ -251,15 +274,22 @@ func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error)
 			return 0, fmt.Errorf("unlink %s: %w", b.Record, err)
 		}
 	}
-	for _, prefix := range []string{"", leasePrefix, negPrefix, stalePrefix} {
+	for _, prefix := range []string{leasePrefix, "", negPrefix, stalePrefix} {
 		m, err := b.clear(ctx, client, prefix)
 		n += m
 		if err != nil {
 			return n, err
 		}
+		if clearPassed != nil {
+			clearPassed(prefix)
+		}
 	}
 	return n, nil
 }
+
+// clearPassed, when set (by tests), is called after each pass of Clear
+// with the prefix of the keys it removed ("" for values).
+var clearPassed func(prefix string)
 
 // clear removes the keys of this binding with prefix (a companion kind).
 func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {

@@ -79,6 +79,10 @@ type Field struct {
 type Encoder struct {
 	Format Format
 	Fields []Field
+	// Loose keeps a value in a form PostgreSQL takes but does not print
+	// (a writer's "2026-01-02T03:04:05+05:30" or "yes") as its text,
+	// where it would be refused: for values given by a writer, not read.
+	Loose bool
 }
 
 func (e *Encoder) value(f *Field, row [][]byte) ([]byte, error) {
@@ -108,7 +112,9 @@ func (e *Encoder) AppendJSON(dst []byte, row [][]byte) ([]byte, error) {
 			dst = append(dst, "null"...)
 			continue
 		}
-		if dst, err = pgtext.AppendJSON(dst, f.TypeOID, v); err != nil {
+		if dst, err = pgtext.AppendJSON(dst, f.TypeOID, v); err != nil && e.Loose {
+			dst = pgtext.AppendJSONString(dst, string(v))
+		} else if err != nil {
 			return dst[:orig], fmt.Errorf("binding: field %q (column %d): %w", f.Name, f.Column, err)
 		}
 	}
@@ -142,7 +148,9 @@ func (e *Encoder) HashFields(row [][]byte) ([]string, error) {
 			continue
 		}
 		var err error
-		if buf, err = pgtext.AppendPlain(buf, f.TypeOID, v); err != nil {
+		if buf, err = pgtext.AppendPlain(buf, f.TypeOID, v); err != nil && e.Loose {
+			buf = append(buf, v...)
+		} else if err != nil {
 			return nil, fmt.Errorf("binding: field %q (column %d): %w", f.Name, f.Column, err)
 		}
 		ends = append(ends, len(buf))
@@ -179,6 +187,9 @@ func (e *Encoder) AppendString(dst []byte, row [][]byte) ([]byte, error) {
 		return dst, fmt.Errorf("binding: column %d (field %q) is NULL; a string value cannot be NULL", f.Column, f.Name)
 	}
 	out, err := pgtext.AppendPlain(dst, f.TypeOID, v)
+	if err != nil && e.Loose {
+		return append(dst, v...), nil
+	}
 	if err != nil {
 		return dst, fmt.Errorf("binding: field %q (column %d): %w", f.Name, f.Column, err)
 	}

@@ -17,9 +17,10 @@ import (
 // Companion keys hold cachesync's metadata about a user key in the same
 // Redis Cluster slot: the user key is their hash tag (or its own tag is reused).
 const (
-	leasePrefix = "cachesync:lease:"
-	negPrefix   = "cachesync:neg:"
-	stalePrefix = "cachesync:stale:"
+	leasePrefix   = "cachesync:lease:"
+	negPrefix     = "cachesync:neg:"
+	stalePrefix   = "cachesync:stale:"
+	pendingPrefix = "cachesync:pending:"
 )
 
 // StaleKey names the stale copy of key (Spec.Stale).
@@ -120,61 +121,46 @@ func (b *Binding) AppendInvalidate(cmds []rueidis.Completed, rb rueidis.Builder,
 	return cmds
 }
 
-// queue sets a value like a fresh feed write (ending a fill's lease and a
-// not-found marker) and appends the row to a write-behind stream, atomically.
-// KEYS: key, lease, neg, stale, stream[, record]. ARGV: mode (s|h), ttl ms,
-// expires at (unix ms), stale copy ttl ms (0: none), stale copy, row JSON,
-// row's column names, value...
-const queue = `redis.call('DEL', KEYS[2], KEYS[3])
-local ttl = tonumber(ARGV[2])
-if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4]) end
-if ARGV[1] == 's' then
-  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[8], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[8]) end
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-end
-if KEYS[6] and ttl > 0 then redis.call('ZADD', KEYS[6], ARGV[3], KEYS[1]) end
-return redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[6], 'cols', ARGV[7])`
-
-// QueueCmd writes v under key and appends row (JSON, with its column names
-// joined by NUL, so the drainer need not parse the row) to the write-behind
-// stream, in one step: a value is in Redis exactly when its write is queued.
-func (b *Binding) QueueCmd(rb rueidis.Builder, key, stream string, v *Value, row, cols string) rueidis.Completed {
-	w := b.writeArgs(v)
-	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key), stream}
-	if b.Record != "" {
-		keys = append(keys, b.Record)
-	}
-	return rb.Eval().Script(queue).Numkeys(int64(len(keys))).Key(keys...).
-		Arg(append([]string{w.mode, strconv.FormatInt(w.ttl, 10), strconv.FormatInt(w.expiresAt, 10), strconv.FormatInt(w.staleTTL, 10), w.stale, row, cols}, w.value...)...).Build()
-}
-
 // fill writes, for each of many keys, a value, a "not found" marker or a
 // deletion, each only if the fill's lease is still there and (unless it
 // overwrites) the key is still missing: a change-feed write either sets the
 // key or ends the lease, an invalidation ends the lease, so a fill that read
-// the row before a newer change loses. It returns 1 (written) or 0 per key.
+// the row before a newer change loses. It returns 1 (written) or 0 per key,
+// or 2 when a write-behind write of the key is queued (its pending mark
+// names an entry still in the stream): the queue owns the key, and the fill
+// writes nothing (a mark whose entry is gone is a leftover, and removed).
 // A lease that is another's (ours ran out) is left as it is: its TTL bounds
 // how long that fill may take. Given the cache's expiry record, it records
 // each value's expiry and removes a deleted key, in the same step.
-// KEYS: [record,] then per key: key, lease, neg, stale. ARGV: has record (1
-// or 0), token, then per key: the count of its arguments, then
-// mode (s string, h hash, n not found, d delete), overwrite (1 or 0), ttl
-// ms, expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
-const fill = `local rec, k0 = nil, 1
-if ARGV[1] == '1' then rec, k0 = KEYS[1], 2 end
-local token = ARGV[2]
+// KEYS: [record,] [stream,] then per key: key, lease, neg, stale[, pending
+// (with a stream)]. ARGV: has record (1 or 0), has stream (1 or 0), token,
+// then per key: the count of its arguments, then mode (s string, h hash, n
+// not found, d delete), overwrite (1 or 0), ttl ms, expires at (unix ms),
+// stale copy ttl ms (0: none), stale copy, value...
+const fill = `local rec, stream, k0 = nil, nil, 1
+if ARGV[1] == '1' then rec, k0 = KEYS[k0], k0 + 1 end
+if ARGV[2] == '1' then stream, k0 = KEYS[k0], k0 + 1 end
+local per = 4
+if stream then per = 5 end
+local token = ARGV[3]
 local out, zadd, zrem = {}, {}, {}
-local a = 3
-for k = k0, #KEYS, 4 do
+local a = 4
+for k = k0, #KEYS, per do
   local key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local mode, over, ttl, staleTTL = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
   local at, v, last = ARGV[a + 4], a + 7, a + tonumber(ARGV[a])
   a = last + 1
   local r = 0
-  if redis.call('GET', lease) == token then
+  local queued = false
+  if stream then
+    local id = redis.call('HGET', KEYS[k + 4], 'id')
+    if id and #redis.call('XRANGE', stream, id, id) > 0 then queued = true
+    elseif id then redis.call('DEL', KEYS[k + 4]) end
+  end
+  if queued then
+    if redis.call('GET', lease) == token then redis.call('DEL', lease) end
+    r = 2
+  elseif redis.call('GET', lease) == token then
     redis.call('DEL', lease)
     if mode == 's' then
       local set
@@ -249,7 +235,8 @@ func (f Fill) args() []string {
 func (f Fill) Deletes() bool { return f.mode == "n" || f.mode == "d" }
 
 // ExecFills runs fills under token's leases, BatchKeys keys
-// a script call, in one pipeline, and returns 1 (written) or 0 for each.
+// a script call, in one pipeline, and returns 1 (written) or 0 for each,
+// or FillQueued for a key whose write-behind write is queued (not written).
 // The expiry record is kept as record.go says; in a Redis Cluster, keys
 // removed because their row is gone leave it if recorded due by dueBy.
 func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string, fills []Fill, dueBy time.Time) ([]int64, error) {
@@ -270,11 +257,21 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	for i, f := range fills {
 		keys[i] = f.Key
 	}
-	head := []string{token}
+	head := rueidis.LuaExec{Args: []string{"0", "0", token}}
+	if rec := b.inScript(c); rec != "" {
+		head.Keys, head.Args[0] = append(head.Keys, rec), "1"
+	}
+	if b.Queued {
+		head.Keys, head.Args[1] = append(head.Keys, StreamKey(b.Name)), "1"
+	}
 	out := make([]int64, len(fills))
-	err := fillScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
+	err := fillScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
 		k, args := fills[i].Key, fills[i].args()
-		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(args))}, args...)
+		ks := []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}
+		if b.Queued {
+			ks = append(ks, PendingKey(k))
+		}
+		return ks, append([]string{strconv.Itoa(len(args))}, args...)
 	}, func(i int, r rueidis.RedisMessage) error {
 		var err error
 		out[i], err = r.AsInt64()
@@ -369,9 +366,12 @@ func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []strin
 	if b.Stale > 0 {
 		staleExtra = b.Stale.Milliseconds()
 	}
-	head := []string{action, token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10), strconv.FormatInt(staleExtra, 10), strconv.FormatInt(now.UnixMilli(), 10)}
+	head := rueidis.LuaExec{Args: []string{"0", action, token, strconv.FormatInt(max(lease.Milliseconds(), 1), 10), strconv.FormatInt(staleExtra, 10), strconv.FormatInt(now.UnixMilli(), 10)}}
+	if rec := b.inScript(c); rec != "" {
+		head.Keys, head.Args[0] = []string{rec}, "1"
+	}
 	out := make([]Claimed, len(keys))
-	err := claimScript.runBatches(ctx, c, b.inScript(c), keys, head, func(i int) ([]string, []string) {
+	err := claimScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
 		return []string{keys[i], LeaseKey(keys[i]), StaleKey(keys[i])}, []string{strconv.FormatInt(b.ttl().Milliseconds(), 10)}
 	}, func(i int, r rueidis.RedisMessage) error {
 		s, err := r.ToString()
@@ -416,6 +416,10 @@ func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []strin
 	return out, b.unrecord(ctx, c, untimed, dueBy)
 }
 
+// FillQueued is ExecFills' result for a key whose write-behind write is
+// queued: the queue owns the key, and the fill wrote nothing.
+const FillQueued = 2
+
 // Scripts run by EVALSHA; BatchKeys keys a call: a script call per key
 // would cost Redis more than the work inside it.
 var (
@@ -447,20 +451,16 @@ func (s *script) do(ctx context.Context, c rueidis.Client, e rueidis.LuaExec) ru
 
 // runBatches runs the script over keys, BatchKeys keys a call (in a Redis
 // Cluster, the keys of a call share a slot), in one pipeline. Each call's
-// KEYS are the expiry record (if not "") then each of its keys' KEYS, its
-// ARGV whether there is a record (1 or 0), head, then each of its keys'
-// arguments; perKey gives key i's KEYS
-// and arguments, and result takes key i's reply.
-func (s *script) runBatches(ctx context.Context, c rueidis.Client, record string, keys []string, head []string,
+// KEYS are head's, then each of its keys' KEYS; its ARGV head's, then each
+// of its keys' arguments; perKey gives key i's KEYS and arguments, and
+// result takes key i's reply.
+func (s *script) runBatches(ctx context.Context, c rueidis.Client, head rueidis.LuaExec, keys []string,
 	perKey func(i int) (keys, args []string), result func(i int, r rueidis.RedisMessage) error) error {
 	groups := batches(c, keys)
 	cmds := make(rueidis.Commands, len(groups))
 	execs := make([]rueidis.LuaExec, len(groups))
 	for g, idx := range groups {
-		e := rueidis.LuaExec{Args: append([]string{"0"}, head...)}
-		if record != "" {
-			e.Keys, e.Args[0] = []string{record}, "1"
-		}
+		e := rueidis.LuaExec{Keys: slices.Clone(head.Keys), Args: slices.Clone(head.Args)}
 		for _, i := range idx {
 			k, a := perKey(i)
 			e.Keys, e.Args = append(e.Keys, k...), append(e.Args, a...)

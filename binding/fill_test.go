@@ -118,3 +118,40 @@ func mustDo(t *testing.T, rc rueidis.Client, cmds ...rueidis.Completed) {
 		}
 	}
 }
+
+// TestClearEndsFills: a fill that took its lease and read its row before a
+// Clear (a TRUNCATE, a rebuild) and writes at any moment during it, between
+// any two of its passes, leaves no value behind.
+func TestClearEndsFills(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	b := testBinding(t, FormatString, time.Hour, "")
+	for _, at := range []string{"before", leasePrefix, "", negPrefix, stalePrefix} {
+		t.Run("after "+at, func(t *testing.T) {
+			mustDo(t, rc, rc.B().Flushall().Build(), LeaseCmd(rc.B(), "p:1", "tok", time.Minute),
+				rc.B().Set().Key("p:2").Value("other").Build())
+			fill := func() {
+				if _, err := b.ExecFills(ctx, rc, "tok", []Fill{b.Fill("p:1", &Value{Bytes: []byte("1.00")}, false, false, 0)}, time.Now()); err != nil {
+					t.Error(err)
+				}
+			}
+			if at == "before" {
+				fill()
+			}
+			clearPassed = func(prefix string) {
+				if prefix == at {
+					fill()
+				}
+			}
+			defer func() { clearPassed = nil }()
+			if _, err := b.Clear(ctx, rc); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"p:1", "p:2", LeaseKey("p:1")} {
+				if v, err := rc.Do(ctx, rc.B().Get().Key(k).Build()).ToString(); !rueidis.IsRedisNil(err) {
+					t.Errorf("after the clear, %s = %q (%v)", k, v, err)
+				}
+			}
+		})
+	}
+}

@@ -572,7 +572,7 @@ func stripURL(s string) string {
 // Spec is the cache's binding spec: what binding.New resolves against a table.
 func (c *Cache) Spec() binding.Spec {
 	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter),
-		Stale: max(c.StaleWhileRevalidate, c.StaleIfError)}
+		Stale: max(c.StaleWhileRevalidate, c.StaleIfError), Queued: c.Writes == WritesBehind}
 	if c.Refreshes() {
 		s.Record = binding.RecordKey(c.Name)
 	}

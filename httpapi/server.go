@@ -78,9 +78,14 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx is done.
+// Serve serves on ln until ctx is done. Then the requests in flight are
+// cut short and answered at once: a write that committed and waits for
+// the change feed gets 202 not_applied, the others 503 with Retry-After.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	base, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	if len(s.cfg.Keys) == 0 {
 		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
 	}
@@ -92,6 +97,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("http: %w", err)
 	case <-ctx.Done():
 	}
+	stop()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)
@@ -203,8 +209,8 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 	// The key names the row: its columns come from the key, and a body that
 	// says otherwise is a mistake.
 	for i, col := range c.Template.Columns() {
-		if v, ok := row[col]; ok && fmt.Sprint(v) != values[i] {
-			writeError(w, http.StatusBadRequest, "key_mismatch", fmt.Sprintf("column %q is %v in the body but %q in the key", col, v, values[i]))
+		if v, ok := row[col]; ok && plain(v) != values[i] {
+			writeError(w, http.StatusBadRequest, "key_mismatch", fmt.Sprintf("column %q is %s in the body but %q in the key", col, v, values[i]))
 			return
 		}
 		row[col] = values[i]
@@ -220,13 +226,25 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// readRow decodes the body as one JSON object, within the size limit.
+// plain is a body's JSON value as a key spells it: a string unquoted,
+// anything else as written.
+func plain(v any) string {
+	raw, _ := v.(json.RawMessage)
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return string(raw)
+}
+
+// readRow decodes the body as one JSON object, within the size limit; each
+// value stays the JSON it was (json.RawMessage), which the API converts
+// for its column's type (a json column keeps its text as written).
 func (s *Server) readRow(w http.ResponseWriter, r *http.Request) (map[string]any, error) {
 	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
 	dec := json.NewDecoder(body)
-	dec.UseNumber()
-	var row map[string]any
-	err := dec.Decode(&row)
+	var raw map[string]json.RawMessage
+	err := dec.Decode(&raw)
 	if err == nil && dec.More() {
 		err = errors.New("more than one JSON value")
 	}
@@ -239,17 +257,16 @@ func (s *Server) readRow(w http.ResponseWriter, r *http.Request) (map[string]any
 		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the body exceeds %d bytes", s.cfg.MaxBody))
 	case err != nil:
 		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values: "+err.Error())
-	case row == nil:
+	case raw == nil:
 		err = errors.New("null body")
 		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values")
 	}
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range row {
-		if n, ok := v.(json.Number); ok {
-			row[k] = n.String() // PostgreSQL parses the exact digits
-		}
+	row := make(map[string]any, len(raw))
+	for k, v := range raw {
+		row[k] = v
 	}
 	return row, nil
 }
@@ -280,7 +297,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusUnprocessableEntity, "row_refused", err.Error())
 	case errors.Is(err, cachesync.ErrNotApplied):
 		writeError(w, http.StatusAccepted, "not_applied", err.Error())
-	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	default:

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -104,6 +105,24 @@ func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, erro
 	return &Loader{pool: pool, reads: reads, log: log}, nil
 }
 
+// Session opens a connection of its own to the loader's source, with
+// SessionParams, for a session that holds a lock and writes under it: no
+// idle_session_timeout (it would end the session, and the lock with it),
+// and a context that ends cancels the statement at hand (a wait for a
+// lock, say) with a cancel request rather than by breaking the connection.
+func (l *Loader) Session(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg := l.pool.Config().ConnConfig.Config.Copy()
+	cfg.RuntimeParams["idle_session_timeout"] = "0"
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
 // Close closes the pools.
 func (l *Loader) Close() {
 	l.pool.Close()
@@ -132,14 +151,16 @@ func WALInsertPosition(ctx context.Context, q interface {
 
 // LoadRow returns columns of the row of t whose keyColumns equal values
 // (text, converted by PostgreSQL to each column's type), or nil when there is
-// no such row. The row is read FOR SHARE, as a fill needs (see LoadRows).
-func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string) ([][]byte, error) {
+// no such row. With share the row is read FOR SHARE, as a fill needs (see
+// LoadRows); a row a writer holds longer than ReadLockTimeout then fails
+// with an error RowLocked tells.
+func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, values []string, share bool) ([][]byte, error) {
 	params := make([][]byte, len(values))
 	for i, v := range values {
 		params[i] = []byte(v)
 	}
 	for attempt := 1; ; attempt++ {
-		sql := l.share(selectByKey(t, columns, keyColumns), true)
+		sql := l.share(selectByKey(t, columns, keyColumns), share)
 		var row [][]byte
 		err := l.reads.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
 			res := c.Conn().PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
@@ -159,6 +180,13 @@ func (l *Loader) LoadRow(ctx context.Context, t *Table, columns, keyColumns, val
 		}
 		return row, nil
 	}
+}
+
+// RowLocked tells a FOR SHARE read that gave up on a row a writer holds
+// (lock_timeout): the database is up, the row is being written.
+func RowLocked(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
 // LoadRows returns columns of the rows of t whose keyColumns equal one of

@@ -561,3 +561,14 @@ var hexVal = func() (t [256]byte) {
 	}
 	return t
 }()
+
+// ArrayElem returns the element type and delimiter of the built-in array
+// type oid; ok is false for any other type.
+func ArrayElem(oid uint32) (elem uint32, delim byte, ok bool) {
+	elem, ok = arrayElem[oid]
+	delim = ','
+	if d, has := arrayDelim[oid]; has {
+		delim = d
+	}
+	return elem, delim, ok
+}

@@ -1,4 +1,4 @@
-package cachesync
+package binding
 
 import "testing"
 
@@ -9,8 +9,8 @@ func TestAfterID(t *testing.T) {
 		{"5-18446744073709551615", "6-0"},
 		{"garbage", "garbage"},
 	} {
-		if got := afterID(tc.id); got != tc.want {
-			t.Errorf("afterID(%q) = %q, want %q", tc.id, got, tc.want)
+		if got := AfterID(tc.id); got != tc.want {
+			t.Errorf("AfterID(%q) = %q, want %q", tc.id, got, tc.want)
 		}
 	}
 }

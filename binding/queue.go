@@ -1,0 +1,273 @@
+package binding
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// Write-behind in Redis: a cache's queue is a stream with a consumer group;
+// PutBehind's value and its queue entry are written in one step, and the
+// key's pending mark (PendingKey) names its newest queued entry. While the
+// mark is there, the queue owns the key: no fill, refresh or dead letter
+// puts an older row (or nothing) in place of the queued value (DESIGN
+// invariant 7). The drainer's own steps (read, acknowledge, dead-letter)
+// are scripts fenced by its token (OwnerKey): a drainer that lost its role
+// changes nothing more (invariant 8). On a Redis Cluster every key named
+// here and the cache's keys share the stream's slot.
+
+// StreamKey names the write-behind stream of cache.
+func StreamKey(cache string) string { return "cachesync:wb:{" + cache + "}" }
+
+// DeadLetterKey names the dead-letter stream of cache.
+func DeadLetterKey(cache string) string { return "cachesync:wb:dead:{" + cache + "}" }
+
+// OwnerKey names the token of the drainer that holds cache's drain lock.
+func OwnerKey(cache string) string { return "cachesync:wb:owner:{" + cache + "}" }
+
+// PendingKey names the pending mark of key: a hash of its newest queued
+// entry's ID (id) and value as Get returns it (v).
+func PendingKey(key string) string { return pendingPrefix + hashTagged(key) }
+
+// DrainGroup is the consumer group the drainers read a stream with.
+const DrainGroup = "cachesync"
+
+// ErrFenced is a drainer's step refused because another drainer took over
+// (Redis replies with an error starting with it).
+const ErrFenced = "FENCED"
+
+// queue sets a value like a fresh feed write (ending a fill's lease and a
+// not-found marker), appends the row to a write-behind stream and marks the
+// key pending with the entry, atomically. KEYS: key, lease, neg, stale,
+// stream, pending[, record]. ARGV: mode (s|h), ttl ms, expires at (unix
+// ms), stale copy ttl ms (0: none), stale copy, row JSON, row's column
+// names, the value as Get returns it, value...
+const queue = `redis.call('DEL', KEYS[2], KEYS[3])
+local ttl = tonumber(ARGV[2])
+if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4]) end
+if ARGV[1] == 's' then
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[9], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[9]) end
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+if KEYS[7] and ttl > 0 then redis.call('ZADD', KEYS[7], ARGV[3], KEYS[1]) end
+local id = redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[6], 'cols', ARGV[7])
+redis.call('HSET', KEYS[6], 'id', id, 'v', ARGV[8])
+return id`
+
+// QueueCmd writes v under key, appends row (JSON, with its column names
+// joined by NUL, so the drainer need not parse the row) to the cache's
+// write-behind stream and marks key pending, in one step: a value is in
+// Redis exactly when its write is queued.
+func (b *Binding) QueueCmd(rb rueidis.Builder, key string, v *Value, row, cols string) rueidis.Completed {
+	w := b.writeArgs(v)
+	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key), StreamKey(b.Name), PendingKey(key)}
+	if b.Record != "" {
+		keys = append(keys, b.Record)
+	}
+	return rb.Eval().Script(queue).Numkeys(int64(len(keys))).Key(keys...).
+		Arg(append([]string{w.mode, strconv.FormatInt(w.ttl, 10), strconv.FormatInt(w.expiresAt, 10), strconv.FormatInt(w.staleTTL, 10), w.stale,
+			row, cols, rueidis.BinaryString(v.Result(b.Format))}, w.value...)...).Build()
+}
+
+// fence is the opening of every drainer script: KEYS[1] is the owner key,
+// ARGV[1] the drainer's token.
+const fence = `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('` + ErrFenced + ` another drainer took over the queue') end
+`
+
+// take reads entries for the drainer: with ARGV[5] 'claim', the entries
+// pending in the group from ARGV[6] on, whoever read them (XAUTOCLAIM); else
+// entries no one has read. It returns the position to claim from next
+// ('0-0': done; when reading: the stream's last ID, to wait for newer
+// ones), the entries, and the cache's removal count now. KEYS: owner,
+// stream, removals. ARGV: token, group, consumer, count, claim|read[, start].
+const take = fence + `local rem = redis.call('GET', KEYS[3]) or '0'
+if ARGV[5] == 'claim' then
+  local r = redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+  return {r[1], r[2], rem}
+end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '>')
+if r then return {'', r[1][2], rem} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then return {last[1][1], {}, rem} end
+return {'0-0', {}, rem}`
+
+// TakeCmd is the drainer's fenced read: from (a stream ID) set means claim
+// the pending entries from there on; "" means read new entries.
+func TakeCmd(rb rueidis.Builder, cache, token, consumer string, count int, from string) rueidis.Completed {
+	args := []string{token, DrainGroup, consumer, strconv.Itoa(count), "read"}
+	if from != "" {
+		args = append(args[:4], "claim", from)
+	}
+	return rb.Eval().Script(take).Numkeys(3).Key(OwnerKey(cache), StreamKey(cache), RemovalsKey(cache)).Arg(args...).Build()
+}
+
+// ack acknowledges entries and ends the pending mark of each key whose
+// newest queued entry is among them (with the key's lease, so no fill that
+// read the row before the commit writes after), doing for that key what
+// its action says: k keep the key (the change feed writes the committed
+// row), w write the committed row (given) over it unless the cache's
+// removal count moved since ARGV[4] (then, as for d, remove the key: the
+// next fill reads the row), d remove it. Then the stream is trimmed below
+// ARGV[3], or below the oldest entry still pending when that comes first.
+// KEYS: owner, stream, removals, record (or the stream again), then per
+// entry: pending, key, lease, neg, stale. ARGV: token, group, trim bound,
+// removal count when the entries were read, has record (1|0), then per
+// entry: id, action, number of write arguments, then those: mode, ttl ms,
+// expires at, stale ttl ms, stale copy, value...
+const ack = fence + `local same = (redis.call('GET', KEYS[3]) or '0') == ARGV[4]
+local rec = nil
+if ARGV[5] == '1' then rec = KEYS[4] end
+local ids = {}
+local a = 6
+for k = 5, #KEYS, 5 do
+  local pending, key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local id, action, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  ids[#ids + 1] = id
+  if redis.call('HGET', pending, 'id') == id then
+    redis.call('DEL', pending, lease)
+    if action == 'w' and not same then action = 'd' end
+    if action == 'w' then
+      local mode, ttl, at, staleTTL, v = ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], tonumber(ARGV[a + 6]), a + 8
+      if mode == 's' then
+        if ttl > 0 then redis.call('SET', key, ARGV[v], 'PX', ttl) else redis.call('SET', key, ARGV[v]) end
+      else
+        redis.call('DEL', key)
+        redis.call('HSET', key, unpack(ARGV, v, a + 2 + n))
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      end
+      redis.call('DEL', neg)
+      if staleTTL > 0 then redis.call('SET', stale, ARGV[a + 7], 'PX', staleTTL) end
+      if rec and ttl > 0 then redis.call('ZADD', rec, at, key) end
+    elseif action == 'd' then
+      redis.call('DEL', key, stale)
+      if rec then redis.call('ZREM', rec, key) end
+    end
+  end
+  a = a + 3 + n
+end
+if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[2], unpack(ids)) end
+local bound = ARGV[3]
+local p = redis.call('XPENDING', KEYS[2], ARGV[2])
+if p[1] > 0 then
+  local x, y = string.match(p[2], '(%d+)-(%d+)')
+  local u, w = string.match(bound, '(%d+)-(%d+)')
+  if #x < #u or (#x == #u and (x < u or (x == u and (#y < #w or (#y == #w and y < w))))) then bound = p[2] end
+end
+return redis.call('XTRIM', KEYS[2], 'MINID', bound)`
+
+// AckBatch is how many entries one acknowledging script call takes, so the
+// script never unpacks more values than Lua can (a few thousand).
+const AckBatch = 500
+
+// Ack actions (see AckCmd).
+const (
+	AckKeep   = "k" // the change feed writes the committed row
+	AckWrite  = "w" // write the committed row over the queued value
+	AckDelete = "d" // remove the key: the next fill reads the row
+)
+
+// Acked is one entry to acknowledge: its stream ID, key and what to do
+// with the key if the entry is its newest queued write; Row is the
+// committed value for AckWrite.
+type Acked struct {
+	ID, Key string
+	Action  string
+	Row     *Value
+}
+
+// AckCmds acknowledges entries (in stream order), AckBatch a script call,
+// and trims the stream below the last one, never past an entry still
+// pending; removals is the cache's removal count read with the entries,
+// before their commit.
+func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []Acked, trimBelow string) rueidis.Commands {
+	var cmds rueidis.Commands
+	for lo := 0; lo < len(entries); lo += AckBatch {
+		chunk := entries[lo:min(lo+AckBatch, len(entries))]
+		rec, has := StreamKey(b.Name), "0"
+		if b.Record != "" {
+			rec, has = b.Record, "1"
+		}
+		keys := []string{OwnerKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec}
+		args := []string{token, DrainGroup, trimBelow, removals, has}
+		if lo+AckBatch < len(entries) { // not the last call: trim below its own last entry
+			args[2] = AfterID(chunk[len(chunk)-1].ID)
+		}
+		for _, e := range chunk {
+			keys = append(keys, PendingKey(e.Key), e.Key, LeaseKey(e.Key), NegKey(e.Key), StaleKey(e.Key))
+			if e.Action != AckWrite || e.Row == nil {
+				action := e.Action
+				if action == AckWrite {
+					action = AckDelete
+				}
+				args = append(args, e.ID, action, "0")
+				continue
+			}
+			w := b.writeArgs(e.Row)
+			args = append(args, e.ID, AckWrite, strconv.Itoa(5+len(w.value)), w.mode, strconv.FormatInt(w.ttl, 10),
+				strconv.FormatInt(w.expiresAt, 10), strconv.FormatInt(w.staleTTL, 10), w.stale)
+			args = append(args, w.value...)
+		}
+		cmds = append(cmds, rb.Eval().Script(ack).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	}
+	return cmds
+}
+
+// dead moves an entry to the dead-letter stream and out of the queue, and,
+// when it is its key's newest queued write, removes the key (bumping the
+// removal count first, as every removal does) and its pending mark: Redis
+// never keeps a value the database refused, and keeps a newer queued one.
+// It returns 1 when it removed the key. KEYS: owner, dead, stream,
+// removals, record (or the stream again), pending, key, lease, neg, stale.
+// ARGV: token, group, id, key, row, error, has record (1|0).
+const dead = fence + `redis.call('XADD', KEYS[2], '*', 'key', ARGV[4], 'row', ARGV[5], 'id', ARGV[3], 'error', ARGV[6])
+redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[3], ARGV[3])
+if redis.call('HGET', KEYS[6], 'id') ~= ARGV[3] then return 0 end
+redis.call('INCR', KEYS[4])
+redis.call('DEL', KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+if ARGV[7] == '1' then redis.call('ZREM', KEYS[5], KEYS[7]) end
+return 1`
+
+// DeadCmd dead-letters the entry id of key (row, refused with cause).
+func (b *Binding) DeadCmd(rb rueidis.Builder, token, id, key, row, cause string) rueidis.Completed {
+	rec, has := StreamKey(b.Name), "0"
+	if b.Record != "" {
+		rec, has = b.Record, "1"
+	}
+	return rb.Eval().Script(dead).Numkeys(10).
+		Key(OwnerKey(b.Name), DeadLetterKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec,
+			PendingKey(key), key, LeaseKey(key), NegKey(key), StaleKey(key)).
+		Arg(token, DrainGroup, id, key, row, cause, has).Build()
+}
+
+// QueueSlotError tells why, on a Redis Cluster, a write-behind cache's keys
+// would not share its queue's slot (the queue's scripts need one slot), or
+// returns nil when they always do.
+func QueueSlotError(cache string, t *Template) error {
+	if tag, ok := t.HashTag(); ok && keySlot(tag) == keySlot(cache) {
+		return nil
+	}
+	return fmt.Errorf("on a Redis Cluster a write-behind cache's keys must share its queue's slot: start the key template with the hash tag {{%s}} (e.g. \"{{%s}}:%s\")", cache, cache, t)
+}
+
+// AfterID gives the smallest stream ID greater than id ("ms-seq").
+func AfterID(id string) string {
+	ms, seq, _ := strings.Cut(id, "-")
+	m, err1 := strconv.ParseUint(ms, 10, 64)
+	n, err2 := strconv.ParseUint(seq, 10, 64)
+	switch {
+	case err1 != nil || err2 != nil:
+		return id // not an ID Redis gave: trim nothing more than before it
+	case n < math.MaxUint64:
+		return ms + "-" + strconv.FormatUint(n+1, 10)
+	case m < math.MaxUint64:
+		return strconv.FormatUint(m+1, 10) + "-0"
+	}
+	return id
+}

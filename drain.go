@@ -1,0 +1,565 @@
+package cachesync
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/config"
+)
+
+// Drain applies the write-behind queue of every cache with writes: behind
+// to its table until ctx is done: one drainer a cache, each a single-writer
+// role that one process of the config holds at a time (the others wait to
+// take it over).
+func (c *Client) Drain(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, name := range c.cfg.CacheNames() {
+		ca := c.caches[name]
+		if ca.cfg.Writes != config.WritesBehind {
+			continue
+		}
+		d := &drainer{c: c, ca: ca, log: c.opts.Logger.With("cache", name, "component", "writebehind")}
+		wg.Go(func() { d.run(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// A drainer applies one cache's queue to its table in stream order, a
+// batch at a time, and acknowledges only what committed. Its role is
+// fenced (DESIGN invariant 8): it holds the cache's drain lock, a session
+// advisory lock, and commits every batch on that same session, so once the
+// session ends it commits nothing more; and its reads, acknowledgements
+// and dead letters are scripts that check the token it wrote when it took
+// the lock, so once another drainer took over it changes nothing in Redis
+// either. Then it waits to take the lock again.
+type drainer struct {
+	c   *Client
+	ca  *cache
+	log *slog.Logger
+
+	// Set for each session.
+	conn  *pgconn.PgConn // holds the drain lock; every batch commits on it
+	token string         // the owner key's value while this drainer holds the role
+}
+
+// maxBatch bounds the entries of one batch.
+const maxBatch = 1000
+
+// consumer names the drainers in the consumer group; a new drainer takes
+// over whatever any other left pending.
+const consumer = "drainer"
+
+// errBadEntry is a queue entry without a row to apply: dead-lettered.
+var errBadEntry = errors.New("queue entry without a row")
+
+// run holds the role whenever it can until ctx is done.
+func (d *drainer) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		progressed, err := d.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = 100 * time.Millisecond
+		}
+		if fenced(err) {
+			d.log.Warn("write-behind: another drainer took over the queue; waiting for the drain lock", "err", err)
+			backoff = 100 * time.Millisecond
+		} else {
+			d.log.Error("write-behind: retrying", "err", err, "retry_in", backoff)
+		}
+		sleep(ctx, backoff)
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+// fenced tells an error of a drainer that lost its role.
+func fenced(err error) bool {
+	e, ok := rueidis.IsRedisErr(errors.Unwrap(err))
+	if !ok {
+		e, ok = rueidis.IsRedisErr(err)
+	}
+	return ok && strings.HasPrefix(e.Error(), binding.ErrFenced)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// session takes the drain lock, then every entry left pending by an
+// earlier drainer, oldest first (older than anything unread), then new
+// entries until ctx is done or something fails; progressed tells that it
+// applied a batch.
+func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
+	conn, err := d.ca.loader.Session(ctx)
+	if err != nil {
+		return false, fmt.Errorf("write-behind lock: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx)) // and with the session, the lock
+	d.conn = conn
+	if err := d.lock(ctx); err != nil {
+		return false, err
+	}
+	rb := d.c.redis.B()
+	stream := binding.StreamKey(d.ca.cfg.Name)
+	d.token = newToken()
+	res := d.c.redis.DoMulti(ctx,
+		rb.Set().Key(binding.OwnerKey(d.ca.cfg.Name)).Value(d.token).Build(),
+		rb.XgroupCreate().Key(stream).Group(binding.DrainGroup).Id("0").Mkstream().Build())
+	if err := res[0].Error(); err != nil {
+		return false, fmt.Errorf("write-behind: take the queue: %w", err)
+	}
+	if err := res[1].Error(); err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
+		return false, fmt.Errorf("write-behind: create the consumer group: %w", err)
+	}
+
+	// First every entry an earlier drainer left pending, oldest first
+	// (older than anything unread), then new entries. What committed
+	// (done) is acknowledged with the read of the next batch, which runs
+	// while PostgreSQL writes the current one.
+	var done []binding.Acked
+	var doneRemovals string
+	defer func() {
+		if len(done) > 0 { // else replayed by the next drainer
+			d.ack(context.WithoutCancel(ctx), done, doneRemovals)
+		}
+	}()
+	from := "0-0" // claiming the pending entries from there on; "" once all are taken
+	b := d.take(ctx, nil, "", from)
+	for {
+		if b.err != nil {
+			return progressed, b.err
+		}
+		next := "" // where the batch after this one comes from
+		if from != "" && b.next != "0-0" {
+			next = b.next
+		}
+		if len(b.entries) == 0 {
+			if from == "" { // nothing new: acknowledge, then wait for a write
+				if err := d.ack(ctx, done, doneRemovals); err != nil {
+					return progressed, err
+				}
+				done = nil
+				if err := d.wait(ctx, b.next); err != nil {
+					return progressed, err
+				}
+			}
+			from = next
+			b = d.take(ctx, nil, "", from)
+			continue
+		}
+		ahead := make(chan taken, 1)
+		go func(done []binding.Acked, removals string) { ahead <- d.take(ctx, done, removals, next) }(done, doneRemovals)
+		acked, err := d.apply(ctx, b.entries)
+		r := <-ahead // waited for on every path: this function owns the goroutine
+		if r.err == nil {
+			done = nil // acknowledged with the read ahead
+		}
+		if err != nil {
+			return progressed, err // what was read ahead stays pending: the next session claims it, in order
+		}
+		progressed = true
+		done, doneRemovals, b, from = acked, b.removals, r, next
+	}
+}
+
+// lock takes the cache's drain lock on d.conn, waiting for it while
+// another process holds it.
+func (d *drainer) lock(ctx context.Context) error {
+	name := []byte("cachesync drain " + d.c.cfg.Name + " " + d.ca.cfg.Name)
+	res := d.conn.ExecParams(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, [][]byte{name}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return fmt.Errorf("write-behind lock: %w", res.Err)
+	}
+	if string(res.Rows[0][0]) == "t" {
+		return nil
+	}
+	d.log.Info("write-behind: another process drains the queue; waiting for its lock")
+	if res = d.conn.ExecParams(ctx, `SELECT pg_advisory_lock(hashtext($1))`, [][]byte{name}, nil, nil, nil).Read(); res.Err != nil {
+		return fmt.Errorf("write-behind lock: %w", res.Err)
+	}
+	d.log.Info("write-behind: took over the queue")
+	return nil
+}
+
+// taken is what a fenced read gave: entries, the position to go on from
+// ("0-0" when a claim is done; after a read that found nothing, the
+// stream's last ID), and the cache's removal count at the read.
+type taken struct {
+	entries  []entry
+	next     string
+	removals string
+	err      error
+}
+
+// entry is one queued write: the row as the JSON object PutBehind queued,
+// and its column names, sorted.
+type entry struct {
+	id, key, row string
+	cols         []string
+}
+
+// take acknowledges done (read with removals), then claims pending entries
+// from the stream position from on, or, with from "", reads new entries:
+// one round trip.
+func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from string) taken {
+	rb := d.c.redis.B()
+	cmds := d.ackCmds(done, removals)
+	cmds = append(cmds, binding.TakeCmd(rb, d.ca.cfg.Name, d.token, consumer, maxBatch, from))
+	res := d.c.redis.DoMulti(ctx, cmds...)
+	for _, r := range res[:len(res)-1] {
+		if err := r.Error(); err != nil {
+			return taken{err: fmt.Errorf("write-behind: acknowledge: %w", err)}
+		}
+	}
+	reply, err := res[len(res)-1].ToArray()
+	if err == nil && len(reply) != 3 {
+		err = fmt.Errorf("%d values in the reply", len(reply))
+	}
+	if err != nil {
+		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
+	}
+	next, _ := reply[0].ToString()
+	removals, _ = reply[2].ToString()
+	msgs, err := reply[1].AsXRange()
+	if err != nil {
+		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
+	}
+	out := make([]entry, 0, len(msgs))
+	for _, m := range msgs {
+		e := entry{id: m.ID, key: m.FieldValues["key"], row: m.FieldValues["row"]}
+		if cols := m.FieldValues["cols"]; cols != "" {
+			e.cols = strings.Split(cols, "\x00") // sorted by PutBehind
+		}
+		out = append(out, e) // a damaged entry (no cols) is refused and dead-lettered
+	}
+	return taken{entries: out, next: next, removals: removals}
+}
+
+func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Commands {
+	if len(done) == 0 {
+		return nil
+	}
+	return d.ca.b.AckCmds(d.c.redis.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID))
+}
+
+// ack acknowledges done (read with removals).
+func (d *drainer) ack(ctx context.Context, done []binding.Acked, removals string) error {
+	for _, r := range d.c.redis.DoMulti(ctx, d.ackCmds(done, removals)...) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("write-behind: acknowledge: %w", err)
+		}
+	}
+	return nil
+}
+
+// wait returns once the stream has an entry after last, or after a
+// second, or when ctx is done.
+func (d *drainer) wait(ctx context.Context, last string) error {
+	err := d.c.redis.Do(ctx, d.c.redis.B().Xread().Count(1).Block(1000).Streams().
+		Key(binding.StreamKey(d.ca.cfg.Name)).Id(last).Build()).Error()
+	if err != nil && !rueidis.IsRedisNil(err) && ctx.Err() == nil {
+		return fmt.Errorf("write-behind: wait for writes: %w", err)
+	}
+	return nil
+}
+
+// apply writes entries (in stream order) to the table as if each had been
+// written alone, in order (see commit), in one transaction on the lock's
+// session. If PostgreSQL refuses a row, the batch is written again with a
+// savepoint for each row, leaving out the refused ones, which are
+// dead-lettered once the rest committed. It returns what to acknowledge:
+// every entry not dead-lettered, with what becomes of its key.
+func (d *drainer) apply(ctx context.Context, entries []entry) ([]binding.Acked, error) {
+	rows, refused, err := d.commit(ctx, entries, false)
+	if isRefusal(err) {
+		rows, refused, err = d.commit(ctx, entries, true)
+	}
+	if err != nil {
+		return nil, err
+	}
+	dead := map[string]bool{}
+	for _, r := range refused {
+		d.log.Error("write-behind: row refused; moved to the dead-letter stream", "key", r.key, "err", r.err)
+		if err := d.deadLetter(ctx, r.entry, r.err); err != nil {
+			return nil, err
+		}
+		dead[r.id] = true
+	}
+	d.ca.stats.Drained.Add(int64(len(entries)))
+	return d.acked(entries, dead, rows), nil
+}
+
+// runs splits each key's entries (in stream order) into runs: entries
+// each of which writes no column the next one does not write too. Applied
+// one by one, a run leaves the row its last applied entry makes, and
+// whether an entry is refused does not depend on those before it in its
+// run: its row is the same whether they were applied, refused or left
+// out. So a run is written by trying its entries from the last one back
+// until one is applied; the ones before it are superseded, never tried
+// (so never dead-lettered). It returns the runs of the keys in rounds:
+// each key's first run, then each key's second, and so on.
+func runs(entries []entry) [][][]entry {
+	var rounds [][][]entry
+	last := map[string][]entry{} // key -> its run so far
+	seen := map[string]int{}     // key -> its runs before the one so far
+	flush := func(key string) {
+		r := seen[key]
+		seen[key]++
+		if r == len(rounds) {
+			rounds = append(rounds, nil)
+		}
+		rounds[r] = append(rounds[r], last[key])
+	}
+	var keys []string
+	for _, e := range entries {
+		run, ok := last[e.key]
+		if !ok {
+			keys = append(keys, e.key)
+		}
+		if ok && (len(run[len(run)-1].cols) == 0 || slices.ContainsFunc(run[len(run)-1].cols, func(c string) bool { return !slices.Contains(e.cols, c) })) {
+			flush(e.key)
+			run = nil
+		}
+		last[e.key] = append(run, e)
+	}
+	for _, k := range keys {
+		flush(k)
+	}
+	return rounds
+}
+
+// refused is an entry PostgreSQL refused, and why.
+type refused struct {
+	entry
+	err error
+}
+
+// commit writes entries' runs (see runs) in one transaction on the lock's
+// session, round after round, and returns the rows as committed, by key.
+// Without care it tries the last entry of each run, a statement per round
+// and set of columns, and a refused row fails it all. With care each try
+// is an entry alone in a savepoint of its own, and a run whose last entry
+// is refused goes back to the one before; the refused entries are left
+// out and returned.
+func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (map[string][][]byte, []refused, error) {
+	rounds := runs(entries)
+	var stmts [][]entry // without care: each one statement, of a round's runs' last entries of one set of columns
+	if !care {
+		for _, round := range rounds {
+			bySig := map[string]int{}
+			for _, run := range round {
+				e := run[len(run)-1]
+				sig := strings.Join(e.cols, "\x00")
+				i, ok := bySig[sig]
+				if !ok {
+					i = len(stmts)
+					bySig[sig] = i
+					stmts = append(stmts, nil)
+				}
+				stmts[i] = append(stmts[i], e)
+			}
+		}
+	}
+	tx := care || len(stmts) > 1 // else the statement is a transaction of its own
+	if tx {
+		if err := d.exec(ctx, "BEGIN"); err != nil {
+			return nil, nil, err
+		}
+	}
+	rows := map[string][][]byte{}
+	var out []refused
+	err := func() error {
+		for _, s := range stmts {
+			if err := d.upsert(ctx, s, rows); err != nil {
+				return err
+			}
+		}
+		for _, round := range rounds {
+			for _, run := range round {
+				if !care {
+					break
+				}
+				for i := len(run) - 1; i >= 0; i-- {
+					err := d.alone(ctx, run[i], rows)
+					if err == nil {
+						break
+					}
+					if !isRefusal(err) {
+						return err
+					}
+					out = append(out, refused{run[i], err})
+				}
+			}
+		}
+		return nil
+	}()
+	switch {
+	case err != nil && tx:
+		d.exec(context.WithoutCancel(ctx), "ROLLBACK")
+		return nil, nil, err
+	case err != nil:
+		return nil, nil, err
+	case tx:
+		if err := d.exec(ctx, "COMMIT"); err != nil {
+			return nil, nil, err
+		}
+	}
+	slices.SortFunc(out, func(a, b refused) int { return compareIDs(a.id, b.id) })
+	return rows, out, nil
+}
+
+// compareIDs orders stream IDs ("ms-seq").
+func compareIDs(a, b string) int {
+	am, as, _ := strings.Cut(a, "-")
+	bm, bs, _ := strings.Cut(b, "-")
+	if c := cmp.Compare(len(am), len(bm)); c != 0 {
+		return c
+	}
+	if c := strings.Compare(am, bm); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(len(as), len(bs)); c != 0 {
+		return c
+	}
+	return strings.Compare(as, bs)
+}
+
+// alone writes entry e in a savepoint of its own, trying again, up to
+// MaxAttempts times, a refusal that another transaction may lift (a
+// unique key or a referenced row held by another writer).
+func (d *drainer) alone(ctx context.Context, e entry, rows map[string][][]byte) error {
+	for attempt := 1; ; attempt++ {
+		err := d.savepoint(ctx, func() error { return d.upsert(ctx, []entry{e}, rows) })
+		var pgErr *pgconn.PgError
+		if attempt == MaxAttempts || !errors.As(err, &pgErr) || (pgErr.Code != "23505" && pgErr.Code != "23503" && pgErr.Code != "23P01") {
+			return err
+		}
+		sleep(ctx, time.Duration(attempt)*50*time.Millisecond)
+	}
+}
+
+// savepoint runs fn in a savepoint: when fn fails, what it did is undone
+// and the transaction goes on.
+func (d *drainer) savepoint(ctx context.Context, fn func() error) error {
+	if err := d.exec(ctx, "SAVEPOINT cachesync"); err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		if rerr := d.exec(ctx, "ROLLBACK TO SAVEPOINT cachesync; RELEASE SAVEPOINT cachesync"); rerr != nil {
+			return rerr
+		}
+		return err
+	}
+	return d.exec(ctx, "RELEASE SAVEPOINT cachesync")
+}
+
+// exec runs sql (no parameters, no rows) on the lock's session.
+func (d *drainer) exec(ctx context.Context, sql string) error {
+	_, err := d.conn.Exec(ctx, sql).ReadAll()
+	return err
+}
+
+// upsert writes entries, all of one set of columns and each of another
+// key, in one statement, and notes the rows it wrote in rows.
+func (d *drainer) upsert(ctx context.Context, entries []entry, rows map[string][][]byte) error {
+	if len(entries[0].cols) == 0 {
+		return fmt.Errorf("%w: entry %s", errBadEntry, entries[0].id)
+	}
+	sql, err := d.ca.upsertJSON(entries[0].cols)
+	if err != nil {
+		return err
+	}
+	objs := make([]string, len(entries))
+	for i, e := range entries {
+		objs[i] = e.row
+	}
+	sql += " RETURNING " + strings.Join(quoteAll(d.ca.cols), ", ")
+	res := d.conn.ExecParams(ctx, sql, [][]byte{[]byte("[" + strings.Join(objs, ",") + "]")}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	for _, row := range res.Rows {
+		if k, err := d.ca.b.Key(row); err == nil {
+			rows[k] = row
+		}
+	}
+	return nil
+}
+
+// isRefusal tells an error of PostgreSQL refusing a row (bad data, a
+// constraint, an unknown column) from a failure worth retrying the batch
+// for.
+func isRefusal(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23") || strings.HasPrefix(pgErr.Code, "42")
+	}
+	return errors.Is(err, errBadEntry) || errors.Is(err, ErrBadRow)
+}
+
+// deadLetter moves e to the dead-letter stream and out of the queue; when
+// it was its key's newest queued write, the key is removed, so Redis never
+// keeps a value the database refused (a newer queued value stays). It runs
+// once the entries before e committed, so a fill that follows the removal
+// reads them.
+func (d *drainer) deadLetter(ctx context.Context, e entry, cause error) error {
+	removed, err := d.c.redis.Do(ctx, d.ca.b.DeadCmd(d.c.redis.B(), d.token, e.id, e.key, e.row, cause.Error())).AsInt64()
+	if err != nil {
+		return fmt.Errorf("write-behind: dead-letter: %w", err)
+	}
+	d.ca.stats.DeadLettered.Add(1)
+	if values, ok := d.ca.cfg.Template.Parse(e.key); ok && removed == 1 {
+		if err := d.c.refill(ctx, d.ca, e.key, values); err != nil {
+			d.log.Warn("write-behind: dead-lettered key not loaded again", "key", e.key, "err", err)
+		}
+	}
+	return nil
+}
+
+// acked lists entries to acknowledge (all but the dead ones), each with
+// what becomes of its key if it is the key's newest queued write: with a
+// change feed the feed writes the committed row; without one the row as
+// committed (rows) replaces the value PutBehind wrote, so the key holds
+// what a fill would write.
+func (d *drainer) acked(entries []entry, dead map[string]bool, rows map[string][][]byte) []binding.Acked {
+	last := map[string]int{}
+	for i, e := range entries {
+		if !dead[e.id] {
+			last[e.key] = i
+		}
+	}
+	out := make([]binding.Acked, 0, len(entries))
+	for i, e := range entries {
+		if dead[e.id] {
+			continue
+		}
+		a := binding.Acked{ID: e.id, Key: e.key, Action: binding.AckKeep}
+		if d.ca.cfg.Sync != config.SyncChangefeed && last[e.key] == i {
+			a.Action = binding.AckDelete
+			if row, ok := rows[e.key]; ok {
+				if v, err := d.ca.b.Encode(row); err == nil {
+					a.Action, a.Row = binding.AckWrite, &v
+				}
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}

@@ -1,0 +1,190 @@
+package cachesync
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/pgtext"
+)
+
+// Values a writer gives (Put, PutBehind) become PostgreSQL's input text for
+// their column, one way for both, so both take the same values, and every
+// value a Get of a JSON cache returns is taken back as it was: a string as
+// it is (PostgreSQL parses it: "2026-01-02T03:04:05+05:30", "yes", "NaN"),
+// numbers and booleans, null; for bytea a base64 string (as Get returns
+// it) or \x hex; for json and jsonb any JSON value (a string is taken as
+// JSON text); for an array a JSON array (or PostgreSQL's array text).
+// Go's time.Time and []byte are taken too.
+
+// isNull tells a value that is NULL: nil, or JSON null.
+func isNull(v any) bool {
+	raw, ok := v.(json.RawMessage)
+	return v == nil || ok && string(bytes.TrimSpace(raw)) == "null"
+}
+
+// inputText gives the input text of v for column col; nil is NULL. A
+// json.RawMessage (how the HTTP API passes a body's values) is taken as
+// the JSON value it holds, and a json column keeps its text as written.
+func inputText(col pgsource.Column, v any) ([]byte, error) {
+	if raw, ok := v.(json.RawMessage); ok {
+		raw = bytes.TrimSpace(raw)
+		switch {
+		case string(raw) == "null":
+			return nil, nil
+		case col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID:
+			// A string holding JSON text (a hash's field, say) is that
+			// text; any other value is itself.
+			var s string
+			if json.Unmarshal(raw, &s) == nil && json.Valid([]byte(s)) {
+				return []byte(s), nil
+			}
+			return raw, nil
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+	}
+	if elem, delim, ok := pgtext.ArrayElem(col.TypeOID); ok {
+		return arrayText(elem, delim, v, 0)
+	}
+	return scalarText(col.TypeOID, v)
+}
+
+func scalarText(oid uint32, v any) ([]byte, error) {
+	switch oid {
+	case pgtype.ByteaOID:
+		switch v := v.(type) {
+		case nil:
+			return nil, nil
+		case []byte:
+			return hexBytea(v), nil
+		case string:
+			if strings.HasPrefix(v, `\x`) {
+				return []byte(v), nil
+			}
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				return nil, fmt.Errorf("bytea takes base64 (as Get returns it) or \\x hex: %w", err)
+			}
+			return hexBytea(b), nil
+		}
+	case pgtype.JSONOID, pgtype.JSONBOID:
+		switch v := v.(type) {
+		case nil:
+			return nil, nil
+		case string:
+			return []byte(v), nil
+		case json.RawMessage:
+			return v, nil
+		default:
+			b, err := json.Marshal(v)
+			if err != nil {
+				return nil, err
+			}
+			return b, nil
+		}
+	}
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return []byte(v), nil
+	case json.Number:
+		return []byte(v.String()), nil
+	case bool:
+		if v {
+			return []byte("t"), nil
+		}
+		return []byte("f"), nil
+	case int:
+		return strconv.AppendInt(nil, int64(v), 10), nil
+	case int32:
+		return strconv.AppendInt(nil, int64(v), 10), nil
+	case int64:
+		return strconv.AppendInt(nil, v, 10), nil
+	case uint64:
+		return strconv.AppendUint(nil, v, 10), nil
+	case float64:
+		return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
+	case float32:
+		return strconv.AppendFloat(nil, float64(v), 'g', -1, 32), nil
+	case time.Time:
+		return v.AppendFormat(nil, time.RFC3339Nano), nil
+	case []byte:
+		return v, nil
+	case fmt.Stringer:
+		return []byte(v.String()), nil
+	}
+	return nil, fmt.Errorf("a %T cannot be written to a column of type oid %d", v, oid)
+}
+
+func hexBytea(b []byte) []byte {
+	out := append(make([]byte, 0, 2+2*len(b)), `\x`...)
+	return hex.AppendEncode(out, b)
+}
+
+// arrayText gives PostgreSQL's array text of v (a JSON array, or a string:
+// JSON array text, or array text as PostgreSQL takes it).
+func arrayText(elem uint32, delim byte, v any, depth int) ([]byte, error) {
+	if depth > 16 {
+		return nil, fmt.Errorf("array nested too deeply")
+	}
+	if s, ok := v.(string); ok && depth == 0 {
+		if !strings.HasPrefix(strings.TrimSpace(s), "[") {
+			return []byte(s), nil
+		}
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("array: %w", err)
+		}
+	}
+	switch a := v.(type) {
+	case nil:
+		return nil, nil
+	case []any:
+		out := []byte{'{'}
+		for i, x := range a {
+			if i > 0 {
+				out = append(out, delim)
+			}
+			if _, nested := x.([]any); nested {
+				t, err := arrayText(elem, delim, x, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, t...)
+				continue
+			}
+			t, err := scalarText(elem, x)
+			if err != nil {
+				return nil, err
+			}
+			if t == nil {
+				out = append(out, "NULL"...)
+				continue
+			}
+			out = append(out, '"')
+			for _, c := range t {
+				if c == '"' || c == '\\' {
+					out = append(out, '\\')
+				}
+				out = append(out, c)
+			}
+			out = append(out, '"')
+		}
+		return append(out, '}'), nil
+	}
+	return nil, fmt.Errorf("an array column takes a JSON array, not a %T", v)
+}

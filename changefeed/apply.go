@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -141,20 +142,14 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 	return nil
 }
 
-// flush sends the pending commands with the state check in one round trip;
-// end, when set, is the applied position they reach.
+// flush sends the pending commands and moves the applied position recorded
+// in Redis to end (when set) once they are acknowledged (State.Advance).
 func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 	to := max(a.expected, end)
-	a.cmds = append(a.cmds, a.f.State.AdvanceCmd(a.f.Source, a.expected, to))
-	res := a.f.Redis.DoMulti(ctx, a.cmds...)
-	n := len(a.cmds) - 1
+	n := len(a.cmds)
+	err := a.f.State.Advance(ctx, a.f.Source, a.cmds, a.expected, to)
 	a.cmds = a.cmds[:0]
-	for _, r := range res[:n] {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("redis write: %w", err)
-		}
-	}
-	if err := checkAdvance(res[n]); err != nil {
+	if err != nil {
 		return err
 	}
 	a.f.Stats.Writes.Add(int64(n))
@@ -187,7 +182,8 @@ func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
 }
 
 // change appends the Redis writes of one change to every cache of its table.
-// A row that cannot be mapped is logged and counted; the rest goes on.
+// A row that cannot be mapped leaves none of its keys behind (row); it is
+// logged and counted, and the rest goes on.
 func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Change) error {
 	for _, rb := range a.bindings(ch.Rel) {
 		if t.CommitLSN < a.since[rb.cache.Name] {
@@ -219,37 +215,94 @@ func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Chan
 	return nil
 }
 
+// row appends the Redis writes of one row change to one cache. A row that
+// cannot be written (a key the template cannot render, a value that cannot
+// be encoded) is a removal (DESIGN invariant 9): whatever was appended for
+// it is dropped, and every key it could have held is invalidated instead,
+// in the same batch; the error is returned, for the log.
 func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) error {
+	mark := len(a.cmds)
+	row, err := a.write(ctx, rb, ch)
+	if err == nil {
+		return nil
+	}
+	var rerr *readError
+	if errors.As(err, &rerr) {
+		return err // the session ends, this batch unconfirmed
+	}
+	a.cmds = a.cmds[:mark]
+	for _, key := range heldKeys(rb.b, ch, row) {
+		a.cmds = rb.b.AppendInvalidate(a.cmds, a.f.Redis.B(), key)
+	}
+	return err
+}
+
+// heldKeys lists the keys, those the template can render, that a changed
+// row held or was to hold: by its old identity, its new values, and row,
+// the new row as completed when PostgreSQL left values out (TOAST).
+func heldKeys(b *binding.Binding, ch *pgsource.Change, row [][]byte) []string {
+	var keys []string
+	for _, r := range [][][]byte{ch.Old, ch.New, row} {
+		if r == nil {
+			continue
+		}
+		if k, err := b.Key(r); err == nil && !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// write appends the Redis writes of one row change to one cache and returns
+// the new row as completed (nil for a delete).
+func (a *applier) write(ctx context.Context, rb relBinding, ch *pgsource.Change) ([][]byte, error) {
 	rbld := a.f.Redis.B()
 	if ch.Op == pgsource.Delete {
+		if ch.Old == nil {
+			return nil, errors.New("delete without the old row's identity")
+		}
 		key, err := rb.b.Key(ch.Old)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, key)
-		return nil
+		return nil, nil
+	}
+	// The key the row held before, when PostgreSQL sends the old identity
+	// (an update that changed it, or any update under REPLICA IDENTITY FULL).
+	oldKey, hasOld := "", false
+	if ch.Old != nil {
+		if k, err := rb.b.Key(ch.Old); err == nil {
+			oldKey, hasOld = k, true
+		}
 	}
 	row := ch.New
 	if ch.Unchanged != nil {
 		var err error
-		if row, err = a.withToasted(ctx, rb, ch); err != nil || row == nil {
-			return err
+		if row, err = a.withToasted(ctx, rb, ch); err != nil {
+			return nil, err
+		}
+		if row == nil {
+			// The row is gone from its new identity: a later change in the
+			// stream deletes or moves it from there. It left its old key.
+			if hasOld {
+				a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, oldKey)
+			}
+			return nil, nil
 		}
 	}
 	key, err := rb.b.Key(row)
 	if err != nil {
-		return err
+		return row, err
 	}
 	fresh := ch.Op == pgsource.Insert
-	if ch.Old != nil {
+	if hasOld && oldKey != key {
 		// The identity changed: the row moved away from its old key.
-		if old, err := rb.b.Key(ch.Old); err == nil && old != key {
-			a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, old)
-			fresh = true
-		}
+		a.cmds = rb.b.AppendInvalidate(a.cmds, rbld, oldKey)
+		fresh = true
 	}
 	a.cmds, err = rb.b.AppendSet(a.cmds, rbld, key, row, fresh)
-	return err
+	return row, err
 }
 
 // withToasted completes a row whose large (TOASTed) values PostgreSQL did not

@@ -40,12 +40,19 @@ type env struct {
 
 func newEnv(t *testing.T, schema string) *env {
 	t.Helper()
+	return newEnvOn(t, testenv.StartRedis(t), schema)
+}
+
+// newEnvOn is newEnv on a Redis of the test's choosing: a node of a
+// testenv.Cluster gives the feed and e.client cluster clients.
+func newEnvOn(t *testing.T, rds *testenv.Redis, schema string) *env {
+	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("t%d", dbSeq.Add(1))
 	if err := pg.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, name: name, dbURL: pg.URL(name), redis: testenv.StartRedis(t)}
+	e := &env{t: t, name: name, dbURL: pg.URL(name), redis: rds}
 	var err error
 	if e.db, err = pgx.Connect(ctx, e.dbURL); err != nil {
 		t.Fatal(err)

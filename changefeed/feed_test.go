@@ -225,6 +225,67 @@ func TestUnmappableRow(t *testing.T) {
 	}
 }
 
+// TestUnmappableRowRemovesItsKeys: a row that cannot be written leaves no
+// value behind (DESIGN invariant 9): every key it could have held is
+// removed in its batch, and the row is counted. A NULL string value has no
+// value to store: its key is absent, as for a deleted row.
+func TestUnmappableRowRemovesItsKeys(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE inv (store text, item text, qty int, price numeric(6,2), PRIMARY KEY (store, item));
+		INSERT INTO inv VALUES ('s1', 'apple', 5, 1.99), ('s2', 'pear', 3, 2.50), ('s3', 'kiwi', 1, 0.50)`)
+	cfg := e.config(`  stock: {table: inv, key: "stock:{store}:{item}", value: {format: string, column: qty}}
+  price: {table: inv, key: "price:{store}:{item}", value: {format: string, column: price}}
+`)
+	f := e.start(cfg)
+	want := map[string]string{
+		"stock:s1:apple": "5", "stock:s2:pear": "3", "stock:s3:kiwi": "1",
+		"price:s1:apple": "1.99", "price:s2:pear": "2.50", "price:s3:kiwi": "0.50",
+	}
+	e.waitEqual("*", lit(want))
+	ctx := context.Background()
+	// step runs sql, then a marker insert in a later transaction, and
+	// compares Redis with want once the marker's key is there: the feed
+	// applies in commit order, so sql's writes are in by then.
+	marker := 0
+	step := func(what, sql string, errs int64) {
+		t.Helper()
+		marker++
+		e.exec(sql)
+		e.exec(`INSERT INTO inv VALUES ('m', $1, 0, 0)`, fmt.Sprint(marker))
+		mk := fmt.Sprintf("stock:m:%d", marker)
+		waitFor(t, func() bool { n, _ := e.client.Do(ctx, e.client.B().Exists().Key(mk).Build()).AsInt64(); return n == 1 })
+		e.exec(`DELETE FROM inv WHERE store = 'm'`)
+		waitFor(t, func() bool { n, _ := e.client.Do(ctx, e.client.B().Exists().Key(mk).Build()).AsInt64(); return n == 0 })
+		if d := diff(want, e.snapshot("*")); d != "" {
+			t.Fatalf("%s: redis differs:\n%s", what, d)
+		}
+		if n := f.Stats.MapErrors.Load(); n != errs {
+			t.Fatalf("%s: map errors = %d, want %d", what, n, errs)
+		}
+	}
+
+	// (a) A NULL string: no value, so no key.
+	delete(want, "price:s3:kiwi")
+	step("price set to NULL", `UPDATE inv SET price = NULL WHERE item = 'kiwi'`, 0)
+
+	// (b) The row moves to a key the template cannot render (the store
+	// holds the separator): the keys it held go, in both caches.
+	delete(want, "stock:s1:apple")
+	delete(want, "price:s1:apple")
+	step("moved to an unrenderable key", `UPDATE inv SET store = 'a:b' WHERE store = 's1'`, 2)
+
+	// (c) The value cannot be encoded (the column's type changed under the
+	// running feed, which still reads it as an int): the old key and the
+	// new one both go, whatever they held.
+	e.exec(`ALTER TABLE inv ALTER COLUMN qty TYPE text`)
+	if err := e.client.Do(ctx, e.client.B().Set().Key("stock:s4:pear").Value("stray").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, "stock:s2:pear")
+	delete(want, "price:s2:pear")
+	want["price:s4:pear"] = "2.50"
+	step("value not encodable", `UPDATE inv SET store = 's4', qty = 'many' WHERE store = 's2'`, 3)
+}
+
 // TestToast: an update that leaves a large (TOASTed) value unchanged still
 // writes the whole value, with the default replica identity (the row is read
 // back) and with REPLICA IDENTITY FULL (from the old row).
@@ -256,6 +317,22 @@ func TestToast(t *testing.T) {
 	}
 	if f.Stats.MapErrors.Load() != 0 {
 		t.Fatalf("map errors = %d", f.Stats.MapErrors.Load())
+	}
+}
+
+// TestToastMovedAway: an update that moves a row with a large (TOASTed)
+// value it leaves unchanged, to a key the row has left again by the time
+// the feed reads it back, still removes the row's old key.
+func TestToastMovedAway(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE d (id int PRIMARY KEY, body text, n int)`)
+	cfg := e.config("  d: {table: d, key: \"d:{id}\", value: {format: string, column: n}}\n  b: {table: d, key: \"b:{id}\", value: {columns: [body]}}\n")
+	f := e.start(cfg)
+	e.exec(`INSERT INTO d VALUES (1, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g), 0)`)
+	e.waitEqual("d:*", lit(map[string]string{"d:1": "0"}))
+	e.exec(`BEGIN; UPDATE d SET id = 2, n = 1 WHERE id = 1; DELETE FROM d WHERE id = 2; INSERT INTO d VALUES (3, 'x', 3); COMMIT`)
+	e.waitEqual("*", lit(map[string]string{"d:3": "3", "b:3": `{"body":"x"}`}))
+	if n := f.Stats.MapErrors.Load(); n != 0 {
+		t.Fatalf("map errors = %d", n)
 	}
 }
 

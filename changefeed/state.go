@@ -111,15 +111,41 @@ if v ~= ARGV[2] then return 0 end
 if ARGV[3] > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`
 
-// AdvanceCmd returns the command that checks source's applied LSN is still
-// from and moves it to to. Sent in the same pipeline as a batch of writes, it
-// costs no extra round trip and tells whether Redis lost data since the last batch.
-func (s *State) AdvanceCmd(source string, from, to pglogrepl.LSN) rueidis.Completed {
-	return s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
+// Advance sends writes, a batch of the feed's writes (possibly none), and
+// moves source's applied LSN from from to to once Redis has acknowledged
+// every one of them; ErrRedisLost when the record no longer holds from.
+// Others trust that record (Put waits on it), so it never runs ahead of a
+// write: on one Redis node the writes and the check-and-advance go in one
+// pipeline, which the node runs in order; on a Cluster the writes go to
+// several nodes at once, so the advance follows in a second round trip,
+// after all of them answered. (Advance may append to writes.)
+func (s *State) Advance(ctx context.Context, source string, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
+	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
 		Arg("lsn:"+source, formatLSN(from), formatLSN(max(from, to))).Build()
+	if len(writes) == 0 || s.Redis.Mode() != rueidis.ClientModeCluster {
+		res := s.Redis.DoMulti(ctx, append(writes, adv)...)
+		if err := firstError(res[:len(writes)]); err != nil {
+			return err
+		}
+		return checkAdvance(res[len(writes)])
+	}
+	if err := firstError(s.Redis.DoMulti(ctx, writes...)); err != nil {
+		return err
+	}
+	return checkAdvance(s.Redis.Do(ctx, adv))
 }
 
-// checkAdvance interprets the result of an AdvanceCmd.
+// firstError returns the first failed write of res.
+func firstError(res []rueidis.RedisResult) error {
+	for _, r := range res {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("redis write: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkAdvance interprets the result of the check-and-advance.
 func checkAdvance(r rueidis.RedisResult) error {
 	n, err := r.AsInt64()
 	if err != nil {

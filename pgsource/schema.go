@@ -35,9 +35,24 @@ type Table struct {
 	// the old row on UPDATE and DELETE. FullIdentity means every column.
 	Identity     []string
 	FullIdentity bool
-	// UniqueKeys lists the column sets of the unique indexes (primary key
-	// included) that have no predicate or expression: what can name one row.
+	// UniqueKeys lists the key column sets of the valid unique indexes
+	// (primary key first) that have no predicate or expression: what can
+	// name one row.
 	UniqueKeys [][]string
+	// IdentityIndexes lists the unique indexes PostgreSQL accepts in ALTER
+	// TABLE ... REPLICA IDENTITY USING INDEX: valid, immediate (not
+	// deferrable), no predicate or expression, every key column NOT NULL.
+	IdentityIndexes []Index
+	// Partitioned marks a partitioned table: PostgreSQL sends the old rows
+	// of its partitions by each partition's own replica identity.
+	Partitioned bool
+}
+
+// Index is a unique index of a table: its name, quoted for SQL (it lives
+// in the table's schema), and its key columns (INCLUDE columns left out).
+type Index struct {
+	Name    string
+	Columns []string
 }
 
 // ErrNoTable reports a table that does not exist.
@@ -87,6 +102,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	if kind != "r" && kind != "p" { // plain or partitioned table
 		return nil, fmt.Errorf("%s: %w (relkind %s)", table, ErrNotTable, kind)
 	}
+	t.Partitioned = kind == "p"
 	// Domains are followed to their base type, so values are formatted by
 	// what they hold. Generated columns are left out: pgoutput never sends them.
 	rows, err := conn.Query(ctx, `
@@ -118,10 +134,13 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	case "f":
 		t.FullIdentity = true
 	case "d", "i":
+		// Key columns only: PostgreSQL does not send an index's INCLUDE columns.
 		rows, err := conn.Query(ctx, `
 			SELECT a.attname FROM pg_index i
-			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-			WHERE i.indrelid = $1 AND CASE WHEN $2 = 'd' THEN i.indisprimary ELSE i.indisreplident END`,
+			CROSS JOIN LATERAL generate_series(0, i.indnkeyatts - 1) k(n)
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k.n]
+			WHERE i.indrelid = $1 AND CASE WHEN $2 = 'd' THEN i.indisprimary ELSE i.indisreplident END
+			ORDER BY k.n`,
 			t.OID, ident)
 		if err != nil {
 			return nil, fmt.Errorf("table %s: replica identity: %w", table, err)
@@ -131,15 +150,32 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 			return nil, fmt.Errorf("table %s: replica identity: %w", table, err)
 		}
 	}
+	// Key columns only: INCLUDE columns are not part of what is unique.
 	rows, err = conn.Query(ctx, `
-		SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-		WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-		GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid`, t.OID)
+		SELECT format('%I', c.relname), array_agg(a.attname::text ORDER BY a.attname),
+			i.indimmediate AND bool_and(a.attnotnull)
+		FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indexrelid
+		CROSS JOIN LATERAL generate_series(0, i.indnkeyatts - 1) k(n)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k.n]
+		WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+		GROUP BY i.indexrelid, c.relname, i.indisprimary, i.indimmediate
+		ORDER BY i.indisprimary DESC, i.indexrelid`, t.OID)
 	if err != nil {
 		return nil, fmt.Errorf("table %s: unique keys: %w", table, err)
 	}
-	if t.UniqueKeys, err = pgx.CollectRows(rows, pgx.RowTo[[]string]); err != nil {
+	for rows.Next() {
+		var ix Index
+		var identity bool
+		if err := rows.Scan(&ix.Name, &ix.Columns, &identity); err != nil {
+			return nil, fmt.Errorf("table %s: unique keys: %w", table, err)
+		}
+		t.UniqueKeys = append(t.UniqueKeys, ix.Columns)
+		if identity {
+			t.IdentityIndexes = append(t.IdentityIndexes, ix)
+		}
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("table %s: unique keys: %w", table, err)
 	}
 	return t, nil

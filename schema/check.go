@@ -5,18 +5,23 @@ package schema
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/pgsource"
 )
 
-// CheckTable checks a cache against its live table: its columns exist, and
-// PostgreSQL sends the old values of the key columns on UPDATE and DELETE
-// (else a deleted row's key could not be found).
+// CheckTable checks a cache against its live table: its columns exist, its
+// key names one row and can be rendered for some row, and PostgreSQL sends
+// the old values of the key columns on UPDATE and DELETE (else a deleted
+// row's key could not be found).
 func CheckTable(c *config.Cache, t *pgsource.Table) error {
 	field := "caches." + c.Name
 	if _, err := binding.New(c.Spec(), BindingColumns(t.Columns)); err != nil {
@@ -34,6 +39,9 @@ func CheckTable(c *config.Cache, t *pgsource.Table) error {
 		return config.FieldError(field+".key", "columns (%s) do not name one row of %s: %s",
 			strings.Join(c.Template.Columns(), ", "), t.Name, keys)
 	}
+	if err := checkRenderable(c.Template, t); err != nil {
+		return config.FieldError(field+".key", "%v", err)
+	}
 	if c.Sync != config.SyncChangefeed {
 		return nil
 	}
@@ -44,13 +52,122 @@ func CheckTable(c *config.Cache, t *pgsource.Table) error {
 		}
 	}
 	if len(missing) > 0 {
-		have := "no replica identity"
-		if len(t.Identity) > 0 {
-			have = "replica identity (" + strings.Join(t.Identity, ", ") + ")"
+		return config.FieldError(field+".key", "%s", identityAdvice(t, c.Template.Columns(), missing))
+	}
+	return nil
+}
+
+// identityAdvice says that the key columns missing are not in t's replica
+// identity, and every way out: the cheapest first.
+func identityAdvice(t *pgsource.Table, key, missing []string) string {
+	have := "replica identity of " + t.Name + " (it has none)"
+	if len(t.Identity) > 0 {
+		have = "replica identity (" + strings.Join(t.Identity, ", ") + ") of " + t.Name
+	}
+	var fixes []string
+	// The smallest index PostgreSQL would take as the identity that holds
+	// every key column (the indexes are listed primary key first).
+	var best *pgsource.Index
+	for i, ix := range t.IdentityIndexes {
+		covers := !slices.ContainsFunc(key, func(col string) bool { return !slices.Contains(ix.Columns, col) })
+		if covers && (best == nil || len(ix.Columns) < len(best.Columns)) {
+			best = &t.IdentityIndexes[i]
 		}
-		return config.FieldError(field+".key",
-			"column(s) %s are not in the %s of %s, so a delete could not name its key; use primary-key columns in the key or run ALTER TABLE %s REPLICA IDENTITY FULL",
-			strings.Join(missing, ", "), have, t.Name, t.Quoted)
+	}
+	if best != nil {
+		fixes = append(fixes, fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY USING INDEX %s", t.Quoted, best.Name))
+	}
+	fixes = append(fixes, fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY FULL (the whole old row goes to the WAL)", t.Quoted))
+	if len(t.Identity) > 0 {
+		fixes = append(fixes, "key on columns of ("+strings.Join(t.Identity, ", ")+") only")
+	}
+	fixes = append(fixes, "set sync: none if the cache only needs refreshes or read-through")
+	partitions := ""
+	if t.Partitioned {
+		partitions = " (on a partitioned table, set the replica identity of the table and of each partition)"
+	}
+	return fmt.Sprintf("column(s) %s are not in the %s, so a delete could not name its key: %s%s",
+		strings.Join(missing, ", "), have, strings.Join(fixes, ", or "), partitions)
+}
+
+// alwaysIn gives, for a base type, text that every value of it contains as
+// cachesync reads values (pgsource.SessionParams: DateStyle ISO, TimeZone
+// UTC, bytea_output hex), and which values are exceptions.
+var alwaysIn = map[uint32]struct {
+	texts  []string
+	except string
+}{
+	pgtype.UUIDOID:        {texts: []string{"-"}},
+	pgtype.TimeOID:        {texts: []string{":"}},
+	pgtype.TimetzOID:      {texts: []string{":"}},
+	pgtype.DateOID:        {texts: []string{"-"}, except: "±infinity"},
+	pgtype.TimestampOID:   {texts: []string{"-", " ", ":"}, except: "±infinity"},
+	pgtype.TimestamptzOID: {texts: []string{"-", " ", ":"}, except: "±infinity"},
+	pgtype.ByteaOID:       {texts: []string{`\x`}},
+	pgtype.MacaddrOID:     {texts: []string{":"}},
+	774:                   {texts: []string{":"}}, // macaddr8
+	pgtype.CIDROID:        {texts: []string{"/"}},
+	3220:                  {texts: []string{"/"}}, // pg_lsn
+	pgtype.TIDOID:         {texts: []string{"(", ",", ")"}},
+	pgtype.PointOID:       {texts: []string{","}},
+	pgtype.LsegOID:        {texts: []string{","}},
+	pgtype.PathOID:        {texts: []string{","}},
+	pgtype.BoxOID:         {texts: []string{","}},
+	pgtype.PolygonOID:     {texts: []string{","}},
+	pgtype.LineOID:        {texts: []string{","}},
+	pgtype.CircleOID:      {texts: []string{","}},
+}
+
+// builtinArrays tells the built-in array types, whose every value is
+// written in braces ({1,2}, {}).
+var builtinArrays = sync.OnceValue(func() func(oid uint32) bool {
+	m := pgtype.NewMap()
+	return func(oid uint32) bool {
+		t, ok := m.TypeForOID(oid)
+		if !ok {
+			return false
+		}
+		_, ok = t.Codec.(*pgtype.ArrayCodec)
+		return ok
+	}
+})
+
+// checkRenderable refuses a key no row could have: a placeholder (not the
+// last, which may hold anything) whose column's every value contains text
+// the template forbids there (the literal that follows it), as a
+// timestamp's ":" in "ev:{at}:{id}". It asks the template itself: a value
+// made of that text alone, fenced with NUL bytes so that it cannot run into
+// the literal, renders only if the literal is not within the text.
+func checkRenderable(tmpl *binding.Template, t *pgsource.Table) error {
+	if strings.ContainsRune(tmpl.String(), 0) {
+		return nil // the fence would not hold
+	}
+	cols := tmpl.Columns()
+	for i, name := range cols[:len(cols)-1] {
+		col, ok := t.Column(name)
+		if !ok {
+			continue
+		}
+		always := alwaysIn[col.TypeOID]
+		if builtinArrays()(col.TypeOID) {
+			always.texts = []string{"{", "}"}
+		}
+		for _, text := range always.texts {
+			values := make([][]byte, len(cols))
+			for j := range values {
+				values[j] = []byte{}
+			}
+			values[i] = []byte("\x00" + text + "\x00")
+			if _, err := tmpl.Render(nil, values); err == nil {
+				continue
+			}
+			but := ""
+			if always.except != "" {
+				but = " but " + always.except
+			}
+			return fmt.Errorf("no row could be keyed: every value of column %q (%s)%s contains %q, and with it the text that follows {%s} in %q; put {%s} last or follow it with text its values never contain",
+				name, col.Declared, but, text, name, tmpl.String(), name)
+		}
 	}
 	return nil
 }

@@ -1,86 +1,255 @@
 // Package keyevents turns on Redis keyspace event notifications and listens
 // to one event on every primary, resubscribing after a disconnection: what
 // the keymiss listener and the expiry refresher stand on. Redis publishes
-// these events at most once and only to whoever listens at that moment.
+// these events at most once and only to whoever listens at that moment, and
+// only while notify-keyspace-events has their flags: a Redis restarted
+// without persistence comes back without them, and anyone may CONFIG SET
+// them away. So a listener checks the flags on each primary whenever its
+// subscription there is (re)established and every Events.Every, and
+// enables them again.
 package keyevents
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
 )
 
-// enabling serializes Enable: two features adding their flags at once
-// would each write back the other's old value.
+// DefaultEvery is how often a listener checks notify-keyspace-events on
+// each primary when Events.Every is not set.
+const DefaultEvery = 10 * time.Second
+
+// checkTimeout bounds one check of one primary.
+const checkTimeout = 5 * time.Second
+
+// enabling serializes the checks of this process: two features adding
+// their flags at once would each write back the other's old value.
 var enabling sync.Mutex
 
-// Enable makes every Redis primary publish the events flags names (e.g.
-// "Ex" for expired keys; see notify-keyspace-events), adding them with
-// CONFIG SET. When Redis refuses, the error says exactly what to configure
-// for feature (the config option that needs it).
-func Enable(ctx context.Context, redis rueidis.Client, flags, feature string, log *slog.Logger) error {
+// Events is what one feature listens to, and the flags that make Redis publish it.
+type Events struct {
+	// Channel is the channel subscribed to on every primary, e.g. Channel(0, "expired").
+	Channel string
+	// Flags are the notify-keyspace-events flags that publish Channel's
+	// events, e.g. "Ex" for expired keys.
+	Flags string
+	// Feature is the configuration that needs them, named in logs and
+	// errors, e.g. "fill: on-miss".
+	Feature string
+	// Every is how often the flags are checked on each primary besides
+	// after every (re)subscription; DefaultEvery when zero.
+	Every time.Duration
+	// Health, when not nil, counts what the checks found.
+	Health *Health
+}
+
+// Health counts what the checks of a listener's flags found; safe for concurrent reads.
+type Health struct {
+	Checks    atomic.Int64 // checks of one primary's flags that got an answer
+	Reenabled atomic.Int64 // times a primary had lost the flags and they were enabled again
+	Refused   atomic.Int64 // primaries that refuse CONFIG now: their flags cannot be checked or enabled
+}
+
+// OK reports whether every primary's flags were found or enabled at its
+// last check (none refuses CONFIG).
+func (h *Health) OK() bool { return h.Refused.Load() == 0 }
+
+// ensure adds to notify-keyspace-events on node what flags lacks, returning
+// the value it found and the value it set ("" when nothing was missing).
+func ensure(ctx context.Context, addr string, node rueidis.Client, flags, feature string) (have, set string, err error) {
 	enabling.Lock()
 	defer enabling.Unlock()
-	for addr, node := range redis.Nodes() {
-		m, err := node.Do(ctx, node.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap()
-		if err != nil {
-			return fmt.Errorf("redis %s: read notify-keyspace-events: %w; set it to include %s (e.g. notify-keyspace-events %s) for %s", addr, err, strings.Join(strings.Split(flags, ""), " and "), flags, feature)
-		}
-		have := m["notify-keyspace-events"]
-		want := have
-		for _, f := range flags {
-			// A stands for every key event class but m (keymiss) and n.
-			if !strings.ContainsRune(want, f) && !(f != 'm' && f != 'n' && f != 'E' && f != 'K' && strings.ContainsRune(want, 'A')) {
-				want += string(f)
-			}
-		}
-		if want == have {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	m, err := node.Do(ctx, node.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap()
+	if err != nil {
+		return "", "", &checkError{err: err, configure: flags, msg: fmt.Sprintf("redis %s: read notify-keyspace-events: %v; make sure it includes %s (e.g. notify-keyspace-events %s) for %s",
+			addr, err, strings.Join(strings.Split(flags, ""), " and "), flags, feature)}
+	}
+	have = m["notify-keyspace-events"]
+	want := have + missing(have, flags)
+	if want == have {
+		return have, "", nil
+	}
+	if err := node.Do(ctx, node.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", want).Build()).Error(); err != nil {
+		return have, "", &checkError{err: err, configure: want, msg: fmt.Sprintf("redis %s: notify-keyspace-events is %q and cachesync may not change it (%v): configure notify-keyspace-events %q for %s",
+			addr, have, err, want, feature)}
+	}
+	return have, want, nil
+}
+
+// missing returns the flags of flags that have does not cover.
+func missing(have, flags string) string {
+	var out []rune
+	for _, f := range flags {
+		// A stands for every key event class but m (keymiss) and n (new).
+		if strings.ContainsRune(have, f) || strings.ContainsRune(string(out), f) ||
+			f != 'm' && f != 'n' && f != 'E' && f != 'K' && strings.ContainsRune(have, 'A') {
 			continue
 		}
-		if err := node.Do(ctx, node.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", want).Build()).Error(); err != nil {
-			return fmt.Errorf("redis %s: notify-keyspace-events is %q and cachesync may not change it (%v): configure notify-keyspace-events %q for %s", addr, have, err, want, feature)
-		}
-		log.Info("enabled keyspace events", "redis", addr, "notify-keyspace-events", want, "for", feature)
+		out = append(out, f)
 	}
-	return nil
+	return string(out)
+}
+
+// checkError is a failed check: its message says what to configure, and
+// it unwraps to the Redis or connection error.
+type checkError struct {
+	err       error
+	configure string // the notify-keyspace-events value to configure by hand
+	msg       string
+}
+
+func (e *checkError) Error() string { return e.msg }
+func (e *checkError) Unwrap() error { return e.err }
+
+// refused reports whether err is Redis's refusal (an ACL's NOPERM, an
+// unknown or refused CONFIG), not a connection's failure or a node that is
+// not ready yet.
+func refused(err error) bool {
+	var re *rueidis.RedisError
+	return errors.As(err, &re) && !re.IsNil() && !re.IsLoading() && !re.IsTryAgain() && !re.IsClusterDown()
 }
 
 // Channel is the channel of event in database db, e.g. __keyevent@0__:expired.
 func Channel(db int, event string) string { return fmt.Sprintf("__keyevent@%d__:%s", db, event) }
 
-// Listen calls fn with the key of every message on channel from every
-// primary until ctx is done, resubscribing after a disconnection. fn runs
-// on the subscription's connection: it must not block.
-func Listen(ctx context.Context, redis rueidis.Client, channel string, log *slog.Logger, fn func(key string)) {
+// Listen calls fn with the key of every message on ev.Channel from every
+// primary until ctx is done, resubscribing after a disconnection, and
+// keeps ev.Flags on: it checks each primary's notify-keyspace-events at
+// once, whenever its subscription is (re)established and every ev.Every,
+// adding what is missing (a warning when it had been there), and logs an
+// error saying what to configure once when a primary starts refusing
+// CONFIG (then the flags must be set by hand; events that arrive are
+// still handled). fn runs on the subscription's connection: it must not
+// block.
+func Listen(ctx context.Context, redis rueidis.Client, ev Events, log *slog.Logger, fn func(key string)) {
+	if ev.Every <= 0 {
+		ev.Every = DefaultEvery
+	}
+	if ev.Health == nil {
+		ev.Health = &Health{}
+	}
 	var wg sync.WaitGroup
-	for addr, node := range redis.Nodes() {
-		wg.Go(func() { listen(ctx, addr, node, channel, log, fn) })
+	for addr, client := range redis.Nodes() {
+		n := &node{addr: addr, client: client, ev: ev, log: log}
+		subscribed := make(chan struct{}, 1)
+		wg.Go(func() { n.listen(ctx, subscribed, fn) })
+		wg.Go(func() { n.watch(ctx, subscribed) })
 	}
 	wg.Wait()
 }
 
-func listen(ctx context.Context, addr string, node rueidis.Client, channel string, log *slog.Logger, fn func(string)) {
+// node is one primary a Listen subscribes to and keeps the flags of.
+type node struct {
+	addr   string
+	client rueidis.Client
+	ev     Events
+	log    *slog.Logger
+	// Only watch reads and writes these.
+	verified bool // the flags were found or enabled once: missing again, they were lost
+	refusing bool // the last answered check was refused
+}
+
+// listen subscribes to the channel on n until ctx is done, resubscribing
+// after a disconnection, and signals subscribed at every subscription.
+func (n *node) listen(ctx context.Context, subscribed chan<- struct{}, fn func(string)) {
+	var ok atomic.Bool // subscribed since the last disconnection
+	hooked := rueidis.WithOnSubscriptionHook(ctx, func(s rueidis.PubSubSubscription) {
+		if s.Kind == "subscribe" {
+			ok.Store(true)
+			select {
+			case subscribed <- struct{}{}:
+			default: // a check is due already
+			}
+		}
+	})
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		// A connection of its own: Redis 7.0 may put an event caused by a
 		// command (a key found expired) in the middle of that command's
 		// reply when both share a connection.
-		conn, release := node.Dedicate()
-		err := conn.Receive(ctx, node.B().Subscribe().Channel(channel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
+		conn, release := n.client.Dedicate()
+		err := conn.Receive(hooked, n.client.B().Subscribe().Channel(n.ev.Channel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
 		release()
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("subscription ended; resubscribing", "redis", addr, "channel", channel, "err", err)
+		if ok.Swap(false) {
+			backoff = 100 * time.Millisecond
+		}
+		n.log.Warn("subscription ended; resubscribing", "redis", n.addr, "channel", n.ev.Channel, "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// watch checks n's flags at once, then at every subscription and every
+// n.ev.Every, until ctx is done.
+func (n *node) watch(ctx context.Context, subscribed <-chan struct{}) {
+	tick := time.NewTicker(n.ev.Every)
+	defer tick.Stop()
+	defer func() {
+		if n.refusing { // no longer this listener's to report
+			n.ev.Health.Refused.Add(-1)
+		}
+	}()
+	for {
+		n.check(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-subscribed:
+		case <-tick.C:
+		}
+	}
+}
+
+// check makes sure n publishes the events, logging what it had to do:
+// enabling them the first time is news (info); later, the flags were lost
+// (a restart without persistence, someone's CONFIG SET: a warning). A
+// refusal is logged once, when it starts, and its end once too; a failed
+// connection is left to the resubscription, which checks again.
+func (n *node) check(ctx context.Context) {
+	have, set, err := ensure(ctx, n.addr, n.client, n.ev.Flags, n.ev.Feature)
+	if err != nil {
+		var ce *checkError
+		if ctx.Err() != nil || !refused(err) || !errors.As(err, &ce) {
+			n.log.Debug("cannot check keyspace events now", "redis", n.addr, "for", n.ev.Feature, "err", err)
+			return
+		}
+		n.ev.Health.Checks.Add(1)
+		if !n.refusing {
+			n.refusing = true
+			n.ev.Health.Refused.Add(1)
+			n.log.Error("redis refuses cachesync's CONFIG: configure notify-keyspace-events by hand, or it publishes no events for "+n.ev.Feature,
+				"redis", n.addr, "configure", "notify-keyspace-events "+ce.configure, "for", n.ev.Feature, "err", err)
+		}
+		return
+	}
+	n.ev.Health.Checks.Add(1)
+	if n.refusing {
+		n.refusing = false
+		n.ev.Health.Refused.Add(-1)
+		n.log.Info("redis allows cachesync's CONFIG again", "redis", n.addr, "notify-keyspace-events", have, "for", n.ev.Feature)
+	}
+	switch {
+	case set == "":
+	case !n.verified:
+		n.log.Info("enabled keyspace events", "redis", n.addr, "notify-keyspace-events", set, "was", have, "for", n.ev.Feature)
+	default:
+		n.ev.Health.Reenabled.Add(1)
+		n.log.Warn("notify-keyspace-events lost its flags; enabled again", "redis", n.addr, "notify-keyspace-events", set, "was", have, "for", n.ev.Feature)
+	}
+	n.verified = true
 }

@@ -26,6 +26,8 @@ type Stats struct {
 	Ignored atomic.Int64 // keys of no on-miss cache, or seen again within the window
 	Dropped atomic.Int64 // events dropped because fills were backed up
 	Errors  atomic.Int64 // fills that failed
+	// Notify counts the checks of notify-keyspace-events on the primaries.
+	Notify keyevents.Health
 }
 
 // Listener fills what plain Redis clients miss.
@@ -40,6 +42,11 @@ type Listener struct {
 	// starts (the fill's own reads miss too); New sets DefaultWindow, and
 	// a change must come before Run.
 	Window time.Duration
+	// CheckEvery is how often every primary's notify-keyspace-events is
+	// checked (besides after every resubscription) and its keymiss flags
+	// enabled again; New sets keyevents.DefaultEvery, and a change must
+	// come before Run.
+	CheckEvery time.Duration
 
 	mu     sync.Mutex
 	recent map[string]time.Time // key -> last fill start: our own fill's reads miss too
@@ -52,7 +59,7 @@ const DefaultWindow = time.Second
 
 // New returns the listener of cfg's caches with fill: on-miss, or nil when there are none.
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Listener, error) {
-	l := &Listener{api: api, redis: redis, log: log.With("component", "keymiss"), recent: map[string]time.Time{}, Window: DefaultWindow}
+	l := &Listener{api: api, redis: redis, log: log.With("component", "keymiss"), recent: map[string]time.Time{}, Window: DefaultWindow, CheckEvery: keyevents.DefaultEvery}
 	for _, name := range cfg.CacheNames() {
 		if c := cfg.Caches[name]; c.Fill == config.FillOnMiss {
 			l.caches = append(l.caches, c)
@@ -69,18 +76,14 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 	return l, nil
 }
 
-// Enable makes every Redis primary publish keymiss events ('E' and 'm' in
-// notify-keyspace-events), or says exactly what to configure when it may not.
-func (l *Listener) Enable(ctx context.Context) error {
-	return keyevents.Enable(ctx, l.redis, "Em", "fill: on-miss", l.log)
-}
-
 // Run listens on every primary until ctx is done, resubscribing after a
-// disconnection, and fills with up to workers fills at a time.
+// disconnection, and fills with up to workers fills at a time. It keeps
+// keymiss events on ('E' and 'm' in notify-keyspace-events, checked on
+// every primary at each subscription and every CheckEvery), or logs
+// exactly what to configure when Redis refuses CONFIG.
 func (l *Listener) Run(ctx context.Context, workers int) error {
-	if err := l.Enable(ctx); err != nil {
-		return err
-	}
+	events := keyevents.Events{Channel: keyevents.Channel(l.db, "keymiss"), Flags: "Em", Feature: "fill: on-miss",
+		Every: l.CheckEvery, Health: &l.Stats.Notify}
 	keys := make(chan string, 1024)
 	var fillers sync.WaitGroup
 	for range workers {
@@ -90,7 +93,7 @@ func (l *Listener) Run(ctx context.Context, workers int) error {
 			}
 		})
 	}
-	keyevents.Listen(ctx, l.redis, keyevents.Channel(l.db, "keymiss"), l.log, func(key string) {
+	keyevents.Listen(ctx, l.redis, events, l.log, func(key string) {
 		l.Stats.Events.Add(1)
 		select {
 		case keys <- key:

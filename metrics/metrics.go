@@ -77,6 +77,8 @@ var (
 	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
 	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
 	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
+	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis primary, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a primary refuses CONFIG: configure them by hand (the log says what).", "feature")
+	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis primary had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
 	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO.")
 	descRedisGauge   = map[string]*prometheus.Desc{
 		"used_memory":               desc("redis_used_memory_bytes", "Redis used_memory."),
@@ -171,6 +173,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRefreshEv, st.Dropped.Load(), "dropped")
 		counter(descRefreshErr, st.Errors.Load())
 		ch <- histogram(descRefreshDelay, st.Delays)
+		if r.Listens() {
+			gauge(descEventsOK, ok(st.Notify.OK()), "refresh")
+			counter(descEventsAgain, st.Notify.Reenabled.Load(), "refresh")
+		}
 	}
 	if l := c.s.Keymiss; l != nil {
 		counter(descKeymiss, l.Stats.Events.Load(), "received")
@@ -178,8 +184,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descKeymiss, l.Stats.Ignored.Load(), "ignored")
 		counter(descKeymiss, l.Stats.Dropped.Load(), "dropped")
 		counter(descKeymiss, l.Stats.Errors.Load(), "error")
+		gauge(descEventsOK, ok(l.Stats.Notify.OK()), "keymiss")
+		counter(descEventsAgain, l.Stats.Notify.Reenabled.Load(), "keymiss")
 	}
 	c.collectRedis(ctx, ch)
+}
+
+// ok is 1 for true, 0 for false.
+func ok(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // histogram turns h into a Prometheus histogram in seconds.

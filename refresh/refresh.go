@@ -44,6 +44,8 @@ type Stats struct {
 	Ignored atomic.Int64 // expired keys that belong to no refreshing cache
 	Dropped atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
 	Errors  atomic.Int64 // reload batches that failed (their keys are retried from the record)
+	// Notify counts the checks of notify-keyspace-events on the primaries.
+	Notify keyevents.Health
 	// Delays times a recorded expiry to the key's refresh, for keys
 	// refreshed after they expired.
 	Delays *latency.Histogram
@@ -74,6 +76,11 @@ type Refresher struct {
 	Stats     Stats
 	// PerCache counts by cache, for every cache that refreshes or has a schedule.
 	PerCache map[string]*Counts
+	// CheckEvery is how often every primary's notify-keyspace-events is
+	// checked (besides after every resubscription) and its expired flags
+	// enabled again; New sets keyevents.DefaultEvery, and a change must
+	// come before Run.
+	CheckEvery time.Duration
 
 	since  int64 // unix ms when Run began
 	work   chan batch
@@ -96,7 +103,7 @@ type batch struct {
 // refreshes or has a schedule.
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
-		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}}
+		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}, CheckEvery: keyevents.DefaultEvery}
 	r.Stats.Delays = latency.New(latency.Slow)
 	r.PerCache = map[string]*Counts{}
 	for _, name := range cfg.CacheNames() {
@@ -122,15 +129,17 @@ func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *s
 	return r, nil
 }
 
+// Listens reports whether r listens for expired-key events: whether a
+// cache refreshes on expiry or ahead.
+func (r *Refresher) Listens() bool { return len(r.refreshed) > 0 }
+
 // Run refreshes until ctx is done: it listens for expired keys on every
-// primary, reads the expiry records, and runs the schedules.
+// primary (keeping 'E' and 'x' in notify-keyspace-events, checked at each
+// subscription and every CheckEvery, or logging exactly what to configure
+// when Redis refuses CONFIG), reads the expiry records, and runs the
+// schedules.
 func (r *Refresher) Run(ctx context.Context) error {
 	r.since = time.Now().UnixMilli()
-	if len(r.refreshed) > 0 {
-		if err := keyevents.Enable(ctx, r.redis, "Ex", "refresh: on-expiry and ahead", r.log); err != nil {
-			return err
-		}
-	}
 	var wg sync.WaitGroup
 	for range Workers {
 		wg.Go(func() {
@@ -143,7 +152,9 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if len(r.refreshed) > 0 {
 		events := make(chan string, 65536)
 		producers.Go(func() {
-			keyevents.Listen(ctx, r.redis, keyevents.Channel(r.db, "expired"), r.log, func(key string) {
+			ev := keyevents.Events{Channel: keyevents.Channel(r.db, "expired"), Flags: "Ex", Feature: "refresh: on-expiry and ahead",
+				Every: r.CheckEvery, Health: &r.Stats.Notify}
+			keyevents.Listen(ctx, r.redis, ev, r.log, func(key string) {
 				r.Stats.Events.Add(1)
 				select {
 				case events <- key:

@@ -34,6 +34,8 @@ type env struct {
 	rc  rueidis.Client
 	cfg *config.Config
 	api *cachesync.Client
+	// nodes are the Redis servers: one, or the cluster's primaries.
+	nodes []*testenv.Redis
 }
 
 var dbs atomic.Int64
@@ -51,12 +53,13 @@ func newEnv(t *testing.T, topology, schema, caches string) *env {
 	db, dbURL := pg.Database(t, name, schema)
 	var url string
 	var rc rueidis.Client
+	var nodes []*testenv.Redis
 	if topology == "cluster" {
 		c := testenv.StartCluster(t, 3)
-		url, rc = c.URL(), c.Client(t)
+		url, rc, nodes = c.URL(), c.Client(t), c.Nodes
 	} else {
 		rds := testenv.StartRedis(t)
-		url, rc = rds.URL(), rds.Client(t)
+		url, rc, nodes = rds.URL(), rds.Client(t), []*testenv.Redis{rds}
 	}
 	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, url, dbURL, caches)))
 	if err != nil {
@@ -67,15 +70,19 @@ func newEnv(t *testing.T, topology, schema, caches string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	return &env{t: t, db: db, rc: rc, cfg: cfg, api: api}
+	return &env{t: t, db: db, rc: rc, cfg: cfg, api: api, nodes: nodes}
 }
 
-// start runs a refresher until the returned stop is called (or the test ends).
-func (e *env) start() (*refresh.Refresher, func()) {
+// start runs a refresher, changed by set, until the returned stop is
+// called (or the test ends).
+func (e *env) start(set ...func(*refresh.Refresher)) (*refresh.Refresher, func()) {
 	e.t.Helper()
 	r, err := refresh.New(e.cfg, e.api, e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil || r == nil {
 		e.t.Fatalf("refresher %v, %v", r, err)
+	}
+	for _, f := range set {
+		f(r)
 	}
 	return r, testenv.Go(e.t, r.Run)
 }
@@ -395,6 +402,78 @@ func testSchedule(t *testing.T, topology string) {
 			t.Fatalf("scheduled reloads wrote %d keys, want at least 3", r.Stats.Scheduled.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestEventsAfterRestart: a Redis (on a Cluster, the primary of the key)
+// restarted without persistence comes back with notify-keyspace-events
+// empty; the refresher's new subscription there enables expired events
+// again, so a key a plain client sets to expire is reloaded on its expired
+// event. (Such a key has
+// no entry in the expiry record: only the event can bring it back.)
+func TestEventsAfterRestart(t *testing.T) { eachTopology(t, testEventsAfterRestart) }
+
+func testEventsAfterRestart(t *testing.T, topology string) {
+	e := newEnv(t, topology, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory SELECT 'i' || g, g FROM generate_series(1, 100) g`, `
+  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none, refresh: on-expiry}
+`)
+	// The key and the node it lives on: on a Cluster, a node other than
+	// the one the client was given.
+	node, key, want := e.nodes[0], "price:i1", "1.00"
+	if len(e.nodes) > 1 {
+		node = e.nodes[1]
+		nc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		for i := 1; ; i++ {
+			key, want = fmt.Sprintf("price:i%d", i), fmt.Sprintf("%d.00", i)
+			// A node answers GET of its own keys only (MOVED for others).
+			if err := nc.Do(t.Context(), nc.B().Get().Key(key).Build()).Error(); rueidis.IsRedisNil(err) {
+				break
+			}
+			if i == 100 {
+				t.Fatal("no key of the second node")
+			}
+		}
+	}
+	// Checks an hour apart: the resubscription after the restart checks.
+	r, _ := e.start(func(r *refresh.Refresher) { r.CheckEvery = time.Hour })
+	// expireOnce sets key to expire and waits until it holds the table's
+	// value again, setting it anew whenever it expired unseen.
+	expireOnce := func() {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			v, ok := e.get(key)
+			if ok && v == want {
+				return
+			}
+			if !ok {
+				e.do(e.rc.B().Set().Key(key).Value("0").Px(20 * time.Millisecond).Build())
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s = %q (present %v), never reloaded: %d events, %d refreshed", key, v, ok, r.Stats.Events.Load(), r.Stats.Refreshed.Load())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	expireOnce()
+	if err := node.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := e.get(key); ok {
+		t.Fatalf("%s = %q after a restart without persistence", key, v)
+	}
+	events, refreshed := r.Stats.Events.Load(), r.Stats.Refreshed.Load()
+	expireOnce()
+	if r.Stats.Events.Load() == events || r.Stats.Refreshed.Load() == refreshed {
+		t.Fatalf("reloaded, but %d events and %d refreshes since the restart", r.Stats.Events.Load()-events, r.Stats.Refreshed.Load()-refreshed)
+	}
+	if n := r.Stats.Notify.Reenabled.Load(); n != 1 {
+		t.Errorf("%d re-enables of expired events counted, want 1", n)
 	}
 }
 

@@ -59,16 +59,16 @@ type hitRun struct {
 // hitSummary is a read mode over its runs: the mean rate, percentiles over
 // every request of every run, costs per request over all runs.
 type hitSummary struct {
-	Runs                  []hitRun
-	Rate                  float64 // mean of the runs' rates
-	P50, P99, Max         time.Duration
-	CPUPerOp, RedisPerOp  float64 // µs per request
-	AllocsPerOp, BPerOp   float64
-	GCs                   uint32
-	Ops                   int
-	lat                   []time.Duration
-	cpu, redisCPU         time.Duration
-	mallocs, bytes, total uint64
+	Runs                 []hitRun
+	Rate                 float64 // mean of the runs' rates
+	P50, P99, Max        time.Duration
+	CPUPerOp, RedisPerOp float64 // µs per request
+	AllocsPerOp, BPerOp  float64
+	GCs                  uint32
+	Ops                  int
+	lat                  []time.Duration
+	cpu, redisCPU        time.Duration
+	mallocs, bytes       uint64
 }
 
 func (s *hitSummary) add(r hitRun, lat []time.Duration) {
@@ -351,7 +351,7 @@ func (b *bench) hits(ctx context.Context) error {
 		return err
 	}
 	if got, err := api.Get(ctx, readCache, k); err != nil || !bytes.Equal(got, want) {
-		return fmt.Errorf("Go API Get %s: %q, %v; Redis holds %q", k, got, err, want)
+		return fmt.Errorf("the Go API's Get %s: %q, %v; Redis holds %q", k, got, err, want)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[0], nil)
 	if err != nil {
@@ -514,10 +514,10 @@ func (b *bench) storm(ctx context.Context, clients []*cachesync.Client, key stri
 	}
 	for i := range stormGets {
 		if errs[i] != nil {
-			return r, fmt.Errorf("Get %s: %w", key, errs[i])
+			return r, fmt.Errorf("a Get of %s: %w", key, errs[i])
 		}
 		if !bytes.Equal(vals[i], want) {
-			return r, fmt.Errorf("Get %s returned %q, Redis holds %q", key, vals[i], want)
+			return r, fmt.Errorf("a Get of %s returned %q, Redis holds %q", key, vals[i], want)
 		}
 	}
 	return r, nil

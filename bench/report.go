@@ -43,7 +43,7 @@ func (b *bench) report() string {
 	}
 	t("1a", fmt.Sprintf("Change throughput, %s updates in %s-row transactions, commit → visible in Redis", count(r.Batched.Rows), count(sz.TxnSize)),
 		r.Batched, "≥ 0.8", 0.8)
-	t("1a′", fmt.Sprintf("Same workload as a backlog: written with the daemon stopped, timed from daemon process start to the last change visible"),
+	t("1a′", "Same workload as a backlog: written with the daemon stopped, timed from daemon process start to the last change visible",
 		r.Catchup, "(information)", 0)
 	t("1b", fmt.Sprintf("Change throughput, %s single-row transactions (%d connections), commit → visible", count(r.Single.Rows), sz.SingleConns),
 		r.Single, "(none set)", 0)

@@ -393,7 +393,7 @@ func (b *bench) drainWB(ctx context.Context, cfg *config.Config, stream string, 
 		select {
 		case err := <-done:
 			done <- err
-			return r, fmt.Errorf("Drain returned early: %v", err)
+			return r, fmt.Errorf("the drainer returned early: %v", err)
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -21,7 +21,7 @@ import (
 type checkCommand struct{}
 
 // errInconsistent ends check with exit code 3: the check ran and found differences.
-var errInconsistent = errors.New("Redis differs from PostgreSQL")
+var errInconsistent = errors.New("the cache in Redis differs from PostgreSQL")
 
 func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	fs := newFlagSet("check", "check --config FILE [--sample N] [--repair] [--json] [CACHE...]\n\nCompares Redis with PostgreSQL for each CACHE (default: every cache) and\nreports missing, stale and extra keys with examples. Keys that change while\nit runs are read again before they are reported. Exit code 0 only when\nconsistent, 3 when it found differences.")

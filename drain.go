@@ -223,10 +223,8 @@ func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from
 	cmds := d.ackCmds(done, removals)
 	cmds = append(cmds, binding.TakeCmd(rb, d.ca.cfg.Name, d.token, consumer, maxBatch, from))
 	res := d.c.redis.DoMulti(ctx, cmds...)
-	for _, r := range res[:len(res)-1] {
-		if err := r.Error(); err != nil {
-			return taken{err: fmt.Errorf("write-behind: acknowledge: %w", err)}
-		}
+	if err := d.checkAcks(ctx, res[:len(res)-1]); err != nil {
+		return taken{err: err}
 	}
 	reply, err := res[len(res)-1].ToArray()
 	if err == nil && len(reply) != 3 {
@@ -256,14 +254,29 @@ func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Command
 	if len(done) == 0 {
 		return nil
 	}
-	return d.ca.b.AckCmds(d.c.redis.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID))
+	return d.ca.b.AckCmds(d.c.redis.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID), d.ca.complete())
 }
 
 // ack acknowledges done (read with removals).
 func (d *drainer) ack(ctx context.Context, done []binding.Acked, removals string) error {
-	for _, r := range d.c.redis.DoMulti(ctx, d.ackCmds(done, removals)...) {
-		if err := r.Error(); err != nil {
+	return d.checkAcks(ctx, d.c.redis.DoMulti(ctx, d.ackCmds(done, removals)...))
+}
+
+// checkAcks checks the replies of acknowledgements. In a complete cache a key
+// an invalidation removed while its write was queued (the invalidation's
+// own fill found the write queued, and wrote nothing) is loaded again.
+func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) error {
+	for _, r := range res {
+		gone, err := binding.AckedGone(r)
+		if err != nil {
 			return fmt.Errorf("write-behind: acknowledge: %w", err)
+		}
+		for _, key := range gone {
+			if values, ok := d.ca.cfg.Template.Parse(key); ok {
+				if err := d.c.refill(ctx, d.ca, key, values); err != nil {
+					d.log.Warn("write-behind: key not loaded again", "key", key, "err", err)
+				}
+			}
 		}
 	}
 	return nil

@@ -37,6 +37,31 @@ func (e *env) waitDrained(cache string) {
 	}
 }
 
+// waitAcked waits until every entry of cache's queue was read and
+// acknowledged (the group's lag and pending count are 0), failing the
+// test after a minute.
+func (e *env) waitAcked(cache string) {
+	e.t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
+		groups, err := e.rc.Do(context.Background(), e.rc.B().XinfoGroups().Key(cachesync.StreamKey(cache)).Build()).ToArray()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if len(groups) == 1 {
+			g, _ := groups[0].AsMap()
+			p, l := g["pending"], g["lag"]
+			pending, _ := p.AsInt64()
+			lag, _ := l.AsInt64()
+			if pending == 0 && lag == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("never: every queued write is acknowledged")
+		}
+	}
+}
+
 // deadLetters returns cache's dead-letter entries.
 func (e *env) deadLetters(cache string) []map[string]string {
 	e.t.Helper()
@@ -100,7 +125,7 @@ func TestDrainFenced(t *testing.T) {
 		for i := 1; i <= 3; i++ {
 			putBehind(t, []*cachesync.Client{c1, c2}[i%2], "t", map[string]any{"id": 1, "v": 3*round + i})
 		}
-		e.waitDrained("t")
+		e.waitAcked("t")
 		var v int
 		if err := e.db.QueryRow(context.Background(), `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
 			t.Fatal(err)

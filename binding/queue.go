@@ -115,16 +115,20 @@ func TakeCmd(rb rueidis.Builder, cache, token, consumer string, count int, from 
 // removal count moved since ARGV[4] (then, as for d, remove the key: the
 // next fill reads the row), d remove it. Then the stream is trimmed below
 // ARGV[3], or below the oldest entry still pending when that comes first.
-// KEYS: owner, stream, removals, record (or the stream again), then per
-// entry: pending, key, lease, neg, stale. ARGV: token, group, trim bound,
-// removal count when the entries were read, has record (1|0), then per
-// entry: id, action, number of write arguments, then those: mode, ttl ms,
-// expires at, stale ttl ms, stale copy, value...
+// It returns how many entries the trim removed and, when ARGV[6] is 1 (a
+// cache that holds every row), the keys it kept (k) that are missing: an
+// invalidation came while their write was queued, and they are to be
+// loaded again. KEYS: owner, stream, removals, record (or the stream
+// again), then per entry: pending, key, lease, neg, stale. ARGV: token,
+// group, trim bound, removal count when the entries were read, has record
+// (1|0), complete (1|0), then per entry: id, action, number of write
+// arguments, then those: mode, ttl ms, expires at, stale ttl ms, stale
+// copy, value...
 const ack = fence + `local same = (redis.call('GET', KEYS[3]) or '0') == ARGV[4]
 local rec = nil
 if ARGV[5] == '1' then rec = KEYS[4] end
-local ids = {}
-local a = 6
+local ids, gone = {}, {}
+local a = 7
 for k = 5, #KEYS, 5 do
   local pending, key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local id, action, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -147,6 +151,8 @@ for k = 5, #KEYS, 5 do
     elseif action == 'd' then
       redis.call('DEL', key, stale)
       if rec then redis.call('ZREM', rec, key) end
+    elseif ARGV[6] == '1' and redis.call('EXISTS', key) == 0 then
+      gone[#gone + 1] = key
     end
   end
   a = a + 3 + n
@@ -159,7 +165,7 @@ if p[1] > 0 then
   local u, w = string.match(bound, '(%d+)-(%d+)')
   if #x < #u or (#x == #u and (x < u or (x == u and (#y < #w or (#y == #w and y < w))))) then bound = p[2] end
 end
-return redis.call('XTRIM', KEYS[2], 'MINID', bound)`
+return {redis.call('XTRIM', KEYS[2], 'MINID', bound), gone}`
 
 // AckBatch is how many entries one acknowledging script call takes, so the
 // script never unpacks more values than Lua can (a few thousand).
@@ -184,8 +190,9 @@ type Acked struct {
 // AckCmds acknowledges entries (in stream order), AckBatch a script call,
 // and trims the stream below the last one, never past an entry still
 // pending; removals is the cache's removal count read with the entries,
-// before their commit.
-func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []Acked, trimBelow string) rueidis.Commands {
+// before their commit. With complete (a cache that holds every row) each
+// call's reply lists kept keys found missing (AckedGone reads it).
+func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []Acked, trimBelow string, complete bool) rueidis.Commands {
 	var cmds rueidis.Commands
 	for lo := 0; lo < len(entries); lo += AckBatch {
 		chunk := entries[lo:min(lo+AckBatch, len(entries))]
@@ -194,7 +201,11 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 			rec, has = b.Record, "1"
 		}
 		keys := []string{OwnerKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec}
-		args := []string{token, DrainGroup, trimBelow, removals, has}
+		full := "0"
+		if complete {
+			full = "1"
+		}
+		args := []string{token, DrainGroup, trimBelow, removals, has, full}
 		if lo+AckBatch < len(entries) { // not the last call: trim below its own last entry
 			args[2] = AfterID(chunk[len(chunk)-1].ID)
 		}
@@ -216,6 +227,18 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 		cmds = append(cmds, rb.Eval().Script(ack).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	}
 	return cmds
+}
+
+// AckedGone returns the missing keys an acknowledging call's reply lists.
+func AckedGone(r rueidis.RedisResult) ([]string, error) {
+	reply, err := r.ToArray()
+	if err != nil {
+		return nil, err
+	}
+	if len(reply) != 2 {
+		return nil, fmt.Errorf("%d values in an acknowledgement's reply", len(reply))
+	}
+	return reply[1].AsStrSlice()
 }
 
 // dead moves an entry to the dead-letter stream and out of the queue, and,

@@ -349,7 +349,7 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 			}
 			// The key's write-behind write is queued: its value is the
 			// answer, and the fill wrote nothing.
-			if v, err := c.redis.Do(ctx, rb.Hget().Key(binding.PendingKey(key)).Field("v").Build()).AsBytes(); err == nil {
+			if v, err := c.redis.Do(ctx, rb.Hget().Key(binding.QueuedKey(ca.cfg.Name)).Field(key).Build()).AsBytes(); err == nil {
 				return v, nil
 			} else if !rueidis.IsRedisNil(err) {
 				return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
@@ -442,7 +442,7 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 // the row as committed.
 func (c *Client) loadLocked(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
 	if ca.b.Queued {
-		v, err := c.redis.Do(ctx, c.redis.B().Hget().Key(binding.PendingKey(key)).Field("v").Build()).AsBytes()
+		v, err := c.redis.Do(ctx, c.redis.B().Hget().Key(binding.QueuedKey(ca.cfg.Name)).Field(key).Build()).AsBytes()
 		if err == nil {
 			return v, nil
 		}

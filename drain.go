@@ -1,6 +1,7 @@
 package cachesync
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -50,8 +51,9 @@ type drainer struct {
 	log *slog.Logger
 
 	// Set for each session.
-	conn  *pgconn.PgConn // holds the drain lock; every batch commits on it
-	token string         // the owner key's value while this drainer holds the role
+	conn  *pgconn.PgConn    // holds the drain lock; every batch commits on it
+	token string            // the owner key's value while this drainer holds the role
+	stmts map[string]string // the upserts prepared on conn, by set of columns
 }
 
 // maxBatch bounds the entries of one batch.
@@ -86,8 +88,15 @@ func (d *drainer) run(ctx context.Context) {
 	}
 }
 
-// fenced tells an error of a drainer that lost its role.
+// errFenced is a drainer's read refused because another drainer took over.
+var errFenced = errors.New(binding.ErrFenced + " another drainer took over the queue")
+
+// fenced tells an error of a drainer that lost its role: its read, or a
+// script that checked its token.
 func fenced(err error) bool {
+	if errors.Is(err, errFenced) {
+		return true
+	}
 	e, ok := rueidis.IsRedisErr(errors.Unwrap(err))
 	if !ok {
 		e, ok = rueidis.IsRedisErr(err)
@@ -112,7 +121,7 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 		return false, fmt.Errorf("write-behind lock: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx)) // and with the session, the lock
-	d.conn = conn
+	d.conn, d.stmts = conn, map[string]string{}
 	if err := d.lock(ctx); err != nil {
 		return false, err
 	}
@@ -209,45 +218,92 @@ type taken struct {
 }
 
 // entry is one queued write: the row as the JSON object PutBehind queued,
-// and its column names, sorted.
+// its column names, sorted, and the value PutBehind wrote, as Get returns
+// it (nil in an entry queued without it).
 type entry struct {
 	id, key, row string
 	cols         []string
+	given        []byte
 }
 
 // take acknowledges done (read with removals), then claims pending entries
-// from the stream position from on, or, with from "", reads new entries:
-// one round trip.
+// from the stream position from on, or, with from "", reads new entries.
+// The read is fenced as the scripts are, by the owner key: on a connection
+// of its own it WATCHes the key and checks it holds the drainer's token,
+// then reads in MULTI/EXEC, which Redis refuses if another drainer took
+// the key meanwhile. Two round trips; the acknowledgements go in the first.
 func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from string) taken {
-	rb := d.c.redis.B()
-	cmds := d.ackCmds(done, removals)
-	cmds = append(cmds, binding.TakeCmd(rb, d.ca.cfg.Name, d.token, consumer, maxBatch, from))
-	res := d.c.redis.DoMulti(ctx, cmds...)
-	if err := d.checkAcks(ctx, res[:len(res)-1]); err != nil {
+	dc, release := d.c.redis.Dedicate()
+	defer release()
+	rb := dc.B()
+	name := d.ca.cfg.Name
+	owner, stream := binding.OwnerKey(name), binding.StreamKey(name)
+	cmds := append(d.ackCmds(done, removals), rb.Watch().Key(owner).Build(), rb.Get().Key(owner).Build())
+	res := dc.DoMulti(ctx, cmds...)
+	n := len(res) - 2
+	if err := d.checkAcks(ctx, res[:n]); err != nil {
 		return taken{err: err}
 	}
-	reply, err := res[len(res)-1].ToArray()
-	if err == nil && len(reply) != 3 {
-		err = fmt.Errorf("%d values in the reply", len(reply))
+	if err := res[n].Error(); err != nil {
+		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
+	}
+	if holder, err := res[n+1].ToString(); err != nil || holder != d.token {
+		dc.Do(ctx, rb.Unwatch().Build())
+		return taken{err: fmt.Errorf("write-behind: read the queue: %w", errFenced)}
+	}
+	read := rb.Xreadgroup().Group(binding.DrainGroup, consumer).Count(maxBatch).Streams().Key(stream).Id(">").Build()
+	if from != "" {
+		read = rb.Xautoclaim().Key(stream).Group(binding.DrainGroup).Consumer(consumer).MinIdleTime("0").Start(from).Count(maxBatch).Build()
+	}
+	res = dc.DoMulti(ctx, rb.Multi().Build(), read, rb.Get().Key(binding.RemovalsKey(name)).Build(),
+		rb.Xrevrange().Key(stream).End("+").Start("-").Count(1).Build(), rb.Exec().Build())
+	replies, err := res[len(res)-1].ToArray()
+	if rueidis.IsRedisNil(err) {
+		return taken{err: fmt.Errorf("write-behind: read the queue: %w", errFenced)} // the owner key changed
+	}
+	if err == nil && len(replies) != 3 {
+		err = fmt.Errorf("%d replies", len(replies))
 	}
 	if err != nil {
 		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
 	}
-	next, _ := reply[0].ToString()
-	removals, _ = reply[2].ToString()
-	msgs, err := reply[1].AsXRange()
-	if err != nil {
-		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
+	t := taken{next: "0-0", removals: "0"}
+	if v, err := replies[1].ToString(); err == nil {
+		t.removals = v
 	}
-	out := make([]entry, 0, len(msgs))
+	var msgs []rueidis.XRangeEntry
+	if from != "" { // XAUTOCLAIM: next start, entries, deleted IDs
+		claim, err := replies[0].ToArray()
+		if err != nil || len(claim) < 2 {
+			return taken{err: fmt.Errorf("write-behind: claim: %v", err)}
+		}
+		t.next, _ = claim[0].ToString()
+		msgs, err = claim[1].AsXRange()
+		if err != nil {
+			return taken{err: fmt.Errorf("write-behind: claim: %w", err)}
+		}
+	} else {
+		got, err := replies[0].AsXRead()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
+		}
+		msgs = got[stream]
+		if last, err := replies[2].AsXRange(); err == nil && len(last) > 0 {
+			t.next = last[0].ID // to wait for a newer one
+		}
+	}
+	t.entries = make([]entry, 0, len(msgs))
 	for _, m := range msgs {
 		e := entry{id: m.ID, key: m.FieldValues["key"], row: m.FieldValues["row"]}
+		if v, ok := m.FieldValues["v"]; ok {
+			e.given = []byte(v)
+		}
 		if cols := m.FieldValues["cols"]; cols != "" {
 			e.cols = strings.Split(cols, "\x00") // sorted by PutBehind
 		}
-		out = append(out, e) // a damaged entry (no cols) is refused and dead-lettered
+		t.entries = append(t.entries, e) // a damaged entry (no cols) is refused and dead-lettered
 	}
-	return taken{entries: out, next: next, removals: removals}
+	return t
 }
 
 func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Commands {
@@ -495,16 +551,28 @@ func (d *drainer) upsert(ctx context.Context, entries []entry, rows map[string][
 	if len(entries[0].cols) == 0 {
 		return fmt.Errorf("%w: entry %s", errBadEntry, entries[0].id)
 	}
-	sql, err := d.ca.upsertJSON(entries[0].cols)
-	if err != nil {
-		return err
+	// A statement prepared once a session for each set of columns.
+	sig := strings.Join(entries[0].cols, "\x00")
+	name, ok := d.stmts[sig]
+	if !ok {
+		sql, err := d.ca.upsertJSON(entries[0].cols)
+		if err != nil {
+			return err
+		}
+		if d.ca.cfg.Sync != config.SyncChangefeed { // the rows as stored replace the queued values
+			sql += " RETURNING " + strings.Join(quoteAll(d.ca.cols), ", ")
+		}
+		name = fmt.Sprintf("cachesync_upsert_%d", len(d.stmts))
+		if _, err := d.conn.Prepare(ctx, name, sql, nil); err != nil {
+			return err
+		}
+		d.stmts[sig] = name
 	}
 	objs := make([]string, len(entries))
 	for i, e := range entries {
 		objs[i] = e.row
 	}
-	sql += " RETURNING " + strings.Join(quoteAll(d.ca.cols), ", ")
-	res := d.conn.ExecParams(ctx, sql, [][]byte{[]byte("[" + strings.Join(objs, ",") + "]")}, nil, nil, nil).Read()
+	res := d.conn.ExecPrepared(ctx, name, [][]byte{[]byte("[" + strings.Join(objs, ",") + "]")}, nil, nil).Read()
 	if res.Err != nil {
 		return res.Err
 	}
@@ -564,11 +632,17 @@ func (d *drainer) acked(entries []entry, dead map[string]bool, rows map[string][
 			continue
 		}
 		a := binding.Acked{ID: e.id, Key: e.key, Action: binding.AckKeep}
-		if d.ca.cfg.Sync != config.SyncChangefeed && last[e.key] == i {
+		switch {
+		case last[e.key] != i:
+			a.Action = binding.AckOnly // a newer entry of the key follows
+		case d.ca.cfg.Sync != config.SyncChangefeed:
 			a.Action = binding.AckDelete
 			if row, ok := rows[e.key]; ok {
 				if v, err := d.ca.b.Encode(row); err == nil {
 					a.Action, a.Row = binding.AckWrite, &v
+					if e.given != nil && bytes.Equal(e.given, v.Result(d.ca.cfg.Format)) {
+						a.Action, a.Row = binding.AckKeep, nil // the key holds it already
+					}
 				}
 			}
 		}

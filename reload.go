@@ -35,8 +35,9 @@ type Reloaded struct {
 //
 // On one Redis node it is a watched reload (binding/watch.go): one query
 // and a few Redis round trips for all keys. Keys that changed meanwhile
-// (with the others of their transaction), and on a Redis Cluster all keys,
-// are reloaded under leases instead, as Get's fill does.
+// (with the others of their transaction), and on a Redis Cluster or in a
+// write-behind cache all keys, are reloaded under leases instead, as Get's
+// fill does.
 func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
 	ca, values, err := c.parseKeys(name, keys)
 	if err != nil {
@@ -49,7 +50,9 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 	case present:
 		action = binding.ClaimLease
 	}
-	if c.redis.Mode() == rueidis.ClientModeCluster {
+	if c.redis.Mode() == rueidis.ClientModeCluster || ca.b.Queued {
+		// (A write-behind cache's fills check its pending marks in their
+		// script, which a watched reload could not.)
 		return c.reloadLeased(ctx, ca, keys, values, action, present)
 	}
 	done, refused, err := c.reloadWatched(ctx, ca, keys, values, action)

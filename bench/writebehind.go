@@ -318,7 +318,10 @@ func (b *bench) readStream(ctx context.Context, stream string) ([]wbEntry, error
 			return nil, fmt.Errorf("xrange: %w", err)
 		}
 		for _, m := range msgs {
-			var row struct{ ID, V int64 }
+			var row struct { // PutBehind queues each value as its column's input text
+				ID int64 `json:"id,string"`
+				V  int64 `json:"v,string"`
+			}
 			if err := json.Unmarshal([]byte(m.FieldValues["row"]), &row); err != nil {
 				return nil, fmt.Errorf("entry %s: %w", m.ID, err)
 			}

@@ -32,7 +32,7 @@ type Spec struct {
 	// write adds the key with its expiry time, every removal removes it.
 	Record string
 	// Queued tells a cache that takes write-behind writes: while a key's
-	// write is queued (PendingKey), fills leave the key alone.
+	// write is queued (its mark in PendingKey), fills leave the key alone.
 	Queued bool
 }
 

@@ -17,10 +17,9 @@ import (
 // Companion keys hold cachesync's metadata about a user key in the same
 // Redis Cluster slot: the user key is their hash tag (or its own tag is reused).
 const (
-	leasePrefix   = "cachesync:lease:"
-	negPrefix     = "cachesync:neg:"
-	stalePrefix   = "cachesync:stale:"
-	pendingPrefix = "cachesync:pending:"
+	leasePrefix = "cachesync:lease:"
+	negPrefix   = "cachesync:neg:"
+	stalePrefix = "cachesync:stale:"
 )
 
 // StaleKey names the stale copy of key (Spec.Stale).
@@ -132,20 +131,18 @@ func (b *Binding) AppendInvalidate(cmds []rueidis.Completed, rb rueidis.Builder,
 // A lease that is another's (ours ran out) is left as it is: its TTL bounds
 // how long that fill may take. Given the cache's expiry record, it records
 // each value's expiry and removes a deleted key, in the same step.
-// KEYS: [record,] [stream,] then per key: key, lease, neg, stale[, pending
-// (with a stream)]. ARGV: has record (1 or 0), has stream (1 or 0), token,
-// then per key: the count of its arguments, then mode (s string, h hash, n
-// not found, d delete), overwrite (1 or 0), ttl ms, expires at (unix ms),
-// stale copy ttl ms (0: none), stale copy, value...
-const fill = `local rec, stream, k0 = nil, nil, 1
+// KEYS: [record,] [stream, pending, queued (a write-behind cache),] then
+// per key: key, lease, neg, stale. ARGV: has record (1 or 0), write-behind
+// (1 or 0), token, then per key: the count of its arguments, then mode (s
+// string, h hash, n not found, d delete), overwrite (1 or 0), ttl ms,
+// expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
+const fill = `local rec, stream, pending, queuedv, k0 = nil, nil, nil, nil, 1
 if ARGV[1] == '1' then rec, k0 = KEYS[k0], k0 + 1 end
-if ARGV[2] == '1' then stream, k0 = KEYS[k0], k0 + 1 end
-local per = 4
-if stream then per = 5 end
+if ARGV[2] == '1' then stream, pending, queuedv, k0 = KEYS[k0], KEYS[k0 + 1], KEYS[k0 + 2], k0 + 3 end
 local token = ARGV[3]
 local out, zadd, zrem = {}, {}, {}
 local a = 4
-for k = k0, #KEYS, per do
+for k = k0, #KEYS, 4 do
   local key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local mode, over, ttl, staleTTL = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
   local at, v, last = ARGV[a + 4], a + 7, a + tonumber(ARGV[a])
@@ -153,9 +150,12 @@ for k = k0, #KEYS, per do
   local r = 0
   local queued = false
   if stream then
-    local id = redis.call('HGET', KEYS[k + 4], 'id')
+    local id = redis.call('HGET', pending, key)
     if id and #redis.call('XRANGE', stream, id, id) > 0 then queued = true
-    elseif id then redis.call('DEL', KEYS[k + 4]) end
+    elseif id then
+      redis.call('HDEL', pending, key)
+      redis.call('HDEL', queuedv, key)
+    end
   end
   if queued then
     if redis.call('GET', lease) == token then redis.call('DEL', lease) end
@@ -262,16 +262,12 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 		head.Keys, head.Args[0] = append(head.Keys, rec), "1"
 	}
 	if b.Queued {
-		head.Keys, head.Args[1] = append(head.Keys, StreamKey(b.Name)), "1"
+		head.Keys, head.Args[1] = append(head.Keys, StreamKey(b.Name), PendingKey(b.Name), QueuedKey(b.Name)), "1"
 	}
 	out := make([]int64, len(fills))
 	err := fillScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
 		k, args := fills[i].Key, fills[i].args()
-		ks := []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}
-		if b.Queued {
-			ks = append(ks, PendingKey(k))
-		}
-		return ks, append([]string{strconv.Itoa(len(args))}, args...)
+		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(args))}, args...)
 	}, func(i int, r rueidis.RedisMessage) error {
 		var err error
 		out[i], err = r.AsInt64()

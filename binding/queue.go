@@ -11,13 +11,15 @@ import (
 
 // Write-behind in Redis: a cache's queue is a stream with a consumer group;
 // PutBehind's value and its queue entry are written in one step, and the
-// key's pending mark (PendingKey) names its newest queued entry. While the
-// mark is there, the queue owns the key: no fill, refresh or dead letter
-// puts an older row (or nothing) in place of the queued value (DESIGN
-// invariant 7). The drainer's own steps (read, acknowledge, dead-letter)
-// are scripts fenced by its token (OwnerKey): a drainer that lost its role
-// changes nothing more (invariant 8). On a Redis Cluster every key named
-// here and the cache's keys share the stream's slot.
+// key's pending mark (its field in PendingKey) names its newest queued
+// entry (QueuedKey keeps its value). While the mark is there, the queue
+// owns the key: no fill, refresh or dead letter puts an older row (or
+// nothing) in place of the queued value (DESIGN invariant 7). The
+// drainer's own steps are fenced by its token (OwnerKey): its
+// acknowledgements and dead letters are scripts that check it, and its
+// reads check it under WATCH and read in MULTI/EXEC, so a drainer that lost
+// its role changes nothing more (invariant 8). On a Redis Cluster every key
+// named here and the cache's keys share the stream's slot.
 
 // StreamKey names the write-behind stream of cache.
 func StreamKey(cache string) string { return "cachesync:wb:{" + cache + "}" }
@@ -28,23 +30,27 @@ func DeadLetterKey(cache string) string { return "cachesync:wb:dead:{" + cache +
 // OwnerKey names the token of the drainer that holds cache's drain lock.
 func OwnerKey(cache string) string { return "cachesync:wb:owner:{" + cache + "}" }
 
-// PendingKey names the pending mark of key: a hash of its newest queued
-// entry's ID (id) and value as Get returns it (v).
-func PendingKey(key string) string { return pendingPrefix + hashTagged(key) }
+// PendingKey names the pending marks of cache: a hash of each key with
+// queued writes to the ID of its newest queued entry.
+func PendingKey(cache string) string { return "cachesync:wb:pending:{" + cache + "}" }
+
+// QueuedKey names the queued values of cache: a hash of each key with
+// queued writes to its newest queued value, as Get returns it.
+func QueuedKey(cache string) string { return "cachesync:wb:queued:{" + cache + "}" }
 
 // DrainGroup is the consumer group the drainers read a stream with.
 const DrainGroup = "cachesync"
 
-// ErrFenced is a drainer's step refused because another drainer took over
-// (Redis replies with an error starting with it).
+// ErrFenced starts the error of a drainer's step refused because another
+// drainer took over.
 const ErrFenced = "FENCED"
 
 // queue sets a value like a fresh feed write (ending a fill's lease and a
 // not-found marker), appends the row to a write-behind stream and marks the
 // key pending with the entry, atomically. KEYS: key, lease, neg, stale,
-// stream, pending[, record]. ARGV: mode (s|h), ttl ms, expires at (unix
-// ms), stale copy ttl ms (0: none), stale copy, row JSON, row's column
-// names, the value as Get returns it, value...
+// stream, pending, queued[, record]. ARGV: mode (s|h), ttl ms, expires at
+// (unix ms), stale copy ttl ms (0: none), stale copy, row JSON, row's
+// column names, the value as Get returns it, value...
 const queue = `redis.call('DEL', KEYS[2], KEYS[3])
 local ttl = tonumber(ARGV[2])
 if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4]) end
@@ -55,18 +61,19 @@ else
   redis.call('HSET', KEYS[1], unpack(ARGV, 9))
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
-if KEYS[7] and ttl > 0 then redis.call('ZADD', KEYS[7], ARGV[3], KEYS[1]) end
-local id = redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[6], 'cols', ARGV[7])
-redis.call('HSET', KEYS[6], 'id', id, 'v', ARGV[8])
+if KEYS[8] and ttl > 0 then redis.call('ZADD', KEYS[8], ARGV[3], KEYS[1]) end
+local id = redis.call('XADD', KEYS[5], '*', 'key', KEYS[1], 'row', ARGV[6], 'cols', ARGV[7], 'v', ARGV[8])
+redis.call('HSET', KEYS[6], KEYS[1], id)
+redis.call('HSET', KEYS[7], KEYS[1], ARGV[8])
 return id`
 
 // QueueCmd writes v under key, appends row (JSON, with its column names
-// joined by NUL, so the drainer need not parse the row) to the cache's
-// write-behind stream and marks key pending, in one step: a value is in
-// Redis exactly when its write is queued.
+// joined by NUL, so the drainer need not parse the row, and v as Get
+// returns it) to the cache's write-behind stream and marks key pending, in
+// one step: a value is in Redis exactly when its write is queued.
 func (b *Binding) QueueCmd(rb rueidis.Builder, key string, v *Value, row, cols string) rueidis.Completed {
 	w := b.writeArgs(v)
-	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key), StreamKey(b.Name), PendingKey(key)}
+	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key), StreamKey(b.Name), PendingKey(b.Name), QueuedKey(b.Name)}
 	if b.Record != "" {
 		keys = append(keys, b.Record)
 	}
@@ -80,64 +87,64 @@ func (b *Binding) QueueCmd(rb rueidis.Builder, key string, v *Value, row, cols s
 const fence = `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('` + ErrFenced + ` another drainer took over the queue') end
 `
 
-// take reads entries for the drainer: with ARGV[5] 'claim', the entries
-// pending in the group from ARGV[6] on, whoever read them (XAUTOCLAIM); else
-// entries no one has read. It returns the position to claim from next
-// ('0-0': done; when reading: the stream's last ID, to wait for newer
-// ones), the entries, and the cache's removal count now. KEYS: owner,
-// stream, removals. ARGV: token, group, consumer, count, claim|read[, start].
-const take = fence + `local rem = redis.call('GET', KEYS[3]) or '0'
-if ARGV[5] == 'claim' then
-  local r = redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
-  return {r[1], r[2], rem}
-end
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '>')
-if r then return {'', r[1][2], rem} end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #last > 0 then return {last[1][1], {}, rem} end
-return {'0-0', {}, rem}`
-
-// TakeCmd is the drainer's fenced read: from (a stream ID) set means claim
-// the pending entries from there on; "" means read new entries.
-func TakeCmd(rb rueidis.Builder, cache, token, consumer string, count int, from string) rueidis.Completed {
-	args := []string{token, DrainGroup, consumer, strconv.Itoa(count), "read"}
-	if from != "" {
-		args = append(args[:4], "claim", from)
-	}
-	return rb.Eval().Script(take).Numkeys(3).Key(OwnerKey(cache), StreamKey(cache), RemovalsKey(cache)).Arg(args...).Build()
-}
-
 // ack acknowledges entries and ends the pending mark of each key whose
-// newest queued entry is among them (with the key's lease, so no fill that
-// read the row before the commit writes after), doing for that key what
-// its action says: k keep the key (the change feed writes the committed
-// row), w write the committed row (given) over it unless the cache's
-// removal count moved since ARGV[4] (then, as for d, remove the key: the
-// next fill reads the row), d remove it. Then the stream is trimmed below
-// ARGV[3], or below the oldest entry still pending when that comes first.
-// It returns how many entries the trim removed and, when ARGV[6] is 1 (a
-// cache that holds every row), the keys it kept (k) that are missing: an
-// invalidation came while their write was queued, and they are to be
-// loaded again. KEYS: owner, stream, removals, record (or the stream
-// again), then per entry: pending, key, lease, neg, stale. ARGV: token,
-// group, trim bound, removal count when the entries were read, has record
-// (1|0), complete (1|0), then per entry: id, action, number of write
-// arguments, then those: mode, ttl ms, expires at, stale ttl ms, stale
-// copy, value...
+// newest queued entry is among them (with its queued value and the key's
+// lease, so no fill that read the row before the commit writes after),
+// doing for that key what its action says: k keep the key (the change feed
+// writes the committed row), w write the committed row (given) over it
+// unless the cache's removal count moved since ARGV[4] (then, as for d,
+// remove the key: the next fill reads the row), d remove it; x only
+// acknowledges (an entry a newer one of its key follows). Then the stream is
+// trimmed below ARGV[3], or below the oldest entry still pending when that
+// comes first. It returns how many entries the trim removed and, when
+// ARGV[6] is 1 (a cache that holds every row), the keys it kept (k) that
+// are missing: an invalidation came while their write was queued, and
+// they are to be loaded again. The marks of all entries are read, and
+// ended, a command each. KEYS: owner, stream, removals, record (or the
+// stream again), pending, queued, then per entry: for k key, lease; for w
+// and d key, lease, neg, stale. ARGV: token, group, trim bound, removal
+// count when the entries were read, has record (1|0), complete (1|0), then
+// per entry: id, action, number of write arguments, then those: mode, ttl
+// ms, expires at, stale ttl ms, stale copy, value...
 const ack = fence + `local same = (redis.call('GET', KEYS[3]) or '0') == ARGV[4]
 local rec = nil
 if ARGV[5] == '1' then rec = KEYS[4] end
-local ids, gone = {}, {}
-local a = 7
-for k = 5, #KEYS, 5 do
-  local pending, key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+local ids, keyed, gone = {}, {}, {}
+local a, k = 7, 7
+while a <= #ARGV do
   local id, action, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   ids[#ids + 1] = id
-  if redis.call('HGET', pending, 'id') == id then
-    redis.call('DEL', pending, lease)
+  if action == 'k' then
+    keyed[#keyed + 1] = {id, action, a, k}
+    k = k + 2
+  elseif action ~= 'x' then
+    keyed[#keyed + 1] = {id, action, a, k}
+    k = k + 4
+  end
+  a = a + 3 + n
+end
+local mine, fields, leases = {}, {}, {}
+if #keyed > 0 then
+  for i, e in ipairs(keyed) do fields[i] = KEYS[e[4]] end
+  local marks = redis.call('HMGET', KEYS[5], unpack(fields))
+  fields = {}
+  for i, e in ipairs(keyed) do
+    if marks[i] == e[1] then
+      mine[#mine + 1] = e
+      fields[#fields + 1] = KEYS[e[4]]
+      leases[#leases + 1] = KEYS[e[4] + 1]
+    end
+  end
+end
+if #mine > 0 then
+  redis.call('HDEL', KEYS[5], unpack(fields))
+  redis.call('HDEL', KEYS[6], unpack(fields))
+  redis.call('DEL', unpack(leases))
+  for i, e in ipairs(mine) do
+    local action, a, key, neg, stale = e[2], e[3], KEYS[e[4]], KEYS[e[4] + 2], KEYS[e[4] + 3]
     if action == 'w' and not same then action = 'd' end
     if action == 'w' then
-      local mode, ttl, at, staleTTL, v = ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], tonumber(ARGV[a + 6]), a + 8
+      local n, mode, ttl, at, staleTTL, v = tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], tonumber(ARGV[a + 6]), a + 8
       if mode == 's' then
         if ttl > 0 then redis.call('SET', key, ARGV[v], 'PX', ttl) else redis.call('SET', key, ARGV[v]) end
       else
@@ -155,7 +162,6 @@ for k = 5, #KEYS, 5 do
       gone[#gone + 1] = key
     end
   end
-  a = a + 3 + n
 end
 if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[2], unpack(ids)) end
 local bound = ARGV[3]
@@ -171,11 +177,12 @@ return {redis.call('XTRIM', KEYS[2], 'MINID', bound), gone}`
 // script never unpacks more values than Lua can (a few thousand).
 const AckBatch = 500
 
-// Ack actions (see AckCmd).
+// Ack actions (see AckCmds).
 const (
-	AckKeep   = "k" // the change feed writes the committed row
+	AckKeep   = "k" // the key already holds the committed row, or the change feed writes it
 	AckWrite  = "w" // write the committed row over the queued value
 	AckDelete = "d" // remove the key: the next fill reads the row
+	AckOnly   = "x" // only acknowledge: a newer entry of the key follows
 )
 
 // Acked is one entry to acknowledge: its stream ID, key and what to do
@@ -200,23 +207,32 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 		if b.Record != "" {
 			rec, has = b.Record, "1"
 		}
-		keys := []string{OwnerKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec}
 		full := "0"
 		if complete {
 			full = "1"
 		}
+		keys := []string{OwnerKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec, PendingKey(b.Name), QueuedKey(b.Name)}
 		args := []string{token, DrainGroup, trimBelow, removals, has, full}
 		if lo+AckBatch < len(entries) { // not the last call: trim below its own last entry
 			args[2] = AfterID(chunk[len(chunk)-1].ID)
 		}
 		for _, e := range chunk {
-			keys = append(keys, PendingKey(e.Key), e.Key, LeaseKey(e.Key), NegKey(e.Key), StaleKey(e.Key))
-			if e.Action != AckWrite || e.Row == nil {
-				action := e.Action
-				if action == AckWrite {
-					action = AckDelete
-				}
-				args = append(args, e.ID, action, "0")
+			action := e.Action
+			if action == AckWrite && e.Row == nil {
+				action = AckDelete
+			}
+			switch action {
+			case AckOnly:
+				args = append(args, e.ID, AckOnly, "0")
+				continue
+			case AckKeep:
+				keys = append(keys, e.Key, LeaseKey(e.Key))
+				args = append(args, e.ID, AckKeep, "0")
+				continue
+			}
+			keys = append(keys, e.Key, LeaseKey(e.Key), NegKey(e.Key), StaleKey(e.Key))
+			if action == AckDelete {
+				args = append(args, e.ID, AckDelete, "0")
 				continue
 			}
 			w := b.writeArgs(e.Row)
@@ -246,15 +262,17 @@ func AckedGone(r rueidis.RedisResult) ([]string, error) {
 // removal count first, as every removal does) and its pending mark: Redis
 // never keeps a value the database refused, and keeps a newer queued one.
 // It returns 1 when it removed the key. KEYS: owner, dead, stream,
-// removals, record (or the stream again), pending, key, lease, neg, stale.
-// ARGV: token, group, id, key, row, error, has record (1|0).
+// removals, record (or the stream again), pending, queued, key, lease, neg,
+// stale. ARGV: token, group, id, key, row, error, has record (1|0).
 const dead = fence + `redis.call('XADD', KEYS[2], '*', 'key', ARGV[4], 'row', ARGV[5], 'id', ARGV[3], 'error', ARGV[6])
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
-if redis.call('HGET', KEYS[6], 'id') ~= ARGV[3] then return 0 end
+if redis.call('HGET', KEYS[6], KEYS[8]) ~= ARGV[3] then return 0 end
 redis.call('INCR', KEYS[4])
-redis.call('DEL', KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
-if ARGV[7] == '1' then redis.call('ZREM', KEYS[5], KEYS[7]) end
+redis.call('HDEL', KEYS[6], KEYS[8])
+redis.call('HDEL', KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+if ARGV[7] == '1' then redis.call('ZREM', KEYS[5], KEYS[8]) end
 return 1`
 
 // DeadCmd dead-letters the entry id of key (row, refused with cause).
@@ -263,9 +281,9 @@ func (b *Binding) DeadCmd(rb rueidis.Builder, token, id, key, row, cause string)
 	if b.Record != "" {
 		rec, has = b.Record, "1"
 	}
-	return rb.Eval().Script(dead).Numkeys(10).
+	return rb.Eval().Script(dead).Numkeys(11).
 		Key(OwnerKey(b.Name), DeadLetterKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec,
-			PendingKey(key), key, LeaseKey(key), NegKey(key), StaleKey(key)).
+			PendingKey(b.Name), QueuedKey(b.Name), key, LeaseKey(key), NegKey(key), StaleKey(key)).
 		Arg(token, DrainGroup, id, key, row, cause, has).Build()
 }
 

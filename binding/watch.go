@@ -52,9 +52,9 @@ type txn struct {
 // time quadratic in a connection's watched keys to WATCH them), it WATCHes
 // them and the cache's removal count, then tells of each key what
 // ExecClaims would: Load for a key to fill, or to overwrite with action
-// ClaimLease; a key is Held only when its write-behind write is queued.
-// Exec makes the kept keys' updates, with the
-// fills. The caller must Close what Watch returns.
+// ClaimLease; no key is Held. Exec makes the kept keys' updates, with the
+// fills. The caller must Close what Watch returns. (A write-behind cache
+// reloads under leases: its fills must see its pending marks.)
 func (b *Binding) Watch(ctx context.Context, c rueidis.Client, keys []string, action string, now time.Time) ([]Claimed, *Watched, error) {
 	w := &Watched{b: b, keys: keys}
 	out := make([]Claimed, len(keys))
@@ -88,18 +88,9 @@ func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Tim
 	// Which keys are there. OBJECT ENCODING, unlike PTTL or EXISTS, does
 	// not publish a keymiss event for a missing key, which would start a
 	// fill: on-miss of it beside this reload.
-	// A key whose write-behind write is queued is the queue's: it is left
-	// alone, and its pending mark watched, so a write queued after the
-	// WATCH refuses the transaction.
-	watched := append([]string{RemovalsKey(b.Name)}, keys...)
-	if b.Queued {
-		for _, k := range keys {
-			watched = append(watched, PendingKey(k))
-		}
-	}
-	cmds := make(rueidis.Commands, 0, 2*len(keys)+1)
-	cmds = append(cmds, rb.Watch().Key(watched...).Build())
-	for _, k := range watched[1:] {
+	cmds := make(rueidis.Commands, 0, len(keys)+1)
+	cmds = append(cmds, rb.Watch().Key(append([]string{RemovalsKey(b.Name)}, keys...)...).Build())
+	for _, k := range keys {
 		cmds = append(cmds, rb.ObjectEncoding().Key(k).Build())
 	}
 	res := t.dc.DoMulti(ctx, cmds...)
@@ -108,14 +99,6 @@ func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Tim
 	}
 	var present []int // indexes in keys
 	for j := range keys {
-		if b.Queued {
-			if err := res[1+len(keys)+j].Error(); err == nil {
-				out[t.lo+j] = Claimed{Held: true}
-				continue
-			} else if !rueidis.IsRedisNil(err) {
-				return fmt.Errorf("object encoding: %w", err)
-			}
-		}
 		switch err := res[1+j].Error(); {
 		case rueidis.IsRedisNil(err):
 			out[t.lo+j] = Claimed{Load: true}

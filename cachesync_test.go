@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
@@ -1106,5 +1107,91 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "may not read FOR SHARE"); n != 1 {
 		t.Fatalf("%d warnings about FOR SHARE, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestWaitAppliedAtPageBoundary: a commit that ends exactly where a WAL
+// page begins. PostgreSQL reports the insert position there past the new
+// page's header, while the change feed records the commit's end at the
+// boundary: read-your-writes must not wait for more WAL to come.
+func TestWaitAppliedAtPageBoundary(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+	e.feed(cfg)
+	c := e.open(cfg)
+	ctx := context.Background()
+	const page = 8192
+	insert := func() uint64 {
+		var s string
+		if err := e.db.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		lsn, err := pglogrepl.ParseLSN(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(lsn)
+	}
+	// txn writes a transactional logical message of n bytes and an update
+	// of row 1 in one transaction, and returns the WAL it took.
+	txn := func(n int) uint64 {
+		before := insert()
+		tx, err := e.db.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, 'pad', repeat('x', $1))`, n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE t SET v = v + 1 WHERE id = 1`); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return insert() - before
+	}
+	// The transaction's size grows by 8 bytes every 8 bytes of message:
+	// find a size n0 right before a step (so size(n0 + 8k) = size(n0) + 8k),
+	// among sizes that stay on one page.
+	var n0 int
+	var size0 uint64
+	for attempt := 0; n0 == 0; attempt++ {
+		if attempt > 20 {
+			t.Fatal("no steady transaction size found")
+		}
+		sizes := make([]uint64, 9)
+		for k := range sizes {
+			sizes[k] = txn(400 + k)
+		}
+		for k := 0; k < 8; k++ {
+			if sizes[k+1] == sizes[k]+8 && (k == 0 || sizes[k] == sizes[k-1]) {
+				n0, size0 = 400+k, sizes[k]
+			}
+		}
+	}
+	hit := false
+	for attempt := 0; attempt < 20 && !hit; attempt++ {
+		p := insert()
+		end := (p/page + 1) * page // the next page boundary
+		if end-p < size0+64 { // too close: cross into the next page first
+			if _, err := e.db.Exec(ctx, `SELECT pg_logical_emit_message(false, 'fill', repeat('x', 200))`); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		txn(n0 + int(end-p-size0))
+		at := insert()
+		hit = at == end+24 || at == end+40 // past the page header: short, or a segment's long one
+	}
+	if !hit {
+		t.Fatal("could not end a commit at a page boundary")
+	}
+	target, err := c.WALPosition(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitApplied(ctx, "db", target, 5*time.Second); err != nil {
+		t.Fatalf("a commit ending at a WAL page boundary (insert position %s): %v", pglogrepl.LSN(target), err)
 	}
 }

@@ -138,15 +138,42 @@ func (l *Loader) Pool() *pgxpool.Pool { return l.pool }
 // WALInsertPosition returns the server's WAL insert position
 // (pg_current_wal_insert_lsn), read through q: past every commit made so
 // far, however synchronous_commit is set; how far a change feed has to go
-// to have applied them.
+// to have applied them. At the start of a WAL page PostgreSQL reports the
+// insert position past the page's header, while a commit that ended at
+// the boundary ends there (the change feed records that end): such a
+// position is taken back to the boundary (PageStart).
 func WALInsertPosition(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }) (pglogrepl.LSN, error) {
 	var lsn string
-	if err := q.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+	var page, segment int64
+	err := q.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::bigint,
+		pg_size_bytes(current_setting('wal_segment_size'))`).Scan(&lsn, &page, &segment)
+	if err != nil {
 		return 0, err
 	}
-	return pglogrepl.ParseLSN(lsn)
+	pos, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return 0, err
+	}
+	return PageStart(pos, uint64(page), uint64(segment)), nil
+}
+
+// PageStart takes a WAL position just past a page's header back to the
+// page's start, the end of the record before it: no record ends inside a
+// header. A page's header is 24 bytes, a segment's first page's 40
+// (XLogLongPageHeaderData); page and segment are the WAL's block and
+// segment sizes.
+func PageStart(pos pglogrepl.LSN, page, segment uint64) pglogrepl.LSN {
+	p := uint64(pos)
+	switch {
+	case page == 0 || segment == 0:
+	case p%segment == 40:
+		return pglogrepl.LSN(p - 40)
+	case p%page == 24 && p%segment != 24:
+		return pglogrepl.LSN(p - 24)
+	}
+	return pos
 }
 
 // LoadRow returns columns of the row of t whose keyColumns equal values

@@ -1174,7 +1174,8 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 	for attempt := 0; attempt < 20 && !hit; attempt++ {
 		p := insert()
 		end := (p/page + 1) * page // the next page boundary
-		if end-p < size0+64 { // too close: cross into the next page first
+		// Too close to the boundary: cross into the next page first.
+		if end-p < size0+64 {
 			if _, err := e.db.Exec(ctx, `SELECT pg_logical_emit_message(false, 'fill', repeat('x', 200))`); err != nil {
 				t.Fatal(err)
 			}

@@ -42,9 +42,10 @@ func (c *Client) Drain(ctx context.Context) error {
 // fenced (DESIGN invariant 8): it holds the cache's drain lock, a session
 // advisory lock, and commits every batch on that same session, so once the
 // session ends it commits nothing more; and its reads, acknowledgements
-// and dead letters are scripts that check the token it wrote when it took
-// the lock, so once another drainer took over it changes nothing in Redis
-// either. Then it waits to take the lock again.
+// and dead letters check the token it wrote when it took the lock (the
+// reads under WATCH, the others in their scripts), so once another drainer
+// took over it changes nothing in Redis either. Then it waits to take the
+// lock again.
 type drainer struct {
 	c   *Client
 	ca  *cache
@@ -77,16 +78,23 @@ func (d *drainer) run(ctx context.Context) {
 		if progressed {
 			backoff = 100 * time.Millisecond
 		}
-		if fenced(err) {
-			d.log.Warn("write-behind: another drainer took over the queue; waiting for the drain lock", "err", err)
+		switch {
+		case fenced(err):
+			d.log.Warn("write-behind: another drainer took over the queue; waiting for the drain lock")
 			backoff = 100 * time.Millisecond
-		} else {
+		case errors.Is(err, errLockLost):
+			d.log.Warn("write-behind: the drain lock's session ended; taking the lock again", "err", err)
+		default:
 			d.log.Error("write-behind: retrying", "err", err, "retry_in", backoff)
 		}
 		sleep(ctx, backoff)
 		backoff = min(backoff*2, 10*time.Second)
 	}
 }
+
+// errLockLost wraps the error of a session whose connection, and with it
+// the drain lock, is gone.
+var errLockLost = errors.New("the drain lock's session ended")
 
 // errFenced is a drainer's read refused because another drainer took over.
 var errFenced = errors.New(binding.ErrFenced + " another drainer took over the queue")
@@ -121,6 +129,11 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 		return false, fmt.Errorf("write-behind lock: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx)) // and with the session, the lock
+	defer func() {
+		if err != nil && conn.IsClosed() && !fenced(err) {
+			err = fmt.Errorf("%w: %w", errLockLost, err)
+		}
+	}()
 	d.conn, d.stmts = conn, map[string]string{}
 	if err := d.lock(ctx); err != nil {
 		return false, err

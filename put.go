@@ -27,7 +27,11 @@ var ErrNotApplied = errors.New("committed, but the change feed has not applied i
 var ErrBadRow = errors.New("bad row")
 
 // Put writes row (column name → value) to the cache's table, inserting or
-// updating by the key's columns, and returns the row's key. Then Redis is
+// updating by the key's columns, and returns the row's key. Values are
+// taken as JSON carries them, and as a Get returns them (input.go): a
+// string as PostgreSQL's input reads it, numbers, booleans, nil; base64
+// for bytea; any JSON value for json; a JSON array for an array; from Go
+// also time.Time and []byte. Then Redis is
 // made to agree: for a cache with a change feed, Put waits until the feed
 // has applied the commit, so a Get after Put reads the new value; for a cache
 // without one, Put invalidates the key. Either way no older value can be

@@ -54,14 +54,14 @@ func TestFlagsKept(t *testing.T) {
 			node := nodes[len(nodes)-1]
 			nc := single(t, node)
 			key := keyOn(t, nc, "probe:")
-			var logs logBuffer
+			var logs testenv.LogBuffer
 			var listeners []*listener
 			for _, flags := range tc.flags {
 				l := listen(t, rc, keyevents.Events{Flags: flags, Feature: "test " + flags, Every: tc.every}, &logs)
 				l.expires(t, rc, key)
 				listeners = append(listeners, l)
 			}
-			if got := logs.lines("level=WARN"); len(got) != 0 {
+			if got := logs.Lines("level=WARN"); len(got) != 0 {
 				t.Fatalf("warnings before the flags were lost: %q", got)
 			}
 
@@ -94,7 +94,7 @@ func TestFlagsKept(t *testing.T) {
 			if reenabled < tc.min || reenabled > tc.max {
 				t.Errorf("%d re-enables, want %d to %d", reenabled, tc.min, tc.max)
 			}
-			warnings := logs.lines(`level=WARN msg="notify-keyspace-events lost its flags; enabled again" redis=` + node.Addr + " ")
+			warnings := logs.Lines(`level=WARN msg="notify-keyspace-events lost its flags; enabled again" redis=` + node.Addr + " ")
 			if len(warnings) != reenabled {
 				t.Errorf("%d warnings, want %d; log:\n%s", len(warnings), reenabled, logs.String())
 			}
@@ -161,7 +161,7 @@ func TestRefused(t *testing.T) {
 			}
 			defer rc.Close()
 
-			var logs logBuffer
+			var logs testenv.LogBuffer
 			l := listen(t, rc, keyevents.Events{Flags: "Ex", Feature: "test", Every: 10 * time.Millisecond}, &logs)
 			if !tc.atStart {
 				l.expires(t, rc, "probe:1")
@@ -172,7 +172,7 @@ func TestRefused(t *testing.T) {
 			waitFor(t, "refused checks", func() bool { return l.health.Refused.Load() == 1 })
 			checks := l.health.Checks.Load()
 			waitFor(t, "more refused checks", func() bool { return l.health.Checks.Load() >= checks+5 })
-			errs := logs.lines("level=ERROR")
+			errs := logs.Lines("level=ERROR")
 			if len(errs) != 1 || !strings.Contains(errs[0], `configure="notify-keyspace-events Ex"`) || !strings.Contains(errs[0], "redis="+r.Addr) {
 				t.Fatalf("errors logged: %q, want one naming the node and notify-keyspace-events Ex", errs)
 			}
@@ -191,15 +191,15 @@ func TestRefused(t *testing.T) {
 			if !tc.atStart {
 				enabled, reenabled = `msg="notify-keyspace-events lost its flags; enabled again"`, 1
 			}
-			waitFor(t, "the flags enabled again", func() bool { return l.health.OK() && len(logs.lines(enabled)) == 1 })
+			waitFor(t, "the flags enabled again", func() bool { return l.health.OK() && len(logs.Lines(enabled)) == 1 })
 			if n := l.health.Reenabled.Load(); n != reenabled {
 				t.Errorf("%d re-enables counted, want %d", n, reenabled)
 			}
 			l.expires(t, rc, "probe:3")
-			if n := len(logs.lines(`msg="redis allows cachesync's CONFIG again"`)); n != 1 {
+			if n := len(logs.Lines(`msg="redis allows cachesync's CONFIG again"`)); n != 1 {
 				t.Errorf("%d lines saying CONFIG is allowed again, want 1", n)
 			}
-			if n := len(logs.lines("level=ERROR")); n != 1 {
+			if n := len(logs.Lines("level=ERROR")); n != 1 {
 				t.Errorf("%d errors, want 1", n)
 			}
 			if f := flagsOf(t, admin); !strings.Contains(f, "x") || !strings.Contains(f, "E") {
@@ -218,7 +218,7 @@ type listener struct {
 }
 
 // listen runs keyevents.Listen for expired events in db 0 until the test ends.
-func listen(t *testing.T, rc rueidis.Client, ev keyevents.Events, logs *logBuffer) *listener {
+func listen(t *testing.T, rc rueidis.Client, ev keyevents.Events, logs *testenv.LogBuffer) *listener {
 	t.Helper()
 	ev.Channel = keyevents.Channel(0, "expired")
 	ev.Health = &keyevents.Health{}
@@ -318,33 +318,4 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// logBuffer is a log destination safe for concurrent writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// lines returns the lines logged that contain s.
-func (l *logBuffer) lines(s string) []string {
-	var out []string
-	for line := range strings.Lines(l.String()) {
-		if strings.Contains(line, s) {
-			out = append(out, line)
-		}
-	}
-	return out
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -175,7 +174,7 @@ caches:
 				t.Fatal(err)
 			}
 			defer api.Close()
-			var logs logBuffer
+			var logs testenv.LogBuffer
 			l, err := keymiss.New(cfg, api, rc, slog.New(slog.NewTextHandler(&logs, nil)))
 			if err != nil || l == nil {
 				t.Fatalf("listener %v, %v", l, err)
@@ -222,7 +221,7 @@ caches:
 				t.Errorf("%d re-enables counted, want 1", n)
 			}
 			warn := `level=WARN msg="notify-keyspace-events lost its flags; enabled again" component=keymiss redis=` + rds.Addr
-			if got := logs.lines(warn); len(got) != 1 {
+			if got := logs.Lines(warn); len(got) != 1 {
 				t.Errorf("%d warnings %q, want 1; log:\n%s", len(got), warn, logs.String())
 			}
 			rec := httptest.NewRecorder()
@@ -234,33 +233,4 @@ caches:
 			}
 		})
 	}
-}
-
-// logBuffer is a log destination safe for concurrent writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// lines returns the lines logged that contain s.
-func (l *logBuffer) lines(s string) []string {
-	var out []string
-	for line := range strings.Lines(l.String()) {
-		if strings.Contains(line, s) {
-			out = append(out, line)
-		}
-	}
-	return out
 }

@@ -349,10 +349,8 @@ func (c *Client) fill(ctx context.Context, ca *cache, key string, values []strin
 			}
 			// The key's write-behind write is queued: its value is the
 			// answer, and the fill wrote nothing.
-			if v, err := c.redis.Do(ctx, rb.Hget().Key(binding.QueuedKey(ca.cfg.Name)).Field(key).Build()).AsBytes(); err == nil {
-				return v, nil
-			} else if !rueidis.IsRedisNil(err) {
-				return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+			if v, ok, err := c.queued(ctx, ca, key); err != nil || ok {
+				return v, err
 			}
 			continue // drained meanwhile: fill again
 		}
@@ -419,13 +417,7 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 	v, err := ca.b.Encode(row)
 	if err != nil {
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
-		switch {
-		case errors.Is(err, binding.ErrNoValue) && ca.cfg.Format == binding.FormatHash:
-			return []byte("{}"), nil // a hash of NULLs: read, not cached
-		case errors.Is(err, binding.ErrNoValue): // a NULL string: no value, as for a missing row
-			return nil, fmt.Errorf("cache %q: key %q: %w (its column is NULL)", ca.cfg.Name, key, ErrNotFound)
-		}
-		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
+		return ca.unstored(key, err)
 	}
 	n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now())
 	if err != nil {
@@ -442,12 +434,8 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 // the row as committed.
 func (c *Client) loadLocked(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
 	if ca.b.Queued {
-		v, err := c.redis.Do(ctx, c.redis.B().Hget().Key(binding.QueuedKey(ca.cfg.Name)).Field(key).Build()).AsBytes()
-		if err == nil {
-			return v, nil
-		}
-		if !rueidis.IsRedisNil(err) {
-			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+		if v, ok, err := c.queued(ctx, ca, key); err != nil || ok {
+			return v, err
 		}
 	}
 	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, false)
@@ -458,26 +446,54 @@ func (c *Client) loadLocked(ctx context.Context, ca *cache, key string, values [
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
 	v, err := ca.b.Encode(row)
+	if err != nil {
+		return ca.unstored(key, err)
+	}
+	return v.Result(ca.cfg.Format), nil
+}
+
+// queued returns the value of key's queued write-behind write; ok is false
+// when none is queued.
+func (c *Client) queued(ctx context.Context, ca *cache, key string) ([]byte, bool, error) {
+	v, err := c.redis.Do(ctx, c.redis.B().Hget().Key(binding.QueuedKey(ca.cfg.Name)).Field(key).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+	}
+	return v, true, nil
+}
+
+// unstored answers a Get of key whose row Encode refused (err), without
+// caching: a hash of NULLs is an empty object, a NULL string no value (as
+// for a missing row); any other refusal is an error.
+func (ca *cache) unstored(key string, err error) ([]byte, error) {
 	switch {
 	case errors.Is(err, binding.ErrNoValue) && ca.cfg.Format == binding.FormatHash:
 		return []byte("{}"), nil
 	case errors.Is(err, binding.ErrNoValue):
 		return nil, fmt.Errorf("cache %q: key %q: %w (its column is NULL)", ca.cfg.Name, key, ErrNotFound)
-	case err != nil:
-		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
 	}
-	return v.Result(ca.cfg.Format), nil
+	return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
 }
 
 // pgFailure classifies an error of PostgreSQL truthfully: unavailable
 // (worth a retry elsewhere) when it cannot be reached or ended the
 // session, else as it is (a row a writer holds, a statement refused).
 func pgFailure(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" {
-		return fmt.Errorf("postgres: %w", err)
+	if pgUnreachable(err) {
+		return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
 	}
-	return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
+	return fmt.Errorf("postgres: %w", err)
+}
+
+// pgUnreachable tells an error that is not PostgreSQL's answer about the
+// statement: the connection failed, or PostgreSQL ended the session
+// (FATAL, PANIC).
+func pgUnreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) || pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC"
 }
 
 // errQueued is a fill's finding that the key's write-behind write is
@@ -490,20 +506,24 @@ var errQueued = errors.New("a write-behind write of the key is queued")
 // complete: the key is loaded again at once, by a fill like Get's, so an
 // invalidation there means "reload this key from the table".
 func (c *Client) Invalidate(ctx context.Context, name, key string) error {
-	ca, values, err := c.cache(name, key)
+	ca, _, err := c.cache(name, key)
 	if err != nil {
 		return err
 	}
 	if err := c.invalidate(ctx, ca, key); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
-	return c.refill(ctx, ca, key, values)
+	return c.refill(ctx, ca, key)
 }
 
 // refill loads key again after its invalidation when ca is complete.
-func (c *Client) refill(ctx context.Context, ca *cache, key string, values []string) error {
+func (c *Client) refill(ctx context.Context, ca *cache, key string) error {
 	if !ca.complete() {
 		return nil
+	}
+	values, ok := ca.cfg.Template.Parse(key)
+	if !ok {
+		return fmt.Errorf("key %q: %w %s", key, ErrBadKey, ca.cfg.Template)
 	}
 	// A fill of its own: one in flight began before the invalidation, which
 	// ended its lease.

@@ -2,7 +2,6 @@ package cachesync
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -102,14 +101,8 @@ var errFenced = errors.New(binding.ErrFenced + " another drainer took over the q
 // fenced tells an error of a drainer that lost its role: its read, or a
 // script that checked its token.
 func fenced(err error) bool {
-	if errors.Is(err, errFenced) {
-		return true
-	}
-	e, ok := rueidis.IsRedisErr(errors.Unwrap(err))
-	if !ok {
-		e, ok = rueidis.IsRedisErr(err)
-	}
-	return ok && strings.HasPrefix(e.Error(), binding.ErrFenced)
+	var re *rueidis.RedisError
+	return errors.Is(err, errFenced) || errors.As(err, &re) && strings.HasPrefix(re.Error(), binding.ErrFenced)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -336,15 +329,13 @@ func (d *drainer) ack(ctx context.Context, done []binding.Acked, removals string
 // own fill found the write queued, and wrote nothing) is loaded again.
 func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) error {
 	for _, r := range res {
-		gone, err := binding.AckedGone(r)
+		gone, err := r.AsStrSlice()
 		if err != nil {
 			return fmt.Errorf("write-behind: acknowledge: %w", err)
 		}
 		for _, key := range gone {
-			if values, ok := d.ca.cfg.Template.Parse(key); ok {
-				if err := d.c.refill(ctx, d.ca, key, values); err != nil {
-					d.log.Warn("write-behind: key not loaded again", "key", key, "err", err)
-				}
+			if err := d.c.refill(ctx, d.ca, key); err != nil {
+				d.log.Warn("write-behind: key not loaded again", "key", key, "err", err)
 			}
 		}
 	}
@@ -376,16 +367,16 @@ func (d *drainer) apply(ctx context.Context, entries []entry) ([]binding.Acked, 
 	if err != nil {
 		return nil, err
 	}
-	dead := map[string]bool{}
-	for _, r := range refused {
-		d.log.Error("write-behind: row refused; moved to the dead-letter stream", "key", r.key, "err", r.err)
-		if err := d.deadLetter(ctx, r.entry, r.err); err != nil {
-			return nil, err
+	for _, e := range entries { // in stream order
+		if cause, ok := refused[e.id]; ok {
+			d.log.Error("write-behind: row refused; moved to the dead-letter stream", "key", e.key, "err", cause)
+			if err := d.deadLetter(ctx, e, cause); err != nil {
+				return nil, err
+			}
 		}
-		dead[r.id] = true
 	}
 	d.ca.stats.Drained.Add(int64(len(entries)))
-	return d.acked(entries, dead, rows), nil
+	return d.acked(entries, refused, rows), nil
 }
 
 // runs splits each key's entries (in stream order) into runs: entries
@@ -427,20 +418,14 @@ func runs(entries []entry) [][][]entry {
 	return rounds
 }
 
-// refused is an entry PostgreSQL refused, and why.
-type refused struct {
-	entry
-	err error
-}
-
 // commit writes entries' runs (see runs) in one transaction on the lock's
 // session, round after round, and returns the rows as committed, by key.
 // Without care it tries the last entry of each run, a statement per round
 // and set of columns, and a refused row fails it all. With care each try
 // is an entry alone in a savepoint of its own, and a run whose last entry
 // is refused goes back to the one before; the refused entries are left
-// out and returned.
-func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (map[string][][]byte, []refused, error) {
+// out and returned, by stream ID, with why.
+func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (rows map[string][][]byte, refused map[string]error, err error) {
 	rounds := runs(entries)
 	var stmts [][]entry // without care: each one statement, of a round's runs' last entries of one set of columns
 	if !care {
@@ -465,19 +450,18 @@ func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (map[s
 			return nil, nil, err
 		}
 	}
-	rows := map[string][][]byte{}
-	var out []refused
-	err := func() error {
+	rows, refused = map[string][][]byte{}, map[string]error{}
+	err = func() error {
 		for _, s := range stmts {
 			if err := d.upsert(ctx, s, rows); err != nil {
 				return err
 			}
 		}
+		if !care {
+			return nil
+		}
 		for _, round := range rounds {
 			for _, run := range round {
-				if !care {
-					break
-				}
 				for i := len(run) - 1; i >= 0; i-- {
 					err := d.alone(ctx, run[i], rows)
 					if err == nil {
@@ -486,7 +470,7 @@ func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (map[s
 					if !isRefusal(err) {
 						return err
 					}
-					out = append(out, refused{run[i], err})
+					refused[run[i].id] = err
 				}
 			}
 		}
@@ -503,24 +487,7 @@ func (d *drainer) commit(ctx context.Context, entries []entry, care bool) (map[s
 			return nil, nil, err
 		}
 	}
-	slices.SortFunc(out, func(a, b refused) int { return compareIDs(a.id, b.id) })
-	return rows, out, nil
-}
-
-// compareIDs orders stream IDs ("ms-seq").
-func compareIDs(a, b string) int {
-	am, as, _ := strings.Cut(a, "-")
-	bm, bs, _ := strings.Cut(b, "-")
-	if c := cmp.Compare(len(am), len(bm)); c != 0 {
-		return c
-	}
-	if c := strings.Compare(am, bm); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(len(as), len(bs)); c != 0 {
-		return c
-	}
-	return strings.Compare(as, bs)
+	return rows, refused, nil
 }
 
 // alone writes entry e in a savepoint of its own, trying again, up to
@@ -619,8 +586,8 @@ func (d *drainer) deadLetter(ctx context.Context, e entry, cause error) error {
 		return fmt.Errorf("write-behind: dead-letter: %w", err)
 	}
 	d.ca.stats.DeadLettered.Add(1)
-	if values, ok := d.ca.cfg.Template.Parse(e.key); ok && removed == 1 {
-		if err := d.c.refill(ctx, d.ca, e.key, values); err != nil {
+	if removed == 1 {
+		if err := d.c.refill(ctx, d.ca, e.key); err != nil {
 			d.log.Warn("write-behind: dead-lettered key not loaded again", "key", e.key, "err", err)
 		}
 	}
@@ -632,16 +599,16 @@ func (d *drainer) deadLetter(ctx context.Context, e entry, cause error) error {
 // change feed the feed writes the committed row; without one the row as
 // committed (rows) replaces the value PutBehind wrote, so the key holds
 // what a fill would write.
-func (d *drainer) acked(entries []entry, dead map[string]bool, rows map[string][][]byte) []binding.Acked {
+func (d *drainer) acked(entries []entry, dead map[string]error, rows map[string][][]byte) []binding.Acked {
 	last := map[string]int{}
 	for i, e := range entries {
-		if !dead[e.id] {
+		if dead[e.id] == nil {
 			last[e.key] = i
 		}
 	}
 	out := make([]binding.Acked, 0, len(entries))
 	for i, e := range entries {
-		if dead[e.id] {
+		if dead[e.id] != nil {
 			continue
 		}
 		a := binding.Acked{ID: e.id, Key: e.key, Action: binding.AckKeep}

@@ -25,6 +25,9 @@ import (
 // JSON text); for an array a JSON array (or PostgreSQL's array text).
 // Go's time.Time and []byte are taken too.
 
+// isJSON tells the json and jsonb types, whose values are JSON text.
+func isJSON(oid uint32) bool { return oid == pgtype.JSONOID || oid == pgtype.JSONBOID }
+
 // isNull tells a value that is NULL: nil, or JSON null.
 func isNull(v any) bool {
 	raw, ok := v.(json.RawMessage)
@@ -40,7 +43,7 @@ func inputText(col pgsource.Column, v any) ([]byte, error) {
 		switch {
 		case string(raw) == "null":
 			return nil, nil
-		case col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID:
+		case isJSON(col.TypeOID):
 			// A string holding JSON text (a hash's field, say) is that
 			// text; any other value is itself.
 			var s string
@@ -85,8 +88,6 @@ func scalarText(oid uint32, v any) ([]byte, error) {
 			return nil, nil
 		case string:
 			return []byte(v), nil
-		case json.RawMessage:
-			return v, nil
 		default:
 			b, err := json.Marshal(v)
 			if err != nil {

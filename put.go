@@ -360,7 +360,7 @@ func anyPtrs(dst *[]string, n int) []any {
 // constraint, a bad value) stay as they are.
 func classify(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" {
+	if !pgUnreachable(err) && errors.As(err, &pgErr) {
 		return &RowError{Err: pgErr}
 	}
 	return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)

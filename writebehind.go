@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/binding"
@@ -79,7 +78,7 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 		switch {
 		case t == nil:
 			rowJSON = append(rowJSON, "null"...)
-		case col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID:
+		case isJSON(col.TypeOID):
 			if !json.Valid(t) {
 				return "", fmt.Errorf("cache %q: %w: column %q is not JSON", ca.cfg.Name, ErrBadRow, name)
 			}

@@ -195,9 +195,6 @@ func (b *Binding) encode(enc *Encoder, row [][]byte) (Value, error) {
 			err = ErrNoValue
 		}
 	case FormatString:
-		if len(enc.Fields) == 1 && enc.Fields[0].Column < len(row) && row[enc.Fields[0].Column] == nil {
-			return v, ErrNoValue
-		}
 		v.Bytes, err = enc.AppendString(nil, row)
 	default:
 		v.Bytes, err = enc.AppendJSON(nil, row)

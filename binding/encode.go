@@ -184,7 +184,7 @@ func (e *Encoder) AppendString(dst []byte, row [][]byte) ([]byte, error) {
 		return dst, err
 	}
 	if v == nil {
-		return dst, fmt.Errorf("binding: column %d (field %q) is NULL; a string value cannot be NULL", f.Column, f.Name)
+		return dst, fmt.Errorf("binding: column %d (field %q) is NULL: %w", f.Column, f.Name, ErrNoValue)
 	}
 	out, err := pgtext.AppendPlain(dst, f.TypeOID, v)
 	if err != nil && e.Loose {

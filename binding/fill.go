@@ -52,10 +52,8 @@ func companionsOf(prefix, k string) []string {
 // a '}', which would end those braces early, gets a short tag of its slot
 // in front instead, and so does the empty key (an empty tag counts as none).
 func hashTagged(key string) string {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			return key
-		}
+	if _, ok := hashTag(key); ok {
+		return key
 	}
 	if key == "" {
 		return "{" + slotTags()[0] + "}{}"

@@ -96,11 +96,10 @@ const fence = `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_
 // remove the key: the next fill reads the row), d remove it; x only
 // acknowledges (an entry a newer one of its key follows). Then the stream is
 // trimmed below ARGV[3], or below the oldest entry still pending when that
-// comes first. It returns how many entries the trim removed and, when
-// ARGV[6] is 1 (a cache that holds every row), the keys it kept (k) that
-// are missing: an invalidation came while their write was queued, and
-// they are to be loaded again. The marks of all entries are read, and
-// ended, a command each. KEYS: owner, stream, removals, record (or the
+// comes first. When ARGV[6] is 1 (a cache that holds every row), it
+// returns the keys it kept (k) that are missing: an invalidation came while
+// their write was queued, and they are to be loaded again. The marks of
+// all the entries are read with one command, and ended with one. KEYS: owner, stream, removals, record (or the
 // stream again), pending, queued, then per entry: for k key, lease; for w
 // and d key, lease, neg, stale. ARGV: token, group, trim bound, removal
 // count when the entries were read, has record (1|0), complete (1|0), then
@@ -114,12 +113,9 @@ local a, k = 7, 7
 while a <= #ARGV do
   local id, action, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   ids[#ids + 1] = id
-  if action == 'k' then
+  if action ~= 'x' then
     keyed[#keyed + 1] = {id, action, a, k}
-    k = k + 2
-  elseif action ~= 'x' then
-    keyed[#keyed + 1] = {id, action, a, k}
-    k = k + 4
+    if action == 'k' then k = k + 2 else k = k + 4 end
   end
   a = a + 3 + n
 end
@@ -171,7 +167,8 @@ if p[1] > 0 then
   local u, w = string.match(bound, '(%d+)-(%d+)')
   if #x < #u or (#x == #u and (x < u or (x == u and (#y < #w or (#y == #w and y < w))))) then bound = p[2] end
 end
-return {redis.call('XTRIM', KEYS[2], 'MINID', bound), gone}`
+redis.call('XTRIM', KEYS[2], 'MINID', bound)
+return gone`
 
 // AckBatch is how many entries one acknowledging script call takes, so the
 // script never unpacks more values than Lua can (a few thousand).
@@ -187,7 +184,7 @@ const (
 
 // Acked is one entry to acknowledge: its stream ID, key and what to do
 // with the key if the entry is its newest queued write; Row is the
-// committed value for AckWrite.
+// committed value, for (and only for) AckWrite.
 type Acked struct {
 	ID, Key string
 	Action  string
@@ -198,30 +195,23 @@ type Acked struct {
 // and trims the stream below the last one, never past an entry still
 // pending; removals is the cache's removal count read with the entries,
 // before their commit. With complete (a cache that holds every row) each
-// call's reply lists kept keys found missing (AckedGone reads it).
+// call's reply lists the kept keys found missing.
 func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []Acked, trimBelow string, complete bool) rueidis.Commands {
+	rec, hasRec := b.recordOr(StreamKey(b.Name))
+	full := "0"
+	if complete {
+		full = "1"
+	}
 	var cmds rueidis.Commands
 	for lo := 0; lo < len(entries); lo += AckBatch {
 		chunk := entries[lo:min(lo+AckBatch, len(entries))]
-		rec, has := StreamKey(b.Name), "0"
-		if b.Record != "" {
-			rec, has = b.Record, "1"
-		}
-		full := "0"
-		if complete {
-			full = "1"
-		}
 		keys := []string{OwnerKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec, PendingKey(b.Name), QueuedKey(b.Name)}
-		args := []string{token, DrainGroup, trimBelow, removals, has, full}
+		args := []string{token, DrainGroup, trimBelow, removals, hasRec, full}
 		if lo+AckBatch < len(entries) { // not the last call: trim below its own last entry
 			args[2] = AfterID(chunk[len(chunk)-1].ID)
 		}
 		for _, e := range chunk {
-			action := e.Action
-			if action == AckWrite && e.Row == nil {
-				action = AckDelete
-			}
-			switch action {
+			switch e.Action {
 			case AckOnly:
 				args = append(args, e.ID, AckOnly, "0")
 				continue
@@ -231,7 +221,7 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 				continue
 			}
 			keys = append(keys, e.Key, LeaseKey(e.Key), NegKey(e.Key), StaleKey(e.Key))
-			if action == AckDelete {
+			if e.Action == AckDelete {
 				args = append(args, e.ID, AckDelete, "0")
 				continue
 			}
@@ -245,26 +235,14 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 	return cmds
 }
 
-// AckedGone returns the missing keys an acknowledging call's reply lists.
-func AckedGone(r rueidis.RedisResult) ([]string, error) {
-	reply, err := r.ToArray()
-	if err != nil {
-		return nil, err
-	}
-	if len(reply) != 2 {
-		return nil, fmt.Errorf("%d values in an acknowledgement's reply", len(reply))
-	}
-	return reply[1].AsStrSlice()
-}
-
 // dead moves an entry to the dead-letter stream and out of the queue, and,
 // when it is its key's newest queued write, removes the key (bumping the
 // removal count first, as every removal does) and its pending mark: Redis
 // never keeps a value the database refused, and keeps a newer queued one.
 // It returns 1 when it removed the key. KEYS: owner, dead, stream,
 // removals, record (or the stream again), pending, queued, key, lease, neg,
-// stale. ARGV: token, group, id, key, row, error, has record (1|0).
-const dead = fence + `redis.call('XADD', KEYS[2], '*', 'key', ARGV[4], 'row', ARGV[5], 'id', ARGV[3], 'error', ARGV[6])
+// stale. ARGV: token, group, id, row, error, has record (1|0).
+const dead = fence + `redis.call('XADD', KEYS[2], '*', 'key', KEYS[8], 'row', ARGV[4], 'id', ARGV[3], 'error', ARGV[5])
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
 if redis.call('HGET', KEYS[6], KEYS[8]) ~= ARGV[3] then return 0 end
@@ -272,19 +250,25 @@ redis.call('INCR', KEYS[4])
 redis.call('HDEL', KEYS[6], KEYS[8])
 redis.call('HDEL', KEYS[7], KEYS[8])
 redis.call('DEL', KEYS[8], KEYS[9], KEYS[10], KEYS[11])
-if ARGV[7] == '1' then redis.call('ZREM', KEYS[5], KEYS[8]) end
+if ARGV[6] == '1' then redis.call('ZREM', KEYS[5], KEYS[8]) end
 return 1`
 
 // DeadCmd dead-letters the entry id of key (row, refused with cause).
 func (b *Binding) DeadCmd(rb rueidis.Builder, token, id, key, row, cause string) rueidis.Completed {
-	rec, has := StreamKey(b.Name), "0"
-	if b.Record != "" {
-		rec, has = b.Record, "1"
-	}
+	rec, hasRec := b.recordOr(StreamKey(b.Name))
 	return rb.Eval().Script(dead).Numkeys(11).
 		Key(OwnerKey(b.Name), DeadLetterKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec,
 			PendingKey(b.Name), QueuedKey(b.Name), key, LeaseKey(key), NegKey(key), StaleKey(key)).
-		Arg(token, DrainGroup, id, key, row, cause, has).Build()
+		Arg(token, DrainGroup, id, row, cause, hasRec).Build()
+}
+
+// recordOr returns, for a script's KEYS, the cache's expiry record and "1",
+// or, when it keeps none, placeholder (a key of the script's slot) and "0".
+func (b *Binding) recordOr(placeholder string) (string, string) {
+	if b.Record != "" {
+		return b.Record, "1"
+	}
+	return placeholder, "0"
 }
 
 // QueueSlotError tells why, on a Redis Cluster, a write-behind cache's keys

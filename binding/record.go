@@ -84,13 +84,25 @@ func (b *Binding) unrecord(ctx context.Context, c rueidis.Client, keys []string,
 	return nil
 }
 
+// hashTag returns the part of key Redis Cluster hashes instead of the whole
+// key: what lies between its first '{' and the next '}', when not empty.
+func hashTag(key string) (string, bool) {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return "", false
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return "", false
+	}
+	return key[i+1 : i+1+j], true
+}
+
 // keySlot is the Redis Cluster hash slot of key: CRC16 of its hash tag (the
 // first non-empty {...} part) or of the whole key, modulo 16384.
 func keySlot(key string) uint16 {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
+	if tag, ok := hashTag(key); ok {
+		key = tag
 	}
 	var crc uint16
 	for i := 0; i < len(key); i++ {

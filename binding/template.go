@@ -196,15 +196,4 @@ func (t *Template) Parse(key string) ([]string, bool) {
 // has, when its text before the first placeholder fixes one ("{shop}" in
 // "{{shop}}:price:{item}"); ok is false when a key's tag (or slot)
 // depends on its values.
-func (t *Template) HashTag() (tag string, ok bool) {
-	lead := t.lits[0]
-	i := strings.IndexByte(lead, '{')
-	if i < 0 {
-		return "", false
-	}
-	j := strings.IndexByte(lead[i+1:], '}')
-	if j <= 0 {
-		return "", false
-	}
-	return lead[i+1 : i+1+j], true
-}
+func (t *Template) HashTag() (tag string, ok bool) { return hashTag(t.lits[0]) }

@@ -359,43 +359,29 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
 	drain(t, clients[1])
 	ctx := context.Background()
-	end := time.Now().Add(10 * time.Second)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	run := func(c *cachesync.Client, f func(c *cachesync.Client, r *rand.Rand) error) {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
-			for time.Now().Before(end) {
-				if err := f(c, r); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
 	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(20)) }
+	var work []func(r *rand.Rand) error
 	for _, c := range clients {
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // writers behind, one in ten refused
-			v := r.Int64N(1 << 40)
-			if r.IntN(10) == 0 {
-				v = -1
-			}
-			_, err := c.PutBehind(ctx, "t", map[string]any{"id": 1 + r.IntN(20), "v": v})
-			return err
-		})
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // readers that fill
-			_, err := c.Get(ctx, "t", key(r))
-			return err
-		})
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // evictions
-			time.Sleep(time.Millisecond)
-			return e.rc.Do(ctx, e.rc.B().Del().Key(key(r)).Build()).Error()
-		})
+		work = append(work,
+			func(r *rand.Rand) error { // writers behind, one in ten refused
+				v := r.Int64N(1 << 40)
+				if r.IntN(10) == 0 {
+					v = -1
+				}
+				_, err := c.PutBehind(ctx, "t", map[string]any{"id": 1 + r.IntN(20), "v": v})
+				return err
+			},
+			func(r *rand.Rand) error { // readers that fill
+				_, err := c.Get(ctx, "t", key(r))
+				return err
+			},
+			func(r *rand.Rand) error { // evictions
+				time.Sleep(time.Millisecond)
+				return e.rc.Do(ctx, e.rc.B().Del().Key(key(r)).Build()).Error()
+			})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+	if _, errs := hammer(time.Now().Add(10*time.Second), work...); len(errs) > 0 {
+		t.Fatal(errs[0])
 	}
 	e.waitDrained("t")
 	rows, err := e.db.Query(ctx, `SELECT id, v FROM t`)
@@ -500,5 +486,46 @@ func TestWriteBehindOnCluster(t *testing.T) {
 	}
 	if n := len(e.deadLetters("t")); n != 1 {
 		t.Errorf("%d dead letters, want 1", n)
+	}
+}
+
+// TestReloadLeavesQueuedKeys: with no change feed, a reload (what a
+// refresh or a repair runs) of a key whose write-behind write is queued
+// writes nothing, whether the key was evicted or holds the queued value,
+// and whether present keys are kept or reloaded: the table's row is older
+// than the queued write (DESIGN invariant 7). Once drained, the key holds
+// the row.
+func TestReloadLeavesQueuedKeys(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h, refresh: on-expiry}` + "\n")
+	c := e.open(cfg)
+	ctx := context.Background()
+	putBehind(t, c, "t", map[string]any{"id": 1, "v": 5})
+	putBehind(t, c, "t", map[string]any{"id": 2, "v": 6})
+	if err := e.rc.Do(ctx, e.rc.B().Del().Key("t:1").Build()).Error(); err != nil { // evicted; t:2 stays
+		t.Fatal(err)
+	}
+	for _, present := range []bool{false, true} {
+		res, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, present)
+		if err != nil || res.Written != 0 {
+			t.Fatalf("Reload (present %v) of queued keys: %+v, %v; want nothing written", present, res, err)
+		}
+		if v, ok := e.get("t:1"); ok {
+			t.Fatalf("after a reload (present %v), the evicted t:1 = %s; its write v=5 is queued", present, v)
+		}
+		if v, _ := e.get("t:2"); v != `{"id":2,"v":6}` {
+			t.Fatalf("after a reload (present %v), t:2 = %s; want the queued v=6", present, v)
+		}
+	}
+	drain(t, c)
+	e.waitDrained("t")
+	if v, _ := e.get("t:2"); v != `{"id":2,"v":6}` {
+		t.Fatalf("drained: t:2 = %s", v)
+	}
+	if res, err := c.Reload(ctx, "t", []string{"t:1"}, false); err != nil || res.Written != 1 {
+		t.Fatalf("drained: Reload of t:1 = %+v, %v; want it written", res, err)
+	}
+	if v, _ := e.get("t:1"); v != `{"id":1,"v":5}` {
+		t.Fatalf("drained and reloaded: t:1 = %s", v)
 	}
 }

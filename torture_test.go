@@ -243,45 +243,30 @@ func TestTortureWithoutFeed(t *testing.T) {
 	// Operations run to their end (a Put cancelled while it commits is
 	// TestPutCancelledWhileCommitting's); the clock only stops new ones.
 	ctx := context.Background()
-	end := time.Now().Add(10 * time.Second)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	var ops atomic.Int64
-	run := func(c *cachesync.Client, f func(c *cachesync.Client, r *rand.Rand) error) {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
-			for time.Now().Before(end) {
-				if err := f(c, r); err != nil {
-					errs <- err
-					return
-				}
-				ops.Add(1)
-			}
-		})
-	}
 	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(50)) }
+	var work []func(r *rand.Rand) error
 	for _, c := range clients {
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // writers through the API
-			_, err := c.Put(ctx, "t", map[string]any{"id": 1 + r.IntN(50), "v": r.Int64N(1 << 40)})
-			return err
-		})
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // readers that fill, and invalidations
-			if r.IntN(20) == 0 {
-				return c.Invalidate(ctx, "t", key(r))
-			}
-			_, err := c.Get(ctx, "t", key(r))
-			return err
-		})
-		run(c, func(c *cachesync.Client, r *rand.Rand) error { // reloads, overwriting present keys
-			keys := []string{key(r), key(r), key(r), key(r), key(r)}
-			slices.Sort(keys)
-			_, err := c.Reload(ctx, "t", slices.Compact(keys), true)
-			return err
-		})
+		work = append(work,
+			func(r *rand.Rand) error { // writers through the API
+				_, err := c.Put(ctx, "t", map[string]any{"id": 1 + r.IntN(50), "v": r.Int64N(1 << 40)})
+				return err
+			},
+			func(r *rand.Rand) error { // readers that fill, and invalidations
+				if r.IntN(20) == 0 {
+					return c.Invalidate(ctx, "t", key(r))
+				}
+				_, err := c.Get(ctx, "t", key(r))
+				return err
+			},
+			func(r *rand.Rand) error { // reloads, overwriting present keys
+				keys := []string{key(r), key(r), key(r), key(r), key(r)}
+				slices.Sort(keys)
+				_, err := c.Reload(ctx, "t", slices.Compact(keys), true)
+				return err
+			})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	ops, errs := hammer(time.Now().Add(10*time.Second), work...)
+	for _, err := range errs {
 		t.Fatal(err)
 	}
 	rows, err := e.db.Query(context.Background(), `SELECT id, v::text FROM t`)
@@ -313,5 +298,34 @@ func TestTortureWithoutFeed(t *testing.T) {
 	if cached == 0 {
 		t.Fatal("no key cached at the end: nothing was compared")
 	}
-	t.Logf("%d operations, %d keys cached at the end", ops.Load(), cached)
+	t.Logf("%d operations, %d keys cached at the end", ops, cached)
+}
+
+// hammer calls each of work over and over, each in a goroutine of its own
+// with a random source of its own, until end (a call under way runs to its
+// end), and returns how many calls returned nil and the errors that
+// stopped a goroutine.
+func hammer(end time.Time, work ...func(r *rand.Rand) error) (int64, []error) {
+	var wg sync.WaitGroup
+	var ops atomic.Int64
+	errs := make(chan error, len(work))
+	for _, f := range work {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
+			for time.Now().Before(end) {
+				if err := f(r); err != nil {
+					errs <- err
+					return
+				}
+				ops.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	var out []error
+	for err := range errs {
+		out = append(out, err)
+	}
+	return ops.Load(), out
 }

@@ -167,8 +167,8 @@ func (b *bed) createItems(n int) {
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testenv.LogBuffer
+	stderr *testenv.LogBuffer
 	done   chan struct{} // closed once the process was reaped
 }
 
@@ -178,7 +178,7 @@ func (b *bed) start(env []string, args ...string) *proc {
 	b.mu.Lock()
 	name := fmt.Sprintf("cachesync#%d %s", len(b.daemons)+1, args[0])
 	b.mu.Unlock()
-	d := &proc{name: name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	d := &proc{name: name, stdout: &testenv.LogBuffer{}, stderr: &testenv.LogBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(binary, args...)
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
@@ -285,24 +285,6 @@ func (d *proc) waitLog(t *testing.T, s string, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // tail returns the last n lines of s.

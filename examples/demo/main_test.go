@@ -10,9 +10,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TestMain lets the test binary be the demo itself: run with
@@ -94,7 +95,7 @@ func TestDemoFromCloneIn0700Dir(t *testing.T) {
 	cmd := exec.Command(os.Args[0])
 	cmd.Dir = clone
 	cmd.Env = append(os.Environ(), "CACHESYNC_DEMO_MAIN=1", "TMPDIR="+tmp)
-	var stderr lockedBuffer
+	var stderr testenv.LogBuffer
 	cmd.Stdout, cmd.Stderr = w, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:   true,            // a process group of its own, as a shell's job
@@ -209,22 +210,4 @@ func processesUnder(dirs ...string) []process {
 type process struct {
 	pid  int
 	args string
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1192,7 +1192,57 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.WaitApplied(ctx, "db", target, 5*time.Second); err != nil {
+	if err := c.WaitApplied(ctx, "t", target, 5*time.Second); err != nil {
 		t.Fatalf("a commit ending at a WAL page boundary (insert position %s): %v", pglogrepl.LSN(target), err)
+	}
+}
+
+// TestPutAppliedAfterRebuild: a Put committed before the change feed's
+// first rebuild of its cache (the daemon just started) must not report its
+// write applied while the cache is being rebuilt: the state record already
+// holds the slot's position then, but Redis does not hold the row yet.
+func TestPutAppliedAfterRebuild(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0)`)
+	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+	c := e.open(cfg, cachesync.Options{WriteWait: 2 * time.Second})
+	ctx := context.Background()
+	if v, err := c.Get(ctx, "t", "t:1"); err != nil || string(v) != "0" {
+		t.Fatalf("Get t:1 = %s, %v", v, err)
+	}
+	put := make(chan error, 1)
+	go func() { _, err := c.Put(ctx, "t", map[string]any{"id": 1, "v": 9}); put <- err }()
+	waitFor(t, "the Put commits", func() bool {
+		var v int
+		return e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v) == nil && v == 9
+	})
+	// The feed starts, and holds its first rebuild once the cache's keys are cleared.
+	rebuilding, release := make(chan struct{}, 1), make(chan struct{})
+	f := changefeed.New(cfg, "db", e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f.Progress = func(cache string, done, total int64) {
+		if done == 0 {
+			select {
+			case rebuilding <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+	}
+	testenv.Go(t, f.Run)
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open) // before the feed is stopped
+	<-rebuilding
+	if err := <-put; err == nil {
+		v, _ := e.get("t:1")
+		t.Fatalf("Put reported its write applied during the rebuild of its cache, and Redis holds t:1 = %q", v)
+	} else if !errors.Is(err, cachesync.ErrNotApplied) {
+		t.Fatal(err)
+	}
+	open()
+	if _, err := c.Put(ctx, "t", map[string]any{"id": 1, "v": 10}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := e.get("t:1"); v != "10" {
+		t.Fatalf("after the rebuild, Put applied, Redis t:1 = %q", v)
 	}
 }

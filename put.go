@@ -84,7 +84,7 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 	if targetErr != nil { // committed: how far the feed must go is unknown
 		return key, fmt.Errorf("cache %q: %w: read the WAL position: %w", name, ErrNotApplied, targetErr)
 	}
-	return key, c.WaitApplied(ctx, ca.cfg.Source, uint64(target), c.opts.WriteWait)
+	return key, c.WaitApplied(ctx, name, uint64(target), c.opts.WriteWait)
 }
 
 // renderKey renders the key of the key columns' values, as PostgreSQL
@@ -314,16 +314,22 @@ func quoteAll(names []string) []string {
 	return out
 }
 
-// WaitApplied waits until the change feed of source has recorded in Redis
-// that it applied everything up to the WAL position target (as WALPosition
-// gives it), or returns ErrNotApplied after timeout, or when ctx ends (then
-// wrapping ctx's error too): read-your-writes for Put, and what a
-// consistency check waits for before it re-reads.
-func (c *Client) WaitApplied(ctx context.Context, source string, target uint64, timeout time.Duration) error {
+// WaitApplied waits until the change feed has recorded in Redis that cache
+// name holds everything up to the WAL position target (as WALPosition
+// gives it): the cache is built and its source applied that far. It
+// returns ErrNotApplied after timeout, or when ctx ends (then wrapping
+// ctx's error too): read-your-writes for Put, and what a consistency check
+// waits for before it re-reads.
+func (c *Client) WaitApplied(ctx context.Context, name string, target uint64, timeout time.Duration) error {
+	ca, ok := c.caches[name]
+	if !ok {
+		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	source := ca.cfg.Source
 	deadline := time.Now().Add(timeout)
 	wait := 500 * time.Microsecond
 	for {
-		lsn, ok, err := c.state.Applied(ctx, source)
+		lsn, ok, err := c.state.AppliedTo(ctx, source, name)
 		if err != nil && ctx.Err() != nil {
 			return fmt.Errorf("source %s at %s: %w (%w)", source, pglogrepl.LSN(target), ErrNotApplied, ctx.Err())
 		}

@@ -184,7 +184,27 @@ func (s *State) Position(ctx context.Context, source string, f *Feed) uint64 {
 
 // Applied returns source's applied LSN; ok is false when none is recorded.
 func (s *State) Applied(ctx context.Context, source string) (pglogrepl.LSN, bool, error) {
-	v, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("lsn:"+source).Build()).ToString()
+	return s.lsn(s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("lsn:"+source).Build()).ToString())
+}
+
+// AppliedTo returns how far cache (of source) holds the changes: source's
+// applied LSN, once the cache is built (its entry recorded); ok is false
+// while it is not (never built, or being rebuilt: then the applied LSN may
+// already be the slot's, ahead of what the cache holds).
+func (s *State) AppliedTo(ctx context.Context, source, cache string) (pglogrepl.LSN, bool, error) {
+	vals, err := s.Redis.Do(ctx, s.Redis.B().Hmget().Key(s.Key).Field("lsn:"+source, "cache:"+cache).Build()).ToArray()
+	if err != nil {
+		return 0, false, fmt.Errorf("read %s: %w", s.Key, err)
+	}
+	if vals[1].IsNil() {
+		return 0, false, nil
+	}
+	return s.lsn(vals[0].ToString())
+}
+
+// lsn parses an applied LSN as read from the state hash; ok is false when
+// none is recorded.
+func (s *State) lsn(v string, err error) (pglogrepl.LSN, bool, error) {
 	if rueidis.IsRedisNil(err) {
 		return 0, false, nil
 	}

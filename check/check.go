@@ -486,7 +486,7 @@ func (k *checker) settle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = k.api.WaitApplied(ctx, k.cc.Source, target, k.opt.Settle)
+	err = k.api.WaitApplied(ctx, k.cc.Name, target, k.opt.Settle)
 	if errors.Is(err, cachesync.ErrNotApplied) {
 		return nil // a feed that is down or behind: the second read decides
 	}

@@ -142,30 +142,19 @@ func TestRefused(t *testing.T) {
 		{"while running", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx := t.Context()
 			r := testenv.StartRedis(t)
 			admin := r.Client(t)
-			acl := func(rules ...string) {
-				t.Helper()
-				if err := admin.Do(ctx, admin.B().AclSetuser().Username("cs").Rule(rules...).Build()).Error(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			acl("on", ">pw", "~*", "&*", "+@all")
+			r.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all")
 			if tc.atStart {
-				acl("-config")
+				r.SetUser(t, "cs", "-config")
 			}
-			rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, Username: "cs", Password: "pw", DisableCache: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rc.Close()
+			rc := r.ClientAs(t, "cs", "pw")
 
 			var logs testenv.LogBuffer
 			l := listen(t, rc, keyevents.Events{Flags: "Ex", Feature: "test", Every: 10 * time.Millisecond}, &logs)
 			if !tc.atStart {
 				l.expires(t, rc, "probe:1")
-				acl("-config")
+				r.SetUser(t, "cs", "-config")
 			}
 			setFlags(t, admin, "")
 			// Several periods' checks refused, one error.
@@ -184,7 +173,7 @@ func TestRefused(t *testing.T) {
 			l.expires(t, rc, "probe:2")
 
 			setFlags(t, admin, "")
-			acl("+config")
+			r.SetUser(t, "cs", "+config")
 			// Never found before, the flags are enabled as at a start (info);
 			// found once, they were lost (a warning).
 			enabled, reenabled := `msg="enabled keyspace events"`, int64(0)

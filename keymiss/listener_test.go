@@ -49,11 +49,7 @@ caches:
 		t.Fatal(err)
 	}
 	defer api.Close()
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, DisableCache: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := rds.Client(t)
 	l, err := keymiss.New(cfg, api, rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil || l == nil {
 		t.Fatalf("listener %v, %v", l, err)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
@@ -37,18 +36,8 @@ func TestKeyspaceEvents(t *testing.T) {
 	}
 	rds := testenv.StartRedis(t)
 	admin := rds.Client(t)
-	acl := func(rules ...string) {
-		t.Helper()
-		if err := admin.Do(ctx, admin.B().AclSetuser().Username("cs").Rule(rules...).Build()).Error(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	acl("on", ">pw", "~*", "&*", "+@all", "-config")
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rds.Addr}, Username: "cs", Password: "pw", DisableCache: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rds.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all", "-config")
+	rc := rds.ClientAs(t, "cs", "pw")
 	cfg, err := config.Load(strings.NewReader(`name: m
 redis: {url: "` + rds.URL() + `"}
 sources: {db: {url: "` + pg.URL("postgres") + `"}}
@@ -104,7 +93,7 @@ caches:
 		}
 	}
 	wait("CONFIG refused", func(h *keyevents.Health) bool { return !h.OK() }, "0", "0")
-	acl("+config")
+	rds.SetUser(t, "cs", "+config")
 	wait("CONFIG allowed", func(h *keyevents.Health) bool { return h.OK() }, "1", "0")
 	if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "").Build()).Error(); err != nil {
 		t.Fatal(err)

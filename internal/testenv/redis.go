@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -222,10 +223,30 @@ func ping(addr string, pid int) error {
 // test ends.
 func (r *Redis) Client(tb testing.TB) rueidis.Client {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true})
+	return r.ClientAs(tb, "", "")
+}
+
+// ClientAs is Client logged in as user with password (the default user
+// when user is "").
+func (r *Redis) ClientAs(tb testing.TB, user, password string) rueidis.Client {
+	tb.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, Username: user, Password: password, DisableCache: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(c.Close)
 	return c
+}
+
+// SetUser runs ACL SETUSER user rules... on r as the default user.
+func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {
+	tb.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Do(context.Background(), c.B().AclSetuser().Username(user).Rule(rules...).Build()).Error(); err != nil {
+		tb.Fatalf("ACL SETUSER %s: %v", user, err)
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
@@ -318,11 +319,15 @@ func (c *Config) Validate() error {
 		if !nameRE.MatchString(name) {
 			return FieldError("sources."+name, "source names must be lower-case letters, digits and _")
 		}
-		if c.Sources[name].URL == "" {
-			return FieldError("sources."+name+".url", "missing")
+		raw, field := c.Sources[name].URL, "sources."+name+".url"
+		if raw == "" {
+			return FieldError(field, "missing")
 		}
-		if _, err := pgconn.ParseConfig(c.Sources[name].URL); err != nil {
-			return FieldError("sources."+name+".url", "%s", oneLine(stripURL(err.Error())))
+		if pgStrayAt(raw) {
+			return urlError(field, raw, "%q is ambiguous: it has an '@' in the host or database name; write '/' and '@' in a user name or password as %%2F and %%40", redactURL(raw))
+		}
+		if _, err := pgconn.ParseConfig(raw); err != nil {
+			return urlError(field, raw, "%s", stripURL(err.Error()))
 		}
 	}
 	if len(c.Caches) == 0 {
@@ -506,13 +511,17 @@ func (cc *Cache) Lead() time.Duration {
 
 // RedisOption turns the redis section into a rueidis client option.
 func (c *Config) RedisOption() (rueidis.ClientOption, error) {
-	u, err := url.Parse(c.Redis.URL)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
-		return rueidis.ClientOption{}, FieldError("redis.url", "%q is not a redis://host:port/db, rediss:// or unix:// URL", redactURL(c.Redis.URL))
+	raw := c.Redis.URL
+	if redisStrayAt(raw) {
+		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is ambiguous: it has an '@' after the host; write '/', '?', '#' and '@' in a user name or password as %%2F, %%3F, %%23 and %%40", redactURL(raw))
 	}
-	opt, err := rueidis.ParseURL(c.Redis.URL)
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
+		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is not a redis://host:port/db, rediss:// or unix:// URL", redactURL(raw))
+	}
+	opt, err := rueidis.ParseURL(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, FieldError("redis.url", "%s", oneLine(stripURL(err.Error())))
+		return rueidis.ClientOption{}, urlError("redis.url", raw, "%s", err)
 	}
 	if c.Redis.Username != "" {
 		opt.Username = c.Redis.Username
@@ -547,16 +556,151 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// redactURL hides a password in a URL so errors never print secrets.
+// urlError is an *Error for field, whose connection string is raw: the
+// message formatted like fmt.Errorf, on one line, with whatever in it may
+// be part of raw's password hidden (see hideSecrets).
+func urlError(field, raw, format string, args ...any) error {
+	return FieldError(field, "%s", hideSecrets(oneLine(fmt.Sprintf(format, args...)), raw))
+}
+
+// redactURL hides whatever in s, a Redis or PostgreSQL URL or a key=value
+// connection string, may be a password, whether s parses or not: every
+// part secretSpans finds becomes xxxxx.
 func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
+	var b strings.Builder
+	last := 0
+	for _, sp := range secretSpans(s) {
+		b.WriteString(s[last:sp[0]])
+		b.WriteString("xxxxx")
+		last = sp[1]
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// hideSecrets hides in msg, a parser's error about the connection string s,
+// every part of s that secretSpans finds, and every run of three or more
+// letters and digits in such a part: a parser that cut a malformed password
+// at a '/', '&' or space quotes the pieces (a "port", a "key", a "host").
+func hideSecrets(msg, s string) string {
+	notAlnum := func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) }
+	for _, sp := range secretSpans(s) {
+		secret := s[sp[0]:sp[1]]
+		if secret == "" {
+			continue
+		}
+		msg = strings.ReplaceAll(msg, secret, "xxxxx")
+		for _, piece := range strings.FieldsFunc(secret, notAlnum) {
+			if len(piece) >= 3 {
+				msg = strings.ReplaceAll(msg, piece, "xxxxx")
+			}
+		}
 	}
-	return u.String()
+	return msg
+}
+
+var (
+	// plainUser is a user name that redactURL shows.
+	plainUser = regexp.MustCompile(`^[A-Za-z0-9._~%-]*$`)
+	// connKey is a key of a key=value connection string or of a URL's query.
+	connKey = regexp.MustCompile(`(?:^|[\s?&])([^\s?&=]+)=`)
+)
+
+// secretSpans returns the parts of s, a URL or key=value connection string,
+// that may be a password, sorted and apart. They are found by hand, so that
+// a string no parser takes (a typo in the port, a bad % escape, a password
+// holding '@', ':', '/' or a space) is covered, and when in doubt a span
+// takes more:
+//   - the user information: everything from "://" (or the start, without
+//     one) to the last '@'; only a plain user name before a ':' is left out
+//     (without a ':' the whole of it is taken: some Redis clients read
+//     redis://SECRET@host as a password);
+//   - the value of a password or sslpassword key (in any case, the key
+//     percent-decoded): a quoted one up to its closing quote, else up to
+//     the next " key=" or "&key=" or the end.
+func secretSpans(s string) [][2]int {
+	var spans [][2]int
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + 3
+	}
+	if at := strings.LastIndexByte(s, '@'); at >= start {
+		from := start
+		if user, _, ok := strings.Cut(s[start:at], ":"); ok && plainUser.MatchString(user) {
+			from += len(user) + 1
+		}
+		spans = append(spans, [2]int{from, at})
+	}
+	keys := connKey.FindAllStringSubmatchIndex(s, -1)
+	for i, k := range keys {
+		key := s[k[2]:k[3]]
+		if dec, err := url.PathUnescape(key); err == nil {
+			key = dec
+		}
+		if key = strings.ToLower(key); key != "password" && key != "sslpassword" {
+			continue
+		}
+		from, to := k[1], len(s)
+		if from < len(s) && s[from] == '\'' {
+			to = quotedEnd(s, from)
+		} else if i+1 < len(keys) {
+			to = keys[i+1][0]
+		}
+		spans = append(spans, [2]int{from, to})
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i][0] < spans[j][0] })
+	merged := spans[:0]
+	for _, sp := range spans {
+		if n := len(merged); n > 0 && sp[0] <= merged[n-1][1] {
+			merged[n-1][1] = max(merged[n-1][1], sp[1])
+			continue
+		}
+		merged = append(merged, sp)
+	}
+	return merged
+}
+
+// quotedEnd returns the end of the single-quoted value that starts at s[i]
+// (a backslash escapes the byte after it), or len(s) when no quote closes it.
+func quotedEnd(s string, i int) int {
+	for j := i + 1; j < len(s); j++ {
+		switch s[j] {
+		case '\\':
+			j++
+		case '\'':
+			return j + 1
+		}
+	}
+	return len(s)
+}
+
+// redisStrayAt reports an '@' in the Redis URL s after the end of its host
+// (the first '/', '?' or '#' after "://") when something comes before that
+// end: a password holding '/', '?' or '#' was cut short there, its first part
+// read as a host or port and the rest as a path, query or fragment.
+func redisStrayAt(s string) bool {
+	_, rest, ok := strings.Cut(s, "://")
+	end := strings.IndexAny(rest, "/?#")
+	return ok && end > 0 && strings.Contains(rest[end:], "@")
+}
+
+// pgStrayAt reports an '@' in the PostgreSQL URL s that pgconn takes as part
+// of the host or database name: pgconn ends the user information at the first
+// '@' before the first '/', so a password holding '@' or '/' turns into a host
+// or database name, which connection errors show.
+func pgStrayAt(s string) bool {
+	rest, ok := strings.CutPrefix(s, "postgres://")
+	if !ok {
+		rest, ok = strings.CutPrefix(s, "postgresql://")
+	}
+	if !ok {
+		return false
+	}
+	if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
+		rest = rest[i+1:]
+	}
+	rest, _, _ = strings.Cut(rest, "?")
+	return strings.Contains(rest, "@")
 }
 
 // stripURL drops any quoted connection string from a parse error, which may hold a password.

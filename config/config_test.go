@@ -1,6 +1,8 @@
 package config
 
 import (
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,112 @@ caches:
 				t.Fatalf("error shows a password: %q", msg)
 			}
 		})
+	}
+}
+
+// secretRE matches every password of TestURLErrorsHideSecrets: each run of
+// letters and digits in one holds "Pw" and two digits, so a password shown
+// whole or in part is found.
+var secretRE = regexp.MustCompile(`Pw[0-9]{2}`)
+
+// TestURLErrorsHideSecrets loads configs whose Redis or PostgreSQL URL holds a
+// password and is wrong in some way, parsable or not: the error names the
+// field, on one line, and shows no part of the password.
+func TestURLErrorsHideSecrets(t *testing.T) {
+	t.Setenv("CACHESYNC_TEST_REDIS_URL", "redis://:EnvPw31@127.0.0.1:99999x/0")
+	t.Setenv("CACHESYNC_TEST_PG_URL", "postgres://u:PgEnvPw57@127.0.0.1:99999x/db")
+	const redis, pg = "redis.url", "sources.db.url"
+	tests := []struct{ name, field, url string }{
+		{"bad port", redis, "redis://:BadPortPw11@127.0.0.1:99999x/0"},
+		{"bad escape in password", redis, "redis://user:EscPw12%zzEscPw12@127.0.0.1:6379/0"},
+		{"bad escape in host", redis, "redis://:HostEscPw13@127.0.0.%zz1:6379/0"},
+		{"space in password", redis, "redis://:SpacePw14 SpacePw14@127.0.0.1:6379/0"},
+		{"space in host", redis, "redis://:HostSpacePw15@127.0.0.1 :6379/0"},
+		{"no host", redis, "redis://:NoHostPw16@/0"},
+		{"nothing after the password", redis, "redis://:NoHostPw17@"},
+		{"unix bad escape", redis, "unix://:UnixPw18%zz@/tmp/redis.sock"},
+		{"unix bad db", redis, "unix://:UnixPw19@/tmp/redis.sock?db=x"},
+		{"rediss bad port", redis, "rediss://user:TlsPw20@127.0.0.1:99999x/0"},
+		{"at sign in password", redis, "redis://:AtPw21@AtPw21@127.0.0.1:99999x/0"},
+		{"colon in password", redis, "redis://user:ColonPw22:ColonPw22@127.0.0.1:99999x/0"},
+		{"slash in password", redis, "redis://:SlashPw23/SlashPw23@127.0.0.1:6379/0"},
+		{"slash after a port-like password", redis, "redis://:1234/SlashPw24@127.0.0.1:6379/0"},
+		{"hash after a port-like password", redis, "redis://user:1234#HashPw25@127.0.0.1:6379/0"},
+		{"question mark after a port-like password", redis, "redis://user:1234?QueryPw26@127.0.0.1:6379/0"},
+		{"unix slash after a port-like password", redis, "unix://:1234/UnixPw35@/tmp/redis.sock"},
+		{"no scheme", redis, "user:NoSchemePw27@127.0.0.1:6379"},
+		{"no slashes", redis, "redis:OpaquePw28@127.0.0.1:6379/0"},
+		{"wrong scheme", redis, "http://user:HttpPw29@127.0.0.1:6379"},
+		{"bad db", redis, "redis://:BadDbPw30@127.0.0.1:6379/x"},
+		{"env var", redis, "${CACHESYNC_TEST_REDIS_URL}"},
+		{"password without user", redis, "redis://OnlyPw32@127.0.0.1:99999x/0"},
+		{"trailing percent", redis, "redis://:TrailPw33%@127.0.0.1:6379/0"},
+		{"quote in password", redis, `redis://:QuotePw34"QuotePw34@127.0.0.1:99999x/0`},
+		{"pg bad port", pg, "postgres://u:PgPortPw41@127.0.0.1:99999x/db"},
+		{"pg bad escape in password", pg, "postgres://u:PgEscPw42%zzPgEscPw42@127.0.0.1:5432/db"},
+		{"pg bad escape in host", pg, "postgres://u:PgHostPw43@127.0.0.%zz1:5432/db"},
+		{"pg space in password", pg, "postgres://u:PgSpacePw44 PgSpacePw44@127.0.0.1:5432/db"},
+		{"pg slash in password", pg, "postgres://u:PgSlashPw45/PgSlashPw45@127.0.0.1:5432/db"},
+		{"pg at sign in password", pg, "postgres://u:PgAtPw46@PgAtPw46@127.0.0.1:5432/db"},
+		{"pg colon in password, bad port", pg, "postgres://u:PgColonPw47:PgColonPw47@127.0.0.1:99999x/db"},
+		{"pg slash after a port-like password", pg, "postgres://u:1234/PgSlashPw48@127.0.0.1:5432/db"},
+		{"pg no host, bad port", pg, "postgres://u:PgNoHostPw49@:99999x/db"},
+		{"pg question mark and slash in password", pg, "postgres://u:PgQPw50/x?PgQPw50@127.0.0.1/db"},
+		{"postgresql bad sslmode", pg, "postgresql://u:PgPw51@127.0.0.1:5432/db?sslmode=bogus"},
+		{"pg query password, bad timeout", pg, "postgres://127.0.0.1:5432/db?password=PgQueryPw52&connect_timeout=x"},
+		{"pg query password with ampersand", pg, "postgres://127.0.0.1/db?password=PgAmpPw53&PgAmpPw53&sslmode=disable"},
+		{"pg query password bad escape", pg, "postgres://127.0.0.1:5432/db?password=PgQueryPw54%zz"},
+		{"pg unknown scheme", pg, "postgre://u:PgSchemePw55@127.0.0.1:5432/db"},
+		{"pg backtick in password", pg, "postgres://u:PgTickPw56`PgTickPw56@127.0.0.1:99999x/db"},
+		{"pg env var", pg, "${CACHESYNC_TEST_PG_URL}"},
+		{"kv bad port", pg, "host=127.0.0.1 port=99999x user=u password=PgKvPw58 dbname=db"},
+		{"kv unterminated quote", pg, "host=127.0.0.1 user=u password='PgKvPw59 dbname=db"},
+		{"kv key without value", pg, "host=127.0.0.1 password=PgKvPw60 port"},
+		{"kv space in password", pg, "host=127.0.0.1 password=PgKvPw61 PgKvPw61 port=5432"},
+		{"kv backtick in password", pg, "host=127.0.0.1 password=PgTickPw62`PgTickPw62 port=x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			urls := map[string]string{redis: "redis://127.0.0.1:6379/0", pg: "postgres://u@127.0.0.1:5432/db"}
+			urls[tt.field] = tt.url
+			yaml := fmt.Sprintf("name: shop\nredis: {url: %s}\nsources:\n  db: {url: %s}\ncaches:\n  prices: {table: inventory, key: \"price:{item}\"}\n",
+				yamlQuote(urls[redis]), yamlQuote(urls[pg]))
+			_, err := Load(strings.NewReader(yaml))
+			if err == nil {
+				t.Fatalf("%s loads without an error", tt.url)
+			}
+			msg := err.Error()
+			if secretRE.MatchString(msg) {
+				t.Errorf("the error shows the password: %s", msg)
+			}
+			if !strings.HasPrefix(msg, "config: "+tt.field+": ") || strings.Contains(msg, "\n") {
+				t.Errorf("the error is not one line naming %s: %q", tt.field, msg)
+			}
+		})
+	}
+}
+
+// yamlQuote quotes s as a single-quoted YAML scalar.
+func yamlQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://user:secret@127.0.0.1:6379/0":    "redis://user:xxxxx@127.0.0.1:6379/0",
+		"redis://:secret@127.0.0.1:99999x/0":      "redis://:xxxxx@127.0.0.1:99999x/0",
+		"redis://secret@127.0.0.1:6379/0":         "redis://xxxxx@127.0.0.1:6379/0",
+		"redis://user:se@c/r:et@127.0.0.1:6379/0": "redis://user:xxxxx@127.0.0.1:6379/0",
+		"redis://us/er:secret@127.0.0.1:6379/0":   "redis://xxxxx@127.0.0.1:6379/0",
+		"user:secret@127.0.0.1:6379":              "user:xxxxx@127.0.0.1:6379",
+		"redis://127.0.0.1:99999x/0":              "redis://127.0.0.1:99999x/0",
+		"postgres://h/db?password=se&cret&x=1":    "postgres://h/db?password=xxxxx&x=1",
+		"host=h password='se cret' port=x":        "host=h password=xxxxx port=x",
+		"host=h password=se cret port=x":          "host=h password=xxxxx port=x",
+		"host=h PASSWORD=secret":                  "host=h PASSWORD=xxxxx",
+		"postgres://h/db?sslpassword=secret&a=b":  "postgres://h/db?sslpassword=xxxxx&a=b",
+		"postgres://h/db?pass%77ord=secret":       "postgres://h/db?pass%77ord=xxxxx",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -14,8 +15,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/binding"
@@ -41,9 +46,6 @@ func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
 	mux.HandleFunc("GET /v1/caches/{cache}/{key...}", s.auth("read", s.get))
 	mux.HandleFunc("PUT /v1/caches/{cache}/{key...}", s.auth("write", s.put))
 	mux.HandleFunc("DELETE /v1/caches/{cache}/{key...}", s.auth("write", s.delete))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
 	s.mux = mux
 	return s
 }
@@ -67,7 +69,33 @@ func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any
 }
 
 // Handler returns the API's handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
+
+// serve serves r as the mux does, and answers in JSON where no pattern
+// serves it: 405 method_not_allowed with the mux's Allow header where a
+// pattern takes the path with other methods, else 404 no_route.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" { // a handler, or a redirect to the cleaned path
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	allow := headers{}
+	h.ServeHTTP(allow, r) // the mux's plain-text answer; only its Allow is kept
+	if methods := allow.Header().Get("Allow"); methods != "" {
+		w.Header().Set("Allow", methods)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes %s, not %s", r.URL.Path, methods, r.Method))
+		return
+	}
+	writeError(w, http.StatusNotFound, "no_route", "no such endpoint: "+r.Method+" "+r.URL.Path)
+}
+
+// headers is a ResponseWriter that keeps the headers and drops the rest.
+type headers http.Header
+
+func (h headers) Header() http.Header       { return http.Header(h) }
+func (headers) Write(b []byte) (int, error) { return len(b), nil }
+func (headers) WriteHeader(int)             {}
 
 // Run serves on cfg.Addr until ctx is done, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
@@ -84,7 +112,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	base, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return base }}
 	if len(s.cfg.Keys) == 0 {
 		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
@@ -106,43 +134,50 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // auth lets a request through when it carries a key with scope (in
-// Authorization: Bearer KEY or X-API-Key), comparing in constant time.
+// Authorization: Bearer KEY or X-API-Key), or when no keys are configured.
 func (s *Server) auth(scope string, next http.HandlerFunc) http.HandlerFunc {
 	next = withTimeout(next)
 	return func(w http.ResponseWriter, r *http.Request) {
-		if len(s.cfg.Keys) == 0 {
+		given, key := s.key(r)
+		switch {
+		case s.may(key, scope):
 			next(w, r)
-			return
-		}
-		given := r.Header.Get("X-API-Key")
-		if b, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-			given = b
-		}
-		if given == "" {
+		case given == "":
 			w.Header().Set("WWW-Authenticate", `Bearer realm="cachesync"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "an API key is needed (Authorization: Bearer KEY or X-API-Key)")
-			return
-		}
-		var key *config.APIKey
-		for i := range s.cfg.Keys {
-			// Compare with every key, so timing does not tell which matched.
-			if subtle.ConstantTimeCompare([]byte(given), []byte(s.cfg.Keys[i].Key)) == 1 {
-				key = &s.cfg.Keys[i]
-			}
-		}
-		if key == nil {
+		case key == nil:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="cachesync"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "unknown API key")
-			return
+		default:
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("the API key %q lacks the %s scope", key.Name, scope))
 		}
-		for _, sc := range key.Scopes {
-			if sc == scope {
-				next(w, r)
-				return
-			}
-		}
-		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("the API key %q lacks the %s scope", key.Name, scope))
 	}
+}
+
+// key returns the key r gives (Authorization's bearer token, the scheme
+// in any case as RFC 9110 has it, or else X-API-Key) and the configured key
+// it is, or nil, comparing in constant time.
+func (s *Server) key(r *http.Request) (given string, key *config.APIKey) {
+	auth := r.Header.Get("Authorization")
+	if i := strings.IndexAny(auth, " \t"); i > 0 && strings.EqualFold(auth[:i], "Bearer") {
+		given = strings.TrimLeft(auth[i:], " \t")
+	}
+	if given == "" {
+		given = r.Header.Get("X-API-Key")
+	}
+	for i := range s.cfg.Keys {
+		// Compare with every key, so timing does not tell which matched.
+		if subtle.ConstantTimeCompare([]byte(given), []byte(s.cfg.Keys[i].Key)) == 1 {
+			key = &s.cfg.Keys[i]
+		}
+	}
+	return given, key
+}
+
+// may tells whether key may do what scope allows: any request may when no
+// keys are configured.
+func (s *Server) may(key *config.APIKey, scope string) bool {
+	return len(s.cfg.Keys) == 0 || key != nil && slices.Contains(key.Scopes, scope)
 }
 
 // requestTimeout bounds the work of one request: a dependency that hangs
@@ -161,11 +196,29 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.api.Ping(ctx); err != nil {
+		msg := err.Error()
+		if _, key := s.key(r); !s.may(key, "read") {
+			msg = down(err) + " (a key with the read scope is told why)"
+		}
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		writeError(w, http.StatusServiceUnavailable, "unavailable", msg)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// down says what Ping's error err found unavailable ("redis unavailable",
+// "source db unavailable") without the cause, which may tell how to reach
+// it: user, database, host, port.
+func down(err error) string {
+	if e, ok := err.(interface{ Unwrap() []error }); ok {
+		if errs := e.Unwrap(); len(errs) > 0 {
+			if what, ok := strings.CutSuffix(err.Error(), ": "+errs[len(errs)-1].Error()); ok {
+				return what
+			}
+		}
+	}
+	return "Redis or a source unavailable"
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
@@ -241,27 +294,18 @@ func plain(v any) string {
 // value stays the JSON it was (json.RawMessage), which the API converts
 // for its column's type (a json column keeps its text as written).
 func (s *Server) readRow(w http.ResponseWriter, r *http.Request) (map[string]any, error) {
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
-	dec := json.NewDecoder(body)
-	var raw map[string]json.RawMessage
-	err := dec.Decode(&raw)
-	if err == nil && dec.More() {
-		err = errors.New("more than one JSON value")
-	}
-	if err == nil {
-		_, err = io.Copy(io.Discard, body) // reach the limit check for trailing bytes
-	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
+	if errors.As(err, &tooBig) {
 		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the body exceeds %d bytes", s.cfg.MaxBody))
-	case err != nil:
-		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values: "+err.Error())
-	case raw == nil:
-		err = errors.New("null body")
-		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values")
+		return nil, err
+	}
+	var raw map[string]json.RawMessage
+	if err == nil {
+		raw, err = decodeObject(body)
 	}
 	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_json", "the body must be one JSON object of column values: "+err.Error())
 		return nil, err
 	}
 	row := make(map[string]any, len(raw))
@@ -269,6 +313,61 @@ func (s *Server) readRow(w http.ResponseWriter, r *http.Request) (map[string]any
 		row[k] = v
 	}
 	return row, nil
+}
+
+// decodeObject decodes body: one JSON object in UTF-8 in which, as in
+// every object nested in it, no name appears twice (JSON leaves open which
+// one counts, and readers differ: PostgreSQL's jsonb keeps the last, json
+// both).
+func decodeObject(body []byte) (map[string]json.RawMessage, error) {
+	if !utf8.Valid(body) {
+		return nil, errors.New("it is not UTF-8")
+	}
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return nil, errors.New("it is not an object")
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil { // syntax, depth and what follows the object
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // any number, not only a float64's
+	return raw, twice(dec, 0, "")
+}
+
+// twice reads one JSON value, valid and nested no deeper than
+// json.Unmarshal takes, from dec, and reports a name twice in one object:
+// at depth 0 the row's, deeper in the value of column.
+func twice(dec *json.Decoder, depth int, column string) error {
+	t, err := dec.Token()
+	if err != nil || t != json.Delim('{') && t != json.Delim('[') {
+		return err
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		in := column
+		if t == json.Delim('{') {
+			k, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			name, _ := k.(string)
+			switch {
+			case seen[name] && depth == 0:
+				return fmt.Errorf("the field %q appears twice", name)
+			case seen[name]:
+				return fmt.Errorf("the name %q appears twice in one object in the value of %q", name, column)
+			case depth == 0:
+				in = name
+			}
+			seen[name] = true
+		}
+		if err := twice(dec, depth+1, in); err != nil {
+			return err
+		}
+	}
+	_, err = dec.Token() // the closing } or ]
+	return err
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
@@ -282,6 +381,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 // fail answers with the status and code of err.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var rowErr *cachesync.RowError
+	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, cachesync.ErrUnknownCache):
 		writeError(w, http.StatusNotFound, "unknown_cache", err.Error())
@@ -295,6 +395,10 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "bad_row", err.Error())
 	case errors.As(err, &rowErr):
 		writeError(w, http.StatusUnprocessableEntity, "row_refused", err.Error())
+	case errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22"):
+		// A data exception outside a write: PostgreSQL refused a value of
+		// the key that its type does not take (an enum's unknown label).
+		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
 	case errors.Is(err, cachesync.ErrNotApplied):
 		writeError(w, http.StatusAccepted, "not_applied", err.Error())
 	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

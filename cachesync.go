@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +34,11 @@ import (
 var (
 	ErrNotFound     = errors.New("not found")
 	ErrUnknownCache = errors.New("unknown cache")
-	ErrBadKey       = errors.New("key does not fit the cache's key template")
+	// ErrBadKey is a key that is not one of the cache's: it does not fit
+	// the template, holds no value of a key column, or spells a value
+	// otherwise than the change feed writes its row's key ("x:01" for
+	// "x:1"): every row has exactly one key.
+	ErrBadKey = errors.New("bad key")
 	// ErrUnavailable wraps a failure to reach Redis or PostgreSQL: worth a retry.
 	ErrUnavailable = errors.New("unavailable")
 )
@@ -174,7 +179,19 @@ func (c *Client) open(ctx context.Context) error {
 		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source],
 			stats: &CacheStats{Gets: latency.New(latency.Fast)}}
 	}
-	return nil
+	bindings := map[string]*binding.Binding{}
+	for name, ca := range c.caches {
+		bindings[name] = ca.b
+	}
+	return schema.CheckKeyspaces(bindings)
+}
+
+// ParseKey returns the key column values of key in cache name (in the
+// template's order), or an error wrapping ErrBadKey or ErrUnknownCache:
+// what the HTTP API checks before it writes a row a key names.
+func (c *Client) ParseKey(name, key string) ([]string, error) {
+	_, values, err := c.cache(name, key)
+	return values, err
 }
 
 // Close stops background refreshes and releases the connections.
@@ -192,9 +209,9 @@ func (c *Client) cache(name, key string) (*cache, []string, error) {
 	if !ok {
 		return nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	values, ok := ca.cfg.Template.Parse(key)
-	if !ok {
-		return nil, nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
+	values, err := ca.b.ParseKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cache %q: %w: %w", name, ErrBadKey, err)
 	}
 	return ca, values, nil
 }
@@ -404,6 +421,12 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, pgFailure(err))
 	}
+	if row == nil && !ca.b.ExactKeys() {
+		// Another spelling of a row's key may name no row yet and one
+		// later: remember nothing (ParseKey cannot tell 1.5 from 1.50).
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
+	}
 	if row == nil {
 		n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now())
 		if err != nil {
@@ -413,6 +436,10 @@ func (c *Client) load(ctx context.Context, ca *cache, key string, values []strin
 			return nil, errQueued
 		}
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
+	}
+	if err := ca.ownKey(key, row); err != nil {
+		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		return nil, err
 	}
 	v, err := ca.b.Encode(row)
 	if err != nil {
@@ -445,11 +472,24 @@ func (c *Client) loadLocked(ctx context.Context, ca *cache, key string, values [
 	if row == nil {
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
+	if err := ca.ownKey(key, row); err != nil {
+		return nil, err
+	}
 	v, err := ca.b.Encode(row)
 	if err != nil {
 		return ca.unstored(key, err)
 	}
 	return v.Result(ca.cfg.Format), nil
+}
+
+// ownKey refuses a row found by key that is not the row's own key:
+// PostgreSQL found it by a value equal to, but spelled otherwise than, the
+// row's (1.50 for 1.5), which ParseKey cannot tell for every type.
+func (ca *cache) ownKey(key string, row [][]byte) error {
+	if own, err := ca.b.Key(row); err != nil || own != key {
+		return fmt.Errorf("cache %q: %w: key %q is %w: it is %q", ca.cfg.Name, ErrBadKey, key, binding.ErrKeySpelling, own)
+	}
+	return nil
 }
 
 // queued returns the value of key's queued write-behind write; ok is false
@@ -478,12 +518,18 @@ func (ca *cache) unstored(key string, err error) ([]byte, error) {
 	return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, err)
 }
 
-// pgFailure classifies an error of PostgreSQL truthfully: unavailable
-// (worth a retry elsewhere) when it cannot be reached or ended the
-// session, else as it is (a row a writer holds, a statement refused).
+// pgFailure classifies an error of PostgreSQL reading a key's row
+// truthfully: unavailable (worth a retry elsewhere) when it cannot be
+// reached or ended the session; a bad key when PostgreSQL refused a key
+// value as data (SQLSTATE class 22: out of range, invalid text); else as
+// it is (a row a writer holds, a statement refused).
 func pgFailure(err error) error {
-	if pgUnreachable(err) {
+	var pgErr *pgconn.PgError
+	switch {
+	case pgUnreachable(err):
 		return fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
+	case errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22"):
+		return fmt.Errorf("%w: %s (SQLSTATE %s)", ErrBadKey, pgErr.Message, pgErr.Code)
 	}
 	return fmt.Errorf("postgres: %w", err)
 }
@@ -521,9 +567,9 @@ func (c *Client) refill(ctx context.Context, ca *cache, key string) error {
 	if !ca.complete() {
 		return nil
 	}
-	values, ok := ca.cfg.Template.Parse(key)
-	if !ok {
-		return fmt.Errorf("key %q: %w %s", key, ErrBadKey, ca.cfg.Template)
+	values, err := ca.b.ParseKey(key)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadKey, err)
 	}
 	// A fill of its own: one in flight began before the invalidation, which
 	// ended its lease.

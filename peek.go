@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -64,10 +65,11 @@ func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte
 // change feed may already have applied is missed; it needs the UPDATE
 // privilege and briefly holds up writers of those rows.
 func (c *Client) Want(ctx context.Context, name string, keys []string, forShare bool) ([][]byte, error) {
-	ca, values, err := c.parseKeys(name, keys)
+	ca, values, _, err := c.parseKeys(name, keys)
 	if err != nil {
 		return nil, err
 	}
+	values = slices.DeleteFunc(values, func(v []string) bool { return v == nil }) // no row is any other key's
 	rows, err := ca.loader.LoadRows(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, forShare)
 	if err != nil {
 		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
@@ -85,19 +87,21 @@ func (c *Client) Want(ctx context.Context, name string, keys []string, forShare 
 	return out, nil
 }
 
-// parseKeys returns cache name and the column values of each key.
-func (c *Client) parseKeys(name string, keys []string) (*cache, [][]string, error) {
+// parseKeys returns cache name and the column values of each key: nil for
+// a key that is none of the cache's rows' (ParseKey), such as another
+// spelling of a row's key that an older version wrote, listed in bad.
+func (c *Client) parseKeys(name string, keys []string) (ca *cache, values [][]string, bad []int, err error) {
 	ca, ok := c.caches[name]
 	if !ok {
-		return nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+		return nil, nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	values := make([][]string, len(keys))
+	values = make([][]string, len(keys))
 	for i, key := range keys {
-		if values[i], ok = ca.cfg.Template.Parse(key); !ok {
-			return nil, nil, fmt.Errorf("cache %q: key %q: %w %s", name, key, ErrBadKey, ca.cfg.Template)
+		if values[i], err = ca.b.ParseKey(key); err != nil {
+			bad = append(bad, i)
 		}
 	}
-	return ca, values, nil
+	return ca, values, bad, nil
 }
 
 // EachRow calls fn with the key and value (as Get returns it) of every row

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,10 +40,42 @@ type Reloaded struct {
 // write-behind cache all keys, are reloaded under leases instead, as Get's
 // fill does.
 func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
-	ca, values, err := c.parseKeys(name, keys)
-	if err != nil {
-		return Reloaded{Wrote: make([]bool, len(keys))}, err
+	ca, values, bad, err := c.parseKeys(name, keys)
+	if err != nil || len(bad) == 0 {
+		if err != nil {
+			return Reloaded{Wrote: make([]bool, len(keys))}, err
+		}
+		return c.reload(ctx, ca, keys, values, present)
 	}
+	// A key that is none of the cache's rows' (another spelling of a
+	// row's key, written by an older version) is a stale copy: removed,
+	// with its expiry record, as an invalidation removes a key.
+	for _, i := range bad {
+		if err := c.invalidate(ctx, ca, keys[i]); err != nil {
+			return Reloaded{Wrote: make([]bool, len(keys))}, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+		}
+	}
+	c.opts.Logger.Warn("reload: removed keys that are not the cache's own spelling of a row's key", "cache", name, "keys", len(bad), "first", keys[bad[0]])
+	good, goodValues := slices.Clone(keys), slices.Clone(values)
+	for j := len(bad) - 1; j >= 0; j-- {
+		good, goodValues = slices.Delete(good, bad[j], bad[j]+1), slices.Delete(goodValues, bad[j], bad[j]+1)
+	}
+	sub, err := c.reload(ctx, ca, good, goodValues, present)
+	done := sub
+	done.Wrote = make([]bool, len(keys))
+	done.Skipped += len(bad)
+	for i, j := 0, 0; i < len(keys); i++ {
+		if slices.Contains(bad, i) {
+			continue
+		}
+		done.Wrote[i] = sub.Wrote[j]
+		j++
+	}
+	return done, err
+}
+
+// reload is Reload of keys that are the cache's, with their values.
+func (c *Client) reload(ctx context.Context, ca *cache, keys []string, values [][]string, present bool) (Reloaded, error) {
 	action := binding.ClaimRecord
 	switch {
 	case present && ca.cfg.Sync == config.SyncChangefeed:
@@ -180,20 +213,13 @@ func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values
 	var fills []binding.Fill
 	var of []int
 	for _, i := range load {
-		row, ok := byKey[keys[i]]
-		if !ok {
-			// Not among the rows by its rendering: a key spelled unlike
-			// PostgreSQL prints its values ("item:01") still has its row.
-			row, err = ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values[i], true)
-			if pgsource.RowLocked(err) {
-				continue // skipped, as above
-			}
-			if err != nil {
-				return nil, nil, fmt.Errorf("cache %q: %w", name, pgFailure(err))
-			}
-		}
+		// A row PostgreSQL found by a value equal to but spelled otherwise
+		// than the key's (1.50 for 1.5) is not among them: not its key.
+		row := byKey[keys[i]]
 		var v *binding.Value
-		negative := ca.cfg.NotFound == config.NotFoundNegative
+		// (Where ParseKey cannot tell a row's key from another spelling
+		// of it, no "not found" marker: the row may be there.)
+		negative := ca.cfg.NotFound == config.NotFoundNegative && ca.b.ExactKeys()
 		if row != nil {
 			enc, err := ca.b.Encode(row)
 			switch {

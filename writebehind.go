@@ -66,7 +66,7 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	rowJSON := []byte{'{'}
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // checkRow checked it
-		t, err := inputText(col, row[name])
+		t, err := inputText(ca.cfg.Format, col, row[name])
 		if err != nil {
 			return "", fmt.Errorf("cache %q: %w: column %q: %w", ca.cfg.Name, ErrBadRow, name, err)
 		}
@@ -92,11 +92,13 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	for i, col := range ca.cols {
 		text[i] = inputs[col]
 	}
-	keyBytes, err := ca.cfg.Template.Render(nil, text[:len(ca.cfg.Template.Columns())])
+	if err := ca.b.Respell(text); err != nil {
+		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+	}
+	key, err := ca.b.Key(text)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
-	key := string(keyBytes)
 	v, err := ca.b.EncodeGiven(text)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)

@@ -39,10 +39,12 @@ type Spec struct {
 // FieldSpec names one output field and the column it comes from.
 type FieldSpec struct{ Name, Column string }
 
-// Column is a column of a row layout: its name and type OID.
+// Column is a column of a row layout: its name, type OID and modifier
+// (-1 for none).
 type Column struct {
 	Name    string
 	TypeOID uint32
+	Typmod  int32
 }
 
 // Binding is a Spec resolved against one row layout (the columns of a
@@ -50,8 +52,9 @@ type Column struct {
 // place where a row becomes a Redis key and value.
 type Binding struct {
 	Spec
-	keyIdx []int
-	enc    Encoder
+	keyIdx   []int
+	keyTypes []Column // the key columns, in template order
+	enc      Encoder
 }
 
 // New resolves spec against cols; errors name the config field at fault.
@@ -71,6 +74,7 @@ func New(spec Spec, cols []Column) (*Binding, error) {
 			return nil, &SpecError{Field: "key", Err: fmt.Errorf("column %q does not exist in %s", name, spec.Table)}
 		}
 		b.keyIdx = append(b.keyIdx, i)
+		b.keyTypes = append(b.keyTypes, cols[i])
 	}
 	fields := spec.Fields
 	if len(fields) == 0 {
@@ -291,13 +295,13 @@ var clearPassed func(prefix string)
 // clear removes the keys of this binding with prefix (a companion kind).
 func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {
 	pattern := prefix + b.Spec.Key.Pattern()
-	owns := func(k string) bool { _, ok := b.Spec.Key.Parse(k); return ok }
+	owns := func(k string) bool { _, err := b.ParseKey(k); return err == nil }
 	if prefix != "" {
 		pattern = prefix + "*"
 		owns = func(k string) bool {
 			// Ours when any key named by it is: removing another key's
 			// lease, marker or stale copy is always safe.
-			return slices.ContainsFunc(companionsOf(prefix, k), func(u string) bool { _, ok := b.Spec.Key.Parse(u); return ok })
+			return slices.ContainsFunc(companionsOf(prefix, k), func(u string) bool { _, err := b.ParseKey(u); return err == nil })
 		}
 	}
 	n := 0

@@ -72,6 +72,9 @@ func ParseTemplate(s string) (*Template, error) {
 	if len(t.cols) == 0 {
 		return nil, templateErr(s, "no {column} placeholder; a key template needs at least one")
 	}
+	if strings.HasPrefix(t.lits[0], Reserved) {
+		return nil, templateErr(s, "keys beginning %q are cachesync's own", Reserved)
+	}
 	t.lits = append(t.lits, lit.String())
 	t.pattern = buildPattern(t.lits)
 	return t, nil
@@ -129,7 +132,8 @@ func (t *Template) Pattern() string { return t.pattern }
 // follows its placeholder, or that ends with a prefix of that text in a way that
 // would make Parse split the key earlier (for "{a}::{b}", a="x:" is rejected because
 // "x:::y" parses as a="x"). The last placeholder's value may contain anything.
-// Empty values are allowed. On error dst is returned with its original length.
+// Empty values are allowed. A key of cachesync's own (Reserved) is refused.
+// On error dst is returned with its original length.
 func (t *Template) Render(dst []byte, values [][]byte) ([]byte, error) {
 	if len(values) != len(t.cols) {
 		return dst, fmt.Errorf("binding: key template %q: got %d values for %d columns", t.src, len(values), len(t.cols))
@@ -152,6 +156,9 @@ func (t *Template) Render(dst []byte, values [][]byte) ([]byte, error) {
 				t.src, quoteShort(v), t.cols[i], next)
 		}
 	}
+	if bytes.HasPrefix(dst[orig:], []byte(Reserved)) {
+		return dst[:orig], fmt.Errorf("binding: key template %q: the key %s would be one of cachesync's own (%s*)", t.src, quoteShort(dst[orig:]), Reserved)
+	}
 	return dst, nil
 }
 
@@ -164,12 +171,13 @@ func quoteShort(v []byte) string {
 }
 
 // Parse inverts Render: it returns the column values (in Columns order) encoded in
-// key, or false if key does not match the template. Each placeholder but the last
+// key, or false if key does not match the template or is one of cachesync's
+// own (Reserved). Each placeholder but the last
 // takes the text up to the first occurrence of the literal after it; the last takes
 // the rest minus the trailing literal. For every key Render produced, Parse returns
 // exactly the rendered values, and Render of a successful Parse yields key again.
 func (t *Template) Parse(key string) ([]string, bool) {
-	if !strings.HasPrefix(key, t.lits[0]) {
+	if !strings.HasPrefix(key, t.lits[0]) || strings.HasPrefix(key, Reserved) {
 		return nil, false
 	}
 	pos := len(t.lits[0])

@@ -250,9 +250,9 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_mode", fmt.Sprintf("mode %q is not through or behind", mode))
 		return
 	}
-	values, ok := c.Template.Parse(key)
-	if !ok {
-		writeError(w, http.StatusBadRequest, "bad_key", fmt.Sprintf("key %q does not fit the template %s", key, c.Template))
+	values, err := s.api.ParseKey(name, key)
+	if err != nil {
+		s.fail(w, err)
 		return
 	}
 	row, err := s.readRow(w, r)

@@ -121,7 +121,7 @@ func (l *Listener) fill(ctx context.Context, key string) {
 	}
 	l.Stats.Filled.Add(1)
 	err := l.api.Fill(ctx, cache.Name, key)
-	if err != nil && !errors.Is(err, cachesync.ErrNotFound) && ctx.Err() == nil {
+	if err != nil && !errors.Is(err, cachesync.ErrNotFound) && !errors.Is(err, cachesync.ErrBadKey) && ctx.Err() == nil {
 		l.Stats.Errors.Add(1)
 		l.log.Error("fill on keymiss failed", "cache", cache.Name, "key", key, "err", err)
 	}

@@ -23,6 +23,9 @@ type Column struct {
 	// Declared is the type with its modifiers (numeric(6,2), character(5)):
 	// a value cast to it prints as the column would print it once stored.
 	Declared string
+	// Typmod is the type's modifier (atttypmod, through domains): -1 for
+	// none, else as the type encodes it (character(5): 9).
+	Typmod int32
 }
 
 // Table is a source table's shape, read from the live catalog.
@@ -106,15 +109,16 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	// Domains are followed to their base type, so values are formatted by
 	// what they hold. Generated columns are left out: pgoutput never sends them.
 	rows, err := conn.Query(ctx, `
-		WITH RECURSIVE base(attnum, typ, depth) AS (
-			SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
+		WITH RECURSIVE base(attnum, typ, typmod, depth) AS (
+			SELECT a.attnum, a.atttypid, a.atttypmod, 0 FROM pg_attribute a
 			WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 			UNION ALL
-			SELECT b.attnum, t.typbasetype, b.depth + 1 FROM base b JOIN pg_type t ON t.oid = b.typ
+			SELECT b.attnum, t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE b.typmod END, b.depth + 1
+			FROM base b JOIN pg_type t ON t.oid = b.typ
 			WHERE t.typtype = 'd')
-		SELECT a.attname, (SELECT typ FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1),
-			format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod)
+		SELECT a.attname, b.typ, b.typmod, format_type(a.atttypid, -1), format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a
+		CROSS JOIN LATERAL (SELECT typ, typmod FROM base b WHERE b.attnum = a.attnum ORDER BY depth DESC LIMIT 1) b
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, t.OID)
 	if err != nil {
@@ -122,7 +126,7 @@ func LoadTable(ctx context.Context, conn *pgx.Conn, table string) (*Table, error
 	}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Type, &c.Declared); err != nil {
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.Typmod, &c.Type, &c.Declared); err != nil {
 			return nil, fmt.Errorf("table %s: columns: %w", table, err)
 		}
 		t.Columns = append(t.Columns, c)

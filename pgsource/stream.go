@@ -245,7 +245,7 @@ func (s *Stream) decode(ctx context.Context, out chan<- *Txn, cur *Txn, xld pglo
 	case *pglogrepl.RelationMessage:
 		rel := &Relation{OID: m.RelationID, Name: m.Namespace + "." + m.RelationName}
 		for _, c := range m.Columns {
-			rel.Columns = append(rel.Columns, Column{Name: c.Name, TypeOID: c.DataType})
+			rel.Columns = append(rel.Columns, Column{Name: c.Name, TypeOID: c.DataType, Typmod: c.TypeModifier})
 		}
 		s.rels[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:

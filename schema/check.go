@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -24,12 +25,16 @@ import (
 // row's key could not be found).
 func CheckTable(c *config.Cache, t *pgsource.Table) error {
 	field := "caches." + c.Name
-	if _, err := binding.New(c.Spec(), BindingColumns(t.Columns)); err != nil {
+	b, err := binding.New(c.Spec(), BindingColumns(t.Columns))
+	if err != nil {
 		var se *binding.SpecError
 		if errors.As(err, &se) {
 			return config.FieldError(field+"."+se.Field, "%v", se.Err)
 		}
 		return config.FieldError(field, "%v", err)
+	}
+	if err := checkKeyspace(c, b); err != nil {
+		return config.FieldError(field+".key", "%v", err)
 	}
 	if !t.Identifies(c.Template.Columns()) {
 		keys := "it has no unique key"
@@ -53,6 +58,40 @@ func CheckTable(c *config.Cache, t *pgsource.Table) error {
 	}
 	if len(missing) > 0 {
 		return config.FieldError(field+".key", "%s", identityAdvice(t, c.Template.Columns(), missing))
+	}
+	return nil
+}
+
+// checkKeyspace refuses a cache whose keys could be taken for others': a
+// change-feed cache clears every key its template can produce when it is
+// rebuilt or its table truncated, so none may be cachesync's own (a bare
+// "{k}" of text could be any key at all); and write-behind keys each queued
+// write by the key as given, so each row must have one spelling of it.
+func checkKeyspace(c *config.Cache, b *binding.Binding) error {
+	if k, ok := binding.OverlapReserved(b); ok && c.Sync == config.SyncChangefeed {
+		return fmt.Errorf("template %s can produce keys that are not this cache's own, such as %q (cachesync's): "+
+			"a rebuild or a TRUNCATE clears every key the template can produce; give the keys a prefix of their own, such as %q",
+			c.Template, k, c.Name+":"+c.Template.String())
+	}
+	if c.Writes == config.WritesBehind && !b.ExactKeys() {
+		return fmt.Errorf("write-behind needs key columns whose values PostgreSQL prints one way (integers, text, uuid, numeric(p,s)...); "+
+			"a column of %s has several spellings of one value", c.Table)
+	}
+	return nil
+}
+
+// CheckKeyspaces refuses two caches whose templates can produce the same
+// key: each would take the other's keys for its own (and clear them, or
+// fill them with its rows). bindings maps cache names to their bindings.
+func CheckKeyspaces(bindings map[string]*binding.Binding) error {
+	names := slices.Sorted(maps.Keys(bindings))
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			if k, ok := binding.Overlap(bindings[a], bindings[b]); ok {
+				return config.FieldError("caches."+b+".key", "caches %s (%s) and %s (%s) can both produce the key %q: give each a prefix of its own",
+					a, bindings[a].Spec.Key, b, bindings[b].Spec.Key, k)
+			}
+		}
 	}
 	return nil
 }
@@ -176,12 +215,13 @@ func checkRenderable(tmpl *binding.Template, t *pgsource.Table) error {
 func BindingColumns(cols []pgsource.Column) []binding.Column {
 	out := make([]binding.Column, len(cols))
 	for i, c := range cols {
-		out[i] = binding.Column{Name: c.Name, TypeOID: c.TypeOID}
+		out[i] = binding.Column{Name: c.Name, TypeOID: c.TypeOID, Typmod: c.Typmod}
 	}
 	return out
 }
 
-// LoadTables reads and checks the tables of caches against the live schema.
+// LoadTables reads and checks the tables of caches against the live
+// schema, and that no two of them can produce the same key.
 func LoadTables(ctx context.Context, db *pgx.Conn, caches []*config.Cache) (map[string]*pgsource.Table, error) {
 	tables := map[string]*pgsource.Table{}
 	for _, c := range caches {
@@ -204,6 +244,13 @@ func LoadTables(ctx context.Context, db *pgx.Conn, caches []*config.Cache) (map[
 			return nil, err
 		}
 	}
+	bindings := map[string]*binding.Binding{}
+	for _, c := range caches {
+		bindings[c.Name], _ = binding.New(c.Spec(), BindingColumns(tables[c.Table].Columns)) // CheckTable built it
+	}
+	if err := CheckKeyspaces(bindings); err != nil {
+		return nil, err
+	}
 	return tables, nil
 }
 
@@ -216,7 +263,7 @@ func SelectBinding(c *config.Cache, t *pgsource.Table) (*binding.Binding, []stri
 	layout := make([]binding.Column, len(cols))
 	for i, name := range cols {
 		col, _ := t.Column(name)
-		layout[i] = binding.Column{Name: col.Name, TypeOID: col.TypeOID}
+		layout[i] = binding.Column{Name: col.Name, TypeOID: col.TypeOID, Typmod: col.Typmod}
 	}
 	b, err := binding.New(spec, layout)
 	if err != nil {

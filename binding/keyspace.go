@@ -1,0 +1,225 @@
+package binding
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cachesync/cachesync/pgtext"
+)
+
+// Reserved is the prefix of cachesync's own keys (state, leases, markers,
+// queues): no cache's key may have it. Parse refuses such a key and
+// Render a row that would give one, whatever the template.
+const Reserved = "cachesync:"
+
+// ErrKeySpelling is ParseKey's refusal of a key that names a row under a
+// spelling other than the change feed's: "x:01" for the row whose key is
+// "x:1". Such a key would be a second, stale copy of the row.
+var ErrKeySpelling = errors.New("spelled otherwise than its row's key")
+
+// ParseKey returns the key column values of key, or why key is not one
+// of this binding's keys: it does not fit the template, or a value is no
+// value of its column's type, or is not spelled as PostgreSQL prints it
+// (ErrKeySpelling, naming the key as it is spelled).
+func (b *Binding) ParseKey(key string) ([]string, error) {
+	values, ok := b.Spec.Key.Parse(key)
+	if !ok {
+		return nil, fmt.Errorf("key %q does not fit the template %s", key, b.Spec.Key)
+	}
+	var canon [][]byte // made when a value is spelled otherwise
+	for i, v := range values {
+		c, err := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: column %s: %q is %v", key, b.keyTypes[i].Name, v, err)
+		}
+		if c != v && canon == nil {
+			canon = make([][]byte, len(values))
+			for j, v := range values {
+				canon[j] = []byte(v)
+			}
+		}
+		if canon != nil {
+			canon[i] = []byte(c)
+		}
+	}
+	if canon == nil {
+		return values, nil
+	}
+	if k, err := b.Spec.Key.Render(nil, canon); err == nil {
+		return nil, fmt.Errorf("key %q is %w: it is %q", key, ErrKeySpelling, k)
+	}
+	return nil, fmt.Errorf("key %q is %w", key, ErrKeySpelling)
+}
+
+// ExactKeys tells a binding whose every key column has one spelling per
+// value (pgtext.Exact: integers, text, uuid, numeric with a scale...), so
+// that ParseKey alone tells a row's key from another spelling of it; for a
+// column such as a numeric without a scale (1.5 and 1.50 are one value)
+// only the row can.
+func (b *Binding) ExactKeys() bool {
+	for _, c := range b.keyTypes {
+		if !pgtext.Exact(c.TypeOID, c.Typmod) {
+			return false
+		}
+	}
+	return true
+}
+
+// Overlap returns a key that the bindings a and b can both produce, or
+// false when none exists: each placeholder stands for any text its
+// column's type can print (pgtext.KeyBytes), so "user:{id}" (an integer)
+// and "user:{id}:orders" cannot meet, while with a text id they can.
+func Overlap(a, b *Binding) (string, bool) {
+	return intersect(globOf(a.Spec.Key, a.keyTypes), globOf(b.Spec.Key, b.keyTypes))
+}
+
+// OverlapReserved returns a key of cachesync's own (Reserved) that b's
+// template would produce were Parse not to refuse it, or false.
+func OverlapReserved(b *Binding) (string, bool) {
+	return intersect(globOf(b.Spec.Key, b.keyTypes), append(literal(Reserved), token{any: true}))
+}
+
+// token is one step of a key pattern: a literal byte, or any number of
+// bytes from a set (nil: any byte).
+type token struct {
+	lit  byte
+	star bool
+	any  bool
+	set  *[256]bool
+}
+
+func (t token) accepts(c byte) bool { return t.any || t.set != nil && t.set[c] }
+
+func literal(s string) []token {
+	out := make([]token, len(s))
+	for i := range len(s) {
+		out[i] = token{lit: s[i]}
+	}
+	return out
+}
+
+// globOf is the pattern of t's keys: its literals, and for each placeholder
+// one byte its column can print, then any more (an empty text is a value,
+// so a placeholder of any byte may be empty).
+func globOf(t *Template, types []Column) []token {
+	var out []token
+	for i, l := range t.lits {
+		out = append(out, literal(l)...)
+		if i == len(t.cols) {
+			break
+		}
+		set := pgtext.KeyBytes(types[i].TypeOID)
+		if set == nil {
+			out = append(out, token{star: true, any: true})
+			continue
+		}
+		out = append(out, token{set: set}, token{star: true, set: set})
+	}
+	return out
+}
+
+// intersect finds a string both patterns match, by a breadth-first walk of
+// the pairs of their positions; it returns the first it finds.
+func intersect(p, q []token) (string, bool) {
+	type pos struct{ i, j int }
+	type step struct {
+		from pos
+		c    byte
+		eps  bool
+	}
+	prev := map[pos]step{}
+	start := pos{}
+	seen := map[pos]bool{start: true}
+	queue := []pos{start}
+	visit := func(to, from pos, c byte, eps bool) {
+		if !seen[to] {
+			seen[to] = true
+			prev[to] = step{from, c, eps}
+			queue = append(queue, to)
+		}
+	}
+	for len(queue) > 0 {
+		at := queue[0]
+		queue = queue[1:]
+		if at.i == len(p) && at.j == len(q) {
+			var b []byte
+			for at != start {
+				s := prev[at]
+				if !s.eps {
+					b = append(b, s.c)
+				}
+				at = s.from
+			}
+			for l, r := 0, len(b)-1; l < r; l, r = l+1, r-1 {
+				b[l], b[r] = b[r], b[l]
+			}
+			return string(b), true
+		}
+		// A star may match nothing.
+		if at.i < len(p) && p[at.i].star {
+			visit(pos{at.i + 1, at.j}, at, 0, true)
+		}
+		if at.j < len(q) && q[at.j].star {
+			visit(pos{at.i, at.j + 1}, at, 0, true)
+		}
+		if at.i == len(p) || at.j == len(q) {
+			continue
+		}
+		for _, c := range byteOrder {
+			pi, ok := advance(p[at.i], at.i, c)
+			if !ok {
+				continue
+			}
+			qj, ok := advance(q[at.j], at.j, c)
+			if ok {
+				visit(pos{pi, qj}, at, c, false)
+			}
+		}
+	}
+	return "", false
+}
+
+// advance is where a pattern at token t (position i) goes on byte c.
+func advance(t token, i int, c byte) (int, bool) {
+	switch {
+	case t.star && t.accepts(c):
+		return i, true
+	case t.star:
+		return 0, false
+	case t.any || t.set != nil:
+		return i + 1, t.accepts(c)
+	}
+	return i + 1, t.lit == c
+}
+
+// byteOrder tries readable bytes first, so an example key reads well.
+var byteOrder = func() []byte {
+	var out []byte
+	readable := "abcdefghijklmnopqrstuvwxyz0123456789"
+	out = append(out, readable...)
+	for c := 0; c < 256; c++ {
+		if !strings.ContainsRune(readable, rune(c)) {
+			out = append(out, byte(c))
+		}
+	}
+	return out
+}()
+
+// Respell replaces the key columns of row, a row a writer gave, with their
+// spellings as PostgreSQL prints them ("01" becomes "1"), so that the row's
+// key is the one the change feed writes for it; the error names a value
+// that is no value of its column.
+func (b *Binding) Respell(row [][]byte) error {
+	for n, i := range b.keyIdx {
+		if row[i] == nil {
+			continue // Render refuses NULL
+		}
+		c, err := pgtext.Canonical(b.keyTypes[n].TypeOID, b.keyTypes[n].Typmod, string(row[i]))
+		if err != nil {
+			return fmt.Errorf("column %s: %q is %v", b.keyTypes[n].Name, row[i], err)
+		}
+		row[i] = []byte(c)
+	}
+	return nil
+}

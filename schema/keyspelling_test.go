@@ -1,0 +1,73 @@
+package schema_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/pgtext"
+)
+
+// TestKeySpelling holds pgtext.Canonical to PostgreSQL itself, in the
+// session the change feed reads in, for every type a key column has: a
+// spelling it calls exact is PostgreSQL's output for the value, and every
+// output of PostgreSQL is a spelling it accepts as it is.
+func TestKeySpelling(t *testing.T) {
+	_, url := pg.Database(t, "keyspelling", `
+		CREATE TABLE k (i2 int2, i4 int, i8 bigint, n numeric(5,2), n0 numeric, t text, v varchar(3), c char(4),
+			b bool, u uuid, d date, ts timestamp, ts0 timestamp(0), tz timestamptz, nm name)`)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range pgsource.SessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	ctx := context.Background()
+	db, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	tbl, err := pgsource.LoadTable(ctx, db, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs := map[string][]string{
+		"i2":  {"1", "01", "+1", " 1", "-0", "40000", "-32768", "1_0", "0x10", "a\x00b"},
+		"i4":  {"1", "01", "0001", "1 ", "99999999999", "-2147483648", "2147483648", "1.0"},
+		"i8":  {"9223372036854775807", "-9223372036854775808", "09", "1e3"},
+		"n":   {"1.50", "1.5", "1.505", "-1.505", "-0.001", "1e2", "999.995", "999.99", "nan", "NaN", "Infinity", "0", "-0.00", ".5", "5."},
+		"n0":  {"1.50", "1.5"},
+		"t":   {" two words ", "a\xffb", "", "x:y"},
+		"v":   {"abc", "abcd", "ab "},
+		"c":   {"ab", "ab  ", "ab   ", "abcd", "abcde", " a"},
+		"b":   {"t", "f", "true", "yes", "0", "maybe"},
+		"u":   {"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "{a0eebc999c0b4ef8bb6d6bb9bd380a11}", "a0eebc99"},
+		"d":   {"2026-01-02", "2026-1-2", "2026-02-29", "2024-02-29", "0001-02-29 BC", "0044-03-15 BC", "infinity", "-infinity", "10000-01-01", "Jan 2 2026", "0099-01-01", "99-01-01", "20260102", "2026/1/2", "2026-1-02"},
+		"ts":  {"2026-01-02 03:04:05", "2026-01-02 03:04:05.5", "2026-01-02 03:04:05.50", "2026-01-02 03:04:05.1234567", "2026-01-02T03:04:05", "2026-01-02T03:04:05.250", "2026-01-02 24:00:00", "2026-01-02 03:04:60", "infinity"},
+		"ts0": {"2026-01-02 03:04:05", "2026-01-02 03:04:05.5"},
+		"tz":  {"2026-01-02 03:04:05+00", "2026-01-02 03:04:05.5+00", "2026-01-02 03:04:05.50+00", "2026-01-02T03:04:05Z", "2026-01-02 03:04:05+01", "2026-01-02 03:04:05.000-05:30", "2026-01-02T03:04:05.123456+00:00", "0044-03-15 12:00:00+00 BC", "-infinity"},
+		"nm":  {"short", string(make([]byte, 70))},
+	}
+	for name, values := range inputs {
+		col, _ := tbl.Column(name)
+		typmod := col.Typmod
+		for _, s := range values {
+			var out *string
+			pgErr := db.QueryRow(ctx, "SELECT format('%s', $1::text::"+col.Declared+")", s).Scan(&out)
+			canon, err := pgtext.Canonical(col.TypeOID, typmod, s)
+			exact := pgtext.Exact(col.TypeOID, typmod)
+			switch {
+			case err == nil && exact && pgErr != nil:
+				t.Errorf("%s %q: spelled %q, but PostgreSQL refuses it: %v", col.Declared, s, canon, pgErr)
+			case err == nil && exact && *out != canon:
+				t.Errorf("%s %q: spelled %q, but PostgreSQL prints %q", col.Declared, s, canon, *out)
+			case pgErr == nil && *out == s && (err != nil || canon != s):
+				t.Errorf("%s %q: PostgreSQL prints it so, but Canonical says %q, %v", col.Declared, s, canon, err)
+			}
+		}
+	}
+}

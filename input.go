@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/pgsource"
 	"github.com/cachesync/cachesync/pgtext"
 )
@@ -20,9 +22,13 @@ import (
 // their column, one way for both, so both take the same values, and every
 // value a Get of a JSON cache returns is taken back as it was: a string as
 // it is (PostgreSQL parses it: "2026-01-02T03:04:05+05:30", "yes", "NaN"),
-// numbers and booleans, null; for bytea a base64 string (as Get returns
-// it) or \x hex; for json and jsonb any JSON value (a string is taken as
-// JSON text); for an array a JSON array (or PostgreSQL's array text).
+// numbers for number columns and booleans for boolean ones, null; for
+// bytea a base64 string (as Get returns it) or \x hex; for json and jsonb
+// any JSON value (a string is a JSON string, but in a hash cache, whose
+// Get returns every field as a string, it is the field's JSON text); for
+// an array a JSON array (or PostgreSQL's array text). A JSON value of
+// another kind (true for a text column, an object for a number) is
+// refused, as is a NUL character, which PostgreSQL's text cannot hold.
 // Go's time.Time and []byte are taken too.
 
 // isJSON tells the json and jsonb types, whose values are JSON text.
@@ -34,20 +40,20 @@ func isNull(v any) bool {
 	return v == nil || ok && string(bytes.TrimSpace(raw)) == "null"
 }
 
-// inputText gives the input text of v for column col; nil is NULL. A
-// json.RawMessage (how the HTTP API passes a body's values) is taken as
-// the JSON value it holds, and a json column keeps its text as written.
-func inputText(col pgsource.Column, v any) ([]byte, error) {
+// inputText gives the input text of v for column col of a cache of
+// format; nil is NULL. A json.RawMessage (how the HTTP API passes a body's
+// values) is taken as the JSON value it holds, and a json column keeps its
+// text as written.
+func inputText(format binding.Format, col pgsource.Column, v any) ([]byte, error) {
 	if raw, ok := v.(json.RawMessage); ok {
 		raw = bytes.TrimSpace(raw)
 		switch {
 		case string(raw) == "null":
 			return nil, nil
 		case isJSON(col.TypeOID):
-			// A string holding JSON text (a hash's field, say) is that
-			// text; any other value is itself.
+			// A hash's field holds its JSON text as a string.
 			var s string
-			if json.Unmarshal(raw, &s) == nil && json.Valid([]byte(s)) {
+			if format == binding.FormatHash && json.Unmarshal(raw, &s) == nil && json.Valid([]byte(s)) {
 				return []byte(s), nil
 			}
 			return raw, nil
@@ -57,11 +63,59 @@ func inputText(col pgsource.Column, v any) ([]byte, error) {
 		if err := dec.Decode(&v); err != nil {
 			return nil, err
 		}
+		if err := jsonKind(col.TypeOID, v); err != nil {
+			return nil, err
+		}
 	}
 	if elem, delim, ok := pgtext.ArrayElem(col.TypeOID); ok {
 		return arrayText(elem, delim, v, 0)
 	}
 	return scalarText(col.TypeOID, v)
+}
+
+// jsonKind refuses a JSON value of a kind that column type oid does not
+// take: numbers go to number columns, booleans to boolean ones, arrays to
+// array ones (json columns take anything; they are not asked); a string
+// goes anywhere, for PostgreSQL to read, unless it holds a NUL.
+func jsonKind(oid uint32, v any) error {
+	kind := ""
+	switch v := v.(type) {
+	case string:
+		if strings.IndexByte(v, 0) >= 0 {
+			return errors.New("a NUL character (\\u0000) cannot be stored in PostgreSQL text")
+		}
+		return nil
+	case json.Number:
+		if numberOIDs[oid] {
+			return nil
+		}
+		kind = "a number"
+	case bool:
+		if oid == pgtype.BoolOID {
+			return nil
+		}
+		kind = "a boolean"
+	case []any:
+		if _, _, ok := pgtext.ArrayElem(oid); ok {
+			return nil
+		}
+		kind = "an array"
+	case map[string]any:
+		kind = "an object"
+	}
+	return fmt.Errorf("got %s, which a column of type %s does not take (send a string for PostgreSQL to read)", kind, typeName(oid))
+}
+
+// numberOIDs are the types a JSON number is written to.
+var numberOIDs = map[uint32]bool{pgtype.Int2OID: true, pgtype.Int4OID: true, pgtype.Int8OID: true, pgtype.OIDOID: true,
+	pgtype.Float4OID: true, pgtype.Float8OID: true, pgtype.NumericOID: true}
+
+// typeName names a type oid for a message.
+func typeName(oid uint32) string {
+	if t, ok := pgtype.NewMap().TypeForOID(oid); ok {
+		return t.Name
+	}
+	return fmt.Sprintf("oid %d", oid)
 }
 
 func scalarText(oid uint32, v any) ([]byte, error) {

@@ -79,7 +79,11 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		// or Redis keeps the older value.
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 		defer cancel()
-		return key, c.Invalidate(ictx, name, key)
+		if err := c.Invalidate(ictx, name, key); err != nil {
+			c.opts.Logger.Error("committed, but the key could not be invalidated: Redis may hold its older value until it expires", "cache", name, "key", key, "err", err)
+			return key, fmt.Errorf("%w (the key was not invalidated): %w", ErrNotApplied, err)
+		}
+		return key, nil
 	}
 	if targetErr != nil { // committed: how far the feed must go is unknown
 		return key, fmt.Errorf("cache %q: %w: read the WAL position: %w", name, ErrNotApplied, targetErr)
@@ -135,7 +139,7 @@ func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]an
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // upsert checked it
 		sel[i] = printed(fmt.Sprintf("$%d::text::%s", i+1, col.Declared))
-		if t, err := inputText(col, row[name]); err == nil && t != nil {
+		if t, err := inputText(ca.cfg.Format, col, row[name]); err == nil && t != nil {
 			args[i] = string(t)
 		}
 	}
@@ -249,7 +253,7 @@ func (ca *cache) upsert(row map[string]any) (string, []any, error) {
 	params := make([]string, len(cols))
 	for i, name := range cols {
 		col, _ := ca.table.Column(name) // checkRow checked it
-		t, err := inputText(col, row[name])
+		t, err := inputText(ca.cfg.Format, col, row[name])
 		if err != nil {
 			return "", nil, fmt.Errorf("%w: column %q: %w", ErrBadRow, name, err)
 		}
@@ -334,7 +338,7 @@ func (c *Client) WaitApplied(ctx context.Context, name string, target uint64, ti
 			return fmt.Errorf("source %s at %s: %w (%w)", source, pglogrepl.LSN(target), ErrNotApplied, ctx.Err())
 		}
 		if err != nil {
-			return err
+			return fmt.Errorf("source %s at %s: %w: %w", source, pglogrepl.LSN(target), ErrNotApplied, err)
 		}
 		if ok && uint64(lsn) >= target {
 			return nil

@@ -1,7 +1,7 @@
 # cachesync: make demo (see it work), make test (the whole suite), make bench.
 GO ?= go
 
-.PHONY: all deps build test demo bench vet clean
+.PHONY: all deps build test fuzz demo bench vet clean
 
 all: build
 
@@ -22,6 +22,16 @@ vet:
 test: deps vet
 	$(GO) test -race -timeout 6m $$($(GO) list ./... | grep -v '/refresh$$')
 	$(GO) test -race -timeout 3m ./refresh
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+# The fuzz tests of what hostile input reaches first: key spellings, key
+# parsing, request bodies. Their seeds run in every go test; here each is
+# fuzzed for FUZZTIME (make fuzz FUZZTIME=10m to search longer).
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzCanonical$$' -fuzztime $(FUZZTIME) ./pgtext
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./binding
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRow$$' -fuzztime $(FUZZTIME) ./httpapi
 
 # The demo runs as make's own child, not under go run, so a SIGTERM to make
 # reaches it (go run dies of one without passing it on) and it stops its

@@ -2,6 +2,7 @@ package binding
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -132,4 +133,58 @@ func TestParseKey(t *testing.T) {
 	if err := b.Respell(row); err != nil || string(row[0]) != "7" {
 		t.Errorf("Respell(007) = %q, %v", row[0], err)
 	}
+}
+
+// FuzzParseKey: a key ParseKey accepts is the key Render gives for its
+// values, never one of cachesync's own; one it refuses for its spelling
+// names a key that it accepts. Seeded with issue 13's keys; longer:
+// go test -run '^$' -fuzz FuzzParseKey -fuzztime 2m ./binding
+func FuzzParseKey(f *testing.F) {
+	templates := []string{"x:{id}", "{k}", "{{t}}:{a}:{b}", "d:{day}", "ts:{at}", "u:{u}", "n:{n}", "c:{c}"}
+	types := []Column{{TypeOID: pgtype.Int4OID, Typmod: -1}, {TypeOID: pgtype.TextOID, Typmod: -1},
+		{TypeOID: pgtype.UUIDOID, Typmod: -1}, {TypeOID: pgtype.DateOID, Typmod: -1},
+		{TypeOID: pgtype.TimestamptzOID, Typmod: -1}, {TypeOID: pgtype.NumericOID, Typmod: 10<<16 | 2 + 4},
+		{TypeOID: pgtype.BPCharOID, Typmod: 4 + 4}, {TypeOID: pgtype.BoolOID, Typmod: -1}}
+	for _, k := range []string{"x:01", "x:+1", "x: 1", "x:1 ", "x:0001", "x:99999999999", "x:a\x00b", "x:\xff",
+		"cachesync:state:x", "{t}:1:2", "d:2026-1-2", "ts:2026-01-02T03:04:05Z", "n:1.5", "c:ab", "u:A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"} {
+		for i := range templates {
+			f.Add(uint8(i), uint8(i), k)
+		}
+	}
+	f.Fuzz(func(t *testing.T, which, typ uint8, key string) {
+		tmpl, _ := ParseTemplate(templates[int(which)%len(templates)])
+		var cols []Column
+		for i, c := range tmpl.Columns() {
+			ty := types[(int(typ)+i)%len(types)]
+			ty.Name = c
+			cols = append(cols, ty)
+		}
+		b, err := New(Spec{Name: "c", Table: "t", Key: tmpl}, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		values, err := b.ParseKey(key)
+		if errors.Is(err, ErrKeySpelling) {
+			if _, own, ok := strings.Cut(err.Error(), `: it is "`); ok {
+				own, _ = strconv.Unquote(`"` + own)
+				if _, err := b.ParseKey(own); err != nil {
+					t.Fatalf("ParseKey(%q) names %q, which it refuses: %v", key, own, err)
+				}
+			}
+			return
+		}
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(key, Reserved) {
+			t.Fatalf("ParseKey accepts %q", key)
+		}
+		raw := make([][]byte, len(values))
+		for i, v := range values {
+			raw[i] = []byte(v)
+		}
+		if k, err := tmpl.Render(nil, raw); err != nil || string(k) != key {
+			t.Fatalf("ParseKey(%q) = %q, which renders %q, %v", key, values, k, err)
+		}
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,10 @@ type Sources struct {
 	Refresher *refresh.Refresher
 	Keymiss   *keymiss.Listener
 	Log       *slog.Logger
+	// Deadline is how long a scrape waits for each server (Redis, each
+	// source); one that has not answered by then is reported down
+	// (redis_up, source_up 0). 0: status.DefaultDeadline.
+	Deadline time.Duration
 }
 
 // Handler serves the metrics of s, with Go's process and runtime metrics.
@@ -79,7 +84,8 @@ var (
 	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
 	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis primary, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a primary refuses CONFIG: configure them by hand (the log says what).", "feature")
 	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis primary had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
-	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO.")
+	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO within its deadline.")
+	descSourceUp     = desc("source_up", "1 when the source's PostgreSQL answered the scrape's query of its WAL position within its deadline.", "source")
 	descRedisGauge   = map[string]*prometheus.Desc{
 		"used_memory":               desc("redis_used_memory_bytes", "Redis used_memory."),
 		"maxmemory":                 desc("redis_maxmemory_bytes", "Redis maxmemory (0: no limit)."),
@@ -107,9 +113,78 @@ type collector struct{ s Sources }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
+// Collect reads Redis and each source at once, each within the deadline,
+// while it reports the figures counted in this process.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
+	ctx := context.Background()
+	d := c.s.Deadline
+	if d <= 0 {
+		d = status.DefaultDeadline
+	}
+	var rd redisRead
+	var rerr error
+	var sources map[string]status.SourceProbe
+	var wg sync.WaitGroup
+	wg.Go(func() { rd, rerr = status.Within(ctx, d, c.readRedis) })
+	if c.s.API != nil {
+		wg.Go(func() { sources = status.ProbeSources(ctx, c.s.API, c.s.Config.SourceNames(), d) })
+	}
+	c.collectCounts(ch)
+	wg.Wait()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for name, q := range rd.queues {
+		gauge(descWBPending, float64(q.Pending), name)
+		gauge(descWBDead, float64(q.DeadLetters), name)
+	}
+	for _, f := range c.s.Feeds {
+		applied, known := rd.applied[f.Source]
+		if rerr != nil {
+			applied, known = f.Stats.AppliedLSN.Load(), true // what the feed knows without Redis
+		}
+		if known {
+			gauge(descFeedLSN, float64(applied), f.Source)
+		}
+		if p, ok := sources[f.Source]; ok && p.Err == nil && applied > 0 {
+			gauge(descFeedLagBytes, float64(max(int64(p.WAL)-int64(applied), 0)), f.Source)
+		}
+	}
+	for name, p := range sources {
+		gauge(descSourceUp, ok(p.Err == nil), name)
+	}
+	if rerr != nil {
+		gauge(descRedisUp, 0)
+		return
+	}
+	gauge(descRedisUp, 1)
+	collectInfo(rd.info, ch)
+}
+
+// redisRead is what a scrape reads from Redis.
+type redisRead struct {
+	info    map[string]string
+	queues  map[string]cachesync.Queue
+	applied map[string]uint64 // by source of a feed: how far its changes are applied
+}
+
+// readRedis reads INFO, the write-behind queues and the feeds' positions.
+func (c *collector) readRedis(ctx context.Context) (redisRead, error) {
+	info, err := status.Info(ctx, c.s.Redis, "everything")
+	if err != nil {
+		return redisRead{}, err
+	}
+	rd := redisRead{info: info, queues: cachesync.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
+	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	for _, f := range c.s.Feeds {
+		rd.applied[f.Source] = state.Position(ctx, f.Source, f)
+	}
+	return rd, nil
+}
+
+// collectCounts reports what this process counted: nothing to read from
+// a server.
+func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -136,11 +211,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for name, q := range cachesync.Queues(ctx, c.s.Redis, cfg) {
-		gauge(descWBPending, float64(q.Pending), name)
-		gauge(descWBDead, float64(q.DeadLetters), name)
-	}
-	state := changefeed.NewState(c.s.Redis, cfg.Name)
 	for _, f := range c.s.Feeds {
 		st := f.Stats
 		counter(descFeedRows, st.Writes.Load(), f.Source)
@@ -148,14 +218,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descFeedErrors, st.MapErrors.Load(), f.Source, "map")
 		counter(descFeedErrors, st.Reconnects.Load(), f.Source, "session")
 		counter(descFeedRebuilds, st.Rebuilds.Load(), f.Source)
-		applied := state.Position(ctx, f.Source, f)
-		gauge(descFeedLSN, float64(applied), f.Source)
 		ch <- histogram(descFeedLag, st.Lag, f.Source)
-		if c.s.API != nil && applied > 0 {
-			if cur, err := c.s.API.WALPosition(ctx, f.Source); err == nil {
-				gauge(descFeedLagBytes, float64(max(int64(cur)-int64(applied), 0)), f.Source)
-			}
-		}
 	}
 	if r := c.s.Refresher; r != nil {
 		st := &r.Stats
@@ -187,7 +250,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descEventsOK, ok(l.Stats.Notify.OK()), "keymiss")
 		counter(descEventsAgain, l.Stats.Notify.Reenabled.Load(), "keymiss")
 	}
-	c.collectRedis(ctx, ch)
 }
 
 // ok is 1 for true, 0 for false.
@@ -208,15 +270,9 @@ func histogram(d *prometheus.Desc, h *latency.Histogram, labels ...string) prome
 	return prometheus.MustNewConstHistogram(d, n, sum.Seconds(), buckets, labels...)
 }
 
-// collectRedis reports INFO fields and Redis's command latencies.
-func (c *collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metric) {
-	rc := c.s.Redis
-	info, err := status.Info(ctx, rc, "everything")
-	if err != nil {
-		ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 0)
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(descRedisUp, prometheus.GaugeValue, 1)
+// collectInfo reports the fields of INFO everything and Redis's command
+// latencies.
+func collectInfo(info map[string]string, ch chan<- prometheus.Metric) {
 	calls, usec := map[string]uint64{}, map[string]float64{}
 	quantiles := map[string]map[float64]float64{}
 	for k, v := range info {

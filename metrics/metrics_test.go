@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,4 +102,49 @@ caches:
 	// Each feature finds its own flags gone: the one that enables its
 	// flags first does not add the other's.
 	wait("flags lost", func(h *keyevents.Health) bool { return h.Reenabled.Load() == 1 }, "1", "1")
+}
+
+// TestRedisHung: with Redis hung (accepting connections, never
+// answering) a scrape reports redis_up 0 once its own deadline passes,
+// with the figures that need no server still there. (The daemon's tests
+// stop Redis and PostgreSQL: TestOutage* in cmd/cachesync.)
+func TestRedisHung(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	cfg, err := config.Load(strings.NewReader(`name: m
+redis: {url: "` + rds.URL() + `"}
+sources: {db: {url: "postgres://127.0.0.1:1/unused"}}
+caches:
+  p: {table: t, key: "p:{id}", sync: none, writes: behind}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	handler := metrics.Handler(metrics.Sources{Config: cfg, Redis: rds.Client(t), Deadline: 200 * time.Millisecond})
+	// scrape scrapes until the metrics have each of want, 10 times at most
+	// (on a busy machine a server that runs may miss the deadline now and then).
+	scrape := func(what string, want ...string) {
+		t.Helper()
+		var missing []string
+		for range 10 {
+			rec := httptest.NewRecorder()
+			handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			missing = missing[:0]
+			for _, w := range append(want, "go_goroutines") { // a name alone: any value
+				if body := rec.Body.String(); !strings.Contains(body, "\n"+w+"\n") && !strings.Contains(body, "\n"+w+" ") {
+					missing = append(missing, w)
+				}
+			}
+			if len(missing) == 0 {
+				return
+			}
+		}
+		t.Errorf("%s: metrics lack %q", what, missing)
+	}
+	scrape("up", "cachesync_redis_up 1", `cachesync_writebehind_pending{cache="p"} 0`)
+	pid := rds.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	scrape("redis hung", "cachesync_redis_up 0")
 }

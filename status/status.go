@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,16 +25,20 @@ import (
 
 // Report is the status of one config's caches.
 type Report struct {
-	Name   string    `json:"name"`
-	Time   time.Time `json:"time"`
-	Live   bool      `json:"live"` // from the running daemon (hit ratios, errors), not read from outside
-	Redis  Redis     `json:"redis"`
-	Caches []Cache   `json:"caches"`
+	Name  string    `json:"name"`
+	Time  time.Time `json:"time"`
+	Live  bool      `json:"live"` // from the running daemon (hit ratios, errors), not read from outside
+	Redis Redis     `json:"redis"`
+	// Sources are the PostgreSQL sources by name, when they were probed
+	// (with an API client).
+	Sources map[string]Source `json:"sources,omitempty"`
+	Caches  []Cache           `json:"caches"`
 }
 
 // Redis is what Redis reports of itself.
 type Redis struct {
 	Up            bool    `json:"up"`
+	Error         string  `json:"error,omitempty"` // why not up: "unreachable: ..." or Redis's own error
 	UsedMemory    int64   `json:"used_memory_bytes"`
 	MaxMemory     int64   `json:"maxmemory_bytes"`
 	EvictedKeys   int64   `json:"evicted_keys"`
@@ -44,6 +49,12 @@ type Redis struct {
 	HitRatio      float64 `json:"hit_ratio"` // keyspace hits / (hits + misses), every client
 	ExpiredKeys   int64   `json:"expired_keys"`
 	CommandsTotal int64   `json:"commands_processed"`
+}
+
+// Source is the state of a PostgreSQL source.
+type Source struct {
+	Up    bool   `json:"up"`
+	Error string `json:"error,omitempty"` // why not up: "unreachable: ..." or PostgreSQL's own error
 }
 
 // Cache is the status of one cache. Counters are since the daemon started.
@@ -80,10 +91,12 @@ type Sources struct {
 }
 
 // Collector builds reports, counting each cache's keys at most every
-// KeysEvery (a SCAN of the keyspace is not free).
+// KeysEvery (a SCAN of the keyspace is not free) and waiting for each
+// server at most Deadline (DefaultDeadline when 0).
 type Collector struct {
 	s         Sources
 	KeysEvery time.Duration
+	Deadline  time.Duration
 
 	mu      sync.Mutex
 	keys    map[string]int64
@@ -92,17 +105,40 @@ type Collector struct {
 
 // NewCollector returns a collector of s.
 func NewCollector(s Sources) *Collector {
-	return &Collector{s: s, KeysEvery: 10 * time.Second}
+	return &Collector{s: s, KeysEvery: 10 * time.Second, Deadline: DefaultDeadline}
 }
 
-// Collect reads the status now.
+// Collect reads the status now. Redis and each source are read at once,
+// each within the Deadline: one that has not answered by then is reported
+// down, with why, and the report is made of what the others said.
 func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	cfg := c.s.Config
 	r := &Report{Name: cfg.Name, Time: time.Now().UTC(), Live: !c.s.Outside}
-	r.Redis = redisInfo(ctx, c.s.Redis)
-	keys := c.countKeys(ctx)
-	lag := c.lag(ctx)
-	queues := cachesync.Queues(ctx, c.s.Redis, cfg)
+	d := c.Deadline
+	if d <= 0 {
+		d = DefaultDeadline
+	}
+	var rd redisRead
+	var sources map[string]SourceProbe
+	var wg sync.WaitGroup
+	wg.Go(func() { rd = c.readRedis(ctx, d) })
+	if c.s.API != nil {
+		wg.Go(func() { sources = ProbeSources(ctx, c.s.API, cfg.SourceNames(), d) })
+	}
+	wg.Wait()
+	r.Redis = rd.info
+	if sources != nil {
+		r.Sources = map[string]Source{}
+		for name, p := range sources {
+			s := Source{Up: p.Err == nil}
+			if p.Err != nil {
+				s.Error = Describe(p.Err)
+			}
+			r.Sources[name] = s
+		}
+	}
+	keys, queues := rd.keys, rd.queues
+	lag := c.lag(rd.applied, sources)
 	for _, name := range cfg.CacheNames() {
 		cc := cfg.Caches[name]
 		cs := Cache{Name: name, Mode: Mode(cc), Keys: -1}
@@ -163,13 +199,58 @@ type lagInfo struct {
 	applied int64
 }
 
-// lag reads each source's feed position against PostgreSQL's.
-func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
-	out := map[string]lagInfo{}
+// redisRead is what a status reads from Redis.
+type redisRead struct {
+	info    Redis
+	keys    map[string]int64
+	queues  map[string]cachesync.Queue
+	applied map[string]uint64 // by source: how far its changes are applied in Redis
+}
+
+// readRedis reads Redis within d; when Redis does not answer, info says
+// why, and applied holds what the running feeds know without it.
+func (c *Collector) readRedis(ctx context.Context, d time.Duration) redisRead {
+	rd, err := Within(ctx, d, func(ctx context.Context) (redisRead, error) {
+		info, err := Info(ctx, c.s.Redis, "default")
+		if err != nil {
+			return redisRead{}, err
+		}
+		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: cachesync.Queues(ctx, c.s.Redis, c.s.Config),
+			applied: c.applied(ctx, true)}, nil
+	})
+	if err != nil {
+		rd = redisRead{info: Redis{Error: Describe(err)}, applied: c.applied(ctx, false)}
+	}
+	return rd
+}
+
+// applied returns how far each source's changes are applied in Redis: the
+// position of its running feed, or else, when Redis is up, the recorded
+// one; 0 when neither is known (or without an API: no lag to compute).
+func (c *Collector) applied(ctx context.Context, redisUp bool) map[string]uint64 {
+	out := map[string]uint64{}
 	if c.s.API == nil {
 		return out
 	}
 	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	for _, source := range c.s.Config.SourceNames() {
+		f := c.feed(source)
+		switch {
+		case redisUp:
+			out[source] = state.Position(ctx, source, f)
+		case f != nil:
+			out[source] = f.Stats.AppliedLSN.Load()
+		}
+	}
+	return out
+}
+
+// lag sets each source's feed position against PostgreSQL's.
+func (c *Collector) lag(applied map[string]uint64, sources map[string]SourceProbe) map[string]lagInfo {
+	out := map[string]lagInfo{}
+	if c.s.API == nil {
+		return out
+	}
 	for _, source := range c.s.Config.SourceNames() {
 		var li lagInfo
 		var lastLag, progress int64
@@ -177,13 +258,12 @@ func (c *Collector) lag(ctx context.Context) map[string]lagInfo {
 		if f != nil {
 			lastLag, progress, li.applied = f.Stats.LastLag.Load(), f.Stats.Progress.Load(), f.Stats.Writes.Load()
 		}
-		applied := state.Position(ctx, source, f)
-		cur, err := c.s.API.WALPosition(ctx, source)
-		if err != nil || applied == 0 {
+		p := sources[source]
+		if p.Err != nil || applied[source] == 0 {
 			out[source] = li
 			continue
 		}
-		b := max(int64(cur)-int64(applied), 0)
+		b := max(int64(p.WAL)-int64(applied[source]), 0)
 		li.bytes = &b
 		if f != nil {
 			// The last transaction's commit → visible time; a feed that has
@@ -210,7 +290,8 @@ func (c *Collector) feed(source string) *changefeed.Feed {
 	return nil
 }
 
-// countKeys counts each cache's keys with SCAN, at most every KeysEvery.
+// countKeys counts each cache's keys with SCAN, at most every KeysEvery
+// (or again next time when a count failed).
 func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -229,17 +310,15 @@ func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 			keys[name] = n
 		}
 	}
-	c.keys, c.counted = keys, time.Now()
+	if len(keys) == len(cfg.Caches) {
+		c.keys, c.counted = keys, time.Now()
+	}
 	return keys
 }
 
-func redisInfo(ctx context.Context, rc rueidis.Client) Redis {
-	var r Redis
-	info, err := Info(ctx, rc, "default")
-	if err != nil {
-		return r
-	}
-	r.Up = true
+// redisInfo reads the fields of INFO default that a status reports.
+func redisInfo(info map[string]string) Redis {
+	r := Redis{Up: true}
 	fields := map[string]*int64{"used_memory": &r.UsedMemory, "maxmemory": &r.MaxMemory, "evicted_keys": &r.EvictedKeys,
 		"connected_clients": &r.Clients, "instantaneous_ops_per_sec": &r.OpsPerSecond, "keyspace_hits": &r.KeyspaceHits,
 		"keyspace_misses": &r.KeyspaceMiss, "expired_keys": &r.ExpiredKeys, "total_commands_processed": &r.CommandsTotal}
@@ -290,10 +369,21 @@ func WriteTable(w io.Writer, r *Report) {
 		mem += fmt.Sprintf(" of %.1f MiB", float64(r.Redis.MaxMemory)/(1<<20))
 	}
 	if !r.Redis.Up {
-		mem = "DOWN"
+		mem = down(r.Redis.Error)
 	}
-	fmt.Fprintf(w, "%s at %s — Redis: %s, %d clients, %d ops/s, %d evicted, keyspace hit ratio %.1f%%\n\n",
+	fmt.Fprintf(w, "%s at %s — Redis: %s, %d clients, %d ops/s, %d evicted, keyspace hit ratio %.1f%%\n",
 		r.Name, r.Time.Format(time.RFC3339), mem, r.Redis.Clients, r.Redis.OpsPerSecond, r.Redis.EvictedKeys, 100*r.Redis.HitRatio)
+	names := make([]string, 0, len(r.Sources))
+	for name := range r.Sources {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if s := r.Sources[name]; !s.Up {
+			fmt.Fprintf(w, "source %s: %s\n", name, down(s.Error))
+		}
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CACHE\tMODE\tKEYS\tHIT RATIO\tLAG\tQUEUE\tLAST ERROR")
 	for _, c := range r.Caches {
@@ -323,4 +413,12 @@ func WriteTable(w io.Writer, r *Report) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Mode, keys, hit, lag, queue, last)
 	}
 	tw.Flush()
+}
+
+// down says that a server is down, and why when known.
+func down(why string) string {
+	if why == "" {
+		return "DOWN"
+	}
+	return "DOWN (" + why + ")"
 }

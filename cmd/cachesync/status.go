@@ -82,8 +82,16 @@ func fromDaemon(ctx context.Context, cfg *config.Config) (*status.Report, error)
 	return &r, nil
 }
 
+// openTimeout bounds how long status waits to connect to Redis and the
+// sources when it reads them itself: a server that accepts connections
+// but does not answer would hold it without end (the collector's own
+// deadlines bound the reads once connected).
+const openTimeout = 10 * time.Second
+
 // readStatus reads what it can without the daemon.
 func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error) {
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
 	opt, err := cfg.RedisOption()
 	if err != nil {
 		return nil, err
@@ -94,7 +102,7 @@ func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error)
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	defer rc.Close()
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	api, err := cachesync.Open(octx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}

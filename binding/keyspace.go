@@ -24,14 +24,17 @@ var ErrKeySpelling = errors.New("spelled otherwise than its row's key")
 // (ErrKeySpelling, naming the key as it is spelled).
 func (b *Binding) ParseKey(key string) ([]string, error) {
 	values, ok := b.Spec.Key.Parse(key)
-	if !ok {
+	switch {
+	case strings.HasPrefix(key, Reserved):
+		return nil, fmt.Errorf("key %q is one of cachesync's own (%s*)", key, Reserved)
+	case !ok:
 		return nil, fmt.Errorf("key %q does not fit the template %s", key, b.Spec.Key)
 	}
 	var canon [][]byte // made when a value is spelled otherwise
 	for i, v := range values {
 		c, err := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v)
 		if err != nil {
-			return nil, fmt.Errorf("key %q: column %s: %q is %v", key, b.keyTypes[i].Name, v, err)
+			return nil, fmt.Errorf("key %q: column %s: %q: %v", key, b.keyTypes[i].Name, v, err)
 		}
 		if c != v && canon == nil {
 			canon = make([][]byte, len(values))
@@ -217,7 +220,7 @@ func (b *Binding) Respell(row [][]byte) error {
 		}
 		c, err := pgtext.Canonical(b.keyTypes[n].TypeOID, b.keyTypes[n].Typmod, string(row[i]))
 		if err != nil {
-			return fmt.Errorf("column %s: %q is %v", b.keyTypes[n].Name, row[i], err)
+			return fmt.Errorf("column %s: %q: %v", b.keyTypes[n].Name, row[i], err)
 		}
 		row[i] = []byte(c)
 	}

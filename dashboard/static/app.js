@@ -86,7 +86,9 @@ function render(r) {
   const red = r.redis;
   document.getElementById("summary").textContent = red.up
     ? `Redis: ${fmt(red.used_memory_bytes / (1 << 20), "MiB")} used, ${red.connected_clients} clients, ${red.ops_per_second} ops/s, ${red.evicted_keys} evicted, keyspace hit ratio ${(100 * red.hit_ratio).toFixed(1)}% — ${r.time}`
-    : "Redis is down — " + r.time;
+    : `Redis is down${red.error ? " (" + red.error + ")" : ""} — ${r.time}`;
+  const down = Object.entries(r.sources || {}).filter(([, s]) => !s.up);
+  document.getElementById("summary").textContent += down.map(([n, s]) => ` · source ${n} is down${s.error ? " (" + s.error + ")" : ""}`).join("");
   Object.keys(series).forEach(draw);
   const body = document.querySelector("#caches tbody");
   body.replaceChildren();

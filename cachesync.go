@@ -182,8 +182,23 @@ func (c *Client) open(ctx context.Context) error {
 	bindings := map[string]*binding.Binding{}
 	for name, ca := range c.caches {
 		bindings[name] = ca.b
+		for i, s := range ca.cfg.Schedule {
+			for _, k := range s.Keys {
+				if _, err := ca.b.ParseKey(k); err != nil {
+					return config.FieldError(fmt.Sprintf("caches.%s.schedule[%d].keys", name, i), "%v", err)
+				}
+			}
+		}
 	}
 	return schema.CheckKeyspaces(bindings)
+}
+
+// OwnsKey tells a key of cache name's in any spelling of its values
+// (binding.Binding.Owns): what a consistency check reports as extra when
+// it is not the row's own spelling.
+func (c *Client) OwnsKey(name, key string) bool {
+	ca, ok := c.caches[name]
+	return ok && ca.b.Owns(key)
 }
 
 // ParseKey returns the key column values of key in cache name (in the
@@ -551,8 +566,17 @@ var errQueued = errors.New("a write-behind write of the key is queued")
 // A complete cache (a change feed and no TTL: every row has its key) stays
 // complete: the key is loaded again at once, by a fill like Get's, so an
 // invalidation there means "reload this key from the table".
+//
+// A key of the cache's spelled otherwise than the change feed writes its
+// row's key ("x:01", left by an older version) is removed too.
 func (c *Client) Invalidate(ctx context.Context, name, key string) error {
 	ca, _, err := c.cache(name, key)
+	if ca, ok := c.caches[name]; err != nil && ok && ca.b.Owns(key) {
+		if err := c.invalidate(ctx, ca, key); err != nil {
+			return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+		}
+		return nil
+	}
 	if err != nil {
 		return err
 	}

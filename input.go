@@ -63,7 +63,7 @@ func inputText(format binding.Format, col pgsource.Column, v any) ([]byte, error
 		if err := dec.Decode(&v); err != nil {
 			return nil, err
 		}
-		if err := jsonKind(col.TypeOID, v); err != nil {
+		if err := jsonKind(col, v); err != nil {
 			return nil, err
 		}
 	}
@@ -77,7 +77,8 @@ func inputText(format binding.Format, col pgsource.Column, v any) ([]byte, error
 // take: numbers go to number columns, booleans to boolean ones, arrays to
 // array ones (json columns take anything; they are not asked); a string
 // goes anywhere, for PostgreSQL to read, unless it holds a NUL.
-func jsonKind(oid uint32, v any) error {
+func jsonKind(col pgsource.Column, v any) error {
+	oid := col.TypeOID
 	kind := ""
 	switch v := v.(type) {
 	case string:
@@ -103,20 +104,12 @@ func jsonKind(oid uint32, v any) error {
 	case map[string]any:
 		kind = "an object"
 	}
-	return fmt.Errorf("got %s, which a column of type %s does not take (send a string for PostgreSQL to read)", kind, typeName(oid))
+	return fmt.Errorf("got %s, which a column of type %s does not take (send a string for PostgreSQL to read)", kind, col.Type)
 }
 
-// numberOIDs are the types a JSON number is written to.
+// numberOIDs are the types a JSON number is written to (790 is money).
 var numberOIDs = map[uint32]bool{pgtype.Int2OID: true, pgtype.Int4OID: true, pgtype.Int8OID: true, pgtype.OIDOID: true,
-	pgtype.Float4OID: true, pgtype.Float8OID: true, pgtype.NumericOID: true}
-
-// typeName names a type oid for a message.
-func typeName(oid uint32) string {
-	if t, ok := pgtype.NewMap().TypeForOID(oid); ok {
-		return t.Name
-	}
-	return fmt.Sprintf("oid %d", oid)
-}
+	pgtype.Float4OID: true, pgtype.Float8OID: true, pgtype.NumericOID: true, 790: true}
 
 func scalarText(oid uint32, v any) ([]byte, error) {
 	switch oid {

@@ -21,7 +21,7 @@ import (
 // ErrNotApplied reports a write that committed to PostgreSQL but that the
 // change feed did not apply to Redis within Options.WriteWait (is the daemon
 // running?). The database has the row; Redis will get it when the feed runs.
-var ErrNotApplied = errors.New("committed, but the change feed has not applied it yet")
+var ErrNotApplied = errors.New("committed, but not in Redis yet")
 
 // ErrBadRow reports a row that does not fit the cache's table.
 var ErrBadRow = errors.New("bad row")
@@ -71,8 +71,8 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return "", fmt.Errorf("cache %q: write %s: %w", name, ca.table.Name, classify(err))
 	}
 	key, err := ca.renderKey(keyText)
-	if err != nil {
-		return "", fmt.Errorf("cache %q: %w", name, err)
+	if err != nil { // committed: the feed takes the row as unmappable
+		return "", fmt.Errorf("cache %q: %w: its key cannot be rendered: %w", name, ErrNotApplied, err)
 	}
 	if ca.cfg.Sync != config.SyncChangefeed {
 		// Committed: the invalidation must happen even if ctx ends now,

@@ -47,15 +47,20 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 		}
 		return c.reload(ctx, ca, keys, values, present)
 	}
-	// A key that is none of the cache's rows' (another spelling of a
-	// row's key, written by an older version) is a stale copy: removed,
-	// with its expiry record, as an invalidation removes a key.
+	// A key of the cache's that spells a row's key otherwise (left by an
+	// older version) is a stale copy: removed, with its expiry record, as
+	// an invalidation removes a key. Any other is not the cache's: left.
+	removed := 0
 	for _, i := range bad {
+		if !ca.b.Owns(keys[i]) {
+			continue
+		}
 		if err := c.invalidate(ctx, ca, keys[i]); err != nil {
 			return Reloaded{Wrote: make([]bool, len(keys))}, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 		}
+		removed++
 	}
-	c.opts.Logger.Warn("reload: removed keys that are not the cache's own spelling of a row's key", "cache", name, "keys", len(bad), "first", keys[bad[0]])
+	c.opts.Logger.Warn("reload: skipped keys that are not the cache's spelling of a row's key", "cache", name, "keys", len(bad), "removed", removed, "first", keys[bad[0]])
 	good, goodValues := slices.Clone(keys), slices.Clone(values)
 	for j := len(bad) - 1; j >= 0; j-- {
 		good, goodValues = slices.Delete(good, bad[j], bad[j]+1), slices.Delete(goodValues, bad[j], bad[j]+1)

@@ -54,6 +54,7 @@ type Binding struct {
 	Spec
 	keyIdx   []int
 	keyTypes []Column // the key columns, in template order
+	exact    bool     // ExactKeys
 	enc      Encoder
 }
 
@@ -76,6 +77,7 @@ func New(spec Spec, cols []Column) (*Binding, error) {
 		b.keyIdx = append(b.keyIdx, i)
 		b.keyTypes = append(b.keyTypes, cols[i])
 	}
+	b.exact = exactKeys(b.keyTypes)
 	fields := spec.Fields
 	if len(fields) == 0 {
 		for _, c := range cols {
@@ -295,13 +297,13 @@ var clearPassed func(prefix string)
 // clear removes the keys of this binding with prefix (a companion kind).
 func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {
 	pattern := prefix + b.Spec.Key.Pattern()
-	owns := func(k string) bool { _, err := b.ParseKey(k); return err == nil }
+	owns := b.Owns
 	if prefix != "" {
 		pattern = prefix + "*"
 		owns = func(k string) bool {
 			// Ours when any key named by it is: removing another key's
 			// lease, marker or stale copy is always safe.
-			return slices.ContainsFunc(companionsOf(prefix, k), func(u string) bool { _, err := b.ParseKey(u); return err == nil })
+			return slices.ContainsFunc(companionsOf(prefix, k), b.Owns)
 		}
 	}
 	n := 0

@@ -60,8 +60,11 @@ func (b *Binding) ParseKey(key string) ([]string, error) {
 // that ParseKey alone tells a row's key from another spelling of it; for a
 // column such as a numeric without a scale (1.5 and 1.50 are one value)
 // only the row can.
-func (b *Binding) ExactKeys() bool {
-	for _, c := range b.keyTypes {
+func (b *Binding) ExactKeys() bool { return b.exact }
+
+// exactKeys computes ExactKeys, once.
+func exactKeys(types []Column) bool {
+	for _, c := range types {
 		if !pgtext.Exact(c.TypeOID, c.Typmod) {
 			return false
 		}
@@ -69,10 +72,28 @@ func (b *Binding) ExactKeys() bool {
 	return true
 }
 
-// Overlap returns a key that the bindings a and b can both produce, or
-// false when none exists: each placeholder stands for any text its
-// column's type can print (pgtext.KeyBytes), so "user:{id}" (an integer)
-// and "user:{id}:orders" cannot meet, while with a text id they can.
+// Owns tells a key of this binding's template whose every value is a
+// value of its column, spelled as the change feed writes it or not
+// ("x:01" too): a key this cache, and no other (CheckKeyspaces), may
+// remove, such as a second spelling of a row's key an older version left.
+func (b *Binding) Owns(key string) bool {
+	values, ok := b.Spec.Key.Parse(key)
+	if !ok {
+		return false
+	}
+	for i, v := range values {
+		if _, err := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Overlap returns a key that the bindings a and b can both own (Owns), or
+// false when none exists: each placeholder stands for any text a value of
+// its column's type can be spelled with (pgtext.KeyBytes), so "user:{id}"
+// (an integer) and "user:{id}:orders" cannot meet, while with a text id
+// they can.
 func Overlap(a, b *Binding) (string, bool) {
 	return intersect(globOf(a.Spec.Key, a.keyTypes), globOf(b.Spec.Key, b.keyTypes))
 }
@@ -112,7 +133,7 @@ func globOf(t *Template, types []Column) []token {
 		if i == len(t.cols) {
 			break
 		}
-		set := pgtext.KeyBytes(types[i].TypeOID)
+		set := pgtext.KeyBytes(types[i].TypeOID, types[i].Typmod)
 		if set == nil {
 			out = append(out, token{star: true, any: true})
 			continue

@@ -46,7 +46,12 @@ func TestOverlap(t *testing.T) {
 		{"a{x}", text, "{y}b", text, true},
 		{"{{t}}:{id}", uuid, "{{t}}:{id}", integer, true}, // "1" is both
 		{"{{t}}:{id}", uuid, "{{t}}:{id}", pgtype.BoolOID, true},
-		{"x:{id}", pgtype.BoolOID, "x:{id}", integer, false},
+		{"x:{id}", pgtype.BoolOID, "x:{id}", integer, true},           // "x:1": 1 is also a boolean, spelled otherwise
+		{"x:{id}", pgtype.BoolOID, "x:{id}", uuid, true},              // "x:0"
+		{"n:{x}", pgtype.NumericOID, "n:{x}:{y}", integer, true},      // numeric without a scale: any text
+		{"n:{x}", pgtype.UUIDOID, "n:{x}", pgtype.TimestampOID, true}, // digits
+		{"u:{x}", pgtype.UUIDOID, "u:{x}:{y}", pgtype.UUIDOID, false},
+
 		{"{a}.{b}", integer, "{a}", pgtype.NumericOID, true},
 	}
 	for _, tt := range tests {
@@ -108,6 +113,21 @@ func TestReserved(t *testing.T) {
 		if k, got := OverlapReserved(bind(t, tt.tmpl, tt.oid)); got != tt.want {
 			t.Errorf("OverlapReserved(%s over oid %d) = %q, %v; want %v", tt.tmpl, tt.oid, k, got, tt.want)
 		}
+	}
+}
+
+// TestOwns: a cache owns its keys in any spelling of their values, and
+// nothing else: what a rebuild, a TRUNCATE or an invalidation may remove.
+func TestOwns(t *testing.T) {
+	b := bind(t, "x:{id}", pgtype.Int4OID)
+	for k, want := range map[string]bool{"x:1": true, "x:01": true, "x: 1": true, "x:abc": false, "x:1:2": false,
+		"x:99999999999": false, "y:1": false} {
+		if b.Owns(k) != want {
+			t.Errorf("x:{id} owns %q: %v, want %v", k, !want, want)
+		}
+	}
+	if bind(t, "{k}", pgtype.TextOID).Owns("cachesync:state:x") {
+		t.Error("{k} owns cachesync:state:x")
 	}
 }
 

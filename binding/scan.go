@@ -54,7 +54,11 @@ func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string
 	return nil
 }
 
-// ScanTemplate is scanKeys for the keys of template t.
-func ScanTemplate(ctx context.Context, client rueidis.Client, t *Template, fn func(keys []string) error) error {
-	return scanKeys(ctx, client, t.Pattern(), func(k string) bool { _, ok := t.Parse(k); return ok }, fn)
+// ScanTemplate is scanKeys for the keys of template t that owns accepts
+// (nil: those t parses).
+func ScanTemplate(ctx context.Context, client rueidis.Client, t *Template, owns func(key string) bool, fn func(keys []string) error) error {
+	if owns == nil {
+		owns = func(k string) bool { _, ok := t.Parse(k); return ok }
+	}
+	return scanKeys(ctx, client, t.Pattern(), owns, fn)
 }

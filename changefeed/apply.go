@@ -158,8 +158,9 @@ func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 }
 
 // bindings returns the caches of rel's table, resolved against rel's layout.
-// Column types come from the table as loaded (domains resolved to their base
-// type, as in a rebuild); the stream names a domain's own type.
+// Column types and modifiers come from the table as loaded (domains
+// resolved to their base type, as in a rebuild); the stream names a
+// domain's own type, without the base's modifier.
 func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
 	if l, ok := a.layouts[rel.OID]; ok && l.rel == rel {
 		return l.rbs
@@ -168,7 +169,7 @@ func (a *applier) bindings(rel *pgsource.Relation) []relBinding {
 	if t := a.tables[rel.OID]; t != nil {
 		for i := range cols {
 			if c, ok := t.Column(cols[i].Name); ok {
-				cols[i].TypeOID = c.TypeOID
+				cols[i].TypeOID, cols[i].Typmod = c.TypeOID, c.Typmod
 			}
 		}
 	}

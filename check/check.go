@@ -265,7 +265,8 @@ func (k *checker) full(ctx context.Context) error {
 // scan calls fn with the cache's keys, a SCAN page at a time (a key may
 // come twice).
 func (k *checker) scan(ctx context.Context, fn func(keys []string) error) error {
-	return binding.ScanTemplate(ctx, k.redis, k.cc.Template, fn)
+	owns := func(key string) bool { return k.api.OwnsKey(k.cc.Name, key) }
+	return binding.ScanTemplate(ctx, k.redis, k.cc.Template, owns, fn)
 }
 
 // workers is how many batches are compared at once: PostgreSQL, Redis and

@@ -383,6 +383,8 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	var rowErr *cachesync.RowError
 	var pgErr *pgconn.PgError
 	switch {
+	case errors.Is(err, cachesync.ErrNotApplied): // first: the write committed, whatever else went wrong
+		writeError(w, http.StatusAccepted, "not_applied", err.Error())
 	case errors.Is(err, cachesync.ErrUnknownCache):
 		writeError(w, http.StatusNotFound, "unknown_cache", err.Error())
 	case errors.Is(err, cachesync.ErrBadKey):
@@ -399,8 +401,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		// A data exception outside a write: PostgreSQL refused a value of
 		// the key that its type does not take (an enum's unknown label).
 		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
-	case errors.Is(err, cachesync.ErrNotApplied):
-		writeError(w, http.StatusAccepted, "not_applied", err.Error())
 	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())

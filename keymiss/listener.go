@@ -110,7 +110,7 @@ func (l *Listener) Run(ctx context.Context, workers int) error {
 func (l *Listener) fill(ctx context.Context, key string) {
 	var cache *config.Cache
 	for _, c := range l.caches {
-		if _, ok := c.Template.Parse(key); ok {
+		if _, err := l.api.ParseKey(c.Name, key); err == nil { // by its column types too
 			cache = c
 			break
 		}

@@ -18,6 +18,9 @@ import (
 // value spelled another way ("01" for the integer 1) names the same row
 // under another key, so a key must spell each value exactly as output.
 
+// blanks are what PostgreSQL's input functions skip around a value.
+const blanks = " \t\n\r\v\f"
+
 // maxChars is the longest character(n) PostgreSQL allows.
 const maxChars = 10 * 1024 * 1024
 
@@ -61,7 +64,7 @@ func canonical(oid uint32, typmod int32, s string) (canon string, exact bool, er
 	case pgtype.Int8OID:
 		return canonicalInt(s, 64)
 	case pgtype.OIDOID:
-		n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
+		n, err := strconv.ParseUint(strings.Trim(s, blanks), 10, 32)
 		if err != nil {
 			return "", true, numErr(err, "an oid")
 		}
@@ -89,6 +92,9 @@ func canonical(oid uint32, typmod int32, s string) (canon string, exact bool, er
 		if utf8.RuneCountInString(t) > n {
 			return "", true, fmt.Errorf("longer than the column's %d characters", n)
 		}
+		if utf8.RuneCountInString(s) == n {
+			return s, true, nil // padded as printed
+		}
 		return t + strings.Repeat(" ", n-utf8.RuneCountInString(t)), true, nil
 	case pgtype.NumericOID:
 		if typmod < 4 || (typmod-4)&0x400 != 0 {
@@ -106,11 +112,21 @@ func canonical(oid uint32, typmod int32, s string) (canon string, exact bool, er
 }
 
 func canonicalInt(s string, bits int) (string, bool, error) {
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, bits)
+	n, err := strconv.ParseInt(strings.Trim(s, blanks), 10, bits)
 	if err != nil {
 		return "", true, numErr(err, fmt.Sprintf("a %d-bit integer", bits))
 	}
+	if plainInt(s) {
+		return s, true, nil // as printed: no need to print it
+	}
 	return strconv.FormatInt(n, 10), true, nil
+}
+
+// plainInt tells digits as an integer prints: no sign but "-", no leading
+// zero, no blanks.
+func plainInt(s string) bool {
+	d := strings.TrimPrefix(s, "-")
+	return s == "0" || d != "" && d[0] != '0' && allDigits(d)
 }
 
 func numErr(err error, what string) error {
@@ -121,7 +137,7 @@ func numErr(err error, what string) error {
 }
 
 func canonicalBool(s string) (string, bool, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
+	switch strings.ToLower(strings.Trim(s, blanks)) {
 	case "t", "true", "y", "yes", "on", "1":
 		return "t", true, nil
 	case "f", "false", "n", "no", "off", "0":
@@ -131,7 +147,7 @@ func canonicalBool(s string) (string, bool, error) {
 }
 
 func canonicalUUID(s string) (string, bool, error) {
-	h := strings.ToLower(strings.TrimSpace(s))
+	h := strings.ToLower(strings.Trim(s, blanks))
 	h = strings.TrimSuffix(strings.TrimPrefix(h, "{"), "}")
 	h = strings.ReplaceAll(h, "-", "")
 	if len(h) != 32 || strings.Trim(h, "0123456789abcdef") != "" {
@@ -143,7 +159,10 @@ func canonicalUUID(s string) (string, bool, error) {
 // canonicalNumeric spells s as numeric(precision, scale) prints it:
 // rounded half away from zero to scale digits, no exponent, no "+".
 func canonicalNumeric(s string, precision, scale int) (string, bool, error) {
-	t := strings.TrimSpace(s)
+	if plainNumeric(s, precision, scale) {
+		return s, true, nil
+	}
+	t := strings.Trim(s, blanks)
 	if strings.EqualFold(t, "nan") {
 		return "NaN", true, nil
 	}
@@ -167,12 +186,35 @@ func canonicalNumeric(s string, precision, scale int) (string, bool, error) {
 	if strings.HasPrefix(out, "-") && strings.Trim(out, "-0.") == "" {
 		out = out[1:] // numeric has no negative zero
 	}
-	digits := strings.TrimLeft(strings.SplitN(strings.TrimPrefix(out, "-"), ".", 2)[0], "0")
-	if len(digits) > precision-scale {
+	// numeric(p,s) holds values below 10^(p-s) (s may exceed p).
+	rounded, _ := new(big.Rat).SetString(out)
+	limit := new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(abs(precision-scale))), nil))
+	if precision < scale {
+		limit.Inv(limit)
+	}
+	if rounded.Abs(rounded).Cmp(limit) >= 0 {
 		return "", true, fmt.Errorf("out of range for numeric(%d,%d)", precision, scale)
 	}
 	return out, true, nil
 }
+
+// plainNumeric tells a value of numeric(precision, scale) as it prints,
+// without computing: an integer part as plainInt, exactly scale digits
+// after the point, within range, not a negative zero.
+func plainNumeric(s string, precision, scale int) bool {
+	whole, frac, ok := strings.Cut(s, ".")
+	if scale == 0 {
+		whole, ok = s, !ok
+	}
+	digits := len(strings.TrimPrefix(whole, "-"))
+	if whole == "0" || whole == "-0" {
+		digits = 0
+	}
+	return ok && len(frac) == scale && allDigits(frac) && (plainInt(whole) || whole == "-0" && strings.Trim(frac, "0") != "") &&
+		precision >= scale && digits <= precision-scale
+}
+
+func abs(n int) int { return max(n, -n) }
 
 // canonicalDate checks s is a date as ISO output prints it: YYYY-MM-DD
 // (at least 4 year digits), " BC" after, or ±infinity.
@@ -183,12 +225,25 @@ func canonicalDate(s string) (string, bool, error) {
 	rest, bc := strings.CutSuffix(s, " BC")
 	y, m, d, ok := splitDate(rest)
 	if !ok || !validDate(y, m, d, bc) {
-		if t, err := parseAny(strings.TrimSpace(s), "2006-1-2", "20060102", "2006/1/2"); err == nil {
-			return t.Format("2006-01-02"), true, nil
+		t, err := parseAny(strings.Trim(s, blanks), "2006-1-2", "20060102", "2006/1/2", time.RFC3339Nano, "2006-01-02 15:04:05.999999999")
+		if err == nil && t.Year() >= 1 {
+			return t.Format("2006-01-02"), true, nil // a timestamp's date, as PostgreSQL takes it
 		}
 		return "", true, errors.New("not a date as YYYY-MM-DD")
 	}
+	if !inRange(y, m, d, bc, 5874897) {
+		return "", true, errors.New("out of range for a date")
+	}
 	return s, true, nil
+}
+
+// inRange tells a day PostgreSQL's dates (maxYear 5874897) or timestamps
+// (294276) hold: from 4714-11-24 BC.
+func inRange(y, m, d int, bc bool, maxYear int) bool {
+	if bc {
+		return y < 4714 || y == 4714 && (m == 12 || m == 11 && d >= 24)
+	}
+	return y <= maxYear
 }
 
 // parseAny parses s with the first of layouts that fits.
@@ -205,11 +260,12 @@ func parseAny(s string, layouts ...string) (t time.Time, err error) {
 // PostgreSQL's (RFC 3339, another zone, trailing zeros), as PostgreSQL
 // prints it in UTC, when its fraction fits the column's digits.
 func respellTimestamp(s string, digits int, zone string) (string, bool) {
+	// Without an offset a timestamptz is in the feed's time zone, UTC.
 	layouts := []string{"2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999"}
 	if zone != "" {
-		layouts = []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02T15:04:05.999999999Z07"}
+		layouts = append(layouts, time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02T15:04:05.999999999Z07")
 	}
-	t, err := parseAny(strings.TrimSpace(s), layouts...)
+	t, err := parseAny(strings.Trim(s, blanks), layouts...)
 	if err != nil || t.UTC().Year() < 1 || t.Nanosecond()%int(math.Pow10(9-digits)) != 0 {
 		return "", false
 	}
@@ -224,19 +280,23 @@ func canonicalTimestamp(s string, typmod int32, zone string) (string, bool, erro
 	if s == "infinity" || s == "-infinity" {
 		return s, true, nil
 	}
-	bad := fmt.Errorf("not a timestamp as YYYY-MM-DD hh:mm:ss[.ffffff]%s", zone)
-	rest, bc := strings.CutSuffix(s, " BC")
-	rest, ok := strings.CutSuffix(rest, zone)
-	date, clock, found := strings.Cut(rest, " ")
 	digits := 6
 	if typmod >= 0 && typmod < 6 {
 		digits = int(typmod)
 	}
-	if y, m, d, dateOK := splitDate(date); !ok || !found || !dateOK || !validDate(y, m, d, bc) {
+	bad := fmt.Errorf("not a timestamp as YYYY-MM-DD hh:mm:ss[.ffffff]%s, with at most %d digits after the second (round it first)", zone, digits)
+	rest, bc := strings.CutSuffix(s, " BC")
+	rest, ok := strings.CutSuffix(rest, zone)
+	date, clock, found := strings.Cut(rest, " ")
+	y, m, d, dateOK := splitDate(date)
+	if !ok || !found || !dateOK || !validDate(y, m, d, bc) {
 		if c, ok := respellTimestamp(s, digits, zone); ok && !bc {
 			return c, true, nil
 		}
 		return "", true, bad
+	}
+	if !inRange(y, m, d, bc, 294276) {
+		return "", true, errors.New("out of range for a timestamp")
 	}
 	clock, frac, _ := strings.Cut(clock, ".")
 	if len(clock) != 8 || clock[2] != ':' || clock[5] != ':' || !allDigits(clock[:2]+clock[3:5]+clock[6:]) ||
@@ -284,28 +344,33 @@ func allDigits(s string) bool {
 	return true
 }
 
-// KeyBytes returns the bytes a value of type oid can hold in its output
-// text, or nil when it can hold any: what tells whether two key templates
-// can produce the same key.
-func KeyBytes(oid uint32) *[256]bool {
+// KeyBytes returns the bytes that a spelling Canonical takes for type oid
+// can hold (the spelling PostgreSQL prints, and the others Canonical
+// respells), or nil when it can hold any: what tells whether two key
+// templates can name the same key. It is nil for a type that is not Exact.
+func KeyBytes(oid uint32, typmod int32) *[256]bool {
+	if !Exact(oid, typmod) {
+		return nil
+	}
 	set := func(chars string) *[256]bool {
 		var b [256]bool
-		for i := 0; i < len(chars); i++ {
-			b[chars[i]] = true
+		for _, c := range []byte(chars + blanks) {
+			b[c] = true
 		}
 		return &b
 	}
+	const digits = "0123456789"
 	switch oid {
 	case pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgtype.OIDOID:
-		return set("-0123456789")
+		return set("+-" + digits)
 	case pgtype.BoolOID:
-		return set("tf")
+		return set("01trueyesonfalsnTRUEYESONFALSN")
 	case pgtype.UUIDOID:
-		return set("-0123456789abcdef")
+		return set("-{}" + digits + "abcdefABCDEF")
 	case pgtype.NumericOID:
-		return set("-.0123456789NaInfity")
+		return set("+-.eE" + digits + "NaNnAa")
 	case pgtype.DateOID, pgtype.TimestampOID, pgtype.TimestamptzOID:
-		return set("-+.: 0123456789BCinfty")
+		return set("-+/.:TZ " + digits + "BCinfty")
 	}
 	return nil
 }

@@ -13,7 +13,6 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,13 +248,13 @@ func (r *Refresher) missing(ctx context.Context, c *config.Cache, keys []string)
 	return out
 }
 
-// cacheOf returns the refreshing cache whose template key fits, or nil.
+// cacheOf returns the refreshing cache whose key key is, or nil: by its
+// column types too, so of "user:{id}" and "user:{id}:orders" (integer ids)
+// each gets its own. (cachesync's own keys, its leases, markers and stale
+// copies, are no cache's.)
 func (r *Refresher) cacheOf(key string) *config.Cache {
-	if strings.HasPrefix(key, "cachesync:") {
-		return nil // a lease, marker or stale copy of cachesync's own
-	}
 	for _, c := range r.refreshed {
-		if _, ok := c.Template.Parse(key); ok {
+		if _, err := r.api.ParseKey(c.Name, key); err == nil {
 			return c
 		}
 	}

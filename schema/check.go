@@ -244,14 +244,20 @@ func LoadTables(ctx context.Context, db *pgx.Conn, caches []*config.Cache) (map[
 			return nil, err
 		}
 	}
-	bindings := map[string]*binding.Binding{}
-	for _, c := range caches {
-		bindings[c.Name], _ = binding.New(c.Spec(), BindingColumns(tables[c.Table].Columns)) // CheckTable built it
-	}
-	if err := CheckKeyspaces(bindings); err != nil {
+	if err := CheckKeyspaces(Bindings(caches, tables)); err != nil {
 		return nil, err
 	}
 	return tables, nil
+}
+
+// Bindings returns the bindings of caches over their tables (as
+// LoadTables returned them), by cache name: what CheckKeyspaces takes.
+func Bindings(caches []*config.Cache, tables map[string]*pgsource.Table) map[string]*binding.Binding {
+	out := map[string]*binding.Binding{}
+	for _, c := range caches {
+		out[c.Name], _ = binding.New(c.Spec(), BindingColumns(tables[c.Table].Columns)) // CheckTable built it
+	}
+	return out
 }
 
 // SelectBinding resolves cache c against the columns a read of its rows

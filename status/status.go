@@ -302,7 +302,7 @@ func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 	cfg := c.s.Config
 	for _, name := range cfg.CacheNames() {
 		var n int64
-		err := binding.ScanTemplate(ctx, c.s.Redis, cfg.Caches[name].Template, func(ks []string) error {
+		err := binding.ScanTemplate(ctx, c.s.Redis, cfg.Caches[name].Template, nil, func(ks []string) error {
 			n += int64(len(ks))
 			return nil
 		})

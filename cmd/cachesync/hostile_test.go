@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -53,9 +55,10 @@ func errorMessage(body string) string {
 
 // TestKeySpellings (issue 13, 1): for a key column of each type a key can
 // have, the key spelled as the change feed writes it is served, and every
-// other spelling of the same row (GET, PUT, DELETE, PUT ?mode=behind) is
-// 400 bad_key naming the row's key, writes nothing to Redis or the table,
-// so a change to the row is never hidden behind a stale second copy.
+// other spelling of the same row (GET, PUT, PUT ?mode=behind) is 400
+// bad_key naming the row's key, writes nothing to Redis or the table, so a
+// change to the row is never hidden behind a stale second copy; a DELETE
+// of such a key (left by an older version) removes it.
 func TestKeySpellings(t *testing.T) {
 	b := newBed(t, "spellings")
 	types := []struct {
@@ -96,7 +99,7 @@ func TestKeySpellings(t *testing.T) {
 		for _, a := range ty.aliases {
 			alias := ty.name + ":" + a
 			apath := base + "/v1/caches/" + ty.name + "/" + url.PathEscape(alias)
-			reqs := []struct{ method, query, body string }{{"GET", "", ""}, {"PUT", "", `{"v": "two"}`}, {"DELETE", "", ""}}
+			reqs := []struct{ method, query, body string }{{"GET", "", ""}, {"PUT", "", `{"v": "two"}`}}
 			if ty.name == "wb" {
 				reqs = append(reqs, struct{ method, query, body string }{"PUT", "?mode=behind", `{"v": "two"}`})
 			}
@@ -111,6 +114,14 @@ func TestKeySpellings(t *testing.T) {
 			}
 			if n, _ := b.rc.Do(ctx, b.rc.B().Exists().Key(alias).Build()).AsInt64(); n != 0 {
 				t.Errorf("%q is in Redis", alias)
+			}
+			// A DELETE removes such a key (one an older version wrote).
+			b.rc.Do(ctx, b.rc.B().Set().Key(alias).Value("stale").Build())
+			if code, body := httpDo(t, "DELETE", apath, ""); code != 204 {
+				t.Errorf("DELETE %q = %d %s, want 204", alias, code, body)
+			}
+			if n, _ := b.rc.Do(ctx, b.rc.B().Exists().Key(alias).Build()).AsInt64(); n != 0 {
+				t.Errorf("DELETE %q left it in Redis", alias)
 			}
 		}
 		// The row was not written by any of them, and a change reaches
@@ -145,8 +156,22 @@ func TestKeyspaceRefused(t *testing.T) {
 	b.exec("CREATE TABLE kv (k text PRIMARY KEY, v text NOT NULL)")
 	b.exec("CREATE TABLE users (name text PRIMARY KEY, v text)")
 	b.exec("CREATE TABLE orders (name text PRIMARY KEY, n int)")
+	b.exec("CREATE TABLE nums (x numeric PRIMARY KEY, v text)")
+	b.exec("CREATE TABLE pairs (x int, y int, v text, PRIMARY KEY (x, y))")
 	b.exec("INSERT INTO kv VALUES ('apple', '1.99')")
+	if err := b.pg.CreateDatabase(t.Context(), "keyspace2"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := pgx.Connect(t.Context(), b.pg.URL("keyspace2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(t.Context())
+	if _, err := other.Exec(t.Context(), "CREATE TABLE users (name text PRIMARY KEY, v text)"); err != nil {
+		t.Fatal(err)
+	}
 	head := fmt.Sprintf("name: ks\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL)
+	twoSources := fmt.Sprintf("name: ks\nredis: {url: %q}\nsources:\n  main: {url: %q}\n  other: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL, b.pg.URL("keyspace2"))
 	refused := []struct{ caches, want string }{
 		{"  kv: {table: public.kv, key: \"{k}\", sync: changefeed}\n",
 			`caches.kv.key: template {k} can produce keys that are not this cache's own, such as "cachesync:`},
@@ -155,9 +180,19 @@ func TestKeyspaceRefused(t *testing.T) {
 			`caches orders (user:{name}:orders) and users (user:{name}) can both produce the key "user:`},
 		{"  kv: {table: public.kv, key: \"{k}\", sync: none}\n  users: {table: public.users, key: \"user:{name}\"}\n",
 			`caches kv ({k}) and users (user:{name}) can both produce the key`},
+		// A numeric without a scale has many spellings: its keys could be anything.
+		{"  nums: {table: public.nums, key: \"n:{x}\"}\n  pairs: {table: public.pairs, key: \"n:{x}:{y}\"}\n",
+			`caches nums (n:{x}) and pairs (n:{x}:{y}) can both produce the key "n:`},
+		// Caches of two sources share one Redis: refused before any feed starts.
+		{"  users: {source: main, table: public.users, key: \"user:{name}\"}\n  others: {source: other, table: public.users, key: \"user:{name}\"}\n",
+			`caches others (user:{name}) and users (user:{name}) can both produce the key "user:`},
 	}
 	for i, r := range refused {
-		cfg := b.writeConfig(fmt.Sprintf("refused%d.yaml", i), head+r.caches)
+		h := head
+		if strings.Contains(r.caches, "source: other") {
+			h = twoSources
+		}
+		cfg := b.writeConfig(fmt.Sprintf("refused%d.yaml", i), h+r.caches)
 		for _, cmd := range []string{"run", "check"} {
 			code, _, stderr, _ := runCLI(t, time.Minute, nil, cmd, "--config", cfg)
 			if code != 1 || !strings.Contains(stderr, r.want) {
@@ -293,6 +328,40 @@ func TestPutWhileRedisDown(t *testing.T) {
 			t.Fatalf("cachesync run exited:\n%s", d.state())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	d.stopOK(t)
+}
+
+// TestRefreshByType (issue 13, 2): "user:{id}" and "user:{id}:{n}" over
+// integers coexist, and an expired key is refreshed by its own cache: the
+// other's template parses it too, but not its types.
+func TestRefreshByType(t *testing.T) {
+	b := newBed(t, "refreshtype")
+	b.exec("CREATE TABLE a (id int PRIMARY KEY, v text NOT NULL); INSERT INTO a VALUES (1, 'a1')")
+	b.exec("CREATE TABLE bb (id int, n int, v text NOT NULL, PRIMARY KEY (id, n)); INSERT INTO bb VALUES (1, 2, 'b12')")
+	cfg := fmt.Sprintf("name: rt\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL) +
+		"  a: {table: public.a, key: \"user:{id}\", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}\n" +
+		"  b: {table: public.bb, key: \"user:{id}:{n}\", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}\n"
+	d, _ := b.serve("rt.yaml", cfg)
+	ctx := t.Context()
+	for _, k := range []string{"user:1:2", "user:1"} {
+		if err := b.rc.Do(ctx, b.rc.B().Set().Key(k).Value("old").Px(200*time.Millisecond).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]string{"user:1:2": "b12", "user:1": "a1"}
+	deadline := time.Now().Add(time.Minute) // for a failure to end; a refresh takes milliseconds
+	for k, v := range want {
+		for {
+			got, _ := b.rc.Do(ctx, b.rc.B().Get().Key(k).Build()).ToString()
+			if got == v {
+				break
+			}
+			if d.exited() || time.Now().After(deadline) {
+				t.Fatalf("%s = %q, not refreshed to %q:\n%s", k, got, v, d.state())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	d.stopOK(t)
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/dashboard"
@@ -107,21 +109,31 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	}
 	d := &daemon{cfg: cfg, log: log, errors: errs, redis: client}
 	d.warnEviction(ctx)
+	// Every cache is checked, and no two may name one key (whatever their
+	// sources), before any feed starts: a feed's rebuild clears its keys.
+	all := map[string]*binding.Binding{}
 	for _, source := range cfg.SourceNames() {
-		if err := checkSource(ctx, cfg, source); err != nil {
+		bindings, err := checkSource(ctx, cfg, source)
+		if err != nil {
 			client.Close()
 			return nil, err
 		}
+		maps.Copy(all, bindings)
 		d.feeds = append(d.feeds, changefeed.New(cfg, source, client, log))
+	}
+	if err := schema.CheckKeyspaces(all); err != nil {
+		client.Close()
+		return nil, err
 	}
 	return d, nil
 }
 
-// checkSource checks the caches of source against the live schema.
-func checkSource(ctx context.Context, cfg *config.Config, source string) error {
+// checkSource checks the caches of source against the live schema and
+// returns their bindings.
+func checkSource(ctx context.Context, cfg *config.Config, source string) (map[string]*binding.Binding, error) {
 	db, err := pgx.Connect(ctx, cfg.Sources[source].URL)
 	if err != nil {
-		return fmt.Errorf("sources.%s.url: cannot connect: %w", source, err)
+		return nil, fmt.Errorf("sources.%s.url: cannot connect: %w", source, err)
 	}
 	defer db.Close(context.WithoutCancel(ctx))
 	var caches []*config.Cache
@@ -130,8 +142,11 @@ func checkSource(ctx context.Context, cfg *config.Config, source string) error {
 			caches = append(caches, c)
 		}
 	}
-	_, err = schema.LoadTables(ctx, db, caches)
-	return err
+	tables, err := schema.LoadTables(ctx, db, caches)
+	if err != nil {
+		return nil, err
+	}
+	return schema.Bindings(caches, tables), nil
 }
 
 // run runs every feed, and the HTTP API when configured, until ctx is done

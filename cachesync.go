@@ -597,7 +597,9 @@ func (c *Client) refill(ctx context.Context, ca *cache, key string) error {
 	}
 	// A fill of its own: one in flight began before the invalidation, which
 	// ended its lease.
-	if _, err := c.fill(ctx, ca, key, values); err != nil && !errors.Is(err, ErrNotFound) {
+	// (A row found under another spelling of its key is the feed's, under
+	// its own: the invalidation removed the other.)
+	if _, err := c.fill(ctx, ca, key, values); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, binding.ErrKeySpelling) {
 		return fmt.Errorf("invalidated, then not loaded again: %w", err)
 	}
 	return nil

@@ -124,8 +124,9 @@ func literal(s string) []token {
 }
 
 // globOf is the pattern of t's keys: its literals, and for each placeholder
-// one byte its column can print, then any more (an empty text is a value,
-// so a placeholder of any byte may be empty).
+// the bytes its column can be spelled with (one at least), with blanks at
+// either end (an empty text is a value, so a placeholder of any byte may be
+// empty).
 func globOf(t *Template, types []Column) []token {
 	var out []token
 	for i, l := range t.lits {
@@ -138,10 +139,19 @@ func globOf(t *Template, types []Column) []token {
 			out = append(out, token{star: true, any: true})
 			continue
 		}
-		out = append(out, token{set: set}, token{star: true, set: set})
+		out = append(out, token{star: true, set: blankBytes}, token{set: set}, token{star: true, set: set}, token{star: true, set: blankBytes})
 	}
 	return out
 }
+
+// blankBytes are pgtext.Blanks as a set.
+var blankBytes = func() *[256]bool {
+	var b [256]bool
+	for _, c := range []byte(pgtext.Blanks) {
+		b[c] = true
+	}
+	return &b
+}()
 
 // intersect finds a string both patterns match, by a breadth-first walk of
 // the pairs of their positions; it returns the first it finds.

@@ -51,6 +51,9 @@ func TestOverlap(t *testing.T) {
 		{"n:{x}", pgtype.NumericOID, "n:{x}:{y}", integer, true},      // numeric without a scale: any text
 		{"n:{x}", pgtype.UUIDOID, "n:{x}", pgtype.TimestampOID, true}, // digits
 		{"u:{x}", pgtype.UUIDOID, "u:{x}:{y}", pgtype.UUIDOID, false},
+		{"k:{id}", integer, "k:{id} {n}", integer, false}, // blanks only around a value: "k:0 0" is no integer
+		{"ev:{at}", pgtype.TimestampOID, "ev:{at},{seq}", integer, false},
+		{"n:{x}", pgtype.NumericOID, "n:{a}p{b}", integer, true}, // numeric without a scale: any text
 
 		{"{a}.{b}", integer, "{a}", pgtype.NumericOID, true},
 	}

@@ -146,14 +146,35 @@ func canonicalBool(s string) (string, bool, error) {
 	return "", true, errors.New("not a boolean (t or f)")
 }
 
+// canonicalUUID takes the forms PostgreSQL reads: 32 hex digits in either
+// case, a hyphen after any group of four, the whole in braces or not.
 func canonicalUUID(s string) (string, bool, error) {
-	h := strings.ToLower(strings.Trim(s, blanks))
-	h = strings.TrimSuffix(strings.TrimPrefix(h, "{"), "}")
-	h = strings.ReplaceAll(h, "-", "")
-	if len(h) != 32 || strings.Trim(h, "0123456789abcdef") != "" {
-		return "", true, errors.New("not a UUID")
+	bad := errors.New("not a UUID")
+	h := s
+	if strings.HasPrefix(h, "{") {
+		var ok bool
+		if h, ok = strings.CutSuffix(h[1:], "}"); !ok {
+			return "", true, bad
+		}
 	}
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], true, nil
+	digits := make([]byte, 0, 32)
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '-' && len(digits) > 0 && len(digits)%4 == 0 && h[i-1] != '-' && i < len(h)-1:
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
+			digits = append(digits, c)
+		case c >= 'A' && c <= 'F':
+			digits = append(digits, c+'a'-'A')
+		default:
+			return "", true, bad
+		}
+	}
+	if len(digits) != 32 {
+		return "", true, bad
+	}
+	d := string(digits)
+	return d[:8] + "-" + d[8:12] + "-" + d[12:16] + "-" + d[16:20] + "-" + d[20:], true, nil
 }
 
 // canonicalNumeric spells s as numeric(precision, scale) prints it:
@@ -166,8 +187,8 @@ func canonicalNumeric(s string, precision, scale int) (string, bool, error) {
 	if strings.EqualFold(t, "nan") {
 		return "NaN", true, nil
 	}
-	if strings.ContainsAny(t, "_xXoObB") || t == "" {
-		return "", true, errors.New("not a number")
+	if strings.Trim(t, "0123456789.+-eE") != "" || t == "" {
+		return "", true, errors.New("not a number") // (big.Rat would take 0x1p3, 1/2, 1_0)
 	}
 	if _, exp, ok := strings.Cut(strings.ToLower(t), "e"); ok {
 		// Bound the work: PostgreSQL refuses such exponents too.
@@ -226,7 +247,7 @@ func canonicalDate(s string) (string, bool, error) {
 	y, m, d, ok := splitDate(rest)
 	if !ok || !validDate(y, m, d, bc) {
 		t, err := parseAny(strings.Trim(s, blanks), "2006-1-2", "20060102", "2006/1/2", time.RFC3339Nano, "2006-01-02 15:04:05.999999999")
-		if err == nil && t.Year() >= 1 {
+		if err == nil && t.Year() >= 1 && !strings.Contains(s, ",") { // (Go takes "," before a fraction)
 			return t.Format("2006-01-02"), true, nil // a timestamp's date, as PostgreSQL takes it
 		}
 		return "", true, errors.New("not a date as YYYY-MM-DD")
@@ -266,7 +287,7 @@ func respellTimestamp(s string, digits int, zone string) (string, bool) {
 		layouts = append(layouts, time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02T15:04:05.999999999Z07")
 	}
 	t, err := parseAny(strings.Trim(s, blanks), layouts...)
-	if err != nil || t.UTC().Year() < 1 || t.Nanosecond()%int(math.Pow10(9-digits)) != 0 {
+	if err != nil || strings.Contains(s, ",") || t.UTC().Year() < 1 || t.Nanosecond()%int(math.Pow10(9-digits)) != 0 {
 		return "", false
 	}
 	out := t.UTC().Format("2006-01-02 15:04:05.999999")
@@ -346,15 +367,17 @@ func allDigits(s string) bool {
 
 // KeyBytes returns the bytes that a spelling Canonical takes for type oid
 // can hold (the spelling PostgreSQL prints, and the others Canonical
-// respells), or nil when it can hold any: what tells whether two key
-// templates can name the same key. It is nil for a type that is not Exact.
+// respells), blanks aside: those it takes at either end of a value (" 1"),
+// and only there. It is nil when a spelling can hold any byte, as for a
+// type that is not Exact. It tells whether two key templates can name the
+// same key.
 func KeyBytes(oid uint32, typmod int32) *[256]bool {
 	if !Exact(oid, typmod) {
 		return nil
 	}
 	set := func(chars string) *[256]bool {
 		var b [256]bool
-		for _, c := range []byte(chars + blanks) {
+		for _, c := range []byte(chars) {
 			b[c] = true
 		}
 		return &b
@@ -374,3 +397,6 @@ func KeyBytes(oid uint32, typmod int32) *[256]bool {
 	}
 	return nil
 }
+
+// Blanks are the bytes Canonical takes around a value (KeyBytes).
+const Blanks = blanks

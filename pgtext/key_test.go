@@ -1,6 +1,7 @@
 package pgtext
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -60,6 +61,11 @@ func TestCanonical(t *testing.T) {
 		{pgtype.NumericOID, num52, "1000.00", "", true, false},
 		{pgtype.NumericOID, num52, "nan", "NaN", false, false},
 		{pgtype.NumericOID, num52, "1/2", "", true, false},
+		{pgtype.NumericOID, num52, "1p3", "", true, false},       // big.Rat's binary exponent: no numeric
+		{pgtype.NumericOID, num52, "1p9999999", "", true, false}, // (which took 20 s to compute)
+		{pgtype.UUIDOID, -1, " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "", true, false},
+		{pgtype.UUIDOID, -1, "a0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "", true, false},
+		{pgtype.DateOID, -1, "2026-01-02 03:04:05,5", "", true, false},
 		{pgtype.NumericOID, -1, "1.50", "1.50", false, true},
 		{pgtype.DateOID, -1, "2026-01-02", "2026-01-02", false, false},
 		{pgtype.DateOID, -1, "2026-1-2", "2026-01-02", false, false},
@@ -103,7 +109,9 @@ func FuzzCanonical(f *testing.F) {
 		pgtype.TextOID, pgtype.VarcharOID, pgtype.NameOID, pgtype.BPCharOID, pgtype.NumericOID, pgtype.DateOID,
 		pgtype.TimestampOID, pgtype.TimestamptzOID}
 	for _, s := range []string{"01", "+1", " 1", "99999999999", "a\x00b", "a\xffb", "1.505", "2026-02-29",
-		"2026-01-02 03:04:05.50+00", "0001-02-29 BC", "{A0EEBC999C0B4EF8BB6D6BB9BD380A11}", "nan", "1e2"} {
+		"2026-01-02 03:04:05.50+00", "0001-02-29 BC", "{A0EEBC999C0B4EF8BB6D6BB9BD380A11}", "nan", "1e2",
+		"1p3", "0x1p3", "2026-01-02 03:04:05,5", " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+		"a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11", "a0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "\t7 ", "1p9999999"} {
 		for i := range oids {
 			f.Add(uint8(i), int32(-1), s)
 			f.Add(uint8(i), int32(8), s)
@@ -121,15 +129,68 @@ func FuzzCanonical(f *testing.F) {
 			t.Fatalf("Canonical(%d, %d, %q) = %q, whose own is %q, %v", oid, typmod, s, canon, again, err)
 		}
 		// Both the spelling taken and the one given back hold only bytes
-		// KeyBytes allows: what the templates' overlap check relies on.
+		// KeyBytes allows, blanks aside at either end: what the templates'
+		// overlap check relies on.
 		if allowed := KeyBytes(oid, typmod); allowed != nil {
 			for _, sp := range []string{s, canon} {
-				for i := 0; i < len(sp); i++ {
-					if !allowed[sp[i]] {
-						t.Fatalf("Canonical(%d, %d, %q) = %q: %q holds %q, which KeyBytes leaves out", oid, typmod, s, canon, sp, sp[i])
+				core := strings.Trim(sp, Blanks)
+				for i := 0; i < len(core); i++ {
+					if !allowed[core[i]] {
+						t.Fatalf("Canonical(%d, %d, %q) = %q: %q holds %q, which KeyBytes leaves out", oid, typmod, s, canon, sp, core[i])
 					}
 				}
 			}
 		}
 	})
+}
+
+// TestKeyBytesCoverSpellings: every spelling Canonical takes, among all
+// one- and two-byte strings and every one-byte change to a value of each
+// type, holds only bytes KeyBytes allows (blanks at either end aside): a
+// byte left out would let one cache remove another's key.
+func TestKeyBytesCoverSpellings(t *testing.T) {
+	types := []struct {
+		oid    uint32
+		typmod int32
+		values []string
+	}{
+		{pgtype.Int4OID, -1, []string{"-12", "7"}},
+		{pgtype.OIDOID, -1, []string{"12"}},
+		{pgtype.BoolOID, -1, []string{"t", "false", " yes "}},
+		{pgtype.UUIDOID, -1, []string{"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "{A0EEBC999C0B4EF8BB6D6BB9BD380A11}"}},
+		{pgtype.NumericOID, 10<<16 | 2 + 4, []string{"-1.50", "1e2", "NaN"}},
+		{pgtype.DateOID, -1, []string{"2026-01-02", "0044-03-15 BC", "2026-1-2", "2026-01-02T03:04:05Z", "infinity"}},
+		{pgtype.TimestampOID, 3, []string{"2026-01-02 03:04:05.12", "2026-01-02T03:04:05"}},
+		{pgtype.TimestamptzOID, -1, []string{"2026-01-02 03:04:05+00", "2026-01-02T03:04:05.5+01:00", "2026-01-02 03:04:05 BC"}},
+	}
+	check := func(oid uint32, typmod int32, s string) {
+		if _, err := Canonical(oid, typmod, s); err != nil {
+			return
+		}
+		allowed, core := KeyBytes(oid, typmod), strings.Trim(s, Blanks)
+		for i := 0; i < len(core); i++ {
+			if !allowed[core[i]] {
+				t.Errorf("Canonical(%d, %d) takes %q, whose %q KeyBytes leaves out", oid, typmod, s, core[i])
+				return
+			}
+		}
+	}
+	for _, ty := range types {
+		for a := 0; a < 256; a++ {
+			check(ty.oid, ty.typmod, string([]byte{byte(a)}))
+			for b := 0; b < 256; b++ {
+				check(ty.oid, ty.typmod, string([]byte{byte(a), byte(b)}))
+			}
+		}
+		for _, v := range ty.values {
+			for i := 0; i <= len(v); i++ {
+				for c := 0; c < 256; c++ {
+					check(ty.oid, ty.typmod, v[:i]+string([]byte{byte(c)})+v[i:])
+					if i < len(v) {
+						check(ty.oid, ty.typmod, v[:i]+string([]byte{byte(c)})+v[i+1:])
+					}
+				}
+			}
+		}
+	}
 }

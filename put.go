@@ -16,6 +16,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/pgtext"
 )
 
 // ErrNotApplied reports a write that committed to PostgreSQL but that the
@@ -89,6 +90,39 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 		return key, fmt.Errorf("cache %q: %w: read the WAL position: %w", name, ErrNotApplied, targetErr)
 	}
 	return key, c.WaitApplied(ctx, name, uint64(target), c.opts.WriteWait)
+}
+
+// KeyOf returns the key of the row whose key columns hold values (column
+// → value, as Put takes them), each spelled as PostgreSQL prints it ("01"
+// is 1, true is t, an RFC 3339 timestamptz is in UTC): what the HTTP API
+// compares with the key a PUT names when its body repeats key columns.
+func (c *Client) KeyOf(name string, values map[string]any) (string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	cols := ca.cfg.Template.Columns()
+	text := make([][]byte, len(cols))
+	for i, n := range cols {
+		col, _ := ca.table.Column(n) // Open checked the key's columns
+		t, err := inputText(ca.cfg.Format, col, values[n])
+		if err == nil && t == nil {
+			err = errors.New("NULL or missing")
+		}
+		if err != nil {
+			return "", fmt.Errorf("cache %q: %w: key column %q: %w", name, ErrBadRow, n, err)
+		}
+		canon, err := pgtext.Canonical(col.TypeOID, col.Typmod, string(t))
+		if err != nil {
+			return "", fmt.Errorf("cache %q: %w: key column %q: %q: %w", name, ErrBadRow, n, t, err)
+		}
+		text[i] = []byte(canon)
+	}
+	k, err := ca.cfg.Template.Render(nil, text)
+	if err != nil {
+		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+	}
+	return string(k), nil
 }
 
 // renderKey renders the key of the key columns' values, as PostgreSQL

@@ -260,13 +260,26 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The key names the row: its columns come from the key, and a body that
-	// says otherwise is a mistake.
+	// says otherwise is a mistake (a body that spells them as a GET returns
+	// them, true or RFC 3339, agrees).
+	named, repeated := map[string]any{}, false
 	for i, col := range c.Template.Columns() {
-		if v, ok := row[col]; ok && plain(v) != values[i] {
-			writeError(w, http.StatusBadRequest, "key_mismatch", fmt.Sprintf("column %q is %s in the body but %q in the key", col, v, values[i]))
-			return
+		named[col] = values[i]
+		if v, ok := row[col]; ok {
+			named[col], repeated = v, true
 		}
 		row[col] = values[i]
+	}
+	if repeated {
+		k, err := s.api.KeyOf(name, named)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		if k != key {
+			writeError(w, http.StatusBadRequest, "key_mismatch", fmt.Sprintf("the body's key columns name the key %q, not %q", k, key))
+			return
+		}
 	}
 	put := s.api.Put
 	if mode == "behind" {
@@ -277,17 +290,6 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// plain is a body's JSON value as a key spells it: a string unquoted,
-// anything else as written.
-func plain(v any) string {
-	raw, _ := v.(json.RawMessage)
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	return string(raw)
 }
 
 // readRow decodes the body as one JSON object, within the size limit; each

@@ -80,6 +80,11 @@ func TestKeySpellings(t *testing.T) {
 		b.exec(fmt.Sprintf("INSERT INTO %s_t VALUES ($1, 'one')", ty.name), ty.canon)
 		fmt.Fprintf(&caches, "  %s:\n    table: public.%s_t\n    key: \"%s:{k}\"\n    value: {format: string, columns: {v: v}}\n    sync: changefeed\n", ty.name, ty.name, ty.name)
 	}
+	// A JSON cache of the same rows: a GET's body PUT back changes nothing,
+	// its key columns spelled as JSON carries them (true, RFC 3339).
+	for _, ty := range []string{"bool", "timestamptz", "numeric", "uuid"} {
+		fmt.Fprintf(&caches, "  %sj:\n    table: public.%s_t\n    key: \"%sj:{k}\"\n    value: {format: json}\n    sync: changefeed\n", ty, ty, ty)
+	}
 	b.exec("CREATE TABLE wb_t (k int PRIMARY KEY, v text NOT NULL)")
 	b.exec("INSERT INTO wb_t VALUES (1, 'one')")
 	caches.WriteString("  wb:\n    table: public.wb_t\n    key: \"wb:{k}\"\n    value: {format: string, columns: {v: v}}\n    sync: changefeed\n    writes: behind\n")
@@ -135,6 +140,20 @@ func TestKeySpellings(t *testing.T) {
 		}
 		if code, body := httpDo(t, "GET", path, ""); code != 200 || body != "three" {
 			t.Errorf("GET %q after its PUT = %d %s", key, code, body)
+		}
+	}
+	for _, ty := range types[:len(types)-1] {
+		name := ty.name + "j"
+		if !strings.Contains(caches.String(), "  "+name+":") {
+			continue
+		}
+		path := base + "/v1/caches/" + name + "/" + url.PathEscape(name+":"+ty.canon)
+		code, body := httpDo(t, "GET", path, "")
+		if code != 200 {
+			t.Fatalf("GET %s = %d %s", path, code, body)
+		}
+		if code, out := httpDo(t, "PUT", path, body); code != 204 {
+			t.Errorf("PUT %s back to %s = %d %s, want 204", body, name, code, out)
 		}
 	}
 	// NUL, invalid UTF-8 and out of range: no value of the column, 400.

@@ -81,11 +81,10 @@ type Refresher struct {
 	// come before Run.
 	CheckEvery time.Duration
 
-	since  int64 // unix ms when Run began
-	work   chan batch
-	mu     sync.Mutex
-	busy   map[string]bool // cache NUL key: in a reload now
-	inPoll map[string]int  // cache -> keys read from its record, in reloads now
+	since int64 // unix ms when Run began
+	work  chan batch
+	mu    sync.Mutex
+	busy  map[string]bool // cache NUL key: in a reload now
 }
 
 // batch is keys of one cache to reload.
@@ -95,14 +94,13 @@ type batch struct {
 	expiries  []int64 // recorded expiry of each key (unix ms), 0 when unknown
 	present   bool    // reload present keys too (ahead, schedule)
 	scheduled bool
-	polled    bool // read from the expiry record
 }
 
 // New returns the refresher of cfg's caches, or nil when no cache
 // refreshes or has a schedule.
 func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
-		work: make(chan batch, Workers), busy: map[string]bool{}, inPoll: map[string]int{}, CheckEvery: keyevents.DefaultEvery}
+		work: make(chan batch, Workers), busy: map[string]bool{}, CheckEvery: keyevents.DefaultEvery}
 	r.Stats.Delays = latency.New(latency.Slow)
 	r.PerCache = map[string]*Counts{}
 	for _, name := range cfg.CacheNames() {
@@ -281,36 +279,12 @@ func (r *Refresher) done(c *config.Cache, keys []string) {
 	}
 }
 
-// started and finished count the keys read from c's record that are in
-// reloads; polling is that count.
-func (r *Refresher) started(b batch) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inPoll[b.cache.Name] += len(b.keys)
-}
-
-func (r *Refresher) finished(b batch) {
-	if !b.polled {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inPoll[b.cache.Name] -= len(b.keys)
-}
-
-func (r *Refresher) polling(c *config.Cache) int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return int64(r.inPoll[c.Name])
-}
-
 func (r *Refresher) send(ctx context.Context, b batch) bool {
 	select {
 	case r.work <- b:
 		return true
 	case <-ctx.Done():
 		r.done(b.cache, b.keys)
-		r.finished(b)
 		return false
 	}
 }
@@ -329,38 +303,33 @@ func (r *Refresher) poll(ctx context.Context, c *config.Cache) {
 	defer t.Stop()
 	for {
 		// Read due keys a page (Workers batches) at a time until none is
-		// left. The keys of reloads still running are the first due ones (a
-		// reload rescores its keys when it writes them), so reading skips
-		// as many, and as many as it found in reloads of expired events
-		// meanwhile; a key missed as they finish is found at the next tick.
-		// (Redis walks the skipped entries of each read: large pages keep
-		// the reads few.)
-		others := int64(0)
-		for ctx.Err() == nil {
+		// left, from the first: those in reloads now (of this record or of
+		// expired events) are skipped by their claim. (Reading from an
+		// offset of the keys in reloads assumed they were the first due,
+		// which they stop being once written: then as many keys that were
+		// due all along, the oldest, were skipped at every read while
+		// reloads kept running, for a minute on a busy machine.)
+		for offset := int64(0); ctx.Err() == nil; {
 			until := strconv.FormatInt(time.Now().Add(lead).UnixMilli(), 10)
 			res, err := r.redis.Do(ctx, r.redis.B().Zrange().Key(record).Min("-inf").Max(until).
-				Byscore().Limit(r.polling(c)+others, pollPage).Withscores().Build()).AsZScores()
+				Byscore().Limit(offset, pollPage).Withscores().Build()).AsZScores()
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("read expiry record", "cache", c.Name, "err", err)
 				}
 				break
 			}
+			offset += int64(len(res))
 			for start := 0; start < len(res); start += BatchSize {
-				b := batch{cache: c, present: lead > 0, polled: true}
+				b := batch{cache: c, present: lead > 0}
 				for _, z := range res[start:min(start+BatchSize, len(res))] {
 					if r.claim(c, z.Member) {
 						b.keys = append(b.keys, z.Member)
 						b.expiries = append(b.expiries, int64(z.Score))
-					} else {
-						others++
 					}
 				}
-				if len(b.keys) > 0 {
-					r.started(b)
-					if !r.send(ctx, b) {
-						return
-					}
+				if len(b.keys) > 0 && !r.send(ctx, b) {
+					return
 				}
 			}
 			if len(res) < pollPage {
@@ -426,7 +395,6 @@ func (r *Refresher) schedule(ctx context.Context, c *config.Cache, s config.Sche
 
 // reload runs one batch and counts what it did.
 func (r *Refresher) reload(ctx context.Context, b batch) {
-	defer r.finished(b)
 	defer r.done(b.cache, b.keys)
 	res, err := r.api.Reload(ctx, b.cache.Name, b.keys, b.present)
 	if err != nil {

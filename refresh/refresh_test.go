@@ -271,6 +271,15 @@ func testNothingMissed(t *testing.T, topology string) {
 				}
 			}
 			if left > 0 && time.Since(start) > time.Minute {
+				shown := 0
+				for i, v := range vals { // say where the first few stand
+					if !seen[i] && shown < 5 {
+						shown++
+						pttl, _ := e.rc.Do(context.Background(), e.rc.B().Pttl().Key(keys[i]).Build()).AsInt64()
+						due, err := e.rc.Do(context.Background(), e.rc.B().Zscore().Key(binding.RecordKey("t")).Member(keys[i]).Build()).AsFloat64()
+						t.Logf("%s = %q, PTTL %d ms, due in the record %v ms ago (%v)", keys[i], v, pttl, time.Now().UnixMilli()-int64(due), err)
+					}
+				}
 				t.Fatalf("%d of %d keys never held %q", left, n, want)
 			}
 			time.Sleep(20 * time.Millisecond)

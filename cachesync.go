@@ -570,18 +570,19 @@ var errQueued = errors.New("a write-behind write of the key is queued")
 // A key of the cache's spelled otherwise than the change feed writes its
 // row's key ("x:01", left by an older version) is removed too.
 func (c *Client) Invalidate(ctx context.Context, name, key string) error {
-	ca, _, err := c.cache(name, key)
-	if ca, ok := c.caches[name]; err != nil && ok && ca.b.Owns(key) {
-		if err := c.invalidate(ctx, ca, key); err != nil {
-			return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
-		}
-		return nil
+	ca, ok := c.caches[name]
+	if !ok {
+		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	if err != nil {
-		return err
+	_, err := ca.b.ParseKey(key)
+	if err != nil && !ca.b.Owns(key) {
+		return fmt.Errorf("cache %q: %w: %w", name, ErrBadKey, err)
 	}
 	if err := c.invalidate(ctx, ca, key); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+	}
+	if err != nil {
+		return nil // another spelling of a row's key: its row has its own
 	}
 	return c.refill(ctx, ca, key)
 }
@@ -596,9 +597,8 @@ func (c *Client) refill(ctx context.Context, ca *cache, key string) error {
 		return fmt.Errorf("%w: %w", ErrBadKey, err)
 	}
 	// A fill of its own: one in flight began before the invalidation, which
-	// ended its lease.
-	// (A row found under another spelling of its key is the feed's, under
-	// its own: the invalidation removed the other.)
+	// ended its lease. (A row found under another spelling of its key is
+	// the feed's, under its own: the invalidation removed the other.)
 	if _, err := c.fill(ctx, ca, key, values); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, binding.ErrKeySpelling) {
 		return fmt.Errorf("invalidated, then not loaded again: %w", err)
 	}

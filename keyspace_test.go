@@ -52,6 +52,10 @@ func TestForeignKeysLeftAlone(t *testing.T) {
 	if _, ok := e.get("user:+1"); ok {
 		t.Error("Invalidate(a, user:+1) left it")
 	}
+	// A row's values name its key as the feed spells it.
+	if k, err := c.KeyOf("a", map[string]any{"id": "007"}); err != nil || k != "user:7" {
+		t.Errorf(`KeyOf(a, {"id": "007"}) = %q, %v; want user:7`, k, err)
+	}
 	// Each cache gets its own keys by their types.
 	if _, err := c.ParseKey("b", "user:1:2"); err != nil {
 		t.Errorf("ParseKey(b, user:1:2) = %v", err)

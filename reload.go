@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -41,41 +40,38 @@ type Reloaded struct {
 // fill does.
 func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
 	ca, values, bad, err := c.parseKeys(name, keys)
-	if err != nil || len(bad) == 0 {
-		if err != nil {
-			return Reloaded{Wrote: make([]bool, len(keys))}, err
-		}
+	if err != nil {
+		return Reloaded{Wrote: make([]bool, len(keys))}, err
+	}
+	if len(bad) == 0 {
 		return c.reload(ctx, ca, keys, values, present)
 	}
 	// A key of the cache's that spells a row's key otherwise (left by an
 	// older version) is a stale copy: removed, with its expiry record, as
 	// an invalidation removes a key. Any other is not the cache's: left.
+	var good []int // indexes of the keys to reload
+	var goodKeys []string
+	var goodValues [][]string
 	removed := 0
-	for _, i := range bad {
-		if !ca.b.Owns(keys[i]) {
-			continue
+	for i, key := range keys {
+		switch {
+		case values[i] != nil:
+			good, goodKeys, goodValues = append(good, i), append(goodKeys, key), append(goodValues, values[i])
+		case ca.b.Owns(key):
+			if err := c.invalidate(ctx, ca, key); err != nil {
+				return Reloaded{Wrote: make([]bool, len(keys))}, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+			}
+			removed++
 		}
-		if err := c.invalidate(ctx, ca, keys[i]); err != nil {
-			return Reloaded{Wrote: make([]bool, len(keys))}, fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
-		}
-		removed++
 	}
 	c.opts.Logger.Warn("reload: skipped keys that are not the cache's spelling of a row's key", "cache", name, "keys", len(bad), "removed", removed, "first", keys[bad[0]])
-	good, goodValues := slices.Clone(keys), slices.Clone(values)
-	for j := len(bad) - 1; j >= 0; j-- {
-		good, goodValues = slices.Delete(good, bad[j], bad[j]+1), slices.Delete(goodValues, bad[j], bad[j]+1)
+	done, err := c.reload(ctx, ca, goodKeys, goodValues, present)
+	wrote := make([]bool, len(keys))
+	for j, i := range good {
+		wrote[i] = done.Wrote[j]
 	}
-	sub, err := c.reload(ctx, ca, good, goodValues, present)
-	done := sub
-	done.Wrote = make([]bool, len(keys))
+	done.Wrote = wrote
 	done.Skipped += len(bad)
-	for i, j := 0, 0; i < len(keys); i++ {
-		if slices.Contains(bad, i) {
-			continue
-		}
-		done.Wrote[i] = sub.Wrote[j]
-		j++
-	}
 	return done, err
 }
 

@@ -92,12 +92,13 @@ func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any)
 	for i, col := range ca.cols {
 		text[i] = inputs[col]
 	}
-	if err := ca.b.Respell(text); err != nil {
-		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
-	}
-	key, err := ca.b.Key(text)
+	key, err := c.KeyOf(name, row) // the key columns as PostgreSQL prints them ("01" is 1)
 	if err != nil {
-		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
+		return "", err
+	}
+	keyValues, _ := ca.cfg.Template.Parse(key)
+	for i, v := range keyValues { // the key columns, first in ca.cols
+		text[i] = []byte(v)
 	}
 	v, err := ca.b.EncodeGiven(text)
 	if err != nil {

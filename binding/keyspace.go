@@ -30,29 +30,31 @@ func (b *Binding) ParseKey(key string) ([]string, error) {
 	case !ok:
 		return nil, fmt.Errorf("key %q does not fit the template %s", key, b.Spec.Key)
 	}
-	var canon [][]byte // made when a value is spelled otherwise
 	for i, v := range values {
 		c, err := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: column %s: %q: %v", key, b.keyTypes[i].Name, v, err)
 		}
-		if c != v && canon == nil {
-			canon = make([][]byte, len(values))
-			for j, v := range values {
-				canon[j] = []byte(v)
-			}
-		}
-		if canon != nil {
-			canon[i] = []byte(c)
+		if c != v {
+			return nil, b.misspelled(key, values)
 		}
 	}
-	if canon == nil {
-		return values, nil
+	return values, nil
+}
+
+// misspelled is ParseKey's error for key, whose values are all values of
+// their columns, one spelled otherwise than PostgreSQL prints it: it
+// names the key the row has.
+func (b *Binding) misspelled(key string, values []string) error {
+	canon := make([][]byte, len(values))
+	for i, v := range values {
+		c, _ := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v)
+		canon[i] = []byte(c)
 	}
 	if k, err := b.Spec.Key.Render(nil, canon); err == nil {
-		return nil, fmt.Errorf("key %q is %w: it is %q", key, ErrKeySpelling, k)
+		return fmt.Errorf("key %q is %w: it is %q", key, ErrKeySpelling, k)
 	}
-	return nil, fmt.Errorf("key %q is %w", key, ErrKeySpelling)
+	return fmt.Errorf("key %q is %w", key, ErrKeySpelling)
 }
 
 // ExactKeys tells a binding whose every key column has one spelling per
@@ -239,21 +241,3 @@ var byteOrder = func() []byte {
 	}
 	return out
 }()
-
-// Respell replaces the key columns of row, a row a writer gave, with their
-// spellings as PostgreSQL prints them ("01" becomes "1"), so that the row's
-// key is the one the change feed writes for it; the error names a value
-// that is no value of its column.
-func (b *Binding) Respell(row [][]byte) error {
-	for n, i := range b.keyIdx {
-		if row[i] == nil {
-			continue // Render refuses NULL
-		}
-		c, err := pgtext.Canonical(b.keyTypes[n].TypeOID, b.keyTypes[n].Typmod, string(row[i]))
-		if err != nil {
-			return fmt.Errorf("column %s: %q: %v", b.keyTypes[n].Name, row[i], err)
-		}
-		row[i] = []byte(c)
-	}
-	return nil
-}

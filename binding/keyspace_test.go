@@ -152,10 +152,6 @@ func TestParseKey(t *testing.T) {
 			t.Errorf("ParseKey(%q) = %v, want it refused as no key", k, err)
 		}
 	}
-	row := [][]byte{[]byte("007")}
-	if err := b.Respell(row); err != nil || string(row[0]) != "7" {
-		t.Errorf("Respell(007) = %q, %v", row[0], err)
-	}
 }
 
 // FuzzParseKey: a key ParseKey accepts is the key Render gives for its

@@ -20,8 +20,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
@@ -383,7 +381,6 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 // fail answers with the status and code of err.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	var rowErr *cachesync.RowError
-	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, cachesync.ErrNotApplied): // first: the write committed, whatever else went wrong
 		writeError(w, http.StatusAccepted, "not_applied", err.Error())
@@ -399,10 +396,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "bad_row", err.Error())
 	case errors.As(err, &rowErr):
 		writeError(w, http.StatusUnprocessableEntity, "row_refused", err.Error())
-	case errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22"):
-		// A data exception outside a write: PostgreSQL refused a value of
-		// the key that its type does not take (an enum's unknown label).
-		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
 	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())

@@ -307,28 +307,28 @@ func canonicalTimestamp(s string, typmod int32, zone string) (string, bool, erro
 	}
 	bad := fmt.Errorf("not a timestamp as YYYY-MM-DD hh:mm:ss[.ffffff]%s, with at most %d digits after the second (round it first)", zone, digits)
 	rest, bc := strings.CutSuffix(s, " BC")
-	rest, ok := strings.CutSuffix(rest, zone)
-	date, clock, found := strings.Cut(rest, " ")
+	rest, zoned := strings.CutSuffix(rest, zone)
+	date, clock, spaced := strings.Cut(rest, " ")
 	y, m, d, dateOK := splitDate(date)
-	if !ok || !found || !dateOK || !validDate(y, m, d, bc) {
-		if c, ok := respellTimestamp(s, digits, zone); ok && !bc {
-			return c, true, nil
+	if zoned && spaced && dateOK && validDate(y, m, d, bc) && plainClock(clock, digits) {
+		if !inRange(y, m, d, bc, 294276) {
+			return "", true, errors.New("out of range for a timestamp")
 		}
-		return "", true, bad
+		return s, true, nil
 	}
-	if !inRange(y, m, d, bc, 294276) {
-		return "", true, errors.New("out of range for a timestamp")
+	if c, ok := respellTimestamp(s, digits, zone); ok && !bc {
+		return c, true, nil
 	}
-	clock, frac, _ := strings.Cut(clock, ".")
-	if len(clock) != 8 || clock[2] != ':' || clock[5] != ':' || !allDigits(clock[:2]+clock[3:5]+clock[6:]) ||
-		clock[:2] > "23" || clock[3:5] > "59" || clock[6:] > "59" ||
-		strings.Contains(rest, ".") && (frac == "" || len(frac) > digits || !allDigits(frac) || strings.HasSuffix(frac, "0")) {
-		if c, ok := respellTimestamp(s, digits, zone); ok && !bc {
-			return c, true, nil
-		}
-		return "", true, bad
-	}
-	return s, true, nil
+	return "", true, bad
+}
+
+// plainClock tells a time of day as printed: hh:mm:ss, then a fraction
+// of at most digits digits without trailing zeros.
+func plainClock(clock string, digits int) bool {
+	clock, frac, dotted := strings.Cut(clock, ".")
+	return len(clock) == 8 && clock[2] == ':' && clock[5] == ':' && allDigits(clock[:2]) && allDigits(clock[3:5]) && allDigits(clock[6:]) &&
+		clock[:2] <= "23" && clock[3:5] <= "59" && clock[6:] <= "59" &&
+		(!dotted || frac != "" && len(frac) <= digits && allDigits(frac) && !strings.HasSuffix(frac, "0"))
 }
 
 func splitDate(s string) (y, m, d int, ok bool) {

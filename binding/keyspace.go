@@ -30,14 +30,16 @@ func (b *Binding) ParseKey(key string) ([]string, error) {
 	case !ok:
 		return nil, fmt.Errorf("key %q does not fit the template %s", key, b.Spec.Key)
 	}
+	respelled := false
 	for i, v := range values {
 		c, err := pgtext.Canonical(b.keyTypes[i].TypeOID, b.keyTypes[i].Typmod, v)
-		if err != nil {
+		if err != nil { // first: a key with no row's values names no row
 			return nil, fmt.Errorf("key %q: column %s: %q: %v", key, b.keyTypes[i].Name, v, err)
 		}
-		if c != v {
-			return nil, b.misspelled(key, values)
-		}
+		respelled = respelled || c != v
+	}
+	if respelled {
+		return nil, b.misspelled(key, values)
 	}
 	return values, nil
 }

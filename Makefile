@@ -20,8 +20,8 @@ vet:
 # package's tests beside them on 2 cores PostgreSQL's backends (each in a
 # scheduling group of its own) waited seconds for a CPU.
 test: deps vet
-	$(GO) test -race -timeout 6m $$($(GO) list ./... | grep -v '/refresh$$')
-	$(GO) test -race -timeout 3m ./refresh
+	$(GO) test -race -timeout 6m $$($(GO) list ./... | grep -v '/internal/refresh$$')
+	$(GO) test -race -timeout 3m ./internal/refresh
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10000x
 
 # The fuzz tests of what hostile input reaches first: key spellings, key
@@ -32,9 +32,9 @@ test: deps vet
 # time is up on a busy machine (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME ?= 1m
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzCanonical$$' -fuzztime $(FUZZTIME) ./pgtext
-	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./binding
-	$(GO) test -run '^$$' -fuzz '^FuzzReadRow$$' -fuzztime $(FUZZTIME) ./httpapi
+	$(GO) test -run '^$$' -fuzz '^FuzzCanonical$$' -fuzztime $(FUZZTIME) ./internal/pgtext
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./internal/binding
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRow$$' -fuzztime $(FUZZTIME) ./internal/httpapi
 
 # The demo runs as make's own child, not under go run, so a SIGTERM to make
 # reaches it (go run dies of one without passing it on) and it stops its

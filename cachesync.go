@@ -22,12 +22,12 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/cachesync/cachesync/binding"
-	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/latency"
-	"github.com/cachesync/cachesync/pgsource"
-	"github.com/cachesync/cachesync/schema"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/latency"
+	"github.com/cachesync/cachesync/internal/pgsource"
+	"github.com/cachesync/cachesync/internal/schema"
 )
 
 // Errors a caller can test with errors.Is.

@@ -21,9 +21,9 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/binding"
-	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 

@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // Drain applies the write-behind queue of every cache with writes: behind

@@ -13,9 +13,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/cachesync/cachesync/binding"
-	"github.com/cachesync/cachesync/pgsource"
-	"github.com/cachesync/cachesync/pgtext"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/pgsource"
+	"github.com/cachesync/cachesync/internal/pgtext"
 )
 
 // Values a writer gives (Put, PutBehind) become PostgreSQL's input text for

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // Peek returns what Redis holds for keys of cache name, in one pipeline,

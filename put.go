@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/pgsource"
-	"github.com/cachesync/cachesync/pgtext"
+	"github.com/cachesync/cachesync/internal/pgsource"
+	"github.com/cachesync/cachesync/internal/pgtext"
 )
 
 // ErrNotApplied reports a write that committed to PostgreSQL but that the

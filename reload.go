@@ -9,9 +9,9 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/pgsource"
 )
 
 // Reloaded counts what a Reload did with its keys.

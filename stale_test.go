@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // TestStale: after a key expires, stale-while-revalidate serves the old

@@ -15,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/changefeed"
+	"github.com/cachesync/cachesync/internal/changefeed"
 )
 
 // TestTorture runs writers through the API (write-through and write-behind,

@@ -10,9 +10,9 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/pgtext"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/pgtext"
 )
 
 // Write-behind: PutBehind writes the value to Redis, appends the row to the

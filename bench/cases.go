@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/status"
+	"github.com/cachesync/cachesync/internal/status"
 )
 
 // results are every figure of one run.

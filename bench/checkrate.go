@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/check"
+	"github.com/cachesync/cachesync/internal/check"
 )
 
 // The consistency checker's full-scan rate (11) over the bench cache, after

@@ -24,10 +24,10 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/httpapi"
-	"github.com/cachesync/cachesync/status"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/httpapi"
+	"github.com/cachesync/cachesync/internal/status"
 )
 
 // The read path (5, 6, 7): hits through the Go API beside a bare rueidis

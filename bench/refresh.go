@@ -15,9 +15,9 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/binding"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/refresh"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/refresh"
 )
 
 // The refresh path (9): a mass expiry of rfKeys keys refreshed by the

@@ -28,7 +28,7 @@ import (
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
-	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // Config is a whole cachesync configuration file.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync/binding"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 func TestLoadValid(t *testing.T) {

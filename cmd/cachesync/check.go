@@ -14,8 +14,8 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/check"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/check"
 )
 
 type checkCommand struct{}

@@ -15,8 +15,8 @@ import (
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
-	"github.com/cachesync/cachesync/status"
 )
 
 // observeBed runs a daemon with HTTP over a change-feed cache that refreshes

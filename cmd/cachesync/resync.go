@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/pgsource"
+	"github.com/cachesync/cachesync/internal/pgsource"
 )
 
 type resyncCommand struct{}

@@ -15,16 +15,16 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync"
-	"github.com/cachesync/cachesync/binding"
-	"github.com/cachesync/cachesync/changefeed"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/dashboard"
-	"github.com/cachesync/cachesync/httpapi"
-	"github.com/cachesync/cachesync/keymiss"
-	"github.com/cachesync/cachesync/metrics"
-	"github.com/cachesync/cachesync/refresh"
-	"github.com/cachesync/cachesync/schema"
-	"github.com/cachesync/cachesync/status"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/dashboard"
+	"github.com/cachesync/cachesync/internal/httpapi"
+	"github.com/cachesync/cachesync/internal/keymiss"
+	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/internal/refresh"
+	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/status"
 )
 
 type runCommand struct{}

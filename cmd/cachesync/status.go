@@ -14,7 +14,7 @@ import (
 
 	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/status"
+	"github.com/cachesync/cachesync/internal/status"
 )
 
 type statusCommand struct{}

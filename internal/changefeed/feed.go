@@ -1,0 +1,245 @@
+// Package changefeed keeps Redis in step with PostgreSQL: it rebuilds caches
+// from a consistent snapshot when they are new or lost, then applies every
+// committed change from the replication slot, in commit order, and confirms
+// a position to PostgreSQL only after Redis acknowledged the writes before it.
+//
+// Where a change becomes a Redis write: applier.change in apply.go, which asks
+// the cache's binding for the commands.
+package changefeed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/latency"
+	"github.com/cachesync/cachesync/internal/pgsource"
+	"github.com/cachesync/cachesync/internal/schema"
+)
+
+// Stats counts what a feed did; safe for concurrent reads.
+type Stats struct {
+	Writes     atomic.Int64  // keys written or deleted in Redis
+	Txns       atomic.Int64  // transactions applied
+	MapErrors  atomic.Int64  // rows that could not be mapped to a key or value
+	Rebuilds   atomic.Int64  // caches rebuilt from a snapshot
+	AppliedLSN atomic.Uint64 // end LSN of the last transaction applied
+	// Lag times commit → visible in Redis, for the last transaction of
+	// each applied batch.
+	Lag         *latency.Histogram
+	LastLag     atomic.Int64 // commit → visible (ns) of the last transaction applied
+	Progress    atomic.Int64 // when AppliedLSN last moved (unix ns); heartbeats move it when idle
+	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted
+	BackfillRow atomic.Int64 // rows written by rebuilds
+}
+
+// Feed keeps the caches of one PostgreSQL source in step with its change stream.
+type Feed struct {
+	Source string
+	URL    string
+	Slot   string // names the replication slot and the publication
+	Caches []*config.Cache
+	Redis  rueidis.Client
+	State  *State
+	Log    *slog.Logger
+	Stats  *Stats
+	// Rebuild names caches to rebuild in the first session (cachesync resync).
+	Rebuild []string
+	// Progress, when set, is told how a rebuild advances.
+	Progress func(cache string, done, total int64)
+	// CheckEvery is how often an idle feed checks that Redis kept its data.
+	CheckEvery time.Duration
+}
+
+// New returns the feed of source in cfg: every cache of that source with sync: changefeed.
+func New(cfg *config.Config, source string, client rueidis.Client, log *slog.Logger) *Feed {
+	f := &Feed{
+		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
+		Redis: client, State: NewState(client, cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)},
+		Log: log.With("source", source), CheckEvery: time.Second,
+	}
+	for _, name := range cfg.CacheNames() {
+		if c := cfg.Caches[name]; c.Source == source && c.Sync == config.SyncChangefeed {
+			f.Caches = append(f.Caches, c)
+		}
+	}
+	return f
+}
+
+// errSlotBusy reports that another process streams from the slot.
+var errSlotBusy = errors.New("replication slot is in use by another process")
+
+// Run runs sessions until ctx is done, restarting after failures with capped
+// exponential backoff. It returns nil on shutdown and an error only for a
+// problem no retry can fix (the config does not fit the database).
+func (f *Feed) Run(ctx context.Context) error {
+	if len(f.Caches) == 0 {
+		return nil
+	}
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		err := f.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var cerr *config.Error
+		if errors.As(err, &cerr) {
+			return err
+		}
+		f.Stats.Reconnects.Add(1)
+		if time.Since(started) > time.Minute {
+			backoff = minBackoff
+		}
+		wait := backoff
+		switch {
+		case errors.Is(err, ErrRedisLost):
+			f.Log.Warn("redis lost cached data; rebuilding", "err", err)
+			wait = 0
+		case errors.Is(err, errSlotBusy):
+			f.Log.Info("waiting for the replication slot", "slot", f.Slot, "err", err)
+		default:
+			f.Log.Error("change feed interrupted; retrying", "err", err, "retry_in", wait)
+			backoff = min(backoff*2, maxBackoff)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session prepares the slot and caches, rebuilds what needs it, then streams
+// until an error or shutdown.
+func (f *Feed) session(ctx context.Context) error {
+	pgcfg, err := pgx.ParseConfig(f.URL)
+	if err != nil {
+		return &config.Error{Field: "sources." + f.Source + ".url", Err: err}
+	}
+	db, err := pgx.ConnectConfig(ctx, pgcfg)
+	if err != nil {
+		return fmt.Errorf("connect to source %s: %w", f.Source, err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+
+	// One process at a time rebuilds and streams this slot's caches: a
+	// standby waits here, before it touches Redis.
+	locked, err := pgsource.LockSlot(ctx, db, f.Slot)
+	if err != nil {
+		return err
+	}
+	if !locked {
+		return fmt.Errorf("%w: slot %s is locked by another cachesync", errSlotBusy, f.Slot)
+	}
+	tables, err := schema.LoadTables(ctx, db, f.Caches)
+	if err != nil {
+		return err
+	}
+	var all []*pgsource.Table
+	for _, t := range tables {
+		all = append(all, t)
+	}
+	if err := pgsource.EnsurePublication(ctx, db, f.Slot, all); err != nil {
+		return err
+	}
+	slot, err := pgsource.EnsureSlot(ctx, db, f.Slot)
+	if err != nil {
+		return err
+	}
+	if slot.ActivePID != 0 {
+		return fmt.Errorf("%w: slot %s, pid %d", errSlotBusy, f.Slot, slot.ActivePID)
+	}
+
+	names := make([]string, len(f.Caches))
+	for i, c := range f.Caches {
+		names[i] = c.Name
+	}
+	applied, known, entries, err := f.State.Load(ctx, f.Source, names)
+	if err != nil {
+		return err
+	}
+	lost := slot.Created || !known || applied < slot.Confirmed
+	since := map[string]pglogrepl.LSN{}
+	var rebuild []*config.Cache
+	for _, c := range f.Caches {
+		e, ok := entries[c.Name]
+		if lost || !ok || e.Fingerprint != c.Fingerprint() || slices.Contains(f.Rebuild, c.Name) {
+			rebuild = append(rebuild, c)
+			continue
+		}
+		since[c.Name] = e.Since
+	}
+	if len(rebuild) > 0 {
+		// Forget every cache to rebuild (and, when Redis lost data, record
+		// that streaming resumes at the slot's position) in one step, so an
+		// interrupted rebuild is redone whole.
+		if lost {
+			applied = slot.Confirmed
+		}
+		if err := f.State.Forget(ctx, f.Source, rebuild, lost, applied); err != nil {
+			return err
+		}
+		lsn, err := f.rebuild(ctx, tables, rebuild)
+		if err != nil {
+			return err
+		}
+		for _, c := range rebuild {
+			since[c.Name] = lsn
+		}
+		f.Rebuild = nil
+	}
+	return f.stream(ctx, tables, since, applied)
+}
+
+// stream applies the slot's changes until ctx is done or something fails.
+func (f *Feed) stream(ctx context.Context, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) error {
+	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
+			return fmt.Errorf("%w: %v", errSlotBusy, err)
+		}
+		return err
+	}
+	f.Log.Info("streaming changes", "slot", f.Slot, "caches", len(f.Caches))
+	a := newApplier(f, st, tables, since, applied)
+	defer a.close(ctx)
+
+	txns := make(chan *pgsource.Txn, 64)
+	readCtx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(txns)
+		readErr <- st.Run(readCtx, txns)
+	}()
+	// Writes are not cut off by shutdown: what was read is applied and then
+	// confirmed, so a graceful stop replays nothing.
+	applyErr := a.run(context.WithoutCancel(ctx), txns)
+	stopReading()
+	for range txns {
+	}
+	rerr := <-readErr
+	if cerr := st.Close(ctx); cerr != nil && applyErr == nil && ctx.Err() == nil {
+		f.Log.Debug("final status", "err", cerr)
+	}
+	if applyErr != nil {
+		return applyErr
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return rerr
+}

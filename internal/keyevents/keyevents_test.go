@@ -1,0 +1,310 @@
+package keyevents_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/internal/keyevents"
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// TestFlagsKept: notify-keyspace-events loses a listener's flags (Redis
+// restarted without persistence, someone's CONFIG SET, on one primary of a
+// Cluster); the listener enables them again, adding only what is missing,
+// logs one warning naming the node and the value, counts one re-enable
+// per listener, and events reach it again. Two listeners (two features)
+// of one process never undo each other's flags.
+func TestFlagsKept(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cluster bool
+		flags   []string      // one listener of expired events per entry
+		every   time.Duration // how often the listeners check
+		set     string        // notify-keyspace-events someone sets, or "restart"
+		// How many listeners enable flags again: with two, the second
+		// finds what the first added.
+		min, max int
+	}{
+		{name: "restart", flags: []string{"Ex"}, every: time.Hour, set: "restart", min: 1, max: 1},
+		{name: "config set", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "", min: 1, max: 1},
+		{name: "others' flags kept", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "K$", min: 1, max: 1},
+		{name: "x covered by A", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "AE", min: 0, max: 0},
+		{name: "two features", flags: []string{"Ex", "Exm"}, every: 10 * time.Millisecond, set: "", min: 1, max: 2},
+		{name: "cluster restart", cluster: true, flags: []string{"Ex"}, every: time.Hour, set: "restart", min: 1, max: 1},
+		{name: "cluster config set", cluster: true, flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "g", min: 1, max: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var nodes []*testenv.Redis
+			var rc rueidis.Client
+			if tc.cluster {
+				c := testenv.StartCluster(t, 3)
+				nodes, rc = c.Nodes, c.Client(t)
+			} else {
+				r := testenv.StartRedis(t)
+				nodes, rc = []*testenv.Redis{r}, r.Client(t)
+			}
+			// The node whose flags go: on a Cluster, not the one the client was given.
+			node := nodes[len(nodes)-1]
+			nc := single(t, node)
+			key := keyOn(t, nc, "probe:")
+			var logs testenv.LogBuffer
+			var listeners []*listener
+			for _, flags := range tc.flags {
+				l := listen(t, rc, keyevents.Events{Flags: flags, Feature: "test " + flags, Every: tc.every}, &logs)
+				l.expires(t, rc, key)
+				listeners = append(listeners, l)
+			}
+			if got := logs.Lines("level=WARN"); len(got) != 0 {
+				t.Fatalf("warnings before the flags were lost: %q", got)
+			}
+
+			was := tc.set
+			if tc.set == "restart" {
+				if err := node.Restart(); err != nil {
+					t.Fatal(err)
+				}
+				was = ""
+			} else {
+				setFlags(t, nc, tc.set)
+			}
+			for _, l := range listeners {
+				l.expires(t, rc, key)
+			}
+			// The flags checked again (they may have been enabled before
+			// the events came, or never lost): none is left to enable.
+			for _, l := range listeners {
+				checks := l.health.Checks.Load()
+				waitFor(t, "another check", func() bool { return l.health.Checks.Load() > checks || tc.every == time.Hour })
+			}
+
+			var reenabled int
+			for _, l := range listeners {
+				reenabled += int(l.health.Reenabled.Load())
+				if !l.health.OK() {
+					t.Errorf("%s: not OK", l.ev.Feature)
+				}
+			}
+			if reenabled < tc.min || reenabled > tc.max {
+				t.Errorf("%d re-enables, want %d to %d", reenabled, tc.min, tc.max)
+			}
+			warnings := logs.Lines(`level=WARN msg="notify-keyspace-events lost its flags; enabled again" redis=` + node.Addr + " ")
+			if len(warnings) != reenabled {
+				t.Errorf("%d warnings, want %d; log:\n%s", len(warnings), reenabled, logs.String())
+			}
+			got := flagsOf(t, nc)
+			for _, want := range tc.set + strings.Join(tc.flags, "") {
+				if !strings.ContainsRune(got, want) && !(want == 'x' && strings.ContainsRune(got, 'A')) && tc.set != "restart" {
+					t.Errorf("notify-keyspace-events %q lacks %q", got, want)
+				}
+			}
+			if tc.max == 0 && !sameFlags(got, tc.set) {
+				t.Errorf("notify-keyspace-events %q, want %q untouched", got, tc.set)
+			}
+			if len(warnings) > 0 {
+				// The first warning names the value it found (in Redis's order).
+				_, v, _ := strings.Cut(warnings[0], " was=")
+				v, _, _ = strings.Cut(v, " ")
+				if v == `""` {
+					v = ""
+				}
+				if !sameFlags(v, was) {
+					t.Errorf("warning names the value %q, want %q: %s", v, was, warnings[0])
+				}
+			}
+		})
+	}
+}
+
+// sameFlags reports whether a and b hold the same flags, in any order.
+func sameFlags(a, b string) bool {
+	return len(a) == len(b) && strings.Trim(a, b) == "" && strings.Trim(b, a) == ""
+}
+
+// TestRefused: a Redis that refuses CONFIG (an ACL without it), from the
+// start or once the listener runs: one error, naming the node and exactly
+// what to configure, however many checks are refused; Health says not OK;
+// events configured by hand still arrive; allowed again, the listener
+// says so once and enables what is missing (a warning when it had found
+// them before).
+func TestRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		atStart bool
+	}{
+		{"from the start", true},
+		{"while running", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := testenv.StartRedis(t)
+			admin := r.Client(t)
+			r.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all")
+			if tc.atStart {
+				r.SetUser(t, "cs", "-config")
+			}
+			rc := r.ClientAs(t, "cs", "pw")
+
+			var logs testenv.LogBuffer
+			l := listen(t, rc, keyevents.Events{Flags: "Ex", Feature: "test", Every: 10 * time.Millisecond}, &logs)
+			if !tc.atStart {
+				l.expires(t, rc, "probe:1")
+				r.SetUser(t, "cs", "-config")
+			}
+			setFlags(t, admin, "")
+			// Several periods' checks refused, one error.
+			waitFor(t, "refused checks", func() bool { return l.health.Refused.Load() == 1 })
+			checks := l.health.Checks.Load()
+			waitFor(t, "more refused checks", func() bool { return l.health.Checks.Load() >= checks+5 })
+			errs := logs.Lines("level=ERROR")
+			if len(errs) != 1 || !strings.Contains(errs[0], `configure="notify-keyspace-events Ex"`) || !strings.Contains(errs[0], "redis="+r.Addr) {
+				t.Fatalf("errors logged: %q, want one naming the node and notify-keyspace-events Ex", errs)
+			}
+			if l.health.OK() {
+				t.Error("OK while CONFIG is refused")
+			}
+			// Configured by hand, the events arrive.
+			setFlags(t, admin, "Ex")
+			l.expires(t, rc, "probe:2")
+
+			setFlags(t, admin, "")
+			r.SetUser(t, "cs", "+config")
+			// Never found before, the flags are enabled as at a start (info);
+			// found once, they were lost (a warning).
+			enabled, reenabled := `msg="enabled keyspace events"`, int64(0)
+			if !tc.atStart {
+				enabled, reenabled = `msg="notify-keyspace-events lost its flags; enabled again"`, 1
+			}
+			waitFor(t, "the flags enabled again", func() bool { return l.health.OK() && len(logs.Lines(enabled)) == 1 })
+			if n := l.health.Reenabled.Load(); n != reenabled {
+				t.Errorf("%d re-enables counted, want %d", n, reenabled)
+			}
+			l.expires(t, rc, "probe:3")
+			if n := len(logs.Lines(`msg="redis allows cachesync's CONFIG again"`)); n != 1 {
+				t.Errorf("%d lines saying CONFIG is allowed again, want 1", n)
+			}
+			if n := len(logs.Lines("level=ERROR")); n != 1 {
+				t.Errorf("%d errors, want 1", n)
+			}
+			if f := flagsOf(t, admin); !strings.Contains(f, "x") || !strings.Contains(f, "E") {
+				t.Errorf("notify-keyspace-events %q", f)
+			}
+		})
+	}
+}
+
+// listener is a running Listen of expired events and the keys it got.
+type listener struct {
+	ev     keyevents.Events
+	health *keyevents.Health
+	mu     sync.Mutex
+	keys   map[string]int
+}
+
+// listen runs keyevents.Listen for expired events in db 0 until the test ends.
+func listen(t *testing.T, rc rueidis.Client, ev keyevents.Events, logs *testenv.LogBuffer) *listener {
+	t.Helper()
+	ev.Channel = keyevents.Channel(0, "expired")
+	ev.Health = &keyevents.Health{}
+	l := &listener{ev: ev, health: ev.Health, keys: map[string]int{}}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	testenv.Go(t, func(ctx context.Context) error {
+		keyevents.Listen(ctx, rc, ev, log, func(key string) {
+			l.mu.Lock()
+			l.keys[key]++
+			l.mu.Unlock()
+		})
+		return nil
+	})
+	return l
+}
+
+// expires makes key expire until l gets its expired event.
+func (l *listener) expires(t *testing.T, rc rueidis.Client, key string) {
+	t.Helper()
+	l.mu.Lock()
+	seen := l.keys[key]
+	l.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		n := l.keys[key]
+		l.mu.Unlock()
+		if n > seen {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no expired event of %s", l.ev.Feature, key)
+		}
+		// Errors are retried: a restarted node may not answer yet.
+		_ = rc.Do(t.Context(), rc.B().Set().Key(key).Value("1").Px(time.Millisecond).Build()).Error()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// keyOn returns a key with prefix that the node nc is a client of holds
+// (on a Cluster, a key of its slots).
+func keyOn(t *testing.T, nc rueidis.Client, prefix string) string {
+	t.Helper()
+	for i := range 1000 {
+		key := fmt.Sprint(prefix, i)
+		// A Cluster node answers MOVED for keys of another's slots.
+		if err := nc.Do(t.Context(), nc.B().Get().Key(key).Build()).Error(); rueidis.IsRedisNil(err) {
+			return key
+		}
+	}
+	t.Fatal("no key of the node")
+	return ""
+}
+
+// single returns a client of node alone, closed when the test ends.
+func single(t *testing.T, node *testenv.Redis) rueidis.Client {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// flagsOf returns the notify-keyspace-events of rc's node, trying again
+// while its connection is broken (by a restart).
+func flagsOf(t *testing.T, rc rueidis.Client) string {
+	t.Helper()
+	var m map[string]string
+	var err error
+	waitFor(t, "CONFIG GET", func() bool {
+		m, err = rc.Do(t.Context(), rc.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap()
+		_, answered := rueidis.IsRedisErr(err)
+		return err == nil || answered
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m["notify-keyspace-events"]
+}
+
+func setFlags(t *testing.T, rc rueidis.Client, flags string) {
+	t.Helper()
+	if err := rc.Do(t.Context(), rc.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", flags).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor waits until cond holds, failing the test after a generous while.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited in vain for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,311 @@
+// Package metrics exports cachesync's figures in the Prometheus format:
+// what the Go API did per cache, the change feeds, write-behind queues,
+// refreshes, and what Redis itself reports (INFO, including its latency
+// percentiles per command). Every
+// figure is read when scraped; the hot paths only count with atomics.
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/keymiss"
+	"github.com/cachesync/cachesync/internal/latency"
+	"github.com/cachesync/cachesync/internal/refresh"
+	"github.com/cachesync/cachesync/internal/status"
+)
+
+// Sources are what the metrics are read from; any but Config and Redis may be nil.
+type Sources struct {
+	Config    *config.Config
+	Redis     rueidis.Client
+	API       *cachesync.Client
+	Feeds     []*changefeed.Feed
+	Refresher *refresh.Refresher
+	Keymiss   *keymiss.Listener
+	Log       *slog.Logger
+	// Deadline is how long a scrape waits for each server (Redis, each
+	// source); one that has not answered by then is reported down
+	// (redis_up, source_up 0). 0: status.DefaultDeadline.
+	Deadline time.Duration
+}
+
+// Handler serves the metrics of s, with Go's process and runtime metrics.
+func Handler(s Sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogAdapter{s.Log}})
+}
+
+type slogAdapter struct{ log *slog.Logger }
+
+func (a slogAdapter) Println(v ...any) {
+	if a.log != nil {
+		a.log.Warn("metrics: " + strings.TrimSpace(fmt.Sprintln(v...)))
+	}
+}
+
+// Names and help of every metric, in one place (docs/grafana.json uses them).
+var (
+	descGets         = desc("gets_total", "Gets through the Go API and HTTP, by result: hit, miss, negative (a cached \"not found\"), stale (served stale).", "cache", "result")
+	descGetDuration  = desc("get_duration_seconds", "Duration of Gets through the Go API and HTTP, hits and misses.", "cache")
+	descFills        = desc("fills_total", "Rows loaded from PostgreSQL by read-through fills.", "cache")
+	descCollapsed    = desc("fills_collapsed_total", "Misses that waited for another fill instead of querying (stampedes collapsed).", "cache")
+	descWBPending    = desc("writebehind_pending", "Write-behind entries in the queue stream, not yet applied to PostgreSQL.", "cache")
+	descWBDead       = desc("writebehind_dead_letters", "Entries in the write-behind dead-letter stream.", "cache")
+	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache")
+	descWBDeadTotal  = desc("writebehind_dead_lettered_total", "Write-behind entries this process moved to the dead-letter stream.", "cache")
+	descFeedRows     = desc("changefeed_rows_applied_total", "Keys written or deleted in Redis by the change feed.", "source")
+	descFeedTxns     = desc("changefeed_transactions_total", "Transactions the change feed applied.", "source")
+	descFeedErrors   = desc("changefeed_errors_total", "Change feed errors, by kind: map (a row with no key or value), session (a session that ended in an error).", "source", "kind")
+	descFeedRebuilds = desc("changefeed_rebuilds_total", "Caches rebuilt from a snapshot.", "source")
+	descFeedLSN      = desc("changefeed_confirmed_lsn", "End LSN of the last transaction applied to Redis (and confirmed to PostgreSQL), as a number.", "source")
+	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source")
+	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source")
+	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "cache", "result")
+	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate")
+	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
+	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
+	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
+	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis primary, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a primary refuses CONFIG: configure them by hand (the log says what).", "feature")
+	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis primary had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
+	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO within its deadline.")
+	descSourceUp     = desc("source_up", "1 when the source's PostgreSQL answered the scrape's query of its WAL position within its deadline.", "source")
+	descRedisGauge   = map[string]*prometheus.Desc{
+		"used_memory":               desc("redis_used_memory_bytes", "Redis used_memory."),
+		"maxmemory":                 desc("redis_maxmemory_bytes", "Redis maxmemory (0: no limit)."),
+		"connected_clients":         desc("redis_connected_clients", "Redis connected_clients."),
+		"instantaneous_ops_per_sec": desc("redis_instantaneous_ops_per_second", "Redis instantaneous_ops_per_sec."),
+	}
+	descRedisCounter = map[string]*prometheus.Desc{
+		"evicted_keys":             desc("redis_evicted_keys_total", "Redis evicted_keys."),
+		"expired_keys":             desc("redis_expired_keys_total", "Redis expired_keys."),
+		"keyspace_hits":            desc("redis_keyspace_hits_total", "Redis keyspace_hits: reads that found their key, from every client."),
+		"keyspace_misses":          desc("redis_keyspace_misses_total", "Redis keyspace_misses."),
+		"total_commands_processed": desc("redis_commands_processed_total", "Redis total_commands_processed."),
+	}
+	descRedisLatency = desc("redis_command_duration_seconds", "Redis's own latency of each command cachesync uses: percentiles from INFO latencystats (its latency histograms), count and sum from commandstats.", "command")
+)
+
+// redisCommands are the commands whose Redis latency histogram is exported.
+var redisCommands = []string{"get", "set", "hgetall", "mget", "unlink", "eval", "evalsha", "xadd", "xreadgroup", "zadd"}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("cachesync_"+name, help, labels, nil)
+}
+
+type collector struct{ s Sources }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+// Collect reads Redis and each source at once, each within the deadline,
+// while it reports the figures counted in this process.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ctx := context.Background()
+	d := c.s.Deadline
+	if d <= 0 {
+		d = status.DefaultDeadline
+	}
+	var rd redisRead
+	var rerr error
+	var sources map[string]status.SourceProbe
+	var wg sync.WaitGroup
+	wg.Go(func() { rd, rerr = status.Within(ctx, d, c.readRedis) })
+	if c.s.API != nil {
+		wg.Go(func() { sources = status.ProbeSources(ctx, c.s.API, c.s.Config.SourceNames(), d) })
+	}
+	c.collectCounts(ch)
+	wg.Wait()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for name, q := range rd.queues {
+		gauge(descWBPending, float64(q.Pending), name)
+		gauge(descWBDead, float64(q.DeadLetters), name)
+	}
+	for _, f := range c.s.Feeds {
+		applied, known := rd.applied[f.Source]
+		if rerr != nil {
+			applied, known = f.Stats.AppliedLSN.Load(), true // what the feed knows without Redis
+		}
+		if known {
+			gauge(descFeedLSN, float64(applied), f.Source)
+		}
+		if p, ok := sources[f.Source]; ok && p.Err == nil && applied > 0 {
+			gauge(descFeedLagBytes, float64(max(int64(p.WAL)-int64(applied), 0)), f.Source)
+		}
+	}
+	for name, p := range sources {
+		gauge(descSourceUp, ok(p.Err == nil), name)
+	}
+	if rerr != nil {
+		gauge(descRedisUp, 0)
+		return
+	}
+	gauge(descRedisUp, 1)
+	collectInfo(rd.info, ch)
+}
+
+// redisRead is what a scrape reads from Redis.
+type redisRead struct {
+	info    map[string]string
+	queues  map[string]cachesync.Queue
+	applied map[string]uint64 // by source of a feed: how far its changes are applied
+}
+
+// readRedis reads INFO, the write-behind queues and the feeds' positions.
+func (c *collector) readRedis(ctx context.Context) (redisRead, error) {
+	info, err := status.Info(ctx, c.s.Redis, "everything")
+	if err != nil {
+		return redisRead{}, err
+	}
+	rd := redisRead{info: info, queues: cachesync.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
+	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	for _, f := range c.s.Feeds {
+		rd.applied[f.Source] = state.Position(ctx, f.Source, f)
+	}
+	return rd, nil
+}
+
+// collectCounts reports what this process counted: nothing to read from
+// a server.
+func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	cfg := c.s.Config
+	if api := c.s.API; api != nil {
+		for _, name := range cfg.CacheNames() {
+			st := api.CacheStats(name)
+			if st == nil {
+				continue
+			}
+			counter(descGets, st.Hits.Load(), name, "hit")
+			counter(descGets, st.Misses.Load(), name, "miss")
+			counter(descGets, st.NegativeHits.Load(), name, "negative")
+			counter(descGets, st.Stale.Load(), name, "stale")
+			counter(descFills, st.Fills.Load(), name)
+			counter(descCollapsed, st.Collapsed.Load(), name)
+			ch <- histogram(descGetDuration, st.Gets, name)
+			if cfg.Caches[name].Writes == config.WritesBehind {
+				counter(descWBDrained, st.Drained.Load(), name)
+				counter(descWBDeadTotal, st.DeadLettered.Load(), name)
+			}
+		}
+	}
+	for _, f := range c.s.Feeds {
+		st := f.Stats
+		counter(descFeedRows, st.Writes.Load(), f.Source)
+		counter(descFeedTxns, st.Txns.Load(), f.Source)
+		counter(descFeedErrors, st.MapErrors.Load(), f.Source, "map")
+		counter(descFeedErrors, st.Reconnects.Load(), f.Source, "session")
+		counter(descFeedRebuilds, st.Rebuilds.Load(), f.Source)
+		ch <- histogram(descFeedLag, st.Lag, f.Source)
+	}
+	if r := c.s.Refresher; r != nil {
+		st := &r.Stats
+		for _, name := range cfg.CacheNames() {
+			if pc := r.PerCache[name]; pc != nil {
+				counter(descRefresh, pc.Refreshed.Load(), name, "refreshed")
+				counter(descRefresh, pc.Repaired.Load(), name, "repaired")
+				counter(descRefresh, pc.Kept.Load(), name, "kept")
+				counter(descRefresh, pc.NotFound.Load(), name, "not_found")
+				counter(descRefresh, pc.Scheduled.Load(), name, "scheduled")
+			}
+		}
+		counter(descRefreshEv, st.Events.Load(), "received")
+		counter(descRefreshEv, st.Ignored.Load(), "ignored")
+		counter(descRefreshEv, st.Dropped.Load(), "dropped")
+		counter(descRefreshErr, st.Errors.Load())
+		ch <- histogram(descRefreshDelay, st.Delays)
+		if r.Listens() {
+			gauge(descEventsOK, ok(st.Notify.OK()), "refresh")
+			counter(descEventsAgain, st.Notify.Reenabled.Load(), "refresh")
+		}
+	}
+	if l := c.s.Keymiss; l != nil {
+		counter(descKeymiss, l.Stats.Events.Load(), "received")
+		counter(descKeymiss, l.Stats.Filled.Load(), "filled")
+		counter(descKeymiss, l.Stats.Ignored.Load(), "ignored")
+		counter(descKeymiss, l.Stats.Dropped.Load(), "dropped")
+		counter(descKeymiss, l.Stats.Errors.Load(), "error")
+		gauge(descEventsOK, ok(l.Stats.Notify.OK()), "keymiss")
+		counter(descEventsAgain, l.Stats.Notify.Reenabled.Load(), "keymiss")
+	}
+}
+
+// ok is 1 for true, 0 for false.
+func ok(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// histogram turns h into a Prometheus histogram in seconds.
+func histogram(d *prometheus.Desc, h *latency.Histogram, labels ...string) prometheus.Metric {
+	cum, n, sum := h.Snapshot()
+	buckets := make(map[float64]uint64, len(cum))
+	for i, b := range h.Bounds() {
+		buckets[b.Seconds()] = cum[i]
+	}
+	return prometheus.MustNewConstHistogram(d, n, sum.Seconds(), buckets, labels...)
+}
+
+// collectInfo reports the fields of INFO everything and Redis's command
+// latencies.
+func collectInfo(info map[string]string, ch chan<- prometheus.Metric) {
+	calls, usec := map[string]uint64{}, map[string]float64{}
+	quantiles := map[string]map[float64]float64{}
+	for k, v := range info {
+		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok && slices.Contains(redisCommands, cmd) {
+			n, us := status.CommandStat(v)
+			calls[cmd], usec[cmd] = uint64(n), float64(us)
+			continue
+		}
+		if cmd, ok := strings.CutPrefix(k, "latency_percentiles_usec_"); ok && slices.Contains(redisCommands, cmd) {
+			q := map[float64]float64{}
+			for _, f := range strings.Split(v, ",") { // p50=1.003,p99=2.007,p99.9=10.015
+				name, val, _ := strings.Cut(f, "=")
+				pct, err1 := strconv.ParseFloat(strings.TrimPrefix(name, "p"), 64)
+				us, err2 := strconv.ParseFloat(val, 64)
+				if err1 == nil && err2 == nil {
+					q[pct/100] = us / 1e6
+				}
+			}
+			quantiles[cmd] = q
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			continue
+		}
+		if d, ok := descRedisGauge[k]; ok {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, f)
+		}
+		if d, ok := descRedisCounter[k]; ok {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, f)
+		}
+	}
+	for cmd, q := range quantiles {
+		ch <- prometheus.MustNewConstSummary(descRedisLatency, calls[cmd], usec[cmd]/1e6, q, cmd)
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/check"
 )
 
@@ -57,7 +57,7 @@ func (b *bench) checkRate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
@@ -93,6 +93,6 @@ func (b *bench) checkRateMethod(p func(string, ...any)) {
 	if b.res.CheckRate.Keys == 0 {
 		return
 	}
-	p("- **11**: after the consistency check step (Redis equal to the table, the daemon stopped), the ceiling first: `SCAN 0 MATCH b:* COUNT 1000` to the end, one `MGET` of each page's keys, timed. Then `check.Run` (what `cachesync check --config ... b` runs) on a `cachesync.Open` of the read steps' config, full mode: it scans Redis the same way while it streams `SELECT id, val, note FROM public.bench`, hashes each key and value on both sides and compares; it must find the cache consistent. Keys/s = keys compared ÷ elapsed.\n")
-	p("- **10**: in step 5's runs, a second `cachesync.Open` of the same config with `Options{DisableStats: true}` (no per-cache counters, no latency histogram) reads the same keys the same way.\n")
+	p("- **11**: after the consistency check step (Redis equal to the table, the daemon stopped), the ceiling first: `SCAN 0 MATCH b:* COUNT 1000` to the end, one `MGET` of each page's keys, timed. Then `check.Run` (what `cachesync check --config ... b` runs) on a `engine.Open` of the read steps' config, full mode: it scans Redis the same way while it streams `SELECT id, val, note FROM public.bench`, hashes each key and value on both sides and compares; it must find the cache consistent. Keys/s = keys compared ÷ elapsed.\n")
+	p("- **10**: in step 5's runs, a second `engine.Open` of the same config with `Options{DisableStats: true}` (no per-cache counters, no latency histogram) reads the same keys the same way.\n")
 }

@@ -23,7 +23,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/httpapi"
@@ -240,12 +240,12 @@ func (b *bench) hits(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
 	defer api.Close()
-	plain, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler), DisableStats: true})
+	plain, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler), DisableStats: true})
 	if err != nil {
 		return err
 	}
@@ -466,7 +466,7 @@ func (b *bench) unlink(ctx context.Context, key string) error {
 
 // storm releases stormGets goroutines at once, spread over clients, each
 // getting key after it was unlinked; it counts the fill queries PostgreSQL ran.
-func (b *bench) storm(ctx context.Context, clients []*cachesync.Client, key string) (stormRound, error) {
+func (b *bench) storm(ctx context.Context, clients []*engine.Engine, key string) (stormRound, error) {
 	r := stormRound{Key: key}
 	if err := b.unlink(ctx, key); err != nil {
 		return r, err
@@ -555,14 +555,14 @@ func (b *bench) missStorm(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var clients []*cachesync.Client
+	var clients []*engine.Engine
 	defer func() {
 		for _, c := range clients {
 			c.Close()
 		}
 	}()
 	for range 2 {
-		c, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+		c, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			return err
 		}
@@ -684,9 +684,9 @@ func (b *bench) readCosts(p func(string, ...any)) {
 
 // readMethod is the read path's part of "Method".
 func (b *bench) readMethod(p func(string, ...any)) {
-	p("- **5**: the Go API opened as `cachesync.Open(ctx, cfg, cachesync.Options{})` (logger discarded) on a config with one cache `%s` over `public.bench` (`b:{id}`, the daemon's mapping), read with `Get(ctx, \"%s\", key)`; the bare client is `rueidis.NewClient(rueidis.ClientOption{InitAddress: ..., DisableCache: true})` reading with `GET` (`Do(...).AsBytes()`). Keys: %s distinct random ids, all checked to be in Redis beforehand (so every Get is a hit and no fill runs; no daemon runs and nothing writes); each request picks one at random. %d goroutines issue requests back to back for %s per run; each mode runs twice, alternating Go API, Go API without stats (step 10), bare, HTTP, then again, after a %s warm-up of each. Throughput = requests completed ÷ elapsed, the **mean** of the two runs; latency is timed around each call, percentiles over every request of both runs. Any error or empty value fails the step. CPU of this process from `getrusage` (the load generator, the client and, in 6, the server), Redis CPU from `INFO`, allocations from `runtime.MemStats` over the run (background goroutines of rueidis and net/http included).\n",
+	p("- **5**: the Go API opened as `engine.Open(ctx, cfg, engine.Options{})` (logger discarded) on a config with one cache `%s` over `public.bench` (`b:{id}`, the daemon's mapping), read with `Get(ctx, \"%s\", key)`; the bare client is `rueidis.NewClient(rueidis.ClientOption{InitAddress: ..., DisableCache: true})` reading with `GET` (`Do(...).AsBytes()`). Keys: %s distinct random ids, all checked to be in Redis beforehand (so every Get is a hit and no fill runs; no daemon runs and nothing writes); each request picks one at random. %d goroutines issue requests back to back for %s per run; each mode runs twice, alternating Go API, Go API without stats (step 10), bare, HTTP, then again, after a %s warm-up of each. Throughput = requests completed ÷ elapsed, the **mean** of the two runs; latency is timed around each call, percentiles over every request of both runs. Any error or empty value fails the step. CPU of this process from `getrusage` (the load generator, the client and, in 6, the server), Redis CPU from `INFO`, allocations from `runtime.MemStats` over the run (background goroutines of rueidis and net/http included).\n",
 		readCache, readCache, count(hitKeys), readWorkers, b.res.Read.For, b.res.Read.For/10)
 	p("- **6**: the HTTP API `httpapi.New(api, cfg.HTTP, logger)` served by its own `Serve` (net/http, `http.TimeoutHandler`) on a free 127.0.0.1 port, in this process and over the same Client as 5, with one API key of scope `read` sent as `Authorization: Bearer`. The client is an `http.Client` whose Transport keeps up to %d idle connections per host (compression off); each request is built with `http.NewRequestWithContext`, its body read to the end and its status checked. Client and server share this process, so its CPU per request counts both ends.\n", 2*readWorkers)
-	p("- **7**: PostgreSQL preloads `pg_stat_statements` with `track=none` (the earlier steps do not pay for it); this step runs `CREATE EXTENSION pg_stat_statements` and `ALTER DATABASE bench SET pg_stat_statements.track = 'top'`, then opens its clients, whose sessions therefore track their statements. Queries = the increase of `sum(calls)` of the statements matching `%s` (the fill's statement, which pg_stat_statements shows as `%s`). A calibration Get of one missing key from each client must count exactly 1. A storm: `UNLINK` the key with its lease and \"not found\" marker (the row exists), start %s goroutines parked on a channel, release them at once by closing it; each calls `Get`, and each must return the value Redis holds afterwards. \"Two clients\" are two `cachesync.Open` in this process, each with its own Redis client, PostgreSQL pool and singleflight group — what two processes have — with the goroutines alternating between them, so they meet only through Redis (the lease). %d storms per variant, each on its own key; the worst is reported.\n",
+	p("- **7**: PostgreSQL preloads `pg_stat_statements` with `track=none` (the earlier steps do not pay for it); this step runs `CREATE EXTENSION pg_stat_statements` and `ALTER DATABASE bench SET pg_stat_statements.track = 'top'`, then opens its clients, whose sessions therefore track their statements. Queries = the increase of `sum(calls)` of the statements matching `%s` (the fill's statement, which pg_stat_statements shows as `%s`). A calibration Get of one missing key from each client must count exactly 1. A storm: `UNLINK` the key with its lease and \"not found\" marker (the row exists), start %s goroutines parked on a channel, release them at once by closing it; each calls `Get`, and each must return the value Redis holds afterwards. \"Two clients\" are two `engine.Open` in this process, each with its own Redis client, PostgreSQL pool and singleflight group — what two processes have — with the goroutines alternating between them, so they meet only through Redis (the lease). %d storms per variant, each on its own key; the worst is reported.\n",
 		stormStatement, b.res.Storm.Query, count(stormGets), stormRounds)
 }

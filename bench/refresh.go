@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/refresh"
@@ -143,7 +143,7 @@ func (b *bench) refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: log})
+	api, err := engine.Open(ctx, cfg, engine.Options{Logger: log})
 	if err != nil {
 		return err
 	}
@@ -204,7 +204,7 @@ func (b *bench) refresh(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: log})
+		api, err := engine.Open(ctx, cfg, engine.Options{Logger: log})
 		if err != nil {
 			return err
 		}

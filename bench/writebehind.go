@@ -18,8 +18,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // The write-behind path (8): PutBehind's ingest rate beside bare rueidis
@@ -169,7 +170,7 @@ func (b *bench) writeBehind(ctx context.Context) error {
 	r := &b.res.WB
 	*r = writeBehindResult{Writes: b.wbWrites(), Keys: wbKeys}
 	perWorker := r.Writes / wbWorkers
-	stream := cachesync.StreamKey(wbCache)
+	stream := binding.StreamKey(wbCache)
 	for _, sql := range []string{
 		"DROP TABLE IF EXISTS wb, wb_plain",
 		"CREATE TABLE wb (id int PRIMARY KEY, v bigint NOT NULL)",
@@ -179,14 +180,14 @@ func (b *bench) writeBehind(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := b.redis.Do(ctx, b.redis.B().Del().Key(stream, wbBareStream, cachesync.DeadLetterKey(wbCache)).Build()).Error(); err != nil {
+	if err := b.redis.Do(ctx, b.redis.B().Del().Key(stream, wbBareStream, binding.DeadLetterKey(wbCache)).Build()).Error(); err != nil {
 		return err
 	}
 	cfg, err := b.wbConfig()
 	if err != nil {
 		return err
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
@@ -362,7 +363,7 @@ func (b *bench) drainWB(ctx context.Context, cfg *config.Config, stream string, 
 	for _, rows := range batches {
 		r.Rows += len(rows)
 	}
-	c, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	c, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return r, err
 	}
@@ -413,7 +414,7 @@ func (b *bench) drainWB(ctx context.Context, cfg *config.Config, stream string, 
 	r.Redis = rs1.sub(rs0)
 	r.Rate = float64(r.Entries) / r.Elapsed.Seconds()
 	r.RowRate = float64(r.Rows) / r.Elapsed.Seconds()
-	if n, err := b.redis.Do(ctx, b.redis.B().Xlen().Key(cachesync.DeadLetterKey(wbCache)).Build()).AsInt64(); err != nil || n != 0 {
+	if n, err := b.redis.Do(ctx, b.redis.B().Xlen().Key(binding.DeadLetterKey(wbCache)).Build()).AsInt64(); err != nil || n != 0 {
 		return r, fmt.Errorf("dead-letter stream: %d entries (%v)", n, err)
 	}
 	return r, nil
@@ -546,8 +547,8 @@ func (b *bench) wbReading(p func(string, ...any)) {
 
 func (b *bench) wbMethod(p func(string, ...any)) {
 	w := b.res.WB
-	p("- **8**: table `wb(id int primary key, v bigint not null)`, empty, and a second config with one cache `{table: wb, key: \"wb:{id}\", value: {columns: [id, v]}, sync: none, writes: behind}`, opened in this process with `cachesync.Open`. Ingest: %d goroutines each call `PutBehind(ctx, \"%s\", map[string]any{\"id\": id, \"v\": v})` %s times back to back, each over its own %d keys in turn (so %s writes over %s keys, %d per key, and the last value of every key is known); no drainer runs. Ceiling: a bare `rueidis.NewClient` (`DisableCache`) sends the same number of `EVAL` of a two-line script (`SET KEYS[1] ARGV[1]`, `XADD KEYS[2] * key KEYS[1] row ARGV[2]`) with the same JSON as value and row, from the same goroutines, into its own keys and stream. Both ran a %s-write warm-up first (the streams are deleted after it); the bare run comes first, its stream is deleted, then PutBehind's. Rate = writes ÷ elapsed (release of the goroutines → the last returned); latency timed around each call. CPU of this process from `getrusage`, Redis CPU and EVAL `usec` from `INFO`.\n",
+	p("- **8**: table `wb(id int primary key, v bigint not null)`, empty, and a second config with one cache `{table: wb, key: \"wb:{id}\", value: {columns: [id, v]}, sync: none, writes: behind}`, opened in this process with `engine.Open`. Ingest: %d goroutines each call `PutBehind(ctx, \"%s\", map[string]any{\"id\": id, \"v\": v})` %s times back to back, each over its own %d keys in turn (so %s writes over %s keys, %d per key, and the last value of every key is known); no drainer runs. Ceiling: a bare `rueidis.NewClient` (`DisableCache`) sends the same number of `EVAL` of a two-line script (`SET KEYS[1] ARGV[1]`, `XADD KEYS[2] * key KEYS[1] row ARGV[2]`) with the same JSON as value and row, from the same goroutines, into its own keys and stream. Both ran a %s-write warm-up first (the streams are deleted after it); the bare run comes first, its stream is deleted, then PutBehind's. Rate = writes ÷ elapsed (release of the goroutines → the last returned); latency timed around each call. CPU of this process from `getrusage`, Redis CPU and EVAL `usec` from `INFO`.\n",
 		wbWorkers, wbCache, count(w.Writes/wbWorkers), wbKeys/wbWorkers, count(w.Writes), count(wbKeys), w.Writes/wbKeys, count(wbWorkers*200))
-	p("- **8, drain**: the stream's entries are read with `XRANGE` (untimed) to know the drainer's batches: on a full stream `XREADGROUP COUNT %d` returns the next %d entries in stream order, and the drainer upserts the last write of each key of a batch. Then `CHECKPOINT`, a second `cachesync.Open` of the same config and `go c.Drain(ctx)`; timed from that call until `XLEN` of `%s` is 0 and `XPENDING` of group `%s` counts 0 (polled every 2 ms; the drainer deletes entries only after their transaction committed), then every row of `wb` is checked to hold its key's last value and the dead-letter stream to be empty. Entries/s counts stream entries; rows/s counts rows upserted (the last write of each key in each batch). Ceiling: `CHECKPOINT`, then on a fresh table `wb_plain` of the same shape one pgx connection applies the same batches: per batch one transaction of `INSERT INTO wb_plain (id, v) VALUES ($1, $2), ... ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v` in chunks of %d rows, arguments as int64 prepared beforehand, timed from the first BEGIN to the last COMMIT, and checked the same way.\n",
-		wbBatch, wbBatch, cachesync.StreamKey(wbCache), wbGroup, wbChunk)
+	p("- **8, drain**: the stream's entries are read with `XRANGE` (untimed) to know the drainer's batches: on a full stream `XREADGROUP COUNT %d` returns the next %d entries in stream order, and the drainer upserts the last write of each key of a batch. Then `CHECKPOINT`, a second `engine.Open` of the same config and `go c.Drain(ctx)`; timed from that call until `XLEN` of `%s` is 0 and `XPENDING` of group `%s` counts 0 (polled every 2 ms; the drainer deletes entries only after their transaction committed), then every row of `wb` is checked to hold its key's last value and the dead-letter stream to be empty. Entries/s counts stream entries; rows/s counts rows upserted (the last write of each key in each batch). Ceiling: `CHECKPOINT`, then on a fresh table `wb_plain` of the same shape one pgx connection applies the same batches: per batch one transaction of `INSERT INTO wb_plain (id, v) VALUES ($1, $2), ... ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v` in chunks of %d rows, arguments as int64 prepared beforehand, timed from the first BEGIN to the last COMMIT, and checked the same way.\n",
+		wbBatch, wbBatch, binding.StreamKey(wbCache), wbGroup, wbChunk)
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/check"
 )
@@ -59,7 +59,7 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 		return fmt.Errorf("redis: %w", err)
 	}
 	defer rc.Close()
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
+	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
 	if err != nil {
 		return err
 	}

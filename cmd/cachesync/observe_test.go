@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -229,7 +229,7 @@ func TestCheckCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := cachesync.Open(t.Context(), conf, cachesync.Options{})
+	api, err := engine.Open(t.Context(), conf, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func TestCheckCommand(t *testing.T) {
 	if n, _ := b.rc.Do(t.Context(), b.rc.B().Exists().Key("w:77").Build()).AsInt64(); n != 1 {
 		t.Fatal("w:77 is not in Redis after PutBehind")
 	}
-	if q := cachesync.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
+	if q := engine.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
 		t.Fatalf("queue of w: %+v; want the one write", q)
 	}
 	// (Its keys compared, the queued one among them: not skipped.)

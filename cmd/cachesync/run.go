@@ -14,7 +14,7 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
@@ -163,7 +163,7 @@ func (d *daemon) run(ctx context.Context) error {
 		return d.cfg.Caches[n].Refreshes() || len(d.cfg.Caches[n].Schedule) > 0
 	})
 	if d.cfg.HTTP.Addr != "" || onMiss || behind || refreshes {
-		api, err := cachesync.Open(ctx, d.cfg, cachesync.Options{Logger: d.log})
+		api, err := engine.Open(ctx, d.cfg, engine.Options{Logger: d.log})
 		if err != nil {
 			return err
 		}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/status"
 )
@@ -102,7 +102,7 @@ func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error)
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	defer rc.Close()
-	api, err := cachesync.Open(octx, cfg, cachesync.Options{Logger: slog.New(slog.DiscardHandler)})
+	api, err := engine.Open(octx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}

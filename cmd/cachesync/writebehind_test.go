@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // TestWriteBehindKillNine: while 50,000 write-behind writes arrive, the
@@ -32,7 +33,7 @@ caches:
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := cachesync.Open(t.Context(), cfg, cachesync.Options{})
+	api, err := engine.Open(t.Context(), cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ caches:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	dead, err := b.rc.Do(t.Context(), b.rc.B().Xlen().Key(cachesync.DeadLetterKey("wb")).Build()).AsInt64()
+	dead, err := b.rc.Do(t.Context(), b.rc.B().Xlen().Key(binding.DeadLetterKey("wb")).Build()).AsInt64()
 	if err != nil || dead != poison {
 		t.Fatalf("%d dead letters (%v), want %d", dead, err, poison)
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 )
@@ -77,10 +77,10 @@ func holdsEveryRow(c *config.Cache) bool {
 const batch = 1000
 
 // Run checks cache name.
-func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis rueidis.Client, name string, opt Options) (*Report, error) {
+func Run(ctx context.Context, cfg *config.Config, api *engine.Engine, redis rueidis.Client, name string, opt Options) (*Report, error) {
 	cc, ok := cfg.Caches[name]
 	if !ok {
-		return nil, fmt.Errorf("cache %q: %w", name, cachesync.ErrUnknownCache)
+		return nil, fmt.Errorf("cache %q: %w", name, engine.ErrUnknownCache)
 	}
 	if opt.Repair && cc.Writes == config.WritesBehind {
 		return nil, fmt.Errorf("cache %q: --repair refuses a cache with writes: behind: a key whose write is still queued is newer than its row, and repairing it would bring the older row back", name)
@@ -112,7 +112,7 @@ func Run(ctx context.Context, cfg *config.Config, api *cachesync.Client, redis r
 
 type checker struct {
 	cc    *config.Cache
-	api   *cachesync.Client
+	api   *engine.Engine
 	redis rueidis.Client
 	opt   Options
 	r     *Report
@@ -466,7 +466,7 @@ func (k *checker) queued(ctx context.Context) (map[string]bool, error) {
 	keys := map[string]bool{}
 	start := "-"
 	for {
-		entries, err := k.redis.Do(ctx, k.redis.B().Xrange().Key(cachesync.StreamKey(k.cc.Name)).Start(start).End("+").Count(batch).Build()).AsXRange()
+		entries, err := k.redis.Do(ctx, k.redis.B().Xrange().Key(binding.StreamKey(k.cc.Name)).Start(start).End("+").Count(batch).Build()).AsXRange()
 		if err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
@@ -488,7 +488,7 @@ func (k *checker) settle(ctx context.Context) error {
 		return err
 	}
 	err = k.api.WaitApplied(ctx, k.cc.Name, target, k.opt.Settle)
-	if errors.Is(err, cachesync.ErrNotApplied) {
+	if errors.Is(err, engine.ErrNotApplied) {
 		return nil // a feed that is down or behind: the second read decides
 	}
 	return err

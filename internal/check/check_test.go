@@ -15,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/check"
@@ -35,7 +35,7 @@ type env struct {
 	db  *pgx.Conn
 	rc  rueidis.Client
 	cfg *config.Config
-	api *cachesync.Client
+	api *engine.Engine
 }
 
 func newEnv(t *testing.T, rows int) *env {
@@ -64,7 +64,7 @@ caches:
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	api, err := engine.Open(ctx, cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/httpapi"
 )
@@ -153,7 +153,7 @@ func FuzzKeyPath(f *testing.F) {
   words: {table: words, key: "w:{w}", sync: none}
   nums: {table: nums, key: "n:{id}", sync: none}
   moods: {table: moods, key: "m:{m}", sync: none}
-`, cachesync.Options{})
+`, engine.Options{})
 	h := httpapi.New(w.api, w.cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler()
 	serve := func(t *testing.T, method, target, body string) (int, string, string) {
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(method + " " + target + " HTTP/1.1\r\nHost: cachesync\r\n" +

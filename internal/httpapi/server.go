@@ -20,21 +20,21 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // Server is the HTTP API over a cachesync Client.
 type Server struct {
-	api *cachesync.Client
+	api *engine.Engine
 	cfg config.HTTP
 	log *slog.Logger
 	mux *http.ServeMux
 }
 
 // New returns the API of api as configured by cfg.
-func New(api *cachesync.Client, cfg config.HTTP, log *slog.Logger) *Server {
+func New(api *engine.Engine, cfg config.HTTP, log *slog.Logger) *Server {
 	s := &Server{api: api, cfg: cfg, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -380,23 +380,23 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 
 // fail answers with the status and code of err.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	var rowErr *cachesync.RowError
+	var rowErr *engine.RowError
 	switch {
-	case errors.Is(err, cachesync.ErrNotApplied): // first: the write committed, whatever else went wrong
+	case errors.Is(err, engine.ErrNotApplied): // first: the write committed, whatever else went wrong
 		writeError(w, http.StatusAccepted, "not_applied", err.Error())
-	case errors.Is(err, cachesync.ErrUnknownCache):
+	case errors.Is(err, engine.ErrUnknownCache):
 		writeError(w, http.StatusNotFound, "unknown_cache", err.Error())
-	case errors.Is(err, cachesync.ErrBadKey):
+	case errors.Is(err, engine.ErrBadKey):
 		writeError(w, http.StatusBadRequest, "bad_key", err.Error())
-	case errors.Is(err, cachesync.ErrNotFound):
+	case errors.Is(err, engine.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
-	case errors.Is(err, cachesync.ErrNotBehind):
+	case errors.Is(err, engine.ErrNotBehind):
 		writeError(w, http.StatusBadRequest, "not_behind", err.Error())
-	case errors.Is(err, cachesync.ErrBadRow):
+	case errors.Is(err, engine.ErrBadRow):
 		writeError(w, http.StatusBadRequest, "bad_row", err.Error())
 	case errors.As(err, &rowErr):
 		writeError(w, http.StatusUnprocessableEntity, "row_refused", err.Error())
-	case errors.Is(err, cachesync.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, engine.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	default:

@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/httpapi"
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -32,12 +32,12 @@ type world struct {
 	pg  *testenv.Postgres
 	rds *testenv.Redis
 	cfg *config.Config
-	api *cachesync.Client
+	api *engine.Engine
 }
 
 // newWorld starts private servers, runs schema, and opens a client of a
 // config named name, whose caches (and http) sections are rest.
-func newWorld(t testing.TB, name, schema, rest string, opts cachesync.Options) *world {
+func newWorld(t testing.TB, name, schema, rest string, opts engine.Options) *world {
 	t.Helper()
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t)
@@ -55,7 +55,7 @@ func newWorld(t testing.TB, name, schema, rest string, opts cachesync.Options) *
 	if w.cfg, err = config.Load(strings.NewReader(text)); err != nil {
 		t.Fatal(err)
 	}
-	if w.api, err = cachesync.Open(ctx, w.cfg, opts); err != nil {
+	if w.api, err = engine.Open(ctx, w.cfg, opts); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.api.Close)
@@ -72,7 +72,7 @@ http:
   keys:
     - {name: app, key: "`+rwKey+`", scopes: [read, write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
-`, cachesync.Options{})
+`, engine.Options{})
 	api, cfg, rds := w.api, w.cfg, w.rds
 	srv := httptest.NewServer(httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler())
 	defer srv.Close()
@@ -186,7 +186,7 @@ http:
   keys:
     - {name: loader, key: "`+wKey+`", scopes: [write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
-`, cachesync.Options{})
+`, engine.Options{})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	keyed := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, log).Handler())
 	defer keyed.Close()
@@ -277,7 +277,7 @@ func TestShutdownAnswersWaitingPuts(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t, "down", `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2))`, `caches:
   prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}
-`, cachesync.Options{WriteWait: time.Hour}) // no feed runs: Put would wait an hour
+`, engine.Options{WriteWait: time.Hour}) // no feed runs: Put would wait an hour
 	api, cfg, db := w.api, w.cfg, w.db
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -339,7 +339,7 @@ func TestBodyRoundTrip(t *testing.T) {
 			'{"x": [1, "y"]}', '{"k":  1}', '1 day 02:00:00')`, `caches:
   rt: {table: rt, key: "rt:{id}", sync: none, writes: behind}
   rh: {table: rt, key: "rh:{id}", value: {format: hash, columns: [id, n, f, b, t, ts, tsn, d, u, ia, ta, j, js, iv]}, sync: none, writes: behind}
-`, cachesync.Options{})
+`, engine.Options{})
 	api, cfg, db, rds := w.api, w.cfg, w.db, w.rds
 	testenv.Go(t, api.Drain)
 	srv := httptest.NewServer(httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler())
@@ -354,7 +354,7 @@ func TestBodyRoundTrip(t *testing.T) {
 	rc := rds.Client(t)
 	drained := func(cache string) {
 		for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
-			if q, ok := cachesync.Queues(ctx, rc, cfg)[cache]; ok && q.Pending == 0 {
+			if q, ok := engine.Queues(ctx, rc, cfg)[cache]; ok && q.Pending == 0 {
 				return
 			}
 			if time.Now().After(deadline) {

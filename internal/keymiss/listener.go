@@ -14,7 +14,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/keyevents"
 )
@@ -32,7 +32,7 @@ type Stats struct {
 
 // Listener fills what plain Redis clients miss.
 type Listener struct {
-	api    *cachesync.Client
+	api    *engine.Engine
 	redis  rueidis.Client
 	caches []*config.Cache // with fill: on-miss
 	db     int
@@ -58,7 +58,7 @@ type Listener struct {
 const DefaultWindow = time.Second
 
 // New returns the listener of cfg's caches with fill: on-miss, or nil when there are none.
-func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Listener, error) {
+func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog.Logger) (*Listener, error) {
 	l := &Listener{api: api, redis: redis, log: log.With("component", "keymiss"), recent: map[string]time.Time{}, Window: DefaultWindow, CheckEvery: keyevents.DefaultEvery}
 	for _, name := range cfg.CacheNames() {
 		if c := cfg.Caches[name]; c.Fill == config.FillOnMiss {
@@ -121,7 +121,7 @@ func (l *Listener) fill(ctx context.Context, key string) {
 	}
 	l.Stats.Filled.Add(1)
 	err := l.api.Fill(ctx, cache.Name, key)
-	if err != nil && !errors.Is(err, cachesync.ErrNotFound) && !errors.Is(err, cachesync.ErrBadKey) && ctx.Err() == nil {
+	if err != nil && !errors.Is(err, engine.ErrNotFound) && !errors.Is(err, engine.ErrBadKey) && ctx.Err() == nil {
 		l.Stats.Errors.Add(1)
 		l.log.Error("fill on keymiss failed", "cache", cache.Name, "key", key, "err", err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/keymiss"
@@ -48,7 +48,7 @@ caches:
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	api, err := engine.Open(ctx, cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@
 // key's expiry time in the cache's expiry record (a sorted set), and the
 // refresher reads that record too: what expired while it was down or
 // disconnected is reloaded as soon as it runs again. The reloads themselves
-// are cachesync.Client.Reload: guarded against writing an older row
+// are engine.Engine.Reload: guarded against writing an older row
 // (watched, or under leases), batched, one query each.
 package refresh
 
@@ -19,7 +19,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/keyevents"
@@ -66,7 +66,7 @@ const pollPage = Workers * BatchSize
 
 // Refresher keeps the keys of one config's refreshing caches.
 type Refresher struct {
-	api       *cachesync.Client
+	api       *engine.Engine
 	redis     rueidis.Client
 	refreshed []*config.Cache // refresh: on-expiry or ahead
 	scheduled []*config.Cache // with schedule entries
@@ -98,7 +98,7 @@ type batch struct {
 
 // New returns the refresher of cfg's caches, or nil when no cache
 // refreshes or has a schedule.
-func New(cfg *config.Config, api *cachesync.Client, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
+func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog.Logger) (*Refresher, error) {
 	r := &Refresher{api: api, redis: redis, log: log.With("component", "refresh"),
 		work: make(chan batch, Workers), busy: map[string]bool{}, CheckEvery: keyevents.DefaultEvery}
 	r.Stats.Delays = latency.New(latency.Slow)

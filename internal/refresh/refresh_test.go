@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/refresh"
@@ -33,7 +33,7 @@ type env struct {
 	db  *pgx.Conn
 	rc  rueidis.Client
 	cfg *config.Config
-	api *cachesync.Client
+	api *engine.Engine
 	// nodes are the Redis servers: one, or the cluster's primaries.
 	nodes []*testenv.Redis
 }
@@ -65,7 +65,7 @@ func newEnv(t *testing.T, topology, schema, caches string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	api, err := engine.Open(ctx, cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // DefaultDeadline is how long a status or a metrics scrape waits for each
@@ -89,7 +89,7 @@ type SourceProbe struct {
 
 // ProbeSources reads the WAL position of each of sources through api,
 // all at once, each within deadline d.
-func ProbeSources(ctx context.Context, api *cachesync.Client, sources []string, d time.Duration) map[string]SourceProbe {
+func ProbeSources(ctx context.Context, api *engine.Engine, sources []string, d time.Duration) map[string]SourceProbe {
 	out := make(map[string]SourceProbe, len(sources))
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -10,7 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -86,7 +86,7 @@ caches:
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	api, err := engine.Open(ctx, cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

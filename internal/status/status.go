@@ -17,7 +17,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
@@ -81,7 +81,7 @@ type Cache struct {
 type Sources struct {
 	Config    *config.Config
 	Redis     rueidis.Client
-	API       *cachesync.Client
+	API       *engine.Engine
 	Feeds     []*changefeed.Feed
 	Errors    *Errors
 	Refreshed func(cache string) int64 // keys of cache refreshed by the daemon, when it refreshes
@@ -203,7 +203,7 @@ type lagInfo struct {
 type redisRead struct {
 	info    Redis
 	keys    map[string]int64
-	queues  map[string]cachesync.Queue
+	queues  map[string]engine.Queue
 	applied map[string]uint64 // by source: how far its changes are applied in Redis
 }
 
@@ -215,7 +215,7 @@ func (c *Collector) readRedis(ctx context.Context, d time.Duration) redisRead {
 		if err != nil {
 			return redisRead{}, err
 		}
-		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: cachesync.Queues(ctx, c.s.Redis, c.s.Config),
+		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: engine.Queues(ctx, c.s.Redis, c.s.Config),
 			applied: c.applied(ctx, true)}, nil
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
@@ -14,8 +14,9 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // TestTorture runs writers through the API (write-through and write-behind,
@@ -34,7 +35,7 @@ func TestTorture(t *testing.T) {
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, writes: behind}` + "\n")
 	e.feed(cfg)
-	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
 
 	// Cancelled, not a deadline: a command the deadline cut short (rueidis
 	// sets it on the socket) can fail before ctx.Err() tells of it, and
@@ -64,7 +65,7 @@ func TestTorture(t *testing.T) {
 		c := clients[i]
 		run(func(r *rand.Rand) error {
 			_, err := c.Put(ctx, "t", map[string]any{"id": 1 + r.IntN(100), "v": r.Int64N(1 << 40)})
-			if errors.Is(err, cachesync.ErrNotApplied) {
+			if errors.Is(err, engine.ErrNotApplied) {
 				err = nil
 			}
 			count(&puts)
@@ -119,7 +120,7 @@ func TestTorture(t *testing.T) {
 				return c.Invalidate(ctx, "t", key)
 			}
 			_, err := c.Get(ctx, "t", key)
-			if errors.Is(err, cachesync.ErrNotFound) {
+			if errors.Is(err, engine.ErrNotFound) {
 				err = nil
 			}
 			count(&gets)
@@ -149,7 +150,7 @@ func TestTorture(t *testing.T) {
 	// The drainer empties the queue.
 	drainDeadline := time.Now().Add(30 * time.Second)
 	for {
-		n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(cachesync.StreamKey("t")).Build()).AsInt64()
+		n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(binding.StreamKey("t")).Build()).AsInt64()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -216,7 +217,7 @@ func TestTorture(t *testing.T) {
 		case exists && (err != nil || string(got) != w):
 			bad++
 			example = fmt.Sprintf("%s: Get = %s, %v; database %s", key, got, err, w)
-		case !exists && !errors.Is(err, cachesync.ErrNotFound):
+		case !exists && !errors.Is(err, engine.ErrNotFound):
 			bad++
 			example = fmt.Sprintf("%s: Get = %s, %v; the row is deleted", key, got, err)
 		}
@@ -239,7 +240,7 @@ func TestTortureWithoutFeed(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 50) g`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
-	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
 	// Operations run to their end (a Put cancelled while it commits is
 	// TestPutCancelledWhileCommitting's); the clock only stops new ones.
 	ctx := context.Background()

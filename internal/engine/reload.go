@@ -1,4 +1,4 @@
-package cachesync
+package engine
 
 import (
 	"context"
@@ -38,7 +38,7 @@ type Reloaded struct {
 // (with the others of their transaction), and on a Redis Cluster or in a
 // write-behind cache all keys, are reloaded under leases instead, as Get's
 // fill does.
-func (c *Client) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
+func (c *Engine) Reload(ctx context.Context, name string, keys []string, present bool) (Reloaded, error) {
 	ca, values, bad, err := c.parseKeys(name, keys)
 	if err != nil {
 		return Reloaded{Wrote: make([]bool, len(keys))}, err
@@ -76,7 +76,7 @@ func (c *Client) Reload(ctx context.Context, name string, keys []string, present
 }
 
 // reload is Reload of keys that are the cache's, with their values.
-func (c *Client) reload(ctx context.Context, ca *cache, keys []string, values [][]string, present bool) (Reloaded, error) {
+func (c *Engine) reload(ctx context.Context, ca *cache, keys []string, values [][]string, present bool) (Reloaded, error) {
 	action := binding.ClaimRecord
 	switch {
 	case present && ca.cfg.Sync == config.SyncChangefeed:
@@ -112,7 +112,7 @@ func (c *Client) reload(ctx context.Context, ca *cache, keys []string, values []
 // reloadWatched is Reload on one Redis node: keys watched, then loaded,
 // then written a transaction at a time. It returns the indexes of the keys
 // of refused transactions, which it left alone and did not count.
-func (c *Client) reloadWatched(ctx context.Context, ca *cache, keys []string, values [][]string, action string) (Reloaded, []int, error) {
+func (c *Engine) reloadWatched(ctx context.Context, ca *cache, keys []string, values [][]string, action string) (Reloaded, []int, error) {
 	done := Reloaded{Wrote: make([]bool, len(keys))}
 	claimed, w, err := ca.b.Watch(ctx, c.redis, keys, action, time.Now())
 	if err != nil {
@@ -134,7 +134,7 @@ func (c *Client) reloadWatched(ctx context.Context, ca *cache, keys []string, va
 // reloadLeased is Reload under leases: the keys are claimed (ExecClaims),
 // the rows of those leased loaded, then written by a fill that loses to any
 // change since the claim.
-func (c *Client) reloadLeased(ctx context.Context, ca *cache, keys []string, values [][]string, action string, present bool) (Reloaded, error) {
+func (c *Engine) reloadLeased(ctx context.Context, ca *cache, keys []string, values [][]string, action string, present bool) (Reloaded, error) {
 	done := Reloaded{Wrote: make([]bool, len(keys))}
 	name := ca.cfg.Name
 	token := newToken()
@@ -179,7 +179,7 @@ func (c *Client) reloadLeased(ctx context.Context, ca *cache, keys []string, val
 // loadFills reads the rows of the keys claimed to load, in one query, and
 // returns their writes, with the index in keys of each (ascending). A key
 // whose row cannot be stored is logged and left alone.
-func (c *Client) loadFills(ctx context.Context, ca *cache, keys []string, values [][]string, claimed []binding.Claimed) ([]binding.Fill, []int, error) {
+func (c *Engine) loadFills(ctx context.Context, ca *cache, keys []string, values [][]string, claimed []binding.Claimed) ([]binding.Fill, []int, error) {
 	name := ca.cfg.Name
 	var load []int
 	for i, cl := range claimed {
@@ -275,7 +275,7 @@ func (r *Reloaded) count(claimed []binding.Claimed, fills []binding.Fill, of []i
 }
 
 // release gives up the leases of keys[i] for i in idx.
-func (c *Client) release(ctx context.Context, keys []string, idx []int, token string) {
+func (c *Engine) release(ctx context.Context, keys []string, idx []int, token string) {
 	cmds := make(rueidis.Commands, len(idx))
 	for j, i := range idx {
 		cmds[j] = binding.ReleaseCmd(c.redis.B(), keys[i], token)
@@ -285,7 +285,7 @@ func (c *Client) release(ctx context.Context, keys []string, idx []int, token st
 
 // KeysWhere returns the keys of cache name whose rows match where, a SQL
 // condition over its table: what a scheduled reload with where: reloads.
-func (c *Client) KeysWhere(ctx context.Context, name, where string) ([]string, error) {
+func (c *Engine) KeysWhere(ctx context.Context, name, where string) ([]string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)

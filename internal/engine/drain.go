@@ -1,4 +1,4 @@
-package cachesync
+package engine
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ import (
 // to its table until ctx is done: one drainer a cache, each a single-writer
 // role that one process of the config holds at a time (the others wait to
 // take it over).
-func (c *Client) Drain(ctx context.Context) error {
+func (c *Engine) Drain(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, name := range c.cfg.CacheNames() {
 		ca := c.caches[name]
@@ -46,7 +46,7 @@ func (c *Client) Drain(ctx context.Context) error {
 // took over it changes nothing in Redis either. Then it waits to take the
 // lock again.
 type drainer struct {
-	c   *Client
+	c   *Engine
 	ca  *cache
 	log *slog.Logger
 

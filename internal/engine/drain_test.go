@@ -1,4 +1,4 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
@@ -12,7 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -20,7 +21,7 @@ import (
 // entry was committed (or dead-lettered) and acknowledged.
 func (e *env) queueLen(cache string) int64 {
 	e.t.Helper()
-	n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(cachesync.StreamKey(cache)).Build()).AsInt64()
+	n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(binding.StreamKey(cache)).Build()).AsInt64()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func (e *env) waitDrained(cache string) {
 func (e *env) waitAcked(cache string) {
 	e.t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
-		groups, err := e.rc.Do(context.Background(), e.rc.B().XinfoGroups().Key(cachesync.StreamKey(cache)).Build()).ToArray()
+		groups, err := e.rc.Do(context.Background(), e.rc.B().XinfoGroups().Key(binding.StreamKey(cache)).Build()).ToArray()
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -65,7 +66,7 @@ func (e *env) waitAcked(cache string) {
 // deadLetters returns cache's dead-letter entries.
 func (e *env) deadLetters(cache string) []map[string]string {
 	e.t.Helper()
-	entries, err := e.rc.Do(context.Background(), e.rc.B().Xrange().Key(cachesync.DeadLetterKey(cache)).Start("-").End("+").Build()).AsXRange()
+	entries, err := e.rc.Do(context.Background(), e.rc.B().Xrange().Key(binding.DeadLetterKey(cache)).Start("-").End("+").Build()).AsXRange()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -77,7 +78,7 @@ func (e *env) deadLetters(cache string) []map[string]string {
 }
 
 // putBehind queues row in cache through c.
-func putBehind(t *testing.T, c *cachesync.Client, cache string, row map[string]any) {
+func putBehind(t *testing.T, c *engine.Engine, cache string, row map[string]any) {
 	t.Helper()
 	if _, err := c.PutBehind(context.Background(), cache, row); err != nil {
 		t.Fatal(err)
@@ -123,7 +124,7 @@ func TestDrainFenced(t *testing.T) {
 	bad, example := 0, ""
 	for round := range 300 {
 		for i := 1; i <= 3; i++ {
-			putBehind(t, []*cachesync.Client{c1, c2}[i%2], "t", map[string]any{"id": 1, "v": 3*round + i})
+			putBehind(t, []*engine.Engine{c1, c2}[i%2], "t", map[string]any{"id": 1, "v": 3*round + i})
 		}
 		e.waitAcked("t")
 		var v int
@@ -306,7 +307,7 @@ func TestDrainTakeover50k(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	stream := cachesync.StreamKey("t")
+	stream := binding.StreamKey("t")
 	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL CHECK (v >= 0));
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
-	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
+	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
 	drain(t, clients[1])
 	ctx := context.Background()
 	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(20)) }
@@ -460,7 +461,7 @@ func TestInvalidateKeepsCompleteCache(t *testing.T) {
 func TestWriteBehindOnCluster(t *testing.T) {
 	e := newEnvOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
 	bad := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	if _, err := cachesync.Open(context.Background(), bad, cachesync.Options{}); err == nil || !strings.Contains(err.Error(), "{{t}}") {
+	if _, err := engine.Open(context.Background(), bad, engine.Options{}); err == nil || !strings.Contains(err.Error(), "{{t}}") {
 		t.Fatalf("Open of a write-behind cache whose keys spread over the cluster: %v, want a refusal naming the hash tag", err)
 	}
 	cfg := e.config(`  t: {table: t, key: "{{t}}:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")

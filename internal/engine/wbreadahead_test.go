@@ -1,11 +1,11 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
 	"fmt"
 	"testing"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // TestWriteBehindReadAheadFailure: the drainer claims entries, reads ahead
@@ -24,7 +24,7 @@ func TestWriteBehindReadAheadFailure(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stream := cachesync.StreamKey("t")
+	stream := binding.StreamKey("t")
 	put(1, 1) // P: read by a drainer that crashed
 	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
 		t.Fatal(err)

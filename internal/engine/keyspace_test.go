@@ -1,11 +1,11 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
 	"errors"
 	"testing"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // TestForeignKeysLeftAlone: a key given to a cache that is not its own
@@ -38,7 +38,7 @@ func TestForeignKeysLeftAlone(t *testing.T) {
 		t.Errorf("user:1 = %q after its reload", v)
 	}
 	for _, k := range []string{"user:1:2", state} {
-		if err := c.Invalidate(ctx, "a", k); !errors.Is(err, cachesync.ErrBadKey) {
+		if err := c.Invalidate(ctx, "a", k); !errors.Is(err, engine.ErrBadKey) {
 			t.Errorf("Invalidate(a, %s) = %v, want ErrBadKey", k, err)
 		}
 		if _, ok := e.get(k); !ok {
@@ -60,7 +60,7 @@ func TestForeignKeysLeftAlone(t *testing.T) {
 	if _, err := c.ParseKey("b", "user:1:2"); err != nil {
 		t.Errorf("ParseKey(b, user:1:2) = %v", err)
 	}
-	if _, err := c.ParseKey("a", "user:1:2"); !errors.Is(err, cachesync.ErrBadKey) {
+	if _, err := c.ParseKey("a", "user:1:2"); !errors.Is(err, engine.ErrBadKey) {
 		t.Errorf("ParseKey(a, user:1:2) = %v, want ErrBadKey", err)
 	}
 }

@@ -1,4 +1,4 @@
-package cachesync_test
+package engine_test
 
 import (
 	"bytes"
@@ -20,10 +20,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -81,9 +81,9 @@ func (e *env) config(caches string) *config.Config {
 
 // open opens a client of cfg, with opts[0] when given, closed when the
 // test ends.
-func (e *env) open(cfg *config.Config, opts ...cachesync.Options) *cachesync.Client {
+func (e *env) open(cfg *config.Config, opts ...engine.Options) *engine.Engine {
 	e.t.Helper()
-	c, err := cachesync.Open(context.Background(), cfg, append(opts, cachesync.Options{})[0])
+	c, err := engine.Open(context.Background(), cfg, append(opts, engine.Options{})[0])
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -295,9 +295,9 @@ func TestGet(t *testing.T) {
 		cache, key string
 		want       error
 	}{
-		{"nosuch", "price:apple", cachesync.ErrUnknownCache},
-		{"prices", "cost:apple", cachesync.ErrBadKey},
-		{"prices", "price:kiwi", cachesync.ErrNotFound},
+		{"nosuch", "price:apple", engine.ErrUnknownCache},
+		{"prices", "cost:apple", engine.ErrBadKey},
+		{"prices", "price:kiwi", engine.ErrNotFound},
 	} {
 		if _, err := c.Get(ctx, tt.cache, tt.key); !errors.Is(err, tt.want) {
 			t.Errorf("Get(%s, %s) error %v, want %v", tt.cache, tt.key, err, tt.want)
@@ -312,8 +312,8 @@ func TestStampede(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory SELECT 'item' || g, g FROM generate_series(1, 10) g`)
 	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", sync: none}` + "\n")
-	clients := []*cachesync.Client{e.open(cfg), e.open(cfg)}
-	stampede := func(key string, clients []*cachesync.Client) {
+	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
+	stampede := func(key string, clients []*engine.Engine) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 2000)
 		start := make(chan struct{})
@@ -399,7 +399,7 @@ func TestStampedeChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cachesync.Open(context.Background(), cfg, cachesync.Options{})
+	c, err := engine.Open(context.Background(), cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +434,7 @@ func TestNegative(t *testing.T) {
 	c := e.open(cfg)
 	ctx := context.Background()
 	for range 3 {
-		if _, err := c.Get(ctx, "prices", "price:kiwi"); !errors.Is(err, cachesync.ErrNotFound) {
+		if _, err := c.Get(ctx, "prices", "price:kiwi"); !errors.Is(err, engine.ErrNotFound) {
 			t.Fatalf("error %v, want ErrNotFound", err)
 		}
 	}
@@ -557,7 +557,7 @@ func TestPut(t *testing.T) {
 	if _, err := c.Put(ctx, "prices", map[string]any{"price": 1}); err == nil || !strings.Contains(err.Error(), `key column "item"`) {
 		t.Fatalf("Put without the key column: %v", err)
 	}
-	if _, err := c.Put(ctx, "prices", map[string]any{"item": nil, "price": 1}); !errors.Is(err, cachesync.ErrBadRow) {
+	if _, err := c.Put(ctx, "prices", map[string]any{"item": nil, "price": 1}); !errors.Is(err, engine.ErrBadRow) {
 		t.Fatalf("Put with a NULL key column: %v, want ErrBadRow", err)
 	}
 	if _, err := c.Put(ctx, "prices", map[string]any{"item": "x", "colour": "red"}); err == nil || !strings.Contains(err.Error(), `no column "colour"`) {
@@ -747,7 +747,7 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 	// Row 2 locked: the reload's read (FOR SHARE) waits for it.
 	tx := e.lockRows(`SELECT 1 FROM t WHERE id = 2 FOR UPDATE`)
 	type result struct {
-		r   cachesync.Reloaded
+		r   engine.Reloaded
 		err error
 	}
 	done := make(chan result, 1)
@@ -955,7 +955,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			}
 			<-deleted // cancelled while waiting for the standby: committed locally, with a warning
 			err := <-filled
-			if via == "get" && !errors.Is(err, cachesync.ErrNotFound) {
+			if via == "get" && !errors.Is(err, engine.ErrNotFound) {
 				t.Fatalf("Get after the delete: %v, want not found", err)
 			}
 			if via == "reload" && err != nil {
@@ -1092,7 +1092,7 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	src.URL = strings.Replace(e.dbURL, "postgres@", role+"@", 1)
 	cfg.Sources["db"] = src
 	var logs bytes.Buffer
-	c := e.open(cfg, cachesync.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c := e.open(cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()
 	for item, want := range map[string]string{"apple": "1.00", "pear": "2.00"} {
 		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || string(v) != want {
@@ -1204,7 +1204,7 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 func TestPutAppliedAfterRebuild(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0)`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
-	c := e.open(cfg, cachesync.Options{WriteWait: 2 * time.Second})
+	c := e.open(cfg, engine.Options{WriteWait: 2 * time.Second})
 	ctx := context.Background()
 	if v, err := c.Get(ctx, "t", "t:1"); err != nil || string(v) != "0" {
 		t.Fatalf("Get t:1 = %s, %v", v, err)
@@ -1235,7 +1235,7 @@ func TestPutAppliedAfterRebuild(t *testing.T) {
 	if err := <-put; err == nil {
 		v, _ := e.get("t:1")
 		t.Fatalf("Put reported its write applied during the rebuild of its cache, and Redis holds t:1 = %q", v)
-	} else if !errors.Is(err, cachesync.ErrNotApplied) {
+	} else if !errors.Is(err, engine.ErrNotApplied) {
 		t.Fatal(err)
 	}
 	open()

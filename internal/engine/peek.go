@@ -1,4 +1,4 @@
-package cachesync
+package engine
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // Peek returns what Redis holds for keys of cache name, in one pipeline,
 // as Get would return each (a hash as a JSON object of its fields), and nil
 // for a missing key. It fills nothing: what a consistency check reads.
-func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte, error) {
+func (c *Engine) Peek(ctx context.Context, name string, keys []string) ([][]byte, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
@@ -64,7 +64,7 @@ func (c *Client) Peek(ctx context.Context, name string, keys []string) ([][]byte
 // rows are read FOR SHARE (see pgsource.Loader.LoadRows): no commit the
 // change feed may already have applied is missed; it needs the UPDATE
 // privilege and briefly holds up writers of those rows.
-func (c *Client) Want(ctx context.Context, name string, keys []string, forShare bool) ([][]byte, error) {
+func (c *Engine) Want(ctx context.Context, name string, keys []string, forShare bool) ([][]byte, error) {
 	ca, values, _, err := c.parseKeys(name, keys)
 	if err != nil {
 		return nil, err
@@ -90,7 +90,7 @@ func (c *Client) Want(ctx context.Context, name string, keys []string, forShare 
 // parseKeys returns cache name and the column values of each key: nil for
 // a key that is none of the cache's rows' (ParseKey), such as another
 // spelling of a row's key that an older version wrote, listed in bad.
-func (c *Client) parseKeys(name string, keys []string) (ca *cache, values [][]string, bad []int, err error) {
+func (c *Engine) parseKeys(name string, keys []string) (ca *cache, values [][]string, bad []int, err error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
@@ -108,7 +108,7 @@ func (c *Client) parseKeys(name string, keys []string) (ca *cache, values [][]st
 // of cache name's table, streamed in one query: what a full consistency
 // check compares Redis with. A row that cannot be keyed or stored is
 // skipped. fn must not keep value; an error from fn ends the stream.
-func (c *Client) EachRow(ctx context.Context, name string, fn func(key string, value []byte) error) error {
+func (c *Engine) EachRow(ctx context.Context, name string, fn func(key string, value []byte) error) error {
 	ca, ok := c.caches[name]
 	if !ok {
 		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)

@@ -1,4 +1,4 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
@@ -7,12 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // drain runs c.Drain until the test ends.
-func drain(t *testing.T, c *cachesync.Client) { testenv.Go(t, c.Drain) }
+func drain(t *testing.T, c *engine.Engine) { testenv.Go(t, c.Drain) }
 
 // waitRows waits until query returns want (id -> value text).
 func (e *env) waitRows(query string, want map[int]string) {
@@ -76,7 +77,7 @@ func TestWriteBehind(t *testing.T) {
 	// moment after the rows are seen: every entry leaves the stream.
 	e.waitDrained("t")
 
-	dead, err := e.rc.Do(ctx, e.rc.B().Xrange().Key(cachesync.DeadLetterKey("t")).Start("-").End("+").Build()).AsXRange()
+	dead, err := e.rc.Do(ctx, e.rc.B().Xrange().Key(binding.DeadLetterKey("t")).Start("-").End("+").Build()).AsXRange()
 	if err != nil || len(dead) != 1 || dead[0].FieldValues["key"] != "t:99" || dead[0].FieldValues["error"] == "" {
 		t.Fatalf("dead letters %v, %v; want one for t:99 with its error", dead, err)
 	}
@@ -84,7 +85,7 @@ func TestWriteBehind(t *testing.T) {
 		t.Fatal("t:99 still holds the refused value")
 	}
 	for _, bad := range []map[string]any{{"v": 1}, {"id": nil, "v": 1}, {"id": 1}, {"id": 1, "v": 1, "colour": "red"}} {
-		if _, err := c.PutBehind(ctx, "t", bad); !errors.Is(err, cachesync.ErrBadRow) {
+		if _, err := c.PutBehind(ctx, "t", bad); !errors.Is(err, engine.ErrBadRow) {
 			t.Errorf("PutBehind(%v) error %v, want ErrBadRow", bad, err)
 		}
 	}
@@ -107,7 +108,7 @@ func TestWriteBehindTakeover(t *testing.T) {
 		put(i%5, i)
 	}
 	// A drainer reads them all and dies before writing or acknowledging.
-	stream := cachesync.StreamKey("t")
+	stream := binding.StreamKey("t")
 	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package cachesync
+package engine
 
 import (
 	"context"
@@ -41,7 +41,7 @@ var ErrBadRow = errors.New("bad row")
 // broke once it was sent: it may commit all the same) still invalidates the
 // key on a cache without a feed, and again once PostgreSQL has finished
 // the statement, if that takes less than WriteWait; else it logs the key.
-func (c *Client) Put(ctx context.Context, name string, row map[string]any) (string, error) {
+func (c *Engine) Put(ctx context.Context, name string, row map[string]any) (string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
@@ -96,7 +96,7 @@ func (c *Client) Put(ctx context.Context, name string, row map[string]any) (stri
 // → value, as Put takes them), each spelled as PostgreSQL prints it ("01"
 // is 1, true is t, an RFC 3339 timestamptz is in UTC): what the HTTP API
 // compares with the key a PUT names when its body repeats key columns.
-func (c *Client) KeyOf(name string, values map[string]any) (string, error) {
+func (c *Engine) KeyOf(name string, values map[string]any) (string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
@@ -164,7 +164,7 @@ func mayHaveCommitted(err error) bool {
 // once and again when s has finished (finished), all within WriteWait: or
 // Redis could keep the older value. PostgreSQL renders the key's values as
 // the write's RETURNING would have; whatever fails is logged, with the key.
-func (c *Client) invalidateRow(ctx context.Context, ca *cache, row map[string]any, s session) {
+func (c *Engine) invalidateRow(ctx context.Context, ca *cache, row map[string]any, s session) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.WriteWait)
 	defer cancel()
 	pool := ca.loader.Pool()
@@ -358,7 +358,7 @@ func quoteAll(names []string) []string {
 // returns ErrNotApplied after timeout, or when ctx ends (then wrapping
 // ctx's error too): read-your-writes for Put, and what a consistency check
 // waits for before it re-reads.
-func (c *Client) WaitApplied(ctx context.Context, name string, target uint64, timeout time.Duration) error {
+func (c *Engine) WaitApplied(ctx context.Context, name string, target uint64, timeout time.Duration) error {
 	ca, ok := c.caches[name]
 	if !ok {
 		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)

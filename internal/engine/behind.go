@@ -1,4 +1,4 @@
-package cachesync
+package engine
 
 import (
 	"context"
@@ -38,7 +38,7 @@ var ErrNotBehind = errors.New("the cache does not take write-behind (writes: beh
 // the values as given (a timestamp, say, as written); once applied, the
 // row as PostgreSQL stored it. Redis must keep its data through a crash
 // (appendonly yes) for the queue to be durable.
-func (c *Client) PutBehind(ctx context.Context, name string, row map[string]any) (string, error) {
+func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any) (string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return "", fmt.Errorf("cache %q: %w", name, ErrUnknownCache)

@@ -1,4 +1,4 @@
-package cachesync_test
+package engine_test
 
 import (
 	"context"
@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // TestStale: after a key expires, stale-while-revalidate serves the old
@@ -91,7 +91,7 @@ func TestStale(t *testing.T) {
 	if v, err := get("e", "e:2"); err != nil || v != "two" {
 		t.Fatalf("Get e:2 with PostgreSQL down = %q, %v; want the stale %q", v, err, "two")
 	}
-	if _, err := get("e", "e:1"); !errors.Is(err, cachesync.ErrUnavailable) {
+	if _, err := get("e", "e:1"); !errors.Is(err, engine.ErrUnavailable) {
 		t.Fatalf("Get e:1 (never cached) with PostgreSQL down: %v, want ErrUnavailable", err)
 	}
 	if c.Stats.StaleIfError.Load() != 1 {

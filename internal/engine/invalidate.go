@@ -1,0 +1,68 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
+)
+
+// Invalidate removes key from cache name; a fill in progress for it loses.
+//
+// A complete cache (a change feed and no TTL: every row has its key) stays
+// complete: the key is loaded again at once, by a fill like Get's, so an
+// invalidation there means "reload this key from the table".
+//
+// A key of the cache's spelled otherwise than the change feed writes its
+// row's key ("x:01", left by an older version) is removed too.
+func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
+	ca, ok := c.caches[name]
+	if !ok {
+		return fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	_, err := ca.b.ParseKey(key)
+	if err != nil && !ca.b.Owns(key) {
+		return fmt.Errorf("cache %q: %w: %w", name, ErrBadKey, err)
+	}
+	if err := c.invalidate(ctx, ca, key); err != nil {
+		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
+	}
+	if err != nil {
+		return nil // another spelling of a row's key: its row has its own
+	}
+	return c.refill(ctx, ca, key)
+}
+
+// refill loads key again after its invalidation when ca is complete.
+func (c *Engine) refill(ctx context.Context, ca *cache, key string) error {
+	if !ca.complete() {
+		return nil
+	}
+	values, err := ca.b.ParseKey(key)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadKey, err)
+	}
+	// A fill of its own: one in flight began before the invalidation, which
+	// ended its lease. (A row found under another spelling of its key is
+	// the feed's, under its own: the invalidation removed the other.)
+	if _, err := c.fill(ctx, ca, key, values); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, binding.ErrKeySpelling) {
+		return fmt.Errorf("invalidated, then not loaded again: %w", err)
+	}
+	return nil
+}
+
+// complete tells a cache whose Redis holds a key for every row: one with a
+// change feed and no TTL.
+func (ca *cache) complete() bool { return ca.cfg.Sync == config.SyncChangefeed && ca.cfg.TTL == 0 }
+
+// invalidate removes key with its companions and its expiry record.
+func (c *Engine) invalidate(ctx context.Context, ca *cache, key string) error {
+	for _, r := range c.redis.DoMulti(ctx, ca.b.AppendInvalidate(nil, c.redis.B(), key)...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 )
 
@@ -378,7 +379,7 @@ func (b *bench) drainWB(ctx context.Context, cfg *config.Config, stream string, 
 	start := time.Now()
 	stopProfile := b.profileWB("drain")
 	defer stopProfile()
-	go func() { done <- c.Drain(dctx) }()
+	go func() { done <- drain.Run(dctx, c) }()
 	defer func() { stop(); <-done }()
 	deadline := start.Add(5 * time.Minute)
 	for {

@@ -13,9 +13,9 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/check"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 type checkCommand struct{}

@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/drain"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
@@ -240,7 +241,7 @@ func TestCheckCommand(t *testing.T) {
 	if n, _ := b.rc.Do(t.Context(), b.rc.B().Exists().Key("w:77").Build()).AsInt64(); n != 1 {
 		t.Fatal("w:77 is not in Redis after PutBehind")
 	}
-	if q := engine.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
+	if q := drain.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
 		t.Fatalf("queue of w: %+v; want the one write", q)
 	}
 	// (Its keys compared, the queued one among them: not skipped.)

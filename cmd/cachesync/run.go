@@ -14,11 +14,12 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/dashboard"
+	"github.com/cachesync/cachesync/internal/drain"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/metrics"
@@ -201,7 +202,7 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		if behind {
 			d.warnNoAOF(ctx)
-			g.Go(func() error { return api.Drain(gctx) })
+			g.Go(func() error { return drain.Run(gctx, api) })
 		}
 	}
 	err := g.Wait()

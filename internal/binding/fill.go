@@ -2,6 +2,7 @@ package binding
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha1"
 	"encoding/hex"
 	"fmt"
@@ -13,6 +14,14 @@ import (
 
 	"github.com/redis/rueidis"
 )
+
+// NewToken returns a random token: a lease's, or a write-behind drainer's
+// while it holds its role.
+func NewToken() string {
+	var tok [16]byte
+	rand.Read(tok[:])
+	return hex.EncodeToString(tok[:])
+}
 
 // Companion keys hold cachesync's metadata about a user key in the same
 // Redis Cluster slot: the user key is their hash tag (or its own tag is reused).

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
@@ -17,16 +19,7 @@ import (
 
 // Write-behind: PutBehind writes the value to Redis, appends the row to the
 // cache's Redis Stream and marks the key pending in one Lua script;
-// Drain (run by the daemon, drain.go) applies the stream to PostgreSQL.
-
-// StreamKey names the write-behind stream of cache (one Cluster slot).
-func StreamKey(cache string) string { return binding.StreamKey(cache) }
-
-// DeadLetterKey names the dead-letter stream of cache.
-func DeadLetterKey(cache string) string { return binding.DeadLetterKey(cache) }
-
-// MaxAttempts is how often a refused row is tried before it is dead-lettered.
-const MaxAttempts = 3
+// the drainer (run by the daemon, internal/drain) applies the stream to PostgreSQL.
 
 // ErrNotBehind reports PutBehind on a cache without writes: behind.
 var ErrNotBehind = errors.New("the cache does not take write-behind (writes: behind)")
@@ -111,32 +104,65 @@ func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any)
 	return key, nil
 }
 
-// Queue is a write-behind cache's queue: entries waiting for the drainer,
-// and dead letters.
-type Queue struct{ Pending, DeadLetters int64 }
+// WriteBehind is one write-behind cache as its drainer (internal/drain)
+// sees it.
+type WriteBehind struct {
+	e  *Engine
+	ca *cache
+}
 
-// Queues reads the queue of every write-behind cache of cfg in one round
-// trip; a cache whose queue cannot be read is left out.
-func Queues(ctx context.Context, rc rueidis.Client, cfg *config.Config) map[string]Queue {
-	var cmds rueidis.Commands
-	var behind []string
-	for _, name := range cfg.CacheNames() {
-		if cfg.Caches[name].Writes == config.WritesBehind {
-			behind = append(behind, name)
-			cmds = append(cmds, rc.B().Xlen().Key(StreamKey(name)).Build(), rc.B().Xlen().Key(DeadLetterKey(name)).Build())
-		}
-	}
-	out := map[string]Queue{}
-	if len(cmds) == 0 {
-		return out
-	}
-	res := rc.DoMulti(ctx, cmds...)
-	for i, name := range behind {
-		pending, err1 := res[2*i].AsInt64()
-		dead, err2 := res[2*i+1].AsInt64()
-		if err1 == nil && err2 == nil {
-			out[name] = Queue{pending, dead}
+// WriteBehinds returns the caches with writes: behind, in the config's order.
+func (c *Engine) WriteBehinds() []WriteBehind {
+	var out []WriteBehind
+	for _, name := range c.cfg.CacheNames() {
+		if ca := c.caches[name]; ca.cfg.Writes == config.WritesBehind {
+			out = append(out, WriteBehind{c, ca})
 		}
 	}
 	return out
 }
+
+// Cache returns the cache's config.
+func (w WriteBehind) Cache() *config.Cache { return w.ca.cfg }
+
+// Binding returns the cache's binding, resolved against its table.
+func (w WriteBehind) Binding() *binding.Binding { return w.ca.b }
+
+// Redis returns the engine's Redis client.
+func (w WriteBehind) Redis() rueidis.Client { return w.e.redis }
+
+// Stats returns the cache's counters.
+func (w WriteBehind) Stats() *CacheStats { return w.ca.stats }
+
+// Logger returns the engine's logger.
+func (w WriteBehind) Logger() *slog.Logger { return w.e.opts.Logger }
+
+// LockName names the cache's drain lock, one per config and cache.
+func (w WriteBehind) LockName() string {
+	return "cachesync drain " + w.e.cfg.Name + " " + w.ca.cfg.Name
+}
+
+// Complete tells a cache whose Redis holds a key for every row.
+func (w WriteBehind) Complete() bool { return w.ca.complete() }
+
+// Session opens a PostgreSQL session of its own on the cache's source.
+func (w WriteBehind) Session(ctx context.Context) (*pgconn.PgConn, error) {
+	return w.ca.loader.Session(ctx)
+}
+
+// UpsertSQL is the statement that upserts the rows of a JSON array $1,
+// each of columns cols, by the cache's key; without a change feed it
+// returns the rows as stored (the columns a fill selects).
+func (w WriteBehind) UpsertSQL(cols []string) (string, error) {
+	sql, err := w.ca.upsertJSON(cols)
+	if err != nil {
+		return "", err
+	}
+	if w.ca.cfg.Sync != config.SyncChangefeed {
+		sql += " RETURNING " + strings.Join(quoteAll(w.ca.cols), ", ")
+	}
+	return sql, nil
+}
+
+// Refill loads key again after its removal when the cache is complete.
+func (w WriteBehind) Refill(ctx context.Context, key string) error { return w.e.refill(ctx, w.ca, key) }

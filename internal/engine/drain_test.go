@@ -110,10 +110,10 @@ func TestDrainFenced(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
 	c1, c2 := e.open(cfg), e.open(cfg)
-	drain(t, c1)
+	runDrain(t, c1)
 	var first []int
 	waitFor(t, "the first drainer takes its lock", func() bool { first = e.advisoryLockHolders(); return len(first) == 1 })
-	drain(t, c2)
+	runDrain(t, c2)
 	if _, err := e.db.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, first[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestDrainInOrder(t *testing.T) {
 			for _, w := range tc.writes { // all queued before the drainer reads: one batch
 				putBehind(t, c, "t", w)
 			}
-			drain(t, c)
+			runDrain(t, c)
 			e.waitDrained("t")
 			var got string
 			if err := e.db.QueryRow(context.Background(), `SELECT v || ' ' || coalesce(note, '') FROM t WHERE id = 1`).Scan(&got); err != nil {
@@ -245,7 +245,7 @@ func TestDeadLetterKeepsNewerWrite(t *testing.T) {
 	}
 
 	putBehind(t, c, "t", map[string]any{"id": 1, "v": -1})
-	drain(t, c)
+	runDrain(t, c)
 	waitSession(t, e.db, "the drainer waits at the gate", `wait_event = 'advisory' AND datname = current_database()`)
 	putBehind(t, c, "t", map[string]any{"id": 1, "v": 5})
 	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(999)`); err != nil {
@@ -315,7 +315,7 @@ func TestDrainTakeover50k(t *testing.T) {
 	if err != nil || len(read[stream]) != total {
 		t.Fatalf("read %d, %v", len(read[stream]), err)
 	}
-	drain(t, c)
+	runDrain(t, c)
 	want := map[int]string{}
 	for id := range keys { // each key's last write: one writer writes each key (n % 8 is fixed for n % 400)
 		want[id] = fmt.Sprint(total - keys + id)
@@ -332,7 +332,7 @@ func TestPutBehindAsTheDatabaseStores(t *testing.T) {
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, price, at, ok]}, sync: none, writes: behind}` + "\n")
 	c := e.open(cfg)
 	putBehind(t, c, "t", map[string]any{"id": 1, "price": json.Number("2.5"), "at": "2026-01-02T03:04:05+05:30", "ok": "yes"})
-	drain(t, c)
+	runDrain(t, c)
 	e.waitDrained("t")
 	const want = `{"id":1,"price":2.50,"at":"2026-01-01T21:34:05Z","ok":true}`
 	if got, _ := e.get("t:1"); got != want {
@@ -358,7 +358,7 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g`)
 	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
 	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
-	drain(t, clients[1])
+	runDrain(t, clients[1])
 	ctx := context.Background()
 	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(20)) }
 	var work []func(r *rand.Rand) error
@@ -441,7 +441,7 @@ func TestInvalidateKeepsCompleteCache(t *testing.T) {
 		t.Fatalf("d:4 after Invalidate = %q (present %v), want the row loaded again", v, ok)
 	}
 	putBehind(t, c, "d", map[string]any{"id": 3, "v": -3}) // refused: dead-lettered
-	drain(t, c)
+	runDrain(t, c)
 	e.waitDrained("d")
 	waitFor(t, "d:3 is loaded again after its write was dead-lettered", func() bool { v, _ := e.get("d:3"); return v == "3" })
 	if _, err := c.Get(ctx, "dt", "dt:2"); err != nil {
@@ -477,7 +477,7 @@ func TestWriteBehindOnCluster(t *testing.T) {
 	if v, err := c.Get(ctx, "t", "{t}:3"); err != nil || string(v) != `{"id":3,"v":3}` {
 		t.Fatalf("Get of an evicted key whose write is queued = %s, %v", v, err)
 	}
-	drain(t, c)
+	runDrain(t, c)
 	e.waitDrained("t")
 	for id := range 50 {
 		k := fmt.Sprintf("{t}:%d", id)
@@ -518,7 +518,7 @@ func TestReloadLeavesQueuedKeys(t *testing.T) {
 			t.Fatalf("after a reload (present %v), t:2 = %s; want the queued v=6", present, v)
 		}
 	}
-	drain(t, c)
+	runDrain(t, c)
 	e.waitDrained("t")
 	if v, _ := e.get("t:2"); v != `{"id":2,"v":6}` {
 		t.Fatalf("drained: t:2 = %s", v)

@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -138,7 +136,7 @@ func (c *Engine) read(ctx context.Context, ca *cache, key string) ([]byte, bool,
 // whoever holds the lease.
 func (c *Engine) fill(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
 	rb := c.redis.B()
-	token := newToken()
+	token := binding.NewToken()
 	wait := time.Millisecond
 	leaseTTL := c.leaseTTL(ca)
 	for {
@@ -186,13 +184,6 @@ func (c *Engine) fill(ctx context.Context, ca *cache, key string, values []strin
 			return v, err
 		}
 	}
-}
-
-// newToken returns a random lease token.
-func newToken() string {
-	var tok [16]byte
-	rand.Read(tok[:])
-	return hex.EncodeToString(tok[:])
 }
 
 // leaseTTL is how long a fill of ca may hold a key's lease. A fill must end

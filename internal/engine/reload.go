@@ -137,7 +137,7 @@ func (c *Engine) reloadWatched(ctx context.Context, ca *cache, keys []string, va
 func (c *Engine) reloadLeased(ctx context.Context, ca *cache, keys []string, values [][]string, action string, present bool) (Reloaded, error) {
 	done := Reloaded{Wrote: make([]bool, len(keys))}
 	name := ca.cfg.Name
-	token := newToken()
+	token := binding.NewToken()
 	now, lease := time.Now(), c.leaseTTL(ca)
 	// What this reload may take out of the expiry record: what was due.
 	dueBy := now

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 )
 
@@ -82,7 +83,7 @@ func TestTorture(t *testing.T) {
 	}
 	drainCtx, stopDrain := context.WithCancel(context.Background())
 	drained := make(chan error, 1)
-	go func() { drained <- clients[1].Drain(drainCtx) }()
+	go func() { drained <- drain.Run(drainCtx, clients[1]) }()
 	defer func() {
 		stopDrain()
 		if err := <-drained; err != nil {

@@ -38,7 +38,7 @@ func TestWriteBehindReadAheadFailure(t *testing.T) {
 		want[id] = fmt.Sprint(id)
 	}
 	tx := e.lockRows(`SELECT * FROM t WHERE id = 1 FOR UPDATE`)
-	drain(t, c)
+	runDrain(t, c)
 	// Wait until the claimed batch blocks on the lock and the read-ahead
 	// has taken the 10 newer entries (11 pending), then fail the upsert.
 	pid := waitSession(t, e.db, "the drainer's upsert blocks", `wait_event_type = 'Lock' AND datname = current_database()`)

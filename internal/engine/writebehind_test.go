@@ -8,12 +8,15 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // drain runs c.Drain until the test ends.
-func drain(t *testing.T, c *engine.Engine) { testenv.Go(t, c.Drain) }
+func runDrain(t *testing.T, c *engine.Engine) {
+	testenv.Go(t, func(ctx context.Context) error { return drain.Run(ctx, c) })
+}
 
 // waitRows waits until query returns want (id -> value text).
 func (e *env) waitRows(query string, want map[int]string) {
@@ -71,7 +74,7 @@ func TestWriteBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	want[100] = "1"
-	drain(t, c)
+	runDrain(t, c)
 	e.waitRows(`SELECT id, v::text FROM t`, want)
 	// Dead letters and acknowledgements come once the rest committed, a
 	// moment after the rows are seen: every entry leaves the stream.
@@ -122,7 +125,7 @@ func TestWriteBehindTakeover(t *testing.T) {
 			put(i%5, i)
 		}
 	}
-	drain(t, c)
+	runDrain(t, c)
 	e.waitRows(`SELECT id, v::text FROM t`, map[int]string{0: "50", 1: "56", 2: "52", 3: "58", 4: "54"})
 	// Acknowledged after their commit, a moment after the rows are seen.
 	e.waitAcked("t")

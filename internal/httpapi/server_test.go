@@ -15,8 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/drain"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
@@ -341,7 +342,7 @@ func TestBodyRoundTrip(t *testing.T) {
   rh: {table: rt, key: "rh:{id}", value: {format: hash, columns: [id, n, f, b, t, ts, tsn, d, u, ia, ta, j, js, iv]}, sync: none, writes: behind}
 `, engine.Options{})
 	api, cfg, db, rds := w.api, w.cfg, w.db, w.rds
-	testenv.Go(t, api.Drain)
+	testenv.Go(t, func(ctx context.Context) error { return drain.Run(ctx, api) })
 	srv := httptest.NewServer(httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler())
 	defer srv.Close()
 	row := func() string {
@@ -354,7 +355,7 @@ func TestBodyRoundTrip(t *testing.T) {
 	rc := rds.Client(t)
 	drained := func(cache string) {
 		for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
-			if q, ok := engine.Queues(ctx, rc, cfg)[cache]; ok && q.Pending == 0 {
+			if q, ok := drain.Queues(ctx, rc, cfg)[cache]; ok && q.Pending == 0 {
 				return
 			}
 			if time.Now().After(deadline) {

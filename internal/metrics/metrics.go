@@ -21,9 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/drain"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/latency"
 	"github.com/cachesync/cachesync/internal/refresh"
@@ -164,7 +165,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // redisRead is what a scrape reads from Redis.
 type redisRead struct {
 	info    map[string]string
-	queues  map[string]engine.Queue
+	queues  map[string]drain.Queue
 	applied map[string]uint64 // by source of a feed: how far its changes are applied
 }
 
@@ -174,7 +175,7 @@ func (c *collector) readRedis(ctx context.Context) (redisRead, error) {
 	if err != nil {
 		return redisRead{}, err
 	}
-	rd := redisRead{info: info, queues: engine.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
+	rd := redisRead{info: info, queues: drain.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
 	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
 	for _, f := range c.s.Feeds {
 		rd.applied[f.Source] = state.Position(ctx, f.Source, f)

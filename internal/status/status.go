@@ -17,10 +17,11 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/drain"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // Report is the status of one config's caches.
@@ -203,7 +204,7 @@ type lagInfo struct {
 type redisRead struct {
 	info    Redis
 	keys    map[string]int64
-	queues  map[string]engine.Queue
+	queues  map[string]drain.Queue
 	applied map[string]uint64 // by source: how far its changes are applied in Redis
 }
 
@@ -215,7 +216,7 @@ func (c *Collector) readRedis(ctx context.Context, d time.Duration) redisRead {
 		if err != nil {
 			return redisRead{}, err
 		}
-		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: engine.Queues(ctx, c.s.Redis, c.s.Config),
+		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: drain.Queues(ctx, c.s.Redis, c.s.Config),
 			applied: c.applied(ctx, true)}, nil
 	})
 	if err != nil {

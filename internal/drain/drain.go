@@ -1,4 +1,9 @@
-package engine
+// Package drain applies write-behind queues to their tables: per cache a
+// drainer, a fenced single writer that one process of a config holds at a
+// time (DESIGN invariant 8), applying the queue in stream order, a batch a
+// transaction, acknowledging only what committed, and dead-lettering rows
+// the database refuses.
+package drain
 
 import (
 	"bytes"
@@ -16,20 +21,18 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
-// Drain applies the write-behind queue of every cache with writes: behind
-// to its table until ctx is done: one drainer a cache, each a single-writer
-// role that one process of the config holds at a time (the others wait to
-// take it over).
-func (c *Engine) Drain(ctx context.Context) error {
+// Run applies the write-behind queue of every cache of e with writes:
+// behind to its table until ctx is done: one drainer a cache, each a
+// single-writer role that one process of the config holds at a time (the
+// others wait to take it over).
+func Run(ctx context.Context, e *engine.Engine) error {
 	var wg sync.WaitGroup
-	for _, name := range c.cfg.CacheNames() {
-		ca := c.caches[name]
-		if ca.cfg.Writes != config.WritesBehind {
-			continue
-		}
-		d := &drainer{c: c, ca: ca, log: c.opts.Logger.With("cache", name, "component", "writebehind")}
+	for _, w := range e.WriteBehinds() {
+		d := &drainer{w: w, cc: w.Cache(), b: w.Binding(), rc: w.Redis(), stats: w.Stats(),
+			log: w.Logger().With("cache", w.Cache().Name, "component", "writebehind")}
 		wg.Go(func() { d.run(ctx) })
 	}
 	wg.Wait()
@@ -46,15 +49,21 @@ func (c *Engine) Drain(ctx context.Context) error {
 // took over it changes nothing in Redis either. Then it waits to take the
 // lock again.
 type drainer struct {
-	c   *Engine
-	ca  *cache
-	log *slog.Logger
+	w     engine.WriteBehind
+	cc    *config.Cache
+	b     *binding.Binding
+	rc    rueidis.Client
+	stats *engine.CacheStats
+	log   *slog.Logger
 
 	// Set for each session.
 	conn  *pgconn.PgConn    // holds the drain lock; every batch commits on it
 	token string            // the owner key's value while this drainer holds the role
 	stmts map[string]string // the upserts prepared on conn, by set of columns
 }
+
+// MaxAttempts is how often a refused row is tried before it is dead-lettered.
+const MaxAttempts = 3
 
 // maxBatch bounds the entries of one batch.
 const maxBatch = 1000
@@ -117,7 +126,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // entries until ctx is done or something fails; progressed tells that it
 // applied a batch.
 func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
-	conn, err := d.ca.loader.Session(ctx)
+	conn, err := d.w.Session(ctx)
 	if err != nil {
 		return false, fmt.Errorf("write-behind lock: %w", err)
 	}
@@ -131,11 +140,11 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 	if err := d.lock(ctx); err != nil {
 		return false, err
 	}
-	rb := d.c.redis.B()
-	stream := binding.StreamKey(d.ca.cfg.Name)
-	d.token = newToken()
-	res := d.c.redis.DoMulti(ctx,
-		rb.Set().Key(binding.OwnerKey(d.ca.cfg.Name)).Value(d.token).Build(),
+	rb := d.rc.B()
+	stream := binding.StreamKey(d.cc.Name)
+	d.token = binding.NewToken()
+	res := d.rc.DoMulti(ctx,
+		rb.Set().Key(binding.OwnerKey(d.cc.Name)).Value(d.token).Build(),
 		rb.XgroupCreate().Key(stream).Group(binding.DrainGroup).Id("0").Mkstream().Build())
 	if err := res[0].Error(); err != nil {
 		return false, fmt.Errorf("write-behind: take the queue: %w", err)
@@ -197,7 +206,7 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 // lock takes the cache's drain lock on d.conn, waiting for it while
 // another process holds it.
 func (d *drainer) lock(ctx context.Context) error {
-	name := []byte("cachesync drain " + d.c.cfg.Name + " " + d.ca.cfg.Name)
+	name := []byte(d.w.LockName())
 	res := d.conn.ExecParams(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, [][]byte{name}, nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("write-behind lock: %w", res.Err)
@@ -239,10 +248,10 @@ type entry struct {
 // then reads in MULTI/EXEC, which Redis refuses if another drainer took
 // the key meanwhile. Two round trips; the acknowledgements go in the first.
 func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from string) taken {
-	dc, release := d.c.redis.Dedicate()
+	dc, release := d.rc.Dedicate()
 	defer release()
 	rb := dc.B()
-	name := d.ca.cfg.Name
+	name := d.cc.Name
 	owner, stream := binding.OwnerKey(name), binding.StreamKey(name)
 	cmds := append(d.ackCmds(done, removals), rb.Watch().Key(owner).Build(), rb.Get().Key(owner).Build())
 	res := dc.DoMulti(ctx, cmds...)
@@ -316,12 +325,12 @@ func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Command
 	if len(done) == 0 {
 		return nil
 	}
-	return d.ca.b.AckCmds(d.c.redis.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID), d.ca.complete())
+	return d.b.AckCmds(d.rc.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID), d.w.Complete())
 }
 
 // ack acknowledges done (read with removals).
 func (d *drainer) ack(ctx context.Context, done []binding.Acked, removals string) error {
-	return d.checkAcks(ctx, d.c.redis.DoMulti(ctx, d.ackCmds(done, removals)...))
+	return d.checkAcks(ctx, d.rc.DoMulti(ctx, d.ackCmds(done, removals)...))
 }
 
 // checkAcks checks the replies of acknowledgements. In a complete cache a key
@@ -334,7 +343,7 @@ func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) erro
 			return fmt.Errorf("write-behind: acknowledge: %w", err)
 		}
 		for _, key := range gone {
-			if err := d.c.refill(ctx, d.ca, key); err != nil {
+			if err := d.w.Refill(ctx, key); err != nil {
 				d.log.Warn("write-behind: key not loaded again", "key", key, "err", err)
 			}
 		}
@@ -345,8 +354,8 @@ func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) erro
 // wait returns once the stream has an entry after last, or after a
 // second, or when ctx is done.
 func (d *drainer) wait(ctx context.Context, last string) error {
-	err := d.c.redis.Do(ctx, d.c.redis.B().Xread().Count(1).Block(1000).Streams().
-		Key(binding.StreamKey(d.ca.cfg.Name)).Id(last).Build()).Error()
+	err := d.rc.Do(ctx, d.rc.B().Xread().Count(1).Block(1000).Streams().
+		Key(binding.StreamKey(d.cc.Name)).Id(last).Build()).Error()
 	if err != nil && !rueidis.IsRedisNil(err) && ctx.Err() == nil {
 		return fmt.Errorf("write-behind: wait for writes: %w", err)
 	}
@@ -375,7 +384,7 @@ func (d *drainer) apply(ctx context.Context, entries []entry) ([]binding.Acked, 
 			}
 		}
 	}
-	d.ca.stats.Drained.Add(int64(len(entries)))
+	d.stats.Drained.Add(int64(len(entries)))
 	return d.acked(entries, refused, rows), nil
 }
 
@@ -535,12 +544,9 @@ func (d *drainer) upsert(ctx context.Context, entries []entry, rows map[string][
 	sig := strings.Join(entries[0].cols, "\x00")
 	name, ok := d.stmts[sig]
 	if !ok {
-		sql, err := d.ca.upsertJSON(entries[0].cols)
+		sql, err := d.w.UpsertSQL(entries[0].cols) // without a feed, the rows as stored replace the queued values
 		if err != nil {
 			return err
-		}
-		if d.ca.cfg.Sync != config.SyncChangefeed { // the rows as stored replace the queued values
-			sql += " RETURNING " + strings.Join(quoteAll(d.ca.cols), ", ")
 		}
 		name = fmt.Sprintf("cachesync_upsert_%d", len(d.stmts))
 		if _, err := d.conn.Prepare(ctx, name, sql, nil); err != nil {
@@ -557,7 +563,7 @@ func (d *drainer) upsert(ctx context.Context, entries []entry, rows map[string][
 		return res.Err
 	}
 	for _, row := range res.Rows {
-		if k, err := d.ca.b.Key(row); err == nil {
+		if k, err := d.b.Key(row); err == nil {
 			rows[k] = row
 		}
 	}
@@ -572,7 +578,7 @@ func isRefusal(err error) bool {
 	if errors.As(err, &pgErr) {
 		return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23") || strings.HasPrefix(pgErr.Code, "42")
 	}
-	return errors.Is(err, errBadEntry) || errors.Is(err, ErrBadRow)
+	return errors.Is(err, errBadEntry) || errors.Is(err, engine.ErrBadRow)
 }
 
 // deadLetter moves e to the dead-letter stream and out of the queue; when
@@ -581,13 +587,13 @@ func isRefusal(err error) bool {
 // once the entries before e committed, so a fill that follows the removal
 // reads them.
 func (d *drainer) deadLetter(ctx context.Context, e entry, cause error) error {
-	removed, err := d.c.redis.Do(ctx, d.ca.b.DeadCmd(d.c.redis.B(), d.token, e.id, e.key, e.row, cause.Error())).AsInt64()
+	removed, err := d.rc.Do(ctx, d.b.DeadCmd(d.rc.B(), d.token, e.id, e.key, e.row, cause.Error())).AsInt64()
 	if err != nil {
 		return fmt.Errorf("write-behind: dead-letter: %w", err)
 	}
-	d.ca.stats.DeadLettered.Add(1)
+	d.stats.DeadLettered.Add(1)
 	if removed == 1 {
-		if err := d.c.refill(ctx, d.ca, e.key); err != nil {
+		if err := d.w.Refill(ctx, e.key); err != nil {
 			d.log.Warn("write-behind: dead-lettered key not loaded again", "key", e.key, "err", err)
 		}
 	}
@@ -615,12 +621,12 @@ func (d *drainer) acked(entries []entry, dead map[string]error, rows map[string]
 		switch {
 		case last[e.key] != i:
 			a.Action = binding.AckOnly // a newer entry of the key follows
-		case d.ca.cfg.Sync != config.SyncChangefeed:
+		case d.cc.Sync != config.SyncChangefeed:
 			a.Action = binding.AckDelete
 			if row, ok := rows[e.key]; ok {
-				if v, err := d.ca.b.Encode(row); err == nil {
+				if v, err := d.b.Encode(row); err == nil {
 					a.Action, a.Row = binding.AckWrite, &v
-					if e.given != nil && bytes.Equal(e.given, v.Result(d.ca.cfg.Format)) {
+					if e.given != nil && bytes.Equal(e.given, v.Result(d.cc.Format)) {
 						a.Action, a.Row = binding.AckKeep, nil // the key holds it already
 					}
 				}

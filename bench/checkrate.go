@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/check"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // The consistency checker's full-scan rate (11) over the bench cache, after

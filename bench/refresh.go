@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/refresh"
 )
 

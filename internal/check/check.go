@@ -17,9 +17,9 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // Options tune a check.

@@ -15,10 +15,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/check"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 

@@ -38,4 +38,3 @@ func Queues(ctx context.Context, rc rueidis.Client, cfg *config.Config) map[stri
 	}
 	return out
 }
-

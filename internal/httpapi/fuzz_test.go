@@ -24,8 +24,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 )
 

@@ -20,9 +20,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 )
 
 // Server is the HTTP API over a cachesync Client.

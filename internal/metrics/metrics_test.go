@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/metrics"

@@ -19,9 +19,9 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/latency"
 )

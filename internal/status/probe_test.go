@@ -10,8 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
 )

@@ -21,6 +21,7 @@ type Cluster struct {
 // waits until every node reports the cluster ok, and stops them at cleanup.
 func StartCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
+	NeedServers(tb)
 	c := &Cluster{}
 	for range n {
 		c.Nodes = append(c.Nodes, StartRedis(tb, WithRedisArgs("--cluster-enabled", "yes",

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -53,6 +54,7 @@ func WithPostgresSettings(kv ...string) PostgresOption {
 // directory at cleanup; it fails the test if that is impossible.
 func StartPostgres(tb testing.TB, opts ...PostgresOption) *Postgres {
 	tb.Helper()
+	NeedServers(tb)
 	p, err := NewTempPostgres(opts...)
 	if err != nil {
 		tb.Fatal(err)
@@ -398,6 +400,10 @@ func checkTraversable(dir string, c *syscall.Credential) error {
 // TestMain's body: os.Exit(testenv.RunWithPostgres(m, &pg)). Tests share the
 // cluster by each using a database and replication slot of its own.
 func RunWithPostgres(m *testing.M, pg **Postgres, opts ...PostgresOption) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run() // the tests that need the servers skip (NeedServers)
+	}
 	var err error
 	if *pg, err = NewTempPostgres(opts...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -411,6 +417,7 @@ func RunWithPostgres(m *testing.M, pg **Postgres, opts ...PostgresOption) int {
 // returns a connection to it that closes when the test ends, with its URL.
 func (p *Postgres) Database(tb testing.TB, name, schema string) (*pgx.Conn, string) {
 	tb.Helper()
+	NeedServers(tb)
 	ctx := context.Background()
 	if err := p.CreateDatabase(ctx, name); err != nil {
 		tb.Fatal(err)

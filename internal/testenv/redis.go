@@ -48,6 +48,7 @@ func WithRedisArgs(args ...string) RedisOption {
 // removes its directory at cleanup; it fails the test if that is impossible.
 func StartRedis(tb testing.TB, opts ...RedisOption) *Redis {
 	tb.Helper()
+	NeedServers(tb)
 	r, err := NewRedis(tb.TempDir(), opts...)
 	if err != nil {
 		tb.Fatal(err)

@@ -13,8 +13,18 @@ import (
 	"os/exec"
 	"runtime"
 	"syscall"
+	"testing"
 	"time"
 )
+
+// NeedServers skips the test under go test -short: the unit tier runs
+// what needs no server. Every starter of a server calls it.
+func NeedServers(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("-short: needs redis-server and PostgreSQL")
+	}
+}
 
 // installHint tells the user how to get missing server binaries.
 const installHint = "run scripts/install-deps.sh (or `make test`, which runs it)"

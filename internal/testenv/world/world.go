@@ -1,0 +1,396 @@
+// Package world is the one test world above the servers of testenv: a
+// package's PostgreSQL started once (Main), and for each test a database of
+// its own with a schema, a Redis of its own (one node or a Cluster), a
+// config from YAML, an engine, a change feed, the built binary, and waits
+// on conditions. Every package's tests use it; under go test -short it
+// starts nothing and the tests that need servers skip.
+package world
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
+	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// pg is the test binary's PostgreSQL, started by Main.
+var pg *testenv.Postgres
+
+// Main runs a package's tests with one private PostgreSQL started with
+// opts, shared by every test (each has a database of its own), and exits
+// with the tests' code: TestMain's body. Under -short it starts nothing.
+func Main(m *testing.M, opts ...testenv.PostgresOption) {
+	os.Exit(testenv.RunWithPostgres(m, &pg, opts...))
+}
+
+// Postgres returns the package's PostgreSQL, skipping the test under -short.
+func Postgres(tb testing.TB) *testenv.Postgres {
+	tb.Helper()
+	testenv.NeedServers(tb)
+	if pg == nil {
+		tb.Fatal("world: no PostgreSQL: TestMain must call world.Main")
+	}
+	return pg
+}
+
+// Topologies are the Redis set-ups a test may run against: one node, and
+// a Redis Cluster of three primaries (a key, its companions and its
+// cache's records then live in different slots, and events come from each
+// node).
+var Topologies = []string{"single", "cluster"}
+
+// EachTopology runs test once per topology, as subtests.
+func EachTopology(t *testing.T, test func(t *testing.T, topology string)) {
+	for _, topology := range Topologies {
+		t.Run(topology, func(t *testing.T) { test(t, topology) })
+	}
+}
+
+// World is one test's database and Redis.
+type World struct {
+	T     testing.TB
+	Name  string    // the database's name, and the config's
+	DB    *pgx.Conn // a session on the database, closed when the test ends
+	DBURL string
+	Redis *testenv.Redis   // the Redis node (of a Cluster, the first)
+	Nodes []*testenv.Redis // every node: one, or a Cluster's primaries
+	RC    rueidis.Client   // a client of Redis (a Cluster client on a Cluster)
+}
+
+var seq atomic.Int64
+
+// New is a world with a Redis node of its own, its database made by schema.
+func New(tb testing.TB, schema string) *World {
+	tb.Helper()
+	return NewOn(tb, testenv.StartRedis(tb), schema)
+}
+
+// NewOn is a world on the Redis rds: a node of a testenv.Cluster makes
+// every client of the world a Cluster client.
+func NewOn(tb testing.TB, rds *testenv.Redis, schema string) *World {
+	tb.Helper()
+	w := &World{T: tb, Name: fmt.Sprintf("w%d", seq.Add(1)), Redis: rds, Nodes: []*testenv.Redis{rds}}
+	w.DB, w.DBURL = Postgres(tb).Database(tb, w.Name, schema)
+	w.RC = rds.Client(tb)
+	return w
+}
+
+// NewTopology is a world on a Redis of topology ("single", or "cluster":
+// three primaries).
+func NewTopology(tb testing.TB, topology, schema string) *World {
+	tb.Helper()
+	if topology != "cluster" {
+		return New(tb, schema)
+	}
+	c := testenv.StartCluster(tb, 3)
+	w := NewOn(tb, c.Nodes[0], schema)
+	w.Nodes = c.Nodes
+	return w
+}
+
+// Exec runs sql on the world's database.
+func (w *World) Exec(sql string, args ...any) {
+	w.T.Helper()
+	if _, err := w.DB.Exec(context.Background(), sql, args...); err != nil {
+		w.T.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// YAML is a whole config of the world named as it, with source db, whose
+// caches section is caches (YAML, indented by 2).
+func (w *World) YAML(caches string) string {
+	return fmt.Sprintf("name: %s\nredis: {url: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s", w.Name, w.Redis.URL(), w.DBURL, caches)
+}
+
+// Config loads the config YAML(caches) gives.
+func (w *World) Config(caches string) *config.Config {
+	w.T.Helper()
+	cfg, err := config.Load(strings.NewReader(w.YAML(caches)))
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return cfg
+}
+
+// Open opens an engine of cfg, with opts[0] when given, closed when the
+// test ends.
+func (w *World) Open(cfg *config.Config, opts ...engine.Options) *engine.Engine {
+	w.T.Helper()
+	e, err := engine.Open(context.Background(), cfg, append(opts, engine.Options{})[0])
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	w.T.Cleanup(e.Close)
+	return e
+}
+
+// Feed is a change feed run by a test.
+type Feed struct {
+	*changefeed.Feed
+	// Stop cancels the feed and returns what its Run returned (once; the
+	// test's end stops it too).
+	Stop func() error
+}
+
+// StartFeed runs the change feed of cfg's source db, changed by opts,
+// until Stop or the test's end.
+func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
+	w.T.Helper()
+	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger(w.T))}
+	for _, o := range opts {
+		o(f.Feed)
+	}
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- f.Run(ctx) }()
+	var err error
+	var stopped atomic.Bool
+	f.Stop = func() error {
+		if stopped.CompareAndSwap(false, true) {
+			cancel()
+			err = <-done
+		}
+		return err
+	}
+	w.T.Cleanup(func() {
+		if err := f.Stop(); err != nil && !errors.Is(err, context.Canceled) {
+			w.T.Errorf("change feed: %v", err)
+		}
+	})
+	return f
+}
+
+// Feed runs the change feed of cfg like StartFeed and returns once it has
+// built every cache: the feed owns them from then on.
+func (w *World) Feed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
+	w.T.Helper()
+	f := w.StartFeed(cfg, opts...)
+	WaitFor(w.T, "the change feed's first rebuild", func() bool { return f.Stats.Rebuilds.Load() >= int64(len(f.Caches)) })
+	return f
+}
+
+// Get returns the string at key in Redis, and whether there is one.
+func (w *World) Get(key string) (string, bool) {
+	w.T.Helper()
+	v, err := w.RC.Do(context.Background(), w.RC.B().Get().Key(key).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", false
+	}
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return v, true
+}
+
+// Do runs cmd on Redis and fails the test on an error.
+func (w *World) Do(cmd rueidis.Completed) rueidis.RedisResult {
+	w.T.Helper()
+	r := w.RC.Do(context.Background(), cmd)
+	if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
+		w.T.Fatal(err)
+	}
+	return r
+}
+
+// Snapshot returns every key matching pattern but cachesync's own, on
+// every node, with its value: a string as it is, a hash as its sorted
+// field=value pairs joined by spaces.
+func (w *World) Snapshot(pattern string) map[string]string {
+	w.T.Helper()
+	ctx := context.Background()
+	rc := w.RC
+	out := map[string]string{}
+	for _, node := range rc.Nodes() {
+		for cursor := uint64(0); ; {
+			entry, err := node.Do(ctx, rc.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				w.T.Fatal(err)
+			}
+			for _, k := range entry.Elements {
+				if strings.HasPrefix(k, binding.Reserved) {
+					continue
+				}
+				switch typ, _ := rc.Do(ctx, rc.B().Type().Key(k).Build()).ToString(); typ {
+				case "string":
+					out[k], _ = rc.Do(ctx, rc.B().Get().Key(k).Build()).ToString()
+				case "hash":
+					m, _ := rc.Do(ctx, rc.B().Hgetall().Key(k).Build()).AsStrMap()
+					var kv []string
+					for f, v := range m {
+						kv = append(kv, f+"="+v)
+					}
+					sort.Strings(kv)
+					out[k] = strings.Join(kv, " ")
+				}
+			}
+			if cursor = entry.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Rows runs a query of (key, value) text pairs: what a cache should hold.
+func (w *World) Rows(sql string, args ...any) map[string]string {
+	w.T.Helper()
+	rows, err := w.DB.Query(context.Background(), sql, args...)
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			w.T.Fatal(err)
+		}
+		out[k] = v
+	}
+	if err := rows.Err(); err != nil {
+		w.T.Fatal(err)
+	}
+	return out
+}
+
+// WaitEqual waits until the keys matching pattern (Snapshot) are exactly
+// want(), and fails with the difference if that does not happen within
+// Patience.
+func (w *World) WaitEqual(pattern string, want func() map[string]string) {
+	w.T.Helper()
+	var d string
+	ok := Within(Patience, func() bool {
+		d = Diff(want(), w.Snapshot(pattern))
+		return d == ""
+	})
+	if !ok {
+		w.T.Fatalf("redis %s differs from the database after %v:\n%s", pattern, Patience, d)
+	}
+}
+
+// Diff describes how got differs from want (missing, extra and stale
+// keys, the first ten), or is "" when they are equal.
+func Diff(want, got map[string]string) string {
+	keys := map[string]bool{}
+	for k := range want {
+		keys[k] = true
+	}
+	for k := range got {
+		keys[k] = true
+	}
+	sorted := make([]string, 0, len(keys))
+	for k := range keys {
+		sorted = append(sorted, k)
+	}
+	sort.Strings(sorted)
+	var b strings.Builder
+	n := 0
+	for _, k := range sorted {
+		w, wok := want[k]
+		g, gok := got[k]
+		if wok == gok && w == g {
+			continue
+		}
+		if n++; n > 10 {
+			continue
+		}
+		switch {
+		case !gok:
+			fmt.Fprintf(&b, "  missing %s (want %s)\n", k, w)
+		case !wok:
+			fmt.Fprintf(&b, "  extra   %s = %s\n", k, g)
+		default:
+			fmt.Fprintf(&b, "  stale   %s = %s, want %s\n", k, g, w)
+		}
+	}
+	if n > 10 {
+		fmt.Fprintf(&b, "  ... %d differences in all\n", n)
+	}
+	return b.String()
+}
+
+// LockRows runs sql (a SELECT ... FOR UPDATE) in a transaction of a
+// session of its own and returns the transaction, which holds the locks
+// until committed or rolled back (or the test ends).
+func (w *World) LockRows(sql string) pgx.Tx {
+	w.T.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, w.DBURL)
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	w.T.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		w.T.Fatal(err)
+	}
+	return tx
+}
+
+// WaitSession waits until a server session matches where (a condition on
+// pg_stat_activity), read through conn, and returns its pid.
+func WaitSession(tb testing.TB, conn *pgx.Conn, what, where string, args ...any) int {
+	tb.Helper()
+	var pid int
+	WaitFor(tb, what, func() bool {
+		err := conn.QueryRow(context.Background(), `SELECT pid FROM pg_stat_activity WHERE `+where+` LIMIT 1`, args...).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return true
+	})
+	return pid
+}
+
+// Patience bounds every wait of the world: long enough that only a
+// condition that never comes exhausts it, on a machine as busy as a CI's.
+const Patience = time.Minute
+
+// WaitFor waits until ok holds, failing the test after Patience.
+func WaitFor(tb testing.TB, what string, ok func() bool) {
+	tb.Helper()
+	if !Within(Patience, ok) {
+		tb.Fatalf("never within %v: %s", Patience, what)
+	}
+}
+
+// Within polls ok every few milliseconds until it holds (true) or d has
+// passed (false).
+func Within(d time.Duration, ok func() bool) bool {
+	for deadline := time.Now().Add(d); !ok(); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// Logger is a logger for what a test runs: silent, or to stderr at debug
+// level under go test -v.
+func Logger(tb testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

@@ -1,7 +1,9 @@
-# cachesync: make demo (see it work), make test (the whole suite), make bench.
+# cachesync: make demo (see it work), make test (the whole suite, as CI
+# runs it), make check (vet, gofmt, staticcheck), make unit (the tests that
+# need no server, in seconds), make bench.
 GO ?= go
 
-.PHONY: all deps build test fuzz demo bench vet clean
+.PHONY: all deps build check vet unit test fuzz demo bench clean
 
 all: build
 
@@ -11,15 +13,24 @@ deps:
 build:
 	$(GO) build -o bin/cachesync ./cmd/cachesync
 
-vet:
+# staticcheck is a tool of the module (go.mod's tool line): a pinned version.
+check:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) tool staticcheck ./...
+
+vet: check
+
+# The unit tier: under -short no test starts a server (internal/testenv
+# skips the ones that need one).
+unit:
+	$(GO) test -short ./...
 
 # The refresh package runs after the others, on its own: its tests check
 # timings (a key refreshed ahead within half of a 1 s TTL), and with another
 # package's tests beside them on 2 cores PostgreSQL's backends (each in a
 # scheduling group of its own) waited seconds for a CPU.
-test: deps vet
+test: deps check
 	$(GO) test -race -timeout 6m $$($(GO) list ./... | grep -v '/internal/refresh$$')
 	$(GO) test -race -timeout 3m ./internal/refresh
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10000x

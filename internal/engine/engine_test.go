@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,160 +24,38 @@ import (
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-// pg is one PostgreSQL cluster shared by the package's tests, with
-// pg_stat_statements to count the queries a stampede makes.
-var pg *testenv.Postgres
-
 func TestMain(m *testing.M) {
-	os.Exit(testenv.RunWithPostgres(m, &pg, testenv.WithPostgresSettings("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")))
+	// pg_stat_statements counts the queries a stampede makes.
+	world.Main(m, testenv.WithPostgresSettings("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"))
 }
 
-var dbSeq atomic.Int64
-
-type env struct {
-	t     *testing.T
-	name  string
-	dbURL string
-	db    *pgx.Conn
-	redis *testenv.Redis
-	rc    rueidis.Client
-}
-
-func newEnv(t *testing.T, schema string) *env {
+// newEnv is a world of its own for a test, with pg_stat_statements.
+func newEnv(t *testing.T, schema string) *world.World {
 	t.Helper()
 	return newEnvOn(t, testenv.StartRedis(t), schema)
 }
 
 // newEnvOn is newEnv on a given Redis: a node of a Redis Cluster makes
 // every client of the test a cluster client.
-func newEnvOn(t *testing.T, rds *testenv.Redis, schema string) *env {
+func newEnvOn(t *testing.T, rds *testenv.Redis, schema string) *world.World {
 	t.Helper()
-	e := &env{t: t, name: fmt.Sprintf("api%d", dbSeq.Add(1)), redis: rds}
-	e.db, e.dbURL = pg.Database(t, e.name, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
-	e.exec(schema)
-	e.rc = rds.Client(t)
-	return e
-}
-
-func (e *env) exec(sql string, args ...any) {
-	e.t.Helper()
-	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
-		e.t.Fatalf("%s: %v", sql, err)
-	}
-}
-
-func (e *env) config(caches string) *config.Config {
-	e.t.Helper()
-	y := fmt.Sprintf("name: %s\nredis: {url: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s", e.name, e.redis.URL(), e.dbURL, caches)
-	cfg, err := config.Load(strings.NewReader(y))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return cfg
-}
-
-// open opens a client of cfg, with opts[0] when given, closed when the
-// test ends.
-func (e *env) open(cfg *config.Config, opts ...engine.Options) *engine.Engine {
-	e.t.Helper()
-	c, err := engine.Open(context.Background(), cfg, append(opts, engine.Options{})[0])
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(c.Close)
-	return c
-}
-
-// feed runs the change feed of cfg until the test ends.
-func (e *env) feed(cfg *config.Config) *changefeed.Feed {
-	e.t.Helper()
-	f := changefeed.New(cfg, "db", e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	testenv.Go(e.t, f.Run)
-	// Wait for the first rebuild: the feed owns the cache from then on.
-	deadline := time.Now().Add(30 * time.Second)
-	for f.Stats.Rebuilds.Load() < int64(len(f.Caches)) {
-		if time.Now().After(deadline) {
-			e.t.Fatal("feed did not start")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return f
+	return world.NewOn(t, rds, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n"+schema)
 }
 
 // queries counts the statements run so far that read table by key.
-func (e *env) queries(table string) int64 {
-	e.t.Helper()
+func queries(e *world.World, table string) int64 {
+	e.T.Helper()
 	var n int64
-	err := e.db.QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+	err := e.DB.QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
 		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 		AND query LIKE 'SELECT % FROM ' || $1 || ' t WHERE %'`, table).Scan(&n)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return n
-}
-
-func (e *env) get(key string) (string, bool) {
-	e.t.Helper()
-	v, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(key).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return "", false
-	}
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v, true
-}
-
-// waitFor polls ok until it holds, failing the test after 10 s.
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-	}
-}
-
-// lockRows runs sql (a SELECT ... FOR UPDATE) in a transaction of a
-// session of its own, and returns the transaction, which holds the locks
-// until committed or rolled back (or the test ends).
-func (e *env) lockRows(sql string) pgx.Tx {
-	e.t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, e.dbURL)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { conn.Close(ctx) })
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, sql); err != nil {
-		e.t.Fatal(err)
-	}
-	return tx
-}
-
-// waitSession waits until a server session matches where (a condition
-// on pg_stat_activity), read through conn, and returns its pid.
-func waitSession(t *testing.T, conn *pgx.Conn, what, where string, args ...any) int {
-	t.Helper()
-	var pid int
-	waitFor(t, what, func() bool {
-		err := conn.QueryRow(context.Background(), `SELECT pid FROM pg_stat_activity WHERE `+where+` LIMIT 1`, args...).Scan(&pid)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return false
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return true
-	})
-	return pid
 }
 
 // stallCommits makes every commit wait for a synchronous standby that
@@ -190,7 +67,7 @@ func stallCommits(t *testing.T) *pgx.Conn {
 	t.Helper()
 	ctx := context.Background()
 	connect := func() *pgx.Conn {
-		conn, err := pgx.Connect(ctx, pg.URL("postgres"))
+		conn, err := pgx.Connect(ctx, world.Postgres(t).URL("postgres"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,7 +131,7 @@ func stallCommits(t *testing.T) *pgx.Conn {
 			}
 		}
 	}
-	waitFor(t, "commits wait for the standby", stalls)
+	world.WaitFor(t, "commits wait for the standby", stalls)
 	return admin
 }
 
@@ -263,7 +140,7 @@ func stallCommits(t *testing.T) *pgx.Conn {
 func TestGet(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), stock int);
 		INSERT INTO inventory VALUES ('apple', 1.99, 5), ('pear', 2.50, NULL)`)
-	c := e.open(e.config(`  prices: {table: inventory, key: "price:{item}", value: {columns: {item: item, price: price}}, ttl: 1m, sync: none}
+	c := e.Open(e.Config(`  prices: {table: inventory, key: "price:{item}", value: {columns: {item: item, price: price}}, ttl: 1m, sync: none}
   stock: {table: inventory, key: "stock:{item}", value: {format: hash, columns: [price, stock]}, sync: none}
   plain: {table: inventory, key: "p:{item}", value: {format: string, column: price}, sync: none}
 `))
@@ -282,13 +159,13 @@ func TestGet(t *testing.T) {
 			}
 		}
 	}
-	if n := e.queries("public.inventory"); n != 4 {
+	if n := queries(e, "public.inventory"); n != 4 {
 		t.Fatalf("%d queries for 4 misses and 4 hits, want 4", n)
 	}
-	if v, _ := e.get("price:apple"); v != `{"item":"apple","price":1.99}` {
+	if v, _ := e.Get("price:apple"); v != `{"item":"apple","price":1.99}` {
 		t.Fatalf("redis price:apple = %q", v)
 	}
-	if ttl, _ := e.rc.Do(ctx, e.rc.B().Pttl().Key("price:apple").Build()).AsInt64(); ttl <= 0 || ttl > 60_000 {
+	if ttl, _ := e.RC.Do(ctx, e.RC.B().Pttl().Key("price:apple").Build()).AsInt64(); ttl <= 0 || ttl > 60_000 {
 		t.Fatalf("price:apple TTL %d ms, want (0, 60000]", ttl)
 	}
 	for _, tt := range []struct {
@@ -311,8 +188,8 @@ func TestGet(t *testing.T) {
 func TestStampede(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory SELECT 'item' || g, g FROM generate_series(1, 10) g`)
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", sync: none}` + "\n")
-	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", sync: none}` + "\n")
+	clients := []*engine.Engine{e.Open(cfg), e.Open(cfg)}
 	stampede := func(key string, clients []*engine.Engine) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 2000)
@@ -340,27 +217,27 @@ func TestStampede(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := e.queries("public.inventory")
+	before := queries(e, "public.inventory")
 	stampede("price:item1", clients[:1])
-	if n := e.queries("public.inventory") - before; n != 1 {
+	if n := queries(e, "public.inventory") - before; n != 1 {
 		t.Fatalf("1,000 concurrent misses made %d queries, want 1", n)
 	}
-	before = e.queries("public.inventory")
+	before = queries(e, "public.inventory")
 	stampede("price:item2", clients)
 	// The lease makes it one: whoever misses while another fills waits for
 	// that fill, and whoever takes the lease after it reads the key again first.
-	if n := e.queries("public.inventory") - before; n != 1 {
+	if n := queries(e, "public.inventory") - before; n != 1 {
 		t.Fatalf("2 clients x 1,000 concurrent misses made %d queries, want 1 (at most 2 is the promise)", n)
 	}
 
 	// Two real processes (this test binary run again), 1,000 Gets each, let
 	// go at the same moment.
-	before = e.queries("public.inventory")
+	before = queries(e, "public.inventory")
 	startAt := time.Now().Add(2 * time.Second).UnixNano()
 	var procs []*exec.Cmd
 	for range 2 {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestStampedeChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%s|price:item3|%d", stampedeChild, e.name, e.redis.URL(), e.dbURL, startAt))
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%s|price:item3|%d", stampedeChild, e.Name, e.Redis.URL(), e.DBURL, startAt))
 		out := &strings.Builder{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
@@ -378,7 +255,7 @@ func TestStampede(t *testing.T) {
 			t.Fatalf("stampede process: %v", err)
 		}
 	}
-	if n := e.queries("public.inventory") - before; n != 1 {
+	if n := queries(e, "public.inventory") - before; n != 1 {
 		t.Fatalf("2 processes x 1,000 concurrent misses made %d queries, want 1 (at most 2 is the promise)", n)
 	}
 }
@@ -429,22 +306,22 @@ func TestStampedeChild(t *testing.T) {
 // feed insert of it ends that at once.
 func TestNegative(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2))`)
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", negative_ttl: 1h}` + "\n")
-	e.feed(cfg)
-	c := e.open(cfg)
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", negative_ttl: 1h}` + "\n")
+	e.Feed(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
 	for range 3 {
 		if _, err := c.Get(ctx, "prices", "price:kiwi"); !errors.Is(err, engine.ErrNotFound) {
 			t.Fatalf("error %v, want ErrNotFound", err)
 		}
 	}
-	if n := e.queries("public.inventory"); n != 1 {
+	if n := queries(e, "public.inventory"); n != 1 {
 		t.Fatalf("%d queries for 3 Gets of a missing row, want 1", n)
 	}
-	if _, ok := e.get("price:kiwi"); ok {
+	if _, ok := e.Get("price:kiwi"); ok {
 		t.Fatal("the key holds a value for a missing row; a marker belongs in a companion key")
 	}
-	e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+	e.Exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		v, err := c.Get(ctx, "prices", "price:kiwi")
@@ -464,18 +341,18 @@ func TestNegative(t *testing.T) {
 // invalidation (the lease ended).
 func TestFillLoses(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2)); INSERT INTO inventory VALUES ('apple', 1.00)`)
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}` + "\n")
-	e.feed(cfg)
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}` + "\n")
+	e.Feed(cfg)
 	ctx := context.Background()
 	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := e.rc.B()
+	rb := e.RC.B()
 	waitKey := func(key, want string) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if v, ok := e.get(key); ok == (want != "") && v == want {
+			if v, ok := e.Get(key); ok == (want != "") && v == want {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -492,37 +369,37 @@ func TestFillLoses(t *testing.T) {
 		after     string // the key afterwards
 	}{
 		{"feed update", "price:apple", old, func() {
-			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
+			e.Exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
 			waitKey("price:apple", "2.00")
 		}, "2.00"},
 		{"feed insert", "price:kiwi", nil, func() {
-			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+			e.Exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
 			waitKey("price:kiwi", "0.69")
 		}, "0.69"},
 		{"invalidate", "price:apple", old, func() {
-			if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, "price:apple")).Error(); err != nil {
+			if err := e.RC.Do(ctx, binding.InvalidateCmd(rb, "price:apple")).Error(); err != nil {
 				t.Fatal(err)
 			}
 		}, ""},
 	} {
 		// A miss: the key is not in Redis; a fill takes the lease and reads ...
-		if err := e.rc.Do(ctx, binding.InvalidateCmd(rb, race.key)).Error(); err != nil {
+		if err := e.RC.Do(ctx, binding.InvalidateCmd(rb, race.key)).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.rc.Do(ctx, binding.LeaseCmd(rb, race.key, "tok", time.Minute)).Error(); err != nil {
+		if err := e.RC.Do(ctx, binding.LeaseCmd(rb, race.key, "tok", time.Minute)).Error(); err != nil {
 			t.Fatal(err)
 		}
 		// ... the change happens and lands ...
 		race.do()
 		// ... and the fill's write of what it read is refused.
-		n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, time.Now())
+		n, err := b.ExecFills(ctx, e.RC, "tok", []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, time.Now())
 		if err != nil || len(n) != 1 || n[0] != 0 {
 			t.Fatalf("%s: the fill's write returned %v, %v; want [0]", race.name, n, err)
 		}
-		if v, _ := e.get(race.key); v != race.after {
+		if v, _ := e.Get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the fill, want %q", race.name, race.key, v, race.after)
 		}
-		if neg, _ := e.rc.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
 			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
 	}
@@ -533,11 +410,11 @@ func TestFillLoses(t *testing.T) {
 func TestPut(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), note text);
 		CREATE TABLE plain (item text PRIMARY KEY, price numeric(6,2))`)
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {columns: [item, price]}}
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {columns: [item, price]}}
   plain: {table: plain, key: "plain:{item}", value: {columns: [item, price]}, sync: none}
 `)
-	e.feed(cfg)
-	c := e.open(cfg)
+	e.Feed(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
 	for _, cache := range []string{"prices", "plain"} {
 		for i, price := range []string{"1.10", "2.20", "3.30"} {
@@ -575,11 +452,11 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 	for _, via := range []string{"cancelled", "terminated"} {
 		t.Run(via, func(t *testing.T) {
 			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL); INSERT INTO t VALUES (1, 'old')`)
-			cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+			cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
 			ctx := context.Background()
 			admin := stallCommits(t)
-			c := e.open(cfg)
-			if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
+			c := e.Open(cfg)
+			if err := e.RC.Do(ctx, e.RC.B().Set().Key("t:1").Value("old").Build()).Error(); err != nil {
 				t.Fatal(err)
 			}
 			putCtx, cancel := context.WithCancel(ctx)
@@ -589,7 +466,7 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 				_, err := c.Put(putCtx, "t", map[string]any{"id": 1, "v": "new"})
 				put <- err
 			}()
-			pid := waitSession(t, admin, "the Put's commit waits for the standby", `datname = $1 AND wait_event = 'SyncRep'`, e.name)
+			pid := world.WaitSession(t, admin, "the Put's commit waits for the standby", `datname = $1 AND wait_event = 'SyncRep'`, e.Name)
 			// Either ends the commit's wait for the standby: it completes
 			// and shows.
 			if via == "cancelled" {
@@ -600,14 +477,14 @@ func TestPutCancelledWhileCommitting(t *testing.T) {
 			if err := <-put; err == nil {
 				t.Fatalf("Put %s while committing returned no error", via)
 			}
-			waitFor(t, "the row reads new", func() bool {
+			world.WaitFor(t, "the row reads new", func() bool {
 				var v string
-				if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
+				if err := e.DB.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
 					t.Fatal(err)
 				}
 				return v == "new"
 			})
-			if v, ok := e.get("t:1"); ok {
+			if v, ok := e.Get("t:1"); ok {
 				t.Fatalf("t:1 = %q after a Put that committed: the older value was left", v)
 			}
 		})
@@ -641,17 +518,17 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 	}
 	e := newEnvOn(t, rds, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
-	e.feed(cfg)
-	c := e.open(cfg)
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
+	e.Feed(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
 	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := e.rc.B()
+	rb := e.RC.B()
 	recorded := func(key string) bool {
-		_, err := e.rc.Do(ctx, rb.Zscore().Key(binding.RecordKey("prices")).Member(key).Build()).AsFloat64()
+		_, err := e.RC.Do(ctx, rb.Zscore().Key(binding.RecordKey("prices")).Member(key).Build()).AsFloat64()
 		return err == nil
 	}
 	old := &binding.Value{Bytes: []byte("1.00")}
@@ -663,19 +540,19 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 		reloaded          string // the key after a later refresh, when after is ""
 	}{
 		{"feed delete", "price:pear", binding.ClaimRecord, old, func() {
-			e.exec(`DELETE FROM inventory WHERE item = 'pear'`)
-			waitFor(t, "the feed's delete", func() bool { return !recorded("price:pear") })
+			e.Exec(`DELETE FROM inventory WHERE item = 'pear'`)
+			world.WaitFor(t, "the feed's delete", func() bool { return !recorded("price:pear") })
 		}, "", ""},
 		{"feed update", "price:apple", binding.ClaimRecord, old, func() {
-			e.exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
-			waitFor(t, "the feed's update", func() bool { v, _ := e.get("price:apple"); return v == "2.00" })
+			e.Exec(`UPDATE inventory SET price = 2.00 WHERE item = 'apple'`)
+			world.WaitFor(t, "the feed's update", func() bool { v, _ := e.Get("price:apple"); return v == "2.00" })
 		}, "2.00", ""},
 		{"feed insert", "price:kiwi", binding.ClaimRecord, nil, func() {
-			e.exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
-			waitFor(t, "the feed's insert", func() bool { v, _ := e.get("price:kiwi"); return v == "0.69" })
+			e.Exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
+			world.WaitFor(t, "the feed's insert", func() bool { v, _ := e.Get("price:kiwi"); return v == "0.69" })
 		}, "0.69", ""},
 		{"invalidate", "price:apple", binding.ClaimLease, old, func() {
-			for _, r := range e.rc.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
+			for _, r := range e.RC.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
 				if err := r.Error(); err != nil {
 					t.Fatal(err)
 				}
@@ -684,14 +561,14 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 	} {
 		// The key expired (or, to overwrite, is there); the refresh claims it ...
 		if race.action == binding.ClaimRecord {
-			e.rc.Do(ctx, rb.Del().Key(race.key).Build())
+			e.RC.Do(ctx, rb.Del().Key(race.key).Build())
 		} else {
-			e.rc.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
+			e.RC.Do(ctx, rb.Set().Key(race.key).Value("1.00").Build())
 		}
 		want := binding.Claimed{Load: true, Present: race.action == binding.ClaimLease}
 		fill := b.Fill(race.key, race.read, race.action == binding.ClaimLease, true, time.Hour)
 		if watched {
-			claimed, w, err := b.Watch(ctx, e.rc, []string{race.key}, race.action, time.Now())
+			claimed, w, err := b.Watch(ctx, e.RC, []string{race.key}, race.action, time.Now())
 			if err != nil || len(claimed) != 1 || claimed[0] != want {
 				t.Fatalf("%s: watch %+v, %v; want %+v", race.name, claimed, err, want)
 			}
@@ -702,22 +579,22 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 				t.Fatalf("%s: the refresh's write: refused %v, %v; want [0]", race.name, refused, err)
 			}
 		} else {
-			claimed, err := b.ExecClaims(ctx, e.rc, []string{race.key}, race.action, "tok", time.Minute, time.Now(), time.Now())
+			claimed, err := b.ExecClaims(ctx, e.RC, []string{race.key}, race.action, "tok", time.Minute, time.Now(), time.Now())
 			if err != nil || len(claimed) != 1 || claimed[0] != want {
 				t.Fatalf("%s: claim %+v, %v; want %+v", race.name, claimed, err, want)
 			}
 			// ... the change happens and lands ...
 			race.do()
 			// ... and the refresh's write of what it read is refused.
-			n, err := b.ExecFills(ctx, e.rc, "tok", []binding.Fill{fill}, time.Now())
+			n, err := b.ExecFills(ctx, e.RC, "tok", []binding.Fill{fill}, time.Now())
 			if err != nil || len(n) != 1 || n[0] != 0 {
 				t.Fatalf("%s: the refresh's write returned %v, %v; want [0]", race.name, n, err)
 			}
 		}
-		if v, _ := e.get(race.key); v != race.after {
+		if v, _ := e.Get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the refresh, want %q", race.name, race.key, v, race.after)
 		}
-		if neg, _ := e.rc.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
 			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
 		if race.after == "" && topology == "single" && recorded(race.key) {
@@ -729,7 +606,7 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 			if _, err := c.Reload(ctx, "prices", []string{race.key}, false); err != nil {
 				t.Fatal(err)
 			}
-			if v, _ := e.get(race.key); v != race.reloaded {
+			if v, _ := e.Get(race.key); v != race.reloaded {
 				t.Fatalf("%s: %s = %q after a later refresh, want %q", race.name, race.key, v, race.reloaded)
 			}
 		}
@@ -741,11 +618,11 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 // then reloaded under leases: the written key is kept, the others filled.
 func TestReloadFallsBackToLeases(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 1), (2, 2)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	// Row 2 locked: the reload's read (FOR SHARE) waits for it.
-	tx := e.lockRows(`SELECT 1 FROM t WHERE id = 2 FOR UPDATE`)
+	tx := e.LockRows(`SELECT 1 FROM t WHERE id = 2 FOR UPDATE`)
 	type result struct {
 		r   engine.Reloaded
 		err error
@@ -755,9 +632,9 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 		r, err := c.Reload(ctx, "t", []string{"t:1", "t:2"}, false)
 		done <- result{r, err}
 	}()
-	waitSession(t, e.db, "the reload waits for the locked row", `datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`)
+	world.WaitSession(t, e.DB, "the reload waits for the locked row", `datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`)
 	// Meanwhile another writer fills t:1.
-	if err := e.rc.Do(ctx, e.rc.B().Set().Key("t:1").Value("10").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Set().Key("t:1").Value("10").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -771,7 +648,7 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 		t.Fatalf("reload: %+v, want t:2 written, t:1 kept", r)
 	}
 	for key, want := range map[string]string{"t:1": "10", "t:2": "2"} {
-		if v, _ := e.get(key); v != want {
+		if v, _ := e.Get(key); v != want {
 			t.Fatalf("%s = %q, want %q", key, v, want)
 		}
 	}
@@ -782,20 +659,20 @@ func TestReloadFallsBackToLeases(t *testing.T) {
 // fill: on-miss of each beside the reload.
 func TestReloadPublishesNoKeymiss(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 1)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, ttl: 1h, sync: none}` + "\n")
+	c := e.Open(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rb := e.rc.B()
-	if err := e.rc.Do(ctx, rb.ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "Em").Build()).Error(); err != nil {
+	rb := e.RC.B()
+	if err := e.RC.Do(ctx, rb.ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "Em").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	missed := make(chan string, 100)
-	go e.rc.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) { missed <- m.Message })
+	go e.RC.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) { missed <- m.Message })
 	// until misses key and returns the keys missed before it (events come in
 	// the order of the commands that cause them).
 	until := func(key string) []string {
-		e.rc.Do(ctx, rb.Get().Key(key).Build())
+		e.RC.Do(ctx, rb.Get().Key(key).Build())
 		var before []string
 		for timeout := time.After(10 * time.Second); ; {
 			select {
@@ -811,7 +688,7 @@ func TestReloadPublishesNoKeymiss(t *testing.T) {
 	}
 	// Miss keys until an event comes: the subscription is on; then drain.
 	for n := 0; ; n++ {
-		e.rc.Do(ctx, rb.Get().Key(fmt.Sprintf("probe%d", n)).Build())
+		e.RC.Do(ctx, rb.Get().Key(fmt.Sprintf("probe%d", n)).Build())
 		if n == 1000 {
 			t.Fatal("no keymiss event for 1000 probes")
 		}
@@ -853,7 +730,7 @@ func TestKeyColumnTypes(t *testing.T) {
 		fmt.Fprintf(&caches, "  k%d: {table: k%d, key: \"k%d:{k}\", value: {format: string, column: v}, sync: none}\n", i, i, i)
 	}
 	e := newEnv(t, schema.String())
-	c := e.open(e.config(caches.String()))
+	c := e.Open(e.Config(caches.String()))
 	ctx := context.Background()
 	for i, tt := range tests {
 		t.Run(tt.typ, func(t *testing.T) {
@@ -862,21 +739,21 @@ func TestKeyColumnTypes(t *testing.T) {
 			if err != nil || string(got[0]) != want {
 				t.Fatalf("Want %s = %q, %v; want %q", tt.key, got[0], err, want)
 			}
-			before := e.queries(fmt.Sprintf("public.k%d", i))
+			before := queries(e, fmt.Sprintf("public.k%d", i))
 			r, err := c.Reload(ctx, name, []string{tt.key}, false)
 			if err != nil || r.Written != 1 {
 				t.Fatalf("Reload %s: %+v, %v", tt.key, r, err)
 			}
-			if n := e.queries(fmt.Sprintf("public.k%d", i)) - before; n != 1 {
+			if n := queries(e, fmt.Sprintf("public.k%d", i)) - before; n != 1 {
 				t.Fatalf("Reload %s: %d queries, want the one batched read", tt.key, n)
 			}
-			if v, ok := e.get(tt.key); !ok || v != want {
+			if v, ok := e.Get(tt.key); !ok || v != want {
 				t.Fatalf("%s = %q (present %v), want %q", tt.key, v, ok, want)
 			}
 			if key, err := c.Put(ctx, name, map[string]any{"k": tt.put, "v": "new"}); err != nil || key != tt.key {
 				t.Fatalf("Put: key %q, %v; want %q", key, err, tt.key)
 			}
-			if _, ok := e.get(tt.key); ok {
+			if _, ok := e.Get(tt.key); ok {
 				t.Fatalf("%s still cached after Put", tt.key)
 			}
 		})
@@ -888,11 +765,11 @@ func TestKeyColumnTypes(t *testing.T) {
 // expiry record entry (as the feed does) rather than leaving the key due.
 func TestReloadHashOfNulls(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, NULL)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: hash, columns: [v]}, ttl: 1h, sync: none, refresh: on-expiry, not_found: negative}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: hash, columns: [v]}, ttl: 1h, sync: none, refresh: on-expiry, not_found: negative}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	record := binding.RecordKey("t")
-	if err := e.rc.Do(ctx, e.rc.B().Zadd().Key(record).ScoreMember().ScoreMember(1, "t:1").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Zadd().Key(record).ScoreMember().ScoreMember(1, "t:1").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	r, err := c.Reload(ctx, "t", []string{"t:1"}, false)
@@ -900,11 +777,11 @@ func TestReloadHashOfNulls(t *testing.T) {
 		t.Fatalf("reload: %+v, %v; want t:1 removed", r, err)
 	}
 	for _, k := range []string{"t:1", binding.NegKey("t:1")} {
-		if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(k).Build()).AsInt64(); n != 0 {
+		if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(k).Build()).AsInt64(); n != 0 {
 			t.Fatalf("%s exists after the reload", k)
 		}
 	}
-	if _, err := e.rc.Do(ctx, e.rc.B().Zscore().Key(record).Member("t:1").Build()).AsFloat64(); !rueidis.IsRedisNil(err) {
+	if _, err := e.RC.Do(ctx, e.RC.B().Zscore().Key(record).Member("t:1").Build()).AsFloat64(); !rueidis.IsRedisNil(err) {
 		t.Fatalf("t:1 is still in the expiry record (%v)", err)
 	}
 }
@@ -919,24 +796,24 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 	for _, via := range []string{"get", "reload"} {
 		t.Run(via, func(t *testing.T) {
 			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g`)
-			cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
-			e.feed(cfg)
-			c := e.open(cfg)
+			cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+			e.Feed(cfg)
+			c := e.Open(cfg)
 			ctx := context.Background()
 			// Every commit now waits for the standby, the fill's too (a FOR
 			// SHARE read takes locks): loads commit without waiting.
 			admin := stallCommits(t)
 			var pid int
-			if err := e.db.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+			if err := e.DB.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 				t.Fatal(err)
 			}
 			deleted := make(chan error, 1)
 			go func() { // waits for the standby until cancelled; its commit is local by then
-				_, err := e.db.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
+				_, err := e.DB.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
 				deleted <- err
 			}()
-			waitSession(t, admin, "the delete waits for the standby", `pid = $1 AND wait_event = 'SyncRep'`, pid)
-			waitFor(t, "the feed applies the delete", func() bool { _, ok := e.get("t:5"); return !ok })
+			world.WaitSession(t, admin, "the delete waits for the standby", `pid = $1 AND wait_event = 'SyncRep'`, pid)
+			world.WaitFor(t, "the feed applies the delete", func() bool { _, ok := e.Get("t:5"); return !ok })
 			filled := make(chan error, 1)
 			go func() {
 				if via == "get" {
@@ -949,7 +826,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			}()
 			// The fill waits FOR SHARE for the deleting transaction (a
 			// plain read would not wait, and would write the row back).
-			waitSession(t, admin, "the fill waits for the deleting transaction", `datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.name)
+			world.WaitSession(t, admin, "the fill waits for the deleting transaction", `datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.Name)
 			if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
 				t.Fatal(err)
 			}
@@ -962,10 +839,10 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 				t.Fatal(err)
 			}
 			var rows int
-			if err := e.db.QueryRow(ctx, `SELECT count(*) FROM t WHERE id = 5`).Scan(&rows); err != nil || rows != 0 {
+			if err := e.DB.QueryRow(ctx, `SELECT count(*) FROM t WHERE id = 5`).Scan(&rows); err != nil || rows != 0 {
 				t.Fatalf("row 5: %d rows, %v; the delete should have committed", rows, err)
 			}
-			if v, ok := e.get("t:5"); ok {
+			if v, ok := e.Get("t:5"); ok {
 				t.Fatalf("t:5 = %q: the fill wrote back a deleted row", v)
 			}
 		})
@@ -980,10 +857,10 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 // meanwhile.
 func TestFillBehindSlowWriter(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, g FROM generate_series(1, 40) g`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
-	tx, err := e.db.Begin(ctx)
+	tx, err := e.DB.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1012,7 +889,7 @@ func TestFillBehindSlowWriter(t *testing.T) {
 		}
 	}
 	for id := 1; id <= 20; id++ {
-		if v, ok := e.get(fmt.Sprintf("t:%d", id)); ok {
+		if v, ok := e.Get(fmt.Sprintf("t:%d", id)); ok {
 			t.Errorf("t:%d was cached (%s) from a read around a writer's lock", id, v)
 		}
 	}
@@ -1025,23 +902,23 @@ func TestCluster(t *testing.T) {
 	ctx := context.Background()
 	e := newEnvOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory SELECT 'i' || g, g FROM generate_series(1, 200) g`)
-	if e.rc.Mode() != rueidis.ClientModeCluster {
+	if e.RC.Mode() != rueidis.ClientModeCluster {
 		t.Fatal("not a cluster client")
 	}
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}
   stock: {table: inventory, key: "stock:{item}", value: {format: hash, columns: [item, price]}, stale_while_revalidate: 10s}
 `)
-	e.feed(cfg)
-	c := e.open(cfg)
-	waitFor(t, "the rebuild's keys", func() bool { v, _ := e.get("price:i150"); return v == "150.00" })
-	e.exec(`UPDATE inventory SET price = price + 1 WHERE item IN ('i150', 'i151');
+	e.Feed(cfg)
+	c := e.Open(cfg)
+	world.WaitFor(t, "the rebuild's keys", func() bool { v, _ := e.Get("price:i150"); return v == "150.00" })
+	e.Exec(`UPDATE inventory SET price = price + 1 WHERE item IN ('i150', 'i151');
 		DELETE FROM inventory WHERE item = 'i7';
 		INSERT INTO inventory VALUES ('a}b', 1)`)
-	waitFor(t, "the update, delete and insert", func() bool {
-		v, _ := e.get("price:i150")
-		_, gone := e.get("price:i7")
-		w, _ := e.get("price:a}b")
-		h, _ := e.rc.Do(ctx, e.rc.B().Hget().Key("stock:i151").Field("price").Build()).ToString()
+	world.WaitFor(t, "the update, delete and insert", func() bool {
+		v, _ := e.Get("price:i150")
+		_, gone := e.Get("price:i7")
+		w, _ := e.Get("price:a}b")
+		h, _ := e.RC.Do(ctx, e.RC.B().Hget().Key("stock:i151").Field("price").Build()).ToString()
 		return v == "151.00" && !gone && w == "1.00" && h == "152.00"
 	})
 	// What check reads: keys of many slots in one call.
@@ -1049,7 +926,7 @@ func TestCluster(t *testing.T) {
 	if err != nil || string(peeked[0]) != "151.00" || peeked[1] != nil || string(peeked[2]) != "1.00" || string(peeked[3]) != "2.00" {
 		t.Fatalf("Peek = %q, %v", peeked, err)
 	}
-	if err := e.rc.Do(ctx, e.rc.B().Del().Key("stock:i9").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Del().Key("stock:i9").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := c.Get(ctx, "stock", "stock:i9"); err != nil || string(v) != `{"item":"i9","price":"9.00"}` {
@@ -1062,19 +939,19 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("Get price:a}b after Put = %s, %v", v, err)
 	}
 	// stock is complete (a feed, no TTL): Invalidate loads the key again.
-	if err := e.rc.Do(ctx, e.rc.B().Hset().Key("stock:i9").FieldValue().FieldValue("price", "0").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Hset().Key("stock:i9").FieldValue().FieldValue("price", "0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Invalidate(ctx, "stock", "stock:i9"); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := e.rc.Do(ctx, e.rc.B().Hgetall().Key("stock:i9").Build()).AsStrMap(); err != nil || h["price"] != "9.00" || h["item"] != "i9" {
+	if h, err := e.RC.Do(ctx, e.RC.B().Hgetall().Key("stock:i9").Build()).AsStrMap(); err != nil || h["price"] != "9.00" || h["item"] != "i9" {
 		t.Fatalf("stock:i9 after Invalidate = %v, %v; want it loaded again", h, err)
 	}
 	if err := c.Invalidate(ctx, "prices", "price:i9"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := e.get("price:i9"); ok {
+	if _, ok := e.Get("price:i9"); ok {
 		t.Fatal("price:i9 (a cache with a TTL) still there after Invalidate")
 	}
 }
@@ -1085,14 +962,14 @@ func TestCluster(t *testing.T) {
 func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
 		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 2.00), ('kiwi', 3.00)`)
-	role := e.name + "_reader"
-	e.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN; GRANT SELECT ON inventory TO %s`, role, role))
-	cfg := e.config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none}` + "\n")
+	role := e.Name + "_reader"
+	e.Exec(fmt.Sprintf(`CREATE ROLE %s LOGIN; GRANT SELECT ON inventory TO %s`, role, role))
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, sync: none}` + "\n")
 	src := cfg.Sources["db"]
-	src.URL = strings.Replace(e.dbURL, "postgres@", role+"@", 1)
+	src.URL = strings.Replace(e.DBURL, "postgres@", role+"@", 1)
 	cfg.Sources["db"] = src
 	var logs bytes.Buffer
-	c := e.open(cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	c := e.Open(cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()
 	for item, want := range map[string]string{"apple": "1.00", "pear": "2.00"} {
 		if v, err := c.Get(ctx, "prices", "price:"+item); err != nil || string(v) != want {
@@ -1102,7 +979,7 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 	if res, err := c.Reload(ctx, "prices", []string{"price:kiwi"}, false); err != nil || res.Written != 1 {
 		t.Fatalf("Reload: %+v, %v", res, err)
 	}
-	if v, _ := e.get("price:kiwi"); v != "3.00" {
+	if v, _ := e.Get("price:kiwi"); v != "3.00" {
 		t.Fatalf("price:kiwi = %q after Reload", v)
 	}
 	if n := strings.Count(logs.String(), "may not read FOR SHARE"); n != 1 {
@@ -1116,14 +993,14 @@ func TestFillWithoutUpdatePrivilege(t *testing.T) {
 // boundary: read-your-writes must not wait for more WAL to come.
 func TestWaitAppliedAtPageBoundary(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
-	e.feed(cfg)
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+	e.Feed(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
 	const page = 8192
 	insert := func() uint64 {
 		var s string
-		if err := e.db.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+		if err := e.DB.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
 			t.Fatal(err)
 		}
 		lsn, err := pglogrepl.ParseLSN(s)
@@ -1136,7 +1013,7 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 	// of row 1 in one transaction, and returns the WAL it took.
 	txn := func(n int) uint64 {
 		before := insert()
-		tx, err := e.db.Begin(ctx)
+		tx, err := e.DB.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1176,7 +1053,7 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 		end := (p/page + 1) * page // the next page boundary
 		// Too close to the boundary: cross into the next page first.
 		if end-p < size0+64 {
-			if _, err := e.db.Exec(ctx, `SELECT pg_logical_emit_message(false, 'fill', repeat('x', 200))`); err != nil {
+			if _, err := e.DB.Exec(ctx, `SELECT pg_logical_emit_message(false, 'fill', repeat('x', 200))`); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -1203,21 +1080,21 @@ func TestWaitAppliedAtPageBoundary(t *testing.T) {
 // holds the slot's position then, but Redis does not hold the row yet.
 func TestPutAppliedAfterRebuild(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
-	c := e.open(cfg, engine.Options{WriteWait: 2 * time.Second})
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}}` + "\n")
+	c := e.Open(cfg, engine.Options{WriteWait: 2 * time.Second})
 	ctx := context.Background()
 	if v, err := c.Get(ctx, "t", "t:1"); err != nil || string(v) != "0" {
 		t.Fatalf("Get t:1 = %s, %v", v, err)
 	}
 	put := make(chan error, 1)
 	go func() { _, err := c.Put(ctx, "t", map[string]any{"id": 1, "v": 9}); put <- err }()
-	waitFor(t, "the Put commits", func() bool {
+	world.WaitFor(t, "the Put commits", func() bool {
 		var v int
-		return e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v) == nil && v == 9
+		return e.DB.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v) == nil && v == 9
 	})
 	// The feed starts, and holds its first rebuild once the cache's keys are cleared.
 	rebuilding, release := make(chan struct{}, 1), make(chan struct{})
-	f := changefeed.New(cfg, "db", e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f := changefeed.New(cfg, "db", e.RC, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	f.Progress = func(cache string, done, total int64) {
 		if done == 0 {
 			select {
@@ -1233,7 +1110,7 @@ func TestPutAppliedAfterRebuild(t *testing.T) {
 	t.Cleanup(open) // before the feed is stopped
 	<-rebuilding
 	if err := <-put; err == nil {
-		v, _ := e.get("t:1")
+		v, _ := e.Get("t:1")
 		t.Fatalf("Put reported its write applied during the rebuild of its cache, and Redis holds t:1 = %q", v)
 	} else if !errors.Is(err, engine.ErrNotApplied) {
 		t.Fatal(err)
@@ -1242,7 +1119,7 @@ func TestPutAppliedAfterRebuild(t *testing.T) {
 	if _, err := c.Put(ctx, "t", map[string]any{"id": 1, "v": 10}); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := e.get("t:1"); v != "10" {
+	if v, _ := e.Get("t:1"); v != "10" {
 		t.Fatalf("after the rebuild, Put applied, Redis t:1 = %q", v)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestStale: after a key expires, stale-while-revalidate serves the old
@@ -18,23 +19,23 @@ func TestStale(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s VALUES (1, 'old'), (2, 'two')`)
 	// An hour's TTL, and keys expired on purpose: a short TTL would make the
 	// fills' leases (half of it) short enough to lose on a slow machine.
-	cfg := e.config(`  s: {table: s, key: "s:{id}", value: {format: string, column: v}, sync: none, ttl: 1h,
+	cfg := e.Config(`  s: {table: s, key: "s:{id}", value: {format: string, column: v}, sync: none, ttl: 1h,
        stale_while_revalidate: 1h, stale_if_error: 1h}
   e: {table: s, key: "e:{id}", value: {format: string, column: v}, sync: none, ttl: 1h, stale_if_error: 1h}
 `)
-	c := e.open(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
 	get := func(cache, key string) (string, error) {
 		v, err := c.Get(ctx, cache, key)
 		return string(v), err
 	}
 	expired := func(key string) {
-		if n, err := e.rc.Do(ctx, e.rc.B().Pexpire().Key(key).Milliseconds(1).Build()).AsInt64(); err != nil || n != 1 {
+		if n, err := e.RC.Do(ctx, e.RC.B().Pexpire().Key(key).Milliseconds(1).Build()).AsInt64(); err != nil || n != 1 {
 			t.Fatalf("PEXPIRE %s = %d, %v: the fill did not write it", key, n, err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(key).Build()).AsInt64(); n == 0 {
+			if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(key).Build()).AsInt64(); n == 0 {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -46,16 +47,16 @@ func TestStale(t *testing.T) {
 	if v, err := get("s", "s:1"); err != nil || v != "old" {
 		t.Fatalf("first Get = %q, %v", v, err)
 	}
-	e.exec(`UPDATE s SET v = 'new' WHERE id = 1`)
+	e.Exec(`UPDATE s SET v = 'new' WHERE id = 1`)
 	expired("s:1")
-	before := e.queries("public.s")
+	before := queries(e, "public.s")
 	if v, err := get("s", "s:1"); err != nil || v != "old" {
 		t.Fatalf("Get after expiry = %q, %v; want the stale %q", v, err, "old")
 	}
 	// The refresh runs in the background and fills the new value.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if v, ok := e.get("s:1"); ok && v == "new" {
+		if v, ok := e.Get("s:1"); ok && v == "new" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -63,7 +64,7 @@ func TestStale(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if n := e.queries("public.s") - before; n != 1 {
+	if n := queries(e, "public.s") - before; n != 1 {
 		t.Fatalf("%d queries for one stale read, want 1 refresh", n)
 	}
 	if c.Stats.StaleWhileRevalidate.Load() != 1 {
@@ -74,7 +75,7 @@ func TestStale(t *testing.T) {
 	if err := c.Invalidate(ctx, "s", "s:1"); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.rc.Do(ctx, e.rc.B().Exists().Key(binding.StaleKey("s:1")).Build()).AsInt64(); n != 0 {
+	if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(binding.StaleKey("s:1")).Build()).AsInt64(); n != 0 {
 		t.Fatal("Invalidate left the stale copy")
 	}
 
@@ -84,10 +85,10 @@ func TestStale(t *testing.T) {
 		t.Fatalf("Get e:2 = %q, %v", v, err)
 	}
 	expired("e:2")
-	if err := pg.Stop(); err != nil {
+	if err := world.Postgres(t).Stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pg.Start() }) // for the tests after this one, should this one fail
+	t.Cleanup(func() { world.Postgres(t).Start() }) // for the tests after this one, should this one fail
 	if v, err := get("e", "e:2"); err != nil || v != "two" {
 		t.Fatalf("Get e:2 with PostgreSQL down = %q, %v; want the stale %q", v, err, "two")
 	}
@@ -97,7 +98,7 @@ func TestStale(t *testing.T) {
 	if c.Stats.StaleIfError.Load() != 1 {
 		t.Fatalf("stale-if-error count %d, want 1", c.Stats.StaleIfError.Load())
 	}
-	if err := pg.Start(); err != nil {
+	if err := world.Postgres(t).Start(); err != nil {
 		t.Fatal(err)
 	}
 }

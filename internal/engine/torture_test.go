@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestTorture runs writers through the API (write-through and write-behind,
@@ -34,9 +34,9 @@ func TestTorture(t *testing.T) {
 	}
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, writes: behind}` + "\n")
-	e.feed(cfg)
-	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, writes: behind}` + "\n")
+	e.Feed(cfg)
+	clients := []*engine.Engine{e.Open(cfg), e.Open(cfg)}
 
 	// Cancelled, not a deadline: a command the deadline cut short (rueidis
 	// sets it on the socket) can fail before ctx.Err() tells of it, and
@@ -91,7 +91,7 @@ func TestTorture(t *testing.T) {
 		}
 	}()
 	for range 2 { // writers straight to the database: updates, deletes, re-inserts
-		conn, err := pgx.Connect(context.Background(), e.dbURL)
+		conn, err := pgx.Connect(context.Background(), e.DBURL)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +151,7 @@ func TestTorture(t *testing.T) {
 	// The drainer empties the queue.
 	drainDeadline := time.Now().Add(30 * time.Second)
 	for {
-		n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(binding.StreamKey("t")).Build()).AsInt64()
+		n, err := e.RC.Do(context.Background(), e.RC.B().Xlen().Key(binding.StreamKey("t")).Build()).AsInt64()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,7 +166,7 @@ func TestTorture(t *testing.T) {
 
 	// Quiescence: the feed catches up; then every key reads as the database says.
 	want := map[int]string{}
-	rows, err := e.db.Query(context.Background(), `SELECT id, v::text FROM t`)
+	rows, err := e.DB.Query(context.Background(), `SELECT id, v::text FROM t`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,14 +182,14 @@ func TestTorture(t *testing.T) {
 	// Wait for the feed to apply everything, then look once: a stale value
 	// or marker would persist (no TTL, an hour's negative TTL), not heal.
 	var target string
-	if err := e.db.QueryRow(context.Background(), `SELECT pg_current_wal_insert_lsn()::text`).Scan(&target); err != nil {
+	if err := e.DB.QueryRow(context.Background(), `SELECT pg_current_wal_insert_lsn()::text`).Scan(&target); err != nil {
 		t.Fatal(err)
 	}
 	lsn, err := pglogrepl.ParseLSN(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := changefeed.NewState(e.rc, cfg.Name)
+	state := changefeed.NewState(e.RC, cfg.Name)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		applied, _, err := state.Applied(context.Background(), "db")
@@ -208,7 +208,7 @@ func TestTorture(t *testing.T) {
 	var example string
 	for id := 1; id <= 100; id++ {
 		key := fmt.Sprintf("t:%d", id)
-		cached, inRedis := e.get(key)
+		cached, inRedis := e.Get(key)
 		w, exists := want[id]
 		got, err := clients[0].Get(context.Background(), "t", key)
 		switch {
@@ -240,8 +240,8 @@ func TestTortureWithoutFeed(t *testing.T) {
 	}
 	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL);
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 50) g`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
-	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {format: string, column: v}, sync: none}` + "\n")
+	clients := []*engine.Engine{e.Open(cfg), e.Open(cfg)}
 	// Operations run to their end (a Put cancelled while it commits is
 	// TestPutCancelledWhileCommitting's); the clock only stops new ones.
 	ctx := context.Background()
@@ -267,11 +267,11 @@ func TestTortureWithoutFeed(t *testing.T) {
 				return err
 			})
 	}
-	ops, errs := hammer(time.Now().Add(10*time.Second), work...)
+	ops, errs := world.Hammer(time.Now().Add(10*time.Second), work...)
 	for _, err := range errs {
 		t.Fatal(err)
 	}
-	rows, err := e.db.Query(context.Background(), `SELECT id, v::text FROM t`)
+	rows, err := e.DB.Query(context.Background(), `SELECT id, v::text FROM t`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestTortureWithoutFeed(t *testing.T) {
 	}
 	cached := 0
 	for k, w := range want {
-		v, ok := e.get(k)
+		v, ok := e.Get(k)
 		if ok && v != w {
 			t.Errorf("%s: Redis holds %s, the database %s", k, v, w)
 		}
@@ -301,33 +301,4 @@ func TestTortureWithoutFeed(t *testing.T) {
 		t.Fatal("no key cached at the end: nothing was compared")
 	}
 	t.Logf("%d operations, %d keys cached at the end", ops, cached)
-}
-
-// hammer calls each of work over and over, each in a goroutine of its own
-// with a random source of its own, until end (a call under way runs to its
-// end), and returns how many calls returned nil and the errors that
-// stopped a goroutine.
-func hammer(end time.Time, work ...func(r *rand.Rand) error) (int64, []error) {
-	var wg sync.WaitGroup
-	var ops atomic.Int64
-	errs := make(chan error, len(work))
-	for _, f := range work {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
-			for time.Now().Before(end) {
-				if err := f(r); err != nil {
-					errs <- err
-					return
-				}
-				ops.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	var out []error
-	for err := range errs {
-		out = append(out, err)
-	}
-	return ops.Load(), out
 }

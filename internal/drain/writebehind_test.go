@@ -1,4 +1,4 @@
-package engine_test
+package drain_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // drain runs c.Drain until the test ends.
@@ -19,14 +20,14 @@ func runDrain(t *testing.T, c *engine.Engine) {
 }
 
 // waitRows waits until query returns want (id -> value text).
-func (e *env) waitRows(query string, want map[int]string) {
-	e.t.Helper()
+func waitRows(e *world.World, query string, want map[int]string) {
+	e.T.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		got := map[int]string{}
-		rows, err := e.db.Query(context.Background(), query)
+		rows, err := e.DB.Query(context.Background(), query)
 		if err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		for rows.Next() {
 			var id int
@@ -42,7 +43,7 @@ func (e *env) waitRows(query string, want map[int]string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("table has %v, want %v", got, want)
+			e.T.Fatalf("table has %v, want %v", got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -52,9 +53,9 @@ func (e *env) waitRows(query string, want map[int]string) {
 // write of each key, a refused row goes to the dead-letter stream with its
 // key invalidated, and the rest drains.
 func TestWriteBehind(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	c := e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	want := map[int]string{}
 	for i := range 200 {
@@ -63,7 +64,7 @@ func TestWriteBehind(t *testing.T) {
 			t.Fatal(err)
 		}
 		want[id] = fmt.Sprint(v)
-		if got, _ := e.get(fmt.Sprintf("t:%d", id)); got != fmt.Sprintf(`{"id":%d,"v":%d}`, id, v) {
+		if got, _ := e.Get(fmt.Sprintf("t:%d", id)); got != fmt.Sprintf(`{"id":%d,"v":%d}`, id, v) {
 			t.Fatalf("redis t:%d = %s right after PutBehind", id, got)
 		}
 	}
@@ -75,16 +76,16 @@ func TestWriteBehind(t *testing.T) {
 	}
 	want[100] = "1"
 	runDrain(t, c)
-	e.waitRows(`SELECT id, v::text FROM t`, want)
+	waitRows(e, `SELECT id, v::text FROM t`, want)
 	// Dead letters and acknowledgements come once the rest committed, a
 	// moment after the rows are seen: every entry leaves the stream.
-	e.waitDrained("t")
+	waitDrained(e, "t")
 
-	dead, err := e.rc.Do(ctx, e.rc.B().Xrange().Key(binding.DeadLetterKey("t")).Start("-").End("+").Build()).AsXRange()
+	dead, err := e.RC.Do(ctx, e.RC.B().Xrange().Key(binding.DeadLetterKey("t")).Start("-").End("+").Build()).AsXRange()
 	if err != nil || len(dead) != 1 || dead[0].FieldValues["key"] != "t:99" || dead[0].FieldValues["error"] == "" {
 		t.Fatalf("dead letters %v, %v; want one for t:99 with its error", dead, err)
 	}
-	if _, ok := e.get("t:99"); ok {
+	if _, ok := e.Get("t:99"); ok {
 		t.Fatal("t:99 still holds the refused value")
 	}
 	for _, bad := range []map[string]any{{"v": 1}, {"id": nil, "v": 1}, {"id": 1}, {"id": 1, "v": 1, "colour": "red"}} {
@@ -98,9 +99,9 @@ func TestWriteBehind(t *testing.T) {
 // acknowledged are applied by the next one before newer entries, so each
 // key ends with its last write.
 func TestWriteBehindTakeover(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	c := e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	put := func(id, v int) {
 		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
@@ -112,10 +113,10 @@ func TestWriteBehindTakeover(t *testing.T) {
 	}
 	// A drainer reads them all and dies before writing or acknowledging.
 	stream := binding.StreamKey("t")
-	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	read, err := e.rc.Do(ctx, e.rc.B().Xreadgroup().Group("cachesync", "crashed").Count(1000).Streams().Key(stream).Id(">").Build()).AsXRead()
+	read, err := e.RC.Do(ctx, e.RC.B().Xreadgroup().Group("cachesync", "crashed").Count(1000).Streams().Key(stream).Id(">").Build()).AsXRead()
 	if err != nil || len(read[stream]) != 50 {
 		t.Fatalf("read %d, %v", len(read[stream]), err)
 	}
@@ -126,7 +127,9 @@ func TestWriteBehindTakeover(t *testing.T) {
 		}
 	}
 	runDrain(t, c)
-	e.waitRows(`SELECT id, v::text FROM t`, map[int]string{0: "50", 1: "56", 2: "52", 3: "58", 4: "54"})
+	waitRows(e, `SELECT id, v::text FROM t`, map[int]string{0: "50", 1: "56", 2: "52", 3: "58", 4: "54"})
 	// Acknowledged after their commit, a moment after the rows are seen.
-	e.waitAcked("t")
+	waitAcked(e, "t")
 }
+
+func TestMain(m *testing.M) { world.Main(m) }

@@ -1,4 +1,4 @@
-package engine_test
+package drain_test
 
 import (
 	"context"
@@ -15,25 +15,26 @@ import (
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // queueLen is the length of cache's write-behind stream: 0 once every
 // entry was committed (or dead-lettered) and acknowledged.
-func (e *env) queueLen(cache string) int64 {
-	e.t.Helper()
-	n, err := e.rc.Do(context.Background(), e.rc.B().Xlen().Key(binding.StreamKey(cache)).Build()).AsInt64()
+func queueLen(e *world.World, cache string) int64 {
+	e.T.Helper()
+	n, err := e.RC.Do(context.Background(), e.RC.B().Xlen().Key(binding.StreamKey(cache)).Build()).AsInt64()
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return n
 }
 
 // waitDrained waits until cache's queue is empty, failing the test after a minute.
-func (e *env) waitDrained(cache string) {
-	e.t.Helper()
-	for deadline := time.Now().Add(time.Minute); e.queueLen(cache) > 0; time.Sleep(2 * time.Millisecond) {
+func waitDrained(e *world.World, cache string) {
+	e.T.Helper()
+	for deadline := time.Now().Add(time.Minute); queueLen(e, cache) > 0; time.Sleep(2 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			e.t.Fatalf("never: the write-behind queue drains (%d entries left)", e.queueLen(cache))
+			e.T.Fatalf("never: the write-behind queue drains (%d entries left)", queueLen(e, cache))
 		}
 	}
 }
@@ -41,12 +42,12 @@ func (e *env) waitDrained(cache string) {
 // waitAcked waits until every entry of cache's queue was read and
 // acknowledged (the group's lag and pending count are 0), failing the
 // test after a minute.
-func (e *env) waitAcked(cache string) {
-	e.t.Helper()
+func waitAcked(e *world.World, cache string) {
+	e.T.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
-		groups, err := e.rc.Do(context.Background(), e.rc.B().XinfoGroups().Key(binding.StreamKey(cache)).Build()).ToArray()
+		groups, err := e.RC.Do(context.Background(), e.RC.B().XinfoGroups().Key(binding.StreamKey(cache)).Build()).ToArray()
 		if err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		if len(groups) == 1 {
 			g, _ := groups[0].AsMap()
@@ -58,17 +59,17 @@ func (e *env) waitAcked(cache string) {
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatal("never: every queued write is acknowledged")
+			e.T.Fatal("never: every queued write is acknowledged")
 		}
 	}
 }
 
 // deadLetters returns cache's dead-letter entries.
-func (e *env) deadLetters(cache string) []map[string]string {
-	e.t.Helper()
-	entries, err := e.rc.Do(context.Background(), e.rc.B().Xrange().Key(binding.DeadLetterKey(cache)).Start("-").End("+").Build()).AsXRange()
+func deadLetters(e *world.World, cache string) []map[string]string {
+	e.T.Helper()
+	entries, err := e.RC.Do(context.Background(), e.RC.B().Xrange().Key(binding.DeadLetterKey(cache)).Start("-").End("+").Build()).AsXRange()
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	out := make([]map[string]string, len(entries))
 	for i, d := range entries {
@@ -87,16 +88,16 @@ func putBehind(t *testing.T, c *engine.Engine, cache string, row map[string]any)
 
 // advisoryLockHolders returns the server processes holding an advisory
 // lock in e's database.
-func (e *env) advisoryLockHolders() []int {
-	e.t.Helper()
-	rows, err := e.db.Query(context.Background(), `SELECT pid FROM pg_locks
+func advisoryLockHolders(e *world.World) []int {
+	e.T.Helper()
+	rows, err := e.DB.Query(context.Background(), `SELECT pid FROM pg_locks
 		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return pids
 }
@@ -107,18 +108,18 @@ func (e *env) advisoryLockHolders() []int {
 // each round waiting for the queue to drain, the table must always end
 // with the round's last write (DESIGN invariant 8).
 func TestDrainFenced(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	c1, c2 := e.open(cfg), e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c1, c2 := e.Open(cfg), e.Open(cfg)
 	runDrain(t, c1)
 	var first []int
-	waitFor(t, "the first drainer takes its lock", func() bool { first = e.advisoryLockHolders(); return len(first) == 1 })
+	world.WaitFor(t, "the first drainer takes its lock", func() bool { first = advisoryLockHolders(e); return len(first) == 1 })
 	runDrain(t, c2)
-	if _, err := e.db.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, first[0]); err != nil {
+	if _, err := e.DB.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, first[0]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a drainer holds the lock again", func() bool {
-		h := e.advisoryLockHolders()
+	world.WaitFor(t, "a drainer holds the lock again", func() bool {
+		h := advisoryLockHolders(e)
 		return len(h) == 1 && h[0] != first[0]
 	})
 	bad, example := 0, ""
@@ -126,9 +127,9 @@ func TestDrainFenced(t *testing.T) {
 		for i := 1; i <= 3; i++ {
 			putBehind(t, []*engine.Engine{c1, c2}[i%2], "t", map[string]any{"id": 1, "v": 3*round + i})
 		}
-		e.waitAcked("t")
+		waitAcked(e, "t")
 		var v int
-		if err := e.db.QueryRow(context.Background(), `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
+		if err := e.DB.QueryRow(context.Background(), `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil {
 			t.Fatal(err)
 		}
 		if v != 3*round+3 {
@@ -181,24 +182,24 @@ func TestDrainInOrder(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0), note text);
+			e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0), note text);
 				INSERT INTO t VALUES (1, 0, 'old')`)
-			cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-			c := e.open(cfg)
+			cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+			c := e.Open(cfg)
 			for _, w := range tc.writes { // all queued before the drainer reads: one batch
 				putBehind(t, c, "t", w)
 			}
 			runDrain(t, c)
-			e.waitDrained("t")
+			waitDrained(e, "t")
 			var got string
-			if err := e.db.QueryRow(context.Background(), `SELECT v || ' ' || coalesce(note, '') FROM t WHERE id = 1`).Scan(&got); err != nil {
+			if err := e.DB.QueryRow(context.Background(), `SELECT v || ' ' || coalesce(note, '') FROM t WHERE id = 1`).Scan(&got); err != nil {
 				t.Fatal(err)
 			}
 			if got != tc.want {
 				t.Errorf("row 1 is %q, want %q", got, tc.want)
 			}
 			var dead []string
-			for _, d := range e.deadLetters("t") {
+			for _, d := range deadLetters(e, "t") {
 				var row map[string]any
 				if err := json.Unmarshal([]byte(d["row"]), &row); err != nil {
 					t.Fatal(err)
@@ -208,7 +209,7 @@ func TestDrainInOrder(t *testing.T) {
 			if fmt.Sprint(dead) != fmt.Sprint(tc.dead) {
 				t.Errorf("dead letters hold v %v, want %v", dead, tc.dead)
 			}
-			if cached, _ := e.get("t:1"); cached != tc.cached {
+			if cached, _ := e.Get("t:1"); cached != tc.cached {
 				t.Errorf("Redis t:1 = %q, want %q", cached, tc.cached)
 			}
 		})
@@ -221,7 +222,7 @@ func TestDrainInOrder(t *testing.T) {
 // meanwhile) answers it and caches nothing older; once it drains, Redis
 // holds the row (DESIGN invariant 7).
 func TestDeadLetterKeepsNewerWrite(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
 		INSERT INTO t VALUES (1, 0);
 		-- Each write waits for the advisory lock 1000 + v (the test holds
 		-- some), then a negative v is refused.
@@ -232,10 +233,10 @@ func TestDeadLetterKeepsNewerWrite(t *testing.T) {
 			RETURN NEW;
 		END $$;
 		CREATE TRIGGER gate BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION gate()`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
-	gate, err := pgx.Connect(ctx, e.dbURL)
+	gate, err := pgx.Connect(ctx, e.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,35 +247,35 @@ func TestDeadLetterKeepsNewerWrite(t *testing.T) {
 
 	putBehind(t, c, "t", map[string]any{"id": 1, "v": -1})
 	runDrain(t, c)
-	waitSession(t, e.db, "the drainer waits at the gate", `wait_event = 'advisory' AND datname = current_database()`)
+	world.WaitSession(t, e.DB, "the drainer waits at the gate", `wait_event = 'advisory' AND datname = current_database()`)
 	putBehind(t, c, "t", map[string]any{"id": 1, "v": 5})
 	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(999)`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "v=-1 is dead-lettered", func() bool { return len(e.deadLetters("t")) == 1 })
-	if v, _ := e.get("t:1"); v != `{"id":1,"v":5}` {
+	world.WaitFor(t, "v=-1 is dead-lettered", func() bool { return len(deadLetters(e, "t")) == 1 })
+	if v, _ := e.Get("t:1"); v != `{"id":1,"v":5}` {
 		t.Errorf("after the dead letter, Redis t:1 = %q, want the queued write v=5", v)
 	}
 	// Evicted while v=5 waits at the gate.
-	if err := e.rc.Do(ctx, e.rc.B().Del().Key("t:1").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Del().Key("t:1").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	got, err := c.Get(ctx, "t", "t:1")
 	if err != nil || string(got) != `{"id":1,"v":5}` {
 		t.Errorf("Get while v=5 is queued = %s, %v; want the queued write", got, err)
 	}
-	if v, ok := e.get("t:1"); ok && v != `{"id":1,"v":5}` {
+	if v, ok := e.Get("t:1"); ok && v != `{"id":1,"v":5}` {
 		t.Errorf("while v=5 is queued, Redis t:1 = %q", v)
 	}
 	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(1005)`); err != nil {
 		t.Fatal(err)
 	}
-	e.waitDrained("t")
+	waitDrained(e, "t")
 	var v int
-	if err := e.db.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil || v != 5 {
+	if err := e.DB.QueryRow(ctx, `SELECT v FROM t WHERE id = 1`).Scan(&v); err != nil || v != 5 {
 		t.Fatalf("table v = %d (%v), want 5", v, err)
 	}
-	if got, ok := e.get("t:1"); ok && got != `{"id":1,"v":5}` {
+	if got, ok := e.Get("t:1"); ok && got != `{"id":1,"v":5}` {
 		t.Fatalf("quiesced: table v=5, Redis t:1 = %s", got)
 	}
 	if got, err := c.Get(ctx, "t", "t:1"); err != nil || string(got) != `{"id":1,"v":5}` {
@@ -285,9 +286,9 @@ func TestDeadLetterKeepsNewerWrite(t *testing.T) {
 // TestDrainTakeover50k: a drainer that crashed left 50,000 entries read
 // and not acknowledged; the next one takes them all over and drains them.
 func TestDrainTakeover50k(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
-	c := e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	c := e.Open(cfg)
 	const total, keys = 50_000, 400
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -308,10 +309,10 @@ func TestDrainTakeover50k(t *testing.T) {
 	}
 	ctx := context.Background()
 	stream := binding.StreamKey("t")
-	if err := e.rc.Do(ctx, e.rc.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	read, err := e.rc.Do(ctx, e.rc.B().Xreadgroup().Group("cachesync", "crashed").Count(total).Streams().Key(stream).Id(">").Build()).AsXRead()
+	read, err := e.RC.Do(ctx, e.RC.B().Xreadgroup().Group("cachesync", "crashed").Count(total).Streams().Key(stream).Id(">").Build()).AsXRead()
 	if err != nil || len(read[stream]) != total {
 		t.Fatalf("read %d, %v", len(read[stream]), err)
 	}
@@ -320,22 +321,22 @@ func TestDrainTakeover50k(t *testing.T) {
 	for id := range keys { // each key's last write: one writer writes each key (n % 8 is fixed for n % 400)
 		want[id] = fmt.Sprint(total - keys + id)
 	}
-	e.waitRows(`SELECT id, v::text FROM t`, want)
-	e.waitDrained("t")
+	waitRows(e, `SELECT id, v::text FROM t`, want)
+	waitDrained(e, "t")
 }
 
 // TestPutBehindAsTheDatabaseStores: once drained, a write-behind key holds
 // what a fill writes for its row, however PostgreSQL normalised the values,
 // and write-behind takes the values write-through takes.
 func TestPutBehindAsTheDatabaseStores(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, price numeric(6,2), at timestamptz, ok boolean)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, price, at, ok]}, sync: none, writes: behind}` + "\n")
-	c := e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, price numeric(6,2), at timestamptz, ok boolean)`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, price, at, ok]}, sync: none, writes: behind}` + "\n")
+	c := e.Open(cfg)
 	putBehind(t, c, "t", map[string]any{"id": 1, "price": json.Number("2.5"), "at": "2026-01-02T03:04:05+05:30", "ok": "yes"})
 	runDrain(t, c)
-	e.waitDrained("t")
+	waitDrained(e, "t")
 	const want = `{"id":1,"price":2.50,"at":"2026-01-01T21:34:05Z","ok":true}`
-	if got, _ := e.get("t:1"); got != want {
+	if got, _ := e.Get("t:1"); got != want {
 		t.Errorf("drained: Redis t:1 = %s, want %s (as a fill writes it)", got, want)
 	}
 	if err := c.Invalidate(context.Background(), "t", "t:1"); err != nil {
@@ -354,10 +355,10 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10 s torture test")
 	}
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL CHECK (v >= 0));
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL CHECK (v >= 0));
 		INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
-	clients := []*engine.Engine{e.open(cfg), e.open(cfg)}
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
+	clients := []*engine.Engine{e.Open(cfg), e.Open(cfg)}
 	runDrain(t, clients[1])
 	ctx := context.Background()
 	key := func(r *rand.Rand) string { return fmt.Sprintf("t:%d", 1+r.IntN(20)) }
@@ -378,14 +379,14 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 			},
 			func(r *rand.Rand) error { // evictions
 				time.Sleep(time.Millisecond)
-				return e.rc.Do(ctx, e.rc.B().Del().Key(key(r)).Build()).Error()
+				return e.RC.Do(ctx, e.RC.B().Del().Key(key(r)).Build()).Error()
 			})
 	}
-	if _, errs := hammer(time.Now().Add(10*time.Second), work...); len(errs) > 0 {
+	if _, errs := world.Hammer(time.Now().Add(10*time.Second), work...); len(errs) > 0 {
 		t.Fatal(errs[0])
 	}
-	e.waitDrained("t")
-	rows, err := e.db.Query(ctx, `SELECT id, v FROM t`)
+	waitDrained(e, "t")
+	rows, err := e.DB.Query(ctx, `SELECT id, v FROM t`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 			t.Fatal(err)
 		}
 		k := fmt.Sprintf("t:%d", id)
-		got, ok := e.get(k)
+		got, ok := e.Get(k)
 		if want := fmt.Sprintf(`{"id":%d,"v":%d}`, id, v); ok && got != want {
 			bad++
 			t.Errorf("%s: Redis holds %s, the table %s", k, got, want)
@@ -412,7 +413,7 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 	if rows.Err() != nil {
 		t.Fatal(rows.Err())
 	}
-	if n := len(e.deadLetters("t")); n == 0 {
+	if n := len(deadLetters(e, "t")); n == 0 {
 		t.Error("no write was refused: the torture tried none")
 	}
 	t.Logf("%d keys cached at the end, %d stale", cached, bad)
@@ -423,34 +424,34 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 // so the cache stays complete; with a TTL, an invalidated key stays
 // missing until read.
 func TestInvalidateKeepsCompleteCache(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0));
+	e := world.New(t, `CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0));
 		INSERT INTO d SELECT g, g FROM generate_series(1, 5) g`)
-	cfg := e.config(`  d: {table: d, key: "d:{id}", value: {format: string, column: v}, writes: behind}
+	cfg := e.Config(`  d: {table: d, key: "d:{id}", value: {format: string, column: v}, writes: behind}
   dt: {table: d, key: "dt:{id}", value: {format: string, column: v}, ttl: 1h}
 `)
-	e.feed(cfg)
-	c := e.open(cfg)
+	e.Feed(cfg)
+	c := e.Open(cfg)
 	ctx := context.Background()
-	if err := e.rc.Do(ctx, e.rc.B().Set().Key("d:4").Value("stale").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Set().Key("d:4").Value("stale").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Invalidate(ctx, "d", "d:4"); err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := e.get("d:4"); v != "4" {
+	if v, ok := e.Get("d:4"); v != "4" {
 		t.Fatalf("d:4 after Invalidate = %q (present %v), want the row loaded again", v, ok)
 	}
 	putBehind(t, c, "d", map[string]any{"id": 3, "v": -3}) // refused: dead-lettered
 	runDrain(t, c)
-	e.waitDrained("d")
-	waitFor(t, "d:3 is loaded again after its write was dead-lettered", func() bool { v, _ := e.get("d:3"); return v == "3" })
+	waitDrained(e, "d")
+	world.WaitFor(t, "d:3 is loaded again after its write was dead-lettered", func() bool { v, _ := e.Get("d:3"); return v == "3" })
 	if _, err := c.Get(ctx, "dt", "dt:2"); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Invalidate(ctx, "dt", "dt:2"); err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := e.get("dt:2"); ok {
+	if v, ok := e.Get("dt:2"); ok {
 		t.Fatalf("dt:2 (a TTL) after Invalidate = %q, want it missing", v)
 	}
 }
@@ -459,33 +460,33 @@ func TestInvalidateKeepsCompleteCache(t *testing.T) {
 // keys share its queue's slot queues, drains, guards its queued keys and
 // dead-letters as on one node; one whose keys would not is refused at Open.
 func TestWriteBehindOnCluster(t *testing.T) {
-	e := newEnvOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
-	bad := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
+	e := world.NewOn(t, testenv.StartCluster(t, 3).Nodes[0], `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))`)
+	bad := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
 	if _, err := engine.Open(context.Background(), bad, engine.Options{}); err == nil || !strings.Contains(err.Error(), "{{t}}") {
 		t.Fatalf("Open of a write-behind cache whose keys spread over the cluster: %v, want a refusal naming the hash tag", err)
 	}
-	cfg := e.config(`  t: {table: t, key: "{{t}}:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
-	c := e.open(cfg)
+	cfg := e.Config(`  t: {table: t, key: "{{t}}:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	for id := range 50 {
 		putBehind(t, c, "t", map[string]any{"id": id, "v": id})
 	}
 	putBehind(t, c, "t", map[string]any{"id": 7, "v": -7}) // refused: t:7 is removed, then read from the table
-	if err := e.rc.Do(ctx, e.rc.B().Del().Key("{t}:3").Build()).Error(); err != nil {
+	if err := e.RC.Do(ctx, e.RC.B().Del().Key("{t}:3").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := c.Get(ctx, "t", "{t}:3"); err != nil || string(v) != `{"id":3,"v":3}` {
 		t.Fatalf("Get of an evicted key whose write is queued = %s, %v", v, err)
 	}
 	runDrain(t, c)
-	e.waitDrained("t")
+	waitDrained(e, "t")
 	for id := range 50 {
 		k := fmt.Sprintf("{t}:%d", id)
 		if v, err := c.Get(ctx, "t", k); err != nil || string(v) != fmt.Sprintf(`{"id":%d,"v":%d}`, id, id) {
 			t.Errorf("drained: Get %s = %s, %v", k, v, err)
 		}
 	}
-	if n := len(e.deadLetters("t")); n != 1 {
+	if n := len(deadLetters(e, "t")); n != 1 {
 		t.Errorf("%d dead letters, want 1", n)
 	}
 }
@@ -497,13 +498,13 @@ func TestWriteBehindOnCluster(t *testing.T) {
 // than the queued write (DESIGN invariant 7). Once drained, the key holds
 // the row.
 func TestReloadLeavesQueuedKeys(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0)`)
-	cfg := e.config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h, refresh: on-expiry}` + "\n")
-	c := e.open(cfg)
+	e := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0)`)
+	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind, ttl: 1h, refresh: on-expiry}` + "\n")
+	c := e.Open(cfg)
 	ctx := context.Background()
 	putBehind(t, c, "t", map[string]any{"id": 1, "v": 5})
 	putBehind(t, c, "t", map[string]any{"id": 2, "v": 6})
-	if err := e.rc.Do(ctx, e.rc.B().Del().Key("t:1").Build()).Error(); err != nil { // evicted; t:2 stays
+	if err := e.RC.Do(ctx, e.RC.B().Del().Key("t:1").Build()).Error(); err != nil { // evicted; t:2 stays
 		t.Fatal(err)
 	}
 	for _, present := range []bool{false, true} {
@@ -511,22 +512,22 @@ func TestReloadLeavesQueuedKeys(t *testing.T) {
 		if err != nil || res.Written != 0 {
 			t.Fatalf("Reload (present %v) of queued keys: %+v, %v; want nothing written", present, res, err)
 		}
-		if v, ok := e.get("t:1"); ok {
+		if v, ok := e.Get("t:1"); ok {
 			t.Fatalf("after a reload (present %v), the evicted t:1 = %s; its write v=5 is queued", present, v)
 		}
-		if v, _ := e.get("t:2"); v != `{"id":2,"v":6}` {
+		if v, _ := e.Get("t:2"); v != `{"id":2,"v":6}` {
 			t.Fatalf("after a reload (present %v), t:2 = %s; want the queued v=6", present, v)
 		}
 	}
 	runDrain(t, c)
-	e.waitDrained("t")
-	if v, _ := e.get("t:2"); v != `{"id":2,"v":6}` {
+	waitDrained(e, "t")
+	if v, _ := e.Get("t:2"); v != `{"id":2,"v":6}` {
 		t.Fatalf("drained: t:2 = %s", v)
 	}
 	if res, err := c.Reload(ctx, "t", []string{"t:1"}, false); err != nil || res.Written != 1 {
 		t.Fatalf("drained: Reload of t:1 = %+v, %v; want it written", res, err)
 	}
-	if v, _ := e.get("t:1"); v != `{"id":1,"v":5}` {
+	if v, _ := e.Get("t:1"); v != `{"id":1,"v":5}` {
 		t.Fatalf("drained and reloaded: t:1 = %s", v)
 	}
 }

@@ -28,34 +28,77 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(string(v)) // {"item":"apple","price":1.99}
+	fmt.Println(string(v))
 
 	// Write-through: the row goes to PostgreSQL; Put returns once the change
 	// feed has put it in Redis, so the next Get reads it.
-	if _, err := c.Put(ctx, "prices", map[string]any{"item": "apple", "price": "2.49"}); err != nil {
+	key, err := c.Put(ctx, "prices", map[string]any{"item": "apple", "price": "2.49", "category": "fruit"})
+	if err != nil {
 		log.Fatal(err)
 	}
+	v, err = c.Get(ctx, "prices", key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(key, string(v))
+	// Output:
+	// {"item":"apple","price":1.99}
+	// price:apple {"item":"apple","price":2.49}
 }
 
 func ExampleClient_Get() {
-	var c *cachesync.Client // from cachesync.Open
-	v, err := c.Get(context.Background(), "prices", "price:kiwi")
-	switch {
-	case errors.Is(err, cachesync.ErrNotFound):
-		fmt.Println("no such item") // remembered for the cache's negative_ttl
-	case errors.Is(err, cachesync.ErrBadKey):
-		fmt.Println("not a key of this cache")
-	case err != nil:
+	ctx := context.Background()
+	cfg, err := config.LoadFile("examples/grocery.yaml")
+	if err != nil {
 		log.Fatal(err)
-	default:
-		fmt.Println(string(v))
 	}
+	c, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	for _, key := range []string{"price:banana", "price:kiwi", "item:apple"} {
+		v, err := c.Get(ctx, "prices", key)
+		switch {
+		case errors.Is(err, cachesync.ErrNotFound):
+			fmt.Println(key, "no such item") // remembered for the cache's negative_ttl
+		case errors.Is(err, cachesync.ErrBadKey):
+			fmt.Println(key, "not a key of this cache")
+		case err != nil:
+			log.Fatal(err)
+		default:
+			fmt.Println(key, string(v))
+		}
+	}
+	// Output:
+	// price:banana {"item":"banana","price":0.59}
+	// price:kiwi no such item
+	// item:apple not a key of this cache
 }
 
 func ExampleClient_Invalidate() {
-	var c *cachesync.Client // from cachesync.Open
-	// The next Get loads the row again; a fill in progress for the key loses.
-	if err := c.Invalidate(context.Background(), "prices", "price:apple"); err != nil {
+	ctx := context.Background()
+	cfg, err := config.LoadFile("examples/grocery.yaml")
+	if err != nil {
 		log.Fatal(err)
 	}
+	c, err := cachesync.Open(ctx, cfg, cachesync.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// The key is removed and, the prices cache holding every row (a change
+	// feed and no TTL would make it complete) or not, the next Get loads the
+	// row again; a fill in progress for the key loses.
+	if err := c.Invalidate(ctx, "prices", "price:cherry"); err != nil {
+		log.Fatal(err)
+	}
+	v, err := c.Get(ctx, "prices", "price:cherry")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(v))
+	// Output: {"item":"cherry","price":4.50}
 }

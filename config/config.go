@@ -3,7 +3,8 @@
 // A config names PostgreSQL sources, one Redis target and the caches (bindings)
 // that map a table onto a family of Redis keys. Load parses YAML, expands
 // ${ENV} references and applies defaults; Validate checks everything that can be
-// checked without a database. Checks against the live schema live in pgsource.
+// checked without a database. Checks against the live schema live in
+// internal/schema.
 package config
 
 import (

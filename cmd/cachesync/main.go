@@ -1,8 +1,16 @@
 // Command cachesync keeps Redis a consistent cache of PostgreSQL tables.
 //
 //	cachesync run --config FILE            run every cache of the config
-//	cachesync resync --config FILE CACHE   rebuild one cache, then keep streaming
+//	cachesync resync --config FILE CACHE   rebuild one cache from a snapshot, then keep streaming
+//	cachesync check --config FILE [CACHE]  compare Redis with PostgreSQL (--sample N, --repair, --json)
+//	cachesync status --config FILE         each cache's mode, keys, hit ratio, lag, queue, last error (--json)
 //	cachesync version                      print the version
+//
+// One file per command (run.go, resync.go, check.go, status.go, version.go).
+// run wires the daemon's parts: the change feed (internal/changefeed), the
+// write-behind drainer (internal/drain), refreshes (internal/refresh), the
+// key-miss listener (internal/keymiss) and the HTTP API (internal/httpapi)
+// over one engine (internal/engine).
 package main
 
 import (

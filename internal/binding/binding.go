@@ -24,7 +24,7 @@ type Spec struct {
 	TTL    time.Duration
 	// Jitter shortens each TTL by a random part up to this fraction.
 	Jitter float64
-	// Stale, when set, keeps a stale copy of each value (cachesync:stale:{KEY})
+	// Stale, when set, keeps a stale copy of each value (its Companions' Stale)
 	// for this long after the key expires: what stale-while-revalidate and
 	// stale-if-error serve.
 	Stale time.Duration
@@ -247,14 +247,14 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	if err != nil {
 		return cmds, err
 	}
-	w := b.writeArgs(&v)
+	w, c := b.writeArgs(&v), CompanionsOf(key)
 	if b.Record != "" && w.expiresAt > 0 {
 		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(w.expiresAt), key).Build())
 	}
 	if fresh && w.mode == "s" { // (a hash's write ends them itself)
-		cmds = append(cmds, rb.Unlink().Key(LeaseKey(key), NegKey(key)).Build())
+		cmds = append(cmds, rb.Unlink().Key(c.Lease, c.Neg).Build())
 	}
-	return appendValue(cmds, rb, key, w), nil
+	return appendValue(cmds, rb, key, c, w), nil
 }
 
 // Clear removes every key of this binding from Redis, with their leases,
@@ -303,7 +303,7 @@ func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix strin
 		owns = func(k string) bool {
 			// Ours when any key named by it is: removing another key's
 			// lease, marker or stale copy is always safe.
-			return slices.ContainsFunc(companionsOf(prefix, k), b.Owns)
+			return slices.ContainsFunc(keysOfCompanion(prefix, k), b.Owns)
 		}
 	}
 	n := 0

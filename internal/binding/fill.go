@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -23,81 +21,9 @@ func NewToken() string {
 	return hex.EncodeToString(tok[:])
 }
 
-// Companion keys hold cachesync's metadata about a user key in the same
-// Redis Cluster slot: the user key is their hash tag (or its own tag is reused).
-const (
-	leasePrefix = "cachesync:lease:"
-	negPrefix   = "cachesync:neg:"
-	stalePrefix = "cachesync:stale:"
-)
-
-// StaleKey names the stale copy of key (Spec.Stale).
-func StaleKey(key string) string { return stalePrefix + hashTagged(key) }
-
-// LeaseKey names the lease of key: a fill in progress.
-func LeaseKey(key string) string { return leasePrefix + hashTagged(key) }
-
-// NegKey names the "row not found" marker of key.
-func NegKey(key string) string { return negPrefix + hashTagged(key) }
-
-// companionsOf returns the user keys whose companion (of kind prefix) is
-// named k: usually one, but "u" and "{u}" share their companions' names,
-// and so can other odd pairs of keys (see hashTagged).
-func companionsOf(prefix, k string) []string {
-	k = strings.TrimPrefix(k, prefix)
-	var keys []string
-	for _, u := range []string{k, strings.TrimSuffix(strings.TrimPrefix(k, "{"), "}"), k[min(strings.IndexByte(k, '}')+1, len(k)):], ""} {
-		if hashTagged(u) == k && !slices.Contains(keys, u) {
-			keys = append(keys, u)
-		}
-	}
-	return keys
-}
-
-// hashTagged returns what follows a companion key's prefix, so that the
-// companion hashes to the user key's Redis Cluster slot: key itself when it
-// has a tag of its own (Redis hashes only the first non-empty {...} part),
-// else {key}, hashed whole as Redis hashes key. A key without a tag but with
-// a '}', which would end those braces early, gets a short tag of its slot
-// in front instead, and so does the empty key (an empty tag counts as none).
-func hashTagged(key string) string {
-	if _, ok := hashTag(key); ok {
-		return key
-	}
-	if key == "" {
-		return "{" + slotTags()[0] + "}{}"
-	}
-	if strings.IndexByte(key, '}') >= 0 {
-		return "{" + slotTags()[keySlot(key)] + "}" + key
-	}
-	return "{" + key + "}"
-}
-
-// slotTags holds, for each hash slot, a short string that Redis hashes to it.
-var slotTags = sync.OnceValue(func() []string {
-	tags := make([]string, 16384)
-	left := len(tags)
-	const chars = "0123456789abcdefghijklmnopqrstuvwxyz"
-	var try func(prefix string, n int)
-	try = func(prefix string, n int) {
-		for i := 0; i < len(chars) && left > 0; i++ {
-			t := prefix + chars[i:i+1]
-			if n > 1 {
-				try(t, n-1)
-			} else if s := keySlot(t); tags[s] == "" {
-				tags[s], left = t, left-1
-			}
-		}
-	}
-	for n := 1; left > 0; n++ {
-		try("", n)
-	}
-	return tags
-})
-
 // LeaseCmd takes the lease of key for token, if nobody holds it.
 func LeaseCmd(rb rueidis.Builder, key, token string, ttl time.Duration) rueidis.Completed {
-	return rb.Set().Key(LeaseKey(key)).Value(token).Nx().Px(ttl).Build()
+	return rb.Set().Key(CompanionsOf(key).Lease).Value(token).Nx().Px(ttl).Build()
 }
 
 // release drops a lease if token still holds it.
@@ -105,13 +31,14 @@ const release = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL',
 
 // ReleaseCmd gives up token's lease of key (a fill that failed).
 func ReleaseCmd(rb rueidis.Builder, key, token string) rueidis.Completed {
-	return rb.Eval().Script(release).Numkeys(1).Key(LeaseKey(key)).Arg(token).Build()
+	return rb.Eval().Script(release).Numkeys(1).Key(CompanionsOf(key).Lease).Arg(token).Build()
 }
 
-// InvalidateCmd removes key's value, lease and "not found" marker at once:
-// a fill racing with the invalidation loses.
+// InvalidateCmd removes key's value, lease, "not found" marker and stale
+// copy at once: a fill racing with the invalidation loses.
 func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
-	return rb.Unlink().Key(key, LeaseKey(key), NegKey(key), StaleKey(key)).Build()
+	c := CompanionsOf(key)
+	return rb.Unlink().Key(key, c.Lease, c.Neg, c.Stale).Build()
 }
 
 // AppendInvalidate appends InvalidateCmd, and the removal of key from the
@@ -274,7 +201,8 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	out := make([]int64, len(fills))
 	err := fillScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
 		k, args := fills[i].Key, fills[i].args()
-		return []string{k, LeaseKey(k), NegKey(k), StaleKey(k)}, append([]string{strconv.Itoa(len(args))}, args...)
+		c := CompanionsOf(k)
+		return []string{k, c.Lease, c.Neg, c.Stale}, append([]string{strconv.Itoa(len(args))}, args...)
 	}, func(i int, r rueidis.RedisMessage) error {
 		var err error
 		out[i], err = r.AsInt64()
@@ -375,7 +303,8 @@ func (b *Binding) ExecClaims(ctx context.Context, c rueidis.Client, keys []strin
 	}
 	out := make([]Claimed, len(keys))
 	err := claimScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
-		return []string{keys[i], LeaseKey(keys[i]), StaleKey(keys[i])}, []string{strconv.FormatInt(b.ttl().Milliseconds(), 10)}
+		c := CompanionsOf(keys[i])
+		return []string{keys[i], c.Lease, c.Stale}, []string{strconv.FormatInt(b.ttl().Milliseconds(), 10)}
 	}, func(i int, r rueidis.RedisMessage) error {
 		s, err := r.ToString()
 		switch {
@@ -573,16 +502,16 @@ func (b *Binding) writeArgs(v *Value) writeArgs {
 }
 
 // appendValue appends the plain commands that store w (mode s or h) under
-// key over whatever is there: its stale copy, then the value; a hash is
-// replaced whole in one step (hashSet, which also ends the key's lease and
-// "not found" marker).
-func appendValue(cmds []rueidis.Completed, rb rueidis.Builder, key string, w writeArgs) []rueidis.Completed {
+// key (whose companions are c) over whatever is there: its stale copy, then
+// the value; a hash is replaced whole in one step (hashSet, which also ends
+// the key's lease and "not found" marker).
+func appendValue(cmds []rueidis.Completed, rb rueidis.Builder, key string, c Companions, w writeArgs) []rueidis.Completed {
 	if w.staleTTL > 0 {
-		cmds = append(cmds, rb.Set().Key(StaleKey(key)).Value(w.stale).Px(time.Duration(w.staleTTL)*time.Millisecond).Build())
+		cmds = append(cmds, rb.Set().Key(c.Stale).Value(w.stale).Px(time.Duration(w.staleTTL)*time.Millisecond).Build())
 	}
 	if w.mode == "h" {
 		args := append([]string{strconv.FormatInt(w.ttl, 10)}, w.value...)
-		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, LeaseKey(key), NegKey(key)).Arg(args...).Build())
+		return append(cmds, rb.Eval().Script(hashSet).Numkeys(3).Key(key, c.Lease, c.Neg).Arg(args...).Build())
 	}
 	set := rb.Set().Key(key).Value(w.value[0])
 	if w.ttl > 0 {

@@ -20,13 +20,13 @@ var keysWithBraces = []string{"p:1", "{shop}:p:1", "p:{shop}", "p:a}b", "p:{}x",
 // several slots), and each names the key back.
 func TestCompanionSlots(t *testing.T) {
 	for _, key := range keysWithBraces {
-		for prefix, name := range map[string]func(string) string{leasePrefix: LeaseKey, negPrefix: NegKey, stalePrefix: StaleKey} {
-			c := name(key)
+		cs := CompanionsOf(key)
+		for prefix, c := range map[string]string{leasePrefix: cs.Lease, negPrefix: cs.Neg, stalePrefix: cs.Stale} {
 			if keySlot(c) != keySlot(key) {
 				t.Errorf("%s: slot %d, its key %q: slot %d", c, keySlot(c), key, keySlot(key))
 			}
-			if got := companionsOf(prefix, c); !slices.Contains(got, key) {
-				t.Errorf("companionsOf(%q) = %q, want %q among them", c, got, key)
+			if got := keysOfCompanion(prefix, c); !slices.Contains(got, key) {
+				t.Errorf("keysOfCompanion(%q) = %q, want %q among them", c, got, key)
 			}
 		}
 	}
@@ -34,11 +34,12 @@ func TestCompanionSlots(t *testing.T) {
 	// rebuild's Clear removes the companions of either).
 	for _, pair := range [][2]string{{"price:apple", "{price:apple}"}, {":a}29377", "{" + slotTags()[keySlot(":a}29377")] + "}:a}29377"}} {
 		key, other := pair[0], pair[1]
-		if LeaseKey(other) != LeaseKey(key) {
-			t.Fatalf("%q and %q: leases %q and %q, want one name", key, other, LeaseKey(key), LeaseKey(other))
+		lease, otherLease := CompanionsOf(key).Lease, CompanionsOf(other).Lease
+		if otherLease != lease {
+			t.Fatalf("%q and %q: leases %q and %q, want one name", key, other, lease, otherLease)
 		}
-		if got := companionsOf(leasePrefix, LeaseKey(key)); !slices.Contains(got, key) || !slices.Contains(got, other) {
-			t.Errorf("companionsOf(%q) = %q, want %q and %q", LeaseKey(key), got, key, other)
+		if got := keysOfCompanion(leasePrefix, lease); !slices.Contains(got, key) || !slices.Contains(got, other) {
+			t.Errorf("keysOfCompanion(%q) = %q, want %q and %q", lease, got, key, other)
 		}
 	}
 }
@@ -57,8 +58,8 @@ func TestLostFillLeavesLease(t *testing.T) {
 	if err != nil || n[0] != 0 {
 		t.Fatalf("a fill without its lease: %v, %v; want [0]", n, err)
 	}
-	holder, _ := rc.Do(ctx, rc.B().Get().Key(LeaseKey("p:1")).Build()).ToString()
-	ttl, _ := rc.Do(ctx, rc.B().Pttl().Key(LeaseKey("p:1")).Build()).AsInt64()
+	holder, _ := rc.Do(ctx, rc.B().Get().Key(CompanionsOf("p:1").Lease).Build()).ToString()
+	ttl, _ := rc.Do(ctx, rc.B().Pttl().Key(CompanionsOf("p:1").Lease).Build()).AsInt64()
 	if holder != "other" || ttl > 10_000 || ttl < 9_000 {
 		t.Fatalf("the other fill's lease is now %q with %d ms left, want \"other\" with its 10 s", holder, ttl)
 	}
@@ -147,7 +148,7 @@ func TestClearEndsFills(t *testing.T) {
 			if _, err := b.Clear(ctx, rc); err != nil {
 				t.Fatal(err)
 			}
-			for _, k := range []string{"p:1", "p:2", LeaseKey("p:1")} {
+			for _, k := range []string{"p:1", "p:2", CompanionsOf("p:1").Lease} {
 				if v, err := rc.Do(ctx, rc.B().Get().Key(k).Build()).ToString(); !rueidis.IsRedisNil(err) {
 					t.Errorf("after the clear, %s = %q (%v)", k, v, err)
 				}

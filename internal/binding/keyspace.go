@@ -8,11 +8,6 @@ import (
 	"github.com/cachesync/cachesync/internal/pgtext"
 )
 
-// Reserved is the prefix of cachesync's own keys (state, leases, markers,
-// queues): no cache's key may have it. Parse refuses such a key and
-// Render a row that would give one, whatever the template.
-const Reserved = "cachesync:"
-
 // ErrKeySpelling is ParseKey's refusal of a key that names a row under a
 // spelling other than the change feed's: "x:01" for the row whose key is
 // "x:1". Such a key would be a second, stale copy of the row.

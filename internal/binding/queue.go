@@ -18,28 +18,8 @@ import (
 // drainer's own steps are fenced by its token (OwnerKey): its
 // acknowledgements and dead letters are scripts that check it, and its
 // reads check it under WATCH and read in MULTI/EXEC, so a drainer that lost
-// its role changes nothing more (invariant 8). On a Redis Cluster every key
-// named here and the cache's keys share the stream's slot.
-
-// StreamKey names the write-behind stream of cache.
-func StreamKey(cache string) string { return "cachesync:wb:{" + cache + "}" }
-
-// DeadLetterKey names the dead-letter stream of cache.
-func DeadLetterKey(cache string) string { return "cachesync:wb:dead:{" + cache + "}" }
-
-// OwnerKey names the token of the drainer that holds cache's drain lock.
-func OwnerKey(cache string) string { return "cachesync:wb:owner:{" + cache + "}" }
-
-// PendingKey names the pending marks of cache: a hash of each key with
-// queued writes to the ID of its newest queued entry.
-func PendingKey(cache string) string { return "cachesync:wb:pending:{" + cache + "}" }
-
-// QueuedKey names the queued values of cache: a hash of each key with
-// queued writes to its newest queued value, as Get returns it.
-func QueuedKey(cache string) string { return "cachesync:wb:queued:{" + cache + "}" }
-
-// DrainGroup is the consumer group the drainers read a stream with.
-const DrainGroup = "cachesync"
+// its role changes nothing more (invariant 8). On a Redis Cluster the
+// queue's keys (names.go) and the cache's keys share the stream's slot.
 
 // ErrFenced starts the error of a drainer's step refused because another
 // drainer took over.
@@ -73,7 +53,8 @@ return id`
 // one step: a value is in Redis exactly when its write is queued.
 func (b *Binding) QueueCmd(rb rueidis.Builder, key string, v *Value, row, cols string) rueidis.Completed {
 	w := b.writeArgs(v)
-	keys := []string{key, LeaseKey(key), NegKey(key), StaleKey(key), StreamKey(b.Name), PendingKey(b.Name), QueuedKey(b.Name)}
+	c := CompanionsOf(key)
+	keys := []string{key, c.Lease, c.Neg, c.Stale, StreamKey(b.Name), PendingKey(b.Name), QueuedKey(b.Name)}
 	if b.Record != "" {
 		keys = append(keys, b.Record)
 	}
@@ -211,16 +192,17 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 			args[2] = AfterID(chunk[len(chunk)-1].ID)
 		}
 		for _, e := range chunk {
-			switch e.Action {
-			case AckOnly:
+			if e.Action == AckOnly {
 				args = append(args, e.ID, AckOnly, "0")
 				continue
-			case AckKeep:
-				keys = append(keys, e.Key, LeaseKey(e.Key))
+			}
+			c := CompanionsOf(e.Key)
+			if e.Action == AckKeep {
+				keys = append(keys, e.Key, c.Lease)
 				args = append(args, e.ID, AckKeep, "0")
 				continue
 			}
-			keys = append(keys, e.Key, LeaseKey(e.Key), NegKey(e.Key), StaleKey(e.Key))
+			keys = append(keys, e.Key, c.Lease, c.Neg, c.Stale)
 			if e.Action == AckDelete {
 				args = append(args, e.ID, AckDelete, "0")
 				continue
@@ -256,9 +238,10 @@ return 1`
 // DeadCmd dead-letters the entry id of key (row, refused with cause).
 func (b *Binding) DeadCmd(rb rueidis.Builder, token, id, key, row, cause string) rueidis.Completed {
 	rec, hasRec := b.recordOr(StreamKey(b.Name))
+	c := CompanionsOf(key)
 	return rb.Eval().Script(dead).Numkeys(11).
 		Key(OwnerKey(b.Name), DeadLetterKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec,
-			PendingKey(b.Name), QueuedKey(b.Name), key, LeaseKey(key), NegKey(key), StaleKey(key)).
+			PendingKey(b.Name), QueuedKey(b.Name), key, c.Lease, c.Neg, c.Stale).
 		Arg(token, DrainGroup, id, row, cause, hasRec).Build()
 }
 

@@ -4,13 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
 )
 
-// RecordKey names the expiry record of a cache that refreshes: a sorted set
+// The expiry record of a cache that refreshes (RecordKey) is a sorted set
 // of its keys scored by when they expire (unix ms), written with every value,
 // so a refresher that was down finds what expired meanwhile.
 //
@@ -24,7 +23,6 @@ import (
 // a refresh's write racing a change-feed write of the same key: the later
 // of the two recorded expiries may be the refresh's, by up to the TTL
 // jitter; the key's expired event is unaffected.
-func RecordKey(cache string) string { return "cachesync:expiry:{" + cache + "}" }
 
 // inScript is the record the scripts write: the cache's, unless there is
 // none or it lives in another Cluster slot than the keys.
@@ -82,38 +80,4 @@ func (b *Binding) unrecord(ctx context.Context, c rueidis.Client, keys []string,
 		return fmt.Errorf("expiry record: %w", err)
 	}
 	return nil
-}
-
-// hashTag returns the part of key Redis Cluster hashes instead of the whole
-// key: what lies between its first '{' and the next '}', when not empty.
-func hashTag(key string) (string, bool) {
-	i := strings.IndexByte(key, '{')
-	if i < 0 {
-		return "", false
-	}
-	j := strings.IndexByte(key[i+1:], '}')
-	if j <= 0 {
-		return "", false
-	}
-	return key[i+1 : i+1+j], true
-}
-
-// keySlot is the Redis Cluster hash slot of key: CRC16 of its hash tag (the
-// first non-empty {...} part) or of the whole key, modulo 16384.
-func keySlot(key string) uint16 {
-	if tag, ok := hashTag(key); ok {
-		key = tag
-	}
-	var crc uint16
-	for i := 0; i < len(key); i++ {
-		crc ^= uint16(key[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc & 16383
 }

@@ -64,7 +64,7 @@ func TestRecordNeverLate(t *testing.T) {
 			if c := claim("p:1"); !c.Load || c.Present {
 				t.Fatalf("claim of a missing key: %+v", c)
 			}
-			mustDo(t, rc, rc.B().Del().Key(LeaseKey("p:1")).Build())
+			mustDo(t, rc, rc.B().Del().Key(CompanionsOf("p:1").Lease).Build())
 			if n := fill(b.Fill("p:1", v, false, false, 0)); n != 0 {
 				t.Fatalf("a fill without its lease wrote (%d)", n)
 			}

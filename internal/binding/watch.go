@@ -27,10 +27,6 @@ import (
 // lease costs two scripts' work. It needs every key of a transaction in one
 // hash slot, so a Redis Cluster reloads under leases.
 
-// RemovalsKey names the count of removals of cache's keys, which a watched
-// reload watches.
-func RemovalsKey(cache string) string { return "cachesync:removals:{" + cache + "}" }
-
 // Watched is a reload begun by Binding.Watch; Exec writes it, Close ends it.
 type Watched struct {
 	b    *Binding
@@ -136,7 +132,7 @@ func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Tim
 			pttl = b.ttl().Milliseconds()
 			t.kept = append(t.kept, rb.Pexpire().Key(k).Milliseconds(pttl).Build())
 			if b.Stale > 0 {
-				t.kept = append(t.kept, rb.Pexpire().Key(StaleKey(k)).Milliseconds(pttl+b.Stale.Milliseconds()).Build())
+				t.kept = append(t.kept, rb.Pexpire().Key(CompanionsOf(k).Stale).Milliseconds(pttl+b.Stale.Milliseconds()).Build())
 			}
 		}
 		*o = Claimed{Present: true, TTL: time.Duration(pttl) * time.Millisecond}
@@ -223,17 +219,17 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 	cmds = append(cmds, t.kept...)
 	var zadd, zrem, neg []string
 	for _, f := range fills {
-		k := f.Key
+		k, c := f.Key, CompanionsOf(f.Key)
 		if f.Deletes() { // no row
-			cmds = append(cmds, rb.Del().Key(k, StaleKey(k)).Build())
+			cmds = append(cmds, rb.Del().Key(k, c.Stale).Build())
 			if f.mode == "n" {
-				cmds = append(cmds, rb.Set().Key(NegKey(k)).Value("1").Px(time.Duration(f.ttl)*time.Millisecond).Build())
+				cmds = append(cmds, rb.Set().Key(c.Neg).Value("1").Px(time.Duration(f.ttl)*time.Millisecond).Build())
 			}
 			zrem = append(zrem, k)
 			continue
 		}
-		cmds = appendValue(cmds, rb, k, f.writeArgs) // as the feed writes it
-		neg = append(neg, NegKey(k))
+		cmds = appendValue(cmds, rb, k, c, f.writeArgs) // as the feed writes it
+		neg = append(neg, c.Neg)
 		if f.expiresAt > 0 {
 			zadd = append(zadd, strconv.FormatInt(f.expiresAt, 10), k)
 		}

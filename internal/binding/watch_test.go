@@ -85,7 +85,7 @@ func TestWatchRefused(t *testing.T) {
 		}, after: "", refused: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			mustDo(t, rc, rb.Del().Key("p:1", LeaseKey("p:1"), record).Build())
+			mustDo(t, rc, rb.Del().Key("p:1", CompanionsOf("p:1").Lease, record).Build())
 			action := ClaimRecord
 			if c.present {
 				mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build())
@@ -192,18 +192,18 @@ func TestWatchedWritesAsLeased(t *testing.T) {
 		value  *Value // the row read; nil: none
 		neg    bool   // not_found: negative
 	}{
-		{name: "value", b: str, action: ClaimRecord, setup: func() { mustDo(t, rc, rb.Set().Key(NegKey("p:1")).Value("1").Build()) }, value: val},
+		{name: "value", b: str, action: ClaimRecord, setup: func() { mustDo(t, rc, rb.Set().Key(CompanionsOf("p:1").Neg).Value("1").Build()) }, value: val},
 		{name: "hash", b: hash, action: ClaimRecord, value: hval},
 		{name: "not found marker", b: str, action: ClaimRecord, setup: func() {
 			mustDo(t, rc, rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}, neg: true},
 		{name: "present key deleted", b: str, action: ClaimLease, setup: func() {
-			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Build(),
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build(), rb.Set().Key(CompanionsOf("p:1").Stale).Value("old").Build(),
 				rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())
 		}},
 		{name: "present key overwritten", b: str, action: ClaimLease, setup: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("old").Build()) }, value: val},
 		{name: "TTL renewed", b: str, action: ClaimRenew, setup: func() {
-			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Second).Build(), rb.Set().Key(StaleKey("p:1")).Value("old").Px(10*time.Second).Build())
+			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Second).Build(), rb.Set().Key(CompanionsOf("p:1").Stale).Value("old").Px(10*time.Second).Build())
 		}},
 		{name: "kept, recorded off", b: str, action: ClaimRecord, setup: func() {
 			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Minute).Build(), rb.Zadd().Key(record).ScoreMember().ScoreMember(at(), "p:1").Build())

@@ -10,10 +10,11 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
 )
 
 // State is cachesync's own record in Redis of what the caches hold, kept in
-// one hash (cachesync:state:NAME):
+// one hash (binding.StateKey: cachesync:state:NAME):
 //
 //	lsn:SOURCE  end LSN of the last transaction of SOURCE applied to Redis
 //	cache:NAME  FINGERPRINT/SINCE: the cache was built from a snapshot at SINCE
@@ -32,7 +33,7 @@ var ErrRedisLost = errors.New("redis lost cachesync's writes (flushed or restart
 
 // NewState returns the state record of the config named name.
 func NewState(client rueidis.Client, name string) *State {
-	return &State{Key: "cachesync:state:" + name, Redis: client}
+	return &State{Key: binding.StateKey(name), Redis: client}
 }
 
 // CacheEntry is what the state says of one cache.

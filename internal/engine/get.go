@@ -71,7 +71,8 @@ func (c *Engine) get(ctx context.Context, ca *cache, key string, values []string
 
 // stale returns the stale copy of key if it expired at most window ago.
 func (c *Engine) stale(ctx context.Context, ca *cache, key string, window time.Duration) ([]byte, bool) {
-	res := c.redis.DoMulti(ctx, c.redis.B().Get().Key(binding.StaleKey(key)).Build(), c.redis.B().Pttl().Key(binding.StaleKey(key)).Build())
+	stale := binding.CompanionsOf(key).Stale
+	res := c.redis.DoMulti(ctx, c.redis.B().Get().Key(stale).Build(), c.redis.B().Pttl().Key(stale).Build())
 	v, err := res[0].AsBytes()
 	if err != nil {
 		return nil, false
@@ -139,8 +140,9 @@ func (c *Engine) fill(ctx context.Context, ca *cache, key string, values []strin
 	token := binding.NewToken()
 	wait := time.Millisecond
 	leaseTTL := c.leaseTTL(ca)
+	neg := binding.CompanionsOf(key).Neg
 	for {
-		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, leaseTTL), rb.Exists().Key(binding.NegKey(key)).Build())
+		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, leaseTTL), rb.Exists().Key(neg).Build())
 		err := res[0].Error()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)

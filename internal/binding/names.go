@@ -43,7 +43,8 @@ import (
 //	                                       lsn:SOURCE → LSN, cache:NAME → FINGERPRINT/SINCE
 //
 // Renaming any of these strands what older processes and older data hold
-// (README, "Upgrading"); names_test.go pins their bytes.
+// (docs/ARCHITECTURE.md, "Limits": Upgrading); names_test.go pins their
+// bytes.
 
 // Reserved is the prefix of cachesync's own keys (state, leases, markers,
 // queues): no cache's key may have it. Parse refuses such a key and
@@ -71,12 +72,6 @@ func CompanionsOf(key string) Companions {
 	t := hashTagged(key)
 	return Companions{Lease: leasePrefix + t, Neg: negPrefix + t, Stale: stalePrefix + t}
 }
-
-// NegKey names the "row not found" marker of key (CompanionsOf(key).Neg).
-func NegKey(key string) string { return CompanionsOf(key).Neg }
-
-// StaleKey names the stale copy of key (CompanionsOf(key).Stale).
-func StaleKey(key string) string { return CompanionsOf(key).Stale }
 
 // StreamKey names the write-behind stream of cache.
 func StreamKey(cache string) string { return Reserved + "wb:{" + cache + "}" }

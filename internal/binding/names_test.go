@@ -28,9 +28,6 @@ func TestCompanionNames(t *testing.T) {
 		if got != c.want {
 			t.Errorf("CompanionsOf(%q) = %q, want %q", c.key, got, c.want)
 		}
-		if NegKey(c.key) != got.Neg || StaleKey(c.key) != got.Stale {
-			t.Errorf("%q: NegKey %q, StaleKey %q, want %q, %q", c.key, NegKey(c.key), StaleKey(c.key), got.Neg, got.Stale)
-		}
 		for _, name := range []string{got.Lease, got.Neg, got.Stale} {
 			if keySlot(name) != keySlot(c.key) {
 				t.Errorf("%s: slot %d, its key %q: slot %d", name, keySlot(name), c.key, keySlot(c.key))

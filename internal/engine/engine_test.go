@@ -399,7 +399,7 @@ func TestFillLoses(t *testing.T) {
 		if v, _ := e.Get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the fill, want %q", race.name, race.key, v, race.after)
 		}
-		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.CompanionsOf(race.key).Neg).Build()).AsInt64(); neg != 0 {
 			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
 	}
@@ -594,7 +594,7 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 		if v, _ := e.Get(race.key); v != race.after {
 			t.Fatalf("%s: %s = %q after the refresh, want %q", race.name, race.key, v, race.after)
 		}
-		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.NegKey(race.key)).Build()).AsInt64(); neg != 0 {
+		if neg, _ := e.RC.Do(ctx, rb.Exists().Key(binding.CompanionsOf(race.key).Neg).Build()).AsInt64(); neg != 0 {
 			t.Fatalf("%s: a not-found marker was left", race.name)
 		}
 		if race.after == "" && topology == "single" && recorded(race.key) {
@@ -776,7 +776,7 @@ func TestReloadHashOfNulls(t *testing.T) {
 	if err != nil || r.NotFound != 1 || r.Written != 0 {
 		t.Fatalf("reload: %+v, %v; want t:1 removed", r, err)
 	}
-	for _, k := range []string{"t:1", binding.NegKey("t:1")} {
+	for _, k := range []string{"t:1", binding.CompanionsOf("t:1").Neg} {
 		if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(k).Build()).AsInt64(); n != 0 {
 			t.Fatalf("%s exists after the reload", k)
 		}

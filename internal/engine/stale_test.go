@@ -75,7 +75,7 @@ func TestStale(t *testing.T) {
 	if err := c.Invalidate(ctx, "s", "s:1"); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(binding.StaleKey("s:1")).Build()).AsInt64(); n != 0 {
+	if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(binding.CompanionsOf("s:1").Stale).Build()).AsInt64(); n != 0 {
 		t.Fatal("Invalidate left the stale copy")
 	}
 

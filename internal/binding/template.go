@@ -1,6 +1,17 @@
-// Package binding describes how PostgreSQL rows are bound to Redis: key templates
-// that turn column values into keys (and keys back into values), and encoders that
-// turn a row of PostgreSQL text values into the stored Redis value.
+// Package binding is one cache's mapping of PostgreSQL rows onto Redis and
+// every Redis write made under it:
+//
+//   - template.go: key templates, which turn column values into keys and
+//     keys back into values; keyspace.go: which keys a cache owns, and
+//     whether two caches' keyspaces overlap;
+//   - encode.go: a row of PostgreSQL text values as the stored value;
+//   - binding.go: a cache's binding (Binding) and the change feed's writes
+//     (AppendSet; a deleted row's key goes by AppendInvalidate);
+//   - fill.go: the lease-guarded fill scripts of read-through, and
+//     invalidation; watch.go: the watched batch reload; record.go: the
+//     expiry record refreshes read; queue.go: the write-behind queue's
+//     scripts;
+//   - names.go: the name of every key of cachesync's own (cachesync:*).
 package binding
 
 import (

@@ -9,7 +9,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/internal/changefeed"
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestClusterAdvanceAfterWrites: on a Redis Cluster the applied LSN the feed
@@ -19,14 +19,13 @@ import (
 // value must read as the new one already.
 func TestClusterAdvanceAfterWrites(t *testing.T) {
 	ctx := context.Background()
-	c := testenv.StartCluster(t, 3)
-	e := newEnvOn(t, c.Nodes[0], `CREATE TABLE v (id int PRIMARY KEY, x text);
+	w := world.NewTopology(t, "cluster", `CREATE TABLE v (id int PRIMARY KEY, x text);
 		INSERT INTO v SELECT g, 'old' FROM generate_series(1, 50) g`)
-	if e.client.Mode() != rueidis.ClientModeCluster {
+	if w.RC.Mode() != rueidis.ClientModeCluster {
 		t.Fatal("not a cluster client")
 	}
-	nodes := make([]rueidis.Client, len(c.Nodes))
-	for i, n := range c.Nodes {
+	nodes := make([]rueidis.Client, len(w.Nodes))
+	for i, n := range w.Nodes {
 		cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{n.Addr}, ForceSingleClient: true, DisableCache: true})
 		if err != nil {
 			t.Fatal(err)
@@ -44,7 +43,7 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 		t.Fatalf("no node holds %s", key)
 		return -1
 	}
-	state := changefeed.NewState(e.client, e.name)
+	state := changefeed.NewState(w.RC, w.Name)
 	stateNode := owner(state.Key)
 	id, valueNode := 0, -1
 	for i := 1; i <= 50 && valueNode < 0; i++ {
@@ -58,25 +57,22 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 	key := fmt.Sprintf("v:%d", id)
 	t.Logf("state %s on node %d, value %s on node %d", state.Key, stateNode, key, valueNode)
 
-	cfg := e.config("  v: {table: v, key: \"v:{id}\", value: {format: string, column: x}}\n")
-	e.start(cfg)
-	get := func() string {
-		v, _ := e.client.Do(ctx, e.client.B().Get().Key(key).Build()).ToString()
-		return v
-	}
-	waitFor(t, func() bool { return get() == "old" })
+	cfg := w.Config("  v: {table: v, key: \"v:{id}\", value: {format: string, column: x}}\n")
+	w.StartFeed(cfg)
+	get := func() string { v, _ := w.Get(key); return v }
+	world.WaitFor(t, key+" = old", func() bool { return get() == "old" })
 
 	// Writes to the value's node wait for the pause to end; reads go on.
 	paused := nodes[valueNode]
 	if err := paused.Do(ctx, paused.B().ClientPause().Timeout(3000).Write().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	e.exec(`UPDATE v SET x = 'new' WHERE id = $1`, id)
+	w.Exec(`UPDATE v SET x = 'new' WHERE id = $1`, id)
 	var target pglogrepl.LSN
-	if err := e.db.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()`).Scan(&target); err != nil {
+	if err := w.DB.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()`).Scan(&target); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	world.WaitFor(t, "the state record says the update is applied", func() bool {
 		lsn, ok, err := state.Applied(ctx, "db")
 		return err == nil && ok && lsn >= target
 	})

@@ -3,9 +3,6 @@ package refresh_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
@@ -21,104 +17,49 @@ import (
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/refresh"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-var pg *testenv.Postgres
+func TestMain(m *testing.M) { world.Main(m) }
 
-func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
-
-// env is one test's database, Redis, config, API client and refresher.
+// env is one test's world, with its config and API.
 type env struct {
-	t   *testing.T
-	db  *pgx.Conn
-	rc  rueidis.Client
+	*world.World
 	cfg *config.Config
 	api *engine.Engine
-	// nodes are the Redis servers: one, or the cluster's primaries.
-	nodes []*testenv.Redis
 }
 
-var dbs atomic.Int64
-
-// topologies are the Redis set-ups each test runs against: one node, and a
-// Redis Cluster of three primaries (a key, its lease and its cache's expiry
-// record then live in different slots, and expired events come from each
-// node).
-var topologies = []string{"single", "cluster"}
-
+// newEnv is a world on a Redis of topology (on a Cluster's three
+// primaries a key, its lease and its cache's expiry record live in
+// different slots, and expired events come from each node), configured
+// with caches (YAML) and an engine of them.
 func newEnv(t *testing.T, topology, schema, caches string) *env {
 	t.Helper()
-	ctx := t.Context()
-	name := fmt.Sprintf("refresh%d", dbs.Add(1))
-	db, dbURL := pg.Database(t, name, schema)
-	var url string
-	var rc rueidis.Client
-	var nodes []*testenv.Redis
-	if topology == "cluster" {
-		c := testenv.StartCluster(t, 3)
-		url, rc, nodes = c.URL(), c.Client(t), c.Nodes
-	} else {
-		rds := testenv.StartRedis(t)
-		url, rc, nodes = rds.URL(), rds.Client(t), []*testenv.Redis{rds}
-	}
-	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis: {url: %q}\nsources: {db: {url: %q}}\ncaches:\n%s", name, url, dbURL, caches)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := engine.Open(ctx, cfg, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(api.Close)
-	return &env{t: t, db: db, rc: rc, cfg: cfg, api: api, nodes: nodes}
+	w := world.NewTopology(t, topology, schema)
+	cfg := w.Config(caches)
+	return &env{World: w, cfg: cfg, api: w.Open(cfg)}
 }
 
 // start runs a refresher, changed by set, until the returned stop is
 // called (or the test ends).
 func (e *env) start(set ...func(*refresh.Refresher)) (*refresh.Refresher, func()) {
-	e.t.Helper()
-	r, err := refresh.New(e.cfg, e.api, e.rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e.T.Helper()
+	r, err := refresh.New(e.cfg, e.api, e.RC, world.Logger(e.T))
 	if err != nil || r == nil {
-		e.t.Fatalf("refresher %v, %v", r, err)
+		e.T.Fatalf("refresher %v, %v", r, err)
 	}
 	for _, f := range set {
 		f(r)
 	}
-	return r, testenv.Go(e.t, r.Run)
-}
-
-func (e *env) exec(sql string, args ...any) {
-	e.t.Helper()
-	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *env) get(key string) (string, bool) {
-	e.t.Helper()
-	v, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(key).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return "", false
-	}
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v, true
-}
-
-func (e *env) do(cmd rueidis.Completed) {
-	e.t.Helper()
-	if err := e.rc.Do(context.Background(), cmd).Error(); err != nil {
-		e.t.Fatal(err)
-	}
+	return r, testenv.Go(e.T, r.Run)
 }
 
 // mget returns the values of keys ("" for a missing key) and how many were missing.
 func (e *env) mget(keys []string) ([]string, int) {
-	e.t.Helper()
-	vals, err := rueidis.MGet(e.rc, context.Background(), keys) // by slot on a cluster
+	e.T.Helper()
+	vals, err := rueidis.MGet(e.RC, context.Background(), keys) // by slot on a cluster
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	out := make([]string, len(keys))
 	missing := 0
@@ -137,7 +78,7 @@ func (e *env) mget(keys []string) ([]string, int) {
 // drive it: the row (apple, 1.99) in the table, SET price:apple 1, EXPIRE
 // price:apple 3; within a second after the expiry GET price:apple returns
 // the database's value in the cache's format, with the cache's TTL.
-func TestSeedScenario(t *testing.T) { eachTopology(t, testSeedScenario) }
+func TestSeedScenario(t *testing.T) { world.EachTopology(t, testSeedScenario) }
 
 func testSeedScenario(t *testing.T, topology string) {
 	e := newEnv(t, topology, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
@@ -147,85 +88,67 @@ func testSeedScenario(t *testing.T, topology string) {
 `)
 	r, _ := e.start()
 	// Wait until the refresher listens: it enables expired events first.
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Stats.Events.Load() == 0 {
-		e.do(e.rc.B().Set().Key("probe:x").Value("1").Px(time.Millisecond).Build())
-		if time.Now().After(deadline) {
-			t.Fatal("no expired event reached the refresher")
+	world.WaitFor(t, "an expired event reaching the refresher", func() bool {
+		if r.Stats.Events.Load() > 0 {
+			return true
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		e.Do(e.RC.B().Set().Key("probe:x").Value("1").Px(time.Millisecond).Build())
+		return false
+	})
 
-	e.do(e.rc.B().Set().Key("price:apple").Value("1").Build())
-	e.do(e.rc.B().Expire().Key("price:apple").Seconds(3).Build())
+	e.Do(e.RC.B().Set().Key("price:apple").Value("1").Build())
+	e.Do(e.RC.B().Expire().Key("price:apple").Seconds(3).Build())
 	// Times on Redis' clock: when the key expires, and (from its new
 	// expiry time and the cache's TTL of an hour) when the refresh wrote it.
 	expireAt := func() int64 {
-		at, err := e.rc.Do(t.Context(), e.rc.B().Pexpiretime().Key("price:apple").Build()).AsInt64()
+		at, err := e.RC.Do(t.Context(), e.RC.B().Pexpiretime().Key("price:apple").Build()).AsInt64()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return at
 	}
 	expiry := expireAt()
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		v, ok := e.get("price:apple")
-		if ok && v == "1.99" {
-			break
-		}
-		if ok && v != "1" {
+	world.WaitFor(t, "price:apple reloaded after its expiry", func() bool {
+		v, ok := e.Get("price:apple")
+		if ok && v != "1" && v != "1.99" {
 			t.Fatalf("price:apple = %q", v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("price:apple still %q (present %v) 7 s after its expiry", v, ok)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return ok && v == "1.99"
+	})
 	if late := expireAt() - time.Hour.Milliseconds() - expiry; late < 0 || late > 1000 {
 		t.Fatalf("refreshed %d ms after the expiry, want within 1 s", late)
 	}
-	ttl, err := e.rc.Do(t.Context(), e.rc.B().Ttl().Key("price:apple").Build()).AsInt64()
+	ttl, err := e.RC.Do(t.Context(), e.RC.B().Ttl().Key("price:apple").Build()).AsInt64()
 	if err != nil || ttl < 3500 || ttl > 3600 {
 		t.Fatalf("TTL %d (%v), want the cache's hour", ttl, err)
 	}
-	waitStat(t, "refreshed", &r.Stats.Refreshed, 1)
+	world.WaitCount(t, "refreshed keys", &r.Stats.Refreshed, 1)
 	if n := r.Stats.Refreshed.Load(); n != 1 {
 		t.Fatalf("refreshed %d keys, want 1", n)
 	}
 
 	// A key whose row is gone: deleted by default, marked with not_found: negative.
 	ignored := r.Stats.Ignored.Load()
-	e.do(e.rc.B().Set().Key("price:pear").Value("1").Px(50 * time.Millisecond).Build())
-	e.do(e.rc.B().Set().Key("marked:pear").Value("1").Px(50 * time.Millisecond).Build())
-	for r.Stats.NotFound.Load() < 2 {
-		if time.Since(deadline) > 20*time.Second {
-			t.Fatalf("not-found count %d", r.Stats.NotFound.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.Do(e.RC.B().Set().Key("price:pear").Value("1").Px(50 * time.Millisecond).Build())
+	e.Do(e.RC.B().Set().Key("marked:pear").Value("1").Px(50 * time.Millisecond).Build())
+	world.WaitCount(t, "keys found gone", &r.Stats.NotFound, 2)
 	for _, k := range []string{"price:pear", "marked:pear"} {
-		if v, ok := e.get(k); ok {
+		if v, ok := e.Get(k); ok {
 			t.Errorf("%s = %q, want no key", k, v)
 		}
 	}
 	if _, err := e.api.Get(t.Context(), "marked", "marked:pear"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("Get(marked:pear) error %v, want not found from the marker", err)
 	}
-	if n, _ := e.rc.Do(t.Context(), e.rc.B().Exists().Key("cachesync:neg:{marked:pear}").Build()).AsInt64(); n != 1 {
+	if n, _ := e.RC.Do(t.Context(), e.RC.B().Exists().Key("cachesync:neg:{marked:pear}").Build()).AsInt64(); n != 1 {
 		t.Error("no not-found marker for marked:pear")
 	}
-	if n, _ := e.rc.Do(t.Context(), e.rc.B().Exists().Key("cachesync:neg:{price:pear}").Build()).AsInt64(); n != 0 {
+	if n, _ := e.RC.Do(t.Context(), e.RC.B().Exists().Key("cachesync:neg:{price:pear}").Build()).AsInt64(); n != 0 {
 		t.Error("a not-found marker for price:pear, whose cache deletes")
 	}
 	// Keys of no cache are ignored and counted.
-	e.do(e.rc.B().Set().Key("session:1").Value("x").Px(10 * time.Millisecond).Build())
-	for r.Stats.Ignored.Load() == ignored {
-		if time.Since(deadline) > 20*time.Second {
-			t.Fatal("an expired key of no cache was not counted as ignored")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.Do(e.RC.B().Set().Key("session:1").Value("x").Px(10 * time.Millisecond).Build())
+	world.WaitCount(t, "expired keys of no cache counted as ignored", &r.Stats.Ignored, ignored+1)
 }
 
 // TestNothingMissed: 10,000 keys with 1 s TTLs are each refreshed (a
@@ -233,7 +156,7 @@ func testSeedScenario(t *testing.T, topology string) {
 // refresher stops, at least 5,000 keys expire meanwhile, and a new one
 // repairs every key (the time it takes is logged: on an idle machine
 // within a second or two; both cores busy, several).
-func TestNothingMissed(t *testing.T) { eachTopology(t, testNothingMissed) }
+func TestNothingMissed(t *testing.T) { world.EachTopology(t, testNothingMissed) }
 
 func testNothingMissed(t *testing.T, topology string) {
 	const n = 10_000
@@ -256,59 +179,48 @@ func testNothingMissed(t *testing.T, topology string) {
 			filled = res.Written + res.Kept
 		}
 	}
-	// waitAll waits until every key has been seen holding want, and
-	// returns how long that took (failing the test after a minute).
+	// waitAll waits until every key has been seen holding want (reading
+	// those not seen so far), and returns how long that took.
 	waitAll := func(want string) time.Duration {
 		t.Helper()
-		seen := make([]bool, n)
-		left := n
-		start := time.Now()
-		for left > 0 {
-			vals, _ := e.mget(keys)
+		start, left := time.Now(), keys
+		var vals []string // of left
+		if !world.Within(world.Patience, func() bool {
+			vals, _ = e.mget(left)
+			var unseen, their []string
 			for i, v := range vals {
-				if !seen[i] && v == want {
-					seen[i], left = true, left-1
+				if v != want {
+					unseen, their = append(unseen, left[i]), append(their, v)
 				}
 			}
-			if left > 0 && time.Since(start) > time.Minute {
-				shown := 0
-				for i, v := range vals { // say where the first few stand
-					if !seen[i] && shown < 5 {
-						shown++
-						pttl, _ := e.rc.Do(context.Background(), e.rc.B().Pttl().Key(keys[i]).Build()).AsInt64()
-						due, err := e.rc.Do(context.Background(), e.rc.B().Zscore().Key(binding.RecordKey("t")).Member(keys[i]).Build()).AsFloat64()
-						t.Logf("%s = %q, PTTL %d ms, due in the record %v ms ago (%v)", keys[i], v, pttl, time.Now().UnixMilli()-int64(due), err)
-					}
-				}
-				t.Fatalf("%d of %d keys never held %q", left, n, want)
+			left, vals = unseen, their
+			return len(left) == 0
+		}) {
+			for i, k := range left[:min(5, len(left))] { // say where the first few stand
+				pttl, _ := e.RC.Do(context.Background(), e.RC.B().Pttl().Key(k).Build()).AsInt64()
+				due, err := e.RC.Do(context.Background(), e.RC.B().Zscore().Key(binding.RecordKey("t")).Member(k).Build()).AsFloat64()
+				t.Logf("%s = %q, PTTL %d ms, due in the record %v ms ago (%v)", k, vals[i], pttl, time.Now().UnixMilli()-int64(due), err)
 			}
-			time.Sleep(20 * time.Millisecond)
+			t.Fatalf("%d of %d keys never held %q", len(left), n, want)
 		}
 		return time.Since(start)
 	}
 
 	r, stop := e.start()
-	e.exec(`UPDATE t SET v = 1`)
+	e.Exec(`UPDATE t SET v = 1`)
 	cycled := waitAll("1") // each expired and was reloaded
-	waitStat(t, "refreshed", &r.Stats.Refreshed, n)
+	world.WaitCount(t, "refreshed keys", &r.Stats.Refreshed, n)
 	stop()
 
 	// Down: keys expire with nobody listening.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, missing := e.mget(keys)
-		if missing >= n/2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d keys expired", missing)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var missing int
+	if !world.Within(world.Patience, func() bool { _, missing = e.mget(keys); return missing >= n/2 }) {
+		t.Fatalf("only %d keys expired", missing)
 	}
-	e.exec(`UPDATE t SET v = 2`)
+	e.Exec(`UPDATE t SET v = 2`)
 	r2, _ := e.start()
 	repaired := waitAll("2")
-	waitStat(t, "repaired", &r2.Stats.Repaired, n/2)
+	world.WaitCount(t, "repaired keys", &r2.Stats.Repaired, n/2)
 	t.Logf("every key reloaded in %v, repaired in %v; first run refreshed %d, second run refreshed %d, repaired %d; mean delay %v",
 		cycled.Round(time.Millisecond), repaired.Round(time.Millisecond), r.Stats.Refreshed.Load(), r2.Stats.Refreshed.Load(),
 		r2.Stats.Repaired.Load(), r2.Stats.Delays.Mean())
@@ -320,7 +232,7 @@ func testNothingMissed(t *testing.T, topology string) {
 // 1 s TTL, both cores busy left a Cluster's keys unrenewed for over half a
 // second); with a change feed the keys' TTLs are renewed (their values are
 // the feed's), without one they are reloaded.
-func TestAheadNoMisses(t *testing.T) { eachTopology(t, testAheadNoMisses) }
+func TestAheadNoMisses(t *testing.T) { world.EachTopology(t, testAheadNoMisses) }
 
 func testAheadNoMisses(t *testing.T, topology string) {
 	for _, mode := range []string{"none", "changefeed"} {
@@ -351,7 +263,7 @@ func testAheadNoMisses(t *testing.T, topology string) {
 			for g := range 8 {
 				wg.Go(func() {
 					for i := g; time.Now().Before(end); i += 7 {
-						_, err := e.rc.Do(context.Background(), e.rc.B().Get().Key(keys[i%n]).Build()).ToString()
+						_, err := e.RC.Do(context.Background(), e.RC.B().Get().Key(keys[i%n]).Build()).ToString()
 						reads.Add(1)
 						if rueidis.IsRedisNil(err) {
 							misses.Add(1)
@@ -376,7 +288,7 @@ func testAheadNoMisses(t *testing.T, topology string) {
 			// A refresh moves the key's record entry to its new expiry: none is
 			// overdue by more than half the TTL (an entry written early on a
 			// Cluster is moved at the next poll).
-			overdue, err := e.rc.Do(t.Context(), e.rc.B().Zrange().Key(binding.RecordKey("t")).Min("-inf").
+			overdue, err := e.RC.Do(t.Context(), e.RC.B().Zrange().Key(binding.RecordKey("t")).Min("-inf").
 				Max(strconv.FormatInt(time.Now().Add(-ttl/2).UnixMilli(), 10)).Byscore().Build()).AsStrSlice()
 			if err != nil || len(overdue) > 0 {
 				t.Errorf("record entries overdue after refreshes: %d (%v)", len(overdue), err)
@@ -394,7 +306,7 @@ func testAheadNoMisses(t *testing.T, topology string) {
 // TestSchedule: cron entries reload a declared key and every row a SQL
 // condition matches, overwriting what the keys held (no change feed), and
 // leave other keys alone.
-func TestSchedule(t *testing.T) { eachTopology(t, testSchedule) }
+func TestSchedule(t *testing.T) { world.EachTopology(t, testSchedule) }
 
 func testSchedule(t *testing.T, topology string) {
 	e := newEnv(t, topology, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
@@ -413,24 +325,13 @@ func testSchedule(t *testing.T, topology string) {
 	if res, err := e.api.Reload(t.Context(), "t", keys, false); err != nil || res.Written != 5 {
 		t.Fatalf("fill: %+v, %v", res, err)
 	}
-	e.exec(`UPDATE t SET v = 9`)
+	e.Exec(`UPDATE t SET v = 9`)
 	r, _ := e.start()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		vals, _ := e.mget(keys)
-		if got := strings.Join(vals, ","); got == "9,0,9,9,0" {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("values %s, want 9,0,9,9,0 (t:1 and t:3-4 reloaded)", got)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var got string
+	if !world.Within(world.Patience, func() bool { vals, _ := e.mget(keys); got = strings.Join(vals, ","); return got == "9,0,9,9,0" }) {
+		t.Fatalf("values %s, want 9,0,9,9,0 (t:1 and t:3-4 reloaded)", got)
 	}
-	for r.Stats.Scheduled.Load() < 3 { // counted once each reload returns
-		if time.Now().After(deadline) {
-			t.Fatalf("scheduled reloads wrote %d keys, want at least 3", r.Stats.Scheduled.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	world.WaitCount(t, "scheduled reloads wrote", &r.Stats.Scheduled, 3) // counted once each reload returns
 }
 
 // TestEventsAfterRestart: a Redis (on a Cluster, the primary of the key)
@@ -439,7 +340,7 @@ func testSchedule(t *testing.T, topology string) {
 // again, so a key a plain client sets to expire is reloaded on its expired
 // event. (Such a key has
 // no entry in the expiry record: only the event can bring it back.)
-func TestEventsAfterRestart(t *testing.T) { eachTopology(t, testEventsAfterRestart) }
+func TestEventsAfterRestart(t *testing.T) { world.EachTopology(t, testEventsAfterRestart) }
 
 func testEventsAfterRestart(t *testing.T, topology string) {
 	e := newEnv(t, topology, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
@@ -448,9 +349,9 @@ func testEventsAfterRestart(t *testing.T, topology string) {
 `)
 	// The key and the node it lives on: on a Cluster, a node other than
 	// the one the client was given.
-	node, key, want := e.nodes[0], "price:i1", "1.00"
-	if len(e.nodes) > 1 {
-		node = e.nodes[1]
+	node, key, want := e.Nodes[0], "price:i1", "1.00"
+	if len(e.Nodes) > 1 {
+		node = e.Nodes[1]
 		nc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
 		if err != nil {
 			t.Fatal(err)
@@ -469,60 +370,50 @@ func testEventsAfterRestart(t *testing.T, topology string) {
 	}
 	// Checks an hour apart: the resubscription after the restart checks.
 	r, _ := e.start(func(r *refresh.Refresher) { r.CheckEvery = time.Hour })
-	// expireOnce sets key to expire and waits until it holds the table's
-	// value again, setting it anew whenever it expired unseen.
+	// expireOnce waits until expired events of the key's node reach the
+	// refresher (a key of no cache in the key's slot, expired until one
+	// does), then sets key to expire once and waits until it holds the
+	// table's value again.
+	// expire sets k to expire in px, false when it met a connection the
+	// restart broke (the client retries reads on another, not writes).
+	expire := func(k string, px time.Duration) bool {
+		err := e.RC.Do(t.Context(), e.RC.B().Set().Key(k).Value("0").Px(px).Build()).Error()
+		if _, ok := rueidis.IsRedisErr(err); ok {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
 	expireOnce := func() {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			v, ok := e.get(key)
-			if ok && v == want {
-				return
+		events := r.Stats.Events.Load()
+		world.WaitFor(t, "an expired event from the node of "+key, func() bool {
+			if r.Stats.Events.Load() > events {
+				return true
 			}
-			if !ok {
-				e.do(e.rc.B().Set().Key(key).Value("0").Px(20 * time.Millisecond).Build())
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s = %q (present %v), never reloaded: %d events, %d refreshed", key, v, ok, r.Stats.Events.Load(), r.Stats.Refreshed.Load())
-			}
-			time.Sleep(20 * time.Millisecond)
+			expire("{"+key+"}:probe", time.Millisecond)
+			return false
+		})
+		world.WaitFor(t, key+" set to expire", func() bool { return expire(key, 20*time.Millisecond) })
+		var v string
+		var ok bool
+		if !world.Within(world.Patience, func() bool { v, ok = e.Get(key); return ok && v == want }) {
+			t.Fatalf("%s = %q (present %v), never reloaded: %d events, %d refreshed", key, v, ok, r.Stats.Events.Load(), r.Stats.Refreshed.Load())
 		}
 	}
 	expireOnce()
 	if err := node.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := e.get(key); ok {
+	if v, ok := e.Get(key); ok {
 		t.Fatalf("%s = %q after a restart without persistence", key, v)
 	}
 	events, refreshed := r.Stats.Events.Load(), r.Stats.Refreshed.Load()
 	expireOnce()
 	// The key holds its value again; the counters move when the reload
 	// returns, a moment later.
-	waitStat(t, "expired events since the restart: received", &r.Stats.Events, events+1)
-	waitStat(t, "since the restart: refreshed", &r.Stats.Refreshed, refreshed+1)
+	world.WaitCount(t, "expired events received since the restart:", &r.Stats.Events, events+1)
+	world.WaitCount(t, "keys refreshed since the restart:", &r.Stats.Refreshed, refreshed+1)
 	if n := r.Stats.Notify.Reenabled.Load(); n != 1 {
 		t.Errorf("%d re-enables of expired events counted, want 1", n)
-	}
-}
-
-// eachTopology runs test once per topology, as subtests.
-func eachTopology(t *testing.T, test func(*testing.T, string)) {
-	for _, topology := range topologies {
-		t.Run(topology, func(t *testing.T) { test(t, topology) })
-	}
-}
-
-// waitStat waits until a counter reaches want: counters move when a reload
-// returns, a moment after its values are visible. (It fails the test after
-// a minute.)
-func waitStat(t *testing.T, what string, c *atomic.Int64, want int64) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for c.Load() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s %d keys, want at least %d", what, c.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -3,89 +3,43 @@ package check_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
-	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/redis/rueidis"
-
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/check"
 	"github.com/cachesync/cachesync/internal/engine"
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-var pg *testenv.Postgres
+func TestMain(m *testing.M) { world.Main(m) }
 
-func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
-
-var dbs atomic.Int64
-
-// env is a database with table t (id, v, note), Redis, a config with one
-// cache over t kept by a change feed, the feed and an API client.
+// env is a world whose table t (id, v, note) has rows rows, one cache over
+// t kept by a change feed, and an API client.
 type env struct {
-	t   *testing.T
-	db  *pgx.Conn
-	rc  rueidis.Client
+	*world.World
 	cfg *config.Config
 	api *engine.Engine
 }
 
 func newEnv(t *testing.T, rows int) *env {
 	t.Helper()
-	ctx := t.Context()
-	name := fmt.Sprintf("check%d", dbs.Add(1))
-	db, dbURL := pg.Database(t, name, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
+	w := world.New(t, fmt.Sprintf(`CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
 		INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, %d) g`, rows))
-	rds := testenv.StartRedis(t)
-	rc := rds.Client(t)
-	cfg, err := config.Load(strings.NewReader(fmt.Sprintf(`name: %s
-redis: {url: %q}
-sources: {db: {url: %q}}
-caches:
-  t: {table: t, key: "t:{id}", value: {columns: [id, v, note]}}
-`, name, rds.URL(), dbURL)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := changefeed.New(cfg, "db", rc, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	testenv.Go(t, f.Run)
-	deadline := time.Now().Add(30 * time.Second)
-	for f.Stats.Rebuilds.Load() < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("feed did not start")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	api, err := engine.Open(ctx, cfg, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(api.Close)
-	return &env{t: t, db: db, rc: rc, cfg: cfg, api: api}
+	cfg := w.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v, note]}}` + "\n")
+	w.Feed(cfg)
+	return &env{World: w, cfg: cfg, api: w.Open(cfg)}
 }
 
 func (e *env) check(opt check.Options) *check.Report {
-	e.t.Helper()
-	r, err := check.Run(e.t.Context(), e.cfg, e.api, e.rc, "t", opt)
+	e.T.Helper()
+	r, err := check.Run(e.T.Context(), e.cfg, e.api, e.RC, "t", opt)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return r
-}
-
-func (e *env) do(cmd rueidis.Completed) {
-	e.t.Helper()
-	if err := e.rc.Do(context.Background(), cmd).Error(); err != nil {
-		e.t.Fatal(err)
-	}
 }
 
 // TestCheckFindsAndRepairs: a planted stale value, a deleted key and a key
@@ -97,9 +51,9 @@ func TestCheckFindsAndRepairs(t *testing.T) {
 			t.Fatalf("fresh cache, %+v: %+v", opt, r)
 		}
 	}
-	e.do(e.rc.B().Set().Key("t:7").Value(`{"id":7,"v":0,"note":"n7"}`).Build())       // stale
-	e.do(e.rc.B().Del().Key("t:8").Build())                                           // missing
-	e.do(e.rc.B().Set().Key("t:9999").Value(`{"id":9999,"v":1,"note":null}`).Build()) // extra
+	e.Do(e.RC.B().Set().Key("t:7").Value(`{"id":7,"v":0,"note":"n7"}`).Build())       // stale
+	e.Do(e.RC.B().Del().Key("t:8").Build())                                           // missing
+	e.Do(e.RC.B().Set().Key("t:9999").Value(`{"id":9999,"v":1,"note":null}`).Build()) // extra
 	for _, opt := range []check.Options{{}, {Lookup: true}, {Sample: 500}} {
 		r := e.check(opt)
 		if r.Consistent() || r.Stale.Count != 1 || r.Stale.Examples[0] != "t:7" || r.Missing.Count != 1 || r.Missing.Examples[0] != "t:8" {
@@ -142,11 +96,11 @@ func TestCheckLive(t *testing.T) {
 			var err error
 			switch rand.IntN(4) {
 			case 0:
-				_, err = e.db.Exec(ctx, `DELETE FROM t WHERE id = $1`, id)
+				_, err = e.DB.Exec(ctx, `DELETE FROM t WHERE id = $1`, id)
 			case 1:
-				_, err = e.db.Exec(ctx, `INSERT INTO t VALUES ($1, 0, 'new') ON CONFLICT DO NOTHING`, id)
+				_, err = e.DB.Exec(ctx, `INSERT INTO t VALUES ($1, 0, 'new') ON CONFLICT DO NOTHING`, id)
 			default:
-				_, err = e.db.Exec(ctx, `UPDATE t SET v = v + 1 WHERE id = $1`, id)
+				_, err = e.DB.Exec(ctx, `UPDATE t SET v = v + 1 WHERE id = $1`, id)
 			}
 			if err != nil && ctx.Err() == nil {
 				werr <- err

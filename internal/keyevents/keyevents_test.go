@@ -13,6 +13,7 @@ import (
 
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestFlagsKept: notify-keyspace-events loses a listener's flags (Redis
@@ -23,11 +24,11 @@ import (
 // of one process never undo each other's flags.
 func TestFlagsKept(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		cluster bool
-		flags   []string      // one listener of expired events per entry
-		every   time.Duration // how often the listeners check
-		set     string        // notify-keyspace-events someone sets, or "restart"
+		name     string
+		topology string
+		flags    []string      // one listener of expired events per entry
+		every    time.Duration // how often the listeners check
+		set      string        // notify-keyspace-events someone sets, or "restart"
 		// How many listeners enable flags again: with two, the second
 		// finds what the first added.
 		min, max int
@@ -37,22 +38,15 @@ func TestFlagsKept(t *testing.T) {
 		{name: "others' flags kept", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "K$", min: 1, max: 1},
 		{name: "x covered by A", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "AE", min: 0, max: 0},
 		{name: "two features", flags: []string{"Ex", "Exm"}, every: 10 * time.Millisecond, set: "", min: 1, max: 2},
-		{name: "cluster restart", cluster: true, flags: []string{"Ex"}, every: time.Hour, set: "restart", min: 1, max: 1},
-		{name: "cluster config set", cluster: true, flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "g", min: 1, max: 1},
+		{name: "cluster restart", topology: "cluster", flags: []string{"Ex"}, every: time.Hour, set: "restart", min: 1, max: 1},
+		{name: "cluster config set", topology: "cluster", flags: []string{"Ex"}, every: 10 * time.Millisecond, set: "g", min: 1, max: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var nodes []*testenv.Redis
-			var rc rueidis.Client
-			if tc.cluster {
-				c := testenv.StartCluster(t, 3)
-				nodes, rc = c.Nodes, c.Client(t)
-			} else {
-				r := testenv.StartRedis(t)
-				nodes, rc = []*testenv.Redis{r}, r.Client(t)
-			}
+			w := world.NewRedisOnly(t, tc.topology)
+			rc := w.RC
 			// The node whose flags go: on a Cluster, not the one the client was given.
-			node := nodes[len(nodes)-1]
-			nc := single(t, node)
+			node := w.Nodes[len(w.Nodes)-1]
+			nc := world.NodeClient(t, node)
 			key := keyOn(t, nc, "probe:")
 			var logs testenv.LogBuffer
 			var listeners []*listener
@@ -81,7 +75,7 @@ func TestFlagsKept(t *testing.T) {
 			// the events came, or never lost): none is left to enable.
 			for _, l := range listeners {
 				checks := l.health.Checks.Load()
-				waitFor(t, "another check", func() bool { return l.health.Checks.Load() > checks || tc.every == time.Hour })
+				world.WaitFor(t, "another check", func() bool { return l.health.Checks.Load() > checks || tc.every == time.Hour })
 			}
 
 			var reenabled int
@@ -142,8 +136,8 @@ func TestRefused(t *testing.T) {
 		{"while running", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := testenv.StartRedis(t)
-			admin := r.Client(t)
+			w := world.NewRedisOnly(t, "single")
+			r, admin := w.Redis, w.RC
 			r.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all")
 			if tc.atStart {
 				r.SetUser(t, "cs", "-config")
@@ -158,9 +152,9 @@ func TestRefused(t *testing.T) {
 			}
 			setFlags(t, admin, "")
 			// Several periods' checks refused, one error.
-			waitFor(t, "refused checks", func() bool { return l.health.Refused.Load() == 1 })
+			world.WaitFor(t, "refused checks", func() bool { return l.health.Refused.Load() == 1 })
 			checks := l.health.Checks.Load()
-			waitFor(t, "more refused checks", func() bool { return l.health.Checks.Load() >= checks+5 })
+			world.WaitFor(t, "more refused checks", func() bool { return l.health.Checks.Load() >= checks+5 })
 			errs := logs.Lines("level=ERROR")
 			if len(errs) != 1 || !strings.Contains(errs[0], `configure="notify-keyspace-events Ex"`) || !strings.Contains(errs[0], "redis="+r.Addr) {
 				t.Fatalf("errors logged: %q, want one naming the node and notify-keyspace-events Ex", errs)
@@ -180,7 +174,7 @@ func TestRefused(t *testing.T) {
 			if !tc.atStart {
 				enabled, reenabled = `msg="notify-keyspace-events lost its flags; enabled again"`, 1
 			}
-			waitFor(t, "the flags enabled again", func() bool { return l.health.OK() && len(logs.Lines(enabled)) == 1 })
+			world.WaitFor(t, "the flags enabled again", func() bool { return l.health.OK() && len(logs.Lines(enabled)) == 1 })
 			if n := l.health.Reenabled.Load(); n != reenabled {
 				t.Errorf("%d re-enables counted, want %d", n, reenabled)
 			}
@@ -227,24 +221,22 @@ func listen(t *testing.T, rc rueidis.Client, ev keyevents.Events, logs *testenv.
 // expires makes key expire until l gets its expired event.
 func (l *listener) expires(t *testing.T, rc rueidis.Client, key string) {
 	t.Helper()
-	l.mu.Lock()
-	seen := l.keys[key]
-	l.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	got := func() int {
 		l.mu.Lock()
-		n := l.keys[key]
-		l.mu.Unlock()
-		if n > seen {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no expired event of %s", l.ev.Feature, key)
-		}
-		// Errors are retried: a restarted node may not answer yet.
-		_ = rc.Do(t.Context(), rc.B().Set().Key(key).Value("1").Px(time.Millisecond).Build()).Error()
-		time.Sleep(10 * time.Millisecond)
+		defer l.mu.Unlock()
+		return l.keys[key]
 	}
+	seen := got()
+	world.WaitFor(t, l.ev.Feature+": an expired event of "+key, func() bool {
+		if got() > seen {
+			return true
+		}
+		// Set again, to expire after a millisecond (found expired by the
+		// next SET or by Redis's own sweep); errors are retried: a
+		// restarted node may not answer yet.
+		_ = rc.Do(t.Context(), rc.B().Set().Key(key).Value("1").Px(time.Millisecond).Build()).Error()
+		return false
+	})
 }
 
 // keyOn returns a key with prefix that the node nc is a client of holds
@@ -262,24 +254,13 @@ func keyOn(t *testing.T, nc rueidis.Client, prefix string) string {
 	return ""
 }
 
-// single returns a client of node alone, closed when the test ends.
-func single(t *testing.T, node *testenv.Redis) rueidis.Client {
-	t.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
 // flagsOf returns the notify-keyspace-events of rc's node, trying again
 // while its connection is broken (by a restart).
 func flagsOf(t *testing.T, rc rueidis.Client) string {
 	t.Helper()
 	var m map[string]string
 	var err error
-	waitFor(t, "CONFIG GET", func() bool {
+	world.WaitFor(t, "CONFIG GET", func() bool {
 		m, err = rc.Do(t.Context(), rc.B().ConfigGet().Parameter("notify-keyspace-events").Build()).AsStrMap()
 		_, answered := rueidis.IsRedisErr(err)
 		return err == nil || answered
@@ -294,17 +275,5 @@ func setFlags(t *testing.T, rc rueidis.Client, flags string) {
 	t.Helper()
 	if err := rc.Do(t.Context(), rc.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", flags).Build()).Error(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// waitFor waits until cond holds, failing the test after a generous while.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited in vain for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

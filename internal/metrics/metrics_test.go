@@ -2,63 +2,37 @@ package metrics_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/internal/refresh"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
+
+func TestMain(m *testing.M) { world.Main(m) }
 
 // TestKeyspaceEvents: the keymiss listener and the refresher run as a
 // Redis user without CONFIG: each feature's keyspace_events_ok is 0;
 // granted CONFIG, 1; their flags CONFIG SET away, each counts a re-enable.
 func TestKeyspaceEvents(t *testing.T) {
-	ctx := t.Context()
-	pg := testenv.StartPostgres(t)
-	db, err := pgx.Connect(ctx, pg.URL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	if _, err := db.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text)`); err != nil {
-		t.Fatal(err)
-	}
-	rds := testenv.StartRedis(t)
-	admin := rds.Client(t)
-	rds.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all", "-config")
-	rc := rds.ClientAs(t, "cs", "pw")
-	cfg, err := config.Load(strings.NewReader(`name: m
-redis: {url: "` + rds.URL() + `"}
-sources: {db: {url: "` + pg.URL("postgres") + `"}}
-caches:
-  p: {table: t, key: "p:{id}", sync: none, fill: on-miss, ttl: 1h, refresh: on-expiry}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := engine.Open(ctx, cfg, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer api.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	l, err := keymiss.New(cfg, api, rc, log)
+	w := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	w.Redis.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all", "-config")
+	rc := w.Redis.ClientAs(t, "cs", "pw")
+	cfg := w.Config(`  p: {table: t, key: "p:{id}", sync: none, fill: on-miss, ttl: 1h, refresh: on-expiry}
+`)
+	api := w.Open(cfg)
+	l, err := keymiss.New(cfg, api, rc, world.Logger(t))
 	if err != nil || l == nil {
 		t.Fatalf("listener %v, %v", l, err)
 	}
-	r, err := refresh.New(cfg, api, rc, log)
+	r, err := refresh.New(cfg, api, rc, world.Logger(t))
 	if err != nil || r == nil {
 		t.Fatalf("refresher %v, %v", r, err)
 	}
@@ -72,13 +46,7 @@ caches:
 	wait := func(what string, cond func(h *keyevents.Health) bool, ok, reenabled string) {
 		t.Helper()
 		for feature, h := range features {
-			deadline := time.Now().Add(10 * time.Second)
-			for !cond(h) {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: waited in vain for %s", feature, what)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			world.WaitFor(t, feature+": "+what, func() bool { return cond(h) })
 		}
 		rec := httptest.NewRecorder()
 		handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -94,11 +62,9 @@ caches:
 		}
 	}
 	wait("CONFIG refused", func(h *keyevents.Health) bool { return !h.OK() }, "0", "0")
-	rds.SetUser(t, "cs", "+config")
+	w.Redis.SetUser(t, "cs", "+config")
 	wait("CONFIG allowed", func(h *keyevents.Health) bool { return h.OK() }, "1", "0")
-	if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "").Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
+	w.Do(w.RC.B().ConfigSet().ParameterValue().ParameterValue("notify-keyspace-events", "").Build())
 	// Each feature finds its own flags gone: the one that enables its
 	// flags first does not add the other's.
 	wait("flags lost", func(h *keyevents.Health) bool { return h.Reenabled.Load() == 1 }, "1", "1")
@@ -109,17 +75,10 @@ caches:
 // with the figures that need no server still there. (The daemon's tests
 // stop Redis and PostgreSQL: TestOutage* in cmd/cachesync.)
 func TestRedisHung(t *testing.T) {
-	rds := testenv.StartRedis(t)
-	cfg, err := config.Load(strings.NewReader(`name: m
-redis: {url: "` + rds.URL() + `"}
-sources: {db: {url: "postgres://127.0.0.1:1/unused"}}
-caches:
-  p: {table: t, key: "p:{id}", sync: none, writes: behind}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	handler := metrics.Handler(metrics.Sources{Config: cfg, Redis: rds.Client(t), Deadline: 200 * time.Millisecond})
+	w := world.NewRedisOnly(t, "single")
+	cfg := w.Config(`  p: {table: t, key: "p:{id}", sync: none, writes: behind}
+`)
+	handler := metrics.Handler(metrics.Sources{Config: cfg, Redis: w.RC, Deadline: 200 * time.Millisecond})
 	// scrape scrapes until the metrics have each of want, 10 times at most
 	// (on a busy machine a server that runs may miss the deadline now and then).
 	scrape := func(what string, want ...string) {
@@ -129,9 +88,9 @@ caches:
 			rec := httptest.NewRecorder()
 			handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 			missing = missing[:0]
-			for _, w := range append(want, "go_goroutines") { // a name alone: any value
-				if body := rec.Body.String(); !strings.Contains(body, "\n"+w+"\n") && !strings.Contains(body, "\n"+w+" ") {
-					missing = append(missing, w)
+			for _, m := range append(want, "go_goroutines") { // a name alone: any value
+				if body := rec.Body.String(); !strings.Contains(body, "\n"+m+"\n") && !strings.Contains(body, "\n"+m+" ") {
+					missing = append(missing, m)
 				}
 			}
 			if len(missing) == 0 {
@@ -141,7 +100,7 @@ caches:
 		t.Errorf("%s: metrics lack %q", what, missing)
 	}
 	scrape("up", "cachesync_redis_up 1", `cachesync_writebehind_pending{cache="p"} 0`)
-	pid := rds.PID()
+	pid := w.Redis.PID()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

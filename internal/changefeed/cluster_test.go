@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/redis/rueidis"
 
-	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/state"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -43,8 +43,8 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 		t.Fatalf("no node holds %s", key)
 		return -1
 	}
-	state := changefeed.NewState(w.RC, w.Name)
-	stateNode := owner(state.Key)
+	rec := state.New(w.RC, w.Name)
+	stateNode := owner(rec.Key)
 	id, valueNode := 0, -1
 	for i := 1; i <= 50 && valueNode < 0; i++ {
 		if n := owner(fmt.Sprintf("v:%d", i)); n != stateNode {
@@ -55,7 +55,7 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 		t.Fatal("no key of the table on another node than the state record")
 	}
 	key := fmt.Sprintf("v:%d", id)
-	t.Logf("state %s on node %d, value %s on node %d", state.Key, stateNode, key, valueNode)
+	t.Logf("state %s on node %d, value %s on node %d", rec.Key, stateNode, key, valueNode)
 
 	cfg := w.Config("  v: {table: v, key: \"v:{id}\", value: {format: string, column: x}}\n")
 	w.StartFeed(cfg)
@@ -73,7 +73,7 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	world.WaitFor(t, "the state record says the update is applied", func() bool {
-		lsn, ok, err := state.Applied(ctx, "db")
+		lsn, ok, err := rec.Applied(ctx, "db")
 		return err == nil && ok && lsn >= target
 	})
 	if v := get(); v != "new" {

@@ -25,6 +25,7 @@ import (
 	"github.com/cachesync/cachesync/internal/latency"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 // Stats counts what a feed did; safe for concurrent reads.
@@ -50,7 +51,7 @@ type Feed struct {
 	Slot   string // names the replication slot and the publication
 	Caches []*config.Cache
 	Redis  rueidis.Client
-	State  *State
+	State  *state.State
 	Log    *slog.Logger
 	Stats  *Stats
 	// Rebuild names caches to rebuild in the first session (cachesync resync).
@@ -65,7 +66,7 @@ type Feed struct {
 func New(cfg *config.Config, source string, client rueidis.Client, log *slog.Logger) *Feed {
 	f := &Feed{
 		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
-		Redis: client, State: NewState(client, cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)},
+		Redis: client, State: state.New(client, cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)},
 		Log: log.With("source", source), CheckEvery: time.Second,
 	}
 	for _, name := range cfg.CacheNames() {
@@ -104,7 +105,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		}
 		wait := backoff
 		switch {
-		case errors.Is(err, ErrRedisLost):
+		case errors.Is(err, state.ErrRedisLost):
 			f.Log.Warn("redis lost cached data; rebuilding", "err", err)
 			wait = 0
 		case errors.Is(err, errSlotBusy):
@@ -242,4 +243,13 @@ func (f *Feed) stream(ctx context.Context, tables map[string]*pgsource.Table, si
 		return nil
 	}
 	return rerr
+}
+
+// Applied returns the position of the last transaction f applied to Redis;
+// 0 before any, or when f is nil (no feed of the source runs here).
+func (f *Feed) Applied() uint64 {
+	if f == nil {
+		return 0
+	}
+	return f.Stats.AppliedLSN.Load()
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 const (
@@ -67,7 +68,7 @@ func (f *Feed) rebuildCache(ctx context.Context, snap *pgsource.Snapshot, conn *
 	if err != nil {
 		return n, err
 	}
-	return n, f.State.SetCache(ctx, c.Name, CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
+	return n, f.State.SetCache(ctx, c.Name, state.CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
 }
 
 // copyInto reads the cache's rows from the snapshot and writes them to Redis,

@@ -22,10 +22,10 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
-	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/latency"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 // Errors a caller can test with errors.Is.
@@ -48,7 +48,7 @@ type Engine struct {
 	loaders map[string]*pgsource.Loader
 	caches  map[string]*cache
 	flights singleflight.Group
-	state   *changefeed.State
+	state   *state.State
 	opts    Options
 
 	// Stats counts what the client did beyond plain reads and writes.
@@ -137,7 +137,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	c := &Engine{cfg: cfg, redis: r, loaders: map[string]*pgsource.Loader{}, caches: map[string]*cache{},
-		state: changefeed.NewState(r, cfg.Name), opts: opts}
+		state: state.New(r, cfg.Name), opts: opts}
 	c.bg, c.stopBg = context.WithCancel(context.Background())
 	if err := c.open(ctx); err != nil {
 		c.Close()

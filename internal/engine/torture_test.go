@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync/internal/binding"
-	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/state"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -189,10 +189,10 @@ func TestTorture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := changefeed.NewState(e.RC, cfg.Name)
+	rec := state.New(e.RC, cfg.Name)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		applied, _, err := state.Applied(context.Background(), "db")
+		applied, _, err := rec.Applied(context.Background(), "db")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -28,6 +28,7 @@ import (
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/latency"
 	"github.com/cachesync/cachesync/internal/refresh"
+	"github.com/cachesync/cachesync/internal/state"
 	"github.com/cachesync/cachesync/internal/status"
 )
 
@@ -176,9 +177,9 @@ func (c *collector) readRedis(ctx context.Context) (redisRead, error) {
 		return redisRead{}, err
 	}
 	rd := redisRead{info: info, queues: drain.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
-	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	rec := state.New(c.s.Redis, c.s.Config.Name)
 	for _, f := range c.s.Feeds {
-		rd.applied[f.Source] = state.Position(ctx, f.Source, f)
+		rd.applied[f.Source] = rec.Position(ctx, f.Source, f.Applied())
 	}
 	return rd, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 // Report is the status of one config's caches.
@@ -233,12 +234,12 @@ func (c *Collector) applied(ctx context.Context, redisUp bool) map[string]uint64
 	if c.s.API == nil {
 		return out
 	}
-	state := changefeed.NewState(c.s.Redis, c.s.Config.Name)
+	rec := state.New(c.s.Redis, c.s.Config.Name)
 	for _, source := range c.s.Config.SourceNames() {
 		f := c.feed(source)
 		switch {
 		case redisUp:
-			out[source] = state.Position(ctx, source, f)
+			out[source] = rec.Position(ctx, source, f.Applied())
 		case f != nil:
 			out[source] = f.Stats.AppliedLSN.Load()
 		}

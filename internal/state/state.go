@@ -1,4 +1,8 @@
-package changefeed
+// Package state is cachesync's own record in Redis of what the caches
+// hold: how far each source's changes are applied, and from which snapshot
+// each cache was built. The change feed writes it; Put (read-your-writes),
+// check, status and metrics read it.
+package state
 
 import (
 	"context"
@@ -31,8 +35,8 @@ type State struct {
 // ErrRedisLost reports that Redis no longer holds what cachesync wrote.
 var ErrRedisLost = errors.New("redis lost cachesync's writes (flushed or restarted without them)")
 
-// NewState returns the state record of the config named name.
-func NewState(client rueidis.Client, name string) *State {
+// New returns the state record of the config named name.
+func New(client rueidis.Client, name string) *State {
 	return &State{Key: binding.StateKey(name), Redis: client}
 }
 
@@ -168,14 +172,12 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 	return pglogrepl.LSN(v), nil
 }
 
-// Position returns how far source's changes are applied in Redis: the
-// position of its running feed f (nil when none runs here) once it has
-// applied something, else the recorded one; 0 when neither is known.
-func (s *State) Position(ctx context.Context, source string, f *Feed) uint64 {
-	if f != nil {
-		if lsn := f.Stats.AppliedLSN.Load(); lsn > 0 {
-			return lsn
-		}
+// Position returns how far source's changes are applied in Redis: running,
+// the position of a feed of source running here, once it is known (not 0),
+// else the recorded one; 0 when neither is known.
+func (s *State) Position(ctx context.Context, source string, running uint64) uint64 {
+	if running > 0 {
+		return running
 	}
 	if lsn, ok, err := s.Applied(ctx, source); err == nil && ok {
 		return uint64(lsn)

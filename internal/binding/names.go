@@ -39,7 +39,7 @@ import (
 //
 // Per config:
 //
-//	cachesync:state:CONFIG         hash    what the caches hold (StateKey; changefeed.State):
+//	cachesync:state:CONFIG         hash    what the caches hold (StateKey; state.State):
 //	                                       lsn:SOURCE → LSN, cache:NAME → FINGERPRINT/SINCE
 //
 // Renaming any of these strands what older processes and older data hold
@@ -101,7 +101,7 @@ func RemovalsKey(cache string) string { return Reserved + "removals:{" + cache +
 // of its keys scored by when they expire (unix ms), kept as record.go says.
 func RecordKey(cache string) string { return Reserved + "expiry:{" + cache + "}" }
 
-// StateKey names the state record of the config named config (changefeed.State).
+// StateKey names the state record of the config named config (state.State).
 func StateKey(config string) string { return Reserved + "state:" + config }
 
 // keysOfCompanion returns the keys whose companion (of kind prefix) is

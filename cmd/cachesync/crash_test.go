@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // specialNotes exercise the JSON encoding of text.
@@ -44,6 +47,10 @@ type itemWriter struct {
 	probes []probe
 	// counts of the other kinds of change, for the log
 	multi, deletes, inserts, rekeys, rollbacks, bulks int
+
+	done chan struct{} // closed when run, started by start, has returned:
+	lsn  string        // the LSN its last transaction ends after
+	err  error
 }
 
 // probeIDs is the number of probe rows.
@@ -56,39 +63,46 @@ type probe struct {
 	lsn pglogrepl.LSN
 }
 
-func newItemWriter(conn *pgx.Conn, rng *rand.Rand, rows, maxID int) *itemWriter {
-	w := &itemWriter{conn: conn, rng: rng, present: map[int]bool{}, maxID: maxID}
-	for id := 1; id <= rows; id++ {
-		w.present[id] = true
+// newItemWriter is a writer of the world's items on a connection of its
+// own, closed when the test ends (after the writer started has stopped).
+func newItemWriter(w *world.World, rng *rand.Rand, rows, maxID int) *itemWriter {
+	conn, err := pgx.Connect(context.Background(), w.DBURL)
+	if err != nil {
+		w.T.Fatal(err)
 	}
-	return w
+	w.T.Cleanup(func() { conn.Close(context.Background()) })
+	iw := &itemWriter{conn: conn, rng: rng, present: map[int]bool{}, maxID: maxID}
+	for id := 1; id <= rows; id++ {
+		iw.present[id] = true
+	}
+	return iw
 }
 
-func (w *itemWriter) note() *string {
-	switch w.rng.IntN(10) {
+func (iw *itemWriter) note() *string {
+	switch iw.rng.IntN(10) {
 	case 0:
 		return nil
 	case 1:
-		s := specialNotes[w.rng.IntN(len(specialNotes))]
+		s := specialNotes[iw.rng.IntN(len(specialNotes))]
 		return &s
 	default:
-		s := fmt.Sprintf("n%d", w.rng.IntN(1_000_000))
+		s := fmt.Sprintf("n%d", iw.rng.IntN(1_000_000))
 		return &s
 	}
 }
 
 // pick returns a random id with (want true) or without a row, or 0 if none.
-func (w *itemWriter) pick(want bool) int { return w.pickFrom(1, want) }
+func (iw *itemWriter) pick(want bool) int { return iw.pickFrom(1, want) }
 
 // pickFrom is pick among ids from..maxID.
-func (w *itemWriter) pickFrom(from int, want bool) int {
+func (iw *itemWriter) pickFrom(from int, want bool) int {
 	for range 50 {
-		if id := from + w.rng.IntN(w.maxID-from+1); w.present[id] == want {
+		if id := from + iw.rng.IntN(iw.maxID-from+1); iw.present[id] == want {
 			return id
 		}
 	}
-	for id := from; id <= w.maxID; id++ {
-		if w.present[id] == want {
+	for id := from; id <= iw.maxID; id++ {
+		if iw.present[id] == want {
 			return id
 		}
 	}
@@ -97,16 +111,16 @@ func (w *itemWriter) pickFrom(from int, want bool) int {
 
 // update, del, insert and rekey change one row and keep present in step.
 // An update outside a transaction (q nil) of a probe row is a probe.
-func (w *itemWriter) update(ctx context.Context, q pgx.Tx, id int) error {
+func (iw *itemWriter) update(ctx context.Context, q pgx.Tx, id int) error {
 	const sql = `UPDATE items SET val = val + 1, note = $2 WHERE id = $1 RETURNING val`
 	var (
 		val int64
 		err error
 	)
 	if q == nil {
-		err = w.conn.QueryRow(ctx, sql, id, w.note()).Scan(&val)
+		err = iw.conn.QueryRow(ctx, sql, id, iw.note()).Scan(&val)
 	} else {
-		err = q.QueryRow(ctx, sql, id, w.note()).Scan(&val)
+		err = q.QueryRow(ctx, sql, id, iw.note()).Scan(&val)
 	}
 	if err != nil {
 		return fmt.Errorf("update of id %d: %w", id, err)
@@ -115,79 +129,79 @@ func (w *itemWriter) update(ctx context.Context, q pgx.Tx, id int) error {
 		return nil
 	}
 	var text string
-	if err := w.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
+	if err := iw.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
 		return err
 	}
 	lsn, err := pglogrepl.ParseLSN(text)
 	if err != nil {
 		return err
 	}
-	w.mu.Lock()
-	w.probes = append(w.probes, probe{id, val, lsn})
-	w.mu.Unlock()
+	iw.mu.Lock()
+	iw.probes = append(iw.probes, probe{id, val, lsn})
+	iw.mu.Unlock()
 	return nil
 }
 
-func (w *itemWriter) exec(ctx context.Context, q pgx.Tx, sql string, args ...any) error {
+func (iw *itemWriter) exec(ctx context.Context, q pgx.Tx, sql string, args ...any) error {
 	var err error
 	if q == nil {
-		_, err = w.conn.Exec(ctx, sql, args...)
+		_, err = iw.conn.Exec(ctx, sql, args...)
 	} else {
 		_, err = q.Exec(ctx, sql, args...)
 	}
 	return err
 }
 
-func (w *itemWriter) del(ctx context.Context, q pgx.Tx) error {
-	id := w.pickFrom(probeIDs+1, true)
+func (iw *itemWriter) del(ctx context.Context, q pgx.Tx) error {
+	id := iw.pickFrom(probeIDs+1, true)
 	if id == 0 {
 		return nil
 	}
-	w.present[id] = false
-	w.deletes++
-	return w.exec(ctx, q, `DELETE FROM items WHERE id = $1`, id)
+	iw.present[id] = false
+	iw.deletes++
+	return iw.exec(ctx, q, `DELETE FROM items WHERE id = $1`, id)
 }
 
-func (w *itemWriter) insert(ctx context.Context, q pgx.Tx) error {
-	id := w.pick(false)
+func (iw *itemWriter) insert(ctx context.Context, q pgx.Tx) error {
+	id := iw.pick(false)
 	if id == 0 {
 		return nil
 	}
-	w.present[id] = true
-	w.inserts++
-	return w.exec(ctx, q, `INSERT INTO items (id, val, note) VALUES ($1, $2, $3)`, id, w.rng.Int64N(1_000_000), w.note())
+	iw.present[id] = true
+	iw.inserts++
+	return iw.exec(ctx, q, `INSERT INTO items (id, val, note) VALUES ($1, $2, $3)`, id, iw.rng.Int64N(1_000_000), iw.note())
 }
 
 // rekey moves a row to another id: its old key must disappear.
-func (w *itemWriter) rekey(ctx context.Context, q pgx.Tx) error {
-	from, to := w.pickFrom(probeIDs+1, true), w.pick(false)
+func (iw *itemWriter) rekey(ctx context.Context, q pgx.Tx) error {
+	from, to := iw.pickFrom(probeIDs+1, true), iw.pick(false)
 	if from == 0 || to == 0 {
 		return nil
 	}
-	w.present[from], w.present[to] = false, true
-	w.rekeys++
-	return w.exec(ctx, q, `UPDATE items SET id = $2, val = val + 1 WHERE id = $1`, from, to)
+	iw.present[from], iw.present[to] = false, true
+	iw.rekeys++
+	return iw.exec(ctx, q, `UPDATE items SET id = $2, val = val + 1 WHERE id = $1`, from, to)
 }
 
 // multiRow commits one transaction of several changes, some to the same row.
-func (w *itemWriter) multiRow(ctx context.Context) error {
-	tx, err := w.conn.Begin(ctx)
+func (iw *itemWriter) multiRow(ctx context.Context) error {
+	tx, err := iw.conn.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	var updates int64
-	for range 2 + w.rng.IntN(20) {
-		switch r := w.rng.IntN(20); {
+	for range 2 + iw.rng.IntN(20) {
+		switch r := iw.rng.IntN(20); {
 		case r == 0:
-			err = w.del(ctx, tx)
+			err = iw.del(ctx, tx)
 		case r == 1:
-			err = w.insert(ctx, tx)
+			err = iw.insert(ctx, tx)
 		case r == 2:
-			err = w.rekey(ctx, tx)
+			err = iw.rekey(ctx, tx)
 		default:
-			if id := w.pick(true); id != 0 {
-				err = w.update(ctx, tx, id)
+			if id := iw.pick(true); id != 0 {
+				err = iw.update(ctx, tx, id)
 				updates++
 			}
 		}
@@ -198,32 +212,32 @@ func (w *itemWriter) multiRow(ctx context.Context) error {
 	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	w.multi++
-	w.updates.Add(updates)
+	iw.multi++
+	iw.updates.Add(updates)
 	return nil
 }
 
 // rollback changes rows in a transaction that is rolled back: nothing of it
 // may reach Redis.
-func (w *itemWriter) rollback(ctx context.Context) error {
-	tx, err := w.conn.Begin(ctx)
+func (iw *itemWriter) rollback(ctx context.Context) error {
+	tx, err := iw.conn.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	for range 1 + w.rng.IntN(5) {
-		if _, err := tx.Exec(ctx, `UPDATE items SET val = -999, note = 'rolled back' WHERE id = $1`, 1+w.rng.IntN(w.maxID)); err != nil {
+	for range 1 + iw.rng.IntN(5) {
+		if _, err := tx.Exec(ctx, `UPDATE items SET val = -999, note = 'rolled back' WHERE id = $1`, 1+iw.rng.IntN(iw.maxID)); err != nil {
 			tx.Rollback(context.WithoutCancel(ctx))
 			return err
 		}
 	}
-	w.rollbacks++
+	iw.rollbacks++
 	return tx.Rollback(ctx)
 }
 
 // bulk commits one transaction of more than pgsource.MaxChangesPerTxn
 // changes, which the stream delivers in several parts.
-func (w *itemWriter) bulk(ctx context.Context) error {
-	tx, err := w.conn.Begin(ctx)
+func (iw *itemWriter) bulk(ctx context.Context) error {
+	tx, err := iw.conn.Begin(ctx)
 	if err != nil {
 		return err
 	}
@@ -234,15 +248,15 @@ func (w *itemWriter) bulk(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, `UPDATE items SET note = 'bulk ' || val WHERE id % 2 = 0`); err != nil {
 		return err
 	}
-	w.bulks++
+	iw.bulks++
 	return tx.Commit(ctx)
 }
 
 // checkConfirmed checks, while no daemon runs, that every probe the slot
 // confirmed is in Redis: item:ID holds a val at least the probe's.
-func (w *itemWriter) checkConfirmed(ctx context.Context, b *bed, slot string) (checked int, err error) {
+func (iw *itemWriter) checkConfirmed(ctx context.Context, w *world.World) (checked int, err error) {
 	var text *string
-	err = b.db.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&text)
+	err = w.DB.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, "cachesync_"+w.Name).Scan(&text)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && text == nil) {
 		return 0, nil // not created yet
 	}
@@ -254,17 +268,17 @@ func (w *itemWriter) checkConfirmed(ctx context.Context, b *bed, slot string) (c
 		return 0, err
 	}
 	want := map[int]probe{}
-	w.mu.Lock()
-	for _, p := range w.probes {
+	iw.mu.Lock()
+	for _, p := range iw.probes {
 		if p.lsn <= confirmed && p.val > want[p.id].val {
 			want[p.id] = p
 		}
 	}
-	w.mu.Unlock()
+	iw.mu.Unlock()
 	for id, p := range want {
-		v, err := b.rc.Do(ctx, b.rc.B().Get().Key("item:"+strconv.Itoa(id)).Build()).ToString()
-		if err != nil {
-			return checked, fmt.Errorf("slot confirmed %s, past the update of id %d to val %d (WAL at %s), but item:%d: %w", confirmed, id, p.val, p.lsn, id, err)
+		v, ok := w.Get("item:" + strconv.Itoa(id))
+		if !ok {
+			return checked, fmt.Errorf("slot confirmed %s, past the update of id %d to val %d (WAL at %s), but item:%d is not in Redis", confirmed, id, p.val, p.lsn, id)
 		}
 		var got struct{ Val int64 }
 		if err := json.Unmarshal([]byte(v), &got); err != nil {
@@ -280,45 +294,90 @@ func (w *itemWriter) checkConfirmed(ctx context.Context, b *bed, slot string) (c
 
 // run makes total single-row updates, mixed with the other kinds of change,
 // then one last update whose transaction ends after the returned LSN.
-func (w *itemWriter) run(ctx context.Context, total int64) (string, error) {
+func (iw *itemWriter) run(ctx context.Context, total int64) (string, error) {
 	nextBulk := total / 4
 	start := time.Now()
-	for w.updates.Load() < total {
-		if w.rate > 0 {
-			due := start.Add(time.Duration(float64(w.updates.Load()) / w.rate * float64(time.Second)))
+	for iw.updates.Load() < total {
+		if iw.rate > 0 {
+			due := start.Add(time.Duration(float64(iw.updates.Load()) / iw.rate * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
-				time.Sleep(wait)
+				time.Sleep(wait) // the pace: lets time pass on purpose
 			}
 		}
 		var err error
-		switch r := w.rng.IntN(1000); {
-		case w.updates.Load() >= nextBulk:
+		switch r := iw.rng.IntN(1000); {
+		case iw.updates.Load() >= nextBulk:
 			nextBulk += total / 4
-			err = w.bulk(ctx)
+			err = iw.bulk(ctx)
 		case r < 20:
-			err = w.multiRow(ctx)
+			err = iw.multiRow(ctx)
 		case r < 25:
-			err = w.del(ctx, nil)
+			err = iw.del(ctx, nil)
 		case r < 30:
-			err = w.insert(ctx, nil)
+			err = iw.insert(ctx, nil)
 		case r < 32:
-			err = w.rekey(ctx, nil)
+			err = iw.rekey(ctx, nil)
 		case r < 35:
-			err = w.rollback(ctx)
+			err = iw.rollback(ctx)
 		case r < 285:
-			err = w.update(ctx, nil, 1+w.rng.IntN(probeIDs))
-			w.updates.Add(1)
+			err = iw.update(ctx, nil, 1+iw.rng.IntN(probeIDs))
+			iw.updates.Add(1)
 		default:
-			if id := w.pick(true); id != 0 {
-				err = w.update(ctx, nil, id)
-				w.updates.Add(1)
+			if id := iw.pick(true); id != 0 {
+				err = iw.update(ctx, nil, id)
+				iw.updates.Add(1)
 			}
 		}
 		if err != nil {
 			return "", err
 		}
 	}
-	return lastCommitLSN(ctx, w.conn, func(tx pgx.Tx) error { return w.update(ctx, tx, w.pick(true)) })
+	return lastCommitLSN(ctx, iw.conn, func(tx pgx.Tx) error { return iw.update(ctx, tx, iw.pick(true)) })
+}
+
+// start runs the writer (run, total) in a goroutine, stopped and waited
+// for when the test ends.
+func (iw *itemWriter) start(t *testing.T, total int64) {
+	iw.done = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(iw.done)
+		iw.lsn, iw.err = iw.run(ctx, total)
+	}()
+	t.Cleanup(func() { cancel(); <-iw.done })
+}
+
+func (iw *itemWriter) finished() bool {
+	select {
+	case <-iw.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// reach waits until the writer has made n updates or finished, failing
+// the test if it makes no update in world.Patience.
+func (iw *itemWriter) reach(t *testing.T, n int64) {
+	t.Helper()
+	for last := iw.updates.Load(); !world.Within(world.Patience, func() bool { return iw.finished() || iw.updates.Load() >= n }); {
+		if now := iw.updates.Load(); now == last {
+			t.Fatalf("the writer is stuck at %d updates", now)
+		} else {
+			last = now
+		}
+	}
+}
+
+// wait waits until the writer has finished, failing the test if it fails
+// or gets stuck, and returns the LSN its last transaction ends after.
+func (iw *itemWriter) wait(t *testing.T) string {
+	t.Helper()
+	iw.reach(t, math.MaxInt64)
+	if iw.err != nil {
+		t.Fatalf("writer: %v", iw.err)
+	}
+	return iw.lsn
 }
 
 // TestKillNine streams 50,000 updates while the daemon is killed with
@@ -339,76 +398,52 @@ func TestKillNine(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 
-	b := newBed(t, "killnine")
-	b.createItems(rows)
-	cfg := b.itemsConfig("killnine")
+	w := world.New(t, itemsSchema(rows))
+	cfg := w.WriteConfig(itemsCaches)
 	ctx := t.Context()
+	var daemons []*world.Proc
+	run := func() *world.Proc {
+		daemons = append(daemons, w.Daemon(cfg))
+		return daemons[len(daemons)-1]
+	}
 
-	d := b.run(cfg)
+	d := run()
 	// The first kill may land anywhere in the first session: slot creation,
-	// the initial rebuild, the start of streaming.
+	// the initial rebuild, the start of streaming (a random moment, on purpose).
 	time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
-	d.kill(t)
-	d = b.run(cfg)
-	d.waitLog(t, "streaming changes", 30*time.Second)
+	d.Kill()
+	d = run()
+	d.WaitLog("streaming changes")
 
-	conn, err := pgx.Connect(ctx, b.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	w := newItemWriter(conn, rand.New(rand.NewPCG(seed, 2)), rows, maxID)
+	iw := newItemWriter(w, rand.New(rand.NewPCG(seed, 2)), rows, maxID)
 	// Paced so that the kills, stalls included, fall inside the writes.
-	w.rate = 3000
-	type result struct {
-		lsn string
-		err error
-	}
-	results := make(chan result, 1)
-	wctx, stopWriter := context.WithCancel(ctx)
+	iw.rate = 3000
 	started := time.Now()
-	go func() {
-		lsn, err := w.run(wctx, total)
-		results <- result{lsn, err}
-	}()
-	var res result
-	finished := false
-	defer func() { // the writer never outlives the test
-		stopWriter()
-		if !finished {
-			<-results
-		}
-	}()
+	iw.start(t, total)
 
 	// Kill at points spread over the writes, each at a random moment.
 	killed, killedDuring, stalled := 1, 0, 0
 	probesChecked := 0
 	killAt := func(unpause func()) {
-		if w.updates.Load() < total {
+		if iw.updates.Load() < total {
 			killedDuring++
 		}
-		d.kill(t)
+		d.Kill()
 		killed++
 		if unpause != nil {
 			unpause()
 		}
-		n, err := w.checkConfirmed(ctx, b, "cachesync_killnine")
+		n, err := iw.checkConfirmed(ctx, w)
 		if err != nil {
 			t.Fatalf("after kill %d: %v", killed, err)
 		}
 		probesChecked += n
-		d = b.run(cfg)
+		d = run()
 	}
 	for i := range kills {
 		point := int64(i)*total/kills + rng.Int64N(total/kills)
-		for !finished && w.updates.Load() < point {
-			select {
-			case res = <-results:
-				finished = true
-			case <-time.After(time.Millisecond):
-			}
-		}
-		if finished {
+		iw.reach(t, point)
+		if iw.finished() {
 			break
 		}
 		if i%4 != 0 {
@@ -416,38 +451,22 @@ func TestKillNine(t *testing.T) {
 			// status interval (1 s) while the stream goes on and reports
 			// status: nothing unacknowledged may be confirmed.
 			pause := 1100 + rng.IntN(500)
-			if err := b.rc.Do(ctx, b.rc.B().ClientPause().Timeout(int64(pause)+2000).Write().Build()).Error(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(time.Duration(pause) * time.Millisecond)
-			killAt(func() {
-				if err := b.rc.Do(ctx, b.rc.B().ClientUnpause().Build()).Error(); err != nil {
-					t.Fatal(err)
-				}
-			})
+			w.Do(w.RC.B().ClientPause().Timeout(int64(pause) + 2000).Write().Build())
+			time.Sleep(time.Duration(pause) * time.Millisecond) // the stall: lets time pass on purpose
+			killAt(func() { w.Do(w.RC.B().ClientUnpause().Build()) })
 			stalled++
 			continue
 		}
-		time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+		time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond) // a random moment, on purpose
 		killAt(nil)
 		if rng.IntN(3) == 0 { // and again while it starts up
-			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
+			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond) // a random moment, on purpose
 			killAt(nil)
 		}
 	}
-	if !finished {
-		select {
-		case res = <-results:
-			finished = true
-		case <-time.After(90 * time.Second):
-			t.Fatalf("writer still running after 90s (%d updates)", w.updates.Load())
-		}
-	}
-	if res.err != nil {
-		t.Fatalf("writer: %v", res.err)
-	}
+	lsn := iw.wait(t)
 	t.Logf("wrote %d updates in %v (%d multi-row txns, %d deletes, %d inserts, %d rekeys, %d rollbacks, %d bulk txns); last commit after %s",
-		w.updates.Load(), time.Since(started).Round(time.Millisecond), w.multi, w.deletes, w.inserts, w.rekeys, w.rollbacks, w.bulks, res.lsn)
+		iw.updates.Load(), time.Since(started).Round(time.Millisecond), iw.multi, iw.deletes, iw.inserts, iw.rekeys, iw.rollbacks, iw.bulks, lsn)
 	t.Logf("%d kills, %d of them during the updates, %d while Redis stalled; %d confirmed probe updates found in Redis after kills",
 		killed, killedDuring, stalled, probesChecked)
 	if killedDuring < minKill {
@@ -456,14 +475,14 @@ func TestKillNine(t *testing.T) {
 
 	// A last kill, then the final daemon must bring Redis to the table.
 	killAt(nil)
-	b.waitSynced(d, 60*time.Second)
-	time.Sleep(time.Second) // nothing older may land once it matched
-	b.requireSynced()
-	d.stopOK(t)
-	b.requireConfirmed("cachesync_killnine", res.lsn)
-	for _, p := range b.daemons {
-		if s := p.stderr.String(); strings.Contains(s, "row skipped") {
-			t.Errorf("%s skipped rows:\n%s", p.name, tail(s, 20))
+	waitItems(w)
+	time.Sleep(time.Second) // lets time pass on purpose: nothing older may land once it matched
+	requireItems(w)
+	d.Stop()
+	requireConfirmed(w, lsn)
+	for _, p := range daemons {
+		if strings.Contains(p.Stderr.String(), "row skipped") {
+			t.Errorf("%s skipped rows:\n%s", p.Name, p.Tail(20))
 		}
 	}
 }
@@ -473,68 +492,37 @@ func TestKillNine(t *testing.T) {
 // applied, and a later daemon picks up every change.
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
-	b := newBed(t, "graceful")
-	b.createItems(1000)
-	cfg := b.itemsConfig("graceful")
+	w := world.New(t, itemsSchema(1000))
+	cfg := w.WriteConfig(itemsCaches)
 	ctx := t.Context()
 
-	d := b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
+	d := w.Daemon(cfg)
+	d.WaitLog("streaming changes")
 	for i := range 200 {
-		b.exec(`UPDATE items SET val = val + 1, note = $2 WHERE id = $1`, 1+i*5, fmt.Sprint("graceful ", i))
+		w.Exec(`UPDATE items SET val = val + 1, note = $2 WHERE id = $1`, 1+i*5, fmt.Sprint("graceful ", i))
 	}
-	lsn, err := lastCommitLSN(ctx, b.db, func(tx pgx.Tx) error {
+	lsn, err := lastCommitLSN(ctx, w.DB, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE items SET val = val + 1, note = 'last' WHERE id = 7`)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.waitSynced(d, 20*time.Second)
-	d.stopOK(t)
-	b.requireConfirmed("cachesync_graceful", lsn)
+	waitItems(w)
+	d.Stop()
+	requireConfirmed(w, lsn)
 
 	// SIGTERM while writes stream in: still exit 0, and nothing is lost.
-	d = b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
-	conn, err := pgx.Connect(ctx, b.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	w := newItemWriter(conn, rand.New(rand.NewPCG(1, 2)), 1000, 1000)
-	results := make(chan error, 1)
-	wctx, stopWriter := context.WithCancel(ctx)
-	go func() {
-		_, err := w.run(wctx, 5000)
-		results <- err
-	}()
-	finished := false
-	defer func() { // the writer is done with conn before it is closed
-		stopWriter()
-		if !finished {
-			<-results
-		}
-	}()
-	for deadline := time.Now().Add(30 * time.Second); w.updates.Load() < 1000; {
-		if time.Now().After(deadline) {
-			t.Fatalf("writer made only %d updates in 30s", w.updates.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	d.stopOK(t)
-	select {
-	case err := <-results:
-		finished = true
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("writer still running after 60s")
-	}
-	d = b.run(cfg)
-	b.waitSynced(d, 30*time.Second)
-	d.stopOK(t)
+	d = w.Daemon(cfg)
+	d.WaitLog("streaming changes")
+	iw := newItemWriter(w, rand.New(rand.NewPCG(1, 2)), 1000, 1000)
+	iw.start(t, 5000)
+	iw.reach(t, 1000)
+	d.Stop()
+	iw.wait(t)
+	d = w.Daemon(cfg)
+	waitItems(w)
+	d.Stop()
 }
 
 // TestRestartResumesWithoutRebuild stops a daemon whose caches are up to date
@@ -544,77 +532,67 @@ func TestGracefulShutdown(t *testing.T) {
 // miss the whole cache while it runs).
 func TestRestartResumesWithoutRebuild(t *testing.T) {
 	t.Parallel()
-	b := newBed(t, "restart")
-	b.createItems(1000)
-	cfg := b.itemsConfig("restarttest")
+	w := world.New(t, itemsSchema(1000))
+	cfg := w.WriteConfig(itemsCaches)
 
-	d := b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
-	b.exec(`UPDATE items SET val = val + 1 WHERE id = 1`)
-	b.waitSynced(d, 20*time.Second)
+	d := w.Daemon(cfg)
+	d.WaitLog("streaming changes")
+	w.Exec(`UPDATE items SET val = val + 1 WHERE id = 1`)
+	waitItems(w)
 	// Writes to a table no cache reads, and to another database, move the
 	// WAL on past the last change of the caches.
-	b.exec(`CREATE TABLE audit (id serial PRIMARY KEY, what text)`)
+	w.Exec(`CREATE TABLE audit (id serial PRIMARY KEY, what text)`)
 	for i := range 20 {
-		b.exec(`INSERT INTO audit (what) VALUES ($1)`, fmt.Sprint("event ", i))
+		w.Exec(`INSERT INTO audit (what) VALUES ($1)`, fmt.Sprint("event ", i))
 	}
-	other, err := pgx.Connect(t.Context(), b.pg.URL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(context.Background())
-	if _, err := other.Exec(t.Context(), `CREATE TABLE other_db_log (id serial PRIMARY KEY, what text); INSERT INTO other_db_log (what) SELECT 'x' FROM generate_series(1, 100)`); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second) // a status update or two
-	d.stopOK(t)
+	world.Postgres(t).Database(t, w.Name+"other", `CREATE TABLE other_db_log (id serial PRIMARY KEY, what text);
+		INSERT INTO other_db_log (what) SELECT 'x' FROM generate_series(1, 100)`)
+	time.Sleep(2 * time.Second) // lets time pass on purpose: a status update or two
+	d.Stop()
 
-	d = b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
-	if strings.Contains(d.stderr.String(), "cache rebuilt") {
-		t.Errorf("a restart with Redis intact rebuilt the cache:\n%s", d.stderr.String())
+	d = w.Daemon(cfg)
+	d.WaitLog("streaming changes")
+	if strings.Contains(d.Stderr.String(), "cache rebuilt") {
+		t.Errorf("a restart with Redis intact rebuilt the cache:\n%s", d.Stderr.String())
 	}
-	b.exec(`UPDATE items SET val = val + 1 WHERE id = 2`)
-	b.waitSynced(d, 20*time.Second)
-	d.stopOK(t)
+	w.Exec(`UPDATE items SET val = val + 1 WHERE id = 2`)
+	waitItems(w)
+	d.Stop()
 }
 
 // TestRedisRestartUnderDaemon restarts Redis (no persistence: it comes back
 // empty) under a running daemon, with writes committed while it is down.
 func TestRedisRestartUnderDaemon(t *testing.T) {
 	t.Parallel()
-	b := newBed(t, "redisrestart")
-	b.createItems(1000)
-	cfg := b.itemsConfig("redisrestart")
+	w := world.New(t, itemsSchema(1000))
+	d := w.Daemon(w.WriteConfig(itemsCaches))
+	d.WaitLog("streaming changes")
+	waitItems(w)
 
-	d := b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
-	b.waitSynced(d, 20*time.Second)
-
-	if err := b.redis.Stop(); err != nil {
+	if err := w.Redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	b.exec(`UPDATE items SET val = val + 100, note = 'while redis was down' WHERE id <= 50`)
-	b.exec(`DELETE FROM items WHERE id BETWEEN 51 AND 60`)
-	b.exec(`INSERT INTO items VALUES (5001, 1, 'new while redis was down')`)
-	time.Sleep(500 * time.Millisecond)
-	if err := b.redis.Start(); err != nil {
+	w.Exec(`UPDATE items SET val = val + 100, note = 'while redis was down' WHERE id <= 50`)
+	w.Exec(`DELETE FROM items WHERE id BETWEEN 51 AND 60`)
+	w.Exec(`INSERT INTO items VALUES (5001, 1, 'new while redis was down')`)
+	time.Sleep(500 * time.Millisecond) // lets time pass on purpose: the daemon meets the changes with Redis down
+	if err := w.Redis.Start(); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	b.waitSynced(d, 30*time.Second)
+	waitItems(w)
 	t.Logf("cache rebuilt %v after Redis came back", time.Since(start).Round(time.Millisecond))
 
 	// Restarted while idle: it comes back empty and must be refilled too.
-	if err := b.redis.Restart(); err != nil {
+	if err := w.Redis.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	b.waitSynced(d, 30*time.Second)
+	waitItems(w)
 
-	b.exec(`UPDATE items SET val = val + 1, note = 'after' WHERE id BETWEEN 100 AND 120`)
-	b.exec(`DELETE FROM items WHERE id = 200`)
-	b.waitSynced(d, 20*time.Second)
-	d.stopOK(t)
+	w.Exec(`UPDATE items SET val = val + 1, note = 'after' WHERE id BETWEEN 100 AND 120`)
+	w.Exec(`DELETE FROM items WHERE id = 200`)
+	waitItems(w)
+	d.Stop()
 }
 
 // TestPostgresCrashUnderDaemon crashes PostgreSQL (immediate shutdown, so it
@@ -622,33 +600,30 @@ func TestRedisRestartUnderDaemon(t *testing.T) {
 // position) under a running daemon right after a burst of commits.
 func TestPostgresCrashUnderDaemon(t *testing.T) {
 	t.Parallel()
-	b := newBed(t, "pgcrash")
-	b.createItems(1000)
-	cfg := b.itemsConfig("pgcrash")
-
-	d := b.run(cfg)
-	d.waitLog(t, "streaming changes", 20*time.Second)
-	b.waitSynced(d, 20*time.Second)
+	w, pg := world.NewOwnPostgres(t, itemsSchema(1000))
+	d := w.Daemon(w.WriteConfig(itemsCaches))
+	d.WaitLog("streaming changes")
+	waitItems(w)
 
 	for i := range 300 {
-		b.exec(`UPDATE items SET val = val + 1, note = $2 WHERE id = $1`, 1+i%100, fmt.Sprint("before crash ", i))
+		w.Exec(`UPDATE items SET val = val + 1, note = $2 WHERE id = $1`, 1+i%100, fmt.Sprint("before crash ", i))
 	}
-	b.exec(`DELETE FROM items WHERE id BETWEEN 901 AND 910`)
-	b.db.Close(context.Background())
-	if err := b.pg.Kill(); err != nil {
+	w.Exec(`DELETE FROM items WHERE id BETWEEN 901 AND 910`)
+	w.DB.Close(context.Background())
+	if err := pg.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.pg.Start(); err != nil {
+	if err := pg.Start(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := pgx.Connect(t.Context(), b.dbURL)
+	db, err := pgx.Connect(t.Context(), w.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close(context.Background()) })
-	b.db = db
-	b.exec(`UPDATE items SET val = val + 1, note = 'after crash' WHERE id BETWEEN 200 AND 220`)
-	b.exec(`INSERT INTO items VALUES (5000, 5, 'after crash')`)
-	b.waitSynced(d, 30*time.Second)
-	d.stopOK(t)
+	w.DB = db
+	w.Exec(`UPDATE items SET val = val + 1, note = 'after crash' WHERE id BETWEEN 200 AND 220`)
+	w.Exec(`INSERT INTO items VALUES (5000, 5, 'after crash')`)
+	waitItems(w)
+	d.Stop()
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestDashboard drives the daemon's page at / in headless Chromium (through
@@ -25,12 +26,13 @@ import (
 // lists the caches. The screenshot is kept: $CACHESYNC_ARTIFACTS, or the
 // system temp dir, /cachesync-artifacts/dashboard.png.
 func TestDashboard(t *testing.T) {
+	w := world.New(t, observeSchema)
 	chromium, err1 := exec.LookPath("chromium")
 	driver, err2 := exec.LookPath("chromedriver")
 	if err1 != nil || err2 != nil {
 		t.Fatalf("chromium and chromedriver are needed (make deps installs them): %v, %v", err1, err2)
 	}
-	b, d, base, _ := observeBed(t, "dashdb")
+	d, base, _ := observe(w)
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -76,13 +78,7 @@ func TestDashboard(t *testing.T) {
 		json.NewDecoder(resp.Body).Decode(&out)
 		return out
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for call("GET", "/status", nil)["value"] == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("chromedriver did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	world.WaitFor(t, "chromedriver answering", func() bool { return call("GET", "/status", nil)["value"] != nil })
 	profile := t.TempDir()
 	sess := call("POST", "/session", map[string]any{"capabilities": map[string]any{"alwaysMatch": map[string]any{
 		"browserName": "chrome",
@@ -113,10 +109,10 @@ func TestDashboard(t *testing.T) {
 			}
 			httpDo(t, "GET", fmt.Sprintf("%s/v1/caches/p/p:%d", base, 1+i%100), "")
 			if i%50 == 0 {
-				b.db.Exec(t.Context(), `UPDATE p SET v = v + 1 WHERE id = $1`, 1+i%100)
+				w.DB.Exec(t.Context(), `UPDATE p SET v = v + 1 WHERE id = $1`, 1+i%100)
 				httpDo(t, "PUT", fmt.Sprintf("%s/v1/caches/w/w:%d?mode=behind", base, i%10), fmt.Sprintf(`{"id": %d, "v": %d}`, i%10, i))
 			}
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(2 * time.Millisecond) // the pace of the traffic, on purpose
 		}
 	}()
 	defer func() { close(stop); <-traffic }()
@@ -124,16 +120,9 @@ func TestDashboard(t *testing.T) {
 	if r := call("POST", "/session/"+id+"/url", map[string]any{"url": base + "/"}); r["value"] != nil {
 		t.Fatalf("navigate: %v", r)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		n, _ := script(`return window.cachesyncPoints || 0`).(float64)
-		if n >= 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the page drew %v reports in 30 s; summary: %v", n, script(`return document.getElementById("summary").textContent`))
-		}
-		time.Sleep(200 * time.Millisecond)
+	var n float64
+	if !world.Within(world.Patience, func() bool { n, _ = script(`return window.cachesyncPoints || 0`).(float64); return n >= 4 }) {
+		t.Fatalf("the page drew %v reports in %v; summary: %v", n, world.Patience, script(`return document.getElementById("summary").textContent`))
 	}
 	// Every chart has points, and pixels drawn along a line.
 	charts := script(`return [...document.querySelectorAll("canvas")].map(c => {
@@ -175,5 +164,5 @@ func TestDashboard(t *testing.T) {
 			t.Logf("screenshot: %s", path)
 		}
 	}
-	d.stopOK(t)
+	d.Stop()
 }

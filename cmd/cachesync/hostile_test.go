@@ -12,32 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
-
-// serve starts `cachesync run` with cfg (a config without http:) and an
-// HTTP API without keys, and returns its base URL once it answers.
-func (b *bed) serve(file, cfg string) (*proc, string) {
-	b.t.Helper()
-	port, err := testenv.FreePort()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	path := b.writeConfig(file, cfg+fmt.Sprintf("http: {addr: \"127.0.0.1:%d\"}\n", port))
-	d := b.run(path)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	for {
-		if code, _ := httpDo(b.t, "GET", base+"/readyz", ""); code == 200 {
-			return d, base
-		}
-		if d.exited() {
-			b.t.Fatalf("cachesync run exited:\n%s", d.state())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // errorCode is the "code" of a JSON error body, or "" for another body.
 func errorCode(body string) string {
@@ -60,7 +36,7 @@ func errorMessage(body string) string {
 // change to the row is never hidden behind a stale second copy; a DELETE
 // of such a key (left by an older version) removes it.
 func TestKeySpellings(t *testing.T) {
-	b := newBed(t, "spellings")
+	w := world.New(t, "")
 	types := []struct {
 		name, typ, canon string
 		aliases          []string
@@ -76,8 +52,8 @@ func TestKeySpellings(t *testing.T) {
 	}
 	var caches strings.Builder
 	for _, ty := range types {
-		b.exec(fmt.Sprintf("CREATE TABLE %s_t (k %s PRIMARY KEY, v text NOT NULL)", ty.name, ty.typ))
-		b.exec(fmt.Sprintf("INSERT INTO %s_t VALUES ($1, 'one')", ty.name), ty.canon)
+		w.Exec(fmt.Sprintf("CREATE TABLE %s_t (k %s PRIMARY KEY, v text NOT NULL)", ty.name, ty.typ))
+		w.Exec(fmt.Sprintf("INSERT INTO %s_t VALUES ($1, 'one')", ty.name), ty.canon)
 		fmt.Fprintf(&caches, "  %s:\n    table: public.%s_t\n    key: \"%s:{k}\"\n    value: {format: string, columns: {v: v}}\n    sync: changefeed\n", ty.name, ty.name, ty.name)
 	}
 	// A JSON cache of the same rows: a GET's body PUT back changes nothing,
@@ -85,12 +61,10 @@ func TestKeySpellings(t *testing.T) {
 	for _, ty := range []string{"bool", "timestamptz", "numeric", "uuid"} {
 		fmt.Fprintf(&caches, "  %sj:\n    table: public.%s_t\n    key: \"%sj:{k}\"\n    value: {format: json}\n    sync: changefeed\n", ty, ty, ty)
 	}
-	b.exec("CREATE TABLE wb_t (k int PRIMARY KEY, v text NOT NULL)")
-	b.exec("INSERT INTO wb_t VALUES (1, 'one')")
+	w.Exec("CREATE TABLE wb_t (k int PRIMARY KEY, v text NOT NULL)")
+	w.Exec("INSERT INTO wb_t VALUES (1, 'one')")
 	caches.WriteString("  wb:\n    table: public.wb_t\n    key: \"wb:{k}\"\n    value: {format: string, columns: {v: v}}\n    sync: changefeed\n    writes: behind\n")
-	cfg := fmt.Sprintf("name: spellings\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n%s", b.redis.URL(), b.dbURL, caches.String())
-	d, base := b.serve("spellings.yaml", cfg)
-	ctx := t.Context()
+	d, base, _ := serve(w, w.YAML(caches.String()), "")
 	types = append(types, struct {
 		name, typ, canon string
 		aliases          []string
@@ -117,22 +91,22 @@ func TestKeySpellings(t *testing.T) {
 					t.Errorf("GET %q: %s does not name the row's key %q", alias, body, key)
 				}
 			}
-			if n, _ := b.rc.Do(ctx, b.rc.B().Exists().Key(alias).Build()).AsInt64(); n != 0 {
+			if _, ok := w.Get(alias); ok {
 				t.Errorf("%q is in Redis", alias)
 			}
 			// A DELETE removes such a key (one an older version wrote).
-			b.rc.Do(ctx, b.rc.B().Set().Key(alias).Value("stale").Build())
+			w.Do(w.RC.B().Set().Key(alias).Value("stale").Build())
 			if code, body := httpDo(t, "DELETE", apath, ""); code != 204 {
 				t.Errorf("DELETE %q = %d %s, want 204", alias, code, body)
 			}
-			if n, _ := b.rc.Do(ctx, b.rc.B().Exists().Key(alias).Build()).AsInt64(); n != 0 {
+			if _, ok := w.Get(alias); ok {
 				t.Errorf("DELETE %q left it in Redis", alias)
 			}
 		}
 		// The row was not written by any of them, and a change reaches
 		// the one key.
 		var v string
-		if err := b.db.QueryRow(ctx, fmt.Sprintf("SELECT v FROM %s_t", ty.name)).Scan(&v); err != nil || v != "one" {
+		if err := w.DB.QueryRow(t.Context(), fmt.Sprintf("SELECT v FROM %s_t", ty.name)).Scan(&v); err != nil || v != "one" {
 			t.Errorf("%s_t.v = %q, %v after the refused writes", ty.name, v, err)
 		}
 		if code, body := httpDo(t, "PUT", path, `{"v": "three"}`); code != 204 {
@@ -162,7 +136,7 @@ func TestKeySpellings(t *testing.T) {
 			t.Errorf("GET %s = %d %s, want 400 bad_key", p, code, body)
 		}
 	}
-	d.stopOK(t)
+	d.Stop()
 }
 
 // TestKeyspaceRefused (issue 13, 2): templates that can reach keys that
@@ -171,26 +145,15 @@ func TestKeySpellings(t *testing.T) {
 // seed's bare-name cache (no change feed, refreshed on expiry) works and
 // touches nothing of cachesync's.
 func TestKeyspaceRefused(t *testing.T) {
-	b := newBed(t, "keyspace")
-	b.exec("CREATE TABLE kv (k text PRIMARY KEY, v text NOT NULL)")
-	b.exec("CREATE TABLE users (name text PRIMARY KEY, v text)")
-	b.exec("CREATE TABLE orders (name text PRIMARY KEY, n int)")
-	b.exec("CREATE TABLE nums (x numeric PRIMARY KEY, v text)")
-	b.exec("CREATE TABLE pairs (x int, y int, v text, PRIMARY KEY (x, y))")
-	b.exec("INSERT INTO kv VALUES ('apple', '1.99')")
-	if err := b.pg.CreateDatabase(t.Context(), "keyspace2"); err != nil {
-		t.Fatal(err)
-	}
-	other, err := pgx.Connect(t.Context(), b.pg.URL("keyspace2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(t.Context())
-	if _, err := other.Exec(t.Context(), "CREATE TABLE users (name text PRIMARY KEY, v text)"); err != nil {
-		t.Fatal(err)
-	}
-	head := fmt.Sprintf("name: ks\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL)
-	twoSources := fmt.Sprintf("name: ks\nredis: {url: %q}\nsources:\n  main: {url: %q}\n  other: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL, b.pg.URL("keyspace2"))
+	w := world.New(t, `CREATE TABLE kv (k text PRIMARY KEY, v text NOT NULL);
+		CREATE TABLE users (name text PRIMARY KEY, v text);
+		CREATE TABLE orders (name text PRIMARY KEY, n int);
+		CREATE TABLE nums (x numeric PRIMARY KEY, v text);
+		CREATE TABLE pairs (x int, y int, v text, PRIMARY KEY (x, y));
+		INSERT INTO kv VALUES ('apple', '1.99')`)
+	_, otherURL := world.Postgres(t).Database(t, w.Name+"other", "CREATE TABLE users (name text PRIMARY KEY, v text)")
+	head := w.YAML("")
+	twoSources := fmt.Sprintf("name: %s\nredis: {url: %q}\nsources:\n  db: {url: %q}\n  other: {url: %q}\ncaches:\n", w.Name, w.Redis.URL(), w.DBURL, otherURL)
 	refused := []struct{ caches, want string }{
 		{"  kv: {table: public.kv, key: \"{k}\", sync: changefeed}\n",
 			`caches.kv.key: template {k} can produce keys that are not this cache's own, such as "cachesync:`},
@@ -203,17 +166,17 @@ func TestKeyspaceRefused(t *testing.T) {
 		{"  nums: {table: public.nums, key: \"n:{x}\"}\n  pairs: {table: public.pairs, key: \"n:{x}:{y}\"}\n",
 			`caches nums (n:{x}) and pairs (n:{x}:{y}) can both produce the key "n:`},
 		// Caches of two sources share one Redis: refused before any feed starts.
-		{"  users: {source: main, table: public.users, key: \"user:{name}\"}\n  others: {source: other, table: public.users, key: \"user:{name}\"}\n",
+		{"  users: {source: db, table: public.users, key: \"user:{name}\"}\n  others: {source: other, table: public.users, key: \"user:{name}\"}\n",
 			`caches others (user:{name}) and users (user:{name}) can both produce the key "user:`},
 	}
-	for i, r := range refused {
+	for _, r := range refused {
 		h := head
 		if strings.Contains(r.caches, "source: other") {
 			h = twoSources
 		}
-		cfg := b.writeConfig(fmt.Sprintf("refused%d.yaml", i), h+r.caches)
+		cfg := w.WriteYAML(h + r.caches)
 		for _, cmd := range []string{"run", "check"} {
-			code, _, stderr, _ := runCLI(t, time.Minute, nil, cmd, "--config", cfg)
+			code, _, stderr := world.CLI(t, nil, cmd, "--config", cfg)
 			if code != 1 || !strings.Contains(stderr, r.want) {
 				t.Errorf("cachesync %s with\n%s= %d, stderr %q; want 1 and %q", cmd, r.caches, code, stderr, r.want)
 			}
@@ -222,53 +185,38 @@ func TestKeyspaceRefused(t *testing.T) {
 
 	// The seed: items by their bare name, refreshed when they expire.
 	seed := head + "  kv:\n    table: public.kv\n    key: \"{k}\"\n    value: {format: string, columns: {v: v}}\n    sync: none\n    ttl: 1h\n    refresh: on-expiry\n"
-	d, base := b.serve("seed.yaml", seed)
-	ctx := t.Context()
+	d, base, _ := serve(w, seed, "")
+	state := "cachesync:state:" + w.Name
 	for _, req := range []struct{ method, path, body string }{
-		{"PUT", "cachesync:state:ks", `{"v": "pwned"}`},
-		{"GET", "cachesync:state:ks", ""},
-		{"DELETE", "cachesync:state:ks", ""},
+		{"PUT", state, `{"v": "pwned"}`},
+		{"GET", state, ""},
+		{"DELETE", state, ""},
 		{"GET", "cachesync:lease:apple", ""},
 	} {
 		if code, body := httpDo(t, req.method, base+"/v1/caches/kv/"+req.path, req.body); code != 400 || errorCode(body) != "bad_key" {
 			t.Errorf("%s %s = %d %s, want 400 bad_key", req.method, req.path, code, body)
 		}
 	}
-	var n int
-	b.db.QueryRow(ctx, "SELECT count(*) FROM kv WHERE k LIKE 'cachesync:%'").Scan(&n)
-	if n != 0 {
-		t.Errorf("%d rows of kv were written under cachesync's keys", n)
+	if n := w.Rows("SELECT k, v FROM kv WHERE k LIKE 'cachesync:%'"); len(n) != 0 {
+		t.Errorf("%d rows of kv were written under cachesync's keys", len(n))
 	}
 	// SET apple 1, EXPIRE apple: the refresh brings back the price.
-	if err := b.rc.Do(ctx, b.rc.B().Set().Key("apple").Value("1").Px(300*time.Millisecond).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		v, _ := b.rc.Do(ctx, b.rc.B().Get().Key("apple").Build()).ToString()
-		if v == "1.99" {
-			break
-		}
-		if d.exited() {
-			t.Fatalf("cachesync run exited:\n%s", d.state())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	w.Do(w.RC.B().Set().Key("apple").Value("1").Px(300 * time.Millisecond).Build())
+	d.WaitFor("apple refreshed to 1.99", func() bool { v, _ := w.Get("apple"); return v == "1.99" })
 	if code, body := httpDo(t, "GET", base+"/v1/caches/kv/apple", ""); code != 200 || body != "1.99" {
 		t.Errorf("GET apple = %d %s", code, body)
 	}
-	d.stopOK(t)
+	d.Stop()
 }
 
 // TestBadValues (issue 13, 4): a value of the wrong kind, or one
 // PostgreSQL refuses as data, is the caller's mistake (400 or 422, saying
 // which column), never "unavailable" (503), which clients retry forever.
 func TestBadValues(t *testing.T) {
-	b := newBed(t, "badvalues")
-	b.exec(`CREATE TABLE p (id text PRIMARY KEY, name text, price numeric(6,2) CHECK (price >= 0), qty int, ok bool,
-		meta jsonb, tags text[], day date, raw bytea)`)
-	b.exec("INSERT INTO p (id, name, price) VALUES ('a1', 'apple', 1)")
-	cfg := fmt.Sprintf("name: bv\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n  p: {table: public.p, key: \"p:{id}\", sync: changefeed}\n", b.redis.URL(), b.dbURL)
-	d, base := b.serve("bv.yaml", cfg)
+	w := world.New(t, `CREATE TABLE p (id text PRIMARY KEY, name text, price numeric(6,2) CHECK (price >= 0), qty int, ok bool,
+		meta jsonb, tags text[], day date, raw bytea);
+		INSERT INTO p (id, name, price) VALUES ('a1', 'apple', 1)`)
+	d, base, _ := serve(w, w.YAML("  p: {table: public.p, key: \"p:{id}\", sync: changefeed}\n"), "")
 	tests := []struct {
 		body string
 		code int
@@ -308,26 +256,25 @@ func TestBadValues(t *testing.T) {
 			t.Fatalf("PUT meta %s = %d %s", tt.meta, code, body)
 		}
 		var got string
-		if err := b.db.QueryRow(t.Context(), "SELECT meta::text FROM p WHERE id = 'a1'").Scan(&got); err != nil || got != tt.want {
+		if err := w.DB.QueryRow(t.Context(), "SELECT meta::text FROM p WHERE id = 'a1'").Scan(&got); err != nil || got != tt.want {
 			t.Errorf("PUT meta %s stored %s, %v; want %s", tt.meta, got, err, tt.want)
 		}
 	}
-	d.stopOK(t)
+	d.Stop()
 }
 
 // TestPutWhileRedisDown (issue 13, 5): a PUT whose row committed while
 // Redis cannot be reached answers 202 not_applied (the row is in the
 // table, Redis gets it when the feed runs again), never 500.
 func TestPutWhileRedisDown(t *testing.T) {
-	b := newBed(t, "putdown")
-	b.createItems(3)
-	d, base := b.serve("putdown.yaml", fmt.Sprintf(itemsYAML, "putdown", b.redis.URL(), b.dbURL))
-	if err := b.redis.Stop(); err != nil {
+	w := world.New(t, itemsSchema(3))
+	d, base, _ := serve(w, w.YAML(itemsCaches), "")
+	if err := w.Redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	code, body := httpDo(t, "PUT", base+"/v1/caches/items/item:2", `{"val": 77, "note": "while down"}`)
 	var val int64
-	if err := b.db.QueryRow(t.Context(), "SELECT val FROM items WHERE id = 2").Scan(&val); err != nil {
+	if err := w.DB.QueryRow(t.Context(), "SELECT val FROM items WHERE id = 2").Scan(&val); err != nil {
 		t.Fatal(err)
 	}
 	switch {
@@ -336,51 +283,30 @@ func TestPutWhileRedisDown(t *testing.T) {
 	default:
 		t.Fatalf("PUT with Redis down = %d %s, and the row's val is %d: want 202 not_applied with the row written, or 503 without", code, body, val)
 	}
-	if err := b.redis.Start(); err != nil {
+	if err := w.Redis.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if code, body := httpDo(t, "GET", base+"/v1/caches/items/item:2", ""); code == 200 && strings.Contains(body, `"val":77`) {
-			break
-		}
-		if d.exited() {
-			t.Fatalf("cachesync run exited:\n%s", d.state())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	d.stopOK(t)
+	d.WaitFor("GET item:2 with val 77", func() bool {
+		code, body := httpDo(t, "GET", base+"/v1/caches/items/item:2", "")
+		return code == 200 && strings.Contains(body, `"val":77`)
+	})
+	d.Stop()
 }
 
 // TestRefreshByType (issue 13, 2): "user:{id}" and "user:{id}:{n}" over
 // integers coexist, and an expired key is refreshed by its own cache: the
 // other's template parses it too, but not its types.
 func TestRefreshByType(t *testing.T) {
-	b := newBed(t, "refreshtype")
-	b.exec("CREATE TABLE a (id int PRIMARY KEY, v text NOT NULL); INSERT INTO a VALUES (1, 'a1')")
-	b.exec("CREATE TABLE bb (id int, n int, v text NOT NULL, PRIMARY KEY (id, n)); INSERT INTO bb VALUES (1, 2, 'b12')")
-	cfg := fmt.Sprintf("name: rt\nredis: {url: %q}\nsources:\n  main: {url: %q}\ncaches:\n", b.redis.URL(), b.dbURL) +
-		"  a: {table: public.a, key: \"user:{id}\", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}\n" +
-		"  b: {table: public.bb, key: \"user:{id}:{n}\", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}\n"
-	d, _ := b.serve("rt.yaml", cfg)
-	ctx := t.Context()
+	w := world.New(t, `CREATE TABLE a (id int PRIMARY KEY, v text NOT NULL); INSERT INTO a VALUES (1, 'a1');
+		CREATE TABLE bb (id int, n int, v text NOT NULL, PRIMARY KEY (id, n)); INSERT INTO bb VALUES (1, 2, 'b12')`)
+	d, _, _ := serve(w, w.YAML(`  a: {table: public.a, key: "user:{id}", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}
+  b: {table: public.bb, key: "user:{id}:{n}", value: {format: string, columns: {v: v}}, sync: none, ttl: 1h, refresh: on-expiry}
+`), "")
 	for _, k := range []string{"user:1:2", "user:1"} {
-		if err := b.rc.Do(ctx, b.rc.B().Set().Key(k).Value("old").Px(200*time.Millisecond).Build()).Error(); err != nil {
-			t.Fatal(err)
-		}
+		w.Do(w.RC.B().Set().Key(k).Value("old").Px(200 * time.Millisecond).Build())
 	}
-	want := map[string]string{"user:1:2": "b12", "user:1": "a1"}
-	deadline := time.Now().Add(time.Minute) // for a failure to end; a refresh takes milliseconds
-	for k, v := range want {
-		for {
-			got, _ := b.rc.Do(ctx, b.rc.B().Get().Key(k).Build()).ToString()
-			if got == v {
-				break
-			}
-			if d.exited() || time.Now().After(deadline) {
-				t.Fatalf("%s = %q, not refreshed to %q:\n%s", k, got, v, d.state())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+	for k, v := range map[string]string{"user:1:2": "b12", "user:1": "a1"} {
+		d.WaitFor(fmt.Sprintf("%s refreshed to %q", k, v), func() bool { got, _ := w.Get(k); return got == v })
 	}
-	d.stopOK(t)
+	d.Stop()
 }

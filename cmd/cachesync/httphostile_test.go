@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestRunRefusesCarelessHTTP (issue 13) over real HTTP to cachesync run: a
@@ -16,17 +16,9 @@ import (
 // 404; the bearer scheme is taken in any case; a body with a field twice
 // is refused, naming it, and changes nothing.
 func TestRunRefusesCarelessHTTP(t *testing.T) {
-	b := newBed(t, "carelessdb")
-	b.createItems(3)
+	w := world.New(t, itemsSchema(3))
 	const key = "careless-key-0123456789abcdef"
-	cfg := b.writeConfig("careless.yaml", fmt.Sprintf(itemsYAML, "carelesscfg", b.redis.URL(), b.dbURL)+
-		fmt.Sprintf("http:\n  addr: 127.0.0.1:0\n  keys:\n    - {name: t, key: %q, scopes: [read, write]}\n", key))
-	d := b.run(cfg)
-	d.waitLog(t, "HTTP API listening", 30*time.Second)
-	addr := regexp.MustCompile(`msg="HTTP API listening" addr=(\S+)`).FindStringSubmatch(d.stderr.String())
-	if addr == nil {
-		t.Fatalf("no address in the log:\n%s", tail(d.stderr.String(), 30))
-	}
+	d, base, _ := serve(w, w.YAML(itemsCaches), fmt.Sprintf("  keys:\n    - {name: t, key: %q, scopes: [read, write]}\n", key))
 	for _, tt := range []struct {
 		name, method, path, auth, body string
 		status                         int
@@ -40,7 +32,7 @@ func TestRunRefusesCarelessHTTP(t *testing.T) {
 		{"a field twice", "PUT", "/v1/caches/items/item:1", "bearer \t" + key, `{"val": 11, "val": 12}`, 400, "bad_json", "", `\"val\"`},
 		{"a name twice inside a value", "PUT", "/v1/caches/items/item:1", "BEARER " + key, `{"note": "x", "val": {"a": 1, "a": 2}}`, 400, "bad_json", "", `\"a\"`},
 	} {
-		req, err := http.NewRequest(tt.method, "http://"+addr[1]+tt.path, strings.NewReader(tt.body))
+		req, err := http.NewRequest(tt.method, base+tt.path, strings.NewReader(tt.body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,11 +54,11 @@ func TestRunRefusesCarelessHTTP(t *testing.T) {
 	}
 	var val int64
 	var note string
-	if err := b.db.QueryRow(t.Context(), `SELECT val, note FROM items WHERE id = 1`).Scan(&val, &note); err != nil {
+	if err := w.DB.QueryRow(t.Context(), `SELECT val, note FROM items WHERE id = 1`).Scan(&val, &note); err != nil {
 		t.Fatal(err)
 	}
 	if val != 10 || note != "note 1" {
 		t.Errorf("after the refused PUTs, item 1 is %d %q, was 10 \"note 1\"", val, note)
 	}
-	d.stopOK(t)
+	d.Stop()
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,55 +10,38 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/drain"
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-// observeBed runs a daemon with HTTP over a change-feed cache that refreshes
-// on expiry and a write-behind cache, and returns its base URL.
-func observeBed(t *testing.T, name string) (*bed, *proc, string, string) {
-	b := newBed(t, name)
-	b.exec(`CREATE TABLE p (id int PRIMARY KEY, v int NOT NULL);
-		INSERT INTO p SELECT g, g FROM generate_series(1, 100) g;
-		CREATE TABLE w (id int PRIMARY KEY, v int NOT NULL)`)
-	port, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := b.writeConfig(name+".yaml", fmt.Sprintf(`name: %s
-redis: {url: %q}
-sources: {main: {url: %q}}
-caches:
-  p: {table: p, key: "p:{id}", value: {columns: [id, v]}, ttl: 1h, refresh: on-expiry, fill: on-miss}
+// observeSchema is the tables of observe's caches.
+const observeSchema = `CREATE TABLE p (id int PRIMARY KEY, v int NOT NULL);
+	INSERT INTO p SELECT g, g FROM generate_series(1, 100) g;
+	CREATE TABLE w (id int PRIMARY KEY, v int NOT NULL)`
+
+// observeCaches are a change-feed cache that refreshes on expiry and a
+// write-behind cache.
+const observeCaches = `  p: {table: p, key: "p:{id}", value: {columns: [id, v]}, ttl: 1h, refresh: on-expiry, fill: on-miss}
   w: {table: w, key: "w:{id}", value: {columns: [id, v]}, sync: none, writes: behind}
-http: {addr: "127.0.0.1:%d"}
-`, name, b.redis.URL(), b.dbURL, port))
-	d := b.run(cfg)
+`
+
+// observe runs a daemon with HTTP over observeCaches (w made by
+// observeSchema), and returns it, its base URL and its config's path.
+func observe(w *world.World) (*world.Proc, string, string) {
+	w.T.Helper()
+	d, base, cfg := serve(w, w.YAML(observeCaches), "")
 	// p rebuilt (its keys cleared, then written): from now on its keys stay.
 	// (Looking for a key would not tell: a miss is filled, fill: on-miss.)
-	d.waitLog(t, "cache=p rows=100", 30*time.Second)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if code, _ := httpDo(t, "GET", base+"/healthz", ""); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) || d.exited() {
-			t.Fatalf("no HTTP: %s", tail(d.stderr.String(), 20))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return b, d, base, cfg
+	d.WaitLog("cache=p rows=100")
+	return d, base, cfg
 }
 
 // httpDo sends a request (with an API key when one is given) and returns
 // the status and body, or 0 and the error.
-func httpDo(t *testing.T, method, url, body string, key ...string) (int, string) {
+func httpDo(t testing.TB, method, url, body string, key ...string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	for _, k := range key {
@@ -101,12 +83,13 @@ func scrape(t *testing.T, base string) map[string]float64 {
 // write-behind entry as they happen, and /v1/status and `cachesync status`
 // show the caches.
 func TestMetricsMove(t *testing.T) {
-	b, d, base, cfg := observeBed(t, "metricsdb")
+	w := world.New(t, observeSchema)
+	d, base, cfg := observe(w)
 	before := scrape(t, base)
 	for _, name := range []string{
-		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="main"}`,
+		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="db"}`,
 		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{cache="p",result="refreshed"}`,
-		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="main"}`,
+		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="db"}`,
 	} {
 		if _, ok := before[name]; !ok {
 			t.Errorf("no %s in /metrics", name)
@@ -115,16 +98,9 @@ func TestMetricsMove(t *testing.T) {
 	// moved waits until metric name grew by at least want since before.
 	moved := func(name string, want float64) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			now := scrape(t, base)
-			if now[name]-before[name] >= want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s went from %v to %v, want +%v", name, before[name], now[name], want)
-			}
-			time.Sleep(50 * time.Millisecond)
+		var now map[string]float64
+		if !world.Within(world.Patience, func() bool { now = scrape(t, base); return now[name]-before[name] >= want }) {
+			t.Fatalf("%s went from %v to %v, want +%v", name, before[name], now[name], want)
 		}
 	}
 	for range 3 {
@@ -133,16 +109,16 @@ func TestMetricsMove(t *testing.T) {
 		}
 	}
 	moved(`cachesync_gets_total{cache="p",result="hit"}`, 3)
-	b.rc.Do(t.Context(), b.rc.B().Del().Key("p:2").Build())
+	w.Do(w.RC.B().Del().Key("p:2").Build())
 	if code, _ := httpDo(t, "GET", base+"/v1/caches/p/p:2", ""); code != 200 {
 		t.Fatal("GET p:2 after its key was deleted")
 	}
 	moved(`cachesync_gets_total{cache="p",result="miss"}`, 1)
 	moved(`cachesync_fills_total{cache="p"}`, 1)
-	b.exec(`UPDATE p SET v = -3 WHERE id = 3`)
-	moved(`cachesync_changefeed_rows_applied_total{source="main"}`, 1)
-	moved(`cachesync_changefeed_transactions_total{source="main"}`, 1)
-	b.rc.Do(t.Context(), b.rc.B().Pexpire().Key("p:4").Milliseconds(1).Build())
+	w.Exec(`UPDATE p SET v = -3 WHERE id = 3`)
+	moved(`cachesync_changefeed_rows_applied_total{source="db"}`, 1)
+	moved(`cachesync_changefeed_transactions_total{source="db"}`, 1)
+	w.Do(w.RC.B().Pexpire().Key("p:4").Milliseconds(1).Build())
 	moved(`cachesync_refresh_keys_total{cache="p",result="refreshed"}`, 1)
 	if code, body := httpDo(t, "PUT", base+"/v1/caches/w/w:1?mode=behind", `{"id": 1, "v": 5}`); code != 204 {
 		t.Fatalf("PUT behind: %d %s", code, body)
@@ -169,13 +145,13 @@ func TestMetricsMove(t *testing.T) {
 			t.Errorf("docs/grafana.json uses %s, which /metrics does not serve", name)
 		}
 	}
-	codeCLI, out, errOut, _ := runCLI(t, 30*time.Second, nil, "status", "--config", cfg)
+	codeCLI, out, errOut := world.CLI(t, nil, "status", "--config", cfg)
 	if codeCLI != 0 || !strings.Contains(out, "CACHE") || !strings.Contains(out, "changefeed, refresh on-expiry, fill on-miss, ttl 1h0m0s") || !strings.Contains(out, "% of ") {
 		t.Fatalf("cachesync status: exit %d\n%s%s", codeCLI, out, errOut)
 	}
-	d.stopOK(t)
+	d.Stop()
 	// Without the daemon, status reads Redis and PostgreSQL itself.
-	codeCLI, out, errOut, _ = runCLI(t, 30*time.Second, nil, "status", "--config", cfg, "--json")
+	codeCLI, out, errOut = world.CLI(t, nil, "status", "--config", cfg, "--json")
 	if codeCLI != 0 || json.Unmarshal([]byte(out), &r) != nil || r.Live || r.Caches[0].Keys != 100 {
 		t.Fatalf("cachesync status --json without a daemon: exit %d\n%s%s", codeCLI, out, errOut)
 	}
@@ -184,32 +160,24 @@ func TestMetricsMove(t *testing.T) {
 // TestCheckCommand: cachesync check exits 0 on a consistent cache, 3 with
 // a planted difference (named), and repairs it with --repair.
 func TestCheckCommand(t *testing.T) {
-	b, d, _, cfg := observeBed(t, "checkdb")
-	b.exec(`CREATE TABLE q (id int PRIMARY KEY, v int NOT NULL); INSERT INTO q SELECT g, g FROM generate_series(1, 50) g`)
+	w := world.New(t, observeSchema)
+	d, _, cfg := observe(w)
+	w.Exec(`CREATE TABLE q (id int PRIMARY KEY, v int NOT NULL); INSERT INTO q SELECT g, g FROM generate_series(1, 50) g`)
 	cfg2 := strings.Replace(readFile(t, cfg), "caches:\n", "caches:\n  q: {table: q, key: \"q:{id}\", value: {columns: [id, v]}}\n", 1)
-	d.stopOK(t)
-	cfg = b.writeConfig("check2.yaml", cfg2)
-	d = b.run(cfg)
-	d.waitLog(t, "cachesync running", 30*time.Second)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if code, _, _, _ := runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "q"); code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("check never passed on a fresh cache")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	b.rc.Do(t.Context(), b.rc.B().Set().Key("q:5").Value(`{"id":5,"v":0}`).Build())
-	code, out, errOut, _ := runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "q")
+	d.Stop()
+	cfg = w.WriteYAML(cfg2)
+	d = w.Daemon(cfg)
+	d.WaitLog("cachesync running")
+	d.WaitFor("check passing on a fresh cache", func() bool { code, _, _ := world.CLI(t, nil, "check", "--config", cfg, "q"); return code == 0 })
+	w.Do(w.RC.B().Set().Key("q:5").Value(`{"id":5,"v":0}`).Build())
+	code, out, errOut := world.CLI(t, nil, "check", "--config", cfg, "q")
 	if code != 3 || !strings.Contains(out, "stale: 1, e.g. q:5") {
 		t.Fatalf("check with a stale key: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--repair", "q"); code != 0 || !strings.Contains(out, "repaired: 1") {
+	if code, out, errOut = world.CLI(t, nil, "check", "--config", cfg, "--repair", "q"); code != 0 || !strings.Contains(out, "repaired: 1") {
 		t.Fatalf("check --repair: exit %d\n%s%s", code, out, errOut)
 	}
-	code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--json", "q")
+	code, out, errOut = world.CLI(t, nil, "check", "--config", cfg, "--json", "q")
 	type count struct{ Count int }
 	var reports []struct {
 		Cache                 string
@@ -220,32 +188,27 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("check --json after the repair: exit %d, %v\n%s%s", code, err, out, errOut)
 	}
 	// A write-behind cache's queued writes are newer than their rows: no repairs there.
-	if code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--repair", "w"); code != 1 || !strings.Contains(errOut, "writes: behind") {
+	if code, out, errOut = world.CLI(t, nil, "check", "--config", cfg, "--repair", "w"); code != 1 || !strings.Contains(errOut, "writes: behind") {
 		t.Fatalf("check --repair of a write-behind cache: exit %d\n%s%s", code, out, errOut)
 	}
-	d.stopOK(t)
+	d.Stop()
 	// With the daemon stopped a write-behind write stays queued: its key
 	// holds a value its table has no row for yet, and check says nothing.
 	conf, err := config.LoadFile(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := engine.Open(t.Context(), conf, engine.Options{})
-	if err != nil {
+	if _, err := w.Open(conf).PutBehind(t.Context(), "w", map[string]any{"id": 77, "v": 1}); err != nil {
 		t.Fatal(err)
 	}
-	defer api.Close()
-	if _, err := api.PutBehind(t.Context(), "w", map[string]any{"id": 77, "v": 1}); err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := b.rc.Do(t.Context(), b.rc.B().Exists().Key("w:77").Build()).AsInt64(); n != 1 {
+	if _, ok := w.Get("w:77"); !ok {
 		t.Fatal("w:77 is not in Redis after PutBehind")
 	}
-	if q := drain.Queues(t.Context(), b.rc, conf); q["w"].Pending != 1 {
+	if q := drain.Queues(t.Context(), w.RC, conf); q["w"].Pending != 1 {
 		t.Fatalf("queue of w: %+v; want the one write", q)
 	}
 	// (Its keys compared, the queued one among them: not skipped.)
-	code, out, errOut, _ = runCLI(t, 30*time.Second, nil, "check", "--config", cfg, "--json", "w")
+	code, out, errOut = world.CLI(t, nil, "check", "--config", cfg, "--json", "w")
 	reports = nil
 	if err := json.Unmarshal([]byte(out), &reports); code != 0 || err != nil || len(reports) != 1 || reports[0].Keys == 0 ||
 		reports[0].Missing.Count+reports[0].Stale.Count+reports[0].Extra.Count != 0 {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // outageClientTimeout bounds each request of the outage tests. The daemon
@@ -87,7 +89,7 @@ func outageMetrics(t *testing.T, base string, want ...string) {
 		body := outageGet(t, base, "/metrics")
 		// Complete: the figures read without a server are there too.
 		if !strings.Contains(body, `cachesync_gets_total{cache="p",result="hit"}`) || !strings.Contains(body, "go_goroutines") {
-			t.Fatalf("/metrics is not complete:\n%s", tail(body, 20))
+			t.Fatalf("/metrics is not complete (the end of it):\n%s", body[max(0, len(body)-2000):])
 		}
 		missing = missing[:0]
 		for _, w := range want {
@@ -114,8 +116,9 @@ func unreachable(t *testing.T, server, got string) {
 // that it finishes and prints each of want.
 func outageCLI(t *testing.T, cfg string, want ...string) {
 	t.Helper()
-	code, out, errOut, took := runCLI(t, 2*outageClientTimeout, nil, "status", "--config", cfg)
-	t.Logf("cachesync status finished in %v", took.Round(time.Millisecond))
+	start := time.Now()
+	code, out, errOut := world.CLI(t, nil, "status", "--config", cfg)
+	t.Logf("cachesync status finished in %v", time.Since(start).Round(time.Millisecond))
 	if code != 0 {
 		t.Fatalf("cachesync status: exit %d\n%s%s", code, out, errOut)
 	}
@@ -131,12 +134,12 @@ func outageCLI(t *testing.T, cfg string, want ...string) {
 // that PostgreSQL is up.
 func redisDown(t *testing.T, base, cfg, what string) {
 	t.Helper()
-	r := outageStatus(t, base, what+", source main up", func(r *outageReport) bool { return r.Sources["main"].Up })
+	r := outageStatus(t, base, what+", source db up", func(r *outageReport) bool { return r.Sources["db"].Up })
 	if r.Redis.Up {
 		t.Errorf("%s: /v1/status says Redis is up", what)
 	}
 	unreachable(t, "redis", r.Redis.Error)
-	outageMetrics(t, base, "cachesync_redis_up 0", `cachesync_source_up{source="main"} 1`)
+	outageMetrics(t, base, "cachesync_redis_up 0", `cachesync_source_up{source="db"} 1`)
 	outageCLI(t, cfg, "Redis: DOWN (unreachable: ")
 }
 
@@ -144,14 +147,15 @@ func redisDown(t *testing.T, base, cfg, what string) {
 // answer within their own deadline, say that Redis is unreachable, and
 // still report PostgreSQL's state; so does `cachesync status`.
 func TestOutageRedisStopped(t *testing.T) {
-	b, _, base, cfg := observeBed(t, "outageredis")
-	if err := b.redis.Stop(); err != nil {
+	w := world.New(t, observeSchema)
+	_, base, cfg := observe(w)
+	if err := w.Redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	redisDown(t, base, cfg, "redis stopped")
 
 	// Back up, it says so again.
-	if err := b.redis.Start(); err != nil {
+	if err := w.Redis.Start(); err != nil {
 		t.Fatal(err)
 	}
 	outageStatus(t, base, "redis restarted", func(r *outageReport) bool { return r.Redis.Up && r.Redis.Error == "" })
@@ -161,8 +165,9 @@ func TestOutageRedisStopped(t *testing.T) {
 // (SIGSTOPped) is reported unreachable once the probe's deadline passes,
 // instead of holding the request until the daemon gives up on it.
 func TestOutageRedisHung(t *testing.T) {
-	b, _, base, cfg := observeBed(t, "outagehung")
-	pid := b.redis.PID()
+	w := world.New(t, observeSchema)
+	_, base, cfg := observe(w)
+	pid := w.Redis.PID()
 	if pid == 0 {
 		t.Fatal("redis is not running")
 	}
@@ -177,16 +182,17 @@ func TestOutageRedisHung(t *testing.T) {
 // TestOutagePostgresStopped: with PostgreSQL stopped, /v1/status and
 // /metrics say that the source is unreachable and still report Redis.
 func TestOutagePostgresStopped(t *testing.T) {
-	b, _, base, cfg := observeBed(t, "outagepg")
-	if err := b.pg.Stop(); err != nil {
+	w, pg := world.NewOwnPostgres(t, observeSchema)
+	_, base, cfg := observe(w)
+	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	r := outageStatus(t, base, "postgres stopped, redis up", func(r *outageReport) bool { return r.Redis.Up })
-	s, ok := r.Sources["main"]
+	s, ok := r.Sources["db"]
 	if !ok || s.Up {
-		t.Errorf("/v1/status: source main = %+v (%v), want down", s, ok)
+		t.Errorf("/v1/status: source db = %+v (%v), want down", s, ok)
 	}
-	unreachable(t, "source main", s.Error)
-	outageMetrics(t, base, "cachesync_redis_up 1", `cachesync_source_up{source="main"} 0`)
-	outageCLI(t, cfg, "source main: DOWN (unreachable: ")
+	unreachable(t, "source db", s.Error)
+	outageMetrics(t, base, "cachesync_redis_up 1", `cachesync_source_up{source="db"} 0`)
+	outageCLI(t, cfg, "source db: DOWN (unreachable: ")
 }

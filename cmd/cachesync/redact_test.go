@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // Connection strings with passwords that are wrong in some way, one a line;
@@ -65,7 +65,7 @@ func TestRedactPasswordsInErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, args := range [][]string{{"run", "--config", path}, {"status", "--config", path}, {"check", "--config", path}, {"resync", "--config", path, "prices"}} {
-				code, stdout, stderr, _ := runCLI(t, 20*time.Second, env, args...)
+				code, stdout, stderr := world.CLI(t, env, args...)
 				lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
 				if passwordRE.MatchString(stdout + stderr) {
 					t.Errorf("cachesync %s, %s = %s: the output shows the password:\nstdout: %s\nstderr: %s", args[0], set.field, u, stdout, stderr)

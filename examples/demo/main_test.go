@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestMain lets the test binary be the demo itself: run with
@@ -23,7 +24,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	world.RemoveBinary()
+	os.Exit(code)
 }
 
 // TestDemoFromCloneIn0700Dir is the demo's start from a clone inside a 0700
@@ -34,6 +37,7 @@ func TestMain(m *testing.M) {
 // as a terminal sends it), and leave nothing behind: no file in the clone,
 // no temp dir, no process.
 func TestDemoFromCloneIn0700Dir(t *testing.T) {
+	testenv.NeedServers(t) // the demo starts them
 	if os.Geteuid() != 0 {
 		t.Log("not root: PostgreSQL runs as us, so the postgres-user path is not exercised")
 	}
@@ -56,13 +60,12 @@ func TestDemoFromCloneIn0700Dir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	gobin, err := exec.LookPath("go")
+	binary, err := os.ReadFile(world.Binary(t))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(clone, "bin", "cachesync"), binary, 0o755)
+	}
 	if err != nil {
 		t.Fatal(err)
-	}
-	build := exec.Command(gobin, "build", "-o", filepath.Join(clone, "bin", "cachesync"), "github.com/cachesync/cachesync/cmd/cachesync")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build cachesync: %v\n%s", err, out)
 	}
 	cloneBefore := tree(t, clone)
 

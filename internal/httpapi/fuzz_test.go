@@ -13,8 +13,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -25,8 +23,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // fuzzMax is the body limit of FuzzReadRow: room for JSON nested deeper
@@ -52,7 +50,7 @@ func FuzzReadRow(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	s := httpapi.New(nil, config.HTTP{MaxBody: fuzzMax}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := httpapi.New(nil, config.HTTP{MaxBody: fuzzMax}, world.Logger(f))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		w := httptest.NewRecorder()
 		row, err := httpapi.ReadRow(s, w, httptest.NewRequest("PUT", "/v1/caches/c/k", bytes.NewReader(body)))
@@ -146,15 +144,14 @@ func FuzzKeyPath(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
-	w := newWorld(f, "fuzz", `CREATE TABLE words (w text PRIMARY KEY, n int);
+	w := newBed(world.New(f, `CREATE TABLE words (w text PRIMARY KEY, n int);
 		CREATE TABLE nums (id int PRIMARY KEY, w text);
 		CREATE TYPE mood AS ENUM ('calm', 'cross'); CREATE TABLE moods (m mood PRIMARY KEY, w text);
-		INSERT INTO words VALUES ('apple', 1); INSERT INTO nums VALUES (1, 'apple'); INSERT INTO moods VALUES ('calm', 'apple')`, `caches:
-  words: {table: words, key: "w:{w}", sync: none}
+		INSERT INTO words VALUES ('apple', 1); INSERT INTO nums VALUES (1, 'apple'); INSERT INTO moods VALUES ('calm', 'apple')`), `  words: {table: words, key: "w:{w}", sync: none}
   nums: {table: nums, key: "n:{id}", sync: none}
   moods: {table: moods, key: "m:{m}", sync: none}
-`, engine.Options{})
-	h := httpapi.New(w.api, w.cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler()
+`)
+	h := httpapi.New(w.api, w.cfg.HTTP, world.Logger(f)).Handler()
 	serve := func(t *testing.T, method, target, body string) (int, string, string) {
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(method + " " + target + " HTTP/1.1\r\nHost: cachesync\r\n" +
 			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,69 +12,48 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
+
+func TestMain(m *testing.M) { world.Main(m) }
 
 const (
 	rwKey = "rw-key-0123456789abcdef"
 	roKey = "ro-key-0123456789abcdef"
 )
 
-// world is a test's PostgreSQL database, Redis and API client.
-type world struct {
-	db  *pgx.Conn
-	pg  *testenv.Postgres
-	rds *testenv.Redis
+// bed is a world and an API client of its config.
+type bed struct {
+	*world.World
 	cfg *config.Config
 	api *engine.Engine
 }
 
-// newWorld starts private servers, runs schema, and opens a client of a
-// config named name, whose caches (and http) sections are rest.
-func newWorld(t testing.TB, name, schema, rest string, opts engine.Options) *world {
-	t.Helper()
-	ctx := context.Background()
-	pg := testenv.StartPostgres(t)
-	w := &world{pg: pg, rds: testenv.StartRedis(t)}
-	db, err := pgx.Connect(ctx, pg.URL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(ctx) })
-	w.db = db
-	if _, err := db.Exec(ctx, schema); err != nil {
-		t.Fatal(err)
-	}
-	text := "name: " + name + "\nredis: {url: \"" + w.rds.URL() + "\"}\nsources: {db: {url: \"" + pg.URL("postgres") + "\"}}\n" + rest
-	if w.cfg, err = config.Load(strings.NewReader(text)); err != nil {
-		t.Fatal(err)
-	}
-	if w.api, err = engine.Open(ctx, w.cfg, opts); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.api.Close)
-	return w
+// newBed opens an API client, with opts[0] when given, of w's config whose
+// caches section is caches, followed by the config's other sections
+// (http) if any.
+func newBed(w *world.World, caches string, opts ...engine.Options) *bed {
+	w.T.Helper()
+	cfg := w.Config(caches)
+	return &bed{World: w, cfg: cfg, api: w.Open(cfg, opts...)}
 }
 
 func TestAPI(t *testing.T) {
-	w := newWorld(t, "api", `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), note text, meta json);
-		INSERT INTO inventory VALUES ('apple', 1.99, 'crisp')`, `caches:
-  prices: {table: inventory, key: "price:{item}", value: {columns: [item, price]}, sync: none}
+	w := newBed(world.New(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2), note text, meta json);
+		INSERT INTO inventory VALUES ('apple', 1.99, 'crisp')`), `  prices: {table: inventory, key: "price:{item}", value: {columns: [item, price]}, sync: none}
   notes: {table: inventory, key: "note:{item}", value: {format: string, column: note}, sync: none}
 http:
   max_body: 1024
   keys:
     - {name: app, key: "`+rwKey+`", scopes: [read, write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
-`, engine.Options{})
-	api, cfg, rds := w.api, w.cfg, w.rds
-	srv := httptest.NewServer(httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler())
+`)
+	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Handler())
 	defer srv.Close()
 
 	tests := []struct {
@@ -164,7 +142,7 @@ http:
 	}
 
 	// Redis down: reads answer 503 with Retry-After, and so does /readyz.
-	if err := rds.Stop(); err != nil {
+	if err := w.Redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	for _, path := range []string{"/v1/caches/prices/price:pear", "/readyz"} {
@@ -181,19 +159,19 @@ http:
 // API has no keys (everyone may read then).
 func TestReadyzSaysLittle(t *testing.T) {
 	const wKey = "w-key-0123456789abcdef"
-	w := newWorld(t, "ready", `CREATE TABLE t (id int PRIMARY KEY)`, `caches:
-  t: {table: t, key: "t:{id}", sync: none}
+	own, pg := world.NewOwnPostgres(t, `CREATE TABLE t (id int PRIMARY KEY)`) // stopped below
+	w := newBed(own, `  t: {table: t, key: "t:{id}", sync: none}
 http:
   keys:
     - {name: loader, key: "`+wKey+`", scopes: [write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
-`, engine.Options{})
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+`)
+	log := world.Logger(t)
 	keyed := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, log).Handler())
 	defer keyed.Close()
 	open := httptest.NewServer(httpapi.New(w.api, config.HTTP{}, log).Handler())
 	defer open.Close()
-	secrets := []string{strconv.Itoa(w.pg.Port), "127.0.0.1", "user", "postgres", strings.Split(w.rds.Addr, ":")[1]}
+	secrets := []string{strconv.Itoa(pg.Port), "127.0.0.1", "user", "postgres", strings.Split(w.Redis.Addr, ":")[1]}
 	check := func(down string) {
 		t.Helper()
 		for _, tt := range []struct {
@@ -226,11 +204,11 @@ http:
 			}
 		}
 	}
-	if err := w.pg.Stop(); err != nil {
+	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	check("source db")
-	if err := w.rds.Stop(); err != nil {
+	if err := w.Redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	check("redis")
@@ -275,19 +253,16 @@ func call(t *testing.T, base, method, path, key, body string, header map[string]
 // change feed that is not running is answered at once when the server
 // shuts down: 202 not_applied, not after its whole wait.
 func TestShutdownAnswersWaitingPuts(t *testing.T) {
-	ctx := context.Background()
-	w := newWorld(t, "down", `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2))`, `caches:
-  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}
+	w := newBed(world.New(t, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2))`), `  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}}
 `, engine.Options{WriteWait: time.Hour}) // no feed runs: Put would wait an hour
-	api, cfg, db := w.api, w.cfg, w.db
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvCtx, shutdown := context.WithCancel(ctx)
+	srvCtx, shutdown := context.WithCancel(t.Context())
 	served := make(chan error, 1)
 	go func() {
-		served <- httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Serve(srvCtx, ln)
+		served <- httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Serve(srvCtx, ln)
 	}()
 	type answer struct {
 		status int
@@ -308,16 +283,9 @@ func TestShutdownAnswersWaitingPuts(t *testing.T) {
 		json.NewDecoder(resp.Body).Decode(&e)
 		answered <- answer{resp.StatusCode, e.Error.Code + ": " + e.Error.Message}
 	}()
-	for { // the PUT committed: it waits for the feed now
-		var n int
-		if err := db.QueryRow(ctx, `SELECT count(*) FROM inventory`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 1 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	world.WaitFor(t, "the PUT committed: it waits for the feed now", func() bool {
+		return w.Rows(`SELECT 'rows', count(*)::text FROM inventory`)["rows"] == "1"
+	})
 	shutdown()
 	if a := <-answered; a.status != 202 || !strings.HasPrefix(a.code, "not_applied:") {
 		t.Fatalf("the waiting PUT at shutdown: %d %q, want 202 not_applied", a.status, a.code)
@@ -333,35 +301,28 @@ func TestShutdownAnswersWaitingPuts(t *testing.T) {
 // takes (a timestamp with an offset, "yes" for a boolean).
 func TestBodyRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	w := newWorld(t, "rt", `CREATE TABLE rt (id int PRIMARY KEY, n numeric(6,2), f float8, b bool, t text,
+	w := newBed(world.New(t, `CREATE TABLE rt (id int PRIMARY KEY, n numeric(6,2), f float8, b bool, t text,
 			ts timestamptz, tsn timestamp, d date, u uuid, by bytea, ia int[], ta text[], j jsonb, js json, iv interval);
 		INSERT INTO rt VALUES (1, 2.5, 1.5, true, 'say "hi"', '2026-01-02 03:04:05+05:30', '2026-01-02 03:04:05.123',
 			'2026-01-02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\x0102ff', '{1,2,NULL}', '{"a b","c,d"}',
-			'{"x": [1, "y"]}', '{"k":  1}', '1 day 02:00:00')`, `caches:
-  rt: {table: rt, key: "rt:{id}", sync: none, writes: behind}
+			'{"x": [1, "y"]}', '{"k":  1}', '1 day 02:00:00')`), `  rt: {table: rt, key: "rt:{id}", sync: none, writes: behind}
   rh: {table: rt, key: "rh:{id}", value: {format: hash, columns: [id, n, f, b, t, ts, tsn, d, u, ia, ta, j, js, iv]}, sync: none, writes: behind}
-`, engine.Options{})
-	api, cfg, db, rds := w.api, w.cfg, w.db, w.rds
-	testenv.Go(t, func(ctx context.Context) error { return drain.Run(ctx, api) })
-	srv := httptest.NewServer(httpapi.New(api, cfg.HTTP, slog.New(slog.NewTextHandler(io.Discard, nil))).Handler())
+`)
+	testenv.Go(t, func(ctx context.Context) error { return drain.Run(ctx, w.api) })
+	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Handler())
 	defer srv.Close()
 	row := func() string {
 		var s string
-		if err := db.QueryRow(ctx, `SELECT rt::text FROM rt WHERE id = 1`).Scan(&s); err != nil {
+		if err := w.DB.QueryRow(ctx, `SELECT rt::text FROM rt WHERE id = 1`).Scan(&s); err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
-	rc := rds.Client(t)
 	drained := func(cache string) {
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
-			if q, ok := drain.Queues(ctx, rc, cfg)[cache]; ok && q.Pending == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the queue never drained", cache)
-			}
-		}
+		world.WaitFor(t, cache+": the queue drained", func() bool {
+			q, ok := drain.Queues(ctx, w.RC, w.cfg)[cache]
+			return ok && q.Pending == 0
+		})
 	}
 	stored := row()
 	for _, cache := range []string{"rt", "rh"} {

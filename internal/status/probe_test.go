@@ -10,11 +10,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
+
+func TestMain(m *testing.M) { world.Main(m) }
+
+// schema is the table the caches of statusBed are of.
+const schema = `CREATE TABLE t (id int PRIMARY KEY, v text)`
 
 // TestWithin: a probe that ignores its context is not waited for past its
 // deadline, and its error names the deadline; one that fails at once
@@ -69,32 +72,16 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
-// statusBed is a collector of a config over a private Redis and
-// PostgreSQL, with a deadline of 200ms.
-func statusBed(t *testing.T) (*status.Collector, *testenv.Redis, *testenv.Postgres) {
-	ctx := t.Context()
-	pg := testenv.StartPostgres(t)
-	_, url := pg.Database(t, "st", `CREATE TABLE t (id int PRIMARY KEY, v text)`)
-	rds := testenv.StartRedis(t)
-	cfg, err := config.Load(strings.NewReader(`name: st
-redis: {url: "` + rds.URL() + `"}
-sources: {db: {url: "` + url + `"}}
-caches:
-  p: {table: t, key: "p:{id}", sync: none, fill: on-miss}
+// statusBed is a collector of a config over w (of schema), with a
+// deadline of 200ms.
+func statusBed(w *world.World) *status.Collector {
+	cfg := w.Config(`  p: {table: t, key: "p:{id}", sync: none, fill: on-miss}
   w: {table: t, key: "w:{id}", sync: none, writes: behind}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := engine.Open(ctx, cfg, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(api.Close)
+`)
 	// Like the daemon's: a client that retries, not the API's.
-	c := status.NewCollector(status.Sources{Config: cfg, Redis: rds.Client(t), API: api})
+	c := status.NewCollector(status.Sources{Config: cfg, Redis: w.RC, API: w.Open(cfg)})
 	c.Deadline = 200 * time.Millisecond
-	return c, rds, pg
+	return c
 }
 
 // collect collects a status until ok holds of it, 10 times at most (on a
@@ -124,7 +111,8 @@ func sourceUp(r *status.Report) bool { return r.Sources["db"].Up && r.Sources["d
 // connections, never answering), Collect reports it down within the
 // collector's deadline and still reports the source up.
 func TestCollectRedisDown(t *testing.T) {
-	c, rds, _ := statusBed(t)
+	w := world.New(t, schema)
+	c, rds := statusBed(w), w.Redis
 	collect(t, c, "all up", func(r *status.Report) bool { return sourceUp(r) && r.Redis.Up && r.Caches[1].Queue != nil })
 
 	if err := rds.Stop(); err != nil {
@@ -153,7 +141,8 @@ func TestCollectRedisDown(t *testing.T) {
 // TestCollectSourceDown: with PostgreSQL stopped, Collect reports the
 // source unreachable and Redis up.
 func TestCollectSourceDown(t *testing.T) {
-	c, _, pg := statusBed(t)
+	w, pg := world.NewOwnPostgres(t, schema) // stopped below
+	c := statusBed(w)
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}

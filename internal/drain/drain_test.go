@@ -29,39 +29,30 @@ func queueLen(e *world.World, cache string) int64 {
 	return n
 }
 
-// waitDrained waits until cache's queue is empty, failing the test after a minute.
+// waitDrained waits until cache's queue is empty.
 func waitDrained(e *world.World, cache string) {
 	e.T.Helper()
-	for deadline := time.Now().Add(time.Minute); queueLen(e, cache) > 0; time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			e.T.Fatalf("never: the write-behind queue drains (%d entries left)", queueLen(e, cache))
-		}
-	}
+	world.WaitFor(e.T, "the write-behind queue of "+cache+" drains", func() bool { return queueLen(e, cache) == 0 })
 }
 
 // waitAcked waits until every entry of cache's queue was read and
-// acknowledged (the group's lag and pending count are 0), failing the
-// test after a minute.
+// acknowledged (the group's lag and pending count are 0).
 func waitAcked(e *world.World, cache string) {
 	e.T.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
+	world.WaitFor(e.T, "every queued write is acknowledged", func() bool {
 		groups, err := e.RC.Do(context.Background(), e.RC.B().XinfoGroups().Key(binding.StreamKey(cache)).Build()).ToArray()
 		if err != nil {
 			e.T.Fatal(err)
 		}
-		if len(groups) == 1 {
-			g, _ := groups[0].AsMap()
-			p, l := g["pending"], g["lag"]
-			pending, _ := p.AsInt64()
-			lag, _ := l.AsInt64()
-			if pending == 0 && lag == 0 {
-				return
-			}
+		if len(groups) != 1 {
+			return false
 		}
-		if time.Now().After(deadline) {
-			e.T.Fatal("never: every queued write is acknowledged")
-		}
-	}
+		g, _ := groups[0].AsMap()
+		p, l := g["pending"], g["lag"]
+		pending, _ := p.AsInt64()
+		lag, _ := l.AsInt64()
+		return pending == 0 && lag == 0
+	})
 }
 
 // deadLetters returns cache's dead-letter entries.
@@ -378,7 +369,7 @@ func TestWriteBehindTortureWithoutFeed(t *testing.T) {
 				return err
 			},
 			func(r *rand.Rand) error { // evictions
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // the pace of evictions, on purpose
 				return e.RC.Do(ctx, e.RC.B().Del().Key(key(r)).Build()).Error()
 			})
 	}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"testing"
-	"time"
 
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/drain"
@@ -22,9 +22,9 @@ func runDrain(t *testing.T, c *engine.Engine) {
 // waitRows waits until query returns want (id -> value text).
 func waitRows(e *world.World, query string, want map[int]string) {
 	e.T.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := map[int]string{}
+	var got map[int]string
+	if !world.Within(world.Patience, func() bool {
+		got = map[int]string{}
 		rows, err := e.DB.Query(context.Background(), query)
 		if err != nil {
 			e.T.Fatal(err)
@@ -35,17 +35,9 @@ func waitRows(e *world.World, query string, want map[int]string) {
 			rows.Scan(&id, &v)
 			got[id] = v
 		}
-		same := len(got) == len(want)
-		for k, v := range want {
-			same = same && got[k] == v
-		}
-		if same {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.T.Fatalf("table has %v, want %v", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return maps.Equal(got, want)
+	}) {
+		e.T.Fatalf("table has %v, want %v", got, want)
 	}
 }
 

@@ -283,7 +283,7 @@ func TestStampedeChild(t *testing.T) {
 	defer c.Close()
 	var at int64
 	fmt.Sscan(f[4], &at)
-	time.Sleep(time.Until(time.Unix(0, at)))
+	time.Sleep(time.Until(time.Unix(0, at))) // the moment every process starts its misses, on purpose
 	var wg sync.WaitGroup
 	errs := make(chan error, 1000)
 	for range 1000 {
@@ -322,17 +322,10 @@ func TestNegative(t *testing.T) {
 		t.Fatal("the key holds a value for a missing row; a marker belongs in a companion key")
 	}
 	e.Exec(`INSERT INTO inventory VALUES ('kiwi', 0.69)`)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	world.WaitFor(t, "Get of price:kiwi after the insert", func() bool {
 		v, err := c.Get(ctx, "prices", "price:kiwi")
-		if err == nil && string(v) == `{"item":"kiwi","price":0.69}` {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the insert: %s, %v", v, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && string(v) == `{"item":"kiwi","price":0.69}`
+	})
 }
 
 // TestFillLoses: a fill that read a row before a change writes nothing
@@ -350,16 +343,10 @@ func TestFillLoses(t *testing.T) {
 	}
 	rb := e.RC.B()
 	waitKey := func(key, want string) {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if v, ok := e.Get(key); ok == (want != "") && v == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never became %q", key, want)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+		world.WaitFor(t, fmt.Sprintf("%s becomes %q", key, want), func() bool {
+			v, ok := e.Get(key)
+			return ok == (want != "") && v == want
+		})
 	}
 	old := &binding.Value{Bytes: []byte("1.00")}
 	for _, race := range []struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/engine"
@@ -33,16 +32,10 @@ func TestStale(t *testing.T) {
 		if n, err := e.RC.Do(ctx, e.RC.B().Pexpire().Key(key).Milliseconds(1).Build()).AsInt64(); err != nil || n != 1 {
 			t.Fatalf("PEXPIRE %s = %d, %v: the fill did not write it", key, n, err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(key).Build()).AsInt64(); n == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not expire", key)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		world.WaitFor(t, key+" expires", func() bool {
+			n, _ := e.RC.Do(ctx, e.RC.B().Exists().Key(key).Build()).AsInt64()
+			return n == 0
+		})
 	}
 	if v, err := get("s", "s:1"); err != nil || v != "old" {
 		t.Fatalf("first Get = %q, %v", v, err)
@@ -54,16 +47,10 @@ func TestStale(t *testing.T) {
 		t.Fatalf("Get after expiry = %q, %v; want the stale %q", v, err, "old")
 	}
 	// The refresh runs in the background and fills the new value.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if v, ok := e.Get("s:1"); ok && v == "new" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the background refresh did not fill s:1")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	world.WaitFor(t, "the background refresh fills s:1", func() bool {
+		v, ok := e.Get("s:1")
+		return ok && v == "new"
+	})
 	if n := queries(e, "public.s") - before; n != 1 {
 		t.Fatalf("%d queries for one stale read, want 1 refresh", n)
 	}

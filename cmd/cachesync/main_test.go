@@ -21,7 +21,7 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-func TestMain(m *testing.M) { world.MainBinary(m) }
+func TestMain(m *testing.M) { world.Main(m) }
 
 // itemsCaches is the items cache of the streaming tests.
 const itemsCaches = `  items:

@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
@@ -34,7 +32,7 @@ var bin struct {
 
 // Binary returns the path of cachesync built from cmd/cachesync: built by
 // the first call of the test binary, into a temp dir that RemoveBinary
-// removes (MainBinary does).
+// removes (Main does).
 func Binary(tb testing.TB) string {
 	tb.Helper()
 	bin.Lock()
@@ -65,14 +63,6 @@ func RemoveBinary() {
 	bin.dir, bin.path, bin.err = "", "", nil
 }
 
-// MainBinary is Main for a package whose tests run the binary: it also
-// removes the binary when the tests are done.
-func MainBinary(m *testing.M, opts ...testenv.PostgresOption) {
-	code := testenv.RunWithPostgres(m, &pg, opts...)
-	RemoveBinary()
-	os.Exit(code)
-}
-
 // WriteConfig writes the config YAML(caches) to a file and returns its path.
 func (w *World) WriteConfig(caches string) string {
 	w.T.Helper()
@@ -80,57 +70,14 @@ func (w *World) WriteConfig(caches string) string {
 }
 
 // WriteYAML writes the config yaml, one of the world's, to a file and
-// returns its path. When the test ends, after the processes it started,
-// the replication slots of the world's database are dropped: the package's
-// PostgreSQL has room for a few dozen.
+// returns its path.
 func (w *World) WriteYAML(yaml string) string {
 	w.T.Helper()
 	path := filepath.Join(w.T.TempDir(), "cachesync.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		w.T.Fatal(err)
 	}
-	slots.Lock()
-	defer slots.Unlock()
-	if !slots.dropping[w] {
-		slots.dropping[w] = true
-		w.T.Cleanup(w.dropSlots) // runs after the processes started later are killed
-	}
 	return path
-}
-
-var slots = struct {
-	sync.Mutex
-	dropping map[*World]bool
-}{dropping: map[*World]bool{}}
-
-// dropSlots drops the replication slots of the world's database, waiting
-// for the server to see their daemons gone; a server that is down (a test
-// stopped it) keeps them.
-func (w *World) dropSlots() {
-	slots.Lock()
-	delete(slots.dropping, w)
-	slots.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), Patience)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, w.DBURL)
-	if err != nil {
-		w.T.Logf("replication slots of %s kept: %v", w.Name, err)
-		return
-	}
-	defer conn.Close(context.Background())
-	var left []string
-	if !Within(Patience, func() bool {
-		rows, err := conn.Query(ctx, `SELECT slot_name FROM pg_replication_slots WHERE database = current_database()`)
-		if err == nil {
-			left, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		}
-		for _, s := range left {
-			_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s) // fails while in use
-		}
-		return err == nil
-	}) {
-		w.T.Logf("replication slots of %s kept: %q still in use", w.Name, left)
-	}
 }
 
 // Proc is a process of the binary started by a test, with its output.

@@ -1,7 +1,6 @@
 package world
 
 import (
-	"fmt"
 	"testing"
 
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -14,8 +13,5 @@ func NewOwnPostgres(tb testing.TB, schema string) (*World, *testenv.Postgres) {
 	tb.Helper()
 	pg := testenv.StartPostgres(tb)
 	rds := testenv.StartRedis(tb)
-	w := &World{T: tb, Name: fmt.Sprintf("w%d", seq.Add(1)), Redis: rds, Nodes: []*testenv.Redis{rds}}
-	w.DB, w.DBURL = pg.Database(tb, w.Name, schema)
-	w.RC = rds.Client(tb)
-	return w, pg
+	return newWorld(tb, pg, rds, schema), pg
 }

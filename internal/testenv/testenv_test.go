@@ -104,6 +104,7 @@ func rawPing(addr string) error {
 // errAddrInUse (so New* retries), even when the winner is a server of the
 // same kind that would answer our readiness probe.
 func TestPortTaken(t *testing.T) {
+	NeedServers(t)
 	tests := []struct {
 		name  string
 		taken func(t *testing.T) (port int)
@@ -204,6 +205,7 @@ func TestPostgres(t *testing.T) {
 // for root, out of the postgres user's reach), and Close stops the server
 // and removes that dir.
 func TestTempPostgres(t *testing.T) {
+	NeedServers(t)
 	private := t.TempDir()
 	if err := os.Chmod(private, 0o700); err != nil {
 		t.Fatal(err)
@@ -269,6 +271,7 @@ func TestOrphanedServersDie(t *testing.T) {
 		fmt.Printf("pids %d %d\n", r.PID(), p.p.cmd.Process.Pid)
 		select {} // wait to be killed
 	}
+	NeedServers(t)
 	dir, err := os.MkdirTemp("", "cachesync-orphan-")
 	if err != nil {
 		t.Fatal(err)

@@ -21,17 +21,17 @@ func NewToken() string {
 	return hex.EncodeToString(tok[:])
 }
 
-// LeaseCmd takes the lease of key for token, if nobody holds it.
-func LeaseCmd(rb rueidis.Builder, key, token string, ttl time.Duration) rueidis.Completed {
-	return rb.Set().Key(CompanionsOf(key).Lease).Value(token).Nx().Px(ttl).Build()
+// LeaseCmd takes the lease (c.Lease) for token, if nobody holds it.
+func (c Companions) LeaseCmd(rb rueidis.Builder, token string, ttl time.Duration) rueidis.Completed {
+	return rb.Set().Key(c.Lease).Value(token).Nx().Px(ttl).Build()
 }
 
 // release drops a lease if token still holds it.
 const release = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1`
 
-// ReleaseCmd gives up token's lease of key (a fill that failed).
-func ReleaseCmd(rb rueidis.Builder, key, token string) rueidis.Completed {
-	return rb.Eval().Script(release).Numkeys(1).Key(CompanionsOf(key).Lease).Arg(token).Build()
+// ReleaseCmd gives up token's lease (a fill that failed).
+func (c Companions) ReleaseCmd(rb rueidis.Builder, token string) rueidis.Completed {
+	return rb.Eval().Script(release).Numkeys(1).Key(c.Lease).Arg(token).Build()
 }
 
 // InvalidateCmd removes key's value, lease, "not found" marker and stale

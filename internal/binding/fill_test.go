@@ -51,7 +51,7 @@ func TestLostFillLeavesLease(t *testing.T) {
 	rc := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
 	b := testBinding(t, FormatString, time.Hour, "")
-	if err := rc.Do(ctx, LeaseCmd(rc.B(), "p:1", "other", 10*time.Second)).Error(); err != nil {
+	if err := rc.Do(ctx, CompanionsOf("p:1").LeaseCmd(rc.B(), "other", 10*time.Second)).Error(); err != nil {
 		t.Fatal(err)
 	}
 	n, err := b.ExecFills(ctx, rc, "late", []Fill{b.Fill("p:1", &Value{Bytes: []byte("old")}, false, false, 0)}, time.Now())
@@ -129,7 +129,7 @@ func TestClearEndsFills(t *testing.T) {
 	b := testBinding(t, FormatString, time.Hour, "")
 	for _, at := range []string{"before", leasePrefix, "", negPrefix, stalePrefix} {
 		t.Run("after "+at, func(t *testing.T) {
-			mustDo(t, rc, rc.B().Flushall().Build(), LeaseCmd(rc.B(), "p:1", "tok", time.Minute),
+			mustDo(t, rc, rc.B().Flushall().Build(), CompanionsOf("p:1").LeaseCmd(rc.B(), "tok", time.Minute),
 				rc.B().Set().Key("p:2").Value("other").Build())
 			fill := func() {
 				if _, err := b.ExecFills(ctx, rc, "tok", []Fill{b.Fill("p:1", &Value{Bytes: []byte("1.00")}, false, false, 0)}, time.Now()); err != nil {

@@ -48,7 +48,7 @@ func TestWatchRefused(t *testing.T) {
 			mustDo(t, rc, rb.Set().Key("p:1").Value("old").Px(10*time.Millisecond).Build())
 			time.Sleep(30 * time.Millisecond) // lets it expire with no read to remove it, on purpose
 		}, after: "read"},
-		{name: "another's lease taken", change: func() { mustDo(t, rc, LeaseCmd(rb, "p:1", "other", time.Minute)) }, after: "read"},
+		{name: "another's lease taken", change: func() { mustDo(t, rc, CompanionsOf("p:1").LeaseCmd(rb, "other", time.Minute)) }, after: "read"},
 		{name: "written (change feed)", change: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("new").Build()) }, after: "new", refused: true},
 		{name: "written, then expired", change: func() {
 			mustDo(t, rc, rb.Set().Key("p:1").Value("new").Px(20*time.Millisecond).Build())

@@ -373,7 +373,7 @@ func TestFillLoses(t *testing.T) {
 		if err := e.RC.Do(ctx, binding.InvalidateCmd(rb, race.key)).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.RC.Do(ctx, binding.LeaseCmd(rb, race.key, "tok", time.Minute)).Error(); err != nil {
+		if err := e.RC.Do(ctx, binding.CompanionsOf(race.key).LeaseCmd(rb, "tok", time.Minute)).Error(); err != nil {
 			t.Fatal(err)
 		}
 		// ... the change happens and lands ...

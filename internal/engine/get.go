@@ -140,9 +140,9 @@ func (c *Engine) fill(ctx context.Context, ca *cache, key string, values []strin
 	token := binding.NewToken()
 	wait := time.Millisecond
 	leaseTTL := c.leaseTTL(ca)
-	neg := binding.CompanionsOf(key).Neg
+	comp := binding.CompanionsOf(key)
 	for {
-		res := c.redis.DoMulti(ctx, binding.LeaseCmd(rb, key, token, leaseTTL), rb.Exists().Key(neg).Build())
+		res := c.redis.DoMulti(ctx, comp.LeaseCmd(rb, token, leaseTTL), rb.Exists().Key(comp.Neg).Build())
 		err := res[0].Error()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
@@ -151,14 +151,14 @@ func (c *Engine) fill(ctx context.Context, ca *cache, key string, values []strin
 		if neg, _ := res[1].AsInt64(); neg == 1 {
 			ca.stats.NegativeHits.Add(1)
 			if leased {
-				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+				c.redis.Do(context.WithoutCancel(ctx), comp.ReleaseCmd(rb, token))
 			}
 			return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 		}
 		if leased {
 			// Filled by someone else since our miss? Then no query is needed.
 			if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
-				c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+				c.redis.Do(context.WithoutCancel(ctx), comp.ReleaseCmd(rb, token))
 				return v, err
 			}
 			v, err := c.load(ctx, ca, key, values, token)
@@ -201,24 +201,26 @@ func (c *Engine) leaseTTL(ca *cache) time.Duration {
 // load reads the row and writes it if the lease held; the value read is
 // returned either way (it was current when read).
 func (c *Engine) load(ctx context.Context, ca *cache, key string, values []string, token string) ([]byte, error) {
-	rb := c.redis.B()
+	release := func() { // the lease, when nothing is written
+		c.redis.Do(context.WithoutCancel(ctx), binding.CompanionsOf(key).ReleaseCmd(c.redis.B(), token))
+	}
 	ca.stats.Fills.Add(1)
 	row, err := ca.loader.LoadRow(ctx, ca.table, ca.cols, ca.cfg.Template.Columns(), values, true)
 	if pgsource.RowLocked(err) {
 		// A writer holds the row: answer with the row as committed, read
 		// plainly, and cache nothing (the writer's commit may be applied
 		// by the feed already, and a plain read could miss it).
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		release()
 		return c.loadLocked(ctx, ca, key, values)
 	}
 	if err != nil {
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		release()
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, pgFailure(err))
 	}
 	if row == nil && !ca.b.ExactKeys() {
 		// Another spelling of a row's key may name no row yet and one
 		// later: remember nothing (ParseKey cannot tell 1.5 from 1.50).
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		release()
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
 	if row == nil {
@@ -232,12 +234,12 @@ func (c *Engine) load(ctx context.Context, ca *cache, key string, values []strin
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
 	if err := ca.ownKey(key, row); err != nil {
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		release()
 		return nil, err
 	}
 	v, err := ca.b.Encode(row)
 	if err != nil {
-		c.redis.Do(context.WithoutCancel(ctx), binding.ReleaseCmd(rb, key, token))
+		release()
 		return ca.unstored(key, err)
 	}
 	n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now())

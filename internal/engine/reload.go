@@ -278,7 +278,7 @@ func (r *Reloaded) count(claimed []binding.Claimed, fills []binding.Fill, of []i
 func (c *Engine) release(ctx context.Context, keys []string, idx []int, token string) {
 	cmds := make(rueidis.Commands, len(idx))
 	for j, i := range idx {
-		cmds[j] = binding.ReleaseCmd(c.redis.B(), keys[i], token)
+		cmds[j] = binding.CompanionsOf(keys[i]).ReleaseCmd(c.redis.B(), token)
 	}
 	c.redis.DoMulti(context.WithoutCancel(ctx), cmds...)
 }

@@ -80,7 +80,7 @@ func withGrocery(m *testing.M) int {
 		return fail(err)
 	}
 	defer rc.Close()
-	feed := changefeed.New(cfg, "catalog", rc, world.Logger(nil))
+	feed := changefeed.New(cfg, "catalog", rc, world.Logger())
 	done := make(chan error, 1)
 	go func() { done <- feed.Run(ctx) }()
 	defer func() { cancel(); <-done }()

@@ -50,7 +50,7 @@ func FuzzReadRow(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	s := httpapi.New(nil, config.HTTP{MaxBody: fuzzMax}, world.Logger(f))
+	s := httpapi.New(nil, config.HTTP{MaxBody: fuzzMax}, world.Logger())
 	f.Fuzz(func(t *testing.T, body []byte) {
 		w := httptest.NewRecorder()
 		row, err := httpapi.ReadRow(s, w, httptest.NewRequest("PUT", "/v1/caches/c/k", bytes.NewReader(body)))
@@ -151,7 +151,7 @@ func FuzzKeyPath(f *testing.F) {
   nums: {table: nums, key: "n:{id}", sync: none}
   moods: {table: moods, key: "m:{m}", sync: none}
 `)
-	h := httpapi.New(w.api, w.cfg.HTTP, world.Logger(f)).Handler()
+	h := httpapi.New(w.api, w.cfg.HTTP, world.Logger()).Handler()
 	serve := func(t *testing.T, method, target, body string) (int, string, string) {
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(method + " " + target + " HTTP/1.1\r\nHost: cachesync\r\n" +
 			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)))

@@ -53,7 +53,7 @@ http:
     - {name: app, key: "`+rwKey+`", scopes: [read, write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
 `)
-	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Handler())
+	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger()).Handler())
 	defer srv.Close()
 
 	tests := []struct {
@@ -166,7 +166,7 @@ http:
     - {name: loader, key: "`+wKey+`", scopes: [write]}
     - {name: reporting, key: "`+roKey+`", scopes: [read]}
 `)
-	log := world.Logger(t)
+	log := world.Logger()
 	keyed := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, log).Handler())
 	defer keyed.Close()
 	open := httptest.NewServer(httpapi.New(w.api, config.HTTP{}, log).Handler())
@@ -262,7 +262,7 @@ func TestShutdownAnswersWaitingPuts(t *testing.T) {
 	srvCtx, shutdown := context.WithCancel(t.Context())
 	served := make(chan error, 1)
 	go func() {
-		served <- httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Serve(srvCtx, ln)
+		served <- httpapi.New(w.api, w.cfg.HTTP, world.Logger()).Serve(srvCtx, ln)
 	}()
 	type answer struct {
 		status int
@@ -309,7 +309,7 @@ func TestBodyRoundTrip(t *testing.T) {
   rh: {table: rt, key: "rh:{id}", value: {format: hash, columns: [id, n, f, b, t, ts, tsn, d, u, ia, ta, j, js, iv]}, sync: none, writes: behind}
 `)
 	testenv.Go(t, func(ctx context.Context) error { return drain.Run(ctx, w.api) })
-	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger(t)).Handler())
+	srv := httptest.NewServer(httpapi.New(w.api, w.cfg.HTTP, world.Logger()).Handler())
 	defer srv.Close()
 	row := func() string {
 		var s string

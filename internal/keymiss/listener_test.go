@@ -37,7 +37,7 @@ func TestFillOnMiss(t *testing.T) {
 	w := world.New(t, inventory)
 	cfg := w.Config(prices + `  other: {table: inventory, key: "other:{item}", sync: none}
 `)
-	l, err := keymiss.New(cfg, w.Open(cfg), w.RC, world.Logger(t))
+	l, err := keymiss.New(cfg, w.Open(cfg), w.RC, world.Logger())
 	if err != nil || l == nil {
 		t.Fatalf("listener %v, %v", l, err)
 	}

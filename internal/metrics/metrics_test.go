@@ -28,11 +28,11 @@ func TestKeyspaceEvents(t *testing.T) {
 	cfg := w.Config(`  p: {table: t, key: "p:{id}", sync: none, fill: on-miss, ttl: 1h, refresh: on-expiry}
 `)
 	api := w.Open(cfg)
-	l, err := keymiss.New(cfg, api, rc, world.Logger(t))
+	l, err := keymiss.New(cfg, api, rc, world.Logger())
 	if err != nil || l == nil {
 		t.Fatalf("listener %v, %v", l, err)
 	}
-	r, err := refresh.New(cfg, api, rc, world.Logger(t))
+	r, err := refresh.New(cfg, api, rc, world.Logger())
 	if err != nil || r == nil {
 		t.Fatalf("refresher %v, %v", r, err)
 	}

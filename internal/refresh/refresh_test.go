@@ -44,7 +44,7 @@ func newEnv(t *testing.T, topology, schema, caches string) *env {
 // called (or the test ends).
 func (e *env) start(set ...func(*refresh.Refresher)) (*refresh.Refresher, func()) {
 	e.T.Helper()
-	r, err := refresh.New(e.cfg, e.api, e.RC, world.Logger(e.T))
+	r, err := refresh.New(e.cfg, e.api, e.RC, world.Logger())
 	if err != nil || r == nil {
 		e.T.Fatalf("refresher %v, %v", r, err)
 	}

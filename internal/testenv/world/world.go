@@ -191,7 +191,7 @@ type Feed struct {
 // until Stop or the test's end.
 func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
 	w.T.Helper()
-	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger(w.T))}
+	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger())}
 	for _, o := range opts {
 		o(f.Feed)
 	}
@@ -433,7 +433,7 @@ func Within(d time.Duration, ok func() bool) bool {
 
 // Logger is a logger for what a test runs: silent, or to stderr at debug
 // level under go test -v.
-func Logger(tb testing.TB) *slog.Logger {
+func Logger() *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

@@ -413,5 +413,7 @@ func classify(err error) error {
 // RowError is PostgreSQL refusing a written row (a constraint, a bad value).
 type RowError struct{ Err *pgconn.PgError }
 
+// Error is PostgreSQL's message with its SQLSTATE.
 func (e *RowError) Error() string { return e.Err.Message + " (SQLSTATE " + e.Err.Code + ")" }
+// Unwrap returns the *pgconn.PgError.
 func (e *RowError) Unwrap() error { return e.Err }

@@ -415,5 +415,6 @@ type RowError struct{ Err *pgconn.PgError }
 
 // Error is PostgreSQL's message with its SQLSTATE.
 func (e *RowError) Error() string { return e.Err.Message + " (SQLSTATE " + e.Err.Code + ")" }
+
 // Unwrap returns the *pgconn.PgError.
 func (e *RowError) Unwrap() error { return e.Err }

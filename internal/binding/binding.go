@@ -247,7 +247,11 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 	if err != nil {
 		return cmds, err
 	}
-	w, c := b.writeArgs(&v), CompanionsOf(key)
+	w := b.writeArgs(&v)
+	var c Companions // named only for the writes that use them: the feed's hot path
+	if fresh || w.mode == "h" || w.staleTTL > 0 {
+		c = CompanionsOf(key)
+	}
 	if b.Record != "" && w.expiresAt > 0 {
 		cmds = append(cmds, rb.Zadd().Key(b.Record).ScoreMember().ScoreMember(float64(w.expiresAt), key).Build())
 	}

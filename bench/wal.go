@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 // The WAL side of steps 1 and 2: writers, replication slots, and the two
@@ -123,12 +125,8 @@ func (e *env) progress(ctx context.Context, start, end pglogrepl.LSN) (decoded, 
 			decoded = frac(l)
 		}
 	}
-	v, err := e.redis.Do(ctx, e.redis.B().Hget().Key("cachesync:state:"+configName).Field("lsn:db").Build()).ToString()
-	var u uint64
-	if err == nil {
-		if _, err := fmt.Sscanf(v, "%016X", &u); err == nil {
-			applied = frac(pglogrepl.LSN(u))
-		}
+	if l, ok, err := state.New(e.redis, configName).Applied(ctx, "db"); err == nil && ok {
+		applied = frac(l)
 	}
 	return decoded, applied
 }

@@ -1,10 +1,10 @@
 // Command cachesync keeps Redis a consistent cache of PostgreSQL tables.
 //
-//	cachesync run --config FILE            run every cache of the config
-//	cachesync resync --config FILE CACHE   rebuild one cache from a snapshot, then keep streaming
-//	cachesync check --config FILE [CACHE]  compare Redis with PostgreSQL (--sample N, --repair, --json)
-//	cachesync status --config FILE         each cache's mode, keys, hit ratio, lag, queue, last error (--json)
-//	cachesync version                      print the version
+//	cachesync run --config FILE               run every cache of the config
+//	cachesync resync --config FILE CACHE      rebuild one cache from a snapshot, then keep streaming
+//	cachesync check --config FILE [CACHE...]  compare Redis with PostgreSQL (--sample N, --repair, --lookup, --json)
+//	cachesync status --config FILE            each cache's mode, keys, hit ratio, lag, queue, last error (--json)
+//	cachesync version                         print the version
 //
 // One file per command (run.go, resync.go, check.go, status.go, version.go).
 // run wires the daemon's parts: the change feed (internal/changefeed), the
@@ -41,11 +41,11 @@ var commands = map[string]command{
 const usage = `cachesync keeps Redis a consistent cache of PostgreSQL tables.
 
 Usage:
-  cachesync run --config FILE            run every cache of the config
-  cachesync resync --config FILE CACHE   rebuild one cache from a snapshot, then keep streaming
-  cachesync check --config FILE [CACHE]  compare Redis with PostgreSQL (--sample N, --repair, --json)
-  cachesync status --config FILE         each cache's mode, keys, hit ratio, lag, queue, last error (--json)
-  cachesync version                      print the version
+  cachesync run --config FILE               run every cache of the config
+  cachesync resync --config FILE CACHE      rebuild one cache from a snapshot, then keep streaming
+  cachesync check --config FILE [CACHE...]  compare Redis with PostgreSQL (--sample N, --repair, --lookup, --json)
+  cachesync status --config FILE            each cache's mode, keys, hit ratio, lag, queue, last error (--json)
+  cachesync version                         print the version
 
 Run "cachesync COMMAND -h" for a command's flags.
 `

@@ -11,7 +11,10 @@ import (
 
 // Queue is a write-behind cache's queue: entries waiting for the drainer,
 // and dead letters.
-type Queue struct{ Pending, DeadLetters int64 }
+type Queue struct {
+	Pending     int64 // entries in the stream, not yet applied and deleted
+	DeadLetters int64 // entries in the dead-letter stream
+}
 
 // Queues reads the queue of every write-behind cache of cfg in one round
 // trip; a cache whose queue cannot be read is left out.

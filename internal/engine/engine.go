@@ -30,7 +30,9 @@ import (
 
 // Errors a caller can test with errors.Is.
 var (
-	ErrNotFound     = errors.New("not found")
+	// ErrNotFound is a key whose row does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrUnknownCache is a cache name the config does not have.
 	ErrUnknownCache = errors.New("unknown cache")
 	// ErrBadKey is a key that is not one of the cache's: it does not fit
 	// the template, holds no value of a key column, or spells a value

@@ -3,7 +3,6 @@ package schema_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -13,12 +12,10 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/schema"
-	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
-var pg *testenv.Postgres
-
-func TestMain(m *testing.M) { os.Exit(testenv.RunWithPostgres(m, &pg)) }
+func TestMain(m *testing.M) { world.Main(m) }
 
 // check loads the one cache c (a YAML flow mapping) against db.
 func check(t *testing.T, db *pgx.Conn, c string) error {
@@ -39,7 +36,7 @@ func check(t *testing.T, db *pgx.Conn, c string) error {
 // that holds every key column. Each suggestion is then run, and the cache
 // is accepted; each index left out is refused by PostgreSQL.
 func TestIdentityAdvice(t *testing.T) {
-	db, _ := pg.Database(t, "identity", `
+	db, _ := world.Postgres(t).Database(t, "identity", `
 		CREATE TABLE t1 (a int PRIMARY KEY, c text NOT NULL UNIQUE);
 		CREATE TABLE t2 (a int PRIMARY KEY, c text UNIQUE);
 		CREATE TABLE t3 (a int PRIMARY KEY, c text NOT NULL, CONSTRAINT t3_c_key UNIQUE (c) DEFERRABLE);
@@ -124,7 +121,7 @@ func TestIdentityAdvice(t *testing.T) {
 // placeholder (not the last) whose column's every value contains the text
 // that follows it. Every other template over the same columns is accepted.
 func TestKeyNeverRenders(t *testing.T) {
-	db, url := pg.Database(t, "render", `CREATE DOMAIN uid AS uuid;
+	db, url := world.Postgres(t).Database(t, "render", `CREATE DOMAIN uid AS uuid;
 		CREATE TABLE r (n int PRIMARY KEY, at timestamptz, ts timestamp, d date, tm time, u uuid, du uid, b bytea,
 			arr int[], net cidr, s text, iv interval);
 		ALTER TABLE r REPLICA IDENTITY FULL`)

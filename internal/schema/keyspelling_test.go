@@ -8,6 +8,7 @@ import (
 
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/pgtext"
+	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
 // TestKeySpelling holds pgtext.Canonical to PostgreSQL itself, in the
@@ -15,7 +16,7 @@ import (
 // spelling it calls exact is PostgreSQL's output for the value, and every
 // output of PostgreSQL is a spelling it accepts as it is.
 func TestKeySpelling(t *testing.T) {
-	_, url := pg.Database(t, "keyspelling", `
+	_, url := world.Postgres(t).Database(t, "keyspelling", `
 		CREATE TABLE k (i2 int2, i4 int, i8 bigint, n numeric(5,2), n0 numeric, t text, v varchar(3), c char(4),
 			b bool, u uuid, d date, ts timestamp, ts0 timestamp(0), tz timestamptz, nm name,
 			n23 numeric(2,3), n50 numeric(5,0), ts3 timestamp(3), tz2 timestamptz(2), c1 char(3))`)

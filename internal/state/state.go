@@ -28,8 +28,8 @@ import (
 // an old dump) this record goes missing or falls behind the slot; that is how
 // a lost cache is noticed and rebuilt.
 type State struct {
-	Key   string
-	Redis rueidis.Client
+	Key   string         // the record's hash, binding.StateKey of the config
+	Redis rueidis.Client // where it lives
 }
 
 // ErrRedisLost reports that Redis no longer holds what cachesync wrote.
@@ -42,8 +42,8 @@ func New(client rueidis.Client, name string) *State {
 
 // CacheEntry is what the state says of one cache.
 type CacheEntry struct {
-	Fingerprint string
-	Since       pglogrepl.LSN
+	Fingerprint string        // the cache's mapping when it was built (config.Cache.Fingerprint)
+	Since       pglogrepl.LSN // the snapshot it was built from
 }
 
 // Load returns the applied LSN of source (0, false when unknown) and the entries of caches.

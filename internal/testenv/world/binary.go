@@ -82,9 +82,10 @@ func (w *World) WriteYAML(yaml string) string {
 
 // Proc is a process of the binary started by a test, with its output.
 type Proc struct {
-	Name           string
-	Stdout, Stderr *testenv.LogBuffer
+	Name           string             // what it runs, for messages
+	Stdout, Stderr *testenv.LogBuffer // its output so far
 	tb             testing.TB
+	ended          atomic.Bool // stopped or killed by the test
 	cmd            *exec.Cmd
 	done           chan struct{} // closed once the process was reaped
 }
@@ -92,7 +93,24 @@ type Proc struct {
 // Daemon starts `cachesync run --config config`.
 func (w *World) Daemon(config string) *Proc {
 	w.T.Helper()
-	return StartBinary(w.T, "run", "--config", config)
+	p := StartBinary(w.T, "run", "--config", config)
+	w.mu.Lock()
+	w.daemons = append(w.daemons, p)
+	w.mu.Unlock()
+	return p
+}
+
+// checkDaemons fails the test when a daemon of the world exited though
+// the test neither stopped nor killed it.
+func (w *World) checkDaemons() {
+	w.T.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.daemons {
+		if !p.ended.Load() && p.Exited() {
+			w.T.Fatalf("%s exited on its own (%s):\n%s", p.Name, p.State(), p.Tail(30))
+		}
+	}
 }
 
 var procs atomic.Int64
@@ -194,6 +212,7 @@ func (p *Proc) WaitLog(s string) {
 // Stop sends SIGTERM and requires the process to exit with code 0.
 func (p *Proc) Stop() {
 	p.tb.Helper()
+	p.ended.Store(true)
 	start := time.Now()
 	if !p.Exited() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -218,6 +237,7 @@ func (p *Proc) Kill() {
 	if p.Exited() {
 		p.tb.Fatalf("%s exited on its own (%s) before it was killed:\n%s", p.Name, p.State(), p.Tail(30))
 	}
+	p.ended.Store(true)
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,13 +68,16 @@ func EachTopology(t *testing.T, test func(t *testing.T, topology string)) {
 
 // World is one test's database and Redis.
 type World struct {
-	T     testing.TB
-	Name  string    // the database's name, and the config's
-	DB    *pgx.Conn // a session on the database, closed when the test ends
-	DBURL string
+	T     testing.TB       // the test the world belongs to
+	Name  string           // the database's name, and the config's
+	DB    *pgx.Conn        // a session on the database, closed when the test ends
+	DBURL string           // the database's URL, the config's source db
 	Redis *testenv.Redis   // the Redis node (of a Cluster, the first)
 	Nodes []*testenv.Redis // every node: one, or a Cluster's primaries
 	RC    rueidis.Client   // a client of Redis (a Cluster client on a Cluster)
+
+	mu      sync.Mutex
+	daemons []*Proc // started by Daemon
 }
 
 var seq atomic.Int64
@@ -182,45 +186,62 @@ func (w *World) Open(cfg *config.Config, opts ...engine.Options) *engine.Engine 
 // Feed is a change feed run by a test.
 type Feed struct {
 	*changefeed.Feed
-	// Stop cancels the feed and returns what its Run returned (once; the
-	// test's end stops it too).
-	Stop func() error
+	stop func() error
+	done chan struct{} // closed once Run returned
+	err  error         // what Run returned, once done is closed
 }
 
 // StartFeed runs the change feed of cfg's source db, changed by opts,
 // until Stop or the test's end.
 func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
 	w.T.Helper()
-	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger())}
+	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger()), done: make(chan struct{})}
 	for _, o := range opts {
 		o(f.Feed)
 	}
-	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { done <- f.Run(ctx) }()
-	var err error
-	var stopped atomic.Bool
-	f.Stop = func() error {
-		if stopped.CompareAndSwap(false, true) {
-			cancel()
-			err = <-done
+	go func() { f.err = f.Run(ctx); close(f.done) }()
+	var once sync.Once
+	f.stop = func() error {
+		once.Do(cancel)
+		select {
+		case <-f.done:
+			return f.err
+		case <-time.After(Patience):
+			return fmt.Errorf("the change feed did not stop within %v of its cancellation", Patience)
 		}
-		return err
 	}
 	w.T.Cleanup(func() {
-		if err := f.Stop(); err != nil && !errors.Is(err, context.Canceled) {
+		if err := f.stop(); err != nil && !errors.Is(err, context.Canceled) {
 			w.T.Errorf("change feed: %v", err)
 		}
 	})
 	return f
 }
 
+// Stop cancels the feed and returns what its Run returned (the test's end
+// stops it too); a feed that does not stop within Patience is an error.
+func (f *Feed) Stop() error { return f.stop() }
+
 // Feed runs the change feed of cfg like StartFeed and returns once it has
-// built every cache: the feed owns them from then on.
+// built every cache: the feed owns them from then on. A feed that ends
+// before fails the test at once.
 func (w *World) Feed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
 	w.T.Helper()
 	f := w.StartFeed(cfg, opts...)
-	WaitFor(w.T, "the change feed's first rebuild", func() bool { return f.Stats.Rebuilds.Load() >= int64(len(f.Caches)) })
+	var ended bool
+	WaitFor(w.T, "the change feed's first rebuild", func() bool {
+		select {
+		case <-f.done:
+			ended = true
+			return true
+		default:
+		}
+		return f.Stats.Rebuilds.Load() >= int64(len(f.Caches))
+	})
+	if ended {
+		w.T.Fatalf("the change feed ended before it built its caches: %v", f.err)
+	}
 	return f
 }
 
@@ -249,7 +270,8 @@ func (w *World) Do(cmd rueidis.Completed) rueidis.RedisResult {
 
 // Snapshot returns every key matching pattern but cachesync's own, on
 // every node, with its value: a string as it is, a hash as its sorted
-// field=value pairs joined by spaces.
+// field=value pairs joined by spaces. A key that expires between the scan
+// and the read is left out; any other error fails the test.
 func (w *World) Snapshot(pattern string) map[string]string {
 	w.T.Helper()
 	ctx := context.Background()
@@ -261,20 +283,34 @@ func (w *World) Snapshot(pattern string) map[string]string {
 			if err != nil {
 				w.T.Fatal(err)
 			}
+			var keys []string
+			var reads rueidis.Commands
 			for _, k := range entry.Elements {
-				if strings.HasPrefix(k, binding.Reserved) {
-					continue
+				if !strings.HasPrefix(k, binding.Reserved) {
+					keys = append(keys, k)
+					reads = append(reads, rc.B().Type().Key(k).Build(), rc.B().Get().Key(k).Build(), rc.B().Hgetall().Key(k).Build())
 				}
-				// A key gone between the scan and the read (expired) is left out.
-				switch typ, _ := rc.Do(ctx, rc.B().Type().Key(k).Build()).ToString(); typ {
+			}
+			res := rc.DoMulti(ctx, reads...) // by slot on a Cluster
+			for i, k := range keys {
+				typ, err := res[3*i].ToString()
+				if err != nil {
+					w.T.Fatalf("TYPE %s: %v", k, err)
+				}
+				switch typ {
 				case "string":
-					if v, err := rc.Do(ctx, rc.B().Get().Key(k).Build()).ToString(); err == nil {
+					if v, err := res[3*i+1].ToString(); err == nil {
 						out[k] = v
+					} else if !rueidis.IsRedisNil(err) {
+						w.T.Fatalf("GET %s: %v", k, err)
 					}
 				case "hash":
-					m, _ := rc.Do(ctx, rc.B().Hgetall().Key(k).Build()).AsStrMap()
+					m, err := res[3*i+2].AsStrMap()
+					if err != nil {
+						w.T.Fatalf("HGETALL %s: %v", k, err)
+					}
 					if len(m) == 0 {
-						continue
+						continue // expired since
 					}
 					var kv []string
 					for f, v := range m {
@@ -315,11 +351,12 @@ func (w *World) Rows(sql string, args ...any) map[string]string {
 
 // WaitEqual waits until the keys matching pattern (Snapshot) are exactly
 // want(), and fails with the difference if that does not happen within
-// Patience.
+// Patience, or at once if a daemon of the world exits on its own.
 func (w *World) WaitEqual(pattern string, want func() map[string]string) {
 	w.T.Helper()
 	var d string
 	ok := Within(Patience, func() bool {
+		w.checkDaemons()
 		d = Diff(want(), w.Snapshot(pattern))
 		return d == ""
 	})
@@ -420,13 +457,16 @@ func WaitFor(tb testing.TB, what string, ok func() bool) {
 	}
 }
 
-// Within polls ok every few milliseconds until it holds (true) or d has
-// passed (false).
+// Within polls ok until it holds (true) or d has passed (false): at once,
+// then after 2 ms, the pause doubling up to 50 ms, so that a condition
+// soon met is seen soon and a slow one does not load the machine.
 func Within(d time.Duration, ok func() bool) bool {
-	for deadline := time.Now().Add(d); !ok(); time.Sleep(2 * time.Millisecond) {
+	pause := 2 * time.Millisecond
+	for deadline := time.Now().Add(d); !ok(); pause = min(2*pause, 50*time.Millisecond) {
 		if time.Now().After(deadline) {
 			return false
 		}
+		time.Sleep(pause)
 	}
 	return true
 }

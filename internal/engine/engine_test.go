@@ -655,13 +655,18 @@ func TestReloadPublishesNoKeymiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	missed := make(chan string, 100)
-	go e.RC.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) { missed <- m.Message })
+	go e.RC.Receive(ctx, rb.Subscribe().Channel("__keyevent@0__:keymiss").Build(), func(m rueidis.PubSubMessage) {
+		select {
+		case missed <- m.Message:
+		case <-ctx.Done(): // the test is over: nobody reads
+		}
+	})
 	// until misses key and returns the keys missed before it (events come in
 	// the order of the commands that cause them).
 	until := func(key string) []string {
 		e.RC.Do(ctx, rb.Get().Key(key).Build())
 		var before []string
-		for timeout := time.After(10 * time.Second); ; {
+		for timeout := time.After(world.Patience); ; {
 			select {
 			case k := <-missed:
 				if k == key {

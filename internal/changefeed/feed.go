@@ -60,6 +60,8 @@ type Feed struct {
 	Progress func(cache string, done, total int64)
 	// CheckEvery is how often an idle feed checks that Redis kept its data.
 	CheckEvery time.Duration
+
+	standby bool // waiting for another process's hold of the slot (Run's goroutine only)
 }
 
 // New returns the feed of source in cfg: every cache of that source with sync: changefeed.
@@ -109,7 +111,7 @@ func (f *Feed) Run(ctx context.Context) error {
 			f.Log.Warn("redis lost cached data; rebuilding", "err", err)
 			wait = 0
 		case errors.Is(err, errSlotBusy):
-			f.Log.Info("waiting for the replication slot", "slot", f.Slot, "err", err)
+			f.Log.Debug("waiting for the replication slot", "slot", f.Slot, "err", err)
 		default:
 			f.Log.Error("change feed interrupted; retrying", "err", err, "retry_in", wait)
 			backoff = min(backoff*2, maxBackoff)
@@ -136,13 +138,19 @@ func (f *Feed) session(ctx context.Context) error {
 	defer db.Close(context.WithoutCancel(ctx))
 
 	// One process at a time rebuilds and streams this slot's caches: a
-	// standby waits here, before it touches Redis.
+	// standby waits here, blocked on the lock, before it touches Redis.
 	locked, err := pgsource.LockSlot(ctx, db, f.Slot)
 	if err != nil {
 		return err
 	}
 	if !locked {
-		return fmt.Errorf("%w: slot %s is locked by another cachesync", errSlotBusy, f.Slot)
+		if !f.standby {
+			f.Log.Info("another cachesync streams this source; waiting to take over", "slot", f.Slot)
+			f.standby = true
+		}
+		if err := pgsource.WaitSlot(ctx, db, f.Slot); err != nil {
+			return err
+		}
 	}
 	tables, err := schema.LoadTables(ctx, db, f.Caches)
 	if err != nil {
@@ -159,8 +167,13 @@ func (f *Feed) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if slot.ActivePID != 0 {
+	if slot.ActivePID != 0 { // a stopped holder's walsender, on its way out
+		f.standby = true
 		return fmt.Errorf("%w: slot %s, pid %d", errSlotBusy, f.Slot, slot.ActivePID)
+	}
+	if f.standby {
+		f.Log.Info("took over the replication slot", "slot", f.Slot)
+		f.standby = false
 	}
 
 	names := make([]string, len(f.Caches))

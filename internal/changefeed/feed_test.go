@@ -3,6 +3,7 @@ package changefeed_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -400,20 +402,29 @@ func TestResume(t *testing.T) {
 	}
 }
 
-// TestStandby: a second feed of the same config waits for the first and
-// touches nothing; when the first stops, it takes over without a rebuild.
+// TestStandby: a second feed of the same config waits for the first, and
+// waits quietly: blocked on the slot's lock (no reconnects, no polling),
+// one log line when it starts waiting and one when it takes over; it
+// touches nothing meanwhile, and when the first stops it takes over
+// without a rebuild.
 func TestStandby(t *testing.T) {
 	w := world.New(t, `CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 100) g`)
 	cfg := w.Config("  s: {table: s, key: \"s:{id}\", value: {format: string, column: v}}\n")
 	want := func() map[string]string { return w.Rows(`SELECT 's:' || id, v FROM s`) }
 	a := w.StartFeed(cfg)
 	w.WaitEqual("s:*", want)
-	b := w.StartFeed(cfg)
-	world.WaitCount(t, "standby's attempts", &b.Stats.Reconnects, 2) // it tried, and waits
-	w.Exec(`UPDATE s SET v = 'by a' WHERE id = 1`)
-	w.WaitEqual("s:*", want)
+	var log testenv.LogBuffer
+	b := w.StartFeed(cfg, func(f *changefeed.Feed) { f.Log = slog.New(slog.NewTextHandler(&log, nil)) })
+	world.WaitSession(t, w.DB, "the standby waits on the slot's lock", `wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()`)
+	for i := range 20 {
+		w.Exec(`UPDATE s SET v = 'by a' || $1::int WHERE id = 1`, i)
+		w.WaitEqual("s:*", want)
+	}
 	if b.Stats.Rebuilds.Load() != 0 || b.Stats.Txns.Load() != 0 || a.Stats.Rebuilds.Load() != 1 {
 		t.Fatalf("standby did work while the slot was taken: rebuilds %d, txns %d", b.Stats.Rebuilds.Load(), b.Stats.Txns.Load())
+	}
+	if n := b.Stats.Reconnects.Load(); n != 0 {
+		t.Errorf("the standby reconnected %d times while it waited, want 0 (a blocking wait)", n)
 	}
 	if err := a.Stop(); err != nil {
 		t.Fatal(err)
@@ -422,6 +433,10 @@ func TestStandby(t *testing.T) {
 	w.WaitEqual("s:*", want)
 	if b.Stats.Rebuilds.Load() != 0 || b.Stats.Txns.Load() == 0 {
 		t.Fatalf("standby took over with rebuilds %d, txns %d; want 0 and > 0", b.Stats.Rebuilds.Load(), b.Stats.Txns.Load())
+	}
+	waiting, took := log.Lines("waiting to take over"), log.Lines("took over the replication slot")
+	if len(waiting) != 1 || len(took) != 1 {
+		t.Errorf("the standby logged %d waiting and %d took-over lines, want 1 and 1:\n%s", len(waiting), len(took), log.String())
 	}
 }
 

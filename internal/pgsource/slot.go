@@ -150,6 +150,15 @@ func LockSlot(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
 	return ok, nil
 }
 
+// WaitSlot takes LockSlot's lock on conn, waiting as long as another
+// session holds it, or until ctx ends.
+func WaitSlot(ctx context.Context, conn *pgx.Conn, name string) error {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('cachesync slot ' || $1))`, name); err != nil {
+		return fmt.Errorf("wait for the lock of slot %s: %w", name, err)
+	}
+	return nil
+}
+
 // UnlockSlot releases LockSlot's lock.
 func UnlockSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('cachesync slot ' || $1))`, name); err != nil {

@@ -131,6 +131,7 @@ func (f *Feed) session(ctx context.Context) error {
 	if err != nil {
 		return &config.Error{Field: "sources." + f.Source + ".url", Err: err}
 	}
+	pgcfg.RuntimeParams["application_name"] = pgsource.Holder // status names the holder of the slot's lock by it
 	db, err := pgx.ConnectConfig(ctx, pgcfg)
 	if err != nil {
 		return fmt.Errorf("connect to source %s: %w", f.Source, err)

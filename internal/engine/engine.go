@@ -231,6 +231,17 @@ func (c *Engine) cache(name, key string) (*cache, []string, error) {
 	return ca, values, nil
 }
 
+// SlotHolder returns which process streams source's slot: the
+// application_name of the session that holds its lock ("cachesync
+// HOST:PID"), or "" when none does.
+func (c *Engine) SlotHolder(ctx context.Context, source string) (string, error) {
+	l, ok := c.loaders[source]
+	if !ok {
+		return "", fmt.Errorf("source %q: unknown", source)
+	}
+	return pgsource.SlotHolder(ctx, l.Pool(), c.cfg.SlotName(source))
+}
+
 // WALPosition returns source's current WAL insert position
 // (pg_current_wal_insert_lsn): past every commit made so far, however
 // synchronous_commit is set; how far the change feed has to go.

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // SlotInfo is what the server says of a replication slot.
@@ -148,6 +150,32 @@ func LockSlot(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
 		return false, fmt.Errorf("lock slot %s: %w", name, err)
 	}
 	return ok, nil
+}
+
+// Holder is the application_name of the session that holds a slot's lock
+// (LockSlot): "cachesync HOST:PID", naming this process.
+var Holder = func() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("cachesync %s:%d", host, os.Getpid())
+}()
+
+// SlotHolder returns the application_name of the session holding the lock
+// of slot name (LockSlot), in the database db is connected to: which
+// process streams the slot; "" when none does.
+func SlotHolder(ctx context.Context, db *pgxpool.Pool, name string) (string, error) {
+	var app string
+	err := db.QueryRow(ctx, `SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+		AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND l.classid = ((hashtext('cachesync slot ' || $1)::bigint >> 32) & 4294967295)::oid
+		AND l.objid = (hashtext('cachesync slot ' || $1)::bigint & 4294967295)::oid`, name).Scan(&app)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("who holds slot %s: %w", name, err)
+	}
+	return app, nil
 }
 
 // WaitSlot takes LockSlot's lock on conn, waiting as long as another

@@ -83,8 +83,9 @@ func Describe(err error) string {
 // SourceProbe is what a probe of a PostgreSQL source found: its current
 // WAL position, or why it could not be read.
 type SourceProbe struct {
-	WAL uint64
-	Err error
+	WAL    uint64
+	Active string // the holder of the source's slot (engine.SlotHolder), when read
+	Err    error
 }
 
 // ProbeSources reads the WAL position of each of sources through api,
@@ -96,8 +97,12 @@ func ProbeSources(ctx context.Context, api *engine.Engine, sources []string, d t
 	for _, source := range sources {
 		wg.Go(func() {
 			wal, err := Within(ctx, d, func(ctx context.Context) (uint64, error) { return api.WALPosition(ctx, source) })
+			var active string
+			if err == nil {
+				active, _ = Within(ctx, d, func(ctx context.Context) (string, error) { return api.SlotHolder(ctx, source) })
+			}
 			mu.Lock()
-			out[source] = SourceProbe{wal, err}
+			out[source] = SourceProbe{WAL: wal, Active: active, Err: err}
 			mu.Unlock()
 		})
 	}

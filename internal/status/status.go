@@ -57,6 +57,10 @@ type Redis struct {
 type Source struct {
 	Up    bool   `json:"up"`
 	Error string `json:"error,omitempty"` // why not up: "unreachable: ..." or PostgreSQL's own error
+	// Active is the daemon that streams the source's slot, as it names its
+	// session ("cachesync HOST:PID"); "" when none does (or no cache of the
+	// source has a change feed). Others of the config wait as standbys.
+	Active string `json:"active,omitempty"`
 }
 
 // Cache is the status of one cache. Counters are since the daemon started.
@@ -132,7 +136,7 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	if sources != nil {
 		r.Sources = map[string]Source{}
 		for name, p := range sources {
-			s := Source{Up: p.Err == nil}
+			s := Source{Up: p.Err == nil, Active: p.Active}
 			if p.Err != nil {
 				s.Error = Describe(p.Err)
 			}
@@ -381,8 +385,11 @@ func WriteTable(w io.Writer, r *Report) {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if s := r.Sources[name]; !s.Up {
+		switch s := r.Sources[name]; {
+		case !s.Up:
 			fmt.Fprintf(w, "source %s: %s\n", name, down(s.Error))
+		case s.Active != "":
+			fmt.Fprintf(w, "source %s: streamed by %s\n", name, s.Active)
 		}
 	}
 	fmt.Fprintln(w)

@@ -156,6 +156,9 @@ func StartBinary(tb testing.TB, args ...string) *Proc {
 	return p
 }
 
+// PID is the process's id.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
 // Exited reports whether the process has ended.
 func (p *Proc) Exited() bool {
 	select {

@@ -26,12 +26,7 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 	}
 	nodes := make([]rueidis.Client, len(w.Nodes))
 	for i, n := range w.Nodes {
-		cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{n.Addr}, ForceSingleClient: true, DisableCache: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cl.Close)
-		nodes[i] = cl
+		nodes[i] = n.NodeClient(t)
 	}
 	// owner returns the node holding key's slot: the others answer MOVED.
 	owner := func(key string) int {

@@ -46,7 +46,7 @@ func TestFlagsKept(t *testing.T) {
 			rc := w.RC
 			// The node whose flags go: on a Cluster, not the one the client was given.
 			node := w.Nodes[len(w.Nodes)-1]
-			nc := world.NodeClient(t, node)
+			nc := node.NodeClient(t)
 			key := keyOn(t, nc, "probe:")
 			var logs testenv.LogBuffer
 			var listeners []*listener

@@ -358,11 +358,7 @@ func testEventsAfterRestart(t *testing.T, topology string) {
 	node, key, want := e.Nodes[0], "price:i1", "1.00"
 	if len(e.Nodes) > 1 {
 		node = e.Nodes[1]
-		nc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
+		nc := node.NodeClient(t)
 		for i := 1; ; i++ {
 			key, want = fmt.Sprintf("price:i%d", i), fmt.Sprintf("%d.00", i)
 			// A node answers GET of its own keys only (MOVED for others).

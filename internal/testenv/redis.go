@@ -239,6 +239,19 @@ func (r *Redis) ClientAs(tb testing.TB, user, password string) rueidis.Client {
 	return c
 }
 
+// NodeClient returns a client of r alone, closed when the test ends: on a
+// Cluster its commands reach this node (a key of another's slots is
+// answered MOVED), and CONFIG, INFO and the like are this node's.
+func (r *Redis) NodeClient(tb testing.TB) rueidis.Client {
+	tb.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(c.Close)
+	return c
+}
+
 // SetUser runs ACL SETUSER user rules... on r as the default user.
 func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {
 	tb.Helper()

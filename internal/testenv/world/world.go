@@ -111,13 +111,20 @@ func newWorld(tb testing.TB, pg *testenv.Postgres, rds *testenv.Redis, schema st
 // three primaries).
 func NewTopology(tb testing.TB, topology, schema string) *World {
 	tb.Helper()
-	if topology != "cluster" {
-		return New(tb, schema)
-	}
-	c := testenv.StartCluster(tb, 3)
-	w := NewOn(tb, c.Nodes[0], schema)
-	w.Nodes = c.Nodes
+	nodes := startRedis(tb, topology)
+	w := NewOn(tb, nodes[0], schema)
+	w.Nodes = nodes
 	return w
+}
+
+// startRedis starts the Redis nodes of topology: one, or a Cluster's three
+// primaries.
+func startRedis(tb testing.TB, topology string) []*testenv.Redis {
+	tb.Helper()
+	if topology == "cluster" {
+		return testenv.StartCluster(tb, 3).Nodes
+	}
+	return []*testenv.Redis{testenv.StartRedis(tb)}
 }
 
 // dropSlots drops the replication slots of the world's database, waiting

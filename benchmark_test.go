@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
@@ -38,21 +37,17 @@ const benchKey = "b:1"
 // ends, with table bench(id, val, note) holding row 1 and an empty table
 // wb(id, v). It returns a Client of cache b over bench (keys b:{id}, JSON
 // values) and cache wb (write-behind), closed when b ends, and the Redis.
+// benchDBs numbers the benchmarks' databases.
+var benchDBs atomic.Int64
+
 func benchEnv(b *testing.B) (*cachesync.Client, *testenv.Redis) {
 	b.Helper()
 	ctx := b.Context()
-	rds, pg := testenv.StartRedis(b), testenv.StartPostgres(b)
-	db, err := pgx.Connect(ctx, pg.URL("postgres"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close(context.Background())
-	_, err = db.Exec(ctx, `CREATE TABLE bench (id int PRIMARY KEY, val bigint NOT NULL, note text NOT NULL);
+	testenv.NeedServers(b)
+	rds := testenv.StartRedis(b)
+	_, dbURL := testPG.Database(b, fmt.Sprintf("bench%d", benchDBs.Add(1)), `CREATE TABLE bench (id int PRIMARY KEY, val bigint NOT NULL, note text NOT NULL);
 		INSERT INTO bench VALUES (1, 0, 'note ' || md5('1'));
 		CREATE TABLE wb (id int PRIMARY KEY, v bigint NOT NULL)`)
-	if err != nil {
-		b.Fatal(err)
-	}
 	cfg, err := config.Load(strings.NewReader(fmt.Sprintf(`name: bench
 redis: {url: %q}
 sources:
@@ -60,7 +55,7 @@ sources:
 caches:
   b: {table: bench, key: "b:{id}", value: {format: json, columns: {id: id, val: val, note: note}}, sync: none}
   wb: {table: wb, key: "wb:{id}", value: {columns: [id, v]}, sync: none, writes: behind}
-`, rds.URL(), pg.URL("postgres"))))
+`, rds.URL(), dbURL)))
 	if err != nil {
 		b.Fatal(err)
 	}

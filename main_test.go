@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 	os.Exit(withGrocery(m))
 }
 
+// testPG is the package's PostgreSQL, started by TestMain; the
+// benchmarks make databases of their own in it.
+var testPG *testenv.Postgres
+
 func withGrocery(m *testing.M) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -38,6 +42,7 @@ func withGrocery(m *testing.M) int {
 		return fail(err)
 	}
 	defer pg.Close()
+	testPG = pg
 	dir, err := os.MkdirTemp("", "cachesync-example-")
 	if err != nil {
 		return fail(err)

@@ -20,11 +20,7 @@ func TestWriteBehindReadAheadFailure(t *testing.T) {
 	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
 	c := e.Open(cfg)
 	ctx := context.Background()
-	put := func(id, v int) {
-		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(id, v int) { putBehind(t, c, "t", map[string]any{"id": id, "v": v}) }
 	stream := binding.StreamKey("t")
 	put(1, 1) // P: read by a drainer that crashed
 	if err := e.RC.Do(ctx, e.RC.B().XgroupCreate().Key(stream).Group("cachesync").Id("0").Build()).Error(); err != nil {

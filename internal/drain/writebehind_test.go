@@ -95,11 +95,7 @@ func TestWriteBehindTakeover(t *testing.T) {
 	cfg := e.Config(`  t: {table: t, key: "t:{id}", value: {columns: [id, v]}, sync: none, writes: behind}` + "\n")
 	c := e.Open(cfg)
 	ctx := context.Background()
-	put := func(id, v int) {
-		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(id, v int) { putBehind(t, c, "t", map[string]any{"id": id, "v": v}) }
 	for i := range 50 {
 		put(i%5, i)
 	}

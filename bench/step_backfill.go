@@ -93,7 +93,7 @@ func (s backfill) Run(ctx context.Context, e *env) (step, error) {
 	if err != nil {
 		return nil, err
 	}
-	if want := int64(e.sz.Rows) + 3; n != want { // the rows, the sentinel, the daemon's state hash, the cache's removal count (bumped by the rebuild's clear)
+	if want := int64(e.sz.Rows) + 4; n != want { // the rows, the sentinel, the daemon's state hash and its feed's token, the cache's removal count (bumped by the rebuild's clear)
 		return nil, fmt.Errorf("after the backfill Redis holds %d keys, want %d", n, want)
 	}
 	for range 2 {

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -69,3 +72,100 @@ func activeOf(t *testing.T, cfg string) string {
 	}
 	return r.Sources["db"].Active
 }
+
+// partitioned starts the daemon that streams, reaching PostgreSQL and Redis
+// through proxies that play a network cut, and a standby that reaches
+// them directly (with config, its config); it returns them with the
+// proxies.
+func partitioned(t *testing.T, w *world.World) (active, standby *world.Proc, config string, pgp, rp *testenv.Proxy) {
+	t.Helper()
+	u, err := url.Parse(w.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgp, rp = testenv.StartProxy(t, u.Host), testenv.StartProxy(t, w.Redis.Addr)
+	cut := strings.NewReplacer(u.Host, pgp.Addr, w.Redis.Addr, rp.Addr).Replace(w.YAML(itemsCaches))
+	active = w.Daemon(w.WriteYAML(cut))
+	active.WaitLog("streaming changes")
+	config = w.WriteConfig(itemsCaches)
+	standby = w.Daemon(config)
+	standby.WaitLog("waiting to take over")
+	waitItems(w)
+	return active, standby, config, pgp, rp
+}
+
+// TestPartitionedHolderFenced: the daemon that streams is cut off from
+// PostgreSQL and Redis while its write of a change is on the way; the
+// standby takes over and applies that change and a newer one; then the
+// cut-off daemon's write arrives, late. It must change nothing: Redis
+// stays equal to the table.
+func TestPartitionedHolderFenced(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(100))
+	active, standby, _, pgp, rp := partitioned(t, w)
+
+	rp.HoldFrom([]byte("held in the network"))
+	w.Exec(`UPDATE items SET note = 'held in the network' WHERE id = 1`)
+	world.WaitFor(t, "the active daemon's write of the change, held", func() bool {
+		return bytes.Contains(rp.Held(), []byte("held in the network"))
+	})
+	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock and its replication end
+	standby.WaitLog("took over the replication slot")
+	w.Exec(`UPDATE items SET note = 'after the takeover' WHERE id = 1`)
+	waitItems(w)
+	active.Kill()
+	rp.Release() // the dead daemon's last write reaches Redis, late
+	requireItems(w)
+}
+
+// TestTakeoverEndsLostHoldersReplication: only the session holding the
+// slot's lock is cut (PostgreSQL sees it gone; the daemon's replication
+// connection is alive). The standby takes the lock, ends the lost holder's
+// replication rather than waiting for it, and streams; the lost holder
+// stands by.
+func TestTakeoverEndsLostHoldersReplication(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(100))
+	active, standby, config, pgp, _ := partitioned(t, w)
+
+	if n := pgp.Cut(func(hello []byte) bool { return !testenv.PostgresReplication(hello) }); n == 0 {
+		t.Fatal("no connection to cut")
+	}
+	standby.WaitLog("took over the replication slot")
+	w.Exec(`UPDATE items SET val = val + 1, note = 'after the takeover' WHERE id <= 10`)
+	waitItems(w)
+	active.WaitLog("waiting to take over") // its replication ended, it stands by
+	w.Exec(`UPDATE items SET val = val + 1 WHERE id > 90`)
+	waitItems(w)
+	if got := activeOf(t, config); !strings.HasSuffix(got, fmt.Sprintf(":%d", standby.PID())) {
+		t.Errorf("cachesync status names %q as active, want the standby, pid %d", got, standby.PID())
+	}
+}
+
+// TestLockLossEndsSession: the session holding the slot's lock is cut
+// (PostgreSQL ends it; the daemon hears nothing): the daemon notices
+// within seconds, stops writing, takes the lock again and carries on.
+func TestLockLossEndsSession(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(100))
+	u, err := url.Parse(w.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgp := testenv.StartProxy(t, u.Host)
+	d := w.Daemon(w.WriteYAML(strings.Replace(w.YAML(itemsCaches), u.Host, pgp.Addr, 1)))
+	d.WaitLog("streaming changes")
+	waitItems(w)
+	holder := func(h []byte) bool { return bytes.Contains(h, []byte(pgsourceHolderPrefix)) }
+	if n := pgp.Cut(holder); n != 1 {
+		t.Fatalf("cut %d connections holding the lock, want 1", n)
+	}
+	d.WaitLog("lost the replication slot")
+	d.WaitFor("streaming again", func() bool { return len(d.Stderr.Lines("streaming changes")) == 2 })
+	w.Exec(`UPDATE items SET val = val + 1, note = 'after the lock was lost' WHERE id <= 10`)
+	waitItems(w)
+}
+
+// pgsourceHolderPrefix begins the application_name of the session holding
+// a slot's lock (pgsource.Holder), which its startup message carries.
+const pgsourceHolderPrefix = "application_name\x00cachesync "

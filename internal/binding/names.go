@@ -41,6 +41,8 @@ import (
 //
 //	cachesync:state:CONFIG         hash    what the caches hold (StateKey; state.State):
 //	                                       lsn:SOURCE → LSN, cache:NAME → FINGERPRINT/SINCE
+//	cachesync:feed:CONFIG:SOURCE   string  token of the feed session that holds SOURCE's slot
+//	                                       (FeedOwnerKey; state.Claim): its writes are fenced on it
 //
 // Renaming any of these strands what older processes and older data hold
 // (docs/ARCHITECTURE.md, "Limits": Upgrading); names_test.go pins their
@@ -103,6 +105,12 @@ func RecordKey(cache string) string { return Reserved + "expiry:{" + cache + "}"
 
 // StateKey names the state record of the config named config (state.State).
 func StateKey(config string) string { return Reserved + "state:" + config }
+
+// FeedOwnerKey names the token of the change feed session that holds the
+// replication slot of source in the config named config (state.Claim).
+func FeedOwnerKey(config, source string) string {
+	return Reserved + "feed:" + config + ":" + source
+}
 
 // keysOfCompanion returns the keys whose companion (of kind prefix) is
 // named name: usually one, but "u" and "{u}" share their companions' names,

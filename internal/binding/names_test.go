@@ -76,6 +76,7 @@ func TestOtherNames(t *testing.T) {
 		{Reserved, "cachesync:"},
 		{StateKey("shop"), "cachesync:state:shop"},
 		{StateKey("a_1"), "cachesync:state:a_1"},
+		{FeedOwnerKey("shop", "db"), "cachesync:feed:shop:db"},
 		{DrainGroup, "cachesync"},
 	} {
 		if c[0] != c[1] {

@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/schema"
+	"github.com/cachesync/cachesync/internal/state"
 )
 
 // maxBatchChanges bounds the changes gathered into one Redis round trip.
@@ -26,6 +27,7 @@ const maxBatchChanges = 4096
 // batch of transactions that were waiting, and reports applied positions.
 type applier struct {
 	f        *Feed
+	w        *state.Writer // this session's claim on the source: every flush goes through it
 	stream   *pgsource.Stream
 	tables   map[uint32]*pgsource.Table
 	caches   map[uint32][]*config.Cache // by table OID
@@ -50,8 +52,8 @@ type relBinding struct {
 	err   error
 }
 
-func newApplier(f *Feed, st *pgsource.Stream, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
-	a := &applier{f: f, stream: st, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
+func newApplier(f *Feed, w *state.Writer, st *pgsource.Stream, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
+	a := &applier{f: f, w: w, stream: st, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
 		since: since, layouts: map[uint32]layout{}, expected: applied}
 	for _, c := range f.Caches {
 		t := tables[c.Table]
@@ -67,11 +69,16 @@ func (a *applier) close(ctx context.Context) {
 	}
 }
 
-// run applies transactions from txns until it is closed or a write fails.
+// run applies transactions from txns until it is closed, a write fails or
+// ctx ends: then what is left in txns is not applied (a next session
+// streams it again).
 func (a *applier) run(ctx context.Context, txns <-chan *pgsource.Txn) error {
 	tick := time.NewTicker(a.f.CheckEvery)
 	defer tick.Stop()
 	for {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		select {
 		case t, ok := <-txns:
 			if !ok {
@@ -147,7 +154,7 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 	to := max(a.expected, end)
 	n := len(a.cmds)
-	err := a.f.State.Advance(ctx, a.f.Source, a.cmds, a.expected, to)
+	err := a.w.Advance(ctx, a.cmds, a.expected, to)
 	a.cmds = a.cmds[:0]
 	if err != nil {
 		return err

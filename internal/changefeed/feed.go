@@ -112,6 +112,10 @@ func (f *Feed) Run(ctx context.Context) error {
 			wait = 0
 		case errors.Is(err, errSlotBusy):
 			f.Log.Debug("waiting for the replication slot", "slot", f.Slot, "err", err)
+		case errors.Is(err, errLockLost), errors.Is(err, state.ErrFenced):
+			// The next session waits for the lock: a standby now.
+			f.Log.Warn("this cachesync lost the replication slot; it stops writing and stands by", "slot", f.Slot, "err", err)
+			wait = 0
 		default:
 			f.Log.Error("change feed interrupted; retrying", "err", err, "retry_in", wait)
 			backoff = min(backoff*2, maxBackoff)
@@ -131,16 +135,23 @@ func (f *Feed) session(ctx context.Context) error {
 	if err != nil {
 		return &config.Error{Field: "sources." + f.Source + ".url", Err: err}
 	}
-	pgcfg.RuntimeParams["application_name"] = pgsource.Holder // status names the holder of the slot's lock by it
-	db, err := pgx.ConnectConfig(ctx, pgcfg)
+	lockcfg := pgcfg.Copy()
+	lockcfg.RuntimeParams["application_name"] = pgsource.Holder // status names the holder of the slot's lock by it
+	// PostgreSQL ends the lock's session, and so frees the lock for a
+	// standby, within ~5 s of losing sight of this process (a network
+	// cut) rather than after the system's TCP timeouts.
+	for k, v := range map[string]string{"tcp_keepalives_idle": "2", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3", "tcp_user_timeout": "5000"} {
+		lockcfg.RuntimeParams[k] = v
+	}
+	lock, err := pgx.ConnectConfig(ctx, lockcfg)
 	if err != nil {
 		return fmt.Errorf("connect to source %s: %w", f.Source, err)
 	}
-	defer db.Close(context.WithoutCancel(ctx))
+	defer lock.Close(context.WithoutCancel(ctx))
 
 	// One process at a time rebuilds and streams this slot's caches: a
 	// standby waits here, blocked on the lock, before it touches Redis.
-	locked, err := pgsource.LockSlot(ctx, db, f.Slot)
+	locked, err := pgsource.LockSlot(ctx, lock, f.Slot)
 	if err != nil {
 		return err
 	}
@@ -149,10 +160,31 @@ func (f *Feed) session(ctx context.Context) error {
 			f.Log.Info("another cachesync streams this source; waiting to take over", "slot", f.Slot)
 			f.standby = true
 		}
-		if err := pgsource.WaitSlot(ctx, db, f.Slot); err != nil {
+		if err := pgsource.WaitSlot(ctx, lock, f.Slot); err != nil {
 			return err
 		}
 	}
+	// Holding the lock, the session lasts only while the lock's
+	// connection answers: losing it (PostgreSQL ended it, or cannot be
+	// reached) ends the session before another process can have taken
+	// the lock, and what is read but not yet applied is left to the next
+	// holder.
+	sctx, stop := watchLock(ctx, lock)
+	defer stop()
+	err = f.held(sctx, pgcfg)
+	if cause := context.Cause(sctx); ctx.Err() == nil && errors.Is(cause, errLockLost) {
+		return cause
+	}
+	return err
+}
+
+// held is the session once it holds the slot's lock.
+func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
+	db, err := pgx.ConnectConfig(ctx, pgcfg)
+	if err != nil {
+		return fmt.Errorf("connect to source %s: %w", f.Source, err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
 	tables, err := schema.LoadTables(ctx, db, f.Caches)
 	if err != nil {
 		return err
@@ -168,14 +200,29 @@ func (f *Feed) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if slot.ActivePID != 0 { // a stopped holder's walsender, on its way out
-		f.standby = true
-		return fmt.Errorf("%w: slot %s, pid %d", errSlotBusy, f.Slot, slot.ActivePID)
+	if slot.ActivePID != 0 {
+		// The walsender of a process that no longer holds the lock: one
+		// that stopped (on its way out) or lost its lock's session (a
+		// network cut, which PostgreSQL may not see on the walsender's
+		// connection until wal_sender_timeout). The lock says the slot is
+		// this session's: end it.
+		f.Log.Warn("ending the replication of a cachesync that lost the slot's lock", "slot", f.Slot, "pid", slot.ActivePID)
+		if err := pgsource.EndHolder(ctx, db, f.Slot, slot.ActivePID); err != nil {
+			f.standby = true
+			return fmt.Errorf("%w: slot %s, pid %d: %w", errSlotBusy, f.Slot, slot.ActivePID, err)
+		}
 	}
 	if f.standby {
 		f.Log.Info("took over the replication slot", "slot", f.Slot)
 		f.standby = false
 	}
+	// From here on this session writes to Redis; a writer before it
+	// (which lost the lock) is fenced off.
+	w, err := f.State.Claim(ctx, f.Source)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
 
 	names := make([]string, len(f.Caches))
 	for i, c := range f.Caches {
@@ -215,11 +262,49 @@ func (f *Feed) session(ctx context.Context) error {
 		}
 		f.Rebuild = nil
 	}
-	return f.stream(ctx, tables, since, applied)
+	return f.stream(ctx, w, tables, since, applied)
+}
+
+// lockPing is how often a session holding its slot's lock checks that the
+// lock's connection answers, and lockTimeout how long one check may take:
+// together under the ~5 s in which PostgreSQL ends a session it lost sight
+// of (the keepalives in session), so a cut-off holder stops first.
+const lockPing, lockTimeout = time.Second, 3 * time.Second
+
+// errLockLost reports that the session holding the slot's lock ended or
+// stopped answering: another process may take the lock.
+var errLockLost = errors.New("lost the replication slot's lock")
+
+// watchLock returns ctx, ended with cause errLockLost once lock, the
+// connection holding the slot's lock, fails to answer; stop ends the watch
+// (and the context). Only the watch uses lock until stop.
+func watchLock(ctx context.Context, lock *pgx.Conn) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(lockPing)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			pctx, cancelPing := context.WithTimeout(ctx, lockTimeout)
+			err := lock.Ping(pctx)
+			cancelPing()
+			if err != nil && ctx.Err() == nil {
+				cancel(fmt.Errorf("%w: %w", errLockLost, err))
+				return
+			}
+		}
+	}()
+	return ctx, func() { cancel(nil); <-done }
 }
 
 // stream applies the slot's changes until ctx is done or something fails.
-func (f *Feed) stream(ctx context.Context, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) error {
+func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) error {
 	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -229,26 +314,43 @@ func (f *Feed) stream(ctx context.Context, tables map[string]*pgsource.Table, si
 		return err
 	}
 	f.Log.Info("streaming changes", "slot", f.Slot, "caches", len(f.Caches))
-	a := newApplier(f, st, tables, since, applied)
+	a := newApplier(f, w, st, tables, since, applied)
 	defer a.close(ctx)
 
+	// Writes are not cut off by shutdown: what was read is applied and
+	// then confirmed, so a graceful stop replays nothing. They stop at
+	// once when the stream fails or the lock is lost: what is left was
+	// not confirmed, and the next holder of the slot streams it again.
+	applyCtx, stopApplying := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopApplying(nil)
+	stopOnLoss := context.AfterFunc(ctx, func() {
+		if cause := context.Cause(ctx); errors.Is(cause, errLockLost) {
+			stopApplying(cause)
+		}
+	})
+	defer stopOnLoss()
 	txns := make(chan *pgsource.Txn, 64)
 	readCtx, stopReading := context.WithCancel(ctx)
 	defer stopReading()
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(txns)
-		readErr <- st.Run(readCtx, txns)
+		err := st.Run(readCtx, txns)
+		if err != nil && readCtx.Err() == nil {
+			stopApplying(err)
+		}
+		readErr <- err
 	}()
-	// Writes are not cut off by shutdown: what was read is applied and then
-	// confirmed, so a graceful stop replays nothing.
-	applyErr := a.run(context.WithoutCancel(ctx), txns)
+	applyErr := a.run(applyCtx, txns)
 	stopReading()
 	for range txns {
 	}
 	rerr := <-readErr
 	if cerr := st.Close(ctx); cerr != nil && applyErr == nil && ctx.Err() == nil {
 		f.Log.Debug("final status", "err", cerr)
+	}
+	if applyCtx.Err() != nil {
+		return context.Cause(applyCtx) // the stream failed, or the lock was lost
 	}
 	if applyErr != nil {
 		return applyErr

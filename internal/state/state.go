@@ -28,8 +28,9 @@ import (
 // an old dump) this record goes missing or falls behind the slot; that is how
 // a lost cache is noticed and rebuilt.
 type State struct {
-	Key   string         // the record's hash, binding.StateKey of the config
-	Redis rueidis.Client // where it lives
+	Key    string         // the record's hash, binding.StateKey of the config
+	Config string         // the config's name
+	Redis  rueidis.Client // where it lives
 }
 
 // ErrRedisLost reports that Redis no longer holds what cachesync wrote.
@@ -37,7 +38,7 @@ var ErrRedisLost = errors.New("redis lost cachesync's writes (flushed or restart
 
 // New returns the state record of the config named name.
 func New(client rueidis.Client, name string) *State {
-	return &State{Key: binding.StateKey(name), Redis: client}
+	return &State{Key: binding.StateKey(name), Config: name, Redis: client}
 }
 
 // CacheEntry is what the state says of one cache.
@@ -116,28 +117,146 @@ if v ~= ARGV[2] then return 0 end
 if ARGV[3] > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`
 
+// ErrFenced reports that another feed session claimed the source (Claim)
+// after this one: this one has lost the slot and must write nothing more.
+var ErrFenced = errors.New("another cachesync took over this source's slot")
+
+// Writer is the one feed session allowed to write a source's changes: what
+// Claim returns. On one Redis node its writes are fenced: a writer whose
+// claim was taken over by a later one writes nothing more, whenever its
+// commands reach Redis, even late, across a network that held them.
+type Writer struct {
+	s      *State
+	source string
+	key    string // binding.FeedOwnerKey
+	token  string
+	// On one Redis node, a connection of its own that WATCHes key: a
+	// later claim makes its next EXEC write nothing.
+	dc       rueidis.DedicatedClient
+	release  func()
+	watching bool // key is watched on dc, and held token when last read
+}
+
+// Claim makes the caller the writer of source's changes, taking over from
+// any before it: it records a new token in binding.FeedOwnerKey, which
+// every write of a writer checks (on one Redis node; see Advance). Call it
+// holding the slot's lock, before the session writes to Redis; Close the
+// Writer when the session ends.
+func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
+	w := &Writer{s: s, source: source, key: binding.FeedOwnerKey(s.Config, source), token: binding.NewToken()}
+	if err := s.Redis.Do(ctx, s.Redis.B().Set().Key(w.key).Value(w.token).Build()).Error(); err != nil {
+		return nil, fmt.Errorf("claim %s: %w", w.key, err)
+	}
+	if s.Redis.Mode() != rueidis.ClientModeCluster {
+		w.dc, w.release = s.Redis.Dedicate()
+	}
+	return w, nil
+}
+
+// Close gives back the writer's connection, watching nothing.
+func (w *Writer) Close() {
+	if w != nil && w.release != nil {
+		w.dc.Do(context.Background(), w.dc.B().Unwatch().Build())
+		w.release()
+	}
+}
+
 // Advance sends writes, a batch of the feed's writes (possibly none), and
 // moves source's applied LSN from from to to once Redis has acknowledged
 // every one of them; ErrRedisLost when the record no longer holds from.
 // Others trust that record (Put waits on it), so it never runs ahead of a
-// write: on one Redis node the writes and the check-and-advance go in one
-// pipeline, which the node runs in order; on a Cluster the writes go to
-// several nodes at once, so the advance follows in a second round trip,
-// after all of them answered. (Advance may append to writes.)
-func (s *State) Advance(ctx context.Context, source string, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
+// write.
+//
+// On one Redis node the writes and the check-and-advance go in one
+// transaction (MULTI/EXEC) on the writer's connection, which WATCHes the
+// owner token and read it after the previous EXEC (in the same round
+// trip): a later Claim makes the EXEC write nothing (ErrFenced), even if
+// this writer's commands reach Redis late. On a Cluster a transaction
+// cannot span hash slots: the writes go to several nodes at once and the
+// advance follows in a second round trip, after all of them answered; a
+// writer that lost its claim learns it from the token at its next
+// advance. (Advance may append to writes.)
+func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
+	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
-		Arg("lsn:"+source, formatLSN(from), formatLSN(max(from, to))).Build()
-	if len(writes) == 0 || s.Redis.Mode() != rueidis.ClientModeCluster {
-		res := s.Redis.DoMulti(ctx, append(writes, adv)...)
-		if err := firstError(res[:len(writes)]); err != nil {
+		Arg("lsn:"+w.source, formatLSN(from), formatLSN(max(from, to))).Build()
+	if w.dc == nil {
+		if len(writes) > 0 {
+			if err := firstError(s.Redis.DoMulti(ctx, writes...)); err != nil {
+				return err
+			}
+		}
+		res := s.Redis.DoMulti(ctx, adv, s.Redis.B().Get().Key(w.key).Build())
+		if err := w.owned(res[1]); err != nil {
 			return err
 		}
-		return checkAdvance(res[len(writes)])
+		return checkAdvance(res[0].AsInt64())
 	}
-	if err := firstError(s.Redis.DoMulti(ctx, writes...)); err != nil {
+	b := w.dc.B()
+	if !w.watching {
+		// (UNWATCH first: the connection comes from a pool.)
+		res := w.dc.DoMulti(ctx, b.Unwatch().Build(), b.Watch().Key(w.key).Build(), b.Get().Key(w.key).Build())
+		if err := w.watched(res[1:]); err != nil {
+			return err
+		}
+	}
+	cmds := make(rueidis.Commands, 0, len(writes)+5)
+	cmds = append(cmds, b.Multi().Build())
+	cmds = append(cmds, writes...)
+	cmds = append(cmds, adv, b.Exec().Build(), b.Watch().Key(w.key).Build(), b.Get().Key(w.key).Build())
+	res := w.dc.DoMulti(ctx, cmds...)
+	n := len(res)
+	w.watching = false
+	replies, err := res[n-3].ToArray()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		// A write refused as queued discards the transaction: say which.
+		if werr := firstError(res[1 : n-3]); werr != nil {
+			return werr
+		}
+		return fmt.Errorf("redis write: %w", err)
+	}
+	if werr := w.watched(res[n-2:]); werr != nil {
+		return werr
+	}
+	if rueidis.IsRedisNil(err) {
+		// Nothing was written, yet the token is still this writer's:
+		// something else touched it. The session starts over.
+		return fmt.Errorf("redis write: refused: %s was touched, though it still holds this writer's token", w.key)
+	}
+	for _, r := range replies[:len(replies)-1] {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("redis write: %w", err)
+		}
+	}
+	return checkAdvance(replies[len(replies)-1].AsInt64())
+}
+
+// watched checks the replies of WATCH and GET of the owner token, and
+// notes the watch when the token is still the writer's.
+func (w *Writer) watched(res []rueidis.RedisResult) error {
+	if err := res[0].Error(); err != nil {
+		return fmt.Errorf("watch %s: %w", w.key, err)
+	}
+	if err := w.owned(res[1]); err != nil {
 		return err
 	}
-	return checkAdvance(s.Redis.Do(ctx, adv))
+	w.watching = true
+	return nil
+}
+
+// owned checks the reply of GET of the owner token: ErrFenced when another
+// holds it, ErrRedisLost when it is gone (flushed, lost, evicted).
+func (w *Writer) owned(r rueidis.RedisResult) error {
+	v, err := r.ToString()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return fmt.Errorf("%w: %s is gone", ErrRedisLost, w.key)
+	case err != nil:
+		return fmt.Errorf("read %s: %w", w.key, err)
+	case v != w.token:
+		return ErrFenced
+	}
+	return nil
 }
 
 // firstError returns the first failed write of res.
@@ -150,9 +269,8 @@ func firstError(res []rueidis.RedisResult) error {
 	return nil
 }
 
-// checkAdvance interprets the result of the check-and-advance.
-func checkAdvance(r rueidis.RedisResult) error {
-	n, err := r.AsInt64()
+// checkAdvance interprets the reply of the check-and-advance.
+func checkAdvance(n int64, err error) error {
 	if err != nil {
 		return fmt.Errorf("state check: %w", err)
 	}

@@ -2,11 +2,19 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
@@ -169,3 +177,88 @@ func TestLockLossEndsSession(t *testing.T) {
 // pgsourceHolderPrefix begins the application_name of the session holding
 // a slot's lock (pgsource.Holder), which its startup message carries.
 const pgsourceHolderPrefix = "application_name\x00cachesync "
+
+// TestStandbyUnderLoad: an active daemon and a standby of one config,
+// under changes to a change-feed cache and write-behind writes to another.
+// The active one is killed with -9 five times, each time at a random
+// moment; the standby takes over and a new daemon becomes the standby.
+// Afterwards Redis equals the change-feed table, and the write-behind table
+// holds every acknowledged write.
+func TestStandbyUnderLoad(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(1000)+`; CREATE TABLE wb (id int PRIMARY KEY, v bigint NOT NULL)`)
+	caches := itemsCaches + `  wb: {table: public.wb, key: "wb:{id}", value: {columns: [id, v]}, sync: none, writes: behind}
+`
+	cfg := w.WriteConfig(caches)
+	api := w.Open(w.Config(caches))
+	active := w.Daemon(cfg)
+	active.WaitLog("streaming changes")
+
+	// The writers stop between writes, so every write they made was
+	// answered.
+	ctx := t.Context()
+	var stopped atomic.Bool
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	last := map[string]string{} // wb id -> its last acknowledged value
+	errs := make(chan error, 3)
+	for writer := range 2 { // write-behind, each on keys of its own
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(writer), 9))
+			for n := int64(1); !stopped.Load(); n++ {
+				id := 2*r.IntN(100) + writer
+				if _, err := api.PutBehind(ctx, "wb", map[string]any{"id": id, "v": n}); err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				last[strconv.Itoa(id)] = strconv.FormatInt(n, 10)
+				mu.Unlock()
+			}
+		})
+	}
+	db, err := pgx.Connect(ctx, w.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	wg.Go(func() { // changes to the change-feed table
+		r := rand.New(rand.NewPCG(3, 9))
+		for !stopped.Load() {
+			if _, err := db.Exec(ctx, `UPDATE items SET val = val + 1 WHERE id = $1`, 1+r.IntN(1000)); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	var took []time.Duration // kill → the standby says it took over (as the test sees it)
+	for range 5 {
+		standby := w.Daemon(cfg)
+		standby.WaitLog("waiting to take over")
+		time.Sleep(time.Duration(100+r.IntN(400)) * time.Millisecond) // a random moment, on purpose
+		killed := time.Now()
+		active.Kill()
+		standby.WaitLog("took over the replication slot")
+		took = append(took, time.Since(killed).Round(time.Millisecond))
+		active = standby
+	}
+	stopped.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitItems(w)
+	var diff string
+	if !world.Within(world.Patience, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		diff = world.Diff(last, w.Rows(`SELECT id::text, v::text FROM wb`))
+		return diff == ""
+	}) {
+		t.Fatalf("the write-behind table differs from the acknowledged writes:\n%s", diff)
+	}
+	t.Logf("%d write-behind keys; kill -9 → took over: %v", len(last), took)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
+	continuous "github.com/cachesync/cachesync/internal/consistency"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 )
@@ -31,6 +32,9 @@ type hits struct {
 	Keys            int
 	API, Bare, HTTP hitSummary
 	NoStats         hitSummary // the engine with Options.DisableStats
+	Sampled         hitSummary // the Go API while the continuous consistency check runs
+	SampleRate      int        // its keys a second (the default)
+	SampledKeys     int64      // keys it checked during those runs
 	Order           []string   // the runs in the order they ran
 }
 
@@ -101,6 +105,10 @@ func (s hits) Results() []row {
 			Got:     fmt.Sprintf("%s gets/s, p99 %s", num(a.Rate), us(a.P99)),
 			Ceiling: fmt.Sprintf("the engine with `DisableStats`: %s gets/s, p99 %s", num(plain.Rate), us(plain.P99)),
 			Ratio:   ratio(a.Rate, plain.Rate), Target: "≥ 0.95", Met: yes(a.Rate/plain.Rate >= 0.95)},
+		{ID: "12", What: fmt.Sprintf("The continuous consistency check on the hit path: Go API Get while the check runs in the same process (%d keys/s, the default)", s.SampleRate),
+			Got:     fmt.Sprintf("%s gets/s, p99 %s", num(s.Sampled.Rate), us(s.Sampled.P99)),
+			Ceiling: fmt.Sprintf("the Go API without it (5): %s gets/s, p99 %s", num(a.Rate), us(a.P99)),
+			Ratio:   ratio(s.Sampled.Rate, a.Rate), Target: "≥ 0.95", Met: yes(s.Sampled.Rate/a.Rate >= 0.95)},
 	}
 }
 
@@ -112,7 +120,7 @@ func (s hits) CPUBound(cores int) bool {
 
 // CostsRows are the modes' lines of the table of "Where the time goes".
 func (s hits) CostsRows() []string {
-	return []string{s.API.row("Go API `Get`"), s.NoStats.row("Go API `Get`, `DisableStats`"),
+	return []string{s.API.row("Go API `Get`"), s.NoStats.row("Go API `Get`, `DisableStats`"), s.Sampled.row("Go API `Get`, consistency check running"),
 		s.Bare.row("bare rueidis `GET`"), s.HTTP.row("HTTP `GET` (client + server)")}
 }
 
@@ -210,6 +218,7 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 	ops := map[string]func(context.Context, int) error{
 		"api":     func(ctx context.Context, i int) error { return nonEmpty(user.Get(ctx, benchCache, keys[i])) },
 		"nostats": func(ctx context.Context, i int) error { return nonEmpty(plain.Get(ctx, benchCache, keys[i])) },
+		"sampled": func(ctx context.Context, i int) error { return nonEmpty(user.Get(ctx, benchCache, keys[i])) },
 		"bare": func(ctx context.Context, i int) error {
 			return nonEmpty(bare.Do(ctx, bare.B().Get().Key(keys[i]).Build()).AsBytes())
 		},
@@ -262,8 +271,18 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		}
 	}
 
+	// The continuous consistency check, as the daemon runs it, on the
+	// engine of its own it would have.
+	s.SampleRate = cfg.Consistency.Rate()
+	sampler := continuous.New(cfg, api, e.redis, quiet)
 	run := func(mode string, d time.Duration) (opRun, []time.Duration, error) {
 		op := ops[mode]
+		if mode == "sampled" {
+			sctx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- sampler.Run(sctx) }()
+			defer func() { stop(); <-done }()
+		}
 		return e.runOps(ctx, s.Workers, 0, d, func(ctx context.Context, _, _ int) error {
 			i := rand.IntN(len(keys)) // each request reads a key at random
 			if err := op(ctx, i); err != nil {
@@ -273,14 +292,14 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		})
 	}
 	// Warm up every path (connections, keep-alive pool, code) briefly.
-	modes := []string{"api", "nostats", "bare", "http"}
+	modes := []string{"api", "nostats", "sampled", "bare", "http"}
 	for _, mode := range modes {
 		if _, _, err := run(mode, s.WarmUp()); err != nil {
 			return nil, fmt.Errorf("warm-up %s: %w", mode, err)
 		}
 	}
 	runs, lats := map[string][]opRun{}, map[string][]time.Duration{}
-	names := map[string]string{"api": "Go API Get", "nostats": "Go API, no stats", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)"}
+	names := map[string]string{"api": "Go API Get", "nostats": "Go API, no stats", "sampled": "Go API, check on", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)"}
 	for round := range 2 {
 		for _, mode := range modes {
 			stopProfile := func() {}
@@ -300,6 +319,8 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		}
 	}
 	s.API, s.NoStats = summarize(runs["api"], lats["api"]), summarize(runs["nostats"], lats["nostats"])
+	s.Sampled = summarize(runs["sampled"], lats["sampled"])
+	s.SampledKeys = sampler.PerCache[benchCache].Checked.Load()
 	s.Bare, s.HTTP = summarize(runs["bare"], lats["bare"]), summarize(runs["http"], lats["http"])
 	return s, nil
 }

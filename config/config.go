@@ -41,6 +41,30 @@ type Config struct {
 	Sources map[string]Source `yaml:"sources"`
 	Caches  map[string]*Cache `yaml:"caches"`
 	HTTP    HTTP              `yaml:"http"`
+	// Consistency is the daemon's continuous check of the caches against
+	// their tables.
+	Consistency Consistency `yaml:"consistency"`
+}
+
+// DefaultSampleRate is how many keys a second the daemon checks when
+// consistency.sample_rate is not set.
+const DefaultSampleRate = 10
+
+// Consistency tunes the daemon's continuous consistency check: it compares
+// random keys with their rows, as cachesync check does, and exports what it
+// found as metrics.
+type Consistency struct {
+	// SampleRate is how many keys a second are checked, all caches
+	// together (DefaultSampleRate when unset; 0 turns the check off).
+	SampleRate *int `yaml:"sample_rate"`
+}
+
+// Rate returns the keys a second to check: 0 when off.
+func (c Consistency) Rate() int {
+	if c.SampleRate == nil {
+		return DefaultSampleRate
+	}
+	return *c.SampleRate
 }
 
 // HTTP is the daemon's HTTP API (served by cachesync run when Addr is set).
@@ -336,6 +360,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.HTTP.validate(); err != nil {
 		return err
+	}
+	if r := c.Consistency.Rate(); r < 0 || r > 100_000 {
+		return FieldError("consistency.sample_rate", "%d keys a second: want 0 (off) to 100000", r)
 	}
 	for _, name := range c.CacheNames() {
 		if err := c.validateCache(name, c.Caches[name]); err != nil {
@@ -713,6 +740,11 @@ func stripURL(s string) string {
 	}
 	return s
 }
+
+// Complete tells a cache whose Redis holds a key for every row (a change
+// feed and no TTL): there a missing key is a fault, not a key that expired
+// or was never read.
+func (c *Cache) Complete() bool { return c.Sync == SyncChangefeed && c.TTL == 0 }
 
 // Spec is the cache's binding spec: what binding.New resolves against a table.
 func (c *Cache) Spec() binding.Spec {

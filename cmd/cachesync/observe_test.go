@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"regexp"
@@ -223,4 +224,25 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestConsistencyMetrics: the daemon checks keys all the time; /metrics
+// shows how many, and counts a value planted behind its back once it is
+// found (and still wrong when read again).
+func TestConsistencyMetrics(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(100))
+	_, base, _ := serve(w, w.YAML(itemsCaches), "consistency: {sample_rate: 200}\n")
+	waitItems(w)
+	checked, bad, nines := `cachesync_consistency_checked_total{cache="items"}`, `cachesync_consistency_inconsistent_total{cache="items"}`, `cachesync_consistency_nines{cache="items"}`
+	var m map[string]float64
+	world.WaitFor(t, "keys checked", func() bool { m = scrape(t, base); return m[checked] > 0 })
+	if m[bad] != 0 || m[nines] <= 0 {
+		t.Fatalf("a consistent cache: %s %v, %s %v", bad, m[bad], nines, m[nines])
+	}
+	w.Do(w.RC.B().Set().Key("item:5").Value("planted").Build())
+	world.WaitFor(t, "the planted value counted", func() bool { m = scrape(t, base); return m[bad] > 0 })
+	if n := m[nines]; n <= 0 || n > math.Log10(m[checked]) {
+		t.Fatalf("%s = %v with %v of %v keys inconsistent", nines, n, m[bad], m[checked])
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/consistency"
 	"github.com/cachesync/cachesync/internal/dashboard"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
@@ -163,7 +164,8 @@ func (d *daemon) run(ctx context.Context) error {
 	refreshes := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool {
 		return d.cfg.Caches[n].Refreshes() || len(d.cfg.Caches[n].Schedule) > 0
 	})
-	if d.cfg.HTTP.Addr != "" || onMiss || behind || refreshes {
+	sampling := d.cfg.Consistency.Rate() > 0
+	if d.cfg.HTTP.Addr != "" || onMiss || behind || refreshes || sampling {
 		api, err := engine.Open(ctx, d.cfg, engine.Options{Logger: d.log})
 		if err != nil {
 			return err
@@ -183,9 +185,13 @@ func (d *daemon) run(ctx context.Context) error {
 		if refresher != nil {
 			g.Go(func() error { return refresher.Run(gctx) })
 		}
+		sampler := consistency.New(d.cfg, api, d.redis, d.log)
+		if sampler != nil {
+			g.Go(func() error { return sampler.Run(gctx) })
+		}
 		if d.cfg.HTTP.Addr != "" {
 			srv := httpapi.New(api, d.cfg.HTTP, d.log)
-			ms := metrics.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Keymiss: listener, Log: d.log}
+			ms := metrics.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Keymiss: listener, Consistency: sampler, Log: d.log}
 			st := status.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Errors: d.errors}
 			if refresher != nil {
 				ms.Refresher = refresher

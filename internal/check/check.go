@@ -68,16 +68,40 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 // Consistent reports whether Redis agrees with PostgreSQL.
 func (r *Report) Consistent() bool { return r.Missing.Count+r.Stale.Count+r.Extra.Count == 0 }
 
-// holdsEveryRow tells a cache whose Redis should hold a key for each row: a
-// missing key is a fault there, not a key that expired or was never read.
-func holdsEveryRow(c *config.Cache) bool {
-	return c.Sync == config.SyncChangefeed && c.TTL == 0
-}
-
 const batch = 1000
 
 // Run checks cache name.
 func Run(ctx context.Context, cfg *config.Config, api *engine.Engine, redis rueidis.Client, name string, opt Options) (*Report, error) {
+	return run(ctx, cfg, api, redis, name, opt, func(ctx context.Context, k *checker) error {
+		if opt.Sample > 0 {
+			return k.sample(ctx)
+		}
+		return k.full(ctx)
+	})
+}
+
+// Keys checks the given keys of cache name as Run checks a sample: each
+// compared with its row, and what differs read again before it counts
+// (Options.Sample, Lookup and Repair are ignored). Report.Keys counts the
+// keys compared: held by Redis or with a row (a key of neither says
+// nothing).
+func Keys(ctx context.Context, cfg *config.Config, api *engine.Engine, redis rueidis.Client, name string, keys []string, opt Options) (*Report, error) {
+	opt.Repair = false
+	return run(ctx, cfg, api, redis, name, opt, func(ctx context.Context, k *checker) error {
+		for lo := 0; lo < len(keys); lo += batch {
+			compared, _, err := k.compare(ctx, keys[lo:min(lo+batch, len(keys))])
+			if err != nil {
+				return err
+			}
+			k.r.Keys += compared
+		}
+		return nil
+	})
+}
+
+// run checks cache name: pass compares, then what looked wrong is verified
+// (and repaired).
+func run(ctx context.Context, cfg *config.Config, api *engine.Engine, redis rueidis.Client, name string, opt Options, pass func(context.Context, *checker) error) (*Report, error) {
 	cc, ok := cfg.Caches[name]
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, engine.ErrUnknownCache)
@@ -94,13 +118,7 @@ func Run(ctx context.Context, cfg *config.Config, api *engine.Engine, redis ruei
 	start := time.Now()
 	r := &Report{Cache: name}
 	k := &checker{cc: cc, api: api, redis: redis, opt: opt, r: r}
-	var err error
-	if opt.Sample > 0 {
-		err = k.sample(ctx)
-	} else {
-		err = k.full(ctx)
-	}
-	if err != nil {
+	if err := pass(ctx, k); err != nil {
 		return nil, err
 	}
 	if err := k.verify(ctx); err != nil {
@@ -137,7 +155,7 @@ func (k *checker) kind(have, want []byte) string {
 	case have == nil && want == nil:
 		return ""
 	case have == nil:
-		if holdsEveryRow(k.cc) {
+		if k.cc.Complete() {
 			return "missing"
 		}
 		return ""
@@ -150,18 +168,22 @@ func (k *checker) kind(have, want []byte) string {
 }
 
 // compare reads keys on both sides and notes the ones that differ; it
-// returns how many of the keys have a row.
-func (k *checker) compare(ctx context.Context, keys []string) (int, error) {
+// returns how many of the keys Redis holds or have a row, and how many
+// have a row.
+func (k *checker) compare(ctx context.Context, keys []string) (int, int, error) {
 	have, err := k.api.Peek(ctx, k.cc.Name, keys)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	want, err := k.api.Want(ctx, k.cc.Name, keys, false)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
+	held, n := 0, 0
 	for i, key := range keys {
+		if have[i] != nil || want[i] != nil {
+			held++
+		}
 		if want[i] != nil {
 			n++
 		}
@@ -169,7 +191,7 @@ func (k *checker) compare(ctx context.Context, keys []string) (int, error) {
 			k.suspect(key, kind)
 		}
 	}
-	return n, nil
+	return held, n, nil
 }
 
 // hashedLimit is the most keys full keeps hashes of (about 50 bytes each);
@@ -232,7 +254,7 @@ func (k *checker) full(ctx context.Context) error {
 		}
 	}
 	missing := false
-	if holdsEveryRow(k.cc) {
+	if k.cc.Complete() {
 		for hk := range inTable {
 			if _, ok := inRedis[hk]; !ok {
 				bad[hk], missing = "missing", true
@@ -287,7 +309,7 @@ func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 	for range workers {
 		g.Go(func() error {
 			for keys := range work {
-				if _, err := k.compare(gctx, keys); err != nil {
+				if _, _, err := k.compare(gctx, keys); err != nil {
 					return err
 				}
 			}
@@ -330,7 +352,7 @@ func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 		return err
 	}
 	k.r.Keys = len(seen)
-	if !holdsEveryRow(k.cc) {
+	if !k.cc.Complete() {
 		return nil
 	}
 	// Every row's key must be there: look them up, streaming the rows.
@@ -373,7 +395,7 @@ func (k *checker) sample(ctx context.Context) error {
 	}
 	for lo := 0; lo < len(keys); lo += batch {
 		chunk := keys[lo:min(lo+batch, len(keys))]
-		if _, err := k.compare(ctx, chunk); err != nil {
+		if _, _, err := k.compare(ctx, chunk); err != nil {
 			return err
 		}
 		k.r.Rows += len(chunk)

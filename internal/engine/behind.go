@@ -143,7 +143,7 @@ func (w WriteBehind) LockName() string {
 }
 
 // Complete tells a cache whose Redis holds a key for every row.
-func (w WriteBehind) Complete() bool { return w.ca.complete() }
+func (w WriteBehind) Complete() bool { return w.ca.cfg.Complete() }
 
 // Session opens a PostgreSQL session of its own on the cache's source.
 func (w WriteBehind) Session(ctx context.Context) (*pgconn.PgConn, error) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 )
 
@@ -37,7 +36,7 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 
 // refill loads key again after its invalidation when ca is complete.
 func (c *Engine) refill(ctx context.Context, ca *cache, key string) error {
-	if !ca.complete() {
+	if !ca.cfg.Complete() {
 		return nil
 	}
 	values, err := ca.b.ParseKey(key)
@@ -52,10 +51,6 @@ func (c *Engine) refill(ctx context.Context, ca *cache, key string) error {
 	}
 	return nil
 }
-
-// complete tells a cache whose Redis holds a key for every row: one with a
-// change feed and no TTL.
-func (ca *cache) complete() bool { return ca.cfg.Sync == config.SyncChangefeed && ca.cfg.TTL == 0 }
 
 // invalidate removes key with its companions and its expiry record.
 func (c *Engine) invalidate(ctx context.Context, ca *cache, key string) error {

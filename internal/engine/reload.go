@@ -290,21 +290,60 @@ func (c *Engine) KeysWhere(ctx context.Context, name, where string) ([]string, e
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(quoteAll(ca.cfg.Template.Columns()), ", "), ca.table.Quoted, where)
-	var keys []string
+	keys, err := c.keysOf(ctx, ca, "WHERE "+where)
+	if err != nil {
+		return nil, fmt.Errorf("cache %q: where %q: %w", name, where, err)
+	}
+	return keys, nil
+}
+
+// smallTable is the estimated row count up to which SampleKeys orders the
+// whole table by random(); beyond, it samples pages (TABLESAMPLE SYSTEM).
+const smallTable = 10_000
+
+// SampleKeys returns the keys of about n random rows of cache name's
+// table (fewer when it has fewer), reading a small part of a big table:
+// whole pages chosen at random (TABLESAMPLE SYSTEM), sized by the
+// planner's row estimate, so a sample's rows come in clusters of a page.
+func (c *Engine) SampleKeys(ctx context.Context, name string, n int) ([]string, error) {
+	ca, ok := c.caches[name]
+	if !ok {
+		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
+	}
+	var rows float64
+	if err := ca.loader.Pool().QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = $1`, ca.table.OID).Scan(&rows); err != nil {
+		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	tail := fmt.Sprintf("ORDER BY random() LIMIT %d", n)
+	if rows > smallTable {
+		// Twice the share wanted, for the spread of rows per page.
+		tail = fmt.Sprintf("TABLESAMPLE SYSTEM (%g) LIMIT %d", min(100, 200*float64(n)/rows), n)
+	}
+	keys, err := c.keysOf(ctx, ca, tail)
+	if err != nil {
+		return nil, fmt.Errorf("cache %q: sample: %w", name, err)
+	}
+	return keys, nil
+}
+
+// keysOf returns the keys of the rows of SELECT key columns FROM the
+// cache's table, then tail.
+func (c *Engine) keysOf(ctx context.Context, ca *cache, tail string) ([]string, error) {
+	sql := fmt.Sprintf("SELECT %s FROM %s %s", strings.Join(quoteAll(ca.cfg.Template.Columns()), ", "), ca.table.Quoted, tail)
 	conn, err := ca.loader.Pool().Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+		return nil, fmt.Errorf("postgres %w: %w", ErrUnavailable, err)
 	}
 	defer conn.Release()
 	res := conn.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Read()
 	if res.Err != nil {
-		return nil, fmt.Errorf("cache %q: where %q: %w", name, where, res.Err)
+		return nil, res.Err
 	}
+	keys := make([]string, 0, len(res.Rows))
 	for _, row := range res.Rows {
 		k, err := ca.cfg.Template.Render(nil, row)
 		if err != nil {
-			return nil, fmt.Errorf("cache %q: where %q: %w", name, where, err)
+			return nil, err
 		}
 		keys = append(keys, string(k))
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/consistency"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/keymiss"
@@ -40,7 +42,9 @@ type Sources struct {
 	Feeds     []*changefeed.Feed
 	Refresher *refresh.Refresher
 	Keymiss   *keymiss.Listener
-	Log       *slog.Logger
+	// Consistency is the continuous consistency check, when it runs.
+	Consistency *consistency.Sampler
+	Log         *slog.Logger
 	// Deadline is how long a scrape waits for each server (Redis, each
 	// source); one that has not answered by then is reported down
 	// (redis_up, source_up 0). 0: status.DefaultDeadline.
@@ -86,6 +90,10 @@ var (
 	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
 	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis primary, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a primary refuses CONFIG: configure them by hand (the log says what).", "feature")
 	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis primary had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
+	descConsChecked  = desc("consistency_checked_total", "Keys the continuous consistency check compared with their rows (held by Redis, or with a row).", "cache")
+	descConsBad      = desc("consistency_inconsistent_total", "Keys the continuous consistency check found differing from their rows, and still differing when read again after the change feed caught up.", "cache")
+	descConsNines    = desc("consistency_nines", "-log10 of the share of checked keys found inconsistent (3: one in a thousand); with none found, log10 of the keys checked, what the sample can show.", "cache")
+	descConsErrors   = desc("consistency_errors_total", "Consistency samples that failed (a server down).")
 	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO within its deadline.")
 	descSourceUp     = desc("source_up", "1 when the source's PostgreSQL answered the scrape's query of its WAL position within its deadline.", "source")
 	descRedisGauge   = map[string]*prometheus.Desc{
@@ -242,6 +250,17 @@ func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 			gauge(descEventsOK, ok(st.Notify.OK()), "refresh")
 			counter(descEventsAgain, st.Notify.Reenabled.Load(), "refresh")
 		}
+	}
+	if sm := c.s.Consistency; sm != nil {
+		for _, name := range cfg.CacheNames() {
+			st := sm.PerCache[name]
+			counter(descConsChecked, st.Checked.Load(), name)
+			counter(descConsBad, st.Inconsistent.Load(), name)
+			if n := st.Nines(); !math.IsNaN(n) {
+				gauge(descConsNines, n, name)
+			}
+		}
+		counter(descConsErrors, sm.Errors.Load())
 	}
 	if l := c.s.Keymiss; l != nil {
 		counter(descKeymiss, l.Stats.Events.Load(), "received")

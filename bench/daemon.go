@@ -40,6 +40,17 @@ func (e *env) startDaemon(name string) (*daemon, error) {
 	if e.daemon != nil {
 		return nil, errors.New("a daemon is already running")
 	}
+	d, err := e.spawn(name)
+	if err != nil {
+		return nil, err
+	}
+	e.daemon = d
+	return d, nil
+}
+
+// spawn starts bin/cachesync run as startDaemon does, but as one more
+// daemon of the config (a standby), not the env's.
+func (e *env) spawn(name string) (*daemon, error) {
 	d := &daemon{logPath: filepath.Join(e.dir, "daemon-"+name+".log"), notify: make(chan struct{}), exited: make(chan struct{})}
 	logFile, err := os.Create(d.logPath)
 	if err != nil {
@@ -83,8 +94,13 @@ func (e *env) startDaemon(name string) (*daemon, error) {
 		d.mu.Unlock()
 		close(d.exited)
 	}()
-	e.daemon = d
 	return d, nil
+}
+
+// kill ends the daemon with SIGKILL and waits for it.
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.exited
 }
 
 // waitLine waits for a log line containing s (seen before or after the call).

@@ -64,6 +64,7 @@ func steps() []step {
 		// The hits come late and take half a minute: they may run again
 		// however long the run has taken.
 		hits{about: about{ID: "5", Title: "5, 6, 10. read path: hits through the Go API, a bare rueidis client and HTTP", Needs: filled, Timed: true, Late: true}},
+		takeover{about: about{ID: "13", Title: "13. takeover: kill -9 of the streaming daemon, a standby waiting", Needs: filled, Timed: true}},
 		storm{about: about{ID: "7", Title: "7. read path: miss storm (database queries)", Needs: table}}, // counts queries, not time
 		writeBehind{about: about{ID: "8", Title: "8. write-behind: PutBehind ingest and drain into PostgreSQL", Timed: true}},
 		refreshStep{about: about{ID: "9", Title: "9. refresh: mass expiry, delay, reader misses", Timed: true}},

@@ -10,6 +10,7 @@ package config
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,7 +26,6 @@ import (
 	"unicode"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/redis/rueidis"
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
@@ -76,22 +76,26 @@ type HTTP struct {
 	// Keys are the API keys; with none, every request is allowed (a warning
 	// is logged at start).
 	Keys []APIKey `yaml:"keys"`
+	// TLS makes the API HTTPS.
+	TLS HTTPTLS `yaml:"tls"`
 }
+
+// HTTPTLS is the certificate the HTTP API serves HTTPS with.
+type HTTPTLS struct {
+	// CertFile is the server's certificate (PEM, with its chain) and
+	// KeyFile its key, read at start.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled tells whether the API serves HTTPS.
+func (t HTTPTLS) Enabled() bool { return t != (HTTPTLS{}) }
 
 // APIKey is one API key and what it may do.
 type APIKey struct {
 	Name   string   `yaml:"name"`   // shown in logs instead of the key
 	Key    string   `yaml:"key"`    // the secret; use ${ENV}
 	Scopes []string `yaml:"scopes"` // read, write
-}
-
-// Redis is the one Redis (single node or cluster) that holds the caches.
-type Redis struct {
-	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS.
-	URL string `yaml:"url"`
-	// Username and Password override the URL's credentials when set.
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
 }
 
 // Source is a named PostgreSQL database that caches read from.
@@ -537,29 +541,6 @@ func (cc *Cache) Lead() time.Duration {
 	return time.Duration(float64(cc.TTL) * (1 - float64(cc.RefreshAhead)))
 }
 
-// RedisOption turns the redis section into a rueidis client option.
-func (c *Config) RedisOption() (rueidis.ClientOption, error) {
-	raw := c.Redis.URL
-	if redisStrayAt(raw) {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is ambiguous: it has an '@' after the host; write '/', '?', '#' and '@' in a user name or password as %%2F, %%3F, %%23 and %%40", redactURL(raw))
-	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is not a redis://host:port/db, rediss:// or unix:// URL", redactURL(raw))
-	}
-	opt, err := rueidis.ParseURL(raw)
-	if err != nil {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%s", err)
-	}
-	if c.Redis.Username != "" {
-		opt.Username = c.Redis.Username
-	}
-	if c.Redis.Password != "" {
-		opt.Password = c.Redis.Password
-	}
-	return opt, nil
-}
-
 // CacheNames returns the cache names in sorted order.
 func (c *Config) CacheNames() []string { return sortedKeys(c.Caches) }
 
@@ -786,6 +767,9 @@ func (h *HTTP) validate() error {
 			return FieldError("http.addr", "%q is not host:port", h.Addr)
 		}
 	}
+	if err := h.TLS.validate(h.Addr); err != nil {
+		return err
+	}
 	for i, k := range h.Keys {
 		field := fmt.Sprintf("http.keys[%d]", i)
 		if len(k.Key) < 16 {
@@ -799,6 +783,23 @@ func (h *HTTP) validate() error {
 				return FieldError(field+".scopes", "%q is not read or write", s)
 			}
 		}
+	}
+	return nil
+}
+
+func (t HTTPTLS) validate(addr string) error {
+	switch {
+	case !t.Enabled():
+		return nil
+	case addr == "":
+		return FieldError("http.tls", "needs http.addr")
+	case t.CertFile == "":
+		return FieldError("http.tls.cert_file", "missing: key_file needs it")
+	case t.KeyFile == "":
+		return FieldError("http.tls.key_file", "missing: cert_file needs it")
+	}
+	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+		return FieldError("http.tls.cert_file", "%v", err)
 	}
 	return nil
 }

@@ -64,16 +64,45 @@ func TestRedactPasswordsInErrors(t *testing.T) {
 			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			for _, args := range [][]string{{"run", "--config", path}, {"status", "--config", path}, {"check", "--config", path}, {"resync", "--config", path, "prices"}} {
-				code, stdout, stderr := world.CLI(t, env, args...)
-				lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
-				if passwordRE.MatchString(stdout + stderr) {
-					t.Errorf("cachesync %s, %s = %s: the output shows the password:\nstdout: %s\nstderr: %s", args[0], set.field, u, stdout, stderr)
-				}
-				if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], set.field) {
-					t.Errorf("cachesync %s, %s = %s: exit %d, stderr %q; want 1 and one line naming %s", args[0], set.field, u, code, stderr, set.field)
-				}
-			}
+			requireSecretFailure(t, env, path, fmt.Sprintf("%s = %s", set.field, u), set.field)
 		}
 	}
+}
+
+// requireSecretFailure runs every command that reads the config at path,
+// with env (nil: this process's), and requires each to exit 1 with one
+// line on stderr that says want, and no output to show a password
+// (passwordRE); what names the case in failures.
+func requireSecretFailure(t *testing.T, env []string, path, what, want string) {
+	t.Helper()
+	for _, args := range [][]string{{"run", "--config", path}, {"status", "--config", path}, {"check", "--config", path}, {"resync", "--config", path, "prices"}} {
+		code, stdout, stderr := world.CLI(t, env, args...)
+		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+		if passwordRE.MatchString(stdout + stderr) {
+			t.Errorf("cachesync %s, %s: the output shows a password:\nstdout: %s\nstderr: %s", args[0], what, stdout, stderr)
+		}
+		if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], want) {
+			t.Errorf("cachesync %s, %s: exit %d, stderr %q; want 1 and one line saying %s", args[0], what, code, stderr, want)
+		}
+	}
+}
+
+// TestRedactPasswordFile: a password read from redis.password_file that
+// Redis refuses fails every command with one line that names Redis and
+// shows neither that password nor the right one.
+func TestRedactPasswordFile(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	r.SetUser(t, "app", "on", ">RightPw71", "~*", "&*", "+@all")
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "password")
+	if err := os.WriteFile(pwFile, []byte("WrongPw72\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf("name: redact\nredis: {url: 'redis://app@%s/0', password_file: '%s'}\nsources:\n  db: {url: 'postgres://u@127.0.0.1:1/db'}\ncaches:\n  prices: {table: inventory, key: \"price:{item}\"}\n", r.Addr, pwFile)
+	path := filepath.Join(dir, "cachesync.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	requireSecretFailure(t, nil, path, "a wrong password in redis.password_file", "WRONGPASS")
 }

@@ -155,6 +155,9 @@ func (c *Engine) open(ctx context.Context) error {
 			return fmt.Errorf("sources.%s.url: %w", source, err)
 		}
 		c.loaders[source] = l
+		if err := l.Pool().Ping(ctx); err != nil {
+			return fmt.Errorf("sources.%s.url: cannot connect: %w", source, err)
+		}
 	}
 	for _, name := range c.cfg.CacheNames() {
 		cc := c.cfg.Caches[name]

@@ -104,20 +104,28 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx is done. Then the requests in flight are
-// cut short and answered at once: a write that committed and waits for
-// the change feed gets 202 not_applied, the others 503 with Retry-After.
+// Serve serves on ln (HTTPS when cfg.TLS is set) until ctx is done. Then
+// the requests in flight are cut short and answered at once: a write that
+// committed and waits for the change feed gets 202 not_applied, the others
+// 503 with Retry-After.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	base, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return base }}
+		BaseContext: func(net.Listener) context.Context { return base },
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)} // a failed TLS handshake, say
 	if len(s.cfg.Keys) == 0 {
 		s.log.Warn("the HTTP API has no API keys: anyone who reaches it may read and write", "addr", ln.Addr().String())
 	}
-	s.log.Info("HTTP API listening", "addr", ln.Addr().String())
+	s.log.Info("HTTP API listening", "addr", ln.Addr().String(), "tls", s.cfg.TLS.Enabled())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go func() {
+		if s.cfg.TLS.Enabled() {
+			done <- srv.ServeTLS(ln, s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
+			return
+		}
+		done <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-done:
 		return fmt.Errorf("http: %w", err)

@@ -33,6 +33,7 @@ type Loader struct {
 	// lacks the UPDATE privilege): reads are plain from then on.
 	noShare atomic.Bool
 	log     *slog.Logger
+	url     string // the source's connection string
 }
 
 // ReadLockTimeout bounds how long a load waits for a row lock.
@@ -86,6 +87,7 @@ func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, erro
 		if maxConns > 0 {
 			cfg.MaxConns = maxConns
 		}
+		cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error { return freshPassword(url, &cc.Config) }
 		pool, err := pgxpool.NewWithConfig(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("connect: %w", err)
@@ -102,7 +104,21 @@ func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, erro
 		pool.Close()
 		return nil, err
 	}
-	return &Loader{pool: pool, reads: reads, log: log}, nil
+	return &Loader{pool: pool, reads: reads, log: log, url: url}, nil
+}
+
+// freshPassword sets cfg's password to the one url gives now. pgconn reads
+// a password file (passfile=, PGPASSFILE) when it parses a connection
+// string, so the pools, parsed once, would keep a rotated password for
+// ever: each of their new connections, and each Session, parses url again.
+// (The change feed's and snapshots' connections parse it each time.)
+func freshPassword(url string, cfg *pgconn.Config) error {
+	fresh, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return err
+	}
+	cfg.Password = fresh.Password
+	return nil
 }
 
 // Session opens a connection of its own to the loader's source, with
@@ -112,6 +128,9 @@ func NewLoader(ctx context.Context, url string, log *slog.Logger) (*Loader, erro
 // lock, say) with a cancel request rather than by breaking the connection.
 func (l *Loader) Session(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg := l.pool.Config().ConnConfig.Config.Copy()
+	if err := freshPassword(l.url, cfg); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
 	cfg.RuntimeParams["idle_session_timeout"] = "0"
 	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -43,8 +45,9 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	list := strings.Join(want, ", ")
 	if !exists {
 		// Partitions publish under their root table, the one a cache names.
-		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), list)); err != nil {
-			return fmt.Errorf("create publication %s: %w", name, err)
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pubIdent(name), list)
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create publication %s: %w%s", name, err, runAsOwner(err, "the tables' owner", sql))
 		}
 		return nil
 	}
@@ -62,17 +65,43 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		return fmt.Errorf("publication %s: %w", name, err)
 	}
 	if !viaRoot {
-		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize())); err != nil {
-			return fmt.Errorf("alter publication %s: %w", name, err)
+		sql := fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pubIdent(name))
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("alter publication %s: %w%s", name, err, runAsOwner(err, "its owner", sql))
 		}
 	}
 	if slices.Equal(have, want) {
 		return nil
 	}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pgx.Identifier{name}.Sanitize(), list)); err != nil {
-		return fmt.Errorf("alter publication %s: %w", name, err)
+	sql := fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pubIdent(name), list)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("alter publication %s: %w%s", name, err, runAsOwner(err, "its owner (and the tables')", sql))
 	}
 	return nil
+}
+
+// pubIdent is a publication's name as SQL: cachesync_NAME as it is (no
+// keyword, and config names are lower-case letters, digits and _), so
+// that the statement runAsOwner shows reads plainly in a log; another
+// name quoted.
+func pubIdent(name string) string {
+	if plainIdent.MatchString(name) {
+		return name
+	}
+	return pgx.Identifier{name}.Sanitize()
+}
+
+var plainIdent = regexp.MustCompile(`^cachesync_[a-z0-9_]+$`)
+
+// runAsOwner is the way out of a publication statement refused for want
+// of a privilege (only a table's owner may publish it, only a
+// publication's owner change it): who should run sql instead.
+func runAsOwner(err error, who, sql string) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		return ""
+	}
+	return fmt.Sprintf("; as %s run: %s", who, sql)
 }
 
 // ReadSlot returns the state of slot name in the connected database.

@@ -35,6 +35,8 @@ type Postgres struct {
 	settings []string
 	cred     *syscall.Credential // non-nil when running as root: drop to the postgres user
 	ownDir   bool                // Dir was made by NewTempPostgres: Close removes it
+	tls      *Certs              // WithPostgresTLS
+	hba      []string            // WithPostgresHBA
 
 	mu sync.Mutex
 	p  *proc
@@ -247,7 +249,11 @@ func (p *Postgres) Start() error {
 		"-c", "max_connections=200",
 		"-c", "wal_sender_timeout=60s",
 	}
-	for _, kv := range p.settings {
+	files, err := p.fileSettings()
+	if err != nil {
+		return fmt.Errorf("start postgres on port %d: %w", p.Port, err)
+	}
+	for _, kv := range append(files, p.settings...) {
 		args = append(args, "-c", kv)
 	}
 	logPath := filepath.Join(p.Dir, "postgres.log")

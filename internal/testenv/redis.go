@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -27,6 +28,9 @@ type Redis struct {
 	Port int
 	// Dir holds the server's working files and redis.log.
 	Dir string
+	// TLS is what the test bed's clients present to a server started
+	// WithRedisTLS (nil for a plain one): see Certs.Client.
+	TLS *tls.Config
 
 	bin  string
 	args []string
@@ -108,8 +112,13 @@ func (r *Redis) freePort() (int, error) {
 	return 0, fmt.Errorf("find free port: none at or below %d for a cluster node", maxClusterPort)
 }
 
-// URL returns the redis:// URL of database 0.
-func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
+// URL returns the redis:// URL of database 0 (rediss:// WithRedisTLS).
+func (r *Redis) URL() string {
+	if r.TLS != nil {
+		return "rediss://" + r.Addr + "/0"
+	}
+	return "redis://" + r.Addr + "/0"
+}
 
 // PID returns the server's process id, or 0 when it is not running.
 func (r *Redis) PID() int {
@@ -129,8 +138,7 @@ func (r *Redis) Start() error {
 		return fmt.Errorf("start redis on port %d: already running", r.Port)
 	}
 	logPath := filepath.Join(r.Dir, "redis.log")
-	args := append([]string{
-		"--port", strconv.Itoa(r.Port),
+	args := append(append(r.listenArgs(),
 		"--bind", "127.0.0.1",
 		"--dir", r.Dir,
 		"--save", "",
@@ -138,13 +146,13 @@ func (r *Redis) Start() error {
 		"--protected-mode", "no",
 		"--daemonize", "no",
 		"--logfile", logPath,
-	}, r.args...)
+	), r.args...)
 	cmd := exec.Command(r.bin, args...)
 	cmd.Dir = r.Dir
 	off := logSize(logPath)
 	p, err := startProc(cmd, logPath, syscall.SIGTERM)
 	if err == nil {
-		err = p.waitReady(10*time.Second, func() error { return ping(r.Addr, p.cmd.Process.Pid) })
+		err = p.waitReady(10*time.Second, func() error { return ping(r.dial, p.cmd.Process.Pid) })
 	}
 	if err != nil {
 		return fmt.Errorf("start redis on port %d: %w", r.Port, startError(err, logPath, off))
@@ -187,8 +195,8 @@ func (r *Redis) Restart() error {
 // ping sends an inline PING over a fresh connection and expects +PONG, then
 // checks via INFO that the server answering is process pid (and not another
 // server that won the race for the port).
-func ping(addr string, pid int) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func ping(dial func() (net.Conn, error), pid int) error {
+	c, err := dial()
 	if err != nil {
 		return err
 	}
@@ -213,7 +221,7 @@ func ping(addr string, pid int) error {
 		}
 		if strings.HasPrefix(line, "process_id:") {
 			if line != want {
-				return fmt.Errorf("port %s is served by another redis (%s)", addr, strings.TrimSpace(line))
+				return fmt.Errorf("port %s is served by another redis (%s)", c.RemoteAddr(), strings.TrimSpace(line))
 			}
 			return nil
 		}
@@ -231,7 +239,7 @@ func (r *Redis) Client(tb testing.TB) rueidis.Client {
 // when user is "").
 func (r *Redis) ClientAs(tb testing.TB, user, password string) rueidis.Client {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, Username: user, Password: password, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, Username: user, Password: password, DisableCache: true, TLSConfig: r.TLS})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -244,7 +252,7 @@ func (r *Redis) ClientAs(tb testing.TB, user, password string) rueidis.Client {
 // answered MOVED), and CONFIG, INFO and the like are this node's.
 func (r *Redis) NodeClient(tb testing.TB) rueidis.Client {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true, TLSConfig: r.TLS})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -255,7 +263,7 @@ func (r *Redis) NodeClient(tb testing.TB) rueidis.Client {
 // SetUser runs ACL SETUSER user rules... on r as the default user.
 func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, TLSConfig: r.TLS})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -17,7 +18,10 @@ import (
 
 // Redis is the one Redis (single node or cluster) that holds the caches.
 type Redis struct {
-	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS.
+	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS;
+	// redis-sentinel://[user:password@]host:port/MASTER[/db] (or
+	// rediss-sentinel://) names a Sentinel and the primary it watches
+	// (more Sentinels: ?addr=host:port, repeated).
 	URL string `yaml:"url"`
 	// Username and Password override the URL's credentials when set.
 	Username string `yaml:"username"`
@@ -53,10 +57,27 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is ambiguous: it has an '@' after the host; write '/', '?', '#' and '@' in a user name or password as %%2F, %%3F, %%23 and %%40", redactURL(raw))
 	}
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is not a redis://host:port/db, rediss:// or unix:// URL", redactURL(raw))
+	if err != nil || !slices.Contains([]string{"redis", "rediss", "unix", "redis-sentinel", "rediss-sentinel"}, u.Scheme) || (u.Scheme != "unix" && u.Host == "") {
+		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is not a redis://host:port/db, rediss://, redis-sentinel://host:port/master or unix:// URL", redactURL(raw))
 	}
-	opt, err := rueidis.ParseURL(raw)
+	parse := raw
+	if scheme, ok := strings.CutSuffix(u.Scheme, "-sentinel"); ok {
+		// rueidis's own spelling: the Sentinel's address, master_set.
+		master, db, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+		if master == "" {
+			return rueidis.ClientOption{}, urlError("redis.url", raw, "%q names no primary: write %s://host:port/MASTER[/db]", redactURL(raw), u.Scheme)
+		}
+		q := u.Query()
+		q.Set("master_set", master)
+		r := *u
+		r.Scheme, r.Path, r.RawPath, r.RawQuery = scheme, "", "", q.Encode()
+		if db != "" {
+			r.Path = "/" + db
+		}
+		parse = r.String()
+		u = &r
+	}
+	opt, err := rueidis.ParseURL(parse)
 	if err != nil {
 		return rueidis.ClientOption{}, urlError("redis.url", raw, "%s", err)
 	}

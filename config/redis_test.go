@@ -130,3 +130,47 @@ func TestTLSErrors(t *testing.T) {
 		t.Fatalf("http.tls: %v", err)
 	}
 }
+
+// TestRedisSentinelURL: redis-sentinel://HOST:PORT/MASTER[/db] names the
+// Sentinels (more with ?addr=) and the primary they watch; without a
+// primary's name it is refused, and the error hides the password.
+func TestRedisSentinelURL(t *testing.T) {
+	tests := []struct {
+		url     string
+		addrs   []string
+		master  string
+		db      int
+		user    string
+		wantErr string
+	}{
+		{url: "redis-sentinel://127.0.0.1:26379/mymaster", addrs: []string{"127.0.0.1:26379"}, master: "mymaster"},
+		{url: "redis-sentinel://app:pw@10.0.0.1:26379/shop/3?addr=10.0.0.2:26379&addr=10.0.0.3:26379",
+			addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"}, master: "shop", db: 3, user: "app"},
+		{url: "rediss-sentinel://10.0.0.1:26379/shop", addrs: []string{"10.0.0.1:26379"}, master: "shop"},
+		{url: "redis-sentinel://app:hunter2@10.0.0.1:26379/", wantErr: `config: redis.url: "redis-sentinel://app:xxxxx@10.0.0.1:26379/" names no primary`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			c, err := Load(strings.NewReader(tlsYAML(fmt.Sprintf("{url: %q}", tt.url), "")))
+			if tt.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "hunter2") {
+					t.Fatalf("err = %v, want %s…", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			opt, err := c.RedisOption()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(opt.InitAddress) != fmt.Sprint(tt.addrs) || opt.Sentinel.MasterSet != tt.master || opt.SelectDB != tt.db || opt.Username != tt.user {
+				t.Fatalf("addresses %v, master %q, db %d, user %q", opt.InitAddress, opt.Sentinel.MasterSet, opt.SelectDB, opt.Username)
+			}
+			if strings.HasPrefix(tt.url, "rediss") != (opt.TLSConfig != nil) {
+				t.Fatalf("TLS config %v for %s", opt.TLSConfig, tt.url)
+			}
+		})
+	}
+}

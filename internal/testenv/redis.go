@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,7 @@ type Redis struct {
 
 	bin  string
 	args []string
+	conf string // a config file's text, written to Dir/redis.conf at first start (a Sentinel's)
 
 	mu sync.Mutex
 	p  *proc
@@ -138,7 +140,18 @@ func (r *Redis) Start() error {
 		return fmt.Errorf("start redis on port %d: already running", r.Port)
 	}
 	logPath := filepath.Join(r.Dir, "redis.log")
-	args := append(append(r.listenArgs(),
+	var first []string
+	if r.conf != "" {
+		// A Sentinel rewrites its file: written once, kept across restarts.
+		path := filepath.Join(r.Dir, "redis.conf")
+		if _, err := os.Stat(path); err != nil {
+			if err := os.WriteFile(path, []byte(r.conf), 0o600); err != nil {
+				return fmt.Errorf("start redis on port %d: %w", r.Port, err)
+			}
+		}
+		first = []string{path}
+	}
+	args := append(append(append(first, r.listenArgs()...),
 		"--bind", "127.0.0.1",
 		"--dir", r.Dir,
 		"--save", "",

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
+)
+
+// TestSentinelFailover: cachesync on a primary that a Redis Sentinel
+// watches, through a redis-sentinel:// URL.
+//
+// A planned failover (SENTINEL FAILOVER): the daemon follows the new
+// primary and goes on applying changes.
+//
+// Then a crash that loses acknowledged writes: the replica stops reading
+// (SIGSTOP) while the daemon applies changes to the primary, which
+// acknowledges them (and the slot confirms them); the primary is killed,
+// the replica resumes and is promoted without them. The daemon notices
+// that the applied position recorded in Redis went back and rebuilds:
+// Redis ends equal to the table.
+func TestSentinelFailover(t *testing.T) {
+	t.Parallel()
+	s := testenv.StartSentinel(t)
+	w := world.NewOn(t, s.Primary, itemsSchema(200))
+	w.RC = s.Client(t) // the world reads whichever is primary
+	cfg := w.WriteYAML(strings.Replace(w.YAML(itemsCaches), s.Primary.URL(), s.URL(), 1))
+	d := w.Daemon(cfg)
+	d.WaitLog("streaming changes")
+	waitItems(w)
+
+	sentinel := s.Sentinel.NodeClient(t)
+	if err := sentinel.Do(t.Context(), sentinel.B().Arbitrary("SENTINEL", "FAILOVER").Args(s.Master).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitPrimary(t, s.Replica)
+	w.Exec(`UPDATE items SET val = val + 1, note = 'after the failover' WHERE id <= 50`)
+	waitItems(w)
+
+	// Now s.Replica is the primary and s.Primary its replica, once it
+	// follows.
+	old := s.Primary.NodeClient(t)
+	world.WaitFor(t, "the old primary to replicate from the new one", func() bool {
+		info, err := old.Do(context.Background(), old.B().Info().Section("replication").Build()).ToString()
+		return err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up")
+	})
+	rebuilt := len(d.Stderr.Lines("cache rebuilt"))
+	if err := syscall.Kill(s.Primary.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	w.Exec(`UPDATE items SET val = val + 1, note = 'acknowledged, never replicated' WHERE id > 150`)
+	waitItems(w) // applied and acknowledged by the primary; the replica has none of it
+	// ... and confirmed to PostgreSQL: the slot will not send them again.
+	var lsn string
+	if err := w.DB.QueryRow(t.Context(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	world.WaitFor(t, "the slot to confirm the changes", func() bool {
+		var ok bool
+		err := w.DB.QueryRow(t.Context(), `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, lsn, "cachesync_"+w.Name).Scan(&ok)
+		return err == nil && ok
+	})
+	if err := s.Replica.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(s.Primary.PID(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitPrimary(t, s.Primary)
+	d.WaitFor("a rebuild after the failover", func() bool { return len(d.Stderr.Lines("cache rebuilt")) > rebuilt })
+	w.Exec(`UPDATE items SET val = val + 1 WHERE id = 1`)
+	waitItems(w)
+}

@@ -233,6 +233,22 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 		return err
 	}
 	lost := slot.Created || !known || applied < slot.Confirmed
+	// On a Cluster the state record lives on one node: a failover of
+	// another (a replica promoted without writes it had not received yet)
+	// shows in the primaries' replication IDs instead.
+	var primaries []string
+	if f.Redis.Mode() == rueidis.ClientModeCluster {
+		// (A primary that does not answer counts as gone: a failed one.)
+		primaries, _ = state.Primaries(ctx, f.Redis)
+		gone, err := f.State.PrimaryGone(ctx, f.Source, primaries)
+		if err != nil {
+			return err
+		}
+		if gone && !lost {
+			f.Log.Warn("a Redis primary failed over or lost its data since the last session; rebuilding, as writes it acknowledged may be lost")
+			lost = true
+		}
+	}
 	since := map[string]pglogrepl.LSN{}
 	var rebuild []*config.Cache
 	for _, c := range f.Caches {
@@ -262,7 +278,12 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 		}
 		f.Rebuild = nil
 	}
-	return f.stream(ctx, w, tables, since, applied)
+	if primaries != nil {
+		if err := f.State.SetPrimaries(ctx, f.Source, primaries); err != nil {
+			return err
+		}
+	}
+	return f.stream(ctx, w, tables, since, applied, primaries)
 }
 
 // lockPing is how often a session holding its slot's lock checks that the
@@ -304,7 +325,7 @@ func watchLock(ctx context.Context, lock *pgx.Conn) (context.Context, func()) {
 }
 
 // stream applies the slot's changes until ctx is done or something fails.
-func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) error {
+func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN, primaries []string) error {
 	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -315,6 +336,7 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 	}
 	f.Log.Info("streaming changes", "slot", f.Slot, "caches", len(f.Caches))
 	a := newApplier(f, w, st, tables, since, applied)
+	a.primaries = primaries
 	defer a.close(ctx)
 
 	// Writes are not cut off by shutdown: what was read is applied and

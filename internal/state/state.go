@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/redis/rueidis"
@@ -288,6 +290,63 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 		return 0, fmt.Errorf("bad lsn %q", s)
 	}
 	return pglogrepl.LSN(v), nil
+}
+
+// Primaries returns the replication IDs of the primaries of c, a Redis
+// Cluster, sorted. A primary keeps its ID across restarts that keep its
+// data; one promoted from a replica (a failover), or restarted without its
+// data, has a new one. The error names the nodes that did not answer
+// (within a few seconds each); the IDs are those of the others.
+func Primaries(ctx context.Context, c rueidis.Client) ([]string, error) {
+	var ids []string
+	var errs []error
+	for addr, node := range c.Nodes() {
+		nctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		info, err := node.Do(nctx, node.B().Info().Section("replication").Build()).ToString()
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("redis %s: info replication: %w", addr, err))
+			continue
+		}
+		if !strings.Contains(info, "role:master") {
+			continue
+		}
+		for line := range strings.Lines(info) {
+			if id, ok := strings.CutPrefix(strings.TrimSpace(line), "master_replid:"); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	return ids, errors.Join(errs...)
+}
+
+// PrimaryGone reports whether a primary recorded for source (SetPrimaries)
+// is not among ids (Primaries): it failed over or lost its data since,
+// and with it, maybe, writes it had acknowledged. (A primary added since is
+// no loss.)
+func (s *State) PrimaryGone(ctx context.Context, source string, ids []string) (bool, error) {
+	was, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("primaries:"+source).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", s.Key, err)
+	}
+	for id := range strings.SplitSeq(was, ",") {
+		if !slices.Contains(ids, id) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// SetPrimaries records ids (Primaries) as the primaries source's writes go to.
+func (s *State) SetPrimaries(ctx context.Context, source string, ids []string) error {
+	if err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("primaries:"+source, strings.Join(ids, ",")).Build()).Error(); err != nil {
+		return fmt.Errorf("write %s: %w", s.Key, err)
+	}
+	return nil
 }
 
 // Position returns how far source's changes are applied in Redis: running,

@@ -510,7 +510,16 @@ func (cc *Cache) Lead() time.Duration {
 	return time.Duration(float64(cc.TTL) * (1 - float64(cc.RefreshAhead)))
 }
 
-// RedisOption turns the redis section into a rueidis client option.
+// clusterRescan is how often a client made from RedisOption asks a Redis
+// Cluster for its topology. A rueidis Cluster client otherwise learns of a
+// change only when a command of its own is redirected (MOVED, ASK) or
+// fails, or a connection closes: an idle client would never see a primary
+// added (resharding) or promoted (failover), whose keyspace events the
+// refresher and the keymiss listener must subscribe to.
+const clusterRescan = 5 * time.Second
+
+// RedisOption turns the redis section into a rueidis client option; on a
+// Redis Cluster the client rescans the topology every clusterRescan.
 func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	raw := c.Redis.URL
 	if redisStrayAt(raw) {
@@ -530,6 +539,7 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	if c.Redis.Password != "" {
 		opt.Password = c.Redis.Password
 	}
+	opt.ClusterOption.ShardsRefreshInterval = clusterRescan
 	return opt, nil
 }
 

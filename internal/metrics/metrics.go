@@ -84,8 +84,8 @@ var (
 	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
 	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
 	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
-	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis primary, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a primary refuses CONFIG: configure them by hand (the log says what).", "feature")
-	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis primary had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
+	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis node, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a node refuses CONFIG: configure them by hand (the log says what).", "feature")
+	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis node had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
 	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO within its deadline.")
 	descSourceUp     = desc("source_up", "1 when the source's PostgreSQL answered the scrape's query of its WAL position within its deadline.", "source")
 	descRedisGauge   = map[string]*prometheus.Desc{

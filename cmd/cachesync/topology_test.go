@@ -25,7 +25,7 @@ func TestRefreshOnNewPrimary(t *testing.T) {
 	d.WaitLog("cachesync running")
 
 	fourth := c.AddPrimary(t)
-	c.MoveSlots(t, w.Nodes[0], fourth, 0, 999)
+	c.MoveSlots(t, w.Nodes[0], fourth, 0, 199)
 	nc := fourth.NodeClient(t)
 	const channel = "__keyevent@0__:expired"
 	d.WaitFor("the daemon listening for expired events on the new node, their flags on", func() bool {

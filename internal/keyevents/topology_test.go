@@ -28,7 +28,7 @@ func TestNewPrimaryHeard(t *testing.T) {
 	l.expires(t, first.NodeClient(t), first.KeyOn(t, "probe:"))
 
 	fourth := c.AddPrimary(t)
-	c.MoveSlots(t, first, fourth, 0, 999)
+	c.MoveSlots(t, first, fourth, 0, 199)
 	l.expires(t, fourth.NodeClient(t), fourth.KeyOn(t, "probe:"))
 	if n := len(logs.Lines(`msg="enabled keyspace events" redis=` + fourth.Addr + " ")); n != 1 {
 		t.Errorf("%d lines saying the new node's events were enabled, want 1; log:\n%s", n, logs.String())
@@ -52,7 +52,7 @@ func TestNodeLeft(t *testing.T) {
 	c := &testenv.Cluster{Nodes: w.Nodes}
 	first := w.Nodes[0]
 	fourth := c.AddPrimary(t)
-	c.MoveSlots(t, first, fourth, 0, 999)
+	c.MoveSlots(t, first, fourth, 0, 199)
 	for _, n := range c.Nodes {
 		setUser(t, n, "on", ">pw", "~*", "&*", "+@all")
 	}
@@ -68,7 +68,7 @@ func TestNodeLeft(t *testing.T) {
 		t.Error("OK while a node refuses CONFIG")
 	}
 
-	c.MoveSlots(t, fourth, first, 0, 999)
+	c.MoveSlots(t, fourth, first, 0, 199)
 	c.RemoveNode(t, fourth)
 	nc := fourth.NodeClient(t)
 	world.WaitFor(t, "no subscription left on the node that left", func() bool {

@@ -46,7 +46,7 @@ func TestRecordCoversNewPrimary(t *testing.T) {
 	}
 	fourth := c.AddPrimary(t)
 	lo := from * 16384 / 3 // testenv.StartCluster's share of the slots
-	c.MoveSlots(t, e.Nodes[from], fourth, lo, lo+999)
+	c.MoveSlots(t, e.Nodes[from], fourth, lo, lo+199)
 
 	key := fourth.KeyOn(t, "t:")
 	e.Exec(`INSERT INTO t VALUES ($1, 'first')`, strings.TrimPrefix(key, "t:"))

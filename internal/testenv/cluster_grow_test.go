@@ -11,16 +11,20 @@ import (
 
 // TestClusterGrow: a primary added to a running three-primary Cluster and
 // given slots of the first takes their keys with their values and TTLs;
-// a client keeps reading every key through the moves; a new Cluster client
+// the same client reads every key after each move; a new Cluster client
 // lists the node once it holds slots, and not once, its slots moved away,
 // it is taken out of the cluster.
 func TestClusterGrow(t *testing.T) {
 	c := StartCluster(t, 3)
 	rc := c.Client(t)
 	ctx := context.Background()
-	const n = 300
+	const n = 2000 // about 60 in the 500 slots moved
+	var sets rueidis.Commands
 	for i := range n {
-		if err := rc.Do(ctx, rc.B().Set().Key(fmt.Sprint("k", i)).Value(fmt.Sprint(i)).Ex(time.Hour).Build()).Error(); err != nil {
+		sets = append(sets, rc.B().Set().Key(fmt.Sprint("k", i)).Value(fmt.Sprint(i)).Ex(time.Hour).Build())
+	}
+	for _, res := range rc.DoMulti(ctx, sets...) {
+		if err := res.Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -32,7 +36,7 @@ func TestClusterGrow(t *testing.T) {
 		t.Errorf("a new client lists %d nodes while the fourth holds no slot, want 3", got)
 	}
 
-	c.MoveSlots(t, c.Nodes[0], fourth, 0, 1999)
+	c.MoveSlots(t, c.Nodes[0], fourth, 0, 499)
 	nc := fourth.NodeClient(t)
 	moved, err := nc.Do(ctx, nc.B().Dbsize().Build()).AsInt64()
 	if err != nil || moved == 0 {
@@ -40,12 +44,17 @@ func TestClusterGrow(t *testing.T) {
 	}
 	check := func(when string) {
 		t.Helper()
+		var reads rueidis.Commands
 		for i := range n {
 			k := fmt.Sprint("k", i)
-			v, err := rc.Do(ctx, rc.B().Get().Key(k).Build()).ToString()
-			ttl, err2 := rc.Do(ctx, rc.B().Pttl().Key(k).Build()).AsInt64()
+			reads = append(reads, rc.B().Get().Key(k).Build(), rc.B().Pttl().Key(k).Build())
+		}
+		res := rc.DoMulti(ctx, reads...) // by slot
+		for i := range n {
+			v, err := res[2*i].ToString()
+			ttl, err2 := res[2*i+1].AsInt64()
 			if err != nil || err2 != nil || v != fmt.Sprint(i) || ttl <= 0 {
-				t.Fatalf("%s: %s = %q (%v), PTTL %d (%v); want %d with a TTL", when, k, v, err, ttl, err2, i)
+				t.Fatalf("%s: k%d = %q (%v), PTTL %d (%v); want %d with a TTL", when, i, v, err, ttl, err2, i)
 			}
 		}
 	}
@@ -61,7 +70,7 @@ func TestClusterGrow(t *testing.T) {
 		t.Errorf("GET %s on the fourth node = %q, %v; want the value set through the cluster", key, v, err)
 	}
 
-	c.MoveSlots(t, fourth, c.Nodes[1], 0, 1999)
+	c.MoveSlots(t, fourth, c.Nodes[1], 0, 499)
 	check("after the move back")
 	c.RemoveNode(t, fourth)
 	check("after the fourth node's removal")

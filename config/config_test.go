@@ -35,7 +35,7 @@ func TestLoadValid(t *testing.T) {
 		t.Fatalf("slot = %s", c.SlotName("catalog"))
 	}
 	opt, err := c.RedisOption()
-	if err != nil || opt.Username != "user" || opt.Password != "secret" || opt.SelectDB != 2 {
+	if err != nil || opt.Username != "user" || opt.Password != "secret" || opt.SelectDB != 2 || opt.ClusterOption.ShardsRefreshInterval <= 0 {
 		t.Fatalf("redis option %+v, %v", opt, err)
 	}
 	if p.Fingerprint() == s.Fingerprint() || p.Fingerprint() != c.Caches["prices"].Fingerprint() {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -47,10 +48,19 @@ type RedisTLS struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
+// clusterRescan is how often a client made from RedisOption asks a Redis
+// Cluster for its topology. A rueidis Cluster client otherwise learns of a
+// change only when a command of its own is redirected (MOVED, ASK) or
+// fails, or a connection closes: an idle client would never see a primary
+// added (resharding) or promoted (failover), whose keyspace events the
+// refresher and the keymiss listener must subscribe to.
+const clusterRescan = 5 * time.Second
+
 // RedisOption turns the redis section into a rueidis client option: the
 // URL's address, database and credentials, the username and password that
 // override them, the TLS of a rediss:// URL, and a password file read for
-// every connection (AuthCredentialsFn).
+// every connection (AuthCredentialsFn); on a Redis Cluster the client
+// rescans the topology every clusterRescan.
 func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	raw := c.Redis.URL
 	if redisStrayAt(raw) {
@@ -81,6 +91,7 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	if err != nil {
 		return rueidis.ClientOption{}, urlError("redis.url", raw, "%s", err)
 	}
+	opt.ClusterOption.ShardsRefreshInterval = clusterRescan
 	// No CLIENT SETINFO: a user with the README's ACL may not send it
 	// (Redis 7.2 and later would log every refusal), and 7.0 lacks it.
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo

@@ -1,12 +1,35 @@
 // Package keyevents turns on Redis keyspace event notifications and listens
-// to one event on every primary, resubscribing after a disconnection: what
+// to one event on every node, resubscribing after a disconnection: what
 // the keymiss listener and the expiry refresher stand on. Redis publishes
 // these events at most once and only to whoever listens at that moment, and
 // only while notify-keyspace-events has their flags: a Redis restarted
 // without persistence comes back without them, and anyone may CONFIG SET
-// them away. So a listener checks the flags on each primary whenever its
+// them away. So a listener checks the flags on each node whenever its
 // subscription there is (re)established and every Events.Every, and
 // enables them again.
+//
+// The nodes are those of the client's view of the topology,
+// rueidis.Client.Nodes(): the one node, or a Redis Cluster's primaries and
+// their replicas. A listener compares them with the nodes it listens to
+// every second (a look at the client's memory, no command): a node that
+// joined is subscribed to and its flags checked as at the start; one that
+// left is listened to no more (its goroutines end, and its count in
+// Health.Refused is given back). A rueidis Cluster client updates that view
+// when one of its commands is redirected (MOVED, ASK) or fails, when a
+// connection closes, and every ClusterOption.ShardsRefreshInterval, which
+// config.RedisOption sets for every client of cachesync (rueidis's default
+// is never): a primary added by resharding, or a replica, is listened to
+// within seconds, without a restart. Events published before that are
+// lost: the refresher's expiry record still brings back the keys cachesync
+// wrote, and a plain client's next miss of a key publishes another keymiss.
+//
+// Replicas are listened to as well. Redis publishes an expired event
+// where the key expires, on its primary (a replica deletes the key when
+// its primary tells it to, and publishes del), but a keymiss event on the
+// node that was read: a replica too, when clients read from replicas
+// (READONLY). And a replica already subscribed, with its flags on, misses
+// nothing when a failover promotes it. Each costs a connection per
+// listener, and its flags' checks.
 package keyevents
 
 import (
@@ -23,10 +46,10 @@ import (
 )
 
 // DefaultEvery is how often a listener checks notify-keyspace-events on
-// each primary when Events.Every is not set.
+// each node when Events.Every is not set.
 const DefaultEvery = 10 * time.Second
 
-// checkTimeout bounds one check of one primary.
+// checkTimeout bounds one check of one node.
 const checkTimeout = 5 * time.Second
 
 // enabling serializes the checks of this process: two features adding
@@ -35,7 +58,7 @@ var enabling sync.Mutex
 
 // Events is what one feature listens to, and the flags that make Redis publish it.
 type Events struct {
-	// Channel is the channel subscribed to on every primary, e.g. Channel(0, "expired").
+	// Channel is the channel subscribed to on every node, e.g. Channel(0, "expired").
 	Channel string
 	// Flags are the notify-keyspace-events flags that publish Channel's
 	// events, e.g. "Ex" for expired keys.
@@ -43,7 +66,7 @@ type Events struct {
 	// Feature is the configuration that needs them, named in logs and
 	// errors, e.g. "fill: on-miss".
 	Feature string
-	// Every is how often the flags are checked on each primary besides
+	// Every is how often the flags are checked on each node besides
 	// after every (re)subscription; DefaultEvery when zero.
 	Every time.Duration
 	// Health, when not nil, counts what the checks found.
@@ -52,12 +75,12 @@ type Events struct {
 
 // Health counts what the checks of a listener's flags found; safe for concurrent reads.
 type Health struct {
-	Checks    atomic.Int64 // checks of one primary's flags that got an answer
-	Reenabled atomic.Int64 // times a primary had lost the flags and they were enabled again
-	Refused   atomic.Int64 // primaries that refuse CONFIG now: their flags cannot be checked or enabled
+	Checks    atomic.Int64 // checks of one node's flags that got an answer
+	Reenabled atomic.Int64 // times a node had lost the flags and they were enabled again
+	Refused   atomic.Int64 // nodes that refuse CONFIG now: their flags cannot be checked or enabled
 }
 
-// OK reports whether every primary's flags were found or enabled at its
+// OK reports whether every node's flags were found or enabled at its
 // last check (none refuses CONFIG).
 func (h *Health) OK() bool { return h.Refused.Load() == 0 }
 
@@ -121,15 +144,20 @@ func refused(err error) bool {
 // Channel is the channel of event in database db, e.g. __keyevent@0__:expired.
 func Channel(db int, event string) string { return fmt.Sprintf("__keyevent@%d__:%s", db, event) }
 
+// followEvery is how often Listen compares the nodes it listens to with
+// the client's view of the topology.
+const followEvery = time.Second
+
 // Listen calls fn with the key of every message on ev.Channel from every
-// primary until ctx is done, resubscribing after a disconnection, and
-// keeps ev.Flags on: it checks each primary's notify-keyspace-events at
-// once, whenever its subscription is (re)established and every ev.Every,
-// adding what is missing (a warning when it had been there), and logs an
-// error saying what to configure once when a primary starts refusing
-// CONFIG (then the flags must be set by hand; events that arrive are
-// still handled). fn runs on the subscription's connection: it must not
-// block.
+// node until ctx is done, resubscribing after a disconnection, following
+// the topology (nodes that join or leave), and keeps ev.Flags on: it
+// checks each node's notify-keyspace-events at once, whenever its
+// subscription is (re)established and every ev.Every, adding what is
+// missing (a warning when it had been there), and logs an error saying
+// what to configure once when a node starts refusing CONFIG (then the
+// flags must be set by hand; events that arrive are still handled). fn
+// runs on a subscription's connection: it must not block. Listen returns
+// once every goroutine it started has ended.
 func Listen(ctx context.Context, redis rueidis.Client, ev Events, log *slog.Logger, fn func(key string)) {
 	if ev.Every <= 0 {
 		ev.Every = DefaultEvery
@@ -138,24 +166,71 @@ func Listen(ctx context.Context, redis rueidis.Client, ev Events, log *slog.Logg
 		ev.Health = &Health{}
 	}
 	var wg sync.WaitGroup
-	for addr, client := range redis.Nodes() {
-		n := &node{addr: addr, client: client, ev: ev, log: log}
-		subscribed := make(chan struct{}, 1)
-		wg.Go(func() { n.listen(ctx, subscribed, fn) })
-		wg.Go(func() { n.watch(ctx, subscribed) })
+	defer wg.Wait()
+	listening := map[string]context.CancelFunc{} // node address: the end of its goroutines
+	defer func() {
+		for _, stop := range listening {
+			stop()
+		}
+	}()
+	follow := func(announce bool) {
+		nodes := redis.Nodes()
+		for addr, stop := range listening {
+			if _, ok := nodes[addr]; !ok {
+				stop()
+				delete(listening, addr)
+				log.Info("node left the topology; no longer listening", "redis", addr, "channel", ev.Channel)
+			}
+		}
+		for addr, client := range nodes {
+			if listening[addr] != nil {
+				continue
+			}
+			nctx, stop := context.WithCancel(ctx)
+			listening[addr] = stop
+			n := &node{addr: addr, first: client, redis: redis, ev: ev, log: log}
+			subscribed := make(chan struct{}, 1)
+			wg.Go(func() { n.listen(nctx, subscribed, fn) })
+			wg.Go(func() { n.watch(nctx, subscribed) })
+			if announce {
+				log.Info("listening on a new node", "redis", addr, "channel", ev.Channel)
+			}
+		}
 	}
-	wg.Wait()
+	follow(false)
+	tick := time.NewTicker(followEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			follow(true)
+		}
+	}
 }
 
-// node is one primary a Listen subscribes to and keeps the flags of.
+// node is one node a Listen subscribes to and keeps the flags of.
 type node struct {
-	addr   string
-	client rueidis.Client
-	ev     Events
-	log    *slog.Logger
+	addr  string
+	first rueidis.Client // the node's client when it joined
+	redis rueidis.Client // the client whose node it is
+	ev    Events
+	log   *slog.Logger
 	// Only watch reads and writes these.
 	verified bool // the flags were found or enabled once: missing again, they were lost
 	refusing bool // the last answered check was refused
+}
+
+// client returns n's client in the current view of the topology: a
+// Cluster client may replace a node's connection (a node that left and
+// came back between two looks, a MOVED naming the node that answered it)
+// and close the old one, through which nothing gets through from then on.
+func (n *node) client() rueidis.Client {
+	if c, ok := n.redis.Nodes()[n.addr]; ok {
+		return c
+	}
+	return n.first // leaving: Listen stops n soon
 }
 
 // listen subscribes to the channel on n until ctx is done, resubscribing
@@ -176,8 +251,9 @@ func (n *node) listen(ctx context.Context, subscribed chan<- struct{}, fn func(s
 		// A connection of its own: Redis 7.0 may put an event caused by a
 		// command (a key found expired) in the middle of that command's
 		// reply when both share a connection.
-		conn, release := n.client.Dedicate()
-		err := conn.Receive(hooked, n.client.B().Subscribe().Channel(n.ev.Channel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
+		client := n.client()
+		conn, release := client.Dedicate()
+		err := conn.Receive(hooked, client.B().Subscribe().Channel(n.ev.Channel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
 		release()
 		if ctx.Err() != nil {
 			return
@@ -221,7 +297,7 @@ func (n *node) watch(ctx context.Context, subscribed <-chan struct{}) {
 // refusal is logged once, when it starts, and its end once too; a failed
 // connection is left to the resubscription, which checks again.
 func (n *node) check(ctx context.Context) {
-	have, set, err := ensure(ctx, n.addr, n.client, n.ev.Flags, n.ev.Feature)
+	have, set, err := ensure(ctx, n.addr, n.client(), n.ev.Flags, n.ev.Feature)
 	if err != nil {
 		var ce *checkError
 		if ctx.Err() != nil || !refused(err) || !errors.As(err, &ce) {

@@ -2,7 +2,6 @@ package keyevents_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -47,7 +46,7 @@ func TestFlagsKept(t *testing.T) {
 			// The node whose flags go: on a Cluster, not the one the client was given.
 			node := w.Nodes[len(w.Nodes)-1]
 			nc := node.NodeClient(t)
-			key := keyOn(t, nc, "probe:")
+			key := node.KeyOn(t, "probe:")
 			var logs testenv.LogBuffer
 			var listeners []*listener
 			for _, flags := range tc.flags {
@@ -237,21 +236,6 @@ func (l *listener) expires(t *testing.T, rc rueidis.Client, key string) {
 		_ = rc.Do(t.Context(), rc.B().Set().Key(key).Value("1").Px(time.Millisecond).Build()).Error()
 		return false
 	})
-}
-
-// keyOn returns a key with prefix that the node nc is a client of holds
-// (on a Cluster, a key of its slots).
-func keyOn(t *testing.T, nc rueidis.Client, prefix string) string {
-	t.Helper()
-	for i := range 1000 {
-		key := fmt.Sprint(prefix, i)
-		// A Cluster node answers MOVED for keys of another's slots.
-		if err := nc.Do(t.Context(), nc.B().Get().Key(key).Build()).Error(); rueidis.IsRedisNil(err) {
-			return key
-		}
-	}
-	t.Fatal("no key of the node")
-	return ""
 }
 
 // flagsOf returns the notify-keyspace-events of rc's node, trying again

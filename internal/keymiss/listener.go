@@ -26,7 +26,7 @@ type Stats struct {
 	Ignored atomic.Int64 // keys of no on-miss cache, or seen again within the window
 	Dropped atomic.Int64 // events dropped because fills were backed up
 	Errors  atomic.Int64 // fills that failed
-	// Notify counts the checks of notify-keyspace-events on the primaries.
+	// Notify counts the checks of notify-keyspace-events on the nodes.
 	Notify keyevents.Health
 }
 
@@ -42,7 +42,7 @@ type Listener struct {
 	// starts (the fill's own reads miss too); New sets DefaultWindow, and
 	// a change must come before Run.
 	Window time.Duration
-	// CheckEvery is how often every primary's notify-keyspace-events is
+	// CheckEvery is how often every node's notify-keyspace-events is
 	// checked (besides after every resubscription) and its keymiss flags
 	// enabled again; New sets keyevents.DefaultEvery, and a change must
 	// come before Run.
@@ -76,10 +76,11 @@ func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog
 	return l, nil
 }
 
-// Run listens on every primary until ctx is done, resubscribing after a
+// Run listens on every node (replicas too: a client may read there),
+// following the topology, until ctx is done, resubscribing after a
 // disconnection, and fills with up to workers fills at a time. It keeps
 // keymiss events on ('E' and 'm' in notify-keyspace-events, checked on
-// every primary at each subscription and every CheckEvery), or logs
+// every node at each subscription and every CheckEvery), or logs
 // exactly what to configure when Redis refuses CONFIG.
 func (l *Listener) Run(ctx context.Context, workers int) error {
 	events := keyevents.Events{Channel: keyevents.Channel(l.db, "keymiss"), Flags: "Em", Feature: "fill: on-miss",

@@ -43,7 +43,7 @@ type Stats struct {
 	Ignored atomic.Int64 // expired keys that belong to no refreshing cache
 	Dropped atomic.Int64 // events dropped while reloads were backed up (the record repairs them)
 	Errors  atomic.Int64 // reload batches that failed (their keys are retried from the record)
-	// Notify counts the checks of notify-keyspace-events on the primaries.
+	// Notify counts the checks of notify-keyspace-events on the nodes.
 	Notify keyevents.Health
 	// Delays times a recorded expiry to the key's refresh, for keys
 	// refreshed after they expired.
@@ -75,7 +75,7 @@ type Refresher struct {
 	Stats     Stats
 	// PerCache counts by cache, for every cache that refreshes or has a schedule.
 	PerCache map[string]*Counts
-	// CheckEvery is how often every primary's notify-keyspace-events is
+	// CheckEvery is how often every node's notify-keyspace-events is
 	// checked (besides after every resubscription) and its expired flags
 	// enabled again; New sets keyevents.DefaultEvery, and a change must
 	// come before Run.
@@ -131,10 +131,10 @@ func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog
 func (r *Refresher) Listens() bool { return len(r.refreshed) > 0 }
 
 // Run refreshes until ctx is done: it listens for expired keys on every
-// primary (keeping 'E' and 'x' in notify-keyspace-events, checked at each
-// subscription and every CheckEvery, or logging exactly what to configure
-// when Redis refuses CONFIG), reads the expiry records, and runs the
-// schedules.
+// node, following the topology (keeping 'E' and 'x' in
+// notify-keyspace-events, checked at each subscription and every
+// CheckEvery, or logging exactly what to configure when Redis refuses
+// CONFIG), reads the expiry records, and runs the schedules.
 func (r *Refresher) Run(ctx context.Context) error {
 	r.since = time.Now().UnixMilli()
 	var wg sync.WaitGroup

@@ -37,9 +37,9 @@ type applier struct {
 	// primaries are the replication IDs of a Cluster's primaries when
 	// the session began (state.Primaries); nil on one node.
 	primaries []string
-	fetch    *pgconn.PgConn
-	cmds     []rueidis.Completed
-	errLog   rateLimiter
+	fetch     *pgconn.PgConn
+	cmds      []rueidis.Completed
+	errLog    rateLimiter
 }
 
 // layout holds the bindings of a table's caches for one relation layout.

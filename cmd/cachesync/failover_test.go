@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
@@ -53,16 +54,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	w.Exec(`UPDATE items SET val = val + 1, note = 'acknowledged, never replicated' WHERE id > 150`)
 	waitItems(w) // applied and acknowledged by the primary; the replica has none of it
-	// ... and confirmed to PostgreSQL: the slot will not send them again.
-	var lsn string
-	if err := w.DB.QueryRow(t.Context(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
-	world.WaitFor(t, "the slot to confirm the changes", func() bool {
-		var ok bool
-		err := w.DB.QueryRow(t.Context(), `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, lsn, "cachesync_"+w.Name).Scan(&ok)
-		return err == nil && ok
-	})
+	waitConfirmed(t, w) // and the slot will not send them again
 	if err := s.Replica.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -73,4 +65,59 @@ func TestSentinelFailover(t *testing.T) {
 	d.WaitFor("a rebuild after the failover", func() bool { return len(d.Stderr.Lines("cache rebuilt")) > rebuilt })
 	w.Exec(`UPDATE items SET val = val + 1 WHERE id = 1`)
 	waitItems(w)
+}
+
+// TestClusterFailover: a Redis Cluster primary that does not hold
+// cachesync's state record acknowledges changes its replica never got
+// (stopped), is killed, and the replica takes over. The state record,
+// on another node, shows nothing; the primaries' replication IDs do: the
+// daemon rebuilds, and Redis ends equal to the table.
+func TestClusterFailover(t *testing.T) {
+	t.Parallel()
+	c := testenv.StartCluster(t, 3)
+	w := world.NewOn(t, c.Nodes[0], itemsSchema(300))
+	d := w.Daemon(w.WriteConfig(itemsCaches))
+	d.WaitLog("streaming changes")
+	waitItems(w)
+	holder := c.Owner(t, binding.StateKey(w.Name))
+	primary := c.Nodes[0]
+	if primary == holder {
+		primary = c.Nodes[1]
+	}
+	replica := c.AddReplica(t, primary)
+	rebuilt := len(d.Stderr.Lines("cache rebuilt"))
+
+	if err := syscall.Kill(replica.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	w.Exec(`UPDATE items SET val = val + 1, note = 'acknowledged, never replicated'`)
+	waitItems(w)
+	waitConfirmed(t, w)
+	if err := primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(replica.PID(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	rc := replica.NodeClient(t)
+	if err := rc.Do(t.Context(), rc.B().ClusterFailover().Takeover().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitFor("a rebuild after the failover", func() bool { return len(d.Stderr.Lines("cache rebuilt")) > rebuilt })
+	waitItems(w)
+}
+
+// waitConfirmed waits until the world's slot has confirmed every change
+// committed so far: PostgreSQL will not send them again.
+func waitConfirmed(t *testing.T, w *world.World) {
+	t.Helper()
+	var lsn string
+	if err := w.DB.QueryRow(t.Context(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	world.WaitFor(t, "the slot to confirm the changes", func() bool {
+		var ok bool
+		err := w.DB.QueryRow(t.Context(), `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, lsn, "cachesync_"+w.Name).Scan(&ok)
+		return err == nil && ok
+	})
 }

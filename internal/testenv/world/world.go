@@ -284,9 +284,19 @@ func (w *World) Snapshot(pattern string) map[string]string {
 	ctx := context.Background()
 	rc := w.RC
 	out := map[string]string{}
-	for _, node := range rc.Nodes() {
+	for addr, node := range rc.Nodes() {
 		for cursor := uint64(0); ; {
-			entry, err := node.Do(ctx, rc.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			// A node a test killed stays among a Cluster client's nodes, and
+			// the client retries a read of it without end: one that cannot
+			// be reached is left out (its slots are another's, or the
+			// snapshot misses them and a wait goes on).
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			entry, err := node.Do(sctx, rc.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			cancel()
+			if _, redisErr := rueidis.IsRedisErr(err); err != nil && !redisErr && len(rc.Nodes()) > 1 {
+				w.T.Logf("snapshot: node %s left out: %v", addr, err)
+				break
+			}
 			if err != nil {
 				w.T.Fatal(err)
 			}

@@ -51,7 +51,7 @@ func TestSentinelFailover(t *testing.T) {
 	rebuilt := len(d.Stderr.Lines("cache rebuilt"))
 	cutReplica(t, s.Primary, s.Replica)
 	w.Exec(`UPDATE items SET val = val + 1, note = 'acknowledged, never replicated' WHERE id > 150`)
-	waitItems(w) // applied and acknowledged by the primary; the replica has none of it
+	waitItems(w)        // applied and acknowledged by the primary; the replica has none of it
 	waitConfirmed(t, w) // and the slot will not send them again
 	if err := s.Replica.Kill(); err != nil {
 		t.Fatal(err)

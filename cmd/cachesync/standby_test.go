@@ -140,6 +140,9 @@ func TestTakeoverEndsLostHoldersReplication(t *testing.T) {
 		t.Fatal("no connection to cut")
 	}
 	standby.WaitLog("took over the replication slot")
+	if len(standby.Stderr.Lines("ending the replication of a cachesync that lost the slot's lock")) != 1 {
+		t.Fatalf("the standby took over without ending the lost holder's replication (did the holder stop it first?):\n%s", standby.Tail(10))
+	}
 	w.Exec(`UPDATE items SET val = val + 1, note = 'after the takeover' WHERE id <= 10`)
 	waitItems(w)
 	active.WaitLog("waiting to take over") // its replication ended, it stands by

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -61,7 +62,8 @@ type Feed struct {
 	// CheckEvery is how often an idle feed checks that Redis kept its data.
 	CheckEvery time.Duration
 
-	standby bool // waiting for another process's hold of the slot (Run's goroutine only)
+	standby         bool // waiting for another process's hold of the slot (Run's goroutine only)
+	keepaliveWarned bool // said once that the lock's session keeps the server's keepalives
 }
 
 // New returns the feed of source in cfg: every cache of that source with sync: changefeed.
@@ -137,17 +139,23 @@ func (f *Feed) session(ctx context.Context) error {
 	}
 	lockcfg := pgcfg.Copy()
 	lockcfg.RuntimeParams["application_name"] = pgsource.Holder // status names the holder of the slot's lock by it
-	// PostgreSQL ends the lock's session, and so frees the lock for a
-	// standby, within ~5 s of losing sight of this process (a network
-	// cut) rather than after the system's TCP timeouts.
-	for k, v := range map[string]string{"tcp_keepalives_idle": "2", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3", "tcp_user_timeout": "5000"} {
-		lockcfg.RuntimeParams[k] = v
-	}
+	// This side notices a lost connection within seconds too: a standby
+	// blocked on the lock sends nothing, and would otherwise wait on a
+	// connection PostgreSQL has dropped.
+	lockcfg.DialFunc = (&net.Dialer{Timeout: lockcfg.ConnectTimeout, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3}}).DialContext
 	lock, err := pgx.ConnectConfig(ctx, lockcfg)
 	if err != nil {
 		return fmt.Errorf("connect to source %s: %w", f.Source, err)
 	}
 	defer lock.Close(context.WithoutCancel(ctx))
+	// PostgreSQL ends the lock's session, and so frees the lock for a
+	// standby, within ~5 s of losing sight of this process (a network
+	// cut) rather than after the system's TCP timeouts. (Set after
+	// connecting: a pooler may refuse them as startup parameters.)
+	if _, err := lock.Exec(ctx, `SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 5000`); err != nil && !f.keepaliveWarned {
+		f.keepaliveWarned = true
+		f.Log.Warn("cannot shorten the TCP keepalives of the slot lock's session: a standby takes over only once PostgreSQL's own timeouts end a lost daemon's session", "err", err)
+	}
 
 	// One process at a time rebuilds and streams this slot's caches: a
 	// standby waits here, blocked on the lock, before it touches Redis.

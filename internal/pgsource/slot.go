@@ -218,12 +218,14 @@ func WaitSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 }
 
 // EndHolder ends the walsender pid that streams slot name (when it still
-// does) and waits until the slot is free: what a new holder of the slot's
-// lock does to a process that lost it.
+// does) and waits, up to 10 s, until the slot is free: what a new holder
+// of the slot's lock does to a process that lost it.
 func EndHolder(ctx context.Context, conn *pgx.Conn, name string, pid int) error {
 	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid = $2`, name, pid); err != nil {
 		return fmt.Errorf("end the replication of slot %s: %w", name, err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		info, err := ReadSlot(ctx, conn, name)
 		if err != nil {

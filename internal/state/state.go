@@ -155,10 +155,15 @@ func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
 	return w, nil
 }
 
-// Close gives back the writer's connection, watching nothing.
+// Close gives back the writer's connection, watching nothing (or, when
+// it does not answer at once, closes it).
 func (w *Writer) Close() {
 	if w != nil && w.release != nil {
-		w.dc.Do(context.Background(), w.dc.B().Unwatch().Build())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if w.dc.Do(ctx, w.dc.B().Unwatch().Build()).Error() != nil {
+			w.dc.Close()
+		}
 		w.release()
 	}
 }
@@ -177,7 +182,7 @@ func (w *Writer) Close() {
 // cannot span hash slots: the writes go to several nodes at once and the
 // advance follows in a second round trip, after all of them answered; a
 // writer that lost its claim learns it from the token at its next
-// advance. (Advance may append to writes.)
+// advance.
 func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
 	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).

@@ -34,9 +34,6 @@ type applier struct {
 	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
 	layouts  map[uint32]layout          // by table OID, for the latest relation layout
 	expected pglogrepl.LSN              // the applied LSN recorded in Redis
-	// primaries are the replication IDs of a Cluster's primaries when
-	// the session began (state.Primaries); nil on one node.
-	primaries []string
 	fetch     *pgconn.PgConn
 	cmds      []rueidis.Completed
 	errLog    rateLimiter
@@ -98,29 +95,8 @@ func (a *applier) run(ctx context.Context, txns <-chan *pgsource.Txn) error {
 			if err := a.flush(ctx, 0); err != nil {
 				return err
 			}
-			if err := a.checkPrimaries(ctx); err != nil {
-				return err
-			}
 		}
 	}
-}
-
-// checkPrimaries ends the session (ErrRedisLost) when a Cluster primary of
-// its start is gone (failed over, or lost its data): the next one rebuilds.
-func (a *applier) checkPrimaries(ctx context.Context) error {
-	if a.primaries == nil {
-		return nil
-	}
-	now, err := state.Primaries(ctx, a.f.Redis)
-	if err != nil {
-		return nil // a node that does not answer now: its writes will fail, or the next check tells
-	}
-	for _, id := range a.primaries {
-		if !slices.Contains(now, id) {
-			return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
-		}
-	}
-	return nil
 }
 
 // gather takes t and whatever else is already waiting, up to maxBatchChanges.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -294,6 +295,38 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	return f.stream(ctx, w, tables, since, applied, primaries)
 }
 
+// watchPrimaries checks a Cluster's primaries every second until ctx ends:
+// it returns ErrRedisLost once one of primaries (state.Primaries) is gone
+// (failed over, or lost its data; the next session rebuilds), and adopts
+// the primaries added since (resharding) as its own and the state's. A
+// check some node did not answer decides nothing.
+func (f *Feed) watchPrimaries(ctx context.Context, primaries []string) error {
+	tick := time.NewTicker(f.CheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		now, err := state.Primaries(ctx, f.Redis)
+		if err != nil {
+			continue
+		}
+		for _, id := range primaries {
+			if !slices.Contains(now, id) {
+				return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
+			}
+		}
+		if len(now) > len(primaries) {
+			if err := f.State.SetPrimaries(ctx, f.Source, now); err != nil {
+				continue
+			}
+			primaries = now
+		}
+	}
+}
+
 // lockPing is how often a session holding its slot's lock checks that the
 // lock's connection answers, and lockTimeout how long one check may take:
 // together under the ~5 s in which PostgreSQL ends a session it lost sight
@@ -344,7 +377,6 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 	}
 	f.Log.Info("streaming changes", "slot", f.Slot, "caches", len(f.Caches))
 	a := newApplier(f, w, st, tables, since, applied)
-	a.primaries = primaries
 	defer a.close(ctx)
 
 	// Writes are not cut off by shutdown: what was read is applied and
@@ -363,6 +395,7 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 	readCtx, stopReading := context.WithCancel(ctx)
 	defer stopReading()
 	readErr := make(chan error, 1)
+	var wg sync.WaitGroup // the primaries' watch
 	go func() {
 		defer close(txns)
 		err := st.Run(readCtx, txns)
@@ -371,8 +404,16 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 		}
 		readErr <- err
 	}()
+	if primaries != nil {
+		wg.Go(func() {
+			if err := f.watchPrimaries(readCtx, primaries); err != nil {
+				stopApplying(err)
+			}
+		})
+	}
 	applyErr := a.run(applyCtx, txns)
 	stopReading()
+	wg.Wait()
 	for range txns {
 	}
 	rerr := <-readErr

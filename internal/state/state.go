@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -298,30 +299,38 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 }
 
 // Primaries returns the replication IDs of the primaries of c, a Redis
-// Cluster, sorted. A primary keeps its ID across restarts that keep its
-// data; one promoted from a replica (a failover), or restarted without its
-// data, has a new one. The error names the nodes that did not answer
-// (within a few seconds each); the IDs are those of the others.
+// Cluster, sorted. A primary promoted from a replica (a failover) has a
+// new one, and so has a restarted one (Redis 7 starts a new ID at every
+// start, data kept or not): a changed ID says writes it had acknowledged
+// may be lost, not that they are. The error names the nodes that did not
+// answer (within a few seconds each); the IDs are those of the others.
 func Primaries(ctx context.Context, c rueidis.Client) ([]string, error) {
+	var mu sync.Mutex
 	var ids []string
 	var errs []error
+	var wg sync.WaitGroup
 	for addr, node := range c.Nodes() {
-		nctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		info, err := node.Do(nctx, node.B().Info().Section("replication").Build()).ToString()
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("redis %s: info replication: %w", addr, err))
-			continue
-		}
-		if !strings.Contains(info, "role:master") {
-			continue
-		}
-		for line := range strings.Lines(info) {
-			if id, ok := strings.CutPrefix(strings.TrimSpace(line), "master_replid:"); ok {
-				ids = append(ids, id)
+		wg.Go(func() {
+			nctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			info, err := node.Do(nctx, node.B().Info().Section("replication").Build()).ToString()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("redis %s: info replication: %w", addr, err))
+				return
 			}
-		}
+			if !strings.Contains(info, "role:master") {
+				return
+			}
+			for line := range strings.Lines(info) {
+				if id, ok := strings.CutPrefix(strings.TrimSpace(line), "master_replid:"); ok {
+					ids = append(ids, id)
+				}
+			}
+		})
 	}
+	wg.Wait()
 	slices.Sort(ids)
 	return ids, errors.Join(errs...)
 }

@@ -483,23 +483,27 @@ func (k *checker) verify(ctx context.Context) error {
 	return k.repair(ctx, missing, stale, extra)
 }
 
-// queued returns the keys with entries in the cache's write-behind queue.
+// queued returns those of k's suspects that have writes in the cache's
+// write-behind queue: their pending marks (binding.PendingKey).
 func (k *checker) queued(ctx context.Context) (map[string]bool, error) {
-	keys := map[string]bool{}
-	start := "-"
-	for {
-		entries, err := k.redis.Do(ctx, k.redis.B().Xrange().Key(binding.StreamKey(k.cc.Name)).Start(start).End("+").Count(batch).Build()).AsXRange()
+	keys := make([]string, 0, len(k.suspects))
+	for key := range k.suspects {
+		keys = append(keys, key)
+	}
+	out := map[string]bool{}
+	for lo := 0; lo < len(keys); lo += batch {
+		chunk := keys[lo:min(lo+batch, len(keys))]
+		marks, err := k.redis.Do(ctx, k.redis.B().Hmget().Key(binding.PendingKey(k.cc.Name)).Field(chunk...).Build()).ToArray()
 		if err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		for _, e := range entries {
-			keys[e.FieldValues["key"]] = true
+		for i, m := range marks {
+			if !m.IsNil() {
+				out[chunk[i]] = true
+			}
 		}
-		if len(entries) < batch {
-			return keys, nil
-		}
-		start = "(" + entries[len(entries)-1].ID
 	}
+	return out, nil
 }
 
 // settle waits until the feed's applied position reaches PostgreSQL's

@@ -83,3 +83,36 @@ func TestSamplerFindsFaults(t *testing.T) {
 		t.Fatalf("%d inconsistent keys counted, want at least 3", n)
 	}
 }
+
+// TestSampleKeysBigTable: on a table too big to order by random(), never
+// analyzed (no row estimate), and then analyzed, a sample of 5 rows' keys
+// reads a few random pages and finds 5 keys, others each time. (Pages are
+// drawn at random: a sample may find none, about once in 20,000.)
+func TestSampleKeysBigTable(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 200000) g`)
+	api := w.Open(w.Config(caches))
+	for _, analyzed := range []bool{false, true} {
+		if analyzed {
+			w.Exec(`ANALYZE items`)
+		}
+		seen, found := map[string]bool{}, 0
+		for range 10 {
+			keys, err := api.SampleKeys(t.Context(), "items", 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) > 5 {
+				t.Fatalf("analyzed %v: %d keys, want 5 at most: %v", analyzed, len(keys), keys)
+			}
+			found += len(keys)
+			for _, k := range keys {
+				seen[k] = true
+			}
+		}
+		if found < 40 || len(seen) < found/2 {
+			t.Fatalf("analyzed %v: 10 samples of 5 found %d keys, %d of them distinct", analyzed, found, len(seen))
+		}
+	}
+}

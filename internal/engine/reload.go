@@ -303,21 +303,31 @@ const smallTable = 10_000
 
 // SampleKeys returns the keys of about n random rows of cache name's
 // table (fewer when it has fewer), reading a small part of a big table:
-// whole pages chosen at random (TABLESAMPLE SYSTEM), sized by the
-// planner's row estimate, so a sample's rows come in clusters of a page.
+// whole pages chosen at random (TABLESAMPLE SYSTEM), 10 at least, so a
+// sample's rows come in clusters of a page. The size comes from the
+// planner's estimates (a partitioned table's, summed over its
+// partitions), or from the table's size on disk before any ANALYZE.
 func (c *Engine) SampleKeys(ctx context.Context, name string, n int) ([]string, error) {
 	ca, ok := c.caches[name]
 	if !ok {
 		return nil, fmt.Errorf("cache %q: %w", name, ErrUnknownCache)
 	}
-	var rows float64
-	if err := ca.loader.Pool().QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = $1`, ca.table.OID).Scan(&rows); err != nil {
+	var rows, pages float64
+	err := ca.loader.Pool().QueryRow(ctx, `SELECT coalesce(sum(greatest(c.reltuples, 0)), 0),
+		coalesce(sum(pg_relation_size(c.oid)), 0) / current_setting('block_size')::float8
+		FROM pg_partition_tree($1::regclass) t JOIN pg_class c ON c.oid = t.relid`, ca.table.OID).Scan(&rows, &pages)
+	if err != nil {
 		return nil, fmt.Errorf("cache %q: postgres %w: %w", name, ErrUnavailable, err)
+	}
+	if rows == 0 {
+		rows = pages * 50 // never analyzed: a guess of 50 rows a page
 	}
 	tail := fmt.Sprintf("ORDER BY random() LIMIT %d", n)
 	if rows > smallTable {
-		// Twice the share wanted, for the spread of rows per page.
-		tail = fmt.Sprintf("TABLESAMPLE SYSTEM (%g) LIMIT %d", min(100, 200*float64(n)/rows), n)
+		// Twice the share of rows wanted, for their spread over pages,
+		// and 10 pages at least (fewer would often be none).
+		share := max(200*float64(n)/rows, 1000/max(pages, 1))
+		tail = fmt.Sprintf("TABLESAMPLE SYSTEM (%g) LIMIT %d", min(100, share), n)
 	}
 	keys, err := c.keysOf(ctx, ca, tail)
 	if err != nil {

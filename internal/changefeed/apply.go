@@ -34,9 +34,9 @@ type applier struct {
 	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
 	layouts  map[uint32]layout          // by table OID, for the latest relation layout
 	expected pglogrepl.LSN              // the applied LSN recorded in Redis
-	fetch     *pgconn.PgConn
-	cmds      []rueidis.Completed
-	errLog    rateLimiter
+	fetch    *pgconn.PgConn
+	cmds     []rueidis.Completed
+	errLog   rateLimiter
 }
 
 // layout holds the bindings of a table's caches for one relation layout.

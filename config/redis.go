@@ -104,7 +104,16 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	if err := c.Redis.TLS.apply(&opt, u.Scheme); err != nil {
 		return rueidis.ClientOption{}, err
 	}
+	if opt.Sentinel.MasterSet != "" {
+		// The Sentinels are reached as the URL says: over TLS for
+		// rediss-sentinel://, with the same CA and certificate.
+		opt.Sentinel.TLSConfig = opt.TLSConfig
+	}
 	if path := c.Redis.PasswordFile; path != "" {
+		if opt.Sentinel.MasterSet != "" {
+			// (The client would send the Sentinels the primary's password.)
+			return rueidis.ClientOption{}, FieldError("redis.password_file", "not with a redis-sentinel:// URL; give the password in the URL or redis.password")
+		}
 		if c.Redis.Password != "" {
 			return rueidis.ClientOption{}, FieldError("redis.password_file", "set password or password_file, not both")
 		}

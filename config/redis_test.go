@@ -141,6 +141,7 @@ func TestRedisSentinelURL(t *testing.T) {
 		master  string
 		db      int
 		user    string
+		extra   string // more of the redis section
 		wantErr string
 	}{
 		{url: "redis-sentinel://127.0.0.1:26379/mymaster", addrs: []string{"127.0.0.1:26379"}, master: "mymaster"},
@@ -148,10 +149,11 @@ func TestRedisSentinelURL(t *testing.T) {
 			addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"}, master: "shop", db: 3, user: "app"},
 		{url: "rediss-sentinel://10.0.0.1:26379/shop", addrs: []string{"10.0.0.1:26379"}, master: "shop"},
 		{url: "redis-sentinel://app:hunter2@10.0.0.1:26379/", wantErr: `config: redis.url: "redis-sentinel://app:xxxxx@10.0.0.1:26379/" names no primary`},
+		{url: "redis-sentinel://10.0.0.1:26379/shop", extra: `, password_file: "/run/secret"`, wantErr: `config: redis.password_file: not with a redis-sentinel:// URL`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.url, func(t *testing.T) {
-			c, err := Load(strings.NewReader(tlsYAML(fmt.Sprintf("{url: %q}", tt.url), "")))
+			c, err := Load(strings.NewReader(tlsYAML(fmt.Sprintf("{url: %q%s}", tt.url, tt.extra), "")))
 			if tt.wantErr != "" {
 				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "hunter2") {
 					t.Fatalf("err = %v, want %s…", err, tt.wantErr)
@@ -168,8 +170,8 @@ func TestRedisSentinelURL(t *testing.T) {
 			if fmt.Sprint(opt.InitAddress) != fmt.Sprint(tt.addrs) || opt.Sentinel.MasterSet != tt.master || opt.SelectDB != tt.db || opt.Username != tt.user {
 				t.Fatalf("addresses %v, master %q, db %d, user %q", opt.InitAddress, opt.Sentinel.MasterSet, opt.SelectDB, opt.Username)
 			}
-			if strings.HasPrefix(tt.url, "rediss") != (opt.TLSConfig != nil) {
-				t.Fatalf("TLS config %v for %s", opt.TLSConfig, tt.url)
+			if strings.HasPrefix(tt.url, "rediss") != (opt.TLSConfig != nil) || opt.Sentinel.TLSConfig != opt.TLSConfig {
+				t.Fatalf("TLS config %v, Sentinels' %v for %s", opt.TLSConfig, opt.Sentinel.TLSConfig, tt.url)
 			}
 		})
 	}

@@ -730,7 +730,7 @@ func (c *Cache) Complete() bool { return c.Sync == SyncChangefeed && c.TTL == 0 
 // Spec is the cache's binding spec: what binding.New resolves against a table.
 func (c *Cache) Spec() binding.Spec {
 	s := binding.Spec{Name: c.Name, Table: c.Table, Key: c.Template, Format: c.Format, TTL: c.TTL, Jitter: float64(c.TTLJitter),
-		Stale: max(c.StaleWhileRevalidate, c.StaleIfError), Queued: c.Writes == WritesBehind}
+		Stale: max(c.StaleWhileRevalidate, c.StaleIfError), Queued: c.Writes == WritesBehind, Feed: c.Sync == SyncChangefeed}
 	if c.Refreshes() {
 		s.Record = binding.RecordKey(c.Name)
 	}

@@ -34,6 +34,9 @@ type Spec struct {
 	// Queued tells a cache that takes write-behind writes: while a key's
 	// write is queued (its mark in PendingKey), fills leave the key alone.
 	Queued bool
+	// Feed tells a cache that a change feed keeps: an invalidation of a key
+	// that holds a value leaves the key's exists marker (AppendDrop).
+	Feed bool
 }
 
 // FieldSpec names one output field and the column it comes from.
@@ -262,14 +265,15 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 }
 
 // Clear removes every key of this binding from Redis, with their leases,
-// "not found" markers and stale copies (on every primary of a cluster),
-// after bumping the cache's removal count: keys are found with SCAN MATCH
-// and kept only if the template parses them. It ends fills in flight
-// before it removes values (DESIGN invariant 9): the leases go first, so a
-// fill that read its row before the clear either wrote before the values
-// are removed, or finds its lease gone and writes nothing. (SCAN returns
-// every key present for the whole scan, so every lease taken before it.)
-// Pending marks of queued write-behind writes are the queue's, and stay.
+// "not found" markers, stale copies and exists markers (on every primary
+// of a cluster), after bumping the cache's removal count: keys are found
+// with SCAN MATCH and kept only if the template parses them. It ends fills
+// in flight before it removes values (DESIGN invariant 9): the leases go
+// first, so a fill that read its row before the clear either wrote before
+// the values are removed, or finds its lease gone and writes nothing.
+// (SCAN returns every key present for the whole scan, so every lease taken
+// before it.) Pending marks of queued write-behind writes are the queue's,
+// and stay.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
 	n := 0
 	// First, so watched reloads that read rows before are refused.
@@ -281,7 +285,7 @@ func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error)
 			return 0, fmt.Errorf("unlink %s: %w", b.Record, err)
 		}
 	}
-	for _, prefix := range []string{leasePrefix, "", negPrefix, stalePrefix} {
+	for _, prefix := range []string{leasePrefix, "", negPrefix, stalePrefix, existsPrefix} {
 		m, err := b.clear(ctx, client, prefix)
 		n += m
 		if err != nil {

@@ -34,50 +34,101 @@ func (c Companions) ReleaseCmd(rb rueidis.Builder, token string) rueidis.Complet
 	return rb.Eval().Script(release).Numkeys(1).Key(c.Lease).Arg(token).Build()
 }
 
-// InvalidateCmd removes key's value, lease, "not found" marker and stale
-// copy at once: a fill racing with the invalidation loses.
+// InvalidateCmd removes key's value, lease, "not found" marker, stale
+// copy and exists marker at once: a fill racing with the invalidation
+// loses.
 func InvalidateCmd(rb rueidis.Builder, key string) rueidis.Completed {
 	c := CompanionsOf(key)
-	return rb.Unlink().Key(key, c.Lease, c.Neg, c.Stale).Build()
+	return rb.Unlink().Key(key, c.Lease, c.Neg, c.Stale, c.Exists).Build()
 }
 
 // AppendInvalidate appends InvalidateCmd, and the removal of key from the
 // expiry record when the cache keeps one (an invalidated key is not
-// reloaded when its old expiry comes). The cache's removal count is bumped
-// first, so a watched reload (watch.go) that read the row before is
+// reloaded when its old expiry comes): the change feed's removal of a key
+// whose row is gone, or cannot be written. The cache's removal count is
+// bumped first, so a watched reload (watch.go) that read the row before is
 // refused even when the key was missing already.
 func (b *Binding) AppendInvalidate(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
 	cmds = append(cmds, rb.Incr().Key(RemovalsKey(b.Name)).Build(), InvalidateCmd(rb, key))
+	return b.appendUnrecord(cmds, rb, key)
+}
+
+func (b *Binding) appendUnrecord(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
 	if b.Record != "" {
 		cmds = append(cmds, rb.Zrem().Key(b.Record).Member(key).Build())
 	}
 	return cmds
 }
 
+// markExists defines markExists(key, exists) for a script that removes
+// key when the change feed does not know its row gone: if key holds a
+// value, exists is set, for what is left of the value's TTL. The value may
+// be the feed's write of a commit that other sessions cannot see yet (its
+// commit is decoded before it is visible), which a fill could not find:
+// the marker stops such a fill from marking the key "not found" (fill),
+// as the value it removed would have.
+const markExists = `local function markExists(key, exists)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 then redis.call('SET', exists, '1')
+  elseif ttl >= 0 then redis.call('SET', exists, '1', 'PX', math.max(ttl, 1)) end
+end
+`
+
+// notFound is a watched reload's "not found" marker KEYS[1], for ARGV[1]
+// ms, in a cache a change feed keeps: none while the key's exists marker
+// KEYS[2] is there (see fill).
+const notFound = `if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1`
+
+// drop is an invalidation's removal of a key that is not the change
+// feed's. KEYS: key, lease, neg, stale, exists.
+const drop = markExists + `markExists(KEYS[1], KEYS[5])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1`
+
+// AppendDrop appends the removal of a row's key by an invalidation that is
+// not the change feed's (Invalidate, check's repairs): as
+// AppendInvalidate, but in a cache a change feed keeps, a key that holds a
+// value leaves its exists marker, since its row may exist though a fill
+// cannot see it yet.
+func (b *Binding) AppendDrop(cmds []rueidis.Completed, rb rueidis.Builder, key string) []rueidis.Completed {
+	if !b.Feed {
+		return b.AppendInvalidate(cmds, rb, key)
+	}
+	c := CompanionsOf(key)
+	cmds = append(cmds, rb.Incr().Key(RemovalsKey(b.Name)).Build(),
+		rb.Eval().Script(drop).Numkeys(5).Key(key, c.Lease, c.Neg, c.Stale, c.Exists).Build())
+	return b.appendUnrecord(cmds, rb, key)
+}
+
 // fill writes, for each of many keys, a value, a "not found" marker or a
 // deletion, each only if the fill's lease is still there and (unless it
 // overwrites) the key is still missing: a change-feed write either sets the
 // key or ends the lease, an invalidation ends the lease, so a fill that read
-// the row before a newer change loses. It returns 1 (written) or 0 per key,
-// or 2 when a write-behind write of the key is queued (its pending mark
-// names an entry still in the stream): the queue owns the key, and the fill
-// writes nothing (a mark whose entry is gone is a leftover, and removed).
-// A lease that is another's (ours ran out) is left as it is: its TTL bounds
-// how long that fill may take. Given the cache's expiry record, it records
-// each value's expiry and removes a deleted key, in the same step.
-// KEYS: [record,] [stream, pending, queued (a write-behind cache),] then
-// per key: key, lease, neg, stale. ARGV: has record (1 or 0), write-behind
-// (1 or 0), token, then per key: the count of its arguments, then mode (s
-// string, h hash, n not found, d delete), overwrite (1 or 0), ttl ms,
-// expires at (unix ms), stale copy ttl ms (0: none), stale copy, value...
+// the row before a newer change loses. While a key's exists marker is
+// there, a fill that found no row writes no "not found" marker (the
+// deletion only): it may have read before the change feed's latest commit
+// of the row was visible (markExists); a value ends the marker. It returns
+// 1 (written) or 0 per key, or 2 when a write-behind write of the key is
+// queued (its pending mark names an entry still in the stream): the queue
+// owns the key, and the fill writes nothing (a mark whose entry is gone is
+// a leftover, and removed). A lease that is another's (ours ran out) is
+// left as it is: its TTL bounds how long that fill may take. Given the
+// cache's expiry record, it records each value's expiry and removes a
+// deleted key, in the same step. KEYS: [record,] [stream, pending, queued
+// (a write-behind cache),] then per key: key, lease, neg, stale, exists.
+// ARGV: has record (1 or 0), write-behind (1 or 0), token, then per key:
+// the count of its arguments, then mode (s string, h hash, n not found, d
+// delete), overwrite (1 or 0), ttl ms, expires at (unix ms), stale copy
+// ttl ms (0: none), stale copy, value...
 const fill = `local rec, stream, pending, queuedv, k0 = nil, nil, nil, nil, 1
 if ARGV[1] == '1' then rec, k0 = KEYS[k0], k0 + 1 end
 if ARGV[2] == '1' then stream, pending, queuedv, k0 = KEYS[k0], KEYS[k0 + 1], KEYS[k0 + 2], k0 + 3 end
 local token = ARGV[3]
 local out, zadd, zrem = {}, {}, {}
 local a = 4
-for k = k0, #KEYS, 4 do
-  local key, lease, neg, stale = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+for k = k0, #KEYS, 5 do
+  local key, lease, neg, stale, exists = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local mode, over, ttl, staleTTL = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
   local at, v, last = ARGV[a + 4], a + 7, a + tonumber(ARGV[a])
   a = last + 1
@@ -114,13 +165,13 @@ for k = k0, #KEYS, 4 do
         if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
       else
         redis.call('DEL', key, stale)
-        if mode == 'n' then redis.call('SET', neg, '1', 'PX', ttl) end
+        if mode == 'n' and redis.call('EXISTS', exists) == 0 then redis.call('SET', neg, '1', 'PX', ttl) end
         if rec then zrem[#zrem + 1] = key end
       end
     end
   end
   if r == 1 and (mode == 's' or mode == 'h') then
-    redis.call('DEL', neg)
+    redis.call('DEL', neg, exists)
     if staleTTL > 0 then redis.call('SET', stale, ARGV[v - 1], 'PX', staleTTL) end
     if rec and ttl > 0 then zadd[#zadd + 1] = at; zadd[#zadd + 1] = key end
   end
@@ -202,7 +253,7 @@ func (b *Binding) ExecFills(ctx context.Context, c rueidis.Client, token string,
 	err := fillScript.runBatches(ctx, c, head, keys, func(i int) ([]string, []string) {
 		k, args := fills[i].Key, fills[i].args()
 		c := CompanionsOf(k)
-		return []string{k, c.Lease, c.Neg, c.Stale}, append([]string{strconv.Itoa(len(args))}, args...)
+		return []string{k, c.Lease, c.Neg, c.Stale, c.Exists}, append([]string{strconv.Itoa(len(args))}, args...)
 	}, func(i int, r rueidis.RedisMessage) error {
 		var err error
 		out[i], err = r.AsInt64()

@@ -15,13 +15,13 @@ import (
 // slot: plain, with a tag of their own, and with braces that make no tag.
 var keysWithBraces = []string{"p:1", "{shop}:p:1", "p:{shop}", "p:a}b", "p:{}x", "}", "{", "a{b", "p:{x}y}z", "{}{a}", "p:a}{b}", ""}
 
-// TestCompanionSlots: a key's lease, "not found" marker and stale copy
-// hash to the key's Redis Cluster slot (a Cluster refuses a script over
+// TestCompanionSlots: a key's lease, "not found" marker, stale copy and
+// exists marker hash to the key's Redis Cluster slot (a Cluster refuses a script over
 // several slots), and each names the key back.
 func TestCompanionSlots(t *testing.T) {
 	for _, key := range keysWithBraces {
 		cs := CompanionsOf(key)
-		for prefix, c := range map[string]string{leasePrefix: cs.Lease, negPrefix: cs.Neg, stalePrefix: cs.Stale} {
+		for prefix, c := range map[string]string{leasePrefix: cs.Lease, negPrefix: cs.Neg, stalePrefix: cs.Stale, existsPrefix: cs.Exists} {
 			if keySlot(c) != keySlot(key) {
 				t.Errorf("%s: slot %d, its key %q: slot %d", c, keySlot(c), key, keySlot(key))
 			}
@@ -127,7 +127,7 @@ func TestClearEndsFills(t *testing.T) {
 	rc := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
 	b := testBinding(t, FormatString, time.Hour, "")
-	for _, at := range []string{"before", leasePrefix, "", negPrefix, stalePrefix} {
+	for _, at := range []string{"before", leasePrefix, "", negPrefix, stalePrefix, existsPrefix} {
 		t.Run("after "+at, func(t *testing.T) {
 			mustDo(t, rc, rc.B().Flushall().Build(), CompanionsOf("p:1").LeaseCmd(rc.B(), "tok", time.Minute),
 				rc.B().Set().Key("p:2").Value("other").Build())
@@ -154,5 +154,110 @@ func TestClearEndsFills(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExistsMarker: in a cache a change feed keeps, an invalidation that is
+// not the feed's (AppendDrop, a dead letter) of a key that holds a value
+// leaves the key's exists marker, for what was left of its TTL; with it
+// there, a fill that finds no row (under a lease, or watched) writes no
+// "not found" marker, and one that writes a value ends it, as does the
+// feed's removal (AppendInvalidate) and a Clear. Without a feed, or for a
+// key that held nothing, an invalidation leaves none.
+func TestExistsMarker(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	rb := rc.B()
+	fed := testBinding(t, FormatString, time.Hour, "")
+	fed.Feed = true
+	plain := testBinding(t, FormatString, time.Hour, "")
+	c := CompanionsOf("p:1")
+	exists := func() int64 {
+		t.Helper()
+		ttl, err := rc.Do(ctx, rb.Pttl().Key(c.Exists).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ttl // -2: none
+	}
+	negative := func() bool {
+		t.Helper()
+		n, err := rc.Do(ctx, rb.Exists().Key(c.Neg).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	// The feed's value of a row, dropped: the marker, for the value's TTL.
+	dropped := func() {
+		t.Helper()
+		mustDo(t, rc, rb.Flushall().Build(), rb.Set().Key("p:1").Value("v").Px(time.Hour).Build())
+		mustDo(t, rc, fed.AppendDrop(nil, rb, "p:1")...)
+		if ttl := exists(); ttl < 59*60*1000 || ttl > 60*60*1000 {
+			t.Fatalf("after dropping a value with an hour left, the exists marker has %d ms, want about an hour", ttl)
+		}
+	}
+
+	for _, miss := range []struct {
+		name string
+		fill func()
+	}{
+		{"under a lease", func() {
+			mustDo(t, rc, c.LeaseCmd(rb, "tok", time.Minute))
+			if n, err := fed.ExecFills(ctx, rc, "tok", []Fill{fed.Fill("p:1", nil, false, true, time.Hour)}, time.Now()); err != nil || n[0] != 1 {
+				t.Fatalf("the fill: %v, %v", n, err)
+			}
+		}},
+		{"watched", func() {
+			claimed, w, err := fed.Watch(ctx, rc, []string{"p:1"}, ClaimRecord, time.Now())
+			if err != nil || !claimed[0].Load {
+				t.Fatalf("watch: %+v, %v", claimed, err)
+			}
+			defer w.Close(ctx)
+			if refused, err := w.Exec(ctx, []Fill{fed.Fill("p:1", nil, false, true, time.Hour)}, []int{0}); err != nil || len(refused) > 0 {
+				t.Fatalf("the reload: refused %v, %v", refused, err)
+			}
+		}},
+	} {
+		dropped()
+		miss.fill()
+		if negative() || exists() == -2 {
+			t.Errorf("%s: a fill that found no row after the drop: not-found marker %v, exists marker %d; want none, kept", miss.name, negative(), exists())
+		}
+	}
+	dropped()
+	mustDo(t, rc, c.LeaseCmd(rb, "tok", time.Minute))
+	if n, err := fed.ExecFills(ctx, rc, "tok", []Fill{fed.Fill("p:1", &Value{Bytes: []byte("v")}, false, false, 0)}, time.Now()); err != nil || n[0] != 1 || exists() != -2 {
+		t.Errorf("a fill that wrote the value: %v, %v, exists marker %d; want it gone", n, err, exists())
+	}
+	dropped()
+	mustDo(t, rc, fed.AppendInvalidate(nil, rb, "p:1")...)
+	if exists() != -2 {
+		t.Error("the feed's removal left the exists marker")
+	}
+	dropped()
+	if _, err := fed.Clear(ctx, rc); err != nil || exists() != -2 {
+		t.Errorf("a clear (%v) left the exists marker", err)
+	}
+
+	// A dead letter of the key's newest queued write.
+	mustDo(t, rc, rb.Flushall().Build(), rb.Set().Key(OwnerKey("p")).Value("tok").Build())
+	id, err := rc.Do(ctx, fed.QueueCmd(rb, "p:1", &Value{Bytes: []byte("q")}, `{"id":"1"}`, "id")).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rc.Do(ctx, fed.DeadCmd(rb, "tok", id, "p:1", `{"id":"1"}`, "refused")).AsInt64(); err != nil || n != 1 || exists() < 59*60*1000 {
+		t.Errorf("a dead letter removed the key: %d, %v; exists marker %d ms, want the hour its value had", n, err, exists())
+	}
+
+	// No marker for a key that held nothing, or in a cache without a feed.
+	mustDo(t, rc, rb.Flushall().Build())
+	mustDo(t, rc, fed.AppendDrop(nil, rb, "p:1")...)
+	mustDo(t, rc, rb.Set().Key("p:2").Value("v").Build())
+	mustDo(t, rc, plain.AppendDrop(nil, rb, "p:2")...)
+	for _, k := range []string{"p:1", "p:2"} {
+		if n, _ := rc.Do(ctx, rb.Exists().Key(CompanionsOf(k).Exists, k).Build()).AsInt64(); n != 0 {
+			t.Errorf("%s: an exists marker or the value left", k)
+		}
 	}
 }

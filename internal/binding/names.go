@@ -16,6 +16,9 @@ import (
 //	cachesync:lease:{KEY}          string  token of the fill that holds KEY's lease (PX: the lease)
 //	cachesync:neg:{KEY}            string  "1": KEY's row was not found (PX: the negative TTL)
 //	cachesync:stale:{KEY}          string  KEY's stale copy, as Get returns it (PX: TTL + Spec.Stale)
+//	cachesync:exists:{KEY}         string  "1": an invalidation removed KEY's value in a cache a
+//	                                       change feed keeps: no fill marks KEY not found while it
+//	                                       stands (PX: what was left of the value's TTL)
 //
 // {KEY} is KEY in braces, or KEY itself when it has a hash tag of its own; a
 // KEY with a '}' but no tag gets a short tag of its slot in front ({4w2}a}b
@@ -55,9 +58,10 @@ const Reserved = "cachesync:"
 
 // The prefixes of a key's companions: what precedes hashTagged(KEY).
 const (
-	leasePrefix = Reserved + "lease:"
-	negPrefix   = Reserved + "neg:"
-	stalePrefix = Reserved + "stale:"
+	leasePrefix  = Reserved + "lease:"
+	negPrefix    = Reserved + "neg:"
+	stalePrefix  = Reserved + "stale:"
+	existsPrefix = Reserved + "exists:"
 )
 
 // Companions are the names of the keys that hold cachesync's metadata about
@@ -67,12 +71,17 @@ type Companions struct {
 	Lease string // the lease: a fill in progress
 	Neg   string // the "row not found" marker
 	Stale string // the stale copy (Spec.Stale)
+	// Exists marks a key whose value an invalidation removed in a cache a
+	// change feed keeps: the value may have been the feed's write of a
+	// commit not visible yet, so a fill that finds no row marks nothing
+	// "not found" (fill.go: AppendDrop, markExists).
+	Exists string
 }
 
 // CompanionsOf names the companions of key.
 func CompanionsOf(key string) Companions {
 	t := hashTagged(key)
-	return Companions{Lease: leasePrefix + t, Neg: negPrefix + t, Stale: stalePrefix + t}
+	return Companions{Lease: leasePrefix + t, Neg: negPrefix + t, Stale: stalePrefix + t, Exists: existsPrefix + t}
 }
 
 // StreamKey names the write-behind stream of cache.

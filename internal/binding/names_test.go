@@ -10,25 +10,25 @@ func TestCompanionNames(t *testing.T) {
 		key  string
 		want Companions
 	}{
-		{"p:1", Companions{"cachesync:lease:{p:1}", "cachesync:neg:{p:1}", "cachesync:stale:{p:1}"}},
-		{"price:apple", Companions{"cachesync:lease:{price:apple}", "cachesync:neg:{price:apple}", "cachesync:stale:{price:apple}"}},
+		{"p:1", Companions{"cachesync:lease:{p:1}", "cachesync:neg:{p:1}", "cachesync:stale:{p:1}", "cachesync:exists:{p:1}"}},
+		{"price:apple", Companions{"cachesync:lease:{price:apple}", "cachesync:neg:{price:apple}", "cachesync:stale:{price:apple}", "cachesync:exists:{price:apple}"}},
 		// A tag of its own is reused, so "{price:apple}" shares "price:apple"'s.
-		{"{price:apple}", Companions{"cachesync:lease:{price:apple}", "cachesync:neg:{price:apple}", "cachesync:stale:{price:apple}"}},
-		{"{shop}:p:1", Companions{"cachesync:lease:{shop}:p:1", "cachesync:neg:{shop}:p:1", "cachesync:stale:{shop}:p:1"}},
-		{"p:{shop}", Companions{"cachesync:lease:p:{shop}", "cachesync:neg:p:{shop}", "cachesync:stale:p:{shop}"}},
+		{"{price:apple}", Companions{"cachesync:lease:{price:apple}", "cachesync:neg:{price:apple}", "cachesync:stale:{price:apple}", "cachesync:exists:{price:apple}"}},
+		{"{shop}:p:1", Companions{"cachesync:lease:{shop}:p:1", "cachesync:neg:{shop}:p:1", "cachesync:stale:{shop}:p:1", "cachesync:exists:{shop}:p:1"}},
+		{"p:{shop}", Companions{"cachesync:lease:p:{shop}", "cachesync:neg:p:{shop}", "cachesync:stale:p:{shop}", "cachesync:exists:p:{shop}"}},
 		// A '}' but no tag: a short tag of the key's slot in front.
-		{"a}b", Companions{"cachesync:lease:{4w2}a}b", "cachesync:neg:{4w2}a}b", "cachesync:stale:{4w2}a}b"}},
-		{"p:a}b", Companions{"cachesync:lease:{cov}p:a}b", "cachesync:neg:{cov}p:a}b", "cachesync:stale:{cov}p:a}b"}},
-		{"}", Companions{"cachesync:lease:{exv}}", "cachesync:neg:{exv}}", "cachesync:stale:{exv}}"}},
-		{"p:{}x", Companions{"cachesync:lease:{5n4}p:{}x", "cachesync:neg:{5n4}p:{}x", "cachesync:stale:{5n4}p:{}x"}},
+		{"a}b", Companions{"cachesync:lease:{4w2}a}b", "cachesync:neg:{4w2}a}b", "cachesync:stale:{4w2}a}b", "cachesync:exists:{4w2}a}b"}},
+		{"p:a}b", Companions{"cachesync:lease:{cov}p:a}b", "cachesync:neg:{cov}p:a}b", "cachesync:stale:{cov}p:a}b", "cachesync:exists:{cov}p:a}b"}},
+		{"}", Companions{"cachesync:lease:{exv}}", "cachesync:neg:{exv}}", "cachesync:stale:{exv}}", "cachesync:exists:{exv}}"}},
+		{"p:{}x", Companions{"cachesync:lease:{5n4}p:{}x", "cachesync:neg:{5n4}p:{}x", "cachesync:stale:{5n4}p:{}x", "cachesync:exists:{5n4}p:{}x"}},
 		// The empty key: a tag of slot 0, then an empty pair of braces.
-		{"", Companions{"cachesync:lease:{1bz}{}", "cachesync:neg:{1bz}{}", "cachesync:stale:{1bz}{}"}},
+		{"", Companions{"cachesync:lease:{1bz}{}", "cachesync:neg:{1bz}{}", "cachesync:stale:{1bz}{}", "cachesync:exists:{1bz}{}"}},
 	} {
 		got := CompanionsOf(c.key)
 		if got != c.want {
 			t.Errorf("CompanionsOf(%q) = %q, want %q", c.key, got, c.want)
 		}
-		for _, name := range []string{got.Lease, got.Neg, got.Stale} {
+		for _, name := range []string{got.Lease, got.Neg, got.Stale, got.Exists} {
 			if keySlot(name) != keySlot(c.key) {
 				t.Errorf("%s: slot %d, its key %q: slot %d", name, keySlot(name), c.key, keySlot(c.key))
 			}

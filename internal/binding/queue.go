@@ -221,16 +221,19 @@ func (b *Binding) AckCmds(rb rueidis.Builder, token, removals string, entries []
 // when it is its key's newest queued write, removes the key (bumping the
 // removal count first, as every removal does) and its pending mark: Redis
 // never keeps a value the database refused, and keeps a newer queued one.
-// It returns 1 when it removed the key. KEYS: owner, dead, stream,
-// removals, record (or the stream again), pending, queued, key, lease, neg,
-// stale. ARGV: token, group, id, row, error, has record (1|0).
-const dead = fence + `redis.call('XADD', KEYS[2], '*', 'key', KEYS[8], 'row', ARGV[4], 'id', ARGV[3], 'error', ARGV[5])
+// With a change feed, a key that held a value leaves its exists marker, as
+// an invalidation's does (AppendDrop). It returns 1 when it removed the
+// key. KEYS: owner, dead, stream, removals, record (or the stream again),
+// pending, queued, key, lease, neg, stale, exists. ARGV: token, group, id,
+// row, error, has record (1|0), has a feed (1|0).
+const dead = fence + markExists + `redis.call('XADD', KEYS[2], '*', 'key', KEYS[8], 'row', ARGV[4], 'id', ARGV[3], 'error', ARGV[5])
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
 if redis.call('HGET', KEYS[6], KEYS[8]) ~= ARGV[3] then return 0 end
 redis.call('INCR', KEYS[4])
 redis.call('HDEL', KEYS[6], KEYS[8])
 redis.call('HDEL', KEYS[7], KEYS[8])
+if ARGV[7] == '1' then markExists(KEYS[8], KEYS[12]) end
 redis.call('DEL', KEYS[8], KEYS[9], KEYS[10], KEYS[11])
 if ARGV[6] == '1' then redis.call('ZREM', KEYS[5], KEYS[8]) end
 return 1`
@@ -239,10 +242,14 @@ return 1`
 func (b *Binding) DeadCmd(rb rueidis.Builder, token, id, key, row, cause string) rueidis.Completed {
 	rec, hasRec := b.recordOr(StreamKey(b.Name))
 	c := CompanionsOf(key)
-	return rb.Eval().Script(dead).Numkeys(11).
+	feed := "0"
+	if b.Feed {
+		feed = "1"
+	}
+	return rb.Eval().Script(dead).Numkeys(12).
 		Key(OwnerKey(b.Name), DeadLetterKey(b.Name), StreamKey(b.Name), RemovalsKey(b.Name), rec,
-			PendingKey(b.Name), QueuedKey(b.Name), key, c.Lease, c.Neg, c.Stale).
-		Arg(token, DrainGroup, id, row, cause, hasRec).Build()
+			PendingKey(b.Name), QueuedKey(b.Name), key, c.Lease, c.Neg, c.Stale, c.Exists).
+		Arg(token, DrainGroup, id, row, cause, hasRec, feed).Build()
 }
 
 // recordOr returns, for a script's KEYS, the cache's expiry record and "1",

@@ -21,7 +21,7 @@ import (
 // is missing already (the row was deleted after the reload read it) does
 // not touch the key, so every removal of a cache's key bumps the count
 // first (AppendInvalidate, which AppendSet also uses for a hash of NULLs;
-// Clear). A watched reload that read a row before
+// AppendDrop; Clear). A watched reload that read a row before
 // a newer change thus writes nothing, like a fill whose lease was ended
 // (DESIGN invariant 2), and it costs a few plain commands a key where a
 // lease costs two scripts' work. It needs every key of a transaction in one
@@ -222,7 +222,10 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 		k, c := f.Key, CompanionsOf(f.Key)
 		if f.Deletes() { // no row
 			cmds = append(cmds, rb.Del().Key(k, c.Stale).Build())
-			if f.mode == "n" {
+			switch {
+			case f.mode == "n" && b.Feed: // unless the key's exists marker is there (see fill in fill.go)
+				cmds = append(cmds, rb.Eval().Script(notFound).Numkeys(2).Key(c.Neg, c.Exists).Arg(strconv.FormatInt(f.ttl, 10)).Build())
+			case f.mode == "n":
 				cmds = append(cmds, rb.Set().Key(c.Neg).Value("1").Px(time.Duration(f.ttl)*time.Millisecond).Build())
 			}
 			zrem = append(zrem, k)
@@ -230,6 +233,9 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 		}
 		cmds = appendValue(cmds, rb, k, c, f.writeArgs) // as the feed writes it
 		neg = append(neg, c.Neg)
+		if b.Feed {
+			neg = append(neg, c.Exists) // a value ends the exists marker too
+		}
 		if f.expiresAt > 0 {
 			zadd = append(zadd, strconv.FormatInt(f.expiresAt, 10), k)
 		}

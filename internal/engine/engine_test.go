@@ -135,6 +135,33 @@ func stallCommits(t *testing.T) *pgx.Conn {
 	return admin
 }
 
+// commitStalled runs sql on e.DB with every commit stalled (stallCommits)
+// and returns once its commit waits for the standby: the commit is in the
+// WAL, but other sessions cannot see it. release ends the wait (the
+// commit, local by then, completes with a warning) and returns sql's
+// error; admin is stallCommits' connection.
+func commitStalled(t *testing.T, e *world.World, sql string) (admin *pgx.Conn, release func() error) {
+	t.Helper()
+	ctx := context.Background()
+	admin = stallCommits(t)
+	var pid int
+	if err := e.DB.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.DB.Exec(ctx, sql)
+		done <- err
+	}()
+	world.WaitSession(t, admin, "the commit waits for the standby", `pid = $1 AND wait_event = 'SyncRep'`, pid)
+	return admin, func() error {
+		if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
+			t.Fatal(err)
+		}
+		return <-done
+	}
+}
+
 // TestGet: a miss loads the row and fills Redis in the cache's format; a hit
 // does not query; a hash comes back as a JSON object.
 func TestGet(t *testing.T) {
@@ -794,17 +821,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			ctx := context.Background()
 			// Every commit now waits for the standby, the fill's too (a FOR
 			// SHARE read takes locks): loads commit without waiting.
-			admin := stallCommits(t)
-			var pid int
-			if err := e.DB.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-				t.Fatal(err)
-			}
-			deleted := make(chan error, 1)
-			go func() { // waits for the standby until cancelled; its commit is local by then
-				_, err := e.DB.Exec(context.Background(), `DELETE FROM t WHERE id = 5`)
-				deleted <- err
-			}()
-			world.WaitSession(t, admin, "the delete waits for the standby", `pid = $1 AND wait_event = 'SyncRep'`, pid)
+			admin, release := commitStalled(t, e, `DELETE FROM t WHERE id = 5`)
 			world.WaitFor(t, "the feed applies the delete", func() bool { _, ok := e.Get("t:5"); return !ok })
 			filled := make(chan error, 1)
 			go func() {
@@ -819,10 +836,7 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			// The fill waits FOR SHARE for the deleting transaction (a
 			// plain read would not wait, and would write the row back).
 			world.WaitSession(t, admin, "the fill waits for the deleting transaction", `datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`, e.Name)
-			if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
-				t.Fatal(err)
-			}
-			<-deleted // cancelled while waiting for the standby: committed locally, with a warning
+			release()
 			err := <-filled
 			if via == "get" && !errors.Is(err, engine.ErrNotFound) {
 				t.Fatalf("Get after the delete: %v, want not found", err)
@@ -836,6 +850,69 @@ func TestFillAfterInvisibleDelete(t *testing.T) {
 			}
 			if v, ok := e.Get("t:5"); ok {
 				t.Fatalf("t:5 = %q: the fill wrote back a deleted row", v)
+			}
+		})
+	}
+}
+
+// TestFillAfterInvisibleInsert: an INSERT's commit is in the WAL, so the
+// change feed has written the key, but other sessions cannot see the row
+// yet (its commit waits for a synchronous standby that never answers). An
+// invalidation then removes the key, and a fill reads no row: FOR SHARE
+// waits only for a row it sees. That fill (Invalidate's own reload of a
+// complete cache, a Get's, a refresh's Reload, watched or under leases) must
+// not mark the key "not found": the feed will not write the row again, and
+// the marker would stand for negative_ttl over a row that exists.
+func TestFillAfterInvisibleInsert(t *testing.T) {
+	for _, c := range []struct {
+		name, cache string
+		fill        func(c *engine.Engine) error
+	}{
+		{"invalidate", `{table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h}`, nil}, // complete: Invalidate fills at once
+		{"get", `{table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, ttl: 1h}`, func(c *engine.Engine) error {
+			if v, err := c.Get(context.Background(), "t", "t:5"); !errors.Is(err, engine.ErrNotFound) {
+				return fmt.Errorf("Get t:5 while the insert cannot be seen = %q, %v; want not found, as its read saw it", v, err)
+			}
+			return nil
+		}},
+		{"reload", `{table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, ttl: 1h, not_found: negative}`, func(c *engine.Engine) error {
+			_, err := c.Reload(context.Background(), "t", []string{"t:5"}, false) // watched
+			return err
+		}},
+		{"reload under leases", `{table: t, key: "t:{id}", value: {format: string, column: v}, negative_ttl: 1h, ttl: 1h, not_found: negative, writes: behind}`, func(c *engine.Engine) error {
+			_, err := c.Reload(context.Background(), "t", []string{"t:5"}, false)
+			return err
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g`)
+			cfg := e.Config("  t: " + c.cache + "\n")
+			e.Feed(cfg)
+			eng := e.Open(cfg)
+			ctx := context.Background()
+			e.Exec(`DELETE FROM t WHERE id = 5`)
+			world.WaitFor(t, "the feed applies the delete", func() bool { _, ok := e.Get("t:5"); return !ok })
+			_, release := commitStalled(t, e, `INSERT INTO t VALUES (5, 55)`)
+			world.WaitFor(t, "the feed applies the insert", func() bool { v, ok := e.Get("t:5"); return ok && v == "55" })
+			if err := eng.Invalidate(ctx, "t", "t:5"); err != nil {
+				t.Fatal(err)
+			}
+			if c.fill != nil {
+				if err := c.fill(eng); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if v, ok := e.Get("t:5"); ok {
+				t.Fatalf("t:5 = %q while the insert cannot be seen: the fill found the row, and the race was not played", v)
+			}
+			if err := release(); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := eng.Get(ctx, "t", "t:5"); err != nil || string(v) != "55" {
+				t.Fatalf("Get t:5 = %q, %v once the insert shows; the row is 55", v, err)
+			}
+			if v, ok := e.Get("t:5"); !ok || v != "55" {
+				t.Fatalf("t:5 = %q, %v in Redis; the row is 55", v, ok)
 			}
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/redis/rueidis"
+
 	"github.com/cachesync/cachesync/internal/binding"
 )
 
@@ -25,7 +27,13 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 	if err != nil && !ca.b.Owns(key) {
 		return fmt.Errorf("cache %q: %w: %w", name, ErrBadKey, err)
 	}
-	if err := c.invalidate(ctx, ca, key); err != nil {
+	// A row's key that held a value leaves its exists marker (with a
+	// feed); another spelling is no row's, and the feed never writes it.
+	cmds := ca.b.AppendDrop(nil, c.redis.B(), key)
+	if err != nil {
+		cmds = ca.b.AppendInvalidate(nil, c.redis.B(), key)
+	}
+	if err := c.remove(ctx, cmds); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
 	if err != nil {
@@ -54,7 +62,12 @@ func (c *Engine) refill(ctx context.Context, ca *cache, key string) error {
 
 // invalidate removes key with its companions and its expiry record.
 func (c *Engine) invalidate(ctx context.Context, ca *cache, key string) error {
-	for _, r := range c.redis.DoMulti(ctx, ca.b.AppendInvalidate(nil, c.redis.B(), key)...) {
+	return c.remove(ctx, ca.b.AppendInvalidate(nil, c.redis.B(), key))
+}
+
+// remove sends the commands of a key's removal.
+func (c *Engine) remove(ctx context.Context, cmds []rueidis.Completed) error {
+	for _, r := range c.redis.DoMulti(ctx, cmds...) {
 		if err := r.Error(); err != nil {
 			return err
 		}

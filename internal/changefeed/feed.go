@@ -313,10 +313,8 @@ func (f *Feed) watchPrimaries(ctx context.Context, primaries []string) error {
 		if err != nil {
 			continue
 		}
-		for _, id := range primaries {
-			if !slices.Contains(now, id) {
-				return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
-			}
+		if id := state.Gone(primaries, now); id != "" {
+			return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
 		}
 		if len(now) > len(primaries) {
 			if err := f.State.SetPrimaries(ctx, f.Source, now); err != nil {

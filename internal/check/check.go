@@ -89,7 +89,7 @@ func Keys(ctx context.Context, cfg *config.Config, api *engine.Engine, redis rue
 	opt.Repair = false
 	return run(ctx, cfg, api, redis, name, opt, func(ctx context.Context, k *checker) error {
 		for lo := 0; lo < len(keys); lo += batch {
-			compared, _, err := k.compare(ctx, keys[lo:min(lo+batch, len(keys))])
+			compared, err := k.compare(ctx, keys[lo:min(lo+batch, len(keys))])
 			if err != nil {
 				return err
 			}
@@ -168,30 +168,26 @@ func (k *checker) kind(have, want []byte) string {
 }
 
 // compare reads keys on both sides and notes the ones that differ; it
-// returns how many of the keys Redis holds or have a row, and how many
-// have a row.
-func (k *checker) compare(ctx context.Context, keys []string) (int, int, error) {
+// returns how many of the keys Redis holds or have a row.
+func (k *checker) compare(ctx context.Context, keys []string) (int, error) {
 	have, err := k.api.Peek(ctx, k.cc.Name, keys)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	want, err := k.api.Want(ctx, k.cc.Name, keys, false)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	held, n := 0, 0
+	compared := 0
 	for i, key := range keys {
 		if have[i] != nil || want[i] != nil {
-			held++
-		}
-		if want[i] != nil {
-			n++
+			compared++
 		}
 		if kind := k.kind(have[i], want[i]); kind != "" {
 			k.suspect(key, kind)
 		}
 	}
-	return held, n, nil
+	return compared, nil
 }
 
 // hashedLimit is the most keys full keeps hashes of (about 50 bytes each);
@@ -309,7 +305,7 @@ func (k *checker) fullByLookup(ctx context.Context, size int64) error {
 	for range workers {
 		g.Go(func() error {
 			for keys := range work {
-				if _, _, err := k.compare(gctx, keys); err != nil {
+				if _, err := k.compare(gctx, keys); err != nil {
 					return err
 				}
 			}
@@ -395,7 +391,7 @@ func (k *checker) sample(ctx context.Context) error {
 	}
 	for lo := 0; lo < len(keys); lo += batch {
 		chunk := keys[lo:min(lo+batch, len(keys))]
-		if _, _, err := k.compare(ctx, chunk); err != nil {
+		if _, err := k.compare(ctx, chunk); err != nil {
 			return err
 		}
 		k.r.Rows += len(chunk)

@@ -58,6 +58,9 @@ type Sampler struct {
 	log   *slog.Logger
 	state *state.State // whether a change-feed cache is built
 	rate  int
+	names []string // the config's caches
+	// complete are the caches whose tables are sampled (config.Cache.Complete).
+	complete []string
 }
 
 // New returns the sampler of cfg, or nil when consistency.sample_rate is 0.
@@ -67,8 +70,12 @@ func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog
 		return nil
 	}
 	s := &Sampler{PerCache: map[string]*Stats{}, Every: time.Second, cfg: cfg, api: api, redis: redis, log: log.With("component", "consistency"), state: state.New(redis, cfg.Name), rate: rate}
-	for _, name := range cfg.CacheNames() {
+	s.names = cfg.CacheNames()
+	for _, name := range s.names {
 		s.PerCache[name] = &Stats{}
+		if cfg.Caches[name].Complete() {
+			s.complete = append(s.complete, name)
+		}
 	}
 	return s
 }
@@ -83,12 +90,6 @@ func New(cfg *config.Config, api *engine.Engine, redis rueidis.Client, log *slog
 func (s *Sampler) Run(ctx context.Context) error {
 	tick := time.NewTicker(s.Every)
 	defer tick.Stop()
-	var complete []string
-	for _, name := range s.cfg.CacheNames() {
-		if s.cfg.Caches[name].Complete() {
-			complete = append(complete, name)
-		}
-	}
 	failing := false
 	for turn := 0; ; turn++ {
 		select {
@@ -97,8 +98,8 @@ func (s *Sampler) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 		table := ""
-		if len(complete) > 0 {
-			table = complete[turn%len(complete)]
+		if len(s.complete) > 0 {
+			table = s.complete[turn%len(s.complete)]
 		}
 		err := s.sample(ctx, table)
 		switch {
@@ -142,7 +143,7 @@ func (s *Sampler) sample(ctx context.Context, table string) error {
 			if err != nil {
 				return err
 			}
-			for _, c := range s.cfg.CacheNames() {
+			for _, c := range s.names {
 				if s.api.OwnsKey(c, key) && !slices.Contains(byCache[c], key) {
 					byCache[c] = append(byCache[c], key)
 					break

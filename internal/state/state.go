@@ -347,12 +347,18 @@ func (s *State) PrimaryGone(ctx context.Context, source string, ids []string) (b
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", s.Key, err)
 	}
-	for id := range strings.SplitSeq(was, ",") {
-		if !slices.Contains(ids, id) {
-			return true, nil
+	return Gone(strings.Split(was, ","), ids) != "", nil
+}
+
+// Gone returns the first of was (replication IDs, Primaries) not among
+// now, or "" when all are: a primary added since is no loss.
+func Gone(was, now []string) string {
+	for _, id := range was {
+		if !slices.Contains(now, id) {
+			return id
 		}
 	}
-	return false, nil
+	return ""
 }
 
 // SetPrimaries records ids (Primaries) as the primaries source's writes go to.

@@ -137,7 +137,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	var wg sync.WaitGroup
 	wg.Go(func() { rd, rerr = status.Within(ctx, d, c.readRedis) })
 	if c.s.API != nil {
-		wg.Go(func() { sources = status.ProbeSources(ctx, c.s.API, c.s.Config.SourceNames(), d) })
+		wg.Go(func() { sources = status.ProbeSources(ctx, c.s.API, c.s.Config.SourceNames(), d, false) })
 	}
 	c.collectCounts(ch)
 	wg.Wait()

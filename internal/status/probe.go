@@ -89,8 +89,9 @@ type SourceProbe struct {
 }
 
 // ProbeSources reads the WAL position of each of sources through api,
-// all at once, each within deadline d.
-func ProbeSources(ctx context.Context, api *engine.Engine, sources []string, d time.Duration) map[string]SourceProbe {
+// and with holders which process streams it, all sources at once, each
+// read within deadline d.
+func ProbeSources(ctx context.Context, api *engine.Engine, sources []string, d time.Duration, holders bool) map[string]SourceProbe {
 	out := make(map[string]SourceProbe, len(sources))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -98,7 +99,7 @@ func ProbeSources(ctx context.Context, api *engine.Engine, sources []string, d t
 		wg.Go(func() {
 			wal, err := Within(ctx, d, func(ctx context.Context) (uint64, error) { return api.WALPosition(ctx, source) })
 			var active string
-			if err == nil {
+			if err == nil && holders {
 				active, _ = Within(ctx, d, func(ctx context.Context) (string, error) { return api.SlotHolder(ctx, source) })
 			}
 			mu.Lock()

@@ -129,7 +129,7 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	var wg sync.WaitGroup
 	wg.Go(func() { rd = c.readRedis(ctx, d) })
 	if c.s.API != nil {
-		wg.Go(func() { sources = ProbeSources(ctx, c.s.API, cfg.SourceNames(), d) })
+		wg.Go(func() { sources = ProbeSources(ctx, c.s.API, cfg.SourceNames(), d, true) })
 	}
 	wg.Wait()
 	r.Redis = rd.info

@@ -793,13 +793,23 @@ func (t HTTPTLS) validate(addr string) error {
 		return nil
 	case addr == "":
 		return FieldError("http.tls", "needs http.addr")
-	case t.CertFile == "":
-		return FieldError("http.tls.cert_file", "missing: key_file needs it")
-	case t.KeyFile == "":
-		return FieldError("http.tls.key_file", "missing: cert_file needs it")
 	}
-	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
-		return FieldError("http.tls.cert_file", "%v", err)
+	_, err := loadPair("http.tls", t.CertFile, t.KeyFile)
+	return err
+}
+
+// loadPair loads the certificate and key of section (cert_file and
+// key_file), which must be given together.
+func loadPair(section, cert, key string) (tls.Certificate, error) {
+	switch {
+	case cert == "":
+		return tls.Certificate{}, FieldError(section+".cert_file", "missing: key_file needs it")
+	case key == "":
+		return tls.Certificate{}, FieldError(section+".key_file", "missing: cert_file needs it")
 	}
-	return nil
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return tls.Certificate{}, FieldError(section+".cert_file", "%v", err)
+	}
+	return pair, nil
 }

@@ -85,7 +85,6 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 			r.Path = "/" + db
 		}
 		parse = r.String()
-		u = &r
 	}
 	opt, err := rueidis.ParseURL(parse)
 	if err != nil {
@@ -149,9 +148,6 @@ func readSecret(path string) (string, error) {
 	return s, nil
 }
 
-// Enabled tells whether any field of the section is set.
-func (t RedisTLS) Enabled() bool { return t != (RedisTLS{}) }
-
 // apply adds the section to opt's TLS config (nil but for a rediss://
 // URL, which the section needs): the CAs that verify the server, and a
 // client certificate loaded for every handshake. Without a client
@@ -159,7 +155,7 @@ func (t RedisTLS) Enabled() bool { return t != (RedisTLS{}) }
 // error that ends it (explainNoCert).
 func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme string) error {
 	tc := opt.TLSConfig
-	if t.Enabled() && tc == nil {
+	if t != (RedisTLS{}) && tc == nil {
 		return FieldError("redis.tls", "needs a rediss:// URL (redis.url is %s://)", scheme)
 	}
 	if tc == nil {
@@ -183,13 +179,9 @@ func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme string) error {
 			return &tls.Certificate{}, nil // none
 		}
 		opt.DialCtxFn = explainNoCert
-	case t.CertFile == "":
-		return FieldError("redis.tls.cert_file", "missing: key_file needs it")
-	case t.KeyFile == "":
-		return FieldError("redis.tls.key_file", "missing: cert_file needs it")
 	default:
-		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
-			return FieldError("redis.tls.cert_file", "%v", err)
+		if _, err := loadPair("redis.tls", t.CertFile, t.KeyFile); err != nil {
+			return err
 		}
 		cert, key := t.CertFile, t.KeyFile
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {

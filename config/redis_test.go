@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -57,8 +58,23 @@ func TestRedisPasswordFile(t *testing.T) {
 // client certificate it presents none.
 func TestRedisTLS(t *testing.T) {
 	certs := testenv.NewCerts(t, "app")
+	// The client certificate's files, which the test replaces.
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	copyFile := func(from, to string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err == nil {
+			err = os.WriteFile(to, b, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(certs.ClientCert, certFile)
+	copyFile(certs.ClientKey, keyFile)
 	c, err := Load(strings.NewReader(tlsYAML(fmt.Sprintf("{url: \"rediss://127.0.0.1:6379/0\", tls: {ca_file: %q, cert_file: %q, key_file: %q}}",
-		certs.CA, certs.ClientCert, certs.ClientKey), "")))
+		certs.CA, certFile, keyFile), "")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +85,14 @@ func TestRedisTLS(t *testing.T) {
 	cert, err := opt.TLSConfig.GetClientCertificate(&tls.CertificateRequestInfo{})
 	if err != nil || len(cert.Certificate) == 0 {
 		t.Fatalf("client certificate %v, %v", cert, err)
+	}
+	// Renewed: the next handshake presents the new one.
+	copyFile(certs.ServerCert, certFile)
+	copyFile(certs.ServerKey, keyFile)
+	renewed, err := opt.TLSConfig.GetClientCertificate(&tls.CertificateRequestInfo{})
+	server, _ := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
+	if err != nil || len(renewed.Certificate) == 0 || !bytes.Equal(renewed.Certificate[0], server.Certificate[0]) {
+		t.Fatalf("client certificate after its files were replaced: %v: not the new one", err)
 	}
 
 	c, err = Load(strings.NewReader(tlsYAML(`{url: "rediss://127.0.0.1:6379/0"}`, "")))

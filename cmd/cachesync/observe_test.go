@@ -44,11 +44,17 @@ func observe(w *world.World) (*world.Proc, string, string) {
 // the status and body, or 0 and the error.
 func httpDo(t testing.TB, method, url, body string, key ...string) (int, string) {
 	t.Helper()
+	return httpDoWith(t, http.DefaultClient, method, url, body, key...)
+}
+
+// httpDoWith is httpDo through client.
+func httpDoWith(t testing.TB, client *http.Client, method, url, body string, key ...string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	for _, k := range key {
 		req.Header.Set("Authorization", "Bearer "+k)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}

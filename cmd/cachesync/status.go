@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -93,21 +92,16 @@ func fromDaemon(ctx context.Context, cfg *config.Config) (*status.Report, error)
 
 // daemonClient is the HTTP client that asks the daemon, and its scheme:
 // with http.tls, HTTPS that accepts only the certificate the config names
-// (the daemon's own, whatever names it holds: http.addr may be 0.0.0.0);
-// it reads the certificate, not its key.
+// (the daemon's own, whatever names it holds: http.addr may be 0.0.0.0).
 func daemonClient(t config.HTTPTLS) (*http.Client, string, error) {
 	if !t.Enabled() {
 		return http.DefaultClient, "http", nil
 	}
-	pemData, err := os.ReadFile(t.CertFile)
+	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile) // (checked already by config.Load)
 	if err != nil {
 		return nil, "", fmt.Errorf("http.tls.cert_file: %w", err)
 	}
-	block, _ := pem.Decode(pemData) // the first block: the server's own certificate
-	if block == nil {
-		return nil, "", fmt.Errorf("http.tls.cert_file: %s holds no PEM certificate", t.CertFile)
-	}
-	own := block.Bytes
+	own := pair.Certificate[0]
 	tc := &tls.Config{
 		InsecureSkipVerify: true, // replaced by the comparison below, which is stricter
 		VerifyPeerCertificate: func(certs [][]byte, _ [][]*x509.Certificate) error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -70,16 +69,7 @@ func TestTLS(t *testing.T) {
 	d := w.Daemon(cfg)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: certs.Client}}
 	base := fmt.Sprintf("https://127.0.0.1:%d", port)
-	do := func(method, path, body string) (int, string) {
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		out, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(out)
-	}
+	do := func(method, path, body string) (int, string) { return httpDoWith(t, client, method, base+path, body) }
 	d.WaitFor("GET /readyz over HTTPS = 200", func() bool { code, _ := do("GET", "/readyz", ""); return code == 200 })
 	waitItems(w)
 	w.Exec(`UPDATE items SET val = 31 WHERE id = 3`)

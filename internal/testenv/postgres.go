@@ -142,6 +142,11 @@ func NewPostgres(dir string, opts ...PostgresOption) (*Postgres, error) {
 	if err := p.initdb(); err != nil {
 		return nil, err
 	}
+	files, err := p.fileSettings()
+	if err != nil {
+		return nil, err
+	}
+	p.settings = append(files, p.settings...) // the caller's settings win
 	for range startAttempts {
 		if p.Port, err = FreePort(); err != nil {
 			return nil, err
@@ -249,11 +254,7 @@ func (p *Postgres) Start() error {
 		"-c", "max_connections=200",
 		"-c", "wal_sender_timeout=60s",
 	}
-	files, err := p.fileSettings()
-	if err != nil {
-		return fmt.Errorf("start postgres on port %d: %w", p.Port, err)
-	}
-	for _, kv := range append(files, p.settings...) {
+	for _, kv := range p.settings {
 		args = append(args, "-c", kv)
 	}
 	logPath := filepath.Join(p.Dir, "postgres.log")

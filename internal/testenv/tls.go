@@ -24,9 +24,8 @@ import (
 	"time"
 )
 
-// Certs are a test CA and the certificates it signed, as PEM files in Dir.
+// Certs are a test CA and the certificates it signed, as PEM files.
 type Certs struct {
-	Dir string
 	// CA is the CA's certificate: what verifies the server and the client.
 	CA string
 	// ServerCert and ServerKey are the servers' certificate, for 127.0.0.1,
@@ -54,7 +53,7 @@ func NewCerts(tb testing.TB, client string) *Certs {
 }
 
 func newCerts(dir, client string) (*Certs, error) {
-	c := &Certs{Dir: dir}
+	c := &Certs{}
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -178,15 +177,13 @@ func WithPostgresHBA(rules ...string) PostgresOption {
 }
 
 // fileSettings writes the files WithPostgresTLS and WithPostgresHBA need
-// into the cluster's dir and returns the settings that name them.
+// into the cluster's dir, once after initdb, and returns the settings
+// that name them.
 func (p *Postgres) fileSettings() ([]string, error) {
 	var settings []string
 	write := func(name string, data []byte) (string, error) {
 		path := filepath.Join(p.Dir, name)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return "", fmt.Errorf("postgres %s: %w", name, err)
-		}
-		if err := os.Chmod(path, 0o600); err != nil {
 			return "", fmt.Errorf("postgres %s: %w", name, err)
 		}
 		if p.cred != nil {

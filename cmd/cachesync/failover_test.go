@@ -33,10 +33,7 @@ func TestSentinelFailover(t *testing.T) {
 	d.WaitLog("streaming changes")
 	waitItems(w)
 
-	sentinel := s.Sentinel.NodeClient(t)
-	if err := sentinel.Do(t.Context(), sentinel.B().Arbitrary("SENTINEL", "FAILOVER").Args(s.Master).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
+	s.Failover(t)
 	s.WaitPrimary(t, s.Replica)
 	w.Exec(`UPDATE items SET val = val + 1, note = 'after the failover' WHERE id <= 50`)
 	waitItems(w)
@@ -99,6 +96,7 @@ func TestClusterFailover(t *testing.T) {
 	if err := rc.Do(t.Context(), rc.B().ClusterFailover().Takeover().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
+	c.WaitGone(t, primary)
 	waitItems(w)
 	if len(d.Stderr.Lines("cache rebuilt")) == rebuilt {
 		t.Fatalf("Redis equals the table, but the daemon did not rebuild:\n%s", d.Tail(20))

@@ -37,8 +37,7 @@ func TestRefreshOnNewPrimary(t *testing.T) {
 
 	key := fourth.KeyOn(t, "kv:")
 	w.Exec(`INSERT INTO kv VALUES ($1, 'from the table')`, strings.TrimPrefix(key, "kv:"))
-	want := w.Rows(`SELECT 'kv:' || k, v FROM kv`)[key]
 	w.Do(w.RC.B().Set().Key(key).Value("set by hand").Px(300 * time.Millisecond).Build())
-	d.WaitFor(key+" refreshed from the table", func() bool { v, _ := w.Get(key); return v == want })
+	d.WaitFor(key+" refreshed from the table", func() bool { v, _ := w.Get(key); return v == "from the table" })
 	d.Stop()
 }

@@ -54,9 +54,9 @@ func TestNodeLeft(t *testing.T) {
 	fourth := c.AddPrimary(t)
 	c.MoveSlots(t, first, fourth, 0, 199)
 	for _, n := range c.Nodes {
-		setUser(t, n, "on", ">pw", "~*", "&*", "+@all")
+		n.SetUser(t, "cs", "on", ">pw", "~*", "&*", "+@all")
 	}
-	setUser(t, fourth, "-config")
+	fourth.SetUser(t, "cs", "-config")
 	setFlags(t, fourth.NodeClient(t), "Ex")
 
 	var logs testenv.LogBuffer
@@ -82,16 +82,6 @@ func TestNodeLeft(t *testing.T) {
 		t.Errorf("no line saying the node left; log:\n%s", logs.String())
 	}
 	l.expires(t, first.NodeClient(t), key)
-}
-
-// setUser runs ACL SETUSER cs rules... on node alone. (testenv.Redis.SetUser
-// sends it through a Cluster client, to any node.)
-func setUser(t *testing.T, node *testenv.Redis, rules ...string) {
-	t.Helper()
-	nc := node.NodeClient(t)
-	if err := nc.Do(context.Background(), nc.B().AclSetuser().Username("cs").Rule(rules...).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // daemonClient is a Cluster client of node r, made as cachesync makes its

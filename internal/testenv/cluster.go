@@ -41,7 +41,7 @@ func startClusterNode(tb testing.TB) *Redis {
 
 // clusterPatience bounds forming or changing a Cluster: only a failure
 // exhausts it, on a machine as busy as a CI's.
-const clusterPatience = time.Minute
+const clusterPatience = Patience
 
 // form gives each node its share of the slots and introduces it to the first.
 func (c *Cluster) form(n int) error {
@@ -97,9 +97,9 @@ func (c *Cluster) withNodes(fn func(ctx context.Context, clients []rueidis.Clien
 		}
 	}()
 	for _, node := range c.Nodes {
-		cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
+		cl, err := node.nodeClient()
 		if err != nil {
-			return fmt.Errorf("cluster node %s: %w", node.Addr, err)
+			return err
 		}
 		clients = append(clients, cl)
 	}

@@ -8,7 +8,9 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -193,6 +195,34 @@ func slotOwners(ctx context.Context, n rueidis.Client) (*[16384]int64, error) {
 	return &owner, nil
 }
 
+// SlotPrimaries returns those of nodes (a Cluster client's, by address)
+// that hold slots, as the first of them to answer within 5 s says: the
+// primaries, without a node that failed or left.
+func SlotPrimaries(ctx context.Context, nodes map[string]rueidis.Client) (map[string]rueidis.Client, error) {
+	var errs []error
+	for _, n := range nodes {
+		nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		owners, err := slotOwners(nctx, n)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		holds := map[string]bool{}
+		for _, port := range owners {
+			holds[strconv.FormatInt(port, 10)] = true
+		}
+		primaries := map[string]rueidis.Client{}
+		for addr, n := range nodes {
+			if _, port, _ := net.SplitHostPort(addr); holds[port] {
+				primaries[addr] = n
+			}
+		}
+		return primaries, nil
+	}
+	return nil, fmt.Errorf("CLUSTER SLOTS: no node answered: %w", errors.Join(errs...))
+}
+
 // owns reports whether port holds every slot from lo to hi in owner.
 func owns(owner *[16384]int64, lo, hi, port int) bool {
 	for s := lo; s <= hi; s++ {
@@ -207,7 +237,11 @@ func owns(owner *[16384]int64, lo, hi, port int) bool {
 // holds: on a Cluster node, a key of its slots.
 func (r *Redis) KeyOn(tb testing.TB, prefix string) string {
 	tb.Helper()
-	nc := r.NodeClient(tb)
+	nc, err := r.nodeClient()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer nc.Close()
 	for i := range 100_000 {
 		key := prefix + strconv.Itoa(i)
 		// A Cluster node answers MOVED for a key of another's slots;

@@ -2,8 +2,11 @@ package testenv
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/redis/rueidis"
 )
 
 // AddReplica starts a node, introduces it to the cluster, makes it a
@@ -24,25 +27,59 @@ func (c *Cluster) AddReplica(tb testing.TB, primary *Redis) *Redis {
 	if err := rc.Do(ctx, rc.B().ClusterReplicate().NodeId(id).Build()).Error(); err != nil {
 		tb.Fatalf("cluster replicate %s: %v", primary.Addr, err)
 	}
-	waitUntil(tb, "the replica to sync with "+primary.Addr, func() bool {
+	WaitFor(tb, "the replica to sync with "+primary.Addr, func() bool {
 		info, err := rc.Do(ctx, rc.B().Info().Section("replication").Build()).ToString()
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	})
 	return r
 }
 
-// Owner returns the primary of c that holds key's slot.
+// Owner returns the primary of c that holds key's slot, as its first
+// node says.
 func (c *Cluster) Owner(tb testing.TB, key string) *Redis {
 	tb.Helper()
-	for _, n := range c.Nodes {
-		nc := n.NodeClient(tb)
-		// A node answers for its own slots; another redirects (MOVED).
-		if err := nc.Do(context.Background(), nc.B().Exists().Key(key).Build()).Error(); err == nil {
-			if info, err := nc.Do(context.Background(), nc.B().Info().Section("replication").Build()).ToString(); err == nil && strings.Contains(info, "role:master") {
-				return n
+	var owner *Redis
+	if err := c.withNodes(func(ctx context.Context, clients []rueidis.Client) error {
+		slot, err := clients[0].Do(ctx, clients[0].B().ClusterKeyslot().Key(key).Build()).AsInt64()
+		if err != nil {
+			return err
+		}
+		owners, err := slotOwners(ctx, clients[0])
+		if err != nil {
+			return err
+		}
+		for _, n := range c.Nodes {
+			if int64(n.Port) == owners[slot] {
+				owner = n
 			}
 		}
+		return nil
+	}); err != nil {
+		tb.Fatalf("owner of %s: %v", key, err)
 	}
-	tb.Fatalf("no node of the cluster holds %s", key)
-	return nil
+	if owner == nil {
+		tb.Fatalf("no node of the cluster holds %s", key)
+	}
+	return owner
+}
+
+// WaitGone waits until no other node of c names dead as the holder of
+// any slot (a replica took its slots over, and every node knows it).
+func (c *Cluster) WaitGone(tb testing.TB, dead *Redis) {
+	tb.Helper()
+	var clients []rueidis.Client
+	for _, n := range c.Nodes {
+		if n != dead {
+			clients = append(clients, n.NodeClient(tb))
+		}
+	}
+	WaitFor(tb, "every node to see "+dead.Addr+"'s slots taken over", func() bool {
+		for _, nc := range clients {
+			owners, err := slotOwners(context.Background(), nc)
+			if err != nil || slices.Contains(owners[:], int64(dead.Port)) {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -265,7 +265,7 @@ func (r *Redis) ClientAs(tb testing.TB, user, password string) rueidis.Client {
 // answered MOVED), and CONFIG, INFO and the like are this node's.
 func (r *Redis) NodeClient(tb testing.TB) rueidis.Client {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true, TLSConfig: r.TLS})
+	c, err := r.nodeClient()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -273,10 +273,20 @@ func (r *Redis) NodeClient(tb testing.TB) rueidis.Client {
 	return c
 }
 
-// SetUser runs ACL SETUSER user rules... on r as the default user.
+// nodeClient is NodeClient for a caller that closes it.
+func (r *Redis) nodeClient() (rueidis.Client, error) {
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true, TLSConfig: r.TLS})
+	if err != nil {
+		return nil, fmt.Errorf("redis %s: %w", r.Addr, err)
+	}
+	return c, nil
+}
+
+// SetUser runs ACL SETUSER user rules... on r (this node alone, on a
+// Cluster) as the default user.
 func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {
 	tb.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, TLSConfig: r.TLS})
+	c, err := r.nodeClient()
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -14,6 +13,7 @@ import (
 type Sentinel struct {
 	Primary, Replica, Sentinel *Redis
 	Master                     string
+	sc                         rueidis.Client // of the Sentinel
 }
 
 // StartSentinel starts a primary, its replica and a Sentinel watching
@@ -28,9 +28,9 @@ func StartSentinel(tb testing.TB) *Sentinel {
 		r.conf = fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %[1]s 1000\nsentinel failover-timeout %[1]s 5000\n", s.Master, s.Primary.Port)
 		r.args = append(r.args, "--sentinel")
 	})
-	c := s.Sentinel.NodeClient(tb)
-	waitUntil(tb, "the sentinel to know the replica", func() bool {
-		replicas, err := c.Do(context.Background(), c.B().Arbitrary("SENTINEL", "REPLICAS").Args(s.Master).Build()).ToArray()
+	s.sc = s.Sentinel.NodeClient(tb)
+	WaitFor(tb, "the sentinel to know the replica", func() bool {
+		replicas, err := s.sc.Do(context.Background(), s.sc.B().Arbitrary("SENTINEL", "REPLICAS").Args(s.Master).Build()).ToArray()
 		return err == nil && len(replicas) == 1
 	})
 	return s
@@ -44,8 +44,7 @@ func (s *Sentinel) URL() string {
 // PrimaryAddr is the address the Sentinel names as the primary now.
 func (s *Sentinel) PrimaryAddr(tb testing.TB) string {
 	tb.Helper()
-	c := s.Sentinel.NodeClient(tb)
-	addr, err := c.Do(context.Background(), c.B().SentinelGetMasterAddrByName().Master(s.Master).Build()).AsStrSlice()
+	addr, err := s.sc.Do(context.Background(), s.sc.B().SentinelGetMasterAddrByName().Master(s.Master).Build()).AsStrSlice()
 	if err != nil || len(addr) != 2 {
 		tb.Fatalf("SENTINEL GET-MASTER-ADDR-BY-NAME: %v %v", addr, err)
 	}
@@ -55,18 +54,15 @@ func (s *Sentinel) PrimaryAddr(tb testing.TB) string {
 // WaitPrimary waits until the Sentinel names r as the primary.
 func (s *Sentinel) WaitPrimary(tb testing.TB, r *Redis) {
 	tb.Helper()
-	waitUntil(tb, fmt.Sprintf("the sentinel to name %s the primary", r.Addr), func() bool { return s.PrimaryAddr(tb) == r.Addr })
+	WaitFor(tb, fmt.Sprintf("the sentinel to name %s the primary", r.Addr), func() bool { return s.PrimaryAddr(tb) == r.Addr })
 }
 
-// waitUntil polls ok until it holds, failing the test after a minute.
-func waitUntil(tb testing.TB, what string, ok func() bool) {
+// Failover makes the Sentinel fail over now (SENTINEL FAILOVER), the
+// replica's agreement aside.
+func (s *Sentinel) Failover(tb testing.TB) {
 	tb.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !ok() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("never within a minute: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polls a condition of servers that tell no one
+	if err := s.sc.Do(context.Background(), s.sc.B().Arbitrary("SENTINEL", "FAILOVER").Args(s.Master).Build()).Error(); err != nil {
+		tb.Fatalf("SENTINEL FAILOVER: %v", err)
 	}
 }
 

@@ -276,7 +276,7 @@ func (w *World) Do(cmd rueidis.Completed) rueidis.RedisResult {
 }
 
 // Snapshot returns every key matching pattern but cachesync's own, on
-// every node, with its value: a string as it is, a hash as its sorted
+// every primary, with its value: a string as it is, a hash as its sorted
 // field=value pairs joined by spaces. A key that expires between the scan
 // and the read is left out; any other error fails the test.
 func (w *World) Snapshot(pattern string) map[string]string {
@@ -284,19 +284,22 @@ func (w *World) Snapshot(pattern string) map[string]string {
 	ctx := context.Background()
 	rc := w.RC
 	out := map[string]string{}
-	for addr, node := range rc.Nodes() {
+	nodes := rc.Nodes()
+	if rc.Mode() == rueidis.ClientModeCluster {
+		// The primaries only: a Cluster client keeps a node a test killed
+		// among its nodes, and retries a read of it without end.
+		var err error
+		if nodes, err = testenv.SlotPrimaries(ctx, nodes); err != nil {
+			w.T.Fatal(err)
+		}
+	}
+	for _, node := range nodes {
 		for cursor := uint64(0); ; {
-			// A node a test killed stays among a Cluster client's nodes, and
-			// the client retries a read of it without end: one that cannot
-			// be reached is left out (its slots are another's, or the
-			// snapshot misses them and a wait goes on).
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			// (Bounded: a client retries a read of a node that is down
+			// without end.)
+			sctx, cancel := context.WithTimeout(ctx, Patience)
 			entry, err := node.Do(sctx, rc.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
 			cancel()
-			if _, redisErr := rueidis.IsRedisErr(err); err != nil && !redisErr && len(rc.Nodes()) > 1 {
-				w.T.Logf("snapshot: node %s left out: %v", addr, err)
-				break
-			}
 			if err != nil {
 				w.T.Fatal(err)
 			}
@@ -462,31 +465,18 @@ func WaitSession(tb testing.TB, conn *pgx.Conn, what, where string, args ...any)
 	return pid
 }
 
-// Patience bounds every wait of the world: long enough that only a
-// condition that never comes exhausts it, on a machine as busy as a CI's.
-const Patience = time.Minute
+// Patience bounds every wait of the world (testenv.Patience).
+const Patience = testenv.Patience
 
 // WaitFor waits until ok holds, failing the test after Patience.
 func WaitFor(tb testing.TB, what string, ok func() bool) {
 	tb.Helper()
-	if !Within(Patience, ok) {
-		tb.Fatalf("never within %v: %s", Patience, what)
-	}
+	testenv.WaitFor(tb, what, ok)
 }
 
-// Within polls ok until it holds (true) or d has passed (false): at once,
-// then after 2 ms, the pause doubling up to 50 ms, so that a condition
-// soon met is seen soon and a slow one does not load the machine.
-func Within(d time.Duration, ok func() bool) bool {
-	pause := 2 * time.Millisecond
-	for deadline := time.Now().Add(d); !ok(); pause = min(2*pause, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pause)
-	}
-	return true
-}
+// Within polls ok until it holds (true) or d has passed (false), as
+// testenv.Within.
+func Within(d time.Duration, ok func() bool) bool { return testenv.Within(d, ok) }
 
 // Logger is a logger for what a test runs: silent, or to stderr at debug
 // level under go test -v.

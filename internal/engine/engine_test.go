@@ -395,6 +395,13 @@ func TestFillLoses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, ""},
+		{"Invalidate's drop", "price:apple", old, func() {
+			for _, r := range e.RC.DoMulti(ctx, b.AppendDrop(nil, rb, "price:apple")...) {
+				if err := r.Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, ""},
 	} {
 		// A miss: the key is not in Redis; a fill takes the lease and reads ...
 		if err := e.RC.Do(ctx, binding.InvalidateCmd(rb, race.key)).Error(); err != nil {
@@ -567,6 +574,13 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 		}, "0.69", ""},
 		{"invalidate", "price:apple", binding.ClaimLease, old, func() {
 			for _, r := range e.RC.DoMulti(ctx, b.AppendInvalidate(nil, rb, "price:apple")...) {
+				if err := r.Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, "", "2.00"},
+		{"Invalidate's drop", "price:apple", binding.ClaimLease, old, func() {
+			for _, r := range e.RC.DoMulti(ctx, b.AppendDrop(nil, rb, "price:apple")...) {
 				if err := r.Error(); err != nil {
 					t.Fatal(err)
 				}

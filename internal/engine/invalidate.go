@@ -29,14 +29,17 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 	}
 	// A row's key that held a value leaves its exists marker (with a
 	// feed); another spelling is no row's, and the feed never writes it.
-	cmds := ca.b.AppendDrop(nil, c.redis.B(), key)
-	if err != nil {
+	spelled := err == nil
+	var cmds []rueidis.Completed
+	if spelled {
+		cmds = ca.b.AppendDrop(nil, c.redis.B(), key)
+	} else {
 		cmds = ca.b.AppendInvalidate(nil, c.redis.B(), key)
 	}
 	if err := c.remove(ctx, cmds); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
-	if err != nil {
+	if !spelled {
 		return nil // another spelling of a row's key: its row has its own
 	}
 	return c.refill(ctx, ca, key)

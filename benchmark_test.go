@@ -23,8 +23,8 @@ import (
 //	go test -run '^$' -bench . -benchtime 2s .
 //
 // make bench (go run ./bench) measures the whole picture. Each benchmark
-// starts a private Redis and PostgreSQL for itself and stops them when it
-// ends; tests alone start none.
+// starts a private Redis and a database of its own on the package's
+// PostgreSQL (testPG), and stops the Redis when it ends.
 
 // benchGoroutines is how many goroutines per CPU the parallel benchmarks
 // run: 8, so 16 on two cores, as make bench's read and write-behind steps.

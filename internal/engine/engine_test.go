@@ -144,10 +144,7 @@ func commitStalled(t *testing.T, e *world.World, sql string) (admin *pgx.Conn, r
 	t.Helper()
 	ctx := context.Background()
 	admin = stallCommits(t)
-	var pid int
-	if err := e.DB.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	pid := e.DB.PgConn().PID()
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.DB.Exec(ctx, sql)

@@ -231,6 +231,15 @@ func TestExistsMarker(t *testing.T) {
 		t.Errorf("a fill that wrote the value: %v, %v, exists marker %d; want it gone", n, err, exists())
 	}
 	dropped()
+	claimed, w, err := fed.Watch(ctx, rc, []string{"p:1"}, ClaimRecord, time.Now())
+	if err != nil || !claimed[0].Load {
+		t.Fatalf("watch: %+v, %v", claimed, err)
+	}
+	if refused, err := w.Exec(ctx, []Fill{fed.Fill("p:1", &Value{Bytes: []byte("v")}, false, false, 0)}, []int{0}); err != nil || len(refused) > 0 || exists() != -2 {
+		t.Errorf("a watched reload that wrote the value: refused %v, %v, exists marker %d; want it gone", refused, err, exists())
+	}
+	w.Close(ctx)
+	dropped()
 	mustDo(t, rc, fed.AppendInvalidate(nil, rb, "p:1")...)
 	if exists() != -2 {
 		t.Error("the feed's removal left the exists marker")

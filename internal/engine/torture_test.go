@@ -46,24 +46,11 @@ func TestTorture(t *testing.T) {
 	// queued before the context ended.
 	ctx := context.Background()
 	end := time.Now().Add(20 * time.Second)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
+	var work []func(r *rand.Rand) error // each run over and over by world.Hammer
 	var puts, behinds, sqls, gets, invalidations, deletes, reloads int64
 	var mu sync.Mutex
 	count := func(n *int64) { mu.Lock(); *n++; mu.Unlock() }
-	run := func(f func(r *rand.Rand) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(rand.Uint64(), 0))
-			for time.Now().Before(end) {
-				if err := f(r); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
+	run := func(f func(r *rand.Rand) error) { work = append(work, f) }
 	for i := range 2 { // writers through the API
 		c := clients[i]
 		run(func(r *rand.Rand) error {
@@ -143,10 +130,8 @@ func TestTorture(t *testing.T) {
 			return err
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+	if _, errs := world.Hammer(end, work...); len(errs) > 0 {
+		t.Fatal(errs)
 	}
 	t.Logf("%d puts, %d behind, %d SQL writes (%d deletes), %d gets, %d invalidations, %d reloads", puts, behinds, sqls, deletes, gets, invalidations, reloads)
 

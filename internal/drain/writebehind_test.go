@@ -52,20 +52,14 @@ func TestWriteBehind(t *testing.T) {
 	want := map[int]string{}
 	for i := range 200 {
 		id, v := i%10, i
-		if _, err := c.PutBehind(ctx, "t", map[string]any{"id": id, "v": v}); err != nil {
-			t.Fatal(err)
-		}
+		putBehind(t, c, "t", map[string]any{"id": id, "v": v})
 		want[id] = fmt.Sprint(v)
 		if got, _ := e.Get(fmt.Sprintf("t:%d", id)); got != fmt.Sprintf(`{"id":%d,"v":%d}`, id, v) {
 			t.Fatalf("redis t:%d = %s right after PutBehind", id, got)
 		}
 	}
-	if _, err := c.PutBehind(ctx, "t", map[string]any{"id": 99, "v": -1}); err != nil { // refused by the CHECK
-		t.Fatal(err)
-	}
-	if _, err := c.PutBehind(ctx, "t", map[string]any{"id": 100, "v": 1}); err != nil {
-		t.Fatal(err)
-	}
+	putBehind(t, c, "t", map[string]any{"id": 99, "v": -1}) // refused by the CHECK
+	putBehind(t, c, "t", map[string]any{"id": 100, "v": 1})
 	want[100] = "1"
 	runDrain(t, c)
 	waitRows(e, `SELECT id, v::text FROM t`, want)

@@ -59,7 +59,7 @@ func TestLostFillLeavesLease(t *testing.T) {
 		t.Fatalf("a fill without its lease: %v, %v; want [0]", n, err)
 	}
 	holder, _ := rc.Do(ctx, rc.B().Get().Key(CompanionsOf("p:1").Lease).Build()).ToString()
-	ttl, _ := rc.Do(ctx, rc.B().Pttl().Key(CompanionsOf("p:1").Lease).Build()).AsInt64()
+	ttl := pttl(t, rc, CompanionsOf("p:1").Lease)
 	if holder != "other" || ttl > 10_000 || ttl < 9_000 {
 		t.Fatalf("the other fill's lease is now %q with %d ms left, want \"other\" with its 10 s", holder, ttl)
 	}
@@ -172,14 +172,7 @@ func TestExistsMarker(t *testing.T) {
 	fed.Feed = true
 	plain := testBinding(t, FormatString, time.Hour, "")
 	c := CompanionsOf("p:1")
-	exists := func() int64 {
-		t.Helper()
-		ttl, err := rc.Do(ctx, rb.Pttl().Key(c.Exists).Build()).AsInt64()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ttl // -2: none
-	}
+	exists := func() int64 { return pttl(t, rc, c.Exists) } // -2: none
 	negative := func() bool {
 		t.Helper()
 		n, err := rc.Do(ctx, rb.Exists().Key(c.Neg).Build()).AsInt64()
@@ -265,8 +258,8 @@ func TestExistsMarker(t *testing.T) {
 	mustDo(t, rc, rb.Set().Key("p:2").Value("v").Build())
 	mustDo(t, rc, plain.AppendDrop(nil, rb, "p:2")...)
 	for _, k := range []string{"p:1", "p:2"} {
-		if n, _ := rc.Do(ctx, rb.Exists().Key(CompanionsOf(k).Exists, k).Build()).AsInt64(); n != 0 {
-			t.Errorf("%s: an exists marker or the value left", k)
+		if n, err := rc.Do(ctx, rb.Exists().Key(CompanionsOf(k).Exists, k).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("%s: an exists marker or the value left (%d, %v)", k, n, err)
 		}
 	}
 }

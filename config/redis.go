@@ -56,6 +56,21 @@ type RedisTLS struct {
 // refresher and the keymiss listener must subscribe to.
 const clusterRescan = 5 * time.Second
 
+// RedisClient opens a client of the redis section (RedisOption) without
+// client-side caching: the daemon's and its commands' client.
+func (c *Config) RedisClient() (rueidis.Client, error) {
+	opt, err := c.RedisOption()
+	if err != nil {
+		return nil, err
+	}
+	opt.DisableCache = true
+	rc, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	return rc, nil
+}
+
 // RedisOption turns the redis section into a rueidis client option: the
 // URL's address, database and credentials, the username and password that
 // override them, the TLS of a rediss:// URL, and a password file read for

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/check"
 	"github.com/cachesync/cachesync/internal/engine"
@@ -49,14 +47,9 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 			return config.FieldError("caches", "no cache named %q (caches: %s)", n, strings.Join(cfg.CacheNames(), ", "))
 		}
 	}
-	opt, err := cfg.RedisOption()
+	rc, err := cfg.RedisClient()
 	if err != nil {
 		return err
-	}
-	opt.DisableCache = true
-	rc, err := rueidis.NewClient(opt)
-	if err != nil {
-		return fmt.Errorf("redis: %w", err)
 	}
 	defer rc.Close()
 	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})

@@ -100,14 +100,9 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	opt, err := cfg.RedisOption()
+	client, err := cfg.RedisClient()
 	if err != nil {
 		return nil, err
-	}
-	opt.DisableCache = true
-	client, err := rueidis.NewClient(opt)
-	if err != nil {
-		return nil, fmt.Errorf("redis: %w", err)
 	}
 	d := &daemon{cfg: cfg, log: log, errors: errs, redis: client}
 	d.warnEviction(ctx)

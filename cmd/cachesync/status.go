@@ -14,8 +14,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
@@ -124,14 +122,9 @@ const openTimeout = 10 * time.Second
 func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error) {
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
-	opt, err := cfg.RedisOption()
+	rc, err := cfg.RedisClient()
 	if err != nil {
 		return nil, err
-	}
-	opt.DisableCache = true
-	rc, err := rueidis.NewClient(opt)
-	if err != nil {
-		return nil, fmt.Errorf("redis: %w", err)
 	}
 	defer rc.Close()
 	api, err := engine.Open(octx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})

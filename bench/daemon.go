@@ -160,8 +160,7 @@ func (d *daemon) stop() (procStats, error) {
 	select {
 	case <-d.exited:
 	case <-time.After(20 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
+		d.kill()
 		return ps, fmt.Errorf("cachesync did not stop within 20s of SIGTERM; killed")
 	}
 	return ps, perr

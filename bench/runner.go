@@ -60,6 +60,7 @@ func steps() []step {
 		throughput{about: about{ID: "1a-backlog", Title: "1a-backlog. batched transactions, backlog catch-up", Needs: filled, Timed: true}, Batched: true, Backlog: true},
 		throughput{about: about{ID: "1b", Title: "1b. single-row transactions, daemon running", Needs: filled, Timed: true}},
 		throughput{about: about{ID: "1b-backlog", Title: "1b-backlog. single-row transactions, backlog catch-up", Needs: filled, Timed: true}, Backlog: true},
+		clusterThroughput{about: about{ID: "14", Title: "14. batched transactions, backlog catch-up: a 3-primary Redis Cluster beside one node", Needs: filled, Timed: true}},
 		lag{about: about{ID: "2", Title: "2. lag at a steady rate", Needs: filled, Timed: true}},
 		// The hits come late and take half a minute: they may run again
 		// however long the run has taken.

@@ -46,14 +46,14 @@ func (s takeover) Results() []row {
 func (s takeover) Run(ctx context.Context, e *env) (step, error) {
 	s.Rounds = 5
 	for i := range s.Rounds {
-		if _, err := e.startDaemon(fmt.Sprintf("takeover-%d", i+1)); err != nil {
+		if _, err := e.startDaemon(e.node, fmt.Sprintf("takeover-%d", i+1)); err != nil {
 			return nil, err
 		}
 		if err := e.caughtUp(ctx); err != nil {
 			return nil, err
 		}
 		// With a standby waiting on the slot's lock.
-		standby, err := e.spawn(fmt.Sprintf("takeover-%d-standby", i+1))
+		standby, err := e.spawn(e.node, fmt.Sprintf("takeover-%d-standby", i+1))
 		if err != nil {
 			return nil, err
 		}
@@ -74,7 +74,7 @@ func (s takeover) Run(ctx context.Context, e *env) (step, error) {
 		// Without: kill -9 of the standby, now the streaming one, and a
 		// new daemon at once.
 		took, err = e.killAndApply(ctx, func() error {
-			_, err := e.startDaemon(fmt.Sprintf("takeover-%d-restart", i+1))
+			_, err := e.startDaemon(e.node, fmt.Sprintf("takeover-%d-restart", i+1))
 			return err
 		})
 		if err != nil {
@@ -105,7 +105,7 @@ func (e *env) killAndApply(ctx context.Context, then func() error) (time.Duratio
 	if err != nil {
 		return 0, err
 	}
-	seen, err := e.waitMark(ctx, mark, time.Minute)
+	seen, err := e.waitMark(ctx, e.node, mark, time.Minute)
 	if err != nil {
 		return 0, err
 	}

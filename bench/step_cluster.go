@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// clusterThroughput is item 14: change throughput into a Redis Cluster of
+// three primaries beside one Redis node, on one backlog: 1a's batched
+// updates, written while no daemon runs, then read by the node's daemon
+// and by the Cluster's, one after the other, each timed from its process
+// start to the last change visible (as 1a-backlog is); beside
+// pg_recvlogical and the bare receiver reading the same WAL.
+type clusterThroughput struct {
+	about
+	Primaries           int
+	Rows, Txns, TxnSize int
+	WriteTime           time.Duration // the backlog's writes
+	Fill                time.Duration // the Cluster's first daemon: process start → caught up (a rebuild, untimed otherwise)
+	Node, Cluster       catchUp
+	ceilings
+}
+
+// catchUp is one daemon reading the backlog.
+type catchUp struct {
+	Elapsed   time.Duration // daemon process start → the last change visible
+	Rate      float64
+	DaemonCPU time.Duration
+	SenderCPU time.Duration // its walsender's
+	Redis     redisStats    // every node's, summed
+	Daemon    procStats     // at stop: peak RSS
+}
+
+// clusterName is the config of the Cluster's daemon: a slot, publication
+// and state of its own.
+const clusterName = configName + "_cluster"
+
+//go:embed step_cluster.md
+var clusterText string
+
+func (s clusterThroughput) Text() string { return clusterText }
+
+func (s clusterThroughput) Results() []row {
+	n, c := s.Node, s.Cluster
+	return []row{
+		{ID: s.ID, What: fmt.Sprintf("Change throughput into a Redis Cluster of %d primaries: the 1a workload (%s updates in %s-row transactions) as a backlog, daemon process start → last change visible",
+			s.Primaries, count(s.Rows), count(s.TxnSize)),
+			Got:     fmt.Sprintf("%s rows/s (%s)", num(c.Rate), secs(c.Elapsed)),
+			Ceiling: fmt.Sprintf("one Redis node, the same backlog, same run: %s rows/s (%s)", num(n.Rate), secs(n.Elapsed)),
+			Ratio:   ratio(c.Rate, n.Rate), Target: "report", Met: "—"},
+		{ID: s.ID, What: fmt.Sprintf("Same, against pg_recvlogical reading the same WAL (one node: %s of it)", ratio(n.Rate, s.CeilRate)),
+			Got:     num(c.Rate) + " rows/s",
+			Ceiling: fmt.Sprintf("pg_recvlogical: %s rows/s (%s)", num(s.CeilRate), secs(s.CeilTime)),
+			Ratio:   ratio(c.Rate, s.CeilRate), Target: "report", Met: "—"},
+		rssRow(s.ID+" one node catch-up", n.Daemon),
+		rssRow(s.ID+" Cluster catch-up", c.Daemon),
+	}
+}
+
+// CostsRows are the two daemons' lines of the step's table of "Where the
+// time goes".
+func (s clusterThroughput) CostsRows() []string {
+	return []string{s.Node.row("one node", s.Rows), s.Cluster.row(fmt.Sprintf("Cluster, %d primaries", s.Primaries), s.Rows)}
+}
+
+func (c catchUp) row(name string, rows int) string {
+	return cells(name, fmt.Sprintf("%s (%s rows/s)", secs(c.Elapsed), num(c.Rate)),
+		fmt.Sprintf("%s (%.1f µs/row)", secs(c.DaemonCPU), perRow(c.DaemonCPU, rows)), secs(c.SenderCPU),
+		fmt.Sprintf("%s (%.1f µs/row)", secs(c.Redis.CPU), perRow(c.Redis.CPU, rows)),
+		fmt.Sprintf("%s (%.0f)", count(int(c.Redis.Flushes)), float64(c.Redis.Sets)/max(1, float64(c.Redis.Flushes))))
+}
+
+// Slower tells whether the Cluster's daemon read the backlog more slowly
+// than the node's.
+func (s clusterThroughput) Slower() bool { return s.Cluster.Rate < s.Node.Rate }
+
+// DecodeBound tells whether both daemons read the backlog at 0.9 of
+// pg_recvlogical's rate or faster: PostgreSQL's decoding then set the
+// pace, whatever the target.
+func (s clusterThroughput) DecodeBound() bool {
+	return min(s.Node.Rate, s.Cluster.Rate) >= 0.9*s.CeilRate
+}
+
+// ClusterName is the config name of the Cluster's daemon.
+func (clusterThroughput) ClusterName() string { return clusterName }
+
+func (s clusterThroughput) Run(ctx context.Context, e *env) (step, error) {
+	s.Primaries, s.TxnSize = 3, e.sz.TxnSize
+	s.Txns = e.sz.BatchedRows / s.TxnSize
+	s.Rows = s.Txns * s.TxnSize
+	cl, stop, err := e.startCluster(ctx, s.Primaries)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	// The Cluster's daemon fills it (a rebuild from a snapshot), streams
+	// until caught up and stops: its cache is then as the node's.
+	if _, err := e.startDaemon(cl, s.ID+"-cluster-fill"); err != nil {
+		return nil, err
+	}
+	if err := e.caughtUp(ctx); err != nil {
+		return nil, err
+	}
+	s.Fill = time.Since(e.daemon.started)
+	if _, err := e.stopDaemon(); err != nil {
+		return nil, err
+	}
+
+	if err := e.createCeilingSlots(ctx); err != nil {
+		return nil, err
+	}
+	defer e.dropCeilingSlots(ctx)
+	first, last, err := e.writeRows(ctx, 1, s.Txns, batchedUpdate(s.TxnSize))
+	if err != nil {
+		return nil, err
+	}
+	s.WriteTime = last.Sub(first)
+	mark, end, _, err := e.endMark(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Node.run(ctx, e, e.node, s.ID+"-node", mark, s.Rows); err != nil {
+		return nil, err
+	}
+	if err := s.Cluster.run(ctx, e, cl, s.ID+"-cluster", mark, s.Rows); err != nil {
+		return nil, err
+	}
+	if err := s.ceilings.read(ctx, e, s.Rows, end); err != nil {
+		return nil, err
+	}
+	return s, e.settle(ctx)
+}
+
+// run starts a daemon into to and times it from its process start until
+// mark, the backlog's last change, is visible there.
+func (c *catchUp) run(ctx context.Context, e *env, to target, name string, mark int64, rows int) error {
+	rs0, err := nodeStats(ctx, to.nodes...)
+	if err != nil {
+		return err
+	}
+	d, err := e.startDaemon(to, name)
+	if err != nil {
+		return err
+	}
+	stopPerf := e.startPerf(name)
+	visible, err := e.waitMark(ctx, to, mark, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	c.DaemonCPU, c.SenderCPU = e.daemonCPU(), e.senderCPU(ctx, to.slot)
+	stopPerf()
+	rs1, err := nodeStats(ctx, to.nodes...)
+	if err != nil {
+		return err
+	}
+	c.Redis = rs1.sub(rs0)
+	c.Elapsed = visible.Sub(d.started)
+	c.Rate = float64(rows) / c.Elapsed.Seconds()
+	c.Daemon, err = e.stopStreaming()
+	return err
+}
+
+// startCluster starts a Redis Cluster of n primaries in a new directory of
+// the work directory (a node started in an old one would remember its
+// Cluster) and returns it as a target of the daemon (config clusterName);
+// stop stops the daemon if it still writes there, drops its slot and
+// publication and stops the Cluster.
+func (e *env) startCluster(ctx context.Context, n int) (to target, stop func(), err error) {
+	dir, err := os.MkdirTemp(e.dir, "cluster-")
+	if err != nil {
+		return to, nil, err
+	}
+	c, err := testenv.NewCluster(dir, n)
+	if err != nil {
+		return to, nil, err
+	}
+	var clients []rueidis.Client
+	stop = func() {
+		if e.daemon != nil && e.daemon.to.slot == to.slot {
+			e.stopDaemon()
+		}
+		for _, cl := range clients {
+			cl.Close()
+		}
+		if to.slot != "" {
+			ctx := context.WithoutCancel(ctx)
+			e.dropSlot(ctx, to.slot)
+			if _, err := e.db.Exec(ctx, "DROP PUBLICATION IF EXISTS cachesync_"+clusterName); err != nil {
+				fmt.Println("   drop publication:", err)
+			}
+		}
+		if err := c.Stop(); err != nil {
+			fmt.Println("   stop cluster:", err)
+		}
+	}
+	// A client of the Cluster (rueidis finds the others from one node),
+	// and one of each node alone.
+	all, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{c.Nodes[0].Addr}, DisableCache: true})
+	if err != nil {
+		stop()
+		return to, nil, err
+	}
+	clients = append(clients, all)
+	if all.Mode() != rueidis.ClientModeCluster {
+		stop()
+		return to, nil, errors.New("the Cluster's client is not a Cluster client")
+	}
+	var nodes []rueidis.Client
+	for _, node := range c.Nodes {
+		cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{node.Addr}, ForceSingleClient: true, DisableCache: true})
+		if err != nil {
+			stop()
+			return to, nil, err
+		}
+		clients, nodes = append(clients, cl), append(nodes, cl)
+	}
+	if to, err = e.newTarget(clusterName, c.URL(), all, nodes...); err != nil {
+		stop()
+		return to, nil, err
+	}
+	return to, stop, nil
+}

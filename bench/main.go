@@ -99,7 +99,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	if *only != "" {
+	// A run of some steps writes no report, but where -out names a file:
+	// a partial report must not replace docs/BENCHMARKS.md unasked.
+	outSet := false
+	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
+	if *only != "" && !outSet {
 		*out = ""
 	}
 	sz := fullSizes()

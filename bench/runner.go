@@ -75,7 +75,7 @@ func steps() []step {
 }
 
 // stepsUsage is the help of -steps.
-var stepsUsage = "run only these comma-separated `steps` and those they need (e.g. 8 or 5,7), for trying one out; writes no report. " +
+var stepsUsage = "run only these comma-separated `steps` and those they need (e.g. 8 or 5,7), for trying one out; writes no report unless -out is given. " +
 	"Steps: " + strings.Join(stepIDs(), ", ") + ". Step 5 measures 6, 10 and 12 too; 1a-backlog and 1b-backlog were 1a′ and 1b′."
 
 func stepIDs() []string {

@@ -280,6 +280,11 @@ func (a redisStats) sub(b redisStats) redisStats {
 		EvalCPU: a.EvalCPU - b.EvalCPU, SetCPU: a.SetCPU - b.SetCPU}
 }
 
+func (a redisStats) plus(b redisStats) redisStats {
+	return redisStats{CPU: a.CPU + b.CPU, Flushes: a.Flushes + b.Flushes, Sets: a.Sets + b.Sets,
+		EvalCPU: a.EvalCPU + b.EvalCPU, SetCPU: a.SetCPU + b.SetCPU}
+}
+
 // redisStats are the stats of the env's Redis node.
 func (e *env) redisStats(ctx context.Context) (redisStats, error) { return nodeStats(ctx, e.redis) }
 

@@ -6,37 +6,43 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // clusterThroughput is item 14: change throughput into a Redis Cluster of
-// three primaries beside one Redis node, on one backlog: 1a's batched
-// updates, written while no daemon runs, then read by the node's daemon
-// and by the Cluster's, one after the other, each timed from its process
-// start to the last change visible (as 1a-backlog is); beside
+// three primaries beside one Redis node, on the same backlogs: 1a's
+// batched updates, written while no daemon runs, then read by the node's
+// daemon and by the Cluster's, one after the other, each timed from its
+// process start to the last change visible (as 1a-backlog is); twice, each
+// target reading one backlog first and the other second; beside
 // pg_recvlogical and the bare receiver reading the same WAL.
 type clusterThroughput struct {
 	about
 	Primaries           int
-	Rows, Txns, TxnSize int
-	WriteTime           time.Duration // the backlog's writes
+	Rounds              int           // backlogs
+	Rows, Txns, TxnSize int           // of each backlog
+	WriteTime           time.Duration // the backlogs' writes
 	Fill                time.Duration // the Cluster's first daemon: process start → caught up (a rebuild, untimed otherwise)
 	Node, Cluster       catchUp
-	ceilings
+	ceilings            // over the WAL of every backlog
 }
 
-// catchUp is one daemon reading the backlog.
+// catchUp is one target's daemon reading the backlogs.
 type catchUp struct {
-	Elapsed   time.Duration // daemon process start → the last change visible
-	Rate      float64
+	Rows      int           // read, in every backlog
+	Elapsed   time.Duration // daemon process start → a backlog's last change visible, summed
+	Rate      float64       // Rows ÷ Elapsed
+	ByOrder   [2]float64    // its rate on the backlog it read first, and on the one it read second
 	DaemonCPU time.Duration
 	SenderCPU time.Duration // its walsender's
 	Redis     redisStats    // every node's, summed
-	Daemon    procStats     // at stop: peak RSS
+	Daemon    procStats     // the higher peak RSS of its runs
 }
 
 // clusterName is the config of the Cluster's daemon: a slot, publication
@@ -51,10 +57,10 @@ func (s clusterThroughput) Text() string { return clusterText }
 func (s clusterThroughput) Results() []row {
 	n, c := s.Node, s.Cluster
 	return []row{
-		{ID: s.ID, What: fmt.Sprintf("Change throughput into a Redis Cluster of %d primaries: the 1a workload (%s updates in %s-row transactions) as a backlog, daemon process start → last change visible",
-			s.Primaries, count(s.Rows), count(s.TxnSize)),
-			Got:     fmt.Sprintf("%s rows/s (%s)", num(c.Rate), secs(c.Elapsed)),
-			Ceiling: fmt.Sprintf("one Redis node, the same backlog, same run: %s rows/s (%s)", num(n.Rate), secs(n.Elapsed)),
+		{ID: s.ID, What: fmt.Sprintf("Change throughput into a Redis Cluster of %d primaries: the 1a workload (%s updates in %s-row transactions) as a backlog, daemon process start → last change visible; %d backlogs, each target reading one first and the other second",
+			s.Primaries, count(s.Rows), count(s.TxnSize), s.Rounds),
+			Got:     c.got(),
+			Ceiling: "one Redis node, the same backlogs, same run: " + n.got(),
 			Ratio:   ratio(c.Rate, n.Rate), Target: "report", Met: "—"},
 		{ID: s.ID, What: fmt.Sprintf("Same, against pg_recvlogical reading the same WAL (one node: %s of it)", ratio(n.Rate, s.CeilRate)),
 			Got:     num(c.Rate) + " rows/s",
@@ -65,24 +71,30 @@ func (s clusterThroughput) Results() []row {
 	}
 }
 
+// got is the target's figure in the Results table.
+func (c catchUp) got() string {
+	return fmt.Sprintf("%s rows/s (%s; read first %s, second %s)", num(c.Rate), secs(c.Elapsed), num(c.ByOrder[0]), num(c.ByOrder[1]))
+}
+
 // CostsRows are the two daemons' lines of the step's table of "Where the
 // time goes".
 func (s clusterThroughput) CostsRows() []string {
-	return []string{s.Node.row("one node", s.Rows), s.Cluster.row(fmt.Sprintf("Cluster, %d primaries", s.Primaries), s.Rows)}
+	return []string{s.Node.row("one node"), s.Cluster.row(fmt.Sprintf("Cluster, %d primaries", s.Primaries))}
 }
 
-func (c catchUp) row(name string, rows int) string {
+func (c catchUp) row(name string) string {
 	return cells(name, fmt.Sprintf("%s (%s rows/s)", secs(c.Elapsed), num(c.Rate)),
-		fmt.Sprintf("%s (%.1f µs/row)", secs(c.DaemonCPU), perRow(c.DaemonCPU, rows)), secs(c.SenderCPU),
-		fmt.Sprintf("%s (%.1f µs/row)", secs(c.Redis.CPU), perRow(c.Redis.CPU, rows)),
+		fmt.Sprintf("%s, %s", num(c.ByOrder[0]), num(c.ByOrder[1])),
+		fmt.Sprintf("%s (%.1f µs/row)", secs(c.DaemonCPU), perRow(c.DaemonCPU, c.Rows)), secs(c.SenderCPU),
+		fmt.Sprintf("%s (%.1f µs/row)", secs(c.Redis.CPU), perRow(c.Redis.CPU, c.Rows)),
 		fmt.Sprintf("%s (%.0f)", count(int(c.Redis.Flushes)), float64(c.Redis.Sets)/max(1, float64(c.Redis.Flushes))))
 }
 
-// Slower tells whether the Cluster's daemon read the backlog more slowly
+// Slower tells whether the Cluster's daemon read the backlogs more slowly
 // than the node's.
 func (s clusterThroughput) Slower() bool { return s.Cluster.Rate < s.Node.Rate }
 
-// DecodeBound tells whether both daemons read the backlog at 0.9 of
+// DecodeBound tells whether both daemons read the backlogs at 0.9 of
 // pg_recvlogical's rate or faster: PostgreSQL's decoding then set the
 // pace, whatever the target.
 func (s clusterThroughput) DecodeBound() bool {
@@ -93,7 +105,7 @@ func (s clusterThroughput) DecodeBound() bool {
 func (clusterThroughput) ClusterName() string { return clusterName }
 
 func (s clusterThroughput) Run(ctx context.Context, e *env) (step, error) {
-	s.Primaries, s.TxnSize = 3, e.sz.TxnSize
+	s.Primaries, s.Rounds, s.TxnSize = 3, 2, e.sz.TxnSize
 	s.Txns = e.sz.BatchedRows / s.TxnSize
 	s.Rows = s.Txns * s.TxnSize
 	cl, stop, err := e.startCluster(ctx, s.Primaries)
@@ -118,30 +130,40 @@ func (s clusterThroughput) Run(ctx context.Context, e *env) (step, error) {
 		return nil, err
 	}
 	defer e.dropCeilingSlots(ctx)
-	first, last, err := e.writeRows(ctx, 1, s.Txns, batchedUpdate(s.TxnSize))
-	if err != nil {
-		return nil, err
+	type reader struct {
+		c    *catchUp
+		to   target
+		name string
 	}
-	s.WriteTime = last.Sub(first)
-	mark, end, _, err := e.endMark(ctx)
-	if err != nil {
-		return nil, err
+	readers := []reader{{&s.Node, e.node, "node"}, {&s.Cluster, cl, "cluster"}}
+	var end pglogrepl.LSN
+	for round := range s.Rounds {
+		first, last, err := e.writeRows(ctx, 1, s.Txns, batchedUpdate(s.TxnSize))
+		if err != nil {
+			return nil, err
+		}
+		s.WriteTime += last.Sub(first)
+		var mark int64
+		if mark, end, _, err = e.endMark(ctx); err != nil {
+			return nil, err
+		}
+		for order, r := range readers {
+			if err := r.c.run(ctx, e, r.to, fmt.Sprintf("%s-%s-%d", s.ID, r.name, round+1), mark, s.Rows, order); err != nil {
+				return nil, err
+			}
+		}
+		slices.Reverse(readers) // the other reads first next time
 	}
-	if err := s.Node.run(ctx, e, e.node, s.ID+"-node", mark, s.Rows); err != nil {
-		return nil, err
-	}
-	if err := s.Cluster.run(ctx, e, cl, s.ID+"-cluster", mark, s.Rows); err != nil {
-		return nil, err
-	}
-	if err := s.ceilings.read(ctx, e, s.Rows, end); err != nil {
+	if err := s.ceilings.read(ctx, e, s.Rounds*s.Rows, end); err != nil {
 		return nil, err
 	}
 	return s, e.settle(ctx)
 }
 
 // run starts a daemon into to and times it from its process start until
-// mark, the backlog's last change, is visible there.
-func (c *catchUp) run(ctx context.Context, e *env, to target, name string, mark int64, rows int) error {
+// mark, the last change of a backlog of rows changes, is visible there;
+// order is 0 when it reads the backlog first, 1 when second.
+func (c *catchUp) run(ctx context.Context, e *env, to target, name string, mark int64, rows, order int) error {
 	rs0, err := nodeStats(ctx, to.nodes...)
 	if err != nil {
 		return err
@@ -155,16 +177,19 @@ func (c *catchUp) run(ctx context.Context, e *env, to target, name string, mark 
 	if err != nil {
 		return err
 	}
-	c.DaemonCPU, c.SenderCPU = e.daemonCPU(), e.senderCPU(ctx, to.slot)
+	c.DaemonCPU += e.daemonCPU()
+	c.SenderCPU += e.senderCPU(ctx, to.slot)
 	stopPerf()
 	rs1, err := nodeStats(ctx, to.nodes...)
 	if err != nil {
 		return err
 	}
-	c.Redis = rs1.sub(rs0)
-	c.Elapsed = visible.Sub(d.started)
-	c.Rate = float64(rows) / c.Elapsed.Seconds()
-	c.Daemon, err = e.stopStreaming()
+	c.Redis = c.Redis.plus(rs1.sub(rs0))
+	elapsed := visible.Sub(d.started)
+	c.Rows, c.Elapsed = c.Rows+rows, c.Elapsed+elapsed
+	c.Rate, c.ByOrder[order] = float64(c.Rows)/c.Elapsed.Seconds(), float64(rows)/elapsed.Seconds()
+	ps, err := e.stopStreaming()
+	c.Daemon.HWM = max(c.Daemon.HWM, ps.HWM)
 	return err
 }
 

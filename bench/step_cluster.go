@@ -90,9 +90,10 @@ func (c catchUp) row(name string) string {
 		fmt.Sprintf("%s (%.0f)", count(int(c.Redis.Flushes)), float64(c.Redis.Sets)/max(1, float64(c.Redis.Flushes))))
 }
 
-// Slower tells whether the Cluster's daemon read the backlogs more slowly
-// than the node's.
-func (s clusterThroughput) Slower() bool { return s.Cluster.Rate < s.Node.Rate }
+// Slower tells whether the Cluster's daemon read the backlogs more than
+// 5% more slowly than the node's, Faster whether more than 5% faster.
+func (s clusterThroughput) Slower() bool { return s.Cluster.Rate < 0.95*s.Node.Rate }
+func (s clusterThroughput) Faster() bool { return s.Cluster.Rate > 1.05*s.Node.Rate }
 
 // DecodeBound tells whether both daemons read the backlogs at 0.9 of
 // pg_recvlogical's rate or faster: PostgreSQL's decoding then set the

@@ -17,6 +17,7 @@ import (
 
 // daemon is a running bin/cachesync with its log lines, timestamped as read.
 type daemon struct {
+	to      target // the Redis it writes into
 	cmd     *exec.Cmd
 	started time.Time
 	logPath string
@@ -33,14 +34,14 @@ type logLine struct {
 	text string
 }
 
-// startDaemon starts bin/cachesync run for one case; its stderr goes to
-// DIR/daemon-CASE.log and is watched for lines by a goroutine that ends
-// when the daemon exits.
-func (e *env) startDaemon(name string) (*daemon, error) {
+// startDaemon starts bin/cachesync run into to for one case; its stderr
+// goes to DIR/daemon-CASE.log and is watched for lines by a goroutine that
+// ends when the daemon exits.
+func (e *env) startDaemon(to target, name string) (*daemon, error) {
 	if e.daemon != nil {
 		return nil, errors.New("a daemon is already running")
 	}
-	d, err := e.spawn(name)
+	d, err := e.spawn(to, name)
 	if err != nil {
 		return nil, err
 	}
@@ -49,15 +50,15 @@ func (e *env) startDaemon(name string) (*daemon, error) {
 }
 
 // spawn starts bin/cachesync run as startDaemon does, but as one more
-// daemon of the config (a standby), not the env's.
-func (e *env) spawn(name string) (*daemon, error) {
-	d := &daemon{logPath: filepath.Join(e.dir, "daemon-"+name+".log"), notify: make(chan struct{}), exited: make(chan struct{})}
+// daemon of to's config (a standby), not the env's.
+func (e *env) spawn(to target, name string) (*daemon, error) {
+	d := &daemon{to: to, logPath: filepath.Join(e.dir, "daemon-"+name+".log"), notify: make(chan struct{}), exited: make(chan struct{})}
 	logFile, err := os.Create(d.logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(e.binPath, "run", "--config", e.cfgPath)
-	cmd.Env = append(os.Environ(), "REDIS_URL="+e.rds.URL(), "DATABASE_URL="+e.dbURL, "GOTRACEBACK=all")
+	cmd := exec.Command(e.binPath, "run", "--config", to.config)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+to.url, "DATABASE_URL="+e.dbURL, "GOTRACEBACK=all")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -160,8 +161,7 @@ func (d *daemon) stop() (procStats, error) {
 	select {
 	case <-d.exited:
 	case <-time.After(20 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
+		d.kill()
 		return ps, fmt.Errorf("cachesync did not stop within 20s of SIGTERM; killed")
 	}
 	return ps, perr

@@ -1,10 +1,10 @@
 // Command bench measures cachesync against ceilings taken in the same run and
 // writes the results to docs/BENCHMARKS.md.
 //
-// It starts a private Redis and PostgreSQL in a temporary directory, runs the
-// daemon (bin/cachesync run) as a subprocess for each case, and measures, one
-// step each (steps in runner.go, one file each: step_*.go, with the report
-// text beside it in step_*.md):
+// It starts a private Redis and PostgreSQL (for 14, a Redis Cluster too) in
+// a temporary directory, runs the daemon (bin/cachesync run) as a subprocess
+// for each case, and measures, one step each (steps in runner.go, one file
+// each: step_*.go, with the report text beside it in step_*.md):
 //
 //  1. change throughput from commit to Redis visible, for 1,000-row and
 //     single-row transactions, written while the daemon runs (1a, 1b) and as
@@ -26,7 +26,12 @@
 //     bare rueidis EVALs of SET + XADD, then drain.Run's rate into
 //     PostgreSQL beside plain multi-row upserts of the same batches;
 //  9. refresh on expiry beside a bare reload of the same rows;
-//  11. cachesync check's full scan beside a bare SCAN + MGET.
+//  11. cachesync check's full scan beside a bare SCAN + MGET;
+//  12. with 5, the Go API's hits while the continuous consistency check runs;
+//  13. takeover: kill -9 of the streaming daemon to a change visible through
+//     a standby, beside a daemon started at the kill;
+//  14. 1a-backlog's catch-up into a Redis Cluster of three primaries beside
+//     the same into one node, on one backlog in the same run.
 //
 // It also accounts for CPU (daemon, its walsender, Redis, and other processes
 // on the machine), waits for other load to pass before each step and repeats
@@ -94,7 +99,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	if *only != "" {
+	// A run of some steps writes no report, but where -out names a file:
+	// a partial report must not replace docs/BENCHMARKS.md unasked.
+	outSet := false
+	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
+	if *only != "" && !outSet {
 		*out = ""
 	}
 	sz := fullSizes()

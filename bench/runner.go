@@ -60,10 +60,11 @@ func steps() []step {
 		throughput{about: about{ID: "1a-backlog", Title: "1a-backlog. batched transactions, backlog catch-up", Needs: filled, Timed: true}, Batched: true, Backlog: true},
 		throughput{about: about{ID: "1b", Title: "1b. single-row transactions, daemon running", Needs: filled, Timed: true}},
 		throughput{about: about{ID: "1b-backlog", Title: "1b-backlog. single-row transactions, backlog catch-up", Needs: filled, Timed: true}, Backlog: true},
+		clusterThroughput{about: about{ID: "14", Title: "14. batched transactions, backlog catch-up: a 3-primary Redis Cluster beside one node", Needs: filled, Timed: true}},
 		lag{about: about{ID: "2", Title: "2. lag at a steady rate", Needs: filled, Timed: true}},
 		// The hits come late and take half a minute: they may run again
 		// however long the run has taken.
-		hits{about: about{ID: "5", Title: "5, 6, 10. read path: hits through the Go API, a bare rueidis client and HTTP", Needs: filled, Timed: true, Late: true}},
+		hits{about: about{ID: "5", Title: "5, 6, 10, 12. read path: hits through the Go API, a bare rueidis client and HTTP, with the consistency check", Needs: filled, Timed: true, Late: true}},
 		takeover{about: about{ID: "13", Title: "13. takeover: kill -9 of the streaming daemon, a standby waiting", Needs: filled, Timed: true}},
 		storm{about: about{ID: "7", Title: "7. read path: miss storm (database queries)", Needs: table}}, // counts queries, not time
 		writeBehind{about: about{ID: "8", Title: "8. write-behind: PutBehind ingest and drain into PostgreSQL", Timed: true}},
@@ -74,8 +75,8 @@ func steps() []step {
 }
 
 // stepsUsage is the help of -steps.
-var stepsUsage = "run only these comma-separated `steps` and those they need (e.g. 8 or 5,7), for trying one out; writes no report. " +
-	"Steps: " + strings.Join(stepIDs(), ", ") + ". Step 5 measures 6 and 10 too; 1a-backlog and 1b-backlog were 1a′ and 1b′."
+var stepsUsage = "run only these comma-separated `steps` and those they need (e.g. 8 or 5,7), for trying one out; writes no report unless -out is given. " +
+	"Steps: " + strings.Join(stepIDs(), ", ") + ". Step 5 measures 6, 10 and 12 too; 1a-backlog and 1b-backlog were 1a′ and 1b′."
 
 func stepIDs() []string {
 	var ids []string

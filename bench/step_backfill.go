@@ -61,7 +61,7 @@ func (s backfill) Run(ctx context.Context, e *env) (step, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := e.startDaemon("backfill")
+	d, err := e.startDaemon(e.node, "backfill")
 	if err != nil {
 		return nil, err
 	}

@@ -44,7 +44,7 @@ func (s consistency) Run(ctx context.Context, e *env) (step, error) {
 	}
 	// The daemon was stopped after catching up with everything but the
 	// stopper; run it once more so the last writes are in.
-	if _, err := e.startDaemon("check"); err != nil {
+	if _, err := e.startDaemon(e.node, "check"); err != nil {
 		return nil, err
 	}
 	if err := e.caughtUp(ctx); err != nil {

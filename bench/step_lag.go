@@ -101,7 +101,7 @@ func (s lag) Run(ctx context.Context, e *env) (step, error) {
 	}
 
 	// cachesync: keyspace notifications tell when each key is set.
-	if _, err := e.startDaemon("lag"); err != nil {
+	if _, err := e.startDaemon(e.node, "lag"); err != nil {
 		return nil, err
 	}
 	if err := e.caughtUp(ctx); err != nil {

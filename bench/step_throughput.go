@@ -25,11 +25,7 @@ type throughput struct {
 	WriteTime         time.Duration // first commit start -> last commit returned
 	Tail              time.Duration // last commit returned -> last change visible
 	Rate              float64
-	CeilTime          time.Duration // pg_recvlogical over the same WAL
-	CeilRate          float64
-	CeilCPU           time.Duration // CPU time of the pg_recvlogical process
-	BareTime          time.Duration // a bare Go pgoutput receiver over the same WAL
-	BareRate          float64
+	ceilings
 	// At the last commit (daemon running): the fraction of the case's WAL
 	// the daemon's walsender had decoded and sent, and the daemon had applied.
 	DecodedAtEnd, AppliedAtEnd float64
@@ -119,10 +115,7 @@ func (s throughput) Run(ctx context.Context, e *env) (step, error) {
 	if s.Batched {
 		s.Txns = e.sz.BatchedRows / s.TxnSize
 		s.Rows, s.Conns = s.Txns*s.TxnSize, 1
-		stmt = func(i int) (string, []any) {
-			lo := 1 + i*s.TxnSize
-			return "UPDATE bench SET val = val + 1 WHERE id BETWEEN $1 AND $2", []any{lo, lo + s.TxnSize - 1}
-		}
+		stmt = batchedUpdate(s.TxnSize)
 	} else {
 		s.Rows, s.Txns, s.Conns = e.sz.SingleTxns, e.sz.SingleTxns, e.sz.SingleConns
 		stmt = func(i int) (string, []any) { return "UPDATE bench SET val = val + 1 WHERE id = $1", []any{1 + i} }
@@ -133,6 +126,15 @@ func (s throughput) Run(ctx context.Context, e *env) (step, error) {
 	return s, e.settle(ctx)
 }
 
+// batchedUpdate gives statement i of 1a's workload: size single-row
+// updates in one transaction, of the ids after the previous statement's.
+func batchedUpdate(size int) func(i int) (string, []any) {
+	return func(i int) (string, []any) {
+		lo := 1 + i*size
+		return "UPDATE bench SET val = val + 1 WHERE id BETWEEN $1 AND $2", []any{lo, lo + size - 1}
+	}
+}
+
 // measure writes the workload and times it to the last change visible in
 // Redis, then reads the same WAL with pg_recvlogical and the bare receiver.
 // With the daemon running, the time runs from the first commit's start;
@@ -141,7 +143,7 @@ func (s throughput) Run(ctx context.Context, e *env) (step, error) {
 // figure measures.
 func (s *throughput) measure(ctx context.Context, e *env, stmt func(int) (string, []any)) error {
 	if !s.Backlog {
-		if _, err := e.startDaemon(s.ID); err != nil {
+		if _, err := e.startDaemon(e.node, s.ID); err != nil {
 			return err
 		}
 		if err := e.caughtUp(ctx); err != nil {
@@ -157,7 +159,7 @@ func (s *throughput) measure(ctx context.Context, e *env, stmt func(int) (string
 	if err != nil {
 		return err
 	}
-	cpu0, sender0 := e.daemonCPU(), e.senderCPU(ctx)
+	cpu0, sender0 := e.daemonCPU(), e.senderCPU(ctx, daemonSlot)
 	lsn0, err := e.insertLSN(ctx)
 	if err != nil {
 		return err
@@ -175,7 +177,7 @@ func (s *throughput) measure(ctx context.Context, e *env, stmt func(int) (string
 		if rs0, err = e.redisStats(ctx); err != nil {
 			return err
 		}
-		d, err := e.startDaemon(s.ID)
+		d, err := e.startDaemon(e.node, s.ID)
 		if err != nil {
 			return err
 		}
@@ -183,11 +185,11 @@ func (s *throughput) measure(ctx context.Context, e *env, stmt func(int) (string
 	} else {
 		s.DecodedAtEnd, s.AppliedAtEnd = e.progress(ctx, lsn0, end)
 	}
-	visible, err := e.waitMark(ctx, mark, 10*time.Minute)
+	visible, err := e.waitMark(ctx, e.node, mark, 10*time.Minute)
 	if err != nil {
 		return err
 	}
-	s.DaemonCPU, s.SenderCPU = e.daemonCPU()-cpu0, e.senderCPU(ctx)-sender0
+	s.DaemonCPU, s.SenderCPU = e.daemonCPU()-cpu0, e.senderCPU(ctx, daemonSlot)-sender0
 	stopPerf()
 	if s.Redis, err = e.redisStats(ctx); err != nil {
 		return err
@@ -201,20 +203,31 @@ func (s *throughput) measure(ctx context.Context, e *env, stmt func(int) (string
 	if s.Daemon, err = e.stopStreaming(); err != nil {
 		return err
 	}
-	return s.ceiling(ctx, e, end)
+	return s.ceilings.read(ctx, e, s.Rows, end)
 }
 
-// ceiling reads the case's WAL with pg_recvlogical, then with the bare receiver.
-func (s *throughput) ceiling(ctx context.Context, e *env, end pglogrepl.LSN) error {
+// ceilings are the readers of a case's WAL the daemon is compared with.
+type ceilings struct {
+	CeilTime time.Duration // pg_recvlogical over the same WAL
+	CeilRate float64
+	CeilCPU  time.Duration // CPU time of the pg_recvlogical process
+	BareTime time.Duration // a bare Go pgoutput receiver over the same WAL
+	BareRate float64
+}
+
+// read reads the case's WAL of rows changes up to end with pg_recvlogical,
+// then with the bare receiver, from the slots createCeilingSlots made
+// before the case's writes.
+func (c *ceilings) read(ctx context.Context, e *env, rows int, end pglogrepl.LSN) error {
 	var err error
-	if s.CeilTime, s.CeilCPU, err = e.recvlogical(ctx, ceilingSlot, end); err != nil {
+	if c.CeilTime, c.CeilCPU, err = e.recvlogical(ctx, ceilingSlot, end); err != nil {
 		return err
 	}
-	s.CeilRate = float64(s.Rows) / s.CeilTime.Seconds()
-	if s.BareTime, err = e.bare(ctx, bareSlot, end); err != nil {
+	c.CeilRate = float64(rows) / c.CeilTime.Seconds()
+	if c.BareTime, err = e.bare(ctx, bareSlot, end); err != nil {
 		return err
 	}
-	s.BareRate = float64(s.Rows) / s.BareTime.Seconds()
+	c.BareRate = float64(rows) / c.BareTime.Seconds()
 	return nil
 }
 

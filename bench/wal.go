@@ -131,10 +131,10 @@ func (e *env) progress(ctx context.Context, start, end pglogrepl.LSN) (decoded, 
 	return decoded, applied
 }
 
-// senderCPU returns the CPU time so far of the walsender serving the daemon's slot.
-func (e *env) senderCPU(ctx context.Context) time.Duration {
+// senderCPU returns the CPU time so far of the walsender serving slot.
+func (e *env) senderCPU(ctx context.Context, slot string) time.Duration {
 	var pid *int32
-	if err := e.db.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", daemonSlot).Scan(&pid); err != nil || pid == nil {
+	if err := e.db.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid); err != nil || pid == nil {
 		return 0
 	}
 	ps, _ := readProc(int(*pid))

@@ -251,24 +251,30 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 
 // fenced sends writes on a Cluster: a script call per hash slot that
 // writes only while the slot's fence holds the writer's token
-// (binding.Fence); a slot's call that met a node without the script loaded
-// is sent again with the script.
+// (binding.Fence). A slot's call that did not run is sent again: with the
+// script itself when the node did not have it loaded (NOSCRIPT), after a
+// short wait when the slot is moving between nodes and some of its keys
+// have moved, others not (TRYAGAIN, until the move ends; the client sends
+// again by itself only what may run twice).
 func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 	s := w.s
-	for evalsha := true; len(writes) > 0; evalsha = false {
+	evalsha, wait := true, time.Millisecond
+	for len(writes) > 0 {
 		cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha)
 		if err != nil {
 			return err
 		}
 		var again []rueidis.Completed
+		moving := false
 		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
 			err := r.Error()
 			switch {
 			case err == nil:
+				continue
 			case evalsha && binding.NoScript(err):
-				for _, j := range of[i] {
-					again = append(again, writes[j])
-				}
+				evalsha = false
+			case binding.TryAgain(err):
+				moving = true
 			case binding.FencedReply(err):
 				return ErrFenced
 			case binding.FenceGoneReply(err):
@@ -276,6 +282,17 @@ func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 			default:
 				return fmt.Errorf("redis write: %w", err)
 			}
+			for _, j := range of[i] {
+				again = append(again, writes[j])
+			}
+		}
+		if moving {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("redis write: a hash slot is moving: %w", ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 50*time.Millisecond)
 		}
 		writes = again
 	}

@@ -265,13 +265,13 @@ func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 			return err
 		}
 		var again []rueidis.Completed
-		moving := false
+		moving, sent := false, evalsha
 		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
 			err := r.Error()
 			switch {
 			case err == nil:
 				continue
-			case evalsha && binding.NoScript(err):
+			case sent && binding.NoScript(err):
 				evalsha = false
 			case binding.TryAgain(err):
 				moving = true

@@ -111,10 +111,19 @@ func TestPartitionedHolderFenced(t *testing.T) {
 	t.Parallel()
 	w := world.New(t, itemsSchema(100))
 	active, standby, _, pgp, rp := partitioned(t, w)
+	writeLate(w, active, standby, pgp, rp, rp.HoldFrom)
+}
 
-	rp.HoldFrom([]byte("held in the network"))
+// writeLate plays the partition of TestPartitionedHolderFenced: hold (of
+// rp) starts holding the active daemon's write of a change to item:1, pgp
+// is cut, the standby takes over and applies a newer change, and the
+// active daemon, killed, has its held write delivered late; Redis must
+// equal the table.
+func writeLate(w *world.World, active, standby *world.Proc, pgp, rp *testenv.Proxy, hold func(marker []byte)) {
+	w.T.Helper()
+	hold([]byte("held in the network"))
 	w.Exec(`UPDATE items SET note = 'held in the network' WHERE id = 1`)
-	world.WaitFor(t, "the active daemon's write of the change, held", func() bool {
+	world.WaitFor(w.T, "the active daemon's write of the change, held", func() bool {
 		return bytes.Contains(rp.Held(), []byte("held in the network"))
 	})
 	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock and its replication end
@@ -124,6 +133,41 @@ func TestPartitionedHolderFenced(t *testing.T) {
 	active.Kill()
 	rp.Release() // the dead daemon's last write reaches Redis, late
 	requireItems(w)
+}
+
+// TestPartitionedHolderFencedCluster: TestPartitionedHolderFenced on a
+// Redis Cluster, where a batch's writes cannot be one transaction. The node
+// that holds item:1 is reached through a proxy (it announces the proxy's
+// address), which holds the active daemon's connection that carries its
+// write of the change; the late write reaches the node after the
+// standby's, and its hash slot's fence refuses it.
+func TestPartitionedHolderFencedCluster(t *testing.T) {
+	t.Parallel()
+	c := testenv.StartCluster(t, 3)
+	owner := c.Owner(t, "item:1")
+	seed := c.Nodes[0]
+	if seed == owner {
+		seed = c.Nodes[1]
+	}
+	rp := testenv.StartProxy(t, owner.Addr)
+	c.Announce(t, owner, rp.Addr) // (before the world's client learns the topology)
+	w := world.NewOn(t, seed, itemsSchema(100))
+	w.Nodes = c.Nodes
+	pgp, yaml := pgProxied(w)
+	active := w.Daemon(w.WriteYAML(yaml))
+	active.WaitLog("streaming changes")
+	standby := w.Daemon(w.WriteConfig(itemsCaches))
+	standby.WaitLog("waiting to take over")
+	waitItems(w)
+	writeLate(w, active, standby, pgp, rp, rp.HoldConnFrom)
+	nc := owner.NodeClient(t)
+	stats, err := nc.Do(context.Background(), nc.B().Info().Section("errorstats").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stats, "errorstat_FENCED:") {
+		t.Fatalf("the late write was not refused by its fence; the node's errors:\n%s", stats)
+	}
 }
 
 // TestTakeoverEndsLostHoldersReplication: only the session holding the
@@ -159,12 +203,8 @@ func TestTakeoverEndsLostHoldersReplication(t *testing.T) {
 func TestLockLossEndsSession(t *testing.T) {
 	t.Parallel()
 	w := world.New(t, itemsSchema(100))
-	u, err := url.Parse(w.DBURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgp := testenv.StartProxy(t, u.Host)
-	d := w.Daemon(w.WriteYAML(strings.Replace(w.YAML(itemsCaches), u.Host, pgp.Addr, 1)))
+	pgp, yaml := pgProxied(w)
+	d := w.Daemon(w.WriteYAML(yaml))
 	d.WaitLog("streaming changes")
 	waitItems(w)
 	holder := func(h []byte) bool { return bytes.Contains(h, []byte(pgsourceHolderPrefix)) }
@@ -175,6 +215,18 @@ func TestLockLossEndsSession(t *testing.T) {
 	d.WaitFor("streaming again", func() bool { return len(d.Stderr.Lines("streaming changes")) == 2 })
 	w.Exec(`UPDATE items SET val = val + 1, note = 'after the lock was lost' WHERE id <= 10`)
 	waitItems(w)
+}
+
+// pgProxied starts a proxy to the world's PostgreSQL and returns it and
+// the world's config of the items cache with the source's URL through it.
+func pgProxied(w *world.World) (*testenv.Proxy, string) {
+	w.T.Helper()
+	u, err := url.Parse(w.DBURL)
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	pgp := testenv.StartProxy(w.T, u.Host)
+	return pgp, strings.Replace(w.YAML(itemsCaches), u.Host, pgp.Addr, 1)
 }
 
 // pgsourceHolderPrefix begins the application_name of the session holding

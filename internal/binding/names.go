@@ -46,6 +46,10 @@ import (
 //	                                       lsn:SOURCE → LSN, cache:NAME → FINGERPRINT/SINCE
 //	cachesync:feed:CONFIG:SOURCE   string  token of the feed session that holds SOURCE's slot
 //	                                       (FeedOwnerKey; state.Claim): its writes are fenced on it
+//	cachesync:fence:{TAG}:CONFIG:SOURCE
+//	                               string  on a Redis Cluster, the same token in each hash slot,
+//	                                       TAG a tag of the slot (FeedFenceKey; fence.go): that
+//	                                       slot's feed writes check it
 //
 // Renaming any of these strands what older processes and older data hold
 // (docs/ARCHITECTURE.md, "Limits": Upgrading); names_test.go pins their

@@ -18,12 +18,7 @@ import (
 func TestRecordNeverLate(t *testing.T) {
 	for _, topology := range []string{"single", "cluster"} {
 		t.Run(topology, func(t *testing.T) {
-			var rc rueidis.Client
-			if topology == "cluster" {
-				rc = testenv.StartCluster(t, 3).Client(t)
-			} else {
-				rc = testenv.StartRedis(t).Client(t)
-			}
+			rc := testenv.StartTopology(t, topology)
 			ctx := context.Background()
 			record := RecordKey("p")
 			b := testBinding(t, FormatString, time.Hour, record)

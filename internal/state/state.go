@@ -125,9 +125,9 @@ return 1`
 var ErrFenced = errors.New("another cachesync took over this source's slot")
 
 // Writer is the one feed session allowed to write a source's changes: what
-// Claim returns. On one Redis node its writes are fenced: a writer whose
-// claim was taken over by a later one writes nothing more, whenever its
-// commands reach Redis, even late, across a network that held them.
+// Claim returns. Its writes are fenced: a writer whose claim was taken over
+// by a later one writes nothing more, whenever its commands reach Redis,
+// even late, across a network that held them.
 type Writer struct {
 	s      *State
 	source string
@@ -141,8 +141,9 @@ type Writer struct {
 }
 
 // Claim makes the caller the writer of source's changes, taking over from
-// any before it: it records a new token in binding.FeedOwnerKey, which
-// every write of a writer checks (on one Redis node; see Advance). Call it
+// any before it: it records a new token in binding.FeedOwnerKey (and, on a
+// Cluster, in every hash slot's binding.FeedFenceKey), which every write of
+// a writer checks (see Advance). Call it
 // holding the slot's lock, before the session writes to Redis; Close the
 // Writer when the session ends.
 func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
@@ -152,6 +153,17 @@ func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
 	}
 	if s.Redis.Mode() != rueidis.ClientModeCluster {
 		w.dc, w.release = s.Redis.Dedicate()
+		return w, nil
+	}
+	// On a Cluster, the token goes in every hash slot's fence too: each
+	// slot's writes check their own (Advance).
+	rb := s.Redis.B()
+	fences := make(rueidis.Commands, binding.Slots)
+	for slot := range fences {
+		fences[slot] = rb.Set().Key(binding.FeedFenceKey(s.Config, source, uint16(slot))).Value(w.token).Build()
+	}
+	if err := firstError(s.Redis.DoMulti(ctx, fences...)); err != nil {
+		return nil, fmt.Errorf("claim %s's fences: %w", w.key, err)
 	}
 	return w, nil
 }
@@ -180,19 +192,17 @@ func (w *Writer) Close() {
 // owner token and read it after the previous EXEC (in the same round
 // trip): a later Claim makes the EXEC write nothing (ErrFenced), even if
 // this writer's commands reach Redis late. On a Cluster a transaction
-// cannot span hash slots: the writes go to several nodes at once and the
-// advance follows in a second round trip, after all of them answered; a
-// writer that lost its claim learns it from the token at its next
-// advance.
+// cannot span hash slots: each slot's writes go in one script call that
+// checks the slot's fence first (binding.Fence), to several nodes at once,
+// and the advance follows in a second round trip, after all of them
+// answered.
 func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
 	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
 		Arg("lsn:"+w.source, formatLSN(from), formatLSN(max(from, to))).Build()
 	if w.dc == nil {
-		if len(writes) > 0 {
-			if err := firstError(s.Redis.DoMulti(ctx, writes...)); err != nil {
-				return err
-			}
+		if err := w.fenced(ctx, writes); err != nil {
+			return err
 		}
 		res := s.Redis.DoMulti(ctx, adv, s.Redis.B().Get().Key(w.key).Build())
 		if err := w.owned(res[1]); err != nil {
@@ -237,6 +247,56 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 		}
 	}
 	return checkAdvance(replies[len(replies)-1].AsInt64())
+}
+
+// fenced sends writes on a Cluster: a script call per hash slot that
+// writes only while the slot's fence holds the writer's token
+// (binding.Fence). A slot's call that did not run is sent again: with the
+// script itself when the node did not have it loaded (NOSCRIPT), after a
+// short wait when the slot is moving between nodes and some of its keys
+// have moved, others not (TRYAGAIN, until the move ends; the client sends
+// again by itself only what may run twice).
+func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
+	s := w.s
+	evalsha, wait := true, time.Millisecond
+	for len(writes) > 0 {
+		cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha)
+		if err != nil {
+			return err
+		}
+		var again []rueidis.Completed
+		moving, sent := false, evalsha
+		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
+			err := r.Error()
+			switch {
+			case err == nil:
+				continue
+			case sent && binding.NoScript(err):
+				evalsha = false
+			case binding.TryAgain(err):
+				moving = true
+			case binding.FencedReply(err):
+				return ErrFenced
+			case binding.FenceGoneReply(err):
+				return fmt.Errorf("%w: %w", ErrRedisLost, err)
+			default:
+				return fmt.Errorf("redis write: %w", err)
+			}
+			for _, j := range of[i] {
+				again = append(again, writes[j])
+			}
+		}
+		if moving {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("redis write: a hash slot is moving: %w", ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 50*time.Millisecond)
+		}
+		writes = again
+	}
+	return nil
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and

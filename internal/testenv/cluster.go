@@ -32,6 +32,16 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	return c
 }
 
+// StartTopology starts a Redis of topology ("single", or "cluster": three
+// primaries) and returns a client of it, closed at cleanup.
+func StartTopology(tb testing.TB, topology string) rueidis.Client {
+	tb.Helper()
+	if topology == "cluster" {
+		return StartCluster(tb, 3).Client(tb)
+	}
+	return StartRedis(tb).Client(tb)
+}
+
 // startClusterNode starts a Redis with cluster mode on, stopped at cleanup.
 func startClusterNode(tb testing.TB) *Redis {
 	tb.Helper()

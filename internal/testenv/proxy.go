@@ -21,6 +21,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	held   bool
 	holdAt []byte // HoldFrom's marker
+	oneAt  []byte // HoldConnFrom's marker
 	conns  []*proxyConn
 	wg     sync.WaitGroup
 }
@@ -31,6 +32,7 @@ type proxyConn struct {
 	mu             sync.Mutex
 	hello          []byte // the first bytes the client sent, up to helloSize
 	pending        []byte // held bytes, not yet delivered
+	holding        bool   // this connection's bytes are held (HoldConnFrom)
 	clientEOF      bool   // the client closed: deliver pending, then close the server's side
 	cut            bool   // the server's side is closed: the client's bytes go nowhere
 	drained        chan struct{}
@@ -82,9 +84,15 @@ func (p *Proxy) up(pc *proxyConn) {
 		if p.holdAt != nil && bytes.Contains(buf[:n], p.holdAt) {
 			p.held, p.holdAt = true, nil
 		}
+		one := p.oneAt != nil && bytes.Contains(buf[:n], p.oneAt)
+		if one {
+			p.oneAt = nil
+		}
 		held := p.held
 		p.mu.Unlock()
 		pc.mu.Lock()
+		pc.holding = pc.holding || one
+		held = held || pc.holding
 		if len(pc.hello) < helloSize {
 			pc.hello = append(pc.hello, buf[:min(n, helloSize-len(pc.hello))]...)
 		}
@@ -140,6 +148,15 @@ func (p *Proxy) HoldFrom(marker []byte) {
 	p.holdAt = marker
 }
 
+// HoldConnFrom is HoldFrom for one connection: the first whose client
+// sends marker (in one read) is held from that read on, until Release;
+// the others, and those made later, are forwarded.
+func (p *Proxy) HoldConnFrom(marker []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.oneAt = marker
+}
+
 // Held returns the bytes the proxy holds now, of every connection.
 func (p *Proxy) Held() []byte {
 	p.mu.Lock()
@@ -153,7 +170,8 @@ func (p *Proxy) Held() []byte {
 	return all
 }
 
-// Release delivers what HoldFrom kept, late, and forwards as before. Of a
+// Release delivers what HoldFrom and HoldConnFrom kept, late, and forwards
+// as before. Of a
 // connection whose client has closed meanwhile, the server gets the held
 // bytes and then the end of the connection, and Release returns once the
 // server has closed it too: it has read and answered all of them.
@@ -165,6 +183,7 @@ func (p *Proxy) Release() {
 	var wait []chan struct{}
 	for _, pc := range conns {
 		pc.mu.Lock()
+		pc.holding = false
 		if !pc.cut && len(pc.pending) > 0 {
 			pc.server.Write(pc.pending)
 			pc.pending = nil

@@ -26,12 +26,29 @@ import (
 // (DESIGN invariant 2), and it costs a few plain commands a key where a
 // lease costs two scripts' work. It needs every key of a transaction in one
 // hash slot, so a Redis Cluster reloads under leases.
+//
+// A cache without a change feed (and without stale copies or hashes) fills
+// expired keys lighter still (action ClaimRecord): only the removal count
+// is watched, and each value is written only while its key is missing (SET
+// NX; a removal, only while OBJECT ENCODING finds no key). Without a feed,
+// a change reaches Redis only as an invalidation after its commit (Put,
+// Invalidate, check's repairs, Clear), which bumps the count: one that came
+// before the WATCH followed a commit the read sees (or, a Put that gave up
+// while its commit was still finishing, one the read waits for: rows are
+// read FOR SHARE); one that comes after refuses the EXEC, or follows it and
+// removes what it wrote. A value another fill wrote meanwhile is kept (SET NX), and one it
+// wrote that expired again was read no later than this reload's read
+// (anything newer is followed by an invalidation). Keys not written because
+// they were there are told as refused, for a lease-guarded reload that
+// keeps them and records their expiry as it is (this transaction's ZADD may
+// have recorded its own). So no key is watched, nor looked at first.
 
 // Watched is a reload begun by Binding.Watch; Exec writes it, Close ends it.
 type Watched struct {
-	b    *Binding
-	keys []string
-	txns []*txn
+	b     *Binding
+	keys  []string
+	txns  []*txn
+	light bool // only the removal count is watched; values go in with SET NX
 }
 
 // txn is the transaction of keys[lo:hi] on a connection of its own.
@@ -52,7 +69,7 @@ type txn struct {
 // fills. The caller must Close what Watch returns. (A write-behind cache
 // reloads under leases: its fills must see its pending marks.)
 func (b *Binding) Watch(ctx context.Context, c rueidis.Client, keys []string, action string, now time.Time) ([]Claimed, *Watched, error) {
-	w := &Watched{b: b, keys: keys}
+	w := &Watched{b: b, keys: keys, light: action == ClaimRecord && !b.Feed && !b.Queued && b.Stale == 0 && b.Format != FormatHash}
 	out := make([]Claimed, len(keys))
 	for lo := 0; lo < len(keys); lo += BatchKeys {
 		t := &txn{lo: lo, hi: min(lo+BatchKeys, len(keys))}
@@ -81,6 +98,13 @@ func (w *Watched) each(fn func(t *txn) error) error {
 // watch WATCHes t's keys and sets their out entries.
 func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Time, out []Claimed) error {
 	b, rb, keys := w.b, t.dc.B(), w.keys[t.lo:t.hi]
+	if w.light {
+		// Every key is to be filled if missing; Exec tells those that were not.
+		for j := range keys {
+			out[t.lo+j] = Claimed{Load: true}
+		}
+		return t.dc.Do(ctx, rb.Watch().Key(RemovalsKey(b.Name)).Build()).Error()
+	}
 	// Which keys are there. OBJECT ENCODING, unlike PTTL or EXISTS, does
 	// not publish a keymiss event for a missing key, which would start a
 	// fill: on-miss of it beside this reload.
@@ -176,22 +200,28 @@ func (w *Watched) watch(ctx context.Context, t *txn, action string, now time.Tim
 var ErrWatchChanged = errors.New("a watched key changed")
 
 // Exec writes fills, fills[j] of keys[of[j]] (over its key, present or not:
-// it is watched), and the kept keys' updates, a transaction (MULTI/EXEC) at
-// a time. It returns the indexes in keys whose transaction Redis refused
-// (ErrWatchChanged): none of those was written or updated; every other
-// was.
+// it is watched; or, light, only while it is missing), and the kept keys'
+// updates, a transaction (MULTI/EXEC) at a time. It returns, ascending, the
+// indexes in keys whose transaction Redis refused (ErrWatchChanged): none
+// of those was written or updated; and, light, those of keys found there,
+// whose value or removal was not written (their "not found" markers may
+// have been removed, and their expiries recorded as this fill's). Every
+// other was written.
 func (w *Watched) Exec(ctx context.Context, fills []Fill, of []int) ([]int, error) {
 	mine := make([][]Fill, len(w.txns))
+	mineOf := make([][]int, len(w.txns))
 	j := 0 // of ascends
 	for n, t := range w.txns {
 		for ; j < len(of) && of[j] < t.hi; j++ {
-			mine[n] = append(mine[n], fills[j])
+			mine[n], mineOf[n] = append(mine[n], fills[j]), append(mineOf[n], of[j])
 		}
 	}
 	changed := make([]bool, len(w.txns))
+	lost := make([][]int, len(w.txns))
 	err := w.each(func(t *txn) error {
 		n := t.lo / BatchKeys
-		err := w.exec(ctx, t, mine[n])
+		var err error
+		lost[n], err = w.exec(ctx, t, mine[n], mineOf[n])
 		if errors.Is(err, ErrWatchChanged) {
 			changed[n] = true
 			return nil
@@ -207,19 +237,56 @@ func (w *Watched) Exec(ctx context.Context, fills []Fill, of []int) ([]int, erro
 			for i := t.lo; i < t.hi; i++ {
 				refused = append(refused, i)
 			}
+		} else {
+			refused = append(refused, lost[n]...)
 		}
 	}
 	return refused, nil
 }
 
-// exec writes one transaction.
-func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
+// gone is a light watched reload's removal of key KEYS[1] whose row is gone,
+// only while it is missing: then its "not found" marker KEYS[2] for ARGV[2]
+// ms when ARGV[1] is n, and its removal from the expiry record KEYS[3] if
+// given. 1: done; 0: the key is there (OBJECT ENCODING publishes no keymiss
+// event).
+const gone = `if redis.call('OBJECT', 'ENCODING', KEYS[1]) then return 0 end
+if ARGV[1] == 'n' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+if KEYS[3] then redis.call('ZREM', KEYS[3], KEYS[1]) end
+return 1`
+
+// exec writes one transaction, fills[j] of keys[of[j]]; light, it returns
+// the indexes of the keys found there, not written.
+func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill, of []int) ([]int, error) {
 	b, rb := w.b, t.dc.B()
 	cmds := append(make(rueidis.Commands, 0, len(fills)+len(t.kept)+5), rb.Multi().Build())
 	cmds = append(cmds, t.kept...)
 	var zadd, zrem, neg []string
+	var ifMissing []int // light: where in cmds each fill's conditional write is
 	for _, f := range fills {
 		k, c := f.Key, CompanionsOf(f.Key)
+		if w.light {
+			ifMissing = append(ifMissing, len(cmds))
+			if f.Deletes() {
+				keys := []string{k, c.Neg}
+				if b.Record != "" {
+					keys = append(keys, b.Record)
+				}
+				cmds = append(cmds, rb.Eval().Script(gone).Numkeys(int64(len(keys))).Key(keys...).Arg(f.mode, strconv.FormatInt(f.ttl, 10)).Build())
+				continue
+			}
+			// (Light: a string, without a stale copy.)
+			set := rb.Set().Key(k).Value(f.value[0]).Nx()
+			if f.ttl > 0 {
+				cmds = append(cmds, set.Px(time.Duration(f.ttl)*time.Millisecond).Build())
+			} else {
+				cmds = append(cmds, set.Build())
+			}
+			neg = append(neg, c.Neg)
+			if f.expiresAt > 0 {
+				zadd = append(zadd, strconv.FormatInt(f.expiresAt, 10), k)
+			}
+			continue
+		}
 		if f.Deletes() { // no row
 			cmds = append(cmds, rb.Del().Key(k, c.Stale).Build())
 			switch {
@@ -259,21 +326,29 @@ func (w *Watched) exec(ctx context.Context, t *txn, fills []Fill) error {
 		if err := r.Error(); err != nil {
 			// A command refused as queued makes Redis discard the whole
 			// transaction.
-			return fmt.Errorf("write: %w", err)
+			return nil, fmt.Errorf("write: %w", err)
 		}
 	}
 	switch {
 	case rueidis.IsRedisNil(err):
-		return ErrWatchChanged
+		return nil, ErrWatchChanged
 	case err != nil:
-		return fmt.Errorf("write: %w", err)
+		return nil, fmt.Errorf("write: %w", err)
 	}
-	for _, r := range replies {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("write: %w", err)
+	var lost []int
+	for j, at := range ifMissing {
+		// (MULTI has no reply among EXEC's.)
+		switch n, err := replies[at-1].AsInt64(); {
+		case rueidis.IsRedisNil(err) || err == nil && n == 0:
+			lost = append(lost, of[j])
 		}
 	}
-	return nil
+	for _, r := range replies {
+		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("write: %w", err)
+		}
+	}
+	return lost, nil
 }
 
 // Close ends the reload: a transaction not executed is abandoned

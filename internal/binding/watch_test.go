@@ -14,22 +14,18 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
-// TestWatchRefused: a watched reload writes nothing for a key that changed
-// between Watch and Exec, whatever changed it, and writes a key nobody
-// touched; a transaction refused leaves the others of the reload written.
+// TestWatchRefused: a watched reload of a cache the change feed keeps
+// writes nothing for a key that changed between Watch and Exec, whatever
+// changed it, and writes a key nobody touched; a transaction refused leaves
+// the others of the reload written.
 func TestWatchRefused(t *testing.T) {
 	rc := testenv.StartRedis(t, testenv.WithRedisArgs("--enable-debug-command", "local")).Client(t)
 	ctx := context.Background()
 	record := RecordKey("p")
 	b := testBinding(t, FormatString, time.Hour, record)
+	b.Feed = true // (every key watched: TestWatchLight has a cache without a feed)
 	rb := rc.B()
-	get := func(key string) string {
-		v, err := rc.Do(ctx, rb.Get().Key(key).Build()).ToString()
-		if err != nil && !rueidis.IsRedisNil(err) {
-			t.Fatal(err)
-		}
-		return v
-	}
+	get := func(key string) string { return valueOf(t, rc, key) }
 	// Expired keys stay until read, so a key can be expired when watched.
 	mustDo(t, rc, rb.Arbitrary("DEBUG", "SET-ACTIVE-EXPIRE").Args("0").Build())
 	for _, c := range []struct {
@@ -102,16 +98,7 @@ func TestWatchRefused(t *testing.T) {
 			if want := (Claimed{Load: true, Present: c.present}); claimed[0] != want {
 				t.Fatalf("watch: %+v, want %+v", claimed[0], want)
 			}
-			if c.change != nil {
-				c.change()
-			}
-			refused, err := w.Exec(ctx, []Fill{b.Fill("p:1", &Value{Bytes: []byte("read")}, c.present, false, 0)}, []int{0})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := len(refused) == 1; got != c.refused {
-				t.Fatalf("refused %v, want %v", refused, c.refused)
-			}
+			execRaced(t, w, b.Fill("p:1", &Value{Bytes: []byte("read")}, c.present, false, 0), c.change, c.refused)
 			if v := get("p:1"); v != c.after {
 				t.Fatalf("p:1 = %q, want %q", v, c.after)
 			}
@@ -123,28 +110,7 @@ func TestWatchRefused(t *testing.T) {
 	}
 
 	t.Run("one of several transactions", func(t *testing.T) {
-		keys := make([]string, 2*BatchKeys+50)
-		var fills []Fill
-		var of []int
-		for i := range keys {
-			keys[i] = "q:" + strconv.Itoa(i)
-			fills = append(fills, b.Fill(keys[i], &Value{Bytes: []byte("read")}, false, false, 0))
-			of = append(of, i)
-		}
-		claimed, w, err := b.Watch(ctx, rc, keys, ClaimRecord, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Close(ctx)
-		if len(claimed) != len(keys) {
-			t.Fatalf("%d claims for %d keys", len(claimed), len(keys))
-		}
-		changed := BatchKeys + 7 // in the second transaction
-		mustDo(t, rc, rb.Set().Key(keys[changed]).Value("new").Build())
-		refused, err := w.Exec(ctx, fills, of)
-		if err != nil {
-			t.Fatal(err)
-		}
+		keys, changed, refused := severalTransactions(t, rc, b)
 		for i, k := range keys {
 			in := i >= BatchKeys && i < 2*BatchKeys
 			if slices.Contains(refused, i) != in {
@@ -346,4 +312,142 @@ func pttl(t *testing.T, rc rueidis.Client, key string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestWatchLight: a watched reload of missing keys in a cache without a
+// change feed watches only the removal count and looks at no key first: a
+// removal refuses its transaction; a key written meanwhile keeps its value
+// and is told refused, alone of its transaction; a row found gone removes
+// nothing that is there; a key nobody touched is written.
+func TestWatchLight(t *testing.T) {
+	rc := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	record := RecordKey("p")
+	b := testBinding(t, FormatString, time.Hour, record)
+	rb := rc.B()
+	get := func(key string) string { return valueOf(t, rc, key) }
+	for _, c := range []struct {
+		name    string
+		row     bool   // the reload read a row (else none: a "not found" marker)
+		change  func() // between Watch and Exec
+		after   string // the key afterwards: "read" is the reload's value
+		refused bool
+	}{
+		{name: "untouched", row: true, after: "read"},
+		{name: "untouched, no row", after: ""},
+		{name: "written (another fill)", row: true, change: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("new").Build()) }, after: "new", refused: true},
+		{name: "written, no row", change: func() { mustDo(t, rc, rb.Set().Key("p:1").Value("new").Build()) }, after: "new", refused: true},
+		{name: "removed while missing (row deleted)", row: true, change: func() { mustDo(t, rc, b.AppendInvalidate(nil, rb, "p:1")...) }, after: "", refused: true},
+		{name: "another key removed", row: true, change: func() { mustDo(t, rc, b.AppendDrop(nil, rb, "p:2")...) }, after: "", refused: true},
+		{name: "cache cleared", row: true, change: func() {
+			if _, err := b.Clear(ctx, rc); err != nil {
+				t.Fatal(err)
+			}
+		}, after: "", refused: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			neg := CompanionsOf("p:1").Neg
+			mustDo(t, rc, rb.Del().Key("p:1", neg, record).Build(), rb.ConfigResetstat().Build())
+			claimed, w, err := b.Watch(ctx, rc, []string{"p:1"}, ClaimRecord, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(ctx)
+			if want := (Claimed{Load: true}); claimed[0] != want {
+				t.Fatalf("watch: %+v, want %+v", claimed[0], want)
+			}
+			if info, _ := rc.Do(ctx, rb.Info().Section("commandstats").Build()).ToString(); strings.Contains(info, "cmdstat_object") || strings.Contains(info, "cmdstat_pttl") {
+				t.Fatalf("the watch looked at the key:\n%s", info)
+			}
+			var v *Value
+			if c.row {
+				v = &Value{Bytes: []byte("read")}
+			}
+			execRaced(t, w, b.Fill("p:1", v, false, true, time.Hour), c.change, c.refused)
+			if v := get("p:1"); v != c.after {
+				t.Fatalf("p:1 = %q, want %q", v, c.after)
+			}
+			if marked := get(neg) != ""; marked != (!c.row && !c.refused) {
+				t.Fatalf("p:1 marked not found: %v, want %v", marked, !c.row && !c.refused)
+			}
+			_, err = rc.Do(ctx, rb.Zscore().Key(record).Member("p:1").Build()).AsFloat64()
+			if recorded := err == nil; c.after == "read" && !recorded {
+				t.Fatal("p:1 not recorded")
+			}
+		})
+	}
+
+	t.Run("one of several transactions", func(t *testing.T) {
+		keys, changed, refused := severalTransactions(t, rc, b)
+		if !slices.Equal(refused, []int{changed}) {
+			t.Fatalf("refused %v, want [%d]", refused, changed)
+		}
+		for i, k := range keys {
+			want := "read"
+			if i == changed {
+				want = "new"
+			}
+			if v := get(k); v != want {
+				t.Fatalf("%s = %q, want %q", k, v, want)
+			}
+		}
+	})
+}
+
+// severalTransactions reloads the missing keys q:0 ... of b (three
+// transactions' worth) with a watched reload that reads "read" for each,
+// while another writer sets the one of index changed, in the second
+// transaction, to "new"; it returns the keys and what Exec refused.
+func severalTransactions(t *testing.T, rc rueidis.Client, b *Binding) (keys []string, changed int, refused []int) {
+	t.Helper()
+	ctx := context.Background()
+	keys = make([]string, 2*BatchKeys+50)
+	var fills []Fill
+	var of []int
+	for i := range keys {
+		keys[i] = "q:" + strconv.Itoa(i)
+		fills = append(fills, b.Fill(keys[i], &Value{Bytes: []byte("read")}, false, false, 0))
+		of = append(of, i)
+	}
+	mustDo(t, rc, rc.B().Del().Key(keys...).Build())
+	claimed, w, err := b.Watch(ctx, rc, keys, ClaimRecord, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(ctx)
+	if len(claimed) != len(keys) {
+		t.Fatalf("%d claims for %d keys", len(claimed), len(keys))
+	}
+	changed = BatchKeys + 7
+	mustDo(t, rc, rc.B().Set().Key(keys[changed]).Value("new").Build())
+	if refused, err = w.Exec(ctx, fills, of); err != nil {
+		t.Fatal(err)
+	}
+	return keys, changed, refused
+}
+
+// execRaced runs change (if any), then w's Exec of fill, its one key, and
+// fails unless Exec refused the key exactly when refused.
+func execRaced(t *testing.T, w *Watched, fill Fill, change func(), refused bool) {
+	t.Helper()
+	if change != nil {
+		change()
+	}
+	got, err := w.Exec(context.Background(), []Fill{fill}, []int{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if (len(got) == 1) != refused {
+		t.Fatalf("refused %v, want %v", got, refused)
+	}
+}
+
+// valueOf returns the string under key, "" when it is missing.
+func valueOf(t *testing.T, rc rueidis.Client, key string) string {
+	t.Helper()
+	v, err := rc.Do(context.Background(), rc.B().Get().Key(key).Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		t.Fatal(err)
+	}
+	return v
 }

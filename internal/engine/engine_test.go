@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"slices"
@@ -534,16 +535,8 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 	} else {
 		rds = testenv.StartRedis(t)
 	}
-	e := newEnvOn(t, rds, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
-		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
-	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry}` + "\n")
-	e.Feed(cfg)
-	c := e.Open(cfg)
+	e, c, b := pricesEnv(t, rds, "", true)
 	ctx := context.Background()
-	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	rb := e.RC.B()
 	recorded := func(key string) bool {
 		_, err := e.RC.Do(ctx, rb.Zscore().Key(binding.RecordKey("prices")).Member(key).Build()).AsFloat64()
@@ -634,6 +627,135 @@ func testReloadLoses(t *testing.T, topology string, watched bool) {
 			if v, _ := e.Get(race.key); v != race.reloaded {
 				t.Fatalf("%s: %s = %q after a later refresh, want %q", race.name, race.key, v, race.reloaded)
 			}
+		}
+	}
+}
+
+// pricesEnv is a world on rds with the table inventory (apple and pear at
+// 1.00) and the cache prices of it (string prices, TTL 1h, refresh on
+// expiry, and the fields of extra), the change feed running if feed; it
+// returns the world, an engine and the cache's binding.
+func pricesEnv(t *testing.T, rds *testenv.Redis, extra string, feed bool) (*world.World, *engine.Engine, *binding.Binding) {
+	t.Helper()
+	e := newEnvOn(t, rds, `CREATE TABLE inventory (item text PRIMARY KEY, price numeric(6,2));
+		INSERT INTO inventory VALUES ('apple', 1.00), ('pear', 1.00)`)
+	cfg := e.Config(`  prices: {table: inventory, key: "price:{item}", value: {format: string, column: price}, ttl: 1h, refresh: on-expiry` + extra + "}\n")
+	if feed {
+		e.Feed(cfg)
+	}
+	c := e.Open(cfg)
+	b, err := binding.New(cfg.Caches["prices"].Spec(), []binding.Column{{Name: "item", TypeOID: 25}, {Name: "price", TypeOID: 1700}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, c, b
+}
+
+// TestReloadLightLoses: in a cache without a change feed, a watched reload
+// of missing keys watches only the cache's removal count and looks at no
+// key first (no OBJECT ENCODING, nor a WATCH of each key), and still writes
+// nothing older than what it raced with: an invalidation (a Put's, after
+// its commit) refuses it whole; a value another fill wrote meanwhile is
+// kept (the key is told refused, and a later reload keeps it, its expiry
+// recorded as it is); a row found gone removes nothing that is there.
+func TestReloadLightLoses(t *testing.T) {
+	e, c, b := pricesEnv(t, testenv.StartRedis(t), ", sync: none, not_found: negative", false)
+	ctx := context.Background()
+	rb := e.RC.B()
+	record := binding.RecordKey("prices")
+	score := func(key string) (float64, bool) {
+		at, err := e.RC.Do(ctx, rb.Zscore().Key(record).Member(key).Build()).AsFloat64()
+		return at, err == nil
+	}
+	neg := func(key string) bool {
+		n, _ := e.RC.Do(ctx, rb.Exists().Key(binding.CompanionsOf(key).Neg).Build()).AsInt64()
+		return n == 1
+	}
+	objectEncodings := func() string {
+		info, err := e.RC.Do(ctx, rb.Info().Section("commandstats").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if strings.HasPrefix(line, "cmdstat_object|encoding:") {
+				return line
+			}
+		}
+		return ""
+	}
+	old := &binding.Value{Bytes: []byte("1.00")}
+	for _, race := range []struct {
+		name, key string
+		read      *binding.Value // what the reload read: the old row, or nil (no row)
+		do        func()
+		refused   bool
+		after     string // the key afterwards ("": missing)
+		reloaded  string // the key after a later reload
+	}{
+		{"none", "price:apple", old, func() {}, false, "1.00", "1.00"},
+		{"no row, none", "price:kiwi", nil, func() {}, false, "", ""},
+		{"Put", "price:apple", old, func() {
+			if _, err := c.Put(ctx, "prices", map[string]any{"item": "apple", "price": "2.00"}); err != nil {
+				t.Fatal(err)
+			}
+		}, true, "", "2.00"},
+		{"another key's invalidation", "price:pear", old, func() {
+			if err := c.Invalidate(ctx, "prices", "price:apple"); err != nil {
+				t.Fatal(err)
+			}
+		}, true, "", "1.00"},
+		{"another fill", "price:pear", old, func() {
+			e.RC.Do(ctx, rb.Set().Key("price:pear").Value("1.50").Px(time.Hour).Build())
+		}, true, "1.50", "1.50"},
+		{"no row, another fill", "price:kiwi", nil, func() {
+			e.RC.Do(ctx, rb.Set().Key("price:kiwi").Value("0.69").Px(time.Hour).Build())
+		}, true, "0.69", "0.69"},
+	} {
+		// The key expired, its expiry recorded; the reload watches ...
+		e.RC.Do(ctx, rb.Del().Key(race.key, binding.CompanionsOf(race.key).Neg).Build())
+		e.RC.Do(ctx, rb.Zadd().Key(record).ScoreMember().ScoreMember(1, race.key).Build())
+		if err := e.RC.Do(ctx, rb.ConfigResetstat().Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		claimed, w, err := b.Watch(ctx, e.RC, []string{race.key}, binding.ClaimRecord, time.Now())
+		if err != nil || len(claimed) != 1 || claimed[0] != (binding.Claimed{Load: true}) {
+			t.Fatalf("%s: watch %+v, %v; want the key to load", race.name, claimed, err)
+		}
+		if line := objectEncodings(); line != "" {
+			t.Fatalf("%s: the watch looked at the key: %s", race.name, line)
+		}
+		// ... the change happens and lands ...
+		race.do()
+		// ... and the reload's write of what it read is refused.
+		refused, err := w.Exec(ctx, []binding.Fill{b.Fill(race.key, race.read, false, true, time.Hour)}, []int{0})
+		w.Close(ctx)
+		if err != nil || (len(refused) == 1) != race.refused {
+			t.Fatalf("%s: the reload's write: refused %v, %v; want refused %v", race.name, refused, err, race.refused)
+		}
+		if v, _ := e.Get(race.key); v != race.after {
+			t.Fatalf("%s: %s = %q after the reload, want %q", race.name, race.key, v, race.after)
+		}
+		if got, want := neg(race.key), race.read == nil && race.after == ""; got != want {
+			t.Fatalf("%s: not-found marker %v, want %v", race.name, got, want)
+		}
+		// A later reload brings back the row as it is then, or keeps a
+		// key that is there, its expiry recorded as it is.
+		if _, err := c.Reload(ctx, "prices", []string{race.key}, false); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := e.Get(race.key); v != race.reloaded {
+			t.Fatalf("%s: %s = %q after a later reload, want %q", race.name, race.key, v, race.reloaded)
+		}
+		at, recorded := score(race.key)
+		if race.reloaded == "" {
+			if recorded {
+				t.Fatalf("%s: %s, gone, is still in the expiry record", race.name, race.key)
+			}
+			continue
+		}
+		pttl, err := e.RC.Do(ctx, rb.Pttl().Key(race.key).Build()).AsInt64()
+		if err != nil || !recorded || math.Abs(at-float64(time.Now().UnixMilli()+pttl)) > 1500 {
+			t.Fatalf("%s: %s recorded %v (at %.0f), expires in %d ms (%v)", race.name, race.key, recorded, at, pttl, err)
 		}
 	}
 }

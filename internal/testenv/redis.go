@@ -282,6 +282,28 @@ func (r *Redis) nodeClient() (rueidis.Client, error) {
 	return c, nil
 }
 
+// Info returns field of r's INFO section (this node alone, on a
+// Cluster), failing the test when r does not say it.
+func (r *Redis) Info(tb testing.TB, section, field string) string {
+	tb.Helper()
+	c, err := r.nodeClient()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	info, err := c.Do(context.Background(), c.B().Info().Section(section).Build()).ToString()
+	if err != nil {
+		tb.Fatalf("INFO %s of %s: %v", section, r.Addr, err)
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	tb.Fatalf("no %s in INFO %s of %s", field, section, r.Addr)
+	return ""
+}
+
 // SetUser runs ACL SETUSER user rules... on r (this node alone, on a
 // Cluster) as the default user.
 func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {

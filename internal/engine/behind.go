@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/rueidis"
@@ -98,34 +97,14 @@ func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
-	err = tryAgain(ctx, func() error {
+	// (A refused script did not run: it runs again.)
+	err = binding.TryAgain(ctx, func() error {
 		return c.redis.Do(ctx, ca.b.QueueCmd(c.redis.B(), key, &v, string(rowJSON), strings.Join(cols, "\x00"))).Error()
 	})
 	if err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
 	return key, nil
-}
-
-// tryAgain runs do, a command of several keys of one Redis Cluster slot,
-// again while Redis refuses it with TRYAGAIN: the slot is moving between
-// nodes and some of the keys have moved, others not, until the move of
-// the slot ends. A refused command did not run, so running it again is
-// safe, whatever it does (the client runs again by itself only the
-// commands it may run twice).
-func tryAgain(ctx context.Context, do func() error) error {
-	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
-		err := do()
-		var re *rueidis.RedisError
-		if !errors.As(err, &re) || !re.IsTryAgain() {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-	}
 }
 
 // WriteBehind is one write-behind cache as its drainer (internal/drain)

@@ -2,8 +2,6 @@ package engine_test
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cachesync/cachesync/internal/binding"
@@ -37,21 +35,7 @@ func TestPutBehindWhileSlotMoves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// refused counts the commands from refused with TRYAGAIN.
-	refused := func() int {
-		info, err := fc.Do(ctx, fc.B().Info().Section("errorstats").Build()).ToString()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for line := range strings.Lines(info) {
-			if n, ok := strings.CutPrefix(strings.TrimSpace(line), "errorstat_TRYAGAIN:count="); ok {
-				count, _ := strconv.Atoi(strings.Split(n, ",")[0])
-				return count
-			}
-		}
-		return 0
-	}
-	before := refused()
+	before := from.Refused(t, "TRYAGAIN")
 	c.StartMove(t, from, to, int(slot), binding.StreamKey("wb"))
 
 	done := make(chan error, 1)
@@ -59,7 +43,7 @@ func TestPutBehindWhileSlotMoves(t *testing.T) {
 		_, err := api.PutBehind(ctx, "wb", map[string]any{"id": 2, "v": 2})
 		done <- err
 	}()
-	world.WaitFor(t, "Redis to refuse PutBehind's script while the slot moves", func() bool { return refused() > before })
+	world.WaitFor(t, "Redis to refuse PutBehind's script while the slot moves", func() bool { return from.Refused(t, "TRYAGAIN") > before })
 	c.MoveSlots(t, from, to, int(slot), int(slot))
 	if err := <-done; err != nil {
 		t.Fatalf("PutBehind while the slot moved: %v", err)

@@ -180,19 +180,17 @@ func (w *Writer) Close() {
 // owner token and read it after the previous EXEC (in the same round
 // trip): a later Claim makes the EXEC write nothing (ErrFenced), even if
 // this writer's commands reach Redis late. On a Cluster a transaction
-// cannot span hash slots: the writes go to several nodes at once and the
-// advance follows in a second round trip, after all of them answered; a
-// writer that lost its claim learns it from the token at its next
-// advance.
+// cannot span hash slots: the writes go to several nodes at once (send)
+// and the advance follows in a second round trip, after all of them
+// answered; a writer that lost its claim learns it from the token at its
+// next advance.
 func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
 	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
 		Arg("lsn:"+w.source, formatLSN(from), formatLSN(max(from, to))).Build()
 	if w.dc == nil {
-		if len(writes) > 0 {
-			if err := firstError(s.Redis.DoMulti(ctx, writes...)); err != nil {
-				return err
-			}
+		if err := w.send(ctx, writes); err != nil {
+			return err
 		}
 		res := s.Redis.DoMulti(ctx, adv, s.Redis.B().Get().Key(w.key).Build())
 		if err := w.owned(res[1]); err != nil {
@@ -237,6 +235,23 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 		}
 	}
 	return checkAdvance(replies[len(replies)-1].AsInt64())
+}
+
+// send sends writes to a Redis Cluster and waits for every reply. While a
+// slot moves between nodes, Redis refuses a command of several of its
+// keys, some moved and some not (TRYAGAIN), until the move ends; the
+// client sends again only the commands it may run twice. Then the whole
+// batch is sent again, in order, as a new session would replay it: the
+// feed's writes may run twice, and those that ran before the refused one
+// run again before it.
+func (w *Writer) send(ctx context.Context, writes []rueidis.Completed) error {
+	if len(writes) == 0 {
+		return nil
+	}
+	for i := range writes {
+		writes[i] = writes[i].Pin() // (the client recycles a command it sent, unless pinned)
+	}
+	return binding.TryAgain(ctx, func() error { return firstError(w.s.Redis.DoMulti(ctx, writes...)) })
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/redis/rueidis"
+
 	"github.com/cachesync/cachesync/internal/state"
 	"github.com/cachesync/cachesync/internal/testenv"
 )
@@ -85,4 +87,58 @@ func failover(t *testing.T, c *testenv.Cluster, replica, primary *testenv.Redis,
 		t.Fatal(err)
 	}
 	c.WaitGone(t, primary)
+}
+
+// TestAdvanceWhileSlotMoves: a batch of the change feed's writes to a
+// Redis Cluster holds a command of two keys of a slot that is moving
+// between primaries, one of the keys moved, the other not: Redis refuses
+// it (TRYAGAIN) until the move ends. Advance waits for the move to end,
+// then the batch is written and the applied LSN advanced, instead of
+// failing (which ended the feed's session).
+func TestAdvanceWhileSlotMoves(t *testing.T) {
+	c := testenv.StartCluster(t, 3)
+	cl := c.Client(t)
+	ctx := context.Background()
+	s := state.New(cl, "moves")
+	w, err := s.Claim(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := s.Forget(ctx, "db", nil, true, 100); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"{m}a", "{m}b"} {
+		if err := cl.Do(ctx, cl.B().Set().Key(k).Value("1").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	from := c.Owner(t, "{m}")
+	to := c.Nodes[0]
+	if to == from {
+		to = c.Nodes[1]
+	}
+	fc := from.NodeClient(t)
+	slot, err := fc.Do(ctx, fc.B().ClusterKeyslot().Key("{m}").Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := from.Refused(t, "TRYAGAIN")
+	c.StartMove(t, from, to, int(slot), "{m}a")
+
+	done := make(chan error, 1)
+	go func() {
+		done <- w.Advance(ctx, []rueidis.Completed{cl.B().Set().Key("{x}c").Value("1").Build(), cl.B().Unlink().Key("{m}a", "{m}b").Build()}, 100, 200)
+	}()
+	testenv.WaitFor(t, "Redis to refuse the write of both keys while the slot moves", func() bool { return from.Refused(t, "TRYAGAIN") > before })
+	c.MoveSlots(t, from, to, int(slot), int(slot))
+	if err := <-done; err != nil {
+		t.Fatalf("Advance while a slot moved: %v", err)
+	}
+	if n, err := cl.Do(ctx, cl.B().Exists().Key("{m}a").Build()).AsInt64(); err != nil || n != 0 {
+		t.Fatalf("{m}a still there (%d, %v) after the batch that removes it", n, err)
+	}
+	if lsn, ok, err := s.Applied(ctx, "db"); err != nil || !ok || lsn != 200 {
+		t.Fatalf("applied LSN %v (%v, %v) after Advance to 200", lsn, ok, err)
+	}
 }

@@ -286,22 +286,37 @@ func (r *Redis) nodeClient() (rueidis.Client, error) {
 // Cluster), failing the test when r does not say it.
 func (r *Redis) Info(tb testing.TB, section, field string) string {
 	tb.Helper()
-	c, err := r.nodeClient()
-	if err != nil {
-		tb.Fatal(err)
+	v, ok := r.info(tb, section, field)
+	if !ok {
+		tb.Fatalf("no %s in INFO %s of %s", field, section, r.Addr)
 	}
-	defer c.Close()
+	return v
+}
+
+// Refused returns how many commands r refused with the error code (INFO
+// errorstats: TRYAGAIN, MOVED, ...) since it started.
+func (r *Redis) Refused(tb testing.TB, code string) int {
+	tb.Helper()
+	v, _ := r.info(tb, "errorstats", "errorstat_"+code)
+	n, _ := strconv.Atoi(strings.TrimPrefix(v, "count="))
+	return n
+}
+
+// info returns field of r's INFO section, and whether r says it.
+func (r *Redis) info(tb testing.TB, section, field string) (string, bool) {
+	tb.Helper()
+	c := r.NodeClient(tb)
 	info, err := c.Do(context.Background(), c.B().Info().Section(section).Build()).ToString()
+	c.Close()
 	if err != nil {
 		tb.Fatalf("INFO %s of %s: %v", section, r.Addr, err)
 	}
 	for line := range strings.Lines(info) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
-			return v
+			return v, true
 		}
 	}
-	tb.Fatalf("no %s in INFO %s of %s", field, section, r.Addr)
-	return ""
+	return "", false
 }
 
 // SetUser runs ACL SETUSER user rules... on r (this node alone, on a

@@ -1,0 +1,30 @@
+package binding
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// TryAgain runs do, which sends commands of several keys of one Redis
+// Cluster slot each, again while Redis refuses one with TRYAGAIN: the
+// slot is moving between nodes, some of the keys have moved and others
+// not, until the move ends. A refused command did not run; the client
+// runs one again by itself only if it may run twice, so the caller, who
+// knows, does. It gives up when ctx ends, returning the refusal.
+func TryAgain(ctx context.Context, do func() error) error {
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		err := do()
+		var re *rueidis.RedisError
+		if !errors.As(err, &re) || !re.IsTryAgain() {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
+}

@@ -149,15 +149,19 @@ func (c *Cluster) StartMove(tb testing.TB, from, to *Redis, slot int, keys ...st
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, cmd := range []struct {
+	type step struct {
 		c   rueidis.Client
 		cmd rueidis.Completed
-	}{
+	}
+	steps := []step{
 		{tc, tc.B().ClusterSetslot().Slot(int64(slot)).Importing().NodeId(fromID).Build()},
 		{fc, fc.B().ClusterSetslot().Slot(int64(slot)).Migrating().NodeId(toID).Build()},
-		{fc, fc.B().Migrate().Host("127.0.0.1").Port(int64(to.Port)).Key("").DestinationDb(0).
-			Timeout(clusterPatience.Milliseconds()).Keys(keys...).Build()},
-	} {
+	}
+	if len(keys) > 0 {
+		steps = append(steps, step{fc, fc.B().Migrate().Host("127.0.0.1").Port(int64(to.Port)).Key("").DestinationDb(0).
+			Timeout(clusterPatience.Milliseconds()).Keys(keys...).Build()})
+	}
+	for _, cmd := range steps {
 		if err := cmd.c.Do(ctx, cmd.cmd).Error(); err != nil {
 			tb.Fatalf("start the move of slot %d from %s to %s: %v", slot, from.Addr, to.Addr, err)
 		}

@@ -98,7 +98,7 @@ func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any)
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
 	// (A refused script did not run: it runs again.)
-	err = binding.TryAgain(ctx, func() error {
+	err = binding.UntilMoved(ctx, func() error {
 		return c.redis.Do(ctx, ca.b.QueueCmd(c.redis.B(), key, &v, string(rowJSON), strings.Join(cols, "\x00"))).Error()
 	})
 	if err != nil {

@@ -256,7 +256,7 @@ func (c *Engine) load(ctx context.Context, ca *cache, key string, values []strin
 // slot's move refuses its script (it did not run).
 func (c *Engine) fillKey(ctx context.Context, ca *cache, token string, f binding.Fill) ([]int64, error) {
 	var n []int64
-	err := binding.TryAgain(ctx, func() (err error) {
+	err := binding.UntilMoved(ctx, func() (err error) {
 		n, err = ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{f}, time.Now())
 		return err
 	})

@@ -72,7 +72,7 @@ func (c *Engine) invalidate(ctx context.Context, ca *cache, key string) error {
 // them again while a Cluster slot's move refuses one (it did not run; the
 // others may run twice).
 func (c *Engine) remove(ctx context.Context, cmds func() []rueidis.Completed) error {
-	return binding.TryAgain(ctx, func() error {
+	return binding.UntilMoved(ctx, func() error {
 		for _, r := range c.redis.DoMulti(ctx, cmds()...) {
 			if err := r.Error(); err != nil {
 				return err

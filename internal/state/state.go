@@ -251,7 +251,7 @@ func (w *Writer) send(ctx context.Context, writes []rueidis.Completed) error {
 	for i := range writes {
 		writes[i] = writes[i].Pin() // (the client recycles a command it sent, unless pinned)
 	}
-	return binding.TryAgain(ctx, func() error { return firstError(w.s.Redis.DoMulti(ctx, writes...)) })
+	return binding.UntilMoved(ctx, func() error { return firstError(w.s.Redis.DoMulti(ctx, writes...)) })
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and

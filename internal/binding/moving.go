@@ -8,13 +8,13 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// TryAgain runs do, which sends commands of several keys of one Redis
+// UntilMoved runs do, which sends commands of several keys of one Redis
 // Cluster slot each, again while Redis refuses one with TRYAGAIN: the
 // slot is moving between nodes, some of the keys have moved and others
 // not, until the move ends. A refused command did not run; the client
 // runs one again by itself only if it may run twice, so the caller, who
 // knows, does. It gives up when ctx ends, returning the refusal.
-func TryAgain(ctx context.Context, do func() error) error {
+func UntilMoved(ctx context.Context, do func() error) error {
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		err := do()
 		var re *rueidis.RedisError

@@ -37,7 +37,8 @@ type itemWriter struct {
 	maxID   int          // ids are 1..maxID
 	rate    float64      // single-row updates per second at most; 0 means no limit
 
-	updates atomic.Int64 // single-row UPDATE statements committed
+	updates  atomic.Int64 // single-row UPDATE statements committed
+	stopping atomic.Bool  // run ends early, as if it had made its total (stop)
 
 	// Probe rows (ids 1..probeIDs) are never deleted or moved and their val
 	// only grows. Each single-row update of one is recorded with the WAL
@@ -297,7 +298,7 @@ func (iw *itemWriter) checkConfirmed(ctx context.Context, w *world.World) (check
 func (iw *itemWriter) run(ctx context.Context, total int64) (string, error) {
 	nextBulk := total / 4
 	start := time.Now()
-	for iw.updates.Load() < total {
+	for iw.updates.Load() < total && !iw.stopping.Load() {
 		if iw.rate > 0 {
 			due := start.Add(time.Duration(float64(iw.updates.Load()) / iw.rate * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
@@ -367,6 +368,14 @@ func (iw *itemWriter) reach(t *testing.T, n int64) {
 			last = now
 		}
 	}
+}
+
+// stop ends the writer started with start (whatever its total) and
+// returns as wait does.
+func (iw *itemWriter) stop(t *testing.T) string {
+	t.Helper()
+	iw.stopping.Store(true)
+	return iw.wait(t)
 }
 
 // wait waits until the writer has finished, failing the test if it fails

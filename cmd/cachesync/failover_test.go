@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"math"
+	"math/rand/v2"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,11 +71,7 @@ func TestSentinelFailover(t *testing.T) {
 // daemon rebuilds, and Redis ends equal to the table.
 func TestClusterFailover(t *testing.T) {
 	t.Parallel()
-	c := testenv.StartCluster(t, 3)
-	w := world.NewOn(t, c.Nodes[0], itemsSchema(300))
-	d := w.Daemon(w.WriteConfig(itemsCaches))
-	d.WaitLog("streaming changes")
-	waitItems(w)
+	c, w, d := clusterItems(t, 300)
 	holder := c.Owner(t, binding.StateKey(w.Name))
 	primary := c.Nodes[0]
 	if primary == holder {
@@ -103,6 +101,18 @@ func TestClusterFailover(t *testing.T) {
 	}
 }
 
+// clusterItems runs the daemon with the items cache of rows rows on a
+// three-primary Cluster, and returns them once Redis holds the table.
+func clusterItems(t *testing.T, rows int) (*testenv.Cluster, *world.World, *world.Proc) {
+	t.Helper()
+	c := testenv.StartCluster(t, 3)
+	w := world.NewOn(t, c.Nodes[0], itemsSchema(rows))
+	d := w.Daemon(w.WriteConfig(itemsCaches))
+	d.WaitLog("streaming changes")
+	waitItems(w)
+	return c, w, d
+}
+
 // waitConfirmed waits until the world's slot has confirmed every change
 // committed so far: PostgreSQL will not send them again.
 func waitConfirmed(t *testing.T, w *world.World) {
@@ -130,5 +140,53 @@ func cutReplica(t *testing.T, replica, primary *testenv.Redis) {
 	pc := primary.NodeClient(t)
 	if n, err := pc.Do(t.Context(), pc.B().ClientKill().TypeReplica().Build()).AsInt64(); err != nil || n != 1 {
 		t.Fatalf("CLIENT KILL TYPE replica: %d, %v", n, err)
+	}
+}
+
+// TestClusterPlannedFailover: a replica joins a Cluster primary while
+// changes stream. The primary starts a new replication history for it (a
+// new replication ID), having lost nothing: the daemon takes the new ID
+// without a rebuild. Then the replica takes over by CLUSTER FAILOVER (no
+// FORCE, no TAKEOVER: it waits until it has every write of its primary,
+// so nothing is lost). The primary's replication ID is gone from the
+// primaries, which the daemon cannot tell from a failover that lost
+// writes: as documented, it rebuilds the caches, and Redis ends equal to
+// the table.
+func TestClusterPlannedFailover(t *testing.T) {
+	t.Parallel()
+	c, w, d := clusterItems(t, 1000)
+	iw := newItemWriter(w, rand.New(rand.NewPCG(3, 4)), 1000, 1100)
+	iw.start(t, math.MaxInt64) // until stopped
+	iw.reach(t, 100)
+	rebuilt := len(d.Stderr.Lines("cache rebuilt"))
+
+	primary := c.Nodes[1]
+	before := primary.Info(t, "replication", "master_replid")
+	replica := c.AddReplica(t, primary)
+	renewed := primary.Info(t, "replication", "master_replid")
+	if renewed == before {
+		t.Fatalf("the primary kept its replication ID %s when its first replica attached", before)
+	}
+	d.WaitFor("the state record to name the primary's new replication ID", func() bool {
+		ids, err := w.RC.Do(context.Background(), w.RC.B().Hget().Key(binding.StateKey(w.Name)).Field("primaries:db").Build()).ToString()
+		return err == nil && strings.Contains(ids, renewed)
+	})
+	if n := len(d.Stderr.Lines("cache rebuilt")); n != rebuilt {
+		t.Fatalf("the daemon rebuilt when a replica joined a primary (nothing was lost):\n%s", d.Tail(10))
+	}
+
+	rc := replica.NodeClient(t)
+	if err := rc.Do(t.Context(), rc.B().ClusterFailover().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitGone(t, primary) // the replica holds the slots, as every node says
+	d.WaitFor("a rebuild after the failover", func() bool { return len(d.Stderr.Lines("cache rebuilt")) > rebuilt })
+	iw.reach(t, iw.updates.Load()+100)
+	lsn := iw.stop(t)
+	waitItems(w)
+	d.Stop()
+	requireConfirmed(w, lsn)
+	if lines := d.Stderr.Lines("failed over"); len(lines) == 0 {
+		t.Errorf("the daemon rebuilt, but never said a primary failed over:\n%s", d.Tail(20))
 	}
 }

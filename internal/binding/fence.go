@@ -53,15 +53,6 @@ func FencedReply(err error) bool { return replyPrefix(err, "FENCED ") }
 // Redis lost it (flushed, restarted without it, evicted).
 func FenceGoneReply(err error) bool { return replyPrefix(err, "FENCEGONE ") }
 
-// TryAgain tells the error reply Redis Cluster gives a command of several
-// keys of a slot that is moving between nodes when some of the keys have
-// moved and others not: the command did not run, and may be sent again
-// (the move ends).
-func TryAgain(err error) bool {
-	ret, ok := rueidis.IsRedisErr(err)
-	return ok && ret.IsTryAgain()
-}
-
 func replyPrefix(err error, prefix string) bool {
 	ret, ok := rueidis.IsRedisErr(err)
 	return ok && strings.HasPrefix(ret.Error(), prefix)

@@ -245,11 +245,11 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	// On a Cluster the state record lives on one node: a failover of
 	// another (a replica promoted without writes it had not received yet)
 	// shows in the primaries' replication IDs instead.
-	var primaries []string
+	var primaries []state.Primary
 	if f.Redis.Mode() == rueidis.ClientModeCluster {
 		// (A primary that does not answer counts as gone: a failed one.)
-		primaries, _ = state.Primaries(ctx, f.Redis)
-		gone, err := f.State.PrimaryGone(ctx, f.Source, primaries)
+		primaries, _ = state.PrimaryInfo(ctx, f.Redis)
+		gone, err := f.State.PrimaryGone(ctx, f.Source, state.IDs(primaries))
 		if err != nil {
 			return err
 		}
@@ -288,40 +288,44 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 		f.Rebuild = nil
 	}
 	if primaries != nil {
-		if err := f.State.SetPrimaries(ctx, f.Source, primaries); err != nil {
+		if err := f.State.SetPrimaries(ctx, f.Source, state.IDs(primaries)); err != nil {
 			return err
 		}
 	}
 	return f.stream(ctx, w, tables, since, applied, primaries)
 }
 
-// watchPrimaries checks a Cluster's primaries every second until ctx ends:
-// it returns ErrRedisLost once one of primaries (state.Primaries) is gone
-// (failed over, or lost its data; the next session rebuilds), and adopts
-// the primaries added since (resharding) as its own and the state's. A
-// check some node did not answer decides nothing.
-func (f *Feed) watchPrimaries(ctx context.Context, primaries []string) error {
+// watchPrimaries checks a Cluster's primaries every second until ctx ends,
+// starting from primaries (state.PrimaryInfo), the ones the state records:
+// it returns ErrRedisLost once one of them is gone (failed over, or lost
+// its data; the next session rebuilds), and adopts as its own and the
+// state's the primaries added since (resharding) and the new replication
+// ID of one that renewed it in place (state.Renewed: its first replica
+// attached). A check some node did not answer decides nothing.
+func (f *Feed) watchPrimaries(ctx context.Context, primaries []state.Primary) error {
 	tick := time.NewTicker(f.CheckEvery)
 	defer tick.Stop()
+	ids, prev := state.IDs(primaries), primaries
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		now, err := state.Primaries(ctx, f.Redis)
+		now, err := state.PrimaryInfo(ctx, f.Redis)
 		if err != nil {
 			continue
 		}
-		if id := state.Gone(primaries, now); id != "" {
+		if id := state.Gone(state.Renewed(ids, prev, now), state.IDs(now)); id != "" {
 			return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
 		}
-		if len(now) > len(primaries) {
-			if err := f.State.SetPrimaries(ctx, f.Source, now); err != nil {
+		if nowIDs := state.IDs(now); !slices.Equal(nowIDs, ids) {
+			if err := f.State.SetPrimaries(ctx, f.Source, nowIDs); err != nil {
 				continue
 			}
-			primaries = now
+			ids = nowIDs
 		}
+		prev = now
 	}
 }
 
@@ -364,7 +368,7 @@ func watchLock(ctx context.Context, lock *pgx.Conn) (context.Context, func()) {
 }
 
 // stream applies the slot's changes until ctx is done or something fails.
-func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN, primaries []string) error {
+func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN, primaries []state.Primary) error {
 	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
 	if err != nil {
 		var pgErr *pgconn.PgError

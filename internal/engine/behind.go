@@ -97,8 +97,11 @@ func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: %w: %w", name, ErrBadRow, err)
 	}
-	cmd := ca.b.QueueCmd(c.redis.B(), key, &v, string(rowJSON), strings.Join(cols, "\x00"))
-	if err := c.redis.Do(ctx, cmd).Error(); err != nil {
+	// (A refused script did not run: it runs again.)
+	err = binding.UntilMoved(ctx, func() error {
+		return c.redis.Do(ctx, ca.b.QueueCmd(c.redis.B(), key, &v, string(rowJSON), strings.Join(cols, "\x00"))).Error()
+	})
+	if err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
 	return key, nil

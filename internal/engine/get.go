@@ -224,7 +224,7 @@ func (c *Engine) load(ctx context.Context, ca *cache, key string, values []strin
 		return nil, fmt.Errorf("cache %q: key %q: %w", ca.cfg.Name, key, ErrNotFound)
 	}
 	if row == nil {
-		n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL)}, time.Now())
+		n, err := c.fillKey(ctx, ca, token, ca.b.Fill(key, nil, false, true, ca.cfg.NegativeTTL))
 		if err != nil {
 			return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 		}
@@ -242,7 +242,7 @@ func (c *Engine) load(ctx context.Context, ca *cache, key string, values []strin
 		release()
 		return ca.unstored(key, err)
 	}
-	n, err := ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{ca.b.Fill(key, &v, false, false, 0)}, time.Now())
+	n, err := c.fillKey(ctx, ca, token, ca.b.Fill(key, &v, false, false, 0))
 	if err != nil {
 		return nil, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
 	}
@@ -250,6 +250,17 @@ func (c *Engine) load(ctx context.Context, ca *cache, key string, values []strin
 		return nil, errQueued
 	}
 	return v.Result(ca.cfg.Format), nil
+}
+
+// fillKey writes one key's fill (ExecFills), again while a Cluster
+// slot's move refuses its script (it did not run).
+func (c *Engine) fillKey(ctx context.Context, ca *cache, token string, f binding.Fill) ([]int64, error) {
+	var n []int64
+	err := binding.UntilMoved(ctx, func() (err error) {
+		n, err = ca.b.ExecFills(ctx, c.redis, token, []binding.Fill{f}, time.Now())
+		return err
+	})
+	return n, err
 }
 
 // loadLocked answers a Get of key, whose row a writer holds, without

@@ -30,11 +30,11 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 	// A row's key that held a value leaves its exists marker (with a
 	// feed); another spelling is no row's, and the feed never writes it.
 	spelled := err == nil
-	var cmds []rueidis.Completed
-	if spelled {
-		cmds = ca.b.AppendDrop(nil, c.redis.B(), key)
-	} else {
-		cmds = ca.b.AppendInvalidate(nil, c.redis.B(), key)
+	cmds := func() []rueidis.Completed {
+		if spelled {
+			return ca.b.AppendDrop(nil, c.redis.B(), key)
+		}
+		return ca.b.AppendInvalidate(nil, c.redis.B(), key)
 	}
 	if err := c.remove(ctx, cmds); err != nil {
 		return fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
@@ -65,15 +65,19 @@ func (c *Engine) refill(ctx context.Context, ca *cache, key string) error {
 
 // invalidate removes key with its companions and its expiry record.
 func (c *Engine) invalidate(ctx context.Context, ca *cache, key string) error {
-	return c.remove(ctx, ca.b.AppendInvalidate(nil, c.redis.B(), key))
+	return c.remove(ctx, func() []rueidis.Completed { return ca.b.AppendInvalidate(nil, c.redis.B(), key) })
 }
 
-// remove sends the commands of a key's removal.
-func (c *Engine) remove(ctx context.Context, cmds []rueidis.Completed) error {
-	for _, r := range c.redis.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			return err
+// remove sends the commands of a key's removal, those cmds builds, all of
+// them again while a Cluster slot's move refuses one (it did not run; the
+// others may run twice).
+func (c *Engine) remove(ctx context.Context, cmds func() []rueidis.Completed) error {
+	return binding.UntilMoved(ctx, func() error {
+		for _, r := range c.redis.DoMulti(ctx, cmds()...) {
+			if err := r.Error(); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }

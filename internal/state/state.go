@@ -252,51 +252,53 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 // fenced sends writes on a Cluster: a script call per hash slot that
 // writes only while the slot's fence holds the writer's token
 // (binding.Fence). A slot's call that did not run is sent again: with the
-// script itself when the node did not have it loaded (NOSCRIPT), after a
-// short wait when the slot is moving between nodes and some of its keys
-// have moved, others not (TRYAGAIN, until the move ends; the client sends
-// again by itself only what may run twice).
+// script itself when the node did not have it loaded (NOSCRIPT), and, when
+// the slot is moving between nodes and some of its keys have moved, others
+// not (TRYAGAIN), once the move ends (binding.UntilMoved). Each slot's
+// writes run in their order; those of other slots do not wait for them.
 func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 	s := w.s
-	evalsha, wait := true, time.Millisecond
-	for len(writes) > 0 {
-		cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha)
-		if err != nil {
-			return err
-		}
-		var again []rueidis.Completed
-		moving, sent := false, evalsha
-		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
-			err := r.Error()
-			switch {
-			case err == nil:
-				continue
-			case sent && binding.NoScript(err):
-				evalsha = false
-			case binding.TryAgain(err):
-				moving = true
-			case binding.FencedReply(err):
-				return ErrFenced
-			case binding.FenceGoneReply(err):
-				return fmt.Errorf("%w: %w", ErrRedisLost, err)
-			default:
-				return fmt.Errorf("redis write: %w", err)
+	evalsha := true
+	err := binding.UntilMoved(ctx, func() error {
+		for len(writes) > 0 {
+			cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha)
+			if err != nil {
+				return err
 			}
-			for _, j := range of[i] {
-				again = append(again, writes[j])
+			var again []rueidis.Completed
+			var moving error
+			sent := evalsha
+			for i, r := range s.Redis.DoMulti(ctx, cmds...) {
+				err := r.Error()
+				switch {
+				case err == nil:
+					continue
+				case sent && binding.NoScript(err):
+					evalsha = false
+				case binding.TryAgain(err):
+					moving = err
+				case binding.FencedReply(err):
+					return ErrFenced
+				case binding.FenceGoneReply(err):
+					return fmt.Errorf("%w: %w", ErrRedisLost, err)
+				default:
+					return fmt.Errorf("redis write: %w", err)
+				}
+				for _, j := range of[i] {
+					again = append(again, writes[j])
+				}
+			}
+			writes = again
+			if moving != nil {
+				return moving // sent again once the move ends
 			}
 		}
-		if moving {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("redis write: a hash slot is moving: %w", ctx.Err())
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, 50*time.Millisecond)
-		}
-		writes = again
+		return nil
+	})
+	if binding.TryAgain(err) {
+		return fmt.Errorf("redis write: %w", err)
 	}
-	return nil
+	return err
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and
@@ -358,41 +360,107 @@ func parseLSN(s string) (pglogrepl.LSN, error) {
 	return pglogrepl.LSN(v), nil
 }
 
+// Primary is a primary of a Redis Cluster as it says of itself.
+type Primary struct {
+	ID    string // master_replid: its replication history
+	RunID string // run_id: a new one at every start of its process
+	Epoch string // cluster_my_epoch: a new, greater one whenever it is promoted ("" when it cannot be read)
+}
+
 // Primaries returns the replication IDs of the primaries of c, a Redis
 // Cluster, sorted. A primary promoted from a replica (a failover) has a
 // new one, and so has a restarted one (Redis 7 starts a new ID at every
 // start, data kept or not): a changed ID says writes it had acknowledged
-// may be lost, not that they are. The error names the nodes that did not
-// answer (within a few seconds each); the IDs are those of the others.
+// may be lost, not that they are (see Renewed). The error names the nodes
+// that did not answer (within a few seconds each); the IDs are those of
+// the others.
 func Primaries(ctx context.Context, c rueidis.Client) ([]string, error) {
+	ps, err := PrimaryInfo(ctx, c)
+	return IDs(ps), err
+}
+
+// PrimaryInfo returns the primaries of c, a Redis Cluster, as Primaries
+// does, with what else each says of itself.
+func PrimaryInfo(ctx context.Context, c rueidis.Client) ([]Primary, error) {
 	var mu sync.Mutex
-	var ids []string
+	var ps []Primary
 	var errs []error
 	var wg sync.WaitGroup
 	for addr, node := range c.Nodes() {
 		wg.Go(func() {
 			nctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			info, err := node.Do(nctx, node.B().Info().Section("replication").Build()).ToString()
+			res := node.DoMulti(nctx, node.B().Info().Section("server", "replication").Build(), node.B().ClusterInfo().Build())
+			info, err := res[0].ToString()
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				errs = append(errs, fmt.Errorf("redis %s: info replication: %w", addr, err))
+				errs = append(errs, fmt.Errorf("redis %s: info: %w", addr, err))
 				return
 			}
 			if !strings.Contains(info, "role:master") {
 				return
 			}
+			var p Primary
 			for line := range strings.Lines(info) {
 				if id, ok := strings.CutPrefix(strings.TrimSpace(line), "master_replid:"); ok {
-					ids = append(ids, id)
+					p.ID = id
+				}
+				if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+					p.RunID = id
 				}
 			}
+			// (Without it, as when the user may not run CLUSTER INFO, no
+			// new replication ID is taken for a renewal.)
+			cinfo, _ := res[1].ToString()
+			for line := range strings.Lines(cinfo) {
+				if e, ok := strings.CutPrefix(strings.TrimSpace(line), "cluster_my_epoch:"); ok {
+					p.Epoch = e
+				}
+			}
+			ps = append(ps, p)
 		})
 	}
 	wg.Wait()
-	slices.Sort(ids)
-	return ids, errors.Join(errs...)
+	slices.SortFunc(ps, func(a, b Primary) int { return strings.Compare(a.ID, b.ID) })
+	return ps, errors.Join(errs...)
+}
+
+// IDs returns the replication IDs of ps, in order.
+func IDs(ps []Primary) []string {
+	ids := make([]string, len(ps))
+	for i, p := range ps {
+		ids[i] = p.ID
+	}
+	return ids
+}
+
+// Renewed returns was (replication IDs) with the ID of each primary that
+// began a new replication history in place since prev (what PrimaryInfo
+// said before) replaced by its new one from now: a primary of prev that is
+// still one in now, the same process (run ID) never promoted since (the
+// same config epoch: a Cluster gives a promoted node a new, greater one),
+// so a primary all along, its data its own. Redis gives a primary a new
+// replication ID when it creates its replication backlog (its first
+// replica attaches) and when it frees it (no replica for
+// repl-backlog-ttl); nothing it held is lost. Every other ID is left as
+// it is: Gone tells whether it is still there.
+func Renewed(was []string, prev, now []Primary) []string {
+	out := slices.Clone(was)
+	for i, id := range out {
+		if slices.ContainsFunc(now, func(q Primary) bool { return q.ID == id }) {
+			continue
+		}
+		j := slices.IndexFunc(prev, func(p Primary) bool { return p.ID == id })
+		if j < 0 || prev[j].RunID == "" || prev[j].Epoch == "" {
+			continue
+		}
+		p := prev[j]
+		if k := slices.IndexFunc(now, func(q Primary) bool { return q.RunID == p.RunID && q.Epoch == p.Epoch }); k >= 0 {
+			out[i] = now[k].ID
+		}
+	}
+	return out
 }
 
 // PrimaryGone reports whether a primary recorded for source (SetPrimaries)

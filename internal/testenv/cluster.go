@@ -64,6 +64,12 @@ func (c *Cluster) form(n int) error {
 // introduces it to the first, and waits until the cluster is ok.
 func (c *Cluster) assign(ctx context.Context, clients []rueidis.Client, n int) error {
 	for i, cl := range clients {
+		// Each its own config epoch, as redis-cli --cluster create gives:
+		// with all at 0 until gossip settles who bumps, a slot's move (the
+		// importing node's claim) can lose to its old owner's.
+		if err := cl.Do(ctx, cl.B().ClusterSetConfigEpoch().ConfigEpoch(int64(i+1)).Build()).Error(); err != nil {
+			return fmt.Errorf("cluster node %s: set config epoch: %w", c.Nodes[i].Addr, err)
+		}
 		lo, hi := i*16384/n, (i+1)*16384/n-1
 		if err := cl.Do(ctx, cl.B().Arbitrary("CLUSTER", "ADDSLOTSRANGE").Args(strconv.Itoa(lo), strconv.Itoa(hi)).Build()).Error(); err != nil {
 			return fmt.Errorf("cluster node %s: add slots: %w", c.Nodes[i].Addr, err)

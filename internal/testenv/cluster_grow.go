@@ -132,6 +132,42 @@ func (c *Cluster) moveSlots(ctx context.Context, clients []rueidis.Client, from,
 	return nil
 }
 
+// StartMove begins the move of slot from the primary from to the primary
+// to and moves only keys (keys of the slot) with it: the slot stays
+// between the two, importing on to and migrating on from, and Redis
+// refuses a command of several of its keys, some moved and some not
+// (TRYAGAIN). The move ends with MoveSlots(tb, from, to, slot, slot).
+func (c *Cluster) StartMove(tb testing.TB, from, to *Redis, slot int, keys ...string) {
+	tb.Helper()
+	fc, tc := from.NodeClient(tb), to.NodeClient(tb)
+	ctx := context.Background()
+	fromID, err := fc.Do(ctx, fc.B().ClusterMyid().Build()).ToString()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	toID, err := tc.Do(ctx, tc.B().ClusterMyid().Build()).ToString()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	type step struct {
+		c   rueidis.Client
+		cmd rueidis.Completed
+	}
+	steps := []step{
+		{tc, tc.B().ClusterSetslot().Slot(int64(slot)).Importing().NodeId(fromID).Build()},
+		{fc, fc.B().ClusterSetslot().Slot(int64(slot)).Migrating().NodeId(toID).Build()},
+	}
+	if len(keys) > 0 {
+		steps = append(steps, step{fc, fc.B().Migrate().Host("127.0.0.1").Port(int64(to.Port)).Key("").DestinationDb(0).
+			Timeout(clusterPatience.Milliseconds()).Keys(keys...).Build()})
+	}
+	for _, cmd := range steps {
+		if err := cmd.c.Do(ctx, cmd.cmd).Error(); err != nil {
+			tb.Fatalf("start the move of slot %d from %s to %s: %v", slot, from.Addr, to.Addr, err)
+		}
+	}
+}
+
 // RemoveNode takes r, a node of c that holds no slots, out of the
 // cluster: every other node forgets it (CLUSTER FORGET, which keeps it out
 // for a minute), then it forgets them (CLUSTER RESET), and it is removed
@@ -195,10 +231,13 @@ func slotOwners(ctx context.Context, n rueidis.Client) (*[16384]int64, error) {
 	return &owner, nil
 }
 
-// SlotPrimaries returns those of nodes (a Cluster client's, by address)
-// that hold slots, as the first of them to answer within 5 s says: the
-// primaries, without a node that failed or left.
-func SlotPrimaries(ctx context.Context, nodes map[string]rueidis.Client) (map[string]rueidis.Client, error) {
+// SlotPrimaries returns the primaries (the nodes that hold slots) as the
+// first of nodes (a Cluster client's, by address) to answer within 5 s
+// says, without a node that failed or left: for each, the client's node,
+// or, for a primary the client has not learned of yet (added by
+// resharding since it last read the topology), a client of that node
+// alone, which done closes.
+func SlotPrimaries(ctx context.Context, nodes map[string]rueidis.Client) (primaries map[string]rueidis.Client, done func(), err error) {
 	var errs []error
 	for _, n := range nodes {
 		nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -210,17 +249,36 @@ func SlotPrimaries(ctx context.Context, nodes map[string]rueidis.Client) (map[st
 		}
 		holds := map[string]bool{}
 		for _, port := range owners {
-			holds[strconv.FormatInt(port, 10)] = true
+			if port != 0 {
+				holds[strconv.FormatInt(port, 10)] = true
+			}
 		}
 		primaries := map[string]rueidis.Client{}
 		for addr, n := range nodes {
 			if _, port, _ := net.SplitHostPort(addr); holds[port] {
 				primaries[addr] = n
+				delete(holds, port)
 			}
 		}
-		return primaries, nil
+		var own []rueidis.Client
+		done := func() {
+			for _, c := range own {
+				c.Close()
+			}
+		}
+		for port := range holds {
+			addr := net.JoinHostPort("127.0.0.1", port) // (the test bed's nodes listen there)
+			c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, ForceSingleClient: true, DisableCache: true})
+			if err != nil {
+				done()
+				return nil, nil, fmt.Errorf("redis %s: %w", addr, err)
+			}
+			own = append(own, c)
+			primaries[addr] = c
+		}
+		return primaries, done, nil
 	}
-	return nil, fmt.Errorf("CLUSTER SLOTS: no node answered: %w", errors.Join(errs...))
+	return nil, nil, fmt.Errorf("CLUSTER SLOTS: no node answered: %w", errors.Join(errs...))
 }
 
 // owns reports whether port holds every slot from lo to hi in owner.

@@ -282,6 +282,43 @@ func (r *Redis) nodeClient() (rueidis.Client, error) {
 	return c, nil
 }
 
+// Info returns field of r's INFO section (this node alone, on a
+// Cluster), failing the test when r does not say it.
+func (r *Redis) Info(tb testing.TB, section, field string) string {
+	tb.Helper()
+	v, ok := r.info(tb, section, field)
+	if !ok {
+		tb.Fatalf("no %s in INFO %s of %s", field, section, r.Addr)
+	}
+	return v
+}
+
+// Refused returns how many commands r refused with the error code (INFO
+// errorstats: TRYAGAIN, MOVED, ...) since it started.
+func (r *Redis) Refused(tb testing.TB, code string) int {
+	tb.Helper()
+	v, _ := r.info(tb, "errorstats", "errorstat_"+code)
+	n, _ := strconv.Atoi(strings.TrimPrefix(v, "count="))
+	return n
+}
+
+// info returns field of r's INFO section, and whether r says it.
+func (r *Redis) info(tb testing.TB, section, field string) (string, bool) {
+	tb.Helper()
+	c := r.NodeClient(tb)
+	info, err := c.Do(context.Background(), c.B().Info().Section(section).Build()).ToString()
+	c.Close()
+	if err != nil {
+		tb.Fatalf("INFO %s of %s: %v", section, r.Addr, err)
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
+
 // SetUser runs ACL SETUSER user rules... on r (this node alone, on a
 // Cluster) as the default user.
 func (r *Redis) SetUser(tb testing.TB, user string, rules ...string) {

@@ -287,11 +287,16 @@ func (w *World) Snapshot(pattern string) map[string]string {
 	nodes := rc.Nodes()
 	if rc.Mode() == rueidis.ClientModeCluster {
 		// The primaries only: a Cluster client keeps a node a test killed
-		// among its nodes, and retries a read of it without end.
-		var err error
-		if nodes, err = testenv.SlotPrimaries(ctx, nodes); err != nil {
+		// among its nodes, and retries a read of it without end; and every
+		// one, also one the client has not learned of yet.
+		var (
+			done func()
+			err  error
+		)
+		if nodes, done, err = testenv.SlotPrimaries(ctx, nodes); err != nil {
 			w.T.Fatal(err)
 		}
+		defer done()
 	}
 	for _, node := range nodes {
 		for cursor := uint64(0); ; {

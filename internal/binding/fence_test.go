@@ -19,7 +19,8 @@ import (
 // without a TTL, a fresh write, a removal), wrapped by Fence, leaves Redis
 // as the plain writes do while the slots' fences hold the writer's token;
 // with another's token it writes nothing and every call says FENCED; with
-// the fences gone, FENCEGONE.
+// the fences gone, FENCEGONE. With routes that no longer hold (a slot
+// moved), a node runs the writes it serves and names the others.
 func TestFence(t *testing.T) {
 	rc := testenv.StartCluster(t, 3).Client(t)
 	ctx := context.Background()
@@ -50,13 +51,20 @@ func TestFence(t *testing.T) {
 	}
 	// Fence's commands are sent once (rueidis recycles what it sent): each
 	// case builds its own from writes, which are never sent.
+	routes, err := ReadRoutes(ctx, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fence := func(token string) []rueidis.Completed {
 		t.Helper()
-		cmds, of, err := Fence(rb, "cfg", "db", token, writes, false)
+		cmds, of, err := Fence(rb, "cfg", "db", token, writes, false, routes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := len(slices.Concat(of...)); n != len(writes) {
+		if len(cmds) != 3 {
+			t.Fatalf("%d calls, want one per node, 3", len(cmds))
+		}
+		if n := len(slices.Compact(slices.Sorted(slices.Values(slices.Concat(of...))))); n != len(writes) {
 			t.Fatalf("the calls carry %d writes, want %d", n, len(writes))
 		}
 		return cmds
@@ -82,7 +90,11 @@ func TestFence(t *testing.T) {
 
 	mustFlush(t, rc)
 	claim("mine")
-	mustDo(t, rc, fence("mine")...)
+	for _, r := range rc.DoMulti(ctx, fence("mine")...) {
+		if failed, err := FenceFailures(r); err != nil || len(failed) > 0 {
+			t.Fatalf("fenced writes: %v, %v", failed, err)
+		}
+	}
 	if got := clusterState(t, rc); !maps.Equal(got, want) {
 		t.Fatalf("fenced writes left\n%v\nwant, as the plain writes,\n%v", got, want)
 	}
@@ -105,8 +117,39 @@ func TestFence(t *testing.T) {
 		}
 	}
 
-	if _, _, err := Fence(rb, "cfg", "db", "mine", []rueidis.Completed{rb.Get().Key("p:1").Build()}, false); err == nil {
+	if _, _, err := Fence(rb, "cfg", "db", "mine", []rueidis.Completed{rb.Get().Key("p:1").Build()}, false, routes); err == nil {
 		t.Fatal("Fence took a GET")
+	}
+
+	// Routes that say one node serves every slot: that node writes the
+	// keys it serves and names every other write's steps misrouted.
+	mustFlush(t, rc)
+	claim("mine")
+	stale := *routes
+	for s := range stale.node {
+		stale.node[s] = 0
+	}
+	stale.fence = stale.fence[:1]
+	cmds, of, err := Fence(rb, "cfg", "db", "mine", writes, false, &stale)
+	if err != nil || len(cmds) != 1 {
+		t.Fatalf("Fence with one node: %d calls, %v", len(cmds), err)
+	}
+	failed, err := FenceFailures(rc.Do(ctx, cmds[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	misrouted := map[int]bool{}
+	for _, f := range failed {
+		if !f.Misrouted() {
+			t.Fatalf("step %d: %s, want misrouted", f.Step, f.Err)
+		}
+		misrouted[of[0][f.Step]] = true
+	}
+	for i := range writes {
+		_, keys, _ := feedOps(writes[i].Commands())
+		if node := routes.node[keySlot(keys[0])]; (node == 0) == misrouted[i] {
+			t.Errorf("write %d (%s %s): misrouted %v, though its node is %d", i, writes[i].Commands()[0], keys[0], misrouted[i], node)
+		}
 	}
 }
 

@@ -138,6 +138,9 @@ type Writer struct {
 	dc       rueidis.DedicatedClient
 	release  func()
 	watching bool // key is watched on dc, and held token when last read
+	// On a Cluster, which node serves each slot, as last read: its
+	// writes are grouped by node (binding.Fence).
+	routes *binding.Routes
 }
 
 // Claim makes the caller the writer of source's changes, taking over from
@@ -155,8 +158,8 @@ func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
 		w.dc, w.release = s.Redis.Dedicate()
 		return w, nil
 	}
-	// On a Cluster, the token goes in every hash slot's fence too: each
-	// slot's writes check their own (Advance).
+	// On a Cluster, the token goes in every hash slot's fence too: the
+	// writes to a node check the fence of one of its slots (Advance).
 	rb := s.Redis.B()
 	fences := make(rueidis.Commands, binding.Slots)
 	for slot := range fences {
@@ -164,6 +167,10 @@ func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
 	}
 	if err := firstError(s.Redis.DoMulti(ctx, fences...)); err != nil {
 		return nil, fmt.Errorf("claim %s's fences: %w", w.key, err)
+	}
+	var err error
+	if w.routes, err = binding.ReadRoutes(ctx, s.Redis); err != nil {
+		return nil, err
 	}
 	return w, nil
 }
@@ -249,56 +256,74 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 	return checkAdvance(replies[len(replies)-1].AsInt64())
 }
 
-// fenced sends writes on a Cluster: a script call per hash slot that
-// writes only while the slot's fence holds the writer's token
-// (binding.Fence). A slot's call that did not run is sent again: with the
-// script itself when the node did not have it loaded (NOSCRIPT), and, when
-// the slot is moving between nodes and some of its keys have moved, others
-// not (TRYAGAIN), once the move ends (binding.UntilMoved). Each slot's
-// writes run in their order; those of other slots do not wait for them.
+// fenced sends writes on a Cluster: a script call per node that writes
+// only while the fence of one of the node's slots holds the writer's token
+// (binding.Fence). What did not run is sent again, in order: a node's
+// call, with the script itself when the node did not have it loaded
+// (NOSCRIPT); and, once the routes are read anew and after a short wait
+// (the move of a slot ends), a node's call refused while its fence's slot
+// moves (TRYAGAIN) and the writes of keys a node does not serve (any
+// longer: resharding).
 func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 	s := w.s
-	evalsha := true
-	err := binding.UntilMoved(ctx, func() error {
-		for len(writes) > 0 {
-			cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha)
-			if err != nil {
-				return err
-			}
-			var again []rueidis.Completed
-			var moving error
-			sent := evalsha
-			for i, r := range s.Redis.DoMulti(ctx, cmds...) {
-				err := r.Error()
-				switch {
-				case err == nil:
-					continue
-				case sent && binding.NoScript(err):
-					evalsha = false
-				case binding.TryAgain(err):
-					moving = err
-				case binding.FencedReply(err):
-					return ErrFenced
-				case binding.FenceGoneReply(err):
-					return fmt.Errorf("%w: %w", ErrRedisLost, err)
-				default:
+	evalsha, wait := true, time.Millisecond
+	for len(writes) > 0 {
+		cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha, w.routes)
+		if err != nil {
+			return err
+		}
+		again := make([]bool, len(writes))
+		moved, sent := false, evalsha
+		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
+			err := r.Error()
+			switch {
+			case err == nil:
+				failed, err := binding.FenceFailures(r)
+				if err != nil {
 					return fmt.Errorf("redis write: %w", err)
 				}
-				for _, j := range of[i] {
-					again = append(again, writes[j])
+				for _, f := range failed {
+					if !f.Misrouted() {
+						return fmt.Errorf("redis write: %s", f.Err)
+					}
+					again[of[i][f.Step]], moved = true, true
 				}
+				continue
+			case sent && binding.NoScript(err):
+				evalsha = false
+			case binding.TryAgain(err):
+				moved = true
+			case binding.FencedReply(err):
+				return ErrFenced
+			case binding.FenceGoneReply(err):
+				return fmt.Errorf("%w: %w", ErrRedisLost, err)
+			default:
+				return fmt.Errorf("redis write: %w", err)
 			}
-			writes = again
-			if moving != nil {
-				return moving // sent again once the move ends
+			for _, j := range of[i] {
+				again[j] = true
 			}
 		}
-		return nil
-	})
-	if binding.TryAgain(err) {
-		return fmt.Errorf("redis write: %w", err)
+		var left []rueidis.Completed
+		for j, a := range again {
+			if a {
+				left = append(left, writes[j])
+			}
+		}
+		writes = left
+		if moved {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("redis write: a hash slot is moving: %w", ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 50*time.Millisecond)
+			if w.routes, err = binding.ReadRoutes(ctx, s.Redis); err != nil {
+				return err
+			}
+		}
 	}
-	return err
+	return nil
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and

@@ -140,7 +140,7 @@ func writeLate(w *world.World, active, standby *world.Proc, pgp, rp *testenv.Pro
 // that holds item:1 is reached through a proxy (it announces the proxy's
 // address), which holds the active daemon's connection that carries its
 // write of the change; the late write reaches the node after the
-// standby's, and its hash slot's fence refuses it.
+// standby's, and the node's fence refuses it.
 func TestPartitionedHolderFencedCluster(t *testing.T) {
 	t.Parallel()
 	c := testenv.StartCluster(t, 3)

@@ -17,7 +17,8 @@ const Slots = 16384
 // FeedFenceKey names the change feed's fence in Redis Cluster hash slot
 // slot, for source in the config named config: the token of the session
 // that holds the source's replication slot (state.Claim writes it in every
-// slot), which each of that session's writes in the slot checks (Fence).
+// slot), which that session's writes to the node serving the slot may
+// check (Fence checks one slot's per node).
 func FeedFenceKey(config, source string, slot uint16) string {
 	return Reserved + "fence:{" + slotTags()[slot] + "}:" + config + ":" + source
 }

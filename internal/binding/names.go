@@ -48,8 +48,8 @@ import (
 //	                                       (FeedOwnerKey; state.Claim): its writes are fenced on it
 //	cachesync:fence:{TAG}:CONFIG:SOURCE
 //	                               string  on a Redis Cluster, the same token in each hash slot,
-//	                                       TAG a tag of the slot (FeedFenceKey; fence.go): that
-//	                                       slot's feed writes check it
+//	                                       TAG a tag of the slot (FeedFenceKey; fence.go): the
+//	                                       feed's writes to a node check one of its slots'
 //
 // Renaming any of these strands what older processes and older data hold
 // (docs/ARCHITECTURE.md, "Limits": Upgrading); names_test.go pins their

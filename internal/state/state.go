@@ -199,10 +199,10 @@ func (w *Writer) Close() {
 // owner token and read it after the previous EXEC (in the same round
 // trip): a later Claim makes the EXEC write nothing (ErrFenced), even if
 // this writer's commands reach Redis late. On a Cluster a transaction
-// cannot span hash slots: each slot's writes go in one script call that
-// checks the slot's fence first (binding.Fence), to several nodes at once,
-// and the advance follows in a second round trip, after all of them
-// answered.
+// cannot span hash slots: each node's writes go in one script call that
+// checks the fence of one of its slots first (binding.Fence), to several
+// nodes at once, and the advance follows in a second round trip, after all
+// of them answered.
 func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, to pglogrepl.LSN) error {
 	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).

@@ -79,6 +79,7 @@ func NoScript(err error) bool {
 type Routes struct {
 	node  [Slots]int // index of the slot's node; -1: none
 	fence []uint16   // per node
+	addr  []string   // per node, host:port
 }
 
 // ReadRoutes reads the routes of the Cluster behind client (CLUSTER SLOTS).
@@ -112,6 +113,7 @@ func ReadRoutes(ctx context.Context, client rueidis.Client) (*Routes, error) {
 			n = len(r.fence)
 			nodes[addr] = n
 			r.fence = append(r.fence, uint16(lo))
+			r.addr = append(r.addr, addr)
 		}
 		for s := lo; s <= hi; s++ {
 			r.node[s] = n

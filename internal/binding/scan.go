@@ -3,6 +3,7 @@ package binding
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -39,6 +40,9 @@ func scanKeys(ctx context.Context, client rueidis.Client, pattern string, owns f
 // EachPrimary calls fn with each primary of client: the one node, or each
 // Redis Cluster primary (replicas are skipped).
 func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string, node rueidis.Client) error) error {
+	if err := learnPrimaries(ctx, client); err != nil {
+		return err
+	}
 	for addr, node := range client.Nodes() {
 		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
 		if err != nil {
@@ -49,6 +53,42 @@ func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string
 		}
 		if err := fn(addr, node); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// learnPrimaries makes a Redis Cluster client know every primary CLUSTER
+// SLOTS names. A client learns of a primary added by resharding only when
+// it rescans the topology (every few seconds) or is redirected there: a
+// read of a key in one of the primary's slots (OBJECT ENCODING, which
+// publishes no keymiss event) redirects it.
+func learnPrimaries(ctx context.Context, client rueidis.Client) error {
+	if client.Mode() != rueidis.ClientModeCluster {
+		return nil
+	}
+	routes, err := ReadRoutes(ctx, client)
+	if err != nil {
+		return err
+	}
+	for n, addr := range routes.addr {
+		key := "{" + slotTags()[routes.fence[n]] + "}"
+		// (The node asked may not know of the move yet: a few tries.)
+		for wait := time.Millisecond; ; wait *= 2 {
+			if _, ok := client.Nodes()[addr]; ok {
+				break
+			}
+			if wait > time.Second {
+				return fmt.Errorf("cluster slots names primary %s, which the client is not redirected to", addr)
+			}
+			if err := client.Do(ctx, client.B().ObjectEncoding().Key(key).Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
+				return fmt.Errorf("reach %s: %w", addr, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
 		}
 	}
 	return nil

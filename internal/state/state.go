@@ -260,70 +260,74 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 // only while the fence of one of the node's slots holds the writer's token
 // (binding.Fence). What did not run is sent again, in order: a node's
 // call, with the script itself when the node did not have it loaded
-// (NOSCRIPT); and, once the routes are read anew and after a short wait
-// (the move of a slot ends), a node's call refused while its fence's slot
-// moves (TRYAGAIN) and the writes of keys a node does not serve (any
-// longer: resharding).
+// (NOSCRIPT); and, with the routes read anew once a slot's move ends
+// (binding.UntilMoved), a node's call refused while its fence's slot moves
+// (TRYAGAIN) and the writes of keys a node does not serve (any longer).
 func (w *Writer) fenced(ctx context.Context, writes []rueidis.Completed) error {
 	s := w.s
-	evalsha, wait := true, time.Millisecond
-	for len(writes) > 0 {
-		cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha, w.routes)
-		if err != nil {
-			return err
-		}
-		again := make([]bool, len(writes))
-		moved, sent := false, evalsha
-		for i, r := range s.Redis.DoMulti(ctx, cmds...) {
-			err := r.Error()
-			switch {
-			case err == nil:
-				failed, err := binding.FenceFailures(r)
-				if err != nil {
-					return fmt.Errorf("redis write: %w", err)
-				}
-				for _, f := range failed {
-					if !f.Misrouted() {
-						return fmt.Errorf("redis write: %s", f.Err)
-					}
-					again[of[i][f.Step]], moved = true, true
-				}
-				continue
-			case sent && binding.NoScript(err):
-				evalsha = false
-			case binding.TryAgain(err):
-				moved = true
-			case binding.FencedReply(err):
-				return ErrFenced
-			case binding.FenceGoneReply(err):
-				return fmt.Errorf("%w: %w", ErrRedisLost, err)
-			default:
-				return fmt.Errorf("redis write: %w", err)
-			}
-			for _, j := range of[i] {
-				again[j] = true
-			}
-		}
-		var left []rueidis.Completed
-		for j, a := range again {
-			if a {
-				left = append(left, writes[j])
-			}
-		}
-		writes = left
-		if moved {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("redis write: a hash slot is moving: %w", ctx.Err())
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, 50*time.Millisecond)
-			if w.routes, err = binding.ReadRoutes(ctx, s.Redis); err != nil {
+	evalsha, stale := true, false
+	err := binding.UntilMoved(ctx, func() error {
+		if stale {
+			routes, err := binding.ReadRoutes(ctx, s.Redis)
+			if err != nil {
 				return err
 			}
+			w.routes, stale = routes, false
 		}
+		for len(writes) > 0 {
+			cmds, of, err := binding.Fence(s.Redis.B(), s.Config, w.source, w.token, writes, evalsha, w.routes)
+			if err != nil {
+				return err
+			}
+			again := make([]bool, len(writes))
+			sent := evalsha
+			for i, r := range s.Redis.DoMulti(ctx, cmds...) {
+				err := r.Error()
+				switch {
+				case err == nil:
+					failed, err := binding.FenceFailures(r)
+					if err != nil {
+						return fmt.Errorf("redis write: %w", err)
+					}
+					for _, f := range failed {
+						if !f.Misrouted() {
+							return fmt.Errorf("redis write: %s", f.Err)
+						}
+						again[of[i][f.Step]], stale = true, true
+					}
+					continue
+				case sent && binding.NoScript(err):
+					evalsha = false
+				case binding.TryAgain(err):
+					stale = true
+				case binding.FencedReply(err):
+					return ErrFenced
+				case binding.FenceGoneReply(err):
+					return fmt.Errorf("%w: %w", ErrRedisLost, err)
+				default:
+					return fmt.Errorf("redis write: %w", err)
+				}
+				for _, j := range of[i] {
+					again[j] = true
+				}
+			}
+			var left []rueidis.Completed
+			for j, a := range again {
+				if a {
+					left = append(left, writes[j])
+				}
+			}
+			writes = left
+			if stale {
+				return binding.ErrMoving // sent again once the move ends
+			}
+		}
+		return nil
+	})
+	if binding.TryAgain(err) {
+		return fmt.Errorf("redis write: %w", err)
 	}
-	return nil
+	return err
 }
 
 // watched checks the replies of WATCH and GET of the owner token, and

@@ -396,20 +396,13 @@ type Primary struct {
 	Epoch string // cluster_my_epoch: a new, greater one whenever it is promoted ("" when it cannot be read)
 }
 
-// Primaries returns the replication IDs of the primaries of c, a Redis
-// Cluster, sorted. A primary promoted from a replica (a failover) has a
-// new one, and so has a restarted one (Redis 7 starts a new ID at every
-// start, data kept or not): a changed ID says writes it had acknowledged
-// may be lost, not that they are (see Renewed). The error names the nodes
-// that did not answer (within a few seconds each); the IDs are those of
-// the others.
-func Primaries(ctx context.Context, c rueidis.Client) ([]string, error) {
-	ps, err := PrimaryInfo(ctx, c)
-	return IDs(ps), err
-}
-
-// PrimaryInfo returns the primaries of c, a Redis Cluster, as Primaries
-// does, with what else each says of itself.
+// PrimaryInfo returns the primaries of c, a Redis Cluster, sorted by
+// replication ID, with what else each says of itself. A primary promoted
+// from a replica (a failover) has a new ID, and so has a restarted one
+// (Redis 7 starts a new ID at every start, data kept or not): a changed ID
+// says writes it had acknowledged may be lost, not that they are (see
+// Renewed). The error names the nodes that did not answer (within a few
+// seconds each); the primaries are the others.
 func PrimaryInfo(ctx context.Context, c rueidis.Client) ([]Primary, error) {
 	var mu sync.Mutex
 	var ps []Primary
@@ -493,7 +486,7 @@ func Renewed(was []string, prev, now []Primary) []string {
 }
 
 // PrimaryGone reports whether a primary recorded for source (SetPrimaries)
-// is not among ids (Primaries): it failed over or lost its data since,
+// is not among ids (IDs of PrimaryInfo): it failed over or lost its data since,
 // and with it, maybe, writes it had acknowledged. (A primary added since is
 // no loss.)
 func (s *State) PrimaryGone(ctx context.Context, source string, ids []string) (bool, error) {
@@ -507,7 +500,7 @@ func (s *State) PrimaryGone(ctx context.Context, source string, ids []string) (b
 	return Gone(strings.Split(was, ","), ids) != "", nil
 }
 
-// Gone returns the first of was (replication IDs, Primaries) not among
+// Gone returns the first of was (replication IDs, PrimaryInfo) not among
 // now, or "" when all are: a primary added since is no loss.
 func Gone(was, now []string) string {
 	for _, id := range was {
@@ -518,7 +511,7 @@ func Gone(was, now []string) string {
 	return ""
 }
 
-// SetPrimaries records ids (Primaries) as the primaries source's writes go to.
+// SetPrimaries records ids (IDs of PrimaryInfo) as the primaries source's writes go to.
 func (s *State) SetPrimaries(ctx context.Context, source string, ids []string) error {
 	if err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("primaries:"+source, strings.Join(ids, ",")).Build()).Error(); err != nil {
 		return fmt.Errorf("write %s: %w", s.Key, err)

@@ -45,9 +45,11 @@ func StartTopology(tb testing.TB, topology string) rueidis.Client {
 // startClusterNode starts a Redis with cluster mode on, stopped at cleanup.
 func startClusterNode(tb testing.TB) *Redis {
 	tb.Helper()
-	return StartRedis(tb, WithRedisArgs("--cluster-enabled", "yes",
-		"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"))
+	return StartRedis(tb, clusterNode)
 }
+
+// clusterNode is the option of a Cluster node: cluster mode on.
+var clusterNode = WithRedisArgs("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")
 
 // clusterPatience bounds forming or changing a Cluster: only a failure
 // exhausts it, on a machine as busy as a CI's.

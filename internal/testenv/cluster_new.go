@@ -19,8 +19,7 @@ func NewCluster(dir string, n int) (*Cluster, error) {
 		if err := os.MkdirAll(node, 0o755); err != nil {
 			return nil, errors.Join(fmt.Errorf("cluster node dir: %w", err), c.Stop())
 		}
-		r, err := NewRedis(node, WithRedisArgs("--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"))
+		r, err := NewRedis(node, clusterNode)
 		if err != nil {
 			return nil, errors.Join(err, c.Stop())
 		}

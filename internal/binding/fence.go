@@ -73,12 +73,13 @@ func NoScript(err error) bool {
 	return ok && ret.IsNoScript()
 }
 
-// Routes tell which node of a Redis Cluster serves each hash slot, as
-// CLUSTER SLOTS said when ReadRoutes read it, and, per node, one slot it
-// serves, whose fence its writes check (Fence).
+// Routes tell which node (a primary) of a Redis Cluster serves each hash
+// slot, as CLUSTER SLOTS said when ReadRoutes read it, and, per node, its
+// address and one slot it serves: the slot whose fence its writes check
+// (Fence), and of a key that redirects a client there (EachPrimary).
 type Routes struct {
 	node  [Slots]int // index of the slot's node; -1: none
-	fence []uint16   // per node
+	slot  []uint16   // per node, the first slot it serves
 	addr  []string   // per node, host:port
 }
 
@@ -110,9 +111,9 @@ func ReadRoutes(ctx context.Context, client rueidis.Client) (*Routes, error) {
 		addr := host + ":" + strconv.FormatInt(port, 10)
 		n, ok := nodes[addr]
 		if !ok {
-			n = len(r.fence)
+			n = len(r.slot)
 			nodes[addr] = n
-			r.fence = append(r.fence, uint16(lo))
+			r.slot = append(r.slot, uint16(lo))
 			r.addr = append(r.addr, addr)
 		}
 		for s := lo; s <= hi; s++ {
@@ -138,7 +139,7 @@ func Fence(rb rueidis.Builder, config, source, token string, writes []rueidis.Co
 		args []string
 		of   []int
 	}
-	groups := make([]*group, len(routes.fence))
+	groups := make([]*group, len(routes.slot))
 	var order []int
 	for i := range writes {
 		ops, keys, err := feedOps(writes[i].Commands())
@@ -169,7 +170,7 @@ func Fence(rb rueidis.Builder, config, source, token string, writes []rueidis.Co
 	}
 	cmds, of = make([]rueidis.Completed, len(order)), make([][]int, len(order))
 	for i, n := range order {
-		g, fence := groups[n], FeedFenceKey(config, source, routes.fence[n])
+		g, fence := groups[n], FeedFenceKey(config, source, routes.slot[n])
 		of[i] = g.of
 		if evalsha {
 			cmds[i] = rb.Evalsha().Sha1(fencedSHA).Numkeys(1).Key(fence).Arg(g.args...).Build()

@@ -129,7 +129,7 @@ func TestFence(t *testing.T) {
 	for s := range stale.node {
 		stale.node[s] = 0
 	}
-	stale.fence = stale.fence[:1]
+	stale.slot = stale.slot[:1]
 	cmds, of, err := Fence(rb, "cfg", "db", "mine", writes, false, &stale)
 	if err != nil || len(cmds) != 1 {
 		t.Fatalf("Fence with one node: %d calls, %v", len(cmds), err)

@@ -38,18 +38,33 @@ func scanKeys(ctx context.Context, client rueidis.Client, pattern string, owns f
 }
 
 // EachPrimary calls fn with each primary of client: the one node, or each
-// Redis Cluster primary (replicas are skipped).
+// Redis Cluster primary CLUSTER SLOTS names (replicas, and nodes that
+// serve no slot, hold no key of their own), also one the client has not
+// learned of yet.
 func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string, node rueidis.Client) error) error {
-	if err := learnPrimaries(ctx, client); err != nil {
+	if client.Mode() != rueidis.ClientModeCluster {
+		for addr, node := range client.Nodes() {
+			role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+			if err != nil {
+				return fmt.Errorf("role of %s: %w", addr, err)
+			}
+			if r, _ := role[0].ToString(); r != "master" {
+				continue
+			}
+			if err := fn(addr, node); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	routes, err := ReadRoutes(ctx, client)
+	if err != nil {
 		return err
 	}
-	for addr, node := range client.Nodes() {
-		role, err := node.Do(ctx, node.B().Role().Build()).ToArray()
+	for n, addr := range routes.addr {
+		node, err := reach(ctx, client, addr, routes.slot[n])
 		if err != nil {
-			return fmt.Errorf("role of %s: %w", addr, err)
-		}
-		if r, _ := role[0].ToString(); r != "master" {
-			continue
+			return err
 		}
 		if err := fn(addr, node); err != nil {
 			return err
@@ -58,40 +73,29 @@ func EachPrimary(ctx context.Context, client rueidis.Client, fn func(addr string
 	return nil
 }
 
-// learnPrimaries makes a Redis Cluster client know every primary CLUSTER
-// SLOTS names. A client learns of a primary added by resharding only when
-// it rescans the topology (every few seconds) or is redirected there: a
-// read of a key in one of the primary's slots (OBJECT ENCODING, which
-// publishes no keymiss event) redirects it.
-func learnPrimaries(ctx context.Context, client rueidis.Client) error {
-	if client.Mode() != rueidis.ClientModeCluster {
-		return nil
-	}
-	routes, err := ReadRoutes(ctx, client)
-	if err != nil {
-		return err
-	}
-	for n, addr := range routes.addr {
-		key := "{" + slotTags()[routes.fence[n]] + "}"
-		// (The node asked may not know of the move yet: a few tries.)
-		for wait := time.Millisecond; ; wait *= 2 {
-			if _, ok := client.Nodes()[addr]; ok {
-				break
-			}
-			if wait > time.Second {
-				return fmt.Errorf("cluster slots names primary %s, which the client is not redirected to", addr)
-			}
-			if err := client.Do(ctx, client.B().ObjectEncoding().Key(key).Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
-				return fmt.Errorf("reach %s: %w", addr, err)
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(wait):
-			}
+// reach returns the client's node addr, which serves slot. A client learns
+// of a primary added by resharding only when it rescans the topology
+// (every few seconds) or is redirected there: a read of a key of slot
+// (OBJECT ENCODING, which publishes no keymiss event) redirects it.
+func reach(ctx context.Context, client rueidis.Client, addr string, slot uint16) (rueidis.Client, error) {
+	key := "{" + slotTags()[slot] + "}"
+	// (The node asked may not know of the move yet: a few tries.)
+	for wait := time.Millisecond; ; wait *= 2 {
+		if node, ok := client.Nodes()[addr]; ok {
+			return node, nil
+		}
+		if wait > time.Second {
+			return nil, fmt.Errorf("cluster slots names primary %s, which the client is not redirected to", addr)
+		}
+		if err := client.Do(ctx, client.B().ObjectEncoding().Key(key).Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("reach %s: %w", addr, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
 		}
 	}
-	return nil
 }
 
 // ScanTemplate is scanKeys for the keys of template t that owns accepts

@@ -78,9 +78,9 @@ func NoScript(err error) bool {
 // address and one slot it serves: the slot whose fence its writes check
 // (Fence), and of a key that redirects a client there (EachPrimary).
 type Routes struct {
-	node  [Slots]int // index of the slot's node; -1: none
-	slot  []uint16   // per node, the first slot it serves
-	addr  []string   // per node, host:port
+	node [Slots]int // index of the slot's node; -1: none
+	slot []uint16   // per node, the first slot it serves
+	addr []string   // per node, host:port
 }
 
 // ReadRoutes reads the routes of the Cluster behind client (CLUSTER SLOTS).

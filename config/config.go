@@ -1,6 +1,6 @@
 // Package config loads and checks a cachesync configuration file.
 //
-// A config names PostgreSQL sources, one Redis target and the caches (bindings)
+// A config names PostgreSQL sources, one Redis target or several, and the caches (bindings)
 // that map a table onto a family of Redis keys. Load parses YAML, expands
 // ${ENV} references and applies defaults; Validate checks everything that can be
 // checked without a database. Checks against the live schema live in
@@ -36,8 +36,14 @@ import (
 type Config struct {
 	// Name identifies this deployment; it names the replication slot and
 	// publication (cachesync_NAME) and prefixes cachesync's own Redis keys.
-	Name    string            `yaml:"name"`
-	Redis   Redis             `yaml:"redis"`
+	Name string `yaml:"name"`
+	// Redis is the config's only target, or the first of several: the one
+	// the API and the daemon's HTTP API serve (filled by Validate).
+	Redis Redis `yaml:"-"`
+	// Targets are the Redis servers the caches live in, each with its own
+	// state: the redis section, one mapping or a list of named targets.
+	// One change feed per source keeps them all in step.
+	Targets Targets           `yaml:"redis"`
 	Sources map[string]Source `yaml:"sources"`
 	Caches  map[string]*Cache `yaml:"caches"`
 	HTTP    HTTP              `yaml:"http"`
@@ -194,6 +200,8 @@ type Cache struct {
 	NotFound string `yaml:"not_found"`
 	// Schedule lists cron-scheduled reloads.
 	Schedule []Schedule `yaml:"schedule"`
+	// Targets names the Redis targets that hold the cache (default: all).
+	Targets []string `yaml:"targets"`
 
 	// Filled by Validate.
 	Template *binding.Template `yaml:"-"`
@@ -335,10 +343,7 @@ func (c *Config) Validate() error {
 	if !nameRE.MatchString(c.Name) || len(c.Name) > 40 {
 		return FieldError("name", "%q must be lower-case letters, digits and _ (at most 40), starting with a letter: it names the replication slot", c.Name)
 	}
-	if c.Redis.URL == "" {
-		return FieldError("redis.url", "missing")
-	}
-	if _, err := c.RedisOption(); err != nil {
+	if err := c.validateTargets(); err != nil {
 		return err
 	}
 	if len(c.Sources) == 0 {
@@ -387,6 +392,9 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	}
 	if _, ok := c.Sources[cc.Source]; !ok {
 		return FieldError(field+".source", "unknown source %q (sources: %s)", cc.Source, strings.Join(sortedKeys(c.Sources), ", "))
+	}
+	if err := c.validateCacheTargets(field, cc); err != nil {
+		return err
 	}
 	if cc.Table == "" {
 		return FieldError(field+".table", "missing")

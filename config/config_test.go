@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,47 @@ func TestLoadValid(t *testing.T) {
 	}
 	if p.Fingerprint() == s.Fingerprint() || p.Fingerprint() != c.Caches["prices"].Fingerprint() {
 		t.Fatal("fingerprints do not tell caches apart")
+	}
+}
+
+// TestTargets loads a config with two Redis targets: a cache holds all of
+// them unless it lists some, and each target's view of the config has its
+// Redis and its caches.
+func TestTargets(t *testing.T) {
+	c, err := Load(strings.NewReader(`name: shop
+redis:
+  - {name: eu, url: "redis://127.0.0.1:6379/0"}
+  - {name: us, url: "rediss://127.0.0.1:6380/0", buffer: 5000}
+sources:
+  db: {url: "postgres://u:pw@127.0.0.1:5432/db"}
+caches:
+  prices: {table: inventory, key: "price:{item}"}
+  stock: {table: inventory, key: "stock:{item}", targets: [us]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TargetNames(); !slices.Equal(got, []string{"eu", "us"}) {
+		t.Fatalf("targets %v", got)
+	}
+	if c.Redis.Name != "eu" || c.Targets[0].Buffer != DefaultBuffer || c.Targets[1].Buffer != 5000 {
+		t.Fatalf("first target %+v, targets %+v", c.Redis, c.Targets)
+	}
+	if got := c.Caches["prices"].Targets; !slices.Equal(got, []string{"eu", "us"}) {
+		t.Fatalf("prices targets %v", got)
+	}
+	us := c.ForTarget("us")
+	if us.Redis.Name != "us" || !slices.Equal(us.CacheNames(), []string{"prices", "stock"}) {
+		t.Fatalf("us sees %s and %v", us.Redis.Name, us.CacheNames())
+	}
+	if eu := c.ForTarget("eu"); eu.Redis.Name != "eu" || !slices.Equal(eu.CacheNames(), []string{"prices"}) {
+		t.Fatalf("eu sees %s and %v", eu.Redis.Name, eu.CacheNames())
+	}
+	if opt, err := us.RedisOption(); err != nil || opt.TLSConfig == nil || opt.InitAddress[0] != "127.0.0.1:6380" {
+		t.Fatalf("us option %+v, %v", opt, err)
+	}
+	if len(c.Caches) != 2 {
+		t.Fatal("ForTarget changed the config")
 	}
 }
 
@@ -83,6 +125,15 @@ caches:
 		{"schedule both", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", schedule: [{cron: "0 */5 * * * *", keys: [price:apple], where: "price > 0"}]`, 1), "config: caches.prices.schedule[0]: give keys or where"},
 		{"schedule key", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", schedule: [{cron: "0 */5 * * * *", keys: [fruit:apple]}]`, 1), "config: caches.prices.schedule[0].keys:"},
 		{"bad sync", strings.Replace(base, `key: "price:{item}"`, `key: "price:{item}", sync: sometimes`, 1), "config: caches.prices.sync:"},
+		{"redis typo", strings.Replace(base, `{url:`, `{ulr: x, url:`, 1), "field ulr not found"},
+		{"redis scalar", strings.Replace(base, `{url: "redis://127.0.0.1:6379/0"}`, `redis://127.0.0.1:6379/0`, 1), "redis must be a mapping"},
+		{"targets unnamed", strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {url: \"redis://127.0.0.1:6379/0\"}\n  - {name: us, url: \"redis://127.0.0.1:6380/0\"}", 1), "config: redis[0].name:"},
+		{"targets same name", strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\"}\n  - {name: eu, url: \"redis://127.0.0.1:6380/0\"}", 1), "config: redis.eu.name: \"eu\" names two targets"},
+		{"targets same redis", strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\"}\n  - {name: us, url: \"redis://127.0.0.1:6379/0\"}", 1), "config: redis.us.url: the same Redis as target \"eu\""},
+		{"target url", strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\"}\n  - {name: us, url: \"http://127.0.0.1:6380\"}", 1), "config: redis.us.url:"},
+		{"target buffer", strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\", buffer: -1}\n  - {name: us, url: \"redis://127.0.0.1:6380/0\"}", 1), "config: redis.eu.buffer:"},
+		{"unknown target", strings.Replace(strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\"}\n  - {name: us, url: \"redis://127.0.0.1:6380/0\"}", 1), "table: inventory", "table: inventory, targets: [ap]", 1), "config: caches.prices.targets: unknown target \"ap\" (targets: eu, us)"},
+		{"target twice", strings.Replace(strings.Replace(base, `redis: {url: "redis://127.0.0.1:6379/0"}`, "redis:\n  - {name: eu, url: \"redis://127.0.0.1:6379/0\"}\n  - {name: us, url: \"redis://127.0.0.1:6380/0\"}", 1), "table: inventory", "table: inventory, targets: [us, us]", 1), "config: caches.prices.targets: target \"us\" is listed twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

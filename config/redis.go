@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,10 +16,15 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+	"gopkg.in/yaml.v3"
 )
 
-// Redis is the one Redis (single node or cluster) that holds the caches.
+// Redis is one Redis (a node, a Cluster, or a primary a Sentinel watches)
+// that holds caches: a target.
 type Redis struct {
+	// Name names a target when the config has several (redis: is then a
+	// list); it is empty for a config's only target.
+	Name string `yaml:"name"`
 	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS;
 	// redis-sentinel://[user:password@]host:port/MASTER[/db] (or
 	// rediss-sentinel://) names a Sentinel and the primary it watches
@@ -32,6 +38,152 @@ type Redis struct {
 	// used from the next reconnection on. It overrides the URL's password.
 	PasswordFile string   `yaml:"password_file"`
 	TLS          RedisTLS `yaml:"tls"`
+	// Buffer bounds the changes held for this target, when the config has
+	// several, while it cannot keep up or cannot be reached: past it the
+	// target is left behind and rebuilt when it answers again, and the
+	// others go on (default DefaultBuffer).
+	Buffer int `yaml:"buffer"`
+}
+
+// DefaultBuffer is a target's buffer when redis.buffer is not set.
+const DefaultBuffer = 100_000
+
+// field names r in an error message: redis, or redis.NAME for one of
+// several targets.
+func (r Redis) field() string {
+	if r.Name == "" {
+		return "redis"
+	}
+	return "redis." + r.Name
+}
+
+// Targets is the redis section: one Redis, written as a mapping, or a list
+// of named ones.
+type Targets []Redis
+
+// UnmarshalYAML accepts a mapping (one target) or a list of mappings.
+func (t *Targets) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.MappingNode:
+		var r Redis
+		if err := strictDecode(n, &r); err != nil {
+			return err
+		}
+		*t = Targets{r}
+	case yaml.SequenceNode:
+		for _, e := range n.Content {
+			var r Redis
+			if err := strictDecode(e, &r); err != nil {
+				return err
+			}
+			*t = append(*t, r)
+		}
+	default:
+		return fmt.Errorf("line %d: redis must be a mapping {url: ...} or a list of named targets [{name: ..., url: ...}]", n.Line)
+	}
+	return nil
+}
+
+// strictDecode decodes n into v refusing unknown fields, as Load does for
+// the whole file (a Node's own Decode would accept them).
+func strictDecode(n *yaml.Node, v any) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a redis target must be a mapping {url: ...}", n.Line)
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("line %d: redis: %s", n.Line, strings.TrimPrefix(oneLine(err.Error()), "yaml: "))
+	}
+	return nil
+}
+
+// TargetNames returns the names of the config's targets, in the order
+// written: the first is the one the API serves.
+func (c *Config) TargetNames() []string {
+	names := make([]string, len(c.Targets))
+	for i, t := range c.Targets {
+		names[i] = t.Name
+	}
+	return names
+}
+
+// ForTarget returns the config as seen by one target: its Redis, and only
+// the caches that list it. The copy shares the caches.
+func (c *Config) ForTarget(name string) *Config {
+	d := *c
+	d.Caches = map[string]*Cache{}
+	for _, t := range c.Targets {
+		if t.Name == name {
+			d.Redis, d.Targets = t, Targets{t}
+		}
+	}
+	for n, cc := range c.Caches {
+		if slices.Contains(cc.Targets, name) {
+			d.Caches[n] = cc
+		}
+	}
+	return &d
+}
+
+// validateTargets checks the redis section and sets Redis to the first
+// target.
+func (c *Config) validateTargets() error {
+	if len(c.Targets) == 0 {
+		c.Targets = Targets{c.Redis} // a config built in Go
+	}
+	several := len(c.Targets) > 1
+	names, urls := map[string]bool{}, map[string]string{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		if several && !nameRE.MatchString(t.Name) {
+			return FieldError(fmt.Sprintf("redis[%d].name", i), "%q: several targets each need a name of lower-case letters, digits and _", t.Name)
+		}
+		if names[t.Name] {
+			return FieldError(t.field()+".name", "%q names two targets", t.Name)
+		}
+		names[t.Name] = true
+		if t.URL == "" {
+			return FieldError(t.field()+".url", "missing")
+		}
+		if other, ok := urls[t.URL]; ok {
+			return FieldError(t.field()+".url", "the same Redis as target %q: targets keep their own state in their Redis, so each must be a Redis of its own", other)
+		}
+		urls[t.URL] = t.Name
+		if t.Buffer < 0 {
+			return FieldError(t.field()+".buffer", "must not be negative")
+		}
+		if t.Buffer == 0 {
+			t.Buffer = DefaultBuffer
+		}
+		if _, err := t.Option(); err != nil {
+			return err
+		}
+	}
+	c.Redis = c.Targets[0]
+	return nil
+}
+
+// validateCacheTargets checks which targets a cache lists: all of them
+// when it names none.
+func (c *Config) validateCacheTargets(field string, cc *Cache) error {
+	if len(cc.Targets) == 0 {
+		cc.Targets = c.TargetNames()
+		return nil
+	}
+	for i, name := range cc.Targets {
+		if !slices.Contains(c.TargetNames(), name) {
+			return FieldError(field+".targets", "unknown target %q (targets: %s)", name, strings.Join(c.TargetNames(), ", "))
+		}
+		if slices.Contains(cc.Targets[:i], name) {
+			return FieldError(field+".targets", "target %q is listed twice", name)
+		}
+	}
+	return nil
 }
 
 // RedisTLS is how a rediss:// URL's connections are verified and which
@@ -56,41 +208,47 @@ type RedisTLS struct {
 // refresher and the keymiss listener must subscribe to.
 const clusterRescan = 5 * time.Second
 
-// RedisClient opens a client of the redis section (RedisOption) without
-// client-side caching: the daemon's and its commands' client.
-func (c *Config) RedisClient() (rueidis.Client, error) {
-	opt, err := c.RedisOption()
+// RedisClient opens a client of the config's first target (Redis.Client):
+// the daemon's and its commands' client.
+func (c *Config) RedisClient() (rueidis.Client, error) { return c.Redis.Client() }
+
+// RedisOption is the client option of the config's first target (Redis.Option).
+func (c *Config) RedisOption() (rueidis.ClientOption, error) { return c.Redis.Option() }
+
+// Client opens a client of r (Option) without client-side caching.
+func (r Redis) Client() (rueidis.Client, error) {
+	opt, err := r.Option()
 	if err != nil {
 		return nil, err
 	}
 	opt.DisableCache = true
 	rc, err := rueidis.NewClient(opt)
 	if err != nil {
-		return nil, fmt.Errorf("redis: %w", err)
+		return nil, fmt.Errorf("%s: %w", r.field(), err)
 	}
 	return rc, nil
 }
 
-// RedisOption turns the redis section into a rueidis client option: the
-// URL's address, database and credentials, the username and password that
-// override them, the TLS of a rediss:// URL, and a password file read for
-// every connection (AuthCredentialsFn); on a Redis Cluster the client
-// rescans the topology every clusterRescan.
-func (c *Config) RedisOption() (rueidis.ClientOption, error) {
-	raw := c.Redis.URL
+// Option turns r into a rueidis client option: the URL's address, database
+// and credentials, the username and password that override them, the TLS of
+// a rediss:// URL, and a password file read for every connection
+// (AuthCredentialsFn); on a Redis Cluster the client rescans the topology
+// every clusterRescan.
+func (r Redis) Option() (rueidis.ClientOption, error) {
+	raw, f := r.URL, r.field()
 	if redisStrayAt(raw) {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is ambiguous: it has an '@' after the host; write '/', '?', '#' and '@' in a user name or password as %%2F, %%3F, %%23 and %%40", redactURL(raw))
+		return rueidis.ClientOption{}, urlError(f+".url", raw, "%q is ambiguous: it has an '@' after the host; write '/', '?', '#' and '@' in a user name or password as %%2F, %%3F, %%23 and %%40", redactURL(raw))
 	}
 	u, err := url.Parse(raw)
 	if err != nil || !slices.Contains([]string{"redis", "rediss", "unix", "redis-sentinel", "rediss-sentinel"}, u.Scheme) || (u.Scheme != "unix" && u.Host == "") {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%q is not a redis://host:port/db, rediss://, redis-sentinel://host:port/master or unix:// URL", redactURL(raw))
+		return rueidis.ClientOption{}, urlError(f+".url", raw, "%q is not a redis://host:port/db, rediss://, redis-sentinel://host:port/master or unix:// URL", redactURL(raw))
 	}
 	parse := raw
 	if scheme, ok := strings.CutSuffix(u.Scheme, "-sentinel"); ok {
 		// rueidis's own spelling: the Sentinel's address, master_set.
 		master, db, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
 		if master == "" {
-			return rueidis.ClientOption{}, urlError("redis.url", raw, "%q names no primary: write %s://host:port/MASTER[/db]", redactURL(raw), u.Scheme)
+			return rueidis.ClientOption{}, urlError(f+".url", raw, "%q names no primary: write %s://host:port/MASTER[/db]", redactURL(raw), u.Scheme)
 		}
 		q := u.Query()
 		q.Set("master_set", master)
@@ -103,19 +261,19 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 	}
 	opt, err := rueidis.ParseURL(parse)
 	if err != nil {
-		return rueidis.ClientOption{}, urlError("redis.url", raw, "%s", err)
+		return rueidis.ClientOption{}, urlError(f+".url", raw, "%s", err)
 	}
 	opt.ClusterOption.ShardsRefreshInterval = clusterRescan
 	// No CLIENT SETINFO: a user with the README's ACL may not send it
 	// (Redis 7.2 and later would log every refusal), and 7.0 lacks it.
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo
-	if c.Redis.Username != "" {
-		opt.Username = c.Redis.Username
+	if r.Username != "" {
+		opt.Username = r.Username
 	}
-	if c.Redis.Password != "" {
-		opt.Password = c.Redis.Password
+	if r.Password != "" {
+		opt.Password = r.Password
 	}
-	if err := c.Redis.TLS.apply(&opt, u.Scheme); err != nil {
+	if err := r.TLS.apply(&opt, u.Scheme, f); err != nil {
 		return rueidis.ClientOption{}, err
 	}
 	if opt.Sentinel.MasterSet != "" {
@@ -123,16 +281,16 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 		// rediss-sentinel://, with the same CA and certificate.
 		opt.Sentinel.TLSConfig = opt.TLSConfig
 	}
-	if path := c.Redis.PasswordFile; path != "" {
+	if path := r.PasswordFile; path != "" {
 		if opt.Sentinel.MasterSet != "" {
 			// (The client would send the Sentinels the primary's password.)
-			return rueidis.ClientOption{}, FieldError("redis.password_file", "not with a redis-sentinel:// URL; give the password in the URL or redis.password")
+			return rueidis.ClientOption{}, FieldError(f+".password_file", "not with a redis-sentinel:// URL; give the password in the URL or redis.password")
 		}
-		if c.Redis.Password != "" {
-			return rueidis.ClientOption{}, FieldError("redis.password_file", "set password or password_file, not both")
+		if r.Password != "" {
+			return rueidis.ClientOption{}, FieldError(f+".password_file", "set password or password_file, not both")
 		}
 		if _, err := readSecret(path); err != nil {
-			return rueidis.ClientOption{}, FieldError("redis.password_file", "%v", err)
+			return rueidis.ClientOption{}, FieldError(f+".password_file", "%v", err)
 		}
 		user := opt.Username
 		opt.Password = ""
@@ -141,7 +299,7 @@ func (c *Config) RedisOption() (rueidis.ClientOption, error) {
 		opt.AuthCredentialsFn = func(rueidis.AuthCredentialsContext) (rueidis.AuthCredentials, error) {
 			password, err := readSecret(path)
 			if err != nil {
-				return rueidis.AuthCredentials{}, fmt.Errorf("redis.password_file: %w", err)
+				return rueidis.AuthCredentials{}, fmt.Errorf("%s.password_file: %w", f, err)
 			}
 			return rueidis.AuthCredentials{Username: user, Password: password}, nil
 		}
@@ -168,10 +326,10 @@ func readSecret(path string) (string, error) {
 // client certificate loaded for every handshake. Without a client
 // certificate, a connection to a server that asked for one explains the
 // error that ends it (explainNoCert).
-func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme string) error {
+func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme, f string) error {
 	tc := opt.TLSConfig
 	if t != (RedisTLS{}) && tc == nil {
-		return FieldError("redis.tls", "needs a rediss:// URL (redis.url is %s://)", scheme)
+		return FieldError(f+".tls", "needs a rediss:// URL (redis.url is %s://)", scheme)
 	}
 	if tc == nil {
 		return nil
@@ -179,7 +337,7 @@ func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme string) error {
 	if t.CAFile != "" {
 		pool, err := readCAs(t.CAFile)
 		if err != nil {
-			return FieldError("redis.tls.ca_file", "%v", err)
+			return FieldError(f+".tls.ca_file", "%v", err)
 		}
 		tc.RootCAs = pool
 	}
@@ -195,14 +353,14 @@ func (t RedisTLS) apply(opt *rueidis.ClientOption, scheme string) error {
 		}
 		opt.DialCtxFn = explainNoCert
 	default:
-		if _, err := loadPair("redis.tls", t.CertFile, t.KeyFile); err != nil {
+		if _, err := loadPair(f+".tls", t.CertFile, t.KeyFile); err != nil {
 			return err
 		}
 		cert, key := t.CertFile, t.KeyFile
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			pair, err := tls.LoadX509KeyPair(cert, key)
 			if err != nil {
-				return nil, fmt.Errorf("redis.tls.cert_file: %w", err)
+				return nil, fmt.Errorf("%s.tls.cert_file: %w", f, err)
 			}
 			return &pair, nil
 		}

@@ -85,7 +85,7 @@ func withGrocery(m *testing.M) int {
 		return fail(err)
 	}
 	defer rc.Close()
-	feed := changefeed.New(cfg, "catalog", rc, world.Logger())
+	feed := changefeed.New(cfg, "catalog", world.Logger(), rc)
 	done := make(chan error, 1)
 	go func() { done <- feed.Run(ctx) }()
 	defer func() { cancel(); <-done }()

@@ -116,7 +116,7 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 			return nil, err
 		}
 		maps.Copy(all, bindings)
-		d.feeds = append(d.feeds, changefeed.New(cfg, source, client, log))
+		d.feeds = append(d.feeds, changefeed.New(cfg, source, log, client))
 	}
 	if err := schema.CheckKeyspaces(all); err != nil {
 		client.Close()

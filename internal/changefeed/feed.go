@@ -46,16 +46,23 @@ type Stats struct {
 	BackfillRow atomic.Int64 // rows written by rebuilds
 }
 
-// Feed keeps the caches of one PostgreSQL source in step with its change stream.
+// Feed keeps the caches of one PostgreSQL source in step with its change
+// stream, in one Redis target or several: one replication slot feeds them
+// all, and each target keeps its own claim, state and applied position.
 type Feed struct {
 	Source string
 	URL    string
-	Slot   string // names the replication slot and the publication
-	Caches []*config.Cache
-	Redis  rueidis.Client
-	State  *state.State
-	Log    *slog.Logger
-	Stats  *Stats
+	Slot   string          // names the replication slot and the publication
+	Caches []*config.Cache // every cache of the source, all targets together
+	// Targets are the Redis targets that hold some of Caches, in the
+	// config's order.
+	Targets []*Target
+	// Redis, State and Stats are the first target's: with one target, the
+	// feed's.
+	Redis rueidis.Client
+	State *state.State
+	Stats *Stats
+	Log   *slog.Logger
 	// Rebuild names caches to rebuild in the first session (cachesync resync).
 	Rebuild []string
 	// Progress, when set, is told how a rebuild advances.
@@ -67,11 +74,31 @@ type Feed struct {
 	keepaliveWarned bool // said once that the lock's session keeps the server's keepalives
 }
 
-// New returns the feed of source in cfg: every cache of that source with sync: changefeed.
-func New(cfg *config.Config, source string, client rueidis.Client, log *slog.Logger) *Feed {
+// Target is one Redis a feed keeps in step: the caches of the feed's
+// source that list it, with its own claim, state and applied position.
+type Target struct {
+	Name   string // "" for a config's only target
+	Redis  rueidis.Client
+	State  *state.State
+	Caches []*config.Cache
+	Stats  *Stats
+	// Buffer bounds the changes held for the target while it cannot be
+	// written (config.Redis.Buffer): past it, the target is left behind
+	// and rebuilt once it answers, and the other targets go on.
+	Buffer int
+	away   atomic.Bool
+}
+
+// Away tells whether the target was left behind: it is rebuilt once its
+// Redis answers.
+func (t *Target) Away() bool { return t.away.Load() }
+
+// New returns the feed of source in cfg: every cache of that source with
+// sync: changefeed, in the targets that hold one. clients[i] is the client
+// of cfg.Targets[i].
+func New(cfg *config.Config, source string, log *slog.Logger, clients ...rueidis.Client) *Feed {
 	f := &Feed{
 		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
-		Redis: client, State: state.New(client, cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)},
 		Log: log.With("source", source), CheckEvery: time.Second,
 	}
 	for _, name := range cfg.CacheNames() {
@@ -79,6 +106,26 @@ func New(cfg *config.Config, source string, client rueidis.Client, log *slog.Log
 			f.Caches = append(f.Caches, c)
 		}
 	}
+	targets := cfg.Targets
+	if len(targets) == 0 { // a config not validated
+		targets = config.Targets{cfg.Redis}
+	}
+	for i, tc := range targets {
+		t := &Target{Name: tc.Name, Redis: clients[i], State: state.New(clients[i], cfg.Name),
+			Stats: &Stats{Lag: latency.New(latency.Fast)}, Buffer: tc.Buffer}
+		for _, c := range f.Caches {
+			if slices.Contains(c.Targets, tc.Name) || len(c.Targets) == 0 {
+				t.Caches = append(t.Caches, c)
+			}
+		}
+		if len(t.Caches) > 0 {
+			f.Targets = append(f.Targets, t)
+		}
+	}
+	if len(f.Targets) == 0 { // no cache: Run returns at once
+		f.Targets = []*Target{{Redis: clients[0], State: state.New(clients[0], cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)}}}
+	}
+	f.Redis, f.State, f.Stats = f.Targets[0].Redis, f.Targets[0].State, f.Targets[0].Stats
 	return f
 }
 

@@ -1296,7 +1296,7 @@ func TestPutAppliedAfterRebuild(t *testing.T) {
 	})
 	// The feed starts, and holds its first rebuild once the cache's keys are cleared.
 	rebuilding, release := make(chan struct{}, 1), make(chan struct{})
-	f := changefeed.New(cfg, "db", e.RC, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f := changefeed.New(cfg, "db", slog.New(slog.NewTextHandler(io.Discard, nil)), e.RC)
 	f.Progress = func(cache string, done, total int64) {
 		if done == 0 {
 			select {

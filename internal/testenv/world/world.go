@@ -202,7 +202,7 @@ type Feed struct {
 // until Stop or the test's end.
 func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
 	w.T.Helper()
-	f := &Feed{Feed: changefeed.New(cfg, "db", w.Redis.Client(w.T), Logger()), done: make(chan struct{})}
+	f := &Feed{Feed: changefeed.New(cfg, "db", Logger(), w.Redis.Client(w.T)), done: make(chan struct{})}
 	for _, o := range opts {
 		o(f.Feed)
 	}

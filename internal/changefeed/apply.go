@@ -23,12 +23,14 @@ import (
 // maxBatchChanges bounds the changes gathered into one Redis round trip.
 const maxBatchChanges = 4096
 
-// applier turns transactions into Redis writes, one pipelined round trip per
-// batch of transactions that were waiting, and reports applied positions.
+// applier turns transactions into one target's Redis writes, one pipelined
+// round trip per batch of transactions that were waiting, and reports
+// applied positions.
 type applier struct {
 	f        *Feed
-	w        *state.Writer // this session's claim on the source: every flush goes through it
-	stream   *pgsource.Stream
+	t        *Target
+	w        *state.Writer // this session's claim on the source in t: every flush goes through it
+	conf     *confirmer
 	tables   map[uint32]*pgsource.Table
 	caches   map[uint32][]*config.Cache // by table OID
 	since    map[string]pglogrepl.LSN   // skip a cache's transactions with CommitLSN < since: its snapshot has them
@@ -52,10 +54,10 @@ type relBinding struct {
 	err   error
 }
 
-func newApplier(f *Feed, w *state.Writer, st *pgsource.Stream, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
-	a := &applier{f: f, w: w, stream: st, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
+func newApplier(f *Feed, t *Target, w *state.Writer, conf *confirmer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN) *applier {
+	a := &applier{f: f, t: t, w: w, conf: conf, tables: map[uint32]*pgsource.Table{}, caches: map[uint32][]*config.Cache{},
 		since: since, layouts: map[uint32]layout{}, expected: applied}
-	for _, c := range f.Caches {
+	for _, c := range t.Caches {
 		t := tables[c.Table]
 		a.tables[t.OID] = t
 		a.caches[t.OID] = append(a.caches[t.OID], c)
@@ -69,28 +71,30 @@ func (a *applier) close(ctx context.Context) {
 	}
 }
 
-// run applies transactions from txns until it is closed, a write fails or
-// ctx ends: then what is left in txns is not applied (a next session
-// streams it again).
-func (a *applier) run(ctx context.Context, txns <-chan *pgsource.Txn) error {
+// run applies the transactions of q, a batch of whatever is waiting at a
+// time, until q is closed and empty, a write fails or ctx ends. A batch
+// leaves q only once applied: after a failure q still holds it.
+func (a *applier) run(ctx context.Context, q *queue) error {
 	tick := time.NewTicker(a.f.CheckEvery)
 	defer tick.Stop()
 	for {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		select {
-		case t, ok := <-txns:
-			if !ok {
-				return nil
-			}
-			batch, open := a.gather(t, txns)
+		batch, closed := q.peek(maxBatchChanges)
+		if len(batch) > 0 {
 			if err := a.apply(ctx, batch); err != nil {
 				return err
 			}
-			if !open {
-				return nil
-			}
+			q.drop(len(batch))
+			continue
+		}
+		if closed {
+			return nil
+		}
+		select {
+		case <-q.wake:
+		case <-ctx.Done():
 		case <-tick.C:
 			if err := a.flush(ctx, 0); err != nil {
 				return err
@@ -99,27 +103,15 @@ func (a *applier) run(ctx context.Context, txns <-chan *pgsource.Txn) error {
 	}
 }
 
-// gather takes t and whatever else is already waiting, up to maxBatchChanges.
-func (a *applier) gather(t *pgsource.Txn, txns <-chan *pgsource.Txn) ([]*pgsource.Txn, bool) {
-	batch, n := []*pgsource.Txn{t}, len(t.Changes)
-	for n < maxBatchChanges {
-		select {
-		case t, ok := <-txns:
-			if !ok {
-				return batch, false
-			}
-			batch, n = append(batch, t), n+len(t.Changes)
-		default:
-			return batch, true
-		}
-	}
-	return batch, true
-}
-
 func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 	var end pglogrepl.LSN
 	var last *pgsource.Txn
 	for _, t := range batch {
+		if t.CommitLSN != 0 && t.CommitLSN < a.expected {
+			// Applied before (the record says so): a session that
+			// started at the slot's position, behind this target's.
+			continue
+		}
 		for i := range t.Changes {
 			if err := a.change(ctx, t, &t.Changes[i]); err != nil {
 				return err
@@ -130,21 +122,21 @@ func (a *applier) apply(ctx context.Context, batch []*pgsource.Txn) error {
 		}
 		if t.EndLSN != 0 && !t.Heartbeat {
 			last = t
-			a.f.Stats.Txns.Add(1)
+			a.t.Stats.Txns.Add(1)
 		}
 	}
 	if err := a.flush(ctx, end); err != nil {
 		return err
 	}
 	if end != 0 {
-		a.stream.Applied(end)
-		a.f.Stats.AppliedLSN.Store(uint64(end))
-		a.f.Stats.Progress.Store(time.Now().UnixNano())
+		a.conf.applied(a.t, a.expected)
+		a.t.Stats.AppliedLSN.Store(uint64(a.expected))
+		a.t.Stats.Progress.Store(time.Now().UnixNano())
 	}
 	if last != nil {
 		lag := time.Since(last.CommitTime)
-		a.f.Stats.Lag.Observe(lag)
-		a.f.Stats.LastLag.Store(int64(lag))
+		a.t.Stats.Lag.Observe(lag)
+		a.t.Stats.LastLag.Store(int64(lag))
 	}
 	return nil
 }
@@ -159,7 +151,7 @@ func (a *applier) flush(ctx context.Context, end pglogrepl.LSN) error {
 	if err != nil {
 		return err
 	}
-	a.f.Stats.Writes.Add(int64(n))
+	a.t.Stats.Writes.Add(int64(n))
 	a.expected = to
 	return nil
 }
@@ -201,13 +193,13 @@ func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Chan
 			// The table changed under the cache: skipping would confirm
 			// changes never applied, so stop; the next session checks the
 			// schema again and reports what is wrong.
-			return fmt.Errorf("cache %q: table %s changed: %w", rb.cache.Name, ch.Rel.Name, rb.err)
+			return fmt.Errorf("cache %q: %w: %s: %w", rb.cache.Name, errSchema, ch.Rel.Name, rb.err)
 		}
 		if ch.Op == pgsource.Truncate {
 			if err := a.flush(ctx, 0); err != nil {
 				return err
 			}
-			if _, err := rb.b.Clear(ctx, a.f.Redis); err != nil {
+			if _, err := rb.b.Clear(ctx, a.t.rc); err != nil {
 				return fmt.Errorf("cache %q: truncate: %w", rb.cache.Name, err)
 			}
 			continue
@@ -240,7 +232,7 @@ func (a *applier) row(ctx context.Context, rb relBinding, ch *pgsource.Change) e
 	}
 	a.cmds = a.cmds[:mark]
 	for _, key := range heldKeys(rb.b, ch, row) {
-		a.cmds = rb.b.AppendInvalidate(a.cmds, a.f.Redis.B(), key)
+		a.cmds = rb.b.AppendInvalidate(a.cmds, a.t.rc.B(), key)
 	}
 	return err
 }
@@ -264,7 +256,7 @@ func heldKeys(b *binding.Binding, ch *pgsource.Change, row [][]byte) []string {
 // write appends the Redis writes of one row change to one cache and returns
 // the new row as completed (nil for a delete).
 func (a *applier) write(ctx context.Context, rb relBinding, ch *pgsource.Change) ([][]byte, error) {
-	rbld := a.f.Redis.B()
+	rbld := a.t.rc.B()
 	if ch.Op == pgsource.Delete {
 		if ch.Old == nil {
 			return nil, errors.New("delete without the old row's identity")
@@ -401,9 +393,9 @@ func keyHint(b *binding.Binding, ch *pgsource.Change) string {
 }
 
 func (a *applier) mapError(c *config.Cache, t *pgsource.Txn, key string, err error) {
-	a.f.Stats.MapErrors.Add(1)
+	a.t.Stats.MapErrors.Add(1)
 	if a.errLog.allow() {
-		a.f.Log.Error("row skipped: cannot map it to the cache", "cache", c.Name, "table", c.Table,
+		a.t.log(a.f).Error("row skipped: cannot map it to the cache", "cache", c.Name, "table", c.Table,
 			"key", key, "lsn", t.CommitLSN, "err", err, "suppressed", a.errLog.takeSuppressed())
 	}
 }

@@ -70,16 +70,15 @@ type Feed struct {
 	// CheckEvery is how often an idle feed checks that Redis kept its data.
 	CheckEvery time.Duration
 
-	standby         bool // waiting for another process's hold of the slot (Run's goroutine only)
-	keepaliveWarned bool // said once that the lock's session keeps the server's keepalives
+	config          string // the config's name, which names cachesync's keys
+	standby         bool   // waiting for another process's hold of the slot (Run's goroutine only)
+	keepaliveWarned bool   // said once that the lock's session keeps the server's keepalives
 }
 
 // Target is one Redis a feed keeps in step: the caches of the feed's
 // source that list it, with its own claim, state and applied position.
 type Target struct {
 	Name   string // "" for a config's only target
-	Redis  rueidis.Client
-	State  *state.State
 	Caches []*config.Cache
 	Stats  *Stats
 	// Buffer bounds the changes held for the target while it cannot be
@@ -87,19 +86,59 @@ type Target struct {
 	// and rebuilt once it answers, and the other targets go on.
 	Buffer int
 	away   atomic.Bool
+
+	mu   sync.Mutex
+	rc   rueidis.Client // nil until the target first answered (open)
+	st   *state.State
+	open func() (rueidis.Client, error) // opens rc, when New was given none
 }
 
 // Away tells whether the target was left behind: it is rebuilt once its
 // Redis answers.
 func (t *Target) Away() bool { return t.away.Load() }
 
+// Redis returns the target's client and state record; nil until the
+// target first answered, when the feed opened its client itself.
+func (t *Target) Redis() (rueidis.Client, *state.State) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rc, t.st
+}
+
+// connect opens the target's client if the feed has none yet.
+func (t *Target) connect(config string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.rc != nil {
+		return nil
+	}
+	rc, err := t.open()
+	if err != nil {
+		return err
+	}
+	t.rc, t.st = rc, state.New(rc, config)
+	return nil
+}
+
+// closeOpened closes the client the feed opened itself.
+func (t *Target) closeOpened() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open != nil && t.rc != nil {
+		t.rc.Close()
+		t.rc, t.st = nil, nil
+	}
+}
+
 // New returns the feed of source in cfg: every cache of that source with
 // sync: changefeed, in the targets that hold one. clients[i] is the client
-// of cfg.Targets[i].
+// of cfg.Targets[i]; the first is needed, and the feed opens (and closes)
+// one missing or nil for another target when it first needs it: a target
+// may be down when the feed starts.
 func New(cfg *config.Config, source string, log *slog.Logger, clients ...rueidis.Client) *Feed {
 	f := &Feed{
 		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
-		Log: log.With("source", source), CheckEvery: time.Second,
+		Log: log.With("source", source), CheckEvery: time.Second, config: cfg.Name,
 	}
 	for _, name := range cfg.CacheNames() {
 		if c := cfg.Caches[name]; c.Source == source && c.Sync == config.SyncChangefeed {
@@ -111,21 +150,22 @@ func New(cfg *config.Config, source string, log *slog.Logger, clients ...rueidis
 		targets = config.Targets{cfg.Redis}
 	}
 	for i, tc := range targets {
-		t := &Target{Name: tc.Name, Redis: clients[i], State: state.New(clients[i], cfg.Name),
-			Stats: &Stats{Lag: latency.New(latency.Fast)}, Buffer: tc.Buffer}
+		t := &Target{Name: tc.Name, Stats: &Stats{Lag: latency.New(latency.Fast)}, Buffer: tc.Buffer}
+		if i < len(clients) && clients[i] != nil {
+			t.rc, t.st = clients[i], state.New(clients[i], cfg.Name)
+		} else {
+			t.open = tc.Client
+		}
 		for _, c := range f.Caches {
 			if slices.Contains(c.Targets, tc.Name) || len(c.Targets) == 0 {
 				t.Caches = append(t.Caches, c)
 			}
 		}
-		if len(t.Caches) > 0 {
+		if len(t.Caches) > 0 || i == 0 { // (the first, whose client the feed has, always)
 			f.Targets = append(f.Targets, t)
 		}
 	}
-	if len(f.Targets) == 0 { // no cache: Run returns at once
-		f.Targets = []*Target{{Redis: clients[0], State: state.New(clients[0], cfg.Name), Stats: &Stats{Lag: latency.New(latency.Fast)}}}
-	}
-	f.Redis, f.State, f.Stats = f.Targets[0].Redis, f.Targets[0].State, f.Targets[0].Stats
+	f.Redis, f.State, f.Stats = f.Targets[0].rc, f.Targets[0].st, f.Targets[0].Stats
 	return f
 }
 
@@ -139,7 +179,11 @@ func (f *Feed) Run(ctx context.Context) error {
 	if len(f.Caches) == 0 {
 		return nil
 	}
-	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
+	defer func() {
+		for _, t := range f.Targets {
+			t.closeOpened()
+		}
+	}()
 	backoff := minBackoff
 	for {
 		started := time.Now()
@@ -273,73 +317,41 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 		f.standby = false
 	}
 	// From here on this session writes to Redis; a writer before it
-	// (which lost the lock) is fenced off.
-	w, err := f.State.Claim(ctx, f.Source)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-
-	names := make([]string, len(f.Caches))
-	for i, c := range f.Caches {
-		names[i] = c.Name
-	}
-	applied, known, entries, err := f.State.Load(ctx, f.Source, names)
-	if err != nil {
-		return err
-	}
-	lost := slot.Created || !known || applied < slot.Confirmed
-	// On a Cluster the state record lives on one node: a failover of
-	// another (a replica promoted without writes it had not received yet)
-	// shows in the primaries' replication IDs instead.
-	var primaries []state.Primary
-	if f.Redis.Mode() == rueidis.ClientModeCluster {
-		// (A primary that does not answer counts as gone: a failed one.)
-		primaries, _ = state.PrimaryInfo(ctx, f.Redis)
-		gone, err := f.State.PrimaryGone(ctx, f.Source, state.IDs(primaries))
-		if err != nil {
-			return err
+	// (which lost the lock) is fenced off in every target it claims. With
+	// several targets, one that does not answer is left behind: the
+	// others go on, and it is rebuilt once it answers.
+	multi := len(f.Targets) > 1
+	runners := make([]*runner, len(f.Targets))
+	var unreachable error
+	for i, t := range f.Targets {
+		r := &runner{f: f, t: t, tables: tables, multi: multi}
+		runners[i] = r
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if multi {
+			pctx, cancel = context.WithTimeout(ctx, prepareTimeout)
 		}
-		if gone && !lost {
-			f.Log.Warn("a Redis primary failed over or lost its data since the last session; rebuilding, as writes it acknowledged may be lost")
-			lost = true
-		}
-	}
-	since := map[string]pglogrepl.LSN{}
-	var rebuild []*config.Cache
-	for _, c := range f.Caches {
-		e, ok := entries[c.Name]
-		if lost || !ok || e.Fingerprint != c.Fingerprint() || slices.Contains(f.Rebuild, c.Name) {
-			rebuild = append(rebuild, c)
+		err := r.prepare(pctx, slot)
+		cancel()
+		if err == nil {
+			t.away.Store(false)
 			continue
 		}
-		since[c.Name] = e.Since
-	}
-	if len(rebuild) > 0 {
-		// Forget every cache to rebuild (and, when Redis lost data, record
-		// that streaming resumes at the slot's position) in one step, so an
-		// interrupted rebuild is redone whole.
-		if lost {
-			applied = slot.Confirmed
-		}
-		if err := f.State.Forget(ctx, f.Source, rebuild, lost, applied); err != nil {
+		r.close(ctx)
+		if !multi || ctx.Err() != nil || sessionError(err) {
+			for _, r := range runners[:i] {
+				r.close(ctx)
+			}
 			return err
 		}
-		lsn, err := f.rebuild(ctx, tables, rebuild)
-		if err != nil {
-			return err
-		}
-		for _, c := range rebuild {
-			since[c.Name] = lsn
-		}
-		f.Rebuild = nil
+		t.log(f).Warn("target unreachable; the other targets go on, and it is rebuilt once it answers", "err", err)
+		t.away.Store(true)
+		unreachable = err
 	}
-	if primaries != nil {
-		if err := f.State.SetPrimaries(ctx, f.Source, state.IDs(primaries)); err != nil {
-			return err
-		}
+	if !slices.ContainsFunc(runners, func(r *runner) bool { return r.w != nil }) {
+		return fmt.Errorf("no target can be written: %w", unreachable)
 	}
-	return f.stream(ctx, w, tables, since, applied, primaries)
+	f.Rebuild = nil
+	return f.stream(ctx, runners)
 }
 
 // watchPrimaries checks a Cluster's primaries every second until ctx ends,
@@ -349,7 +361,7 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 // state's the primaries added since (resharding) and the new replication
 // ID of one that renewed it in place (state.Renewed: its first replica
 // attached). A check some node did not answer decides nothing.
-func (f *Feed) watchPrimaries(ctx context.Context, primaries []state.Primary) error {
+func (f *Feed) watchPrimaries(ctx context.Context, t *Target, primaries []state.Primary) error {
 	tick := time.NewTicker(f.CheckEvery)
 	defer tick.Stop()
 	ids, prev := state.IDs(primaries), primaries
@@ -359,7 +371,7 @@ func (f *Feed) watchPrimaries(ctx context.Context, primaries []state.Primary) er
 			return nil
 		case <-tick.C:
 		}
-		now, err := state.PrimaryInfo(ctx, f.Redis)
+		now, err := state.PrimaryInfo(ctx, t.rc)
 		if err != nil {
 			continue
 		}
@@ -367,7 +379,7 @@ func (f *Feed) watchPrimaries(ctx context.Context, primaries []state.Primary) er
 			return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
 		}
 		if nowIDs := state.IDs(now); !slices.Equal(nowIDs, ids) {
-			if err := f.State.SetPrimaries(ctx, f.Source, nowIDs); err != nil {
+			if err := t.st.SetPrimaries(ctx, f.Source, nowIDs); err != nil {
 				continue
 			}
 			ids = nowIDs
@@ -414,8 +426,14 @@ func watchLock(ctx context.Context, lock *pgx.Conn) (context.Context, func()) {
 	return ctx, func() { cancel(nil); <-done }
 }
 
-// stream applies the slot's changes until ctx is done or something fails.
-func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*pgsource.Table, since map[string]pglogrepl.LSN, applied pglogrepl.LSN, primaries []state.Primary) error {
+// stream applies the slot's changes to every target until ctx is done or
+// something fails.
+func (f *Feed) stream(ctx context.Context, runners []*runner) error {
+	defer func() {
+		for _, r := range runners {
+			r.close(ctx)
+		}
+	}()
 	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -425,8 +443,10 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 		return err
 	}
 	f.Log.Info("streaming changes", "slot", f.Slot, "caches", len(f.Caches))
-	a := newApplier(f, w, st, tables, since, applied)
-	defer a.close(ctx)
+	conf := &confirmer{st: st, at: map[*Target]pglogrepl.LSN{}}
+	for _, r := range runners {
+		r.start(conf)
+	}
 
 	// Writes are not cut off by shutdown: what was read is applied and
 	// then confirmed, so a graceful stop replays nothing. They stop at
@@ -444,7 +464,6 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 	readCtx, stopReading := context.WithCancel(ctx)
 	defer stopReading()
 	readErr := make(chan error, 1)
-	var wg sync.WaitGroup // the primaries' watch
 	go func() {
 		defer close(txns)
 		err := st.Run(readCtx, txns)
@@ -453,27 +472,49 @@ func (f *Feed) stream(ctx context.Context, w *state.Writer, tables map[string]*p
 		}
 		readErr <- err
 	}()
-	if primaries != nil {
+	// The fan: every transaction read goes to every target's queue.
+	fanned := make(chan struct{})
+	go func() {
+		defer close(fanned)
+		defer func() {
+			for _, r := range runners {
+				r.end()
+			}
+		}()
+		for t := range txns {
+			for _, r := range runners {
+				if err := r.push(applyCtx, t); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make([]error, len(runners))
+	for i, r := range runners {
 		wg.Go(func() {
-			if err := f.watchPrimaries(readCtx, primaries); err != nil {
-				stopApplying(err)
+			if errs[i] = r.run(ctx, applyCtx); errs[i] != nil {
+				stopApplying(errs[i])
 			}
 		})
 	}
-	applyErr := a.run(applyCtx, txns)
-	stopReading()
 	wg.Wait()
+	stopReading()
+	stopApplying(nil) // frees a fan waiting on a queue no runner takes from
+	<-fanned
 	for range txns {
 	}
 	rerr := <-readErr
-	if cerr := st.Close(ctx); cerr != nil && applyErr == nil && ctx.Err() == nil {
+	if cerr := st.Close(ctx); cerr != nil && ctx.Err() == nil {
 		f.Log.Debug("final status", "err", cerr)
 	}
-	if applyCtx.Err() != nil {
-		return context.Cause(applyCtx) // the stream failed, or the lock was lost
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
 	}
-	if applyErr != nil {
-		return applyErr
+	if cause := context.Cause(applyCtx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause // the stream failed, or the lock was lost
 	}
 	if ctx.Err() != nil {
 		return nil

@@ -22,9 +22,9 @@ const (
 	rebuildWriters = 4    // round trips in flight during a rebuild
 )
 
-// rebuild fills caches from one consistent snapshot and returns its LSN: the
-// stream must skip these caches' transactions that committed before it.
-func (f *Feed) rebuild(ctx context.Context, tables map[string]*pgsource.Table, caches []*config.Cache) (pglogrepl.LSN, error) {
+// rebuild fills caches in target t from one consistent snapshot and returns
+// its LSN: t must skip these caches' transactions that committed before it.
+func (f *Feed) rebuild(ctx context.Context, t *Target, tables map[string]*pgsource.Table, caches []*config.Cache) (pglogrepl.LSN, error) {
 	snap, err := pgsource.TakeSnapshot(ctx, f.URL)
 	if err != nil {
 		return 0, err
@@ -37,12 +37,12 @@ func (f *Feed) rebuild(ctx context.Context, tables map[string]*pgsource.Table, c
 	defer conn.Close(context.WithoutCancel(ctx))
 	for _, c := range caches {
 		start := time.Now()
-		n, err := f.rebuildCache(ctx, snap, conn, tables[c.Table], c)
+		n, err := f.rebuildCache(ctx, t, snap, conn, tables[c.Table], c)
 		if err != nil {
 			return 0, fmt.Errorf("cache %q: rebuild: %w", c.Name, err)
 		}
-		f.Stats.Rebuilds.Add(1)
-		f.Log.Info("cache rebuilt", "cache", c.Name, "rows", n, "snapshot_lsn", snap.LSN, "took", time.Since(start).Round(time.Millisecond))
+		t.Stats.Rebuilds.Add(1)
+		t.log(f).Info("cache rebuilt", "cache", c.Name, "rows", n, "snapshot_lsn", snap.LSN, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return snap.LSN, nil
 }
@@ -50,36 +50,36 @@ func (f *Feed) rebuild(ctx context.Context, tables map[string]*pgsource.Table, c
 // rebuildCache replaces every key of cache c with the rows of the snapshot.
 // Its state entry was removed before (State.Forget), so a crash midway
 // redoes the rebuild; it is written back at the end.
-func (f *Feed) rebuildCache(ctx context.Context, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
+func (f *Feed) rebuildCache(ctx context.Context, tg *Target, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
 	b, cols, err := schema.SelectBinding(c, t)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := b.Clear(ctx, f.Redis); err != nil {
+	if _, err := b.Clear(ctx, tg.rc); err != nil {
 		return 0, err
 	}
 	total, err := snap.Count(ctx, conn, t)
 	if err != nil {
 		return 0, err
 	}
-	n, err := f.copyInto(ctx, b, c, total, func(fn func(row [][]byte) error) (int64, error) {
+	n, err := f.copyInto(ctx, tg, b, c, total, func(fn func(row [][]byte) error) (int64, error) {
 		return snap.Copy(ctx, conn, t, cols, fn)
 	})
 	if err != nil {
 		return n, err
 	}
-	return n, f.State.SetCache(ctx, c.Name, state.CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
+	return n, tg.st.SetCache(ctx, c.Name, state.CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
 }
 
 // copyInto reads the cache's rows from the snapshot and writes them to Redis,
 // with several round trips in flight.
-func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache, total int64, read func(fn func(row [][]byte) error) (int64, error)) (int64, error) {
+func (f *Feed) copyInto(ctx context.Context, t *Target, b *binding.Binding, c *config.Cache, total int64, read func(fn func(row [][]byte) error) (int64, error)) (int64, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	batches := make(chan []rueidis.Completed, rebuildWriters)
 	for range rebuildWriters {
 		g.Go(func() error {
 			for cmds := range batches {
-				for _, r := range f.Redis.DoMulti(gctx, cmds...) {
+				for _, r := range t.rc.DoMulti(gctx, cmds...) {
 					if err := r.Error(); err != nil {
 						return fmt.Errorf("redis write: %w", err)
 					}
@@ -90,7 +90,7 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 	}
 	var (
 		cmds    = make([]rueidis.Completed, 0, rebuildBatch)
-		rb      = f.Redis.B()
+		rb      = t.rc.B()
 		done    int64
 		errLog  rateLimiter
 		lastLog = time.Now()
@@ -104,9 +104,9 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 			cmds, err = b.AppendSet(cmds, rb, key, row, false) // Clear ended leases and markers
 		}
 		if err != nil {
-			f.Stats.MapErrors.Add(1)
+			t.Stats.MapErrors.Add(1)
 			if errLog.allow() {
-				f.Log.Error("row skipped: cannot map it to the cache", "cache", c.Name, "table", c.Table, "key", key, "err", err, "suppressed", errLog.takeSuppressed())
+				t.log(f).Error("row skipped: cannot map it to the cache", "cache", c.Name, "table", c.Table, "key", key, "err", err, "suppressed", errLog.takeSuppressed())
 			}
 		}
 		done++
@@ -135,7 +135,7 @@ func (f *Feed) copyInto(ctx context.Context, b *binding.Binding, c *config.Cache
 	if werr := g.Wait(); werr != nil && err == nil {
 		err = werr
 	}
-	f.Stats.BackfillRow.Add(done)
+	t.Stats.BackfillRow.Add(done)
 	if f.Progress != nil && err == nil {
 		f.Progress(c.Name, done, done) // the count was an estimate; now it is exact
 	}

@@ -199,7 +199,8 @@ type Feed struct {
 }
 
 // StartFeed runs the change feed of cfg's source db, changed by opts,
-// until Stop or the test's end.
+// until Stop or the test's end. The world's Redis is cfg's first target;
+// the feed opens a client of each other target itself.
 func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *Feed {
 	w.T.Helper()
 	f := &Feed{Feed: changefeed.New(cfg, "db", Logger(), w.Redis.Client(w.T)), done: make(chan struct{})}

@@ -1,0 +1,156 @@
+package changefeed_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/internal/testenv/world"
+)
+
+// twoTargets is a world whose config has two targets: a, the world's
+// Redis, holding cache both; b, another Redis (started with args), holding
+// both and onlyb. buffer is b's.
+func twoTargets(t *testing.T, buffer int, args ...string) (w, b *world.World, cfg *config.Config) {
+	w = world.New(t, `CREATE TABLE items (id int PRIMARY KEY, v text);
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g`)
+	b = w.Target(testenv.StartRedis(t, testenv.WithRedisArgs(args...)))
+	yaml := w.TargetsYAML(`  both: {table: items, key: "both:{id}", value: {format: string, column: v}}
+  onlyb: {table: items, key: "onlyb:{id}", value: {format: string, column: v}, targets: [b]}
+`, fmt.Sprintf("name: a, url: %q", w.Redis.URL()), fmt.Sprintf("name: b, url: %q, buffer: %d", b.Redis.URL(), buffer))
+	cfg, err := config.Load(strings.NewReader(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, b, cfg
+}
+
+// rows is the table as cache prefix's keys.
+func rows(w *world.World, prefix string) func() map[string]string {
+	return func() map[string]string { return w.Rows(`SELECT '` + prefix + `:' || id, v FROM items`) }
+}
+
+// target returns the feed's target named name.
+func target(t *testing.T, f *world.Feed, name string) *changefeed.Target {
+	for _, tg := range f.Targets {
+		if tg.Name == name {
+			return tg
+		}
+	}
+	t.Fatalf("no target %q", name)
+	return nil
+}
+
+// confirmed returns the position the feed's slot confirmed.
+func confirmed(t *testing.T, w *world.World) pglogrepl.LSN {
+	var s string
+	if err := w.DB.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, "cachesync_"+w.Name).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+// TestTargetsFromOneFeed: one slot keeps two targets in step, each with the
+// caches that list it.
+func TestTargetsFromOneFeed(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer)
+	f := w.StartFeed(cfg)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	w.Exec(`UPDATE items SET v = v || '+' WHERE id % 3 = 0; DELETE FROM items WHERE id % 7 = 0; INSERT INTO items VALUES (1000, 'new')`)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if a, bb := target(t, f, "a"), target(t, f, "b"); a.Stats.Rebuilds.Load() != 1 || bb.Stats.Rebuilds.Load() != 2 {
+		t.Fatalf("rebuilds: a %d, b %d; want 1 and 2", a.Stats.Rebuilds.Load(), bb.Stats.Rebuilds.Load())
+	}
+}
+
+// TestTargetStoppedCatchesUp: a target stopped while changes flow holds
+// the others back in nothing; restarted with its data within its buffer, it
+// applies what it missed without a rebuild.
+func TestTargetStoppedCatchesUp(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer, "--appendonly", "yes", "--appendfsync", "always")
+	f := w.StartFeed(cfg)
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	a, tb := target(t, f, "a"), target(t, f, "b")
+	if err := b.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		w.Exec(`UPDATE items SET v = $1 || id WHERE id % 20 = $2`, fmt.Sprint("r", i, "-"), i)
+	}
+	w.WaitEqual("*", rows(w, "both")) // a goes on
+	if err := b.Redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if a.Stats.Rebuilds.Load() != 1 || tb.Stats.Rebuilds.Load() != 2 || tb.Away() {
+		t.Fatalf("rebuilds: a %d, b %d (want 1 and 2: none after the start); b away %v", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load(), tb.Away())
+	}
+}
+
+// TestTargetLeftBehind: a target that misses more changes than its buffer
+// holds is left behind: the slot's confirmed position moves on with the
+// others; once it answers, it is rebuilt while the others stream.
+func TestTargetLeftBehind(t *testing.T) {
+	w, b, cfg := twoTargets(t, 50)
+	f := w.StartFeed(cfg)
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	a, tb := target(t, f, "a"), target(t, f, "b")
+	if err := b.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		w.Exec(`UPDATE items SET v = $1 WHERE id = $2`, fmt.Sprint("gone-", i), i+1)
+	}
+	world.WaitFor(t, "b left behind", tb.Away)
+	w.WaitEqual("*", rows(w, "both"))
+	// The slot keeps nothing for b now: it confirms what a applied.
+	applied := pglogrepl.LSN(a.Stats.AppliedLSN.Load())
+	world.WaitFor(t, "the slot to confirm what a applied", func() bool { return confirmed(t, w) >= applied })
+	if err := b.Redis.Start(); err != nil { // empty: it kept nothing
+		t.Fatal(err)
+	}
+	w.Exec(`UPDATE items SET v = 'back' WHERE id = 500`)
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	world.WaitFor(t, "b streaming again", func() bool { return !tb.Away() })
+	if a.Stats.Rebuilds.Load() != 1 || tb.Stats.Rebuilds.Load() != 4 {
+		t.Fatalf("rebuilds: a %d, b %d; want 1 and 4 (b's two caches again)", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load())
+	}
+	w.Exec(`DELETE FROM items WHERE id <= 10`)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("both:*", rows(w, "both"))
+}
+
+// TestTargetDownAtStart: a feed starts with one target down; the other
+// streams, and the missing one is built once it answers.
+func TestTargetDownAtStart(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer)
+	if err := b.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	f := w.StartFeed(cfg)
+	w.WaitEqual("*", rows(w, "both"))
+	w.Exec(`UPDATE items SET v = 'while b was down' WHERE id < 50`)
+	w.WaitEqual("*", rows(w, "both"))
+	world.WaitFor(t, "b away", target(t, f, "b").Away)
+	if err := b.Redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+}

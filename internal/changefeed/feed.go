@@ -489,11 +489,16 @@ func (f *Feed) stream(ctx context.Context, runners []*runner) error {
 			}
 		}
 	}()
+	// A runner waiting for its target stops waiting at shutdown, and when
+	// the others stop applying.
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	defer context.AfterFunc(applyCtx, stopWaiting)()
 	var wg sync.WaitGroup
 	errs := make([]error, len(runners))
 	for i, r := range runners {
 		wg.Go(func() {
-			if errs[i] = r.run(ctx, applyCtx); errs[i] != nil {
+			if errs[i] = r.run(waitCtx, applyCtx); errs[i] != nil {
 				stopApplying(errs[i])
 			}
 		})

@@ -137,7 +137,8 @@ func TestTargetLeftBehind(t *testing.T) {
 }
 
 // TestTargetDownAtStart: a feed starts with one target down; the other
-// streams, and the missing one is built once it answers.
+// streams, across a new session too, and the missing one is built once it
+// answers.
 func TestTargetDownAtStart(t *testing.T) {
 	w, b, cfg := twoTargets(t, config.DefaultBuffer)
 	if err := b.Redis.Stop(); err != nil {
@@ -148,6 +149,13 @@ func TestTargetDownAtStart(t *testing.T) {
 	w.Exec(`UPDATE items SET v = 'while b was down' WHERE id < 50`)
 	w.WaitEqual("*", rows(w, "both"))
 	world.WaitFor(t, "b away", target(t, f, "b").Away)
+	// The stream breaks while b is still down: the session ends, b's wait
+	// with it, and the next one streams a's changes.
+	before := f.Stats.Reconnects.Load()
+	w.Exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1`, "cachesync_"+w.Name)
+	world.WaitFor(t, "a new session", func() bool { return f.Stats.Reconnects.Load() > before })
+	w.Exec(`UPDATE items SET v = 'after the stream broke' WHERE id < 50`)
+	w.WaitEqual("*", rows(w, "both"))
 	if err := b.Redis.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -218,8 +218,9 @@ type runner struct {
 	since     map[string]pglogrepl.LSN
 	primaries []state.Primary // on a Cluster, the primaries the state records
 
-	conf *confirmer
-	a    *applier
+	conf  *confirmer
+	a     *applier
+	acked pglogrepl.LSN // the applied position Redis acknowledged last, kept across a failure
 
 	mu    sync.Mutex
 	q     *queue // nil while left behind
@@ -374,6 +375,7 @@ func (r *runner) queue() *queue {
 // close releases the runner's writer and applier.
 func (r *runner) close(ctx context.Context) {
 	if r.a != nil {
+		r.acked = r.a.expected
 		r.a.close(ctx)
 		r.a = nil
 	}
@@ -483,6 +485,10 @@ func (r *runner) resume(ctx context.Context) error {
 	}
 	if !known || len(entries) < len(t.Caches) {
 		return fmt.Errorf("%w: the state record of target %q is gone", state.ErrRedisLost, t.Name)
+	}
+	if applied < r.acked {
+		// Back from an older dump: its queue no longer holds what it lost.
+		return fmt.Errorf("%w: the state record of target %q went back from %s to %s", state.ErrRedisLost, t.Name, r.acked, applied)
 	}
 	if r.primaries != nil {
 		gone, err := t.st.PrimaryGone(ctx, f.Source, state.IDs(r.primaries))

@@ -251,7 +251,14 @@ func (r *runner) claim(ctx context.Context) (pglogrepl.LSN, bool, map[string]sta
 // need it, before the stream starts.
 func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	f, t := r.f, r.t
-	applied, known, entries, err := r.claim(ctx)
+	// With several targets, one that does not answer within prepareTimeout
+	// is left behind; its rebuild below may take as long as it takes.
+	cctx, cancel := ctx, context.CancelFunc(func() {})
+	if r.multi {
+		cctx, cancel = context.WithTimeout(ctx, prepareTimeout)
+	}
+	defer cancel()
+	applied, known, entries, err := r.claim(cctx)
 	if err != nil {
 		return err
 	}
@@ -261,8 +268,8 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	// shows in the primaries' replication IDs instead.
 	if t.rc.Mode() == rueidis.ClientModeCluster {
 		// (A primary that does not answer counts as gone: a failed one.)
-		r.primaries, _ = state.PrimaryInfo(ctx, t.rc)
-		gone, err := t.st.PrimaryGone(ctx, f.Source, state.IDs(r.primaries))
+		r.primaries, _ = state.PrimaryInfo(cctx, t.rc)
+		gone, err := t.st.PrimaryGone(cctx, f.Source, state.IDs(r.primaries))
 		if err != nil {
 			return err
 		}

@@ -145,6 +145,18 @@ func (q *queue) setFailing(failing bool) {
 	signal(q.room)
 }
 
+// applying says the target applies again, unless the queue left it behind
+// already (false): in one step, so it is never left behind after.
+func (q *queue) applying() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.left {
+		return false
+	}
+	q.failing = false
+	return true
+}
+
 // isLeft tells whether the queue left its target behind.
 func (q *queue) isLeft() bool {
 	q.mu.Lock()
@@ -455,7 +467,11 @@ func (r *runner) recover(ctx context.Context, q *queue, cause error, backoff *ti
 			return false, r.leave(cause)
 		}
 		if cause = r.resume(ctx); cause == nil {
-			q.setFailing(false)
+			if !q.applying() { // left behind while it was claimed again
+				r.close(ctx)
+				t.log(f).Warn("target left behind: it missed more changes than its buffer holds; it is rebuilt once it answers, and the others go on", "buffer", t.Buffer)
+				return false, r.leave(errors.New("left behind"))
+			}
 			*backoff = minBackoff
 			t.log(f).Info("target answers again; applying its held changes")
 			return false, nil
@@ -542,7 +558,11 @@ func (r *runner) join(ctx context.Context) error {
 		r.close(ctx)
 		return err
 	}
-	q.setFailing(false)
+	if !q.applying() { // left behind since rebuildAll looked
+		r.detach()
+		r.close(ctx)
+		return fmt.Errorf("target %q missed more changes than its buffer (%d) holds while it was rebuilt", t.Name, t.Buffer)
+	}
 	r.a = newApplier(f, t, r.w, r.conf, r.tables, r.since, 0)
 	r.conf.join(t, 0)
 	t.away.Store(false)

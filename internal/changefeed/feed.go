@@ -326,12 +326,7 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	for i, t := range f.Targets {
 		r := &runner{f: f, t: t, tables: tables, multi: multi}
 		runners[i] = r
-		pctx, cancel := ctx, context.CancelFunc(func() {})
-		if multi {
-			pctx, cancel = context.WithTimeout(ctx, prepareTimeout)
-		}
-		err := r.prepare(pctx, slot)
-		cancel()
+		err := r.prepare(ctx, slot)
 		if err == nil {
 			t.away.Store(false)
 			continue

@@ -145,6 +145,18 @@ func (q *queue) setFailing(failing bool) {
 	signal(q.room)
 }
 
+// applying says the target applies again, unless the queue left it behind
+// already (false): in one step, so it is never left behind after.
+func (q *queue) applying() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.left {
+		return false
+	}
+	q.failing = false
+	return true
+}
+
 // isLeft tells whether the queue left its target behind.
 func (q *queue) isLeft() bool {
 	q.mu.Lock()
@@ -218,8 +230,9 @@ type runner struct {
 	since     map[string]pglogrepl.LSN
 	primaries []state.Primary // on a Cluster, the primaries the state records
 
-	conf *confirmer
-	a    *applier
+	conf  *confirmer
+	a     *applier
+	acked pglogrepl.LSN // the applied position Redis acknowledged last, kept across a failure
 
 	mu    sync.Mutex
 	q     *queue // nil while left behind
@@ -250,7 +263,14 @@ func (r *runner) claim(ctx context.Context) (pglogrepl.LSN, bool, map[string]sta
 // need it, before the stream starts.
 func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	f, t := r.f, r.t
-	applied, known, entries, err := r.claim(ctx)
+	// With several targets, one that does not answer within prepareTimeout
+	// is left behind; its rebuild below may take as long as it takes.
+	cctx, cancel := ctx, context.CancelFunc(func() {})
+	if r.multi {
+		cctx, cancel = context.WithTimeout(ctx, prepareTimeout)
+	}
+	defer cancel()
+	applied, known, entries, err := r.claim(cctx)
 	if err != nil {
 		return err
 	}
@@ -260,8 +280,8 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	// shows in the primaries' replication IDs instead.
 	if t.rc.Mode() == rueidis.ClientModeCluster {
 		// (A primary that does not answer counts as gone: a failed one.)
-		r.primaries, _ = state.PrimaryInfo(ctx, t.rc)
-		gone, err := t.st.PrimaryGone(ctx, f.Source, state.IDs(r.primaries))
+		r.primaries, _ = state.PrimaryInfo(cctx, t.rc)
+		gone, err := t.st.PrimaryGone(cctx, f.Source, state.IDs(r.primaries))
 		if err != nil {
 			return err
 		}
@@ -374,6 +394,7 @@ func (r *runner) queue() *queue {
 // close releases the runner's writer and applier.
 func (r *runner) close(ctx context.Context) {
 	if r.a != nil {
+		r.acked = r.a.expected
 		r.a.close(ctx)
 		r.a = nil
 	}
@@ -446,7 +467,11 @@ func (r *runner) recover(ctx context.Context, q *queue, cause error, backoff *ti
 			return false, r.leave(cause)
 		}
 		if cause = r.resume(ctx); cause == nil {
-			q.setFailing(false)
+			if !q.applying() { // left behind while it was claimed again
+				r.close(ctx)
+				t.log(f).Warn("target left behind: it missed more changes than its buffer holds; it is rebuilt once it answers, and the others go on", "buffer", t.Buffer)
+				return false, r.leave(errors.New("left behind"))
+			}
 			*backoff = minBackoff
 			t.log(f).Info("target answers again; applying its held changes")
 			return false, nil
@@ -483,6 +508,10 @@ func (r *runner) resume(ctx context.Context) error {
 	}
 	if !known || len(entries) < len(t.Caches) {
 		return fmt.Errorf("%w: the state record of target %q is gone", state.ErrRedisLost, t.Name)
+	}
+	if applied < r.acked {
+		// Back from an older dump: its queue no longer holds what it lost.
+		return fmt.Errorf("%w: the state record of target %q went back from %s to %s", state.ErrRedisLost, t.Name, r.acked, applied)
 	}
 	if r.primaries != nil {
 		gone, err := t.st.PrimaryGone(ctx, f.Source, state.IDs(r.primaries))
@@ -529,7 +558,11 @@ func (r *runner) join(ctx context.Context) error {
 		r.close(ctx)
 		return err
 	}
-	q.setFailing(false)
+	if !q.applying() { // left behind since rebuildAll looked
+		r.detach()
+		r.close(ctx)
+		return fmt.Errorf("target %q missed more changes than its buffer (%d) holds while it was rebuilt", t.Name, t.Buffer)
+	}
 	r.a = newApplier(f, t, r.w, r.conf, r.tables, r.since, 0)
 	r.conf.join(t, 0)
 	t.away.Store(false)

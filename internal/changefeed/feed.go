@@ -69,6 +69,10 @@ type Feed struct {
 	Progress func(cache string, done, total int64)
 	// CheckEvery is how often an idle feed checks that Redis kept its data.
 	CheckEvery time.Duration
+	// TargetTimeout bounds how long a session waits, with several
+	// targets, for one to answer (claim, state) before it goes on without
+	// it.
+	TargetTimeout time.Duration
 
 	config          string // the config's name, which names cachesync's keys
 	standby         bool   // waiting for another process's hold of the slot (Run's goroutine only)
@@ -138,7 +142,7 @@ func (t *Target) closeOpened() {
 func New(cfg *config.Config, source string, log *slog.Logger, clients ...rueidis.Client) *Feed {
 	f := &Feed{
 		Source: source, URL: cfg.Sources[source].URL, Slot: cfg.SlotName(source),
-		Log: log.With("source", source), CheckEvery: time.Second, config: cfg.Name,
+		Log: log.With("source", source), CheckEvery: time.Second, TargetTimeout: DefaultTargetTimeout, config: cfg.Name,
 	}
 	for _, name := range cfg.CacheNames() {
 		if c := cfg.Caches[name]; c.Source == source && c.Sync == config.SyncChangefeed {

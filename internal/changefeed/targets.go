@@ -25,9 +25,8 @@ import (
 // behind, and rebuilt from a snapshot once it answers while the others go
 // on. With one target, a failure ends the session, as it always did.
 
-// prepareTimeout bounds how long a session waits, with several targets, for
-// one to answer before it goes on without it.
-const prepareTimeout = 10 * time.Second
+// DefaultTargetTimeout is a feed's TargetTimeout unless set.
+const DefaultTargetTimeout = 10 * time.Second
 
 // log returns f's logger, naming t when the feed has several targets.
 func (t *Target) log(f *Feed) *slog.Logger {
@@ -263,11 +262,11 @@ func (r *runner) claim(ctx context.Context) (pglogrepl.LSN, bool, map[string]sta
 // need it, before the stream starts.
 func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	f, t := r.f, r.t
-	// With several targets, one that does not answer within prepareTimeout
+	// With several targets, one that does not answer within TargetTimeout
 	// is left behind; its rebuild below may take as long as it takes.
 	cctx, cancel := ctx, context.CancelFunc(func() {})
 	if r.multi {
-		cctx, cancel = context.WithTimeout(ctx, prepareTimeout)
+		cctx, cancel = context.WithTimeout(ctx, f.TargetTimeout)
 	}
 	defer cancel()
 	applied, known, entries, err := r.claim(cctx)
@@ -500,7 +499,7 @@ func (r *runner) leave(cause error) error {
 // whose Redis lost the state, or on a Cluster a primary, is ErrRedisLost.
 func (r *runner) resume(ctx context.Context) error {
 	f, t := r.f, r.t
-	ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+	ctx, cancel := context.WithTimeout(ctx, f.TargetTimeout)
 	defer cancel()
 	applied, known, entries, err := r.claim(ctx)
 	if err != nil {
@@ -538,7 +537,7 @@ func (r *runner) join(ctx context.Context) error {
 	if err := t.connect(f.config); err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+	cctx, cancel := context.WithTimeout(ctx, f.TargetTimeout)
 	w, err := t.st.Claim(cctx, f.Source)
 	cancel()
 	if err != nil {

@@ -330,7 +330,7 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	for i, t := range f.Targets {
 		r := &runner{f: f, t: t, tables: tables, multi: multi}
 		runners[i] = r
-		err := r.prepare(ctx, slot)
+		err := r.prepare(ctx, slot, runners[:i])
 		if err == nil {
 			t.away.Store(false)
 			continue

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/pgsource"
 	"github.com/cachesync/cachesync/internal/state"
 )
@@ -238,6 +239,23 @@ type runner struct {
 	ended bool   // the stream ended: no queue is attached any more
 }
 
+// distinct fails with a config error when r's claim replaced the claim of
+// a target in earlier: the same Redis under another URL, whose state the
+// two would share.
+func (r *runner) distinct(ctx context.Context, earlier []*runner) error {
+	key := binding.FeedOwnerKey(r.f.config, r.f.Source)
+	for _, o := range earlier {
+		if o.w == nil {
+			continue
+		}
+		v, err := o.t.rc.Do(ctx, o.t.rc.B().Get().Key(key).Build()).ToString()
+		if err == nil && v == r.w.Token() {
+			return &config.Error{Field: "redis." + r.t.Name + ".url", Err: fmt.Errorf("the same Redis as target %q: each target needs a Redis of its own", o.t.Name)}
+		}
+	}
+	return nil
+}
+
 // claim connects to the target, claims the source in it (r.w) and loads
 // its state: the applied position, whether it is known, and the caches'
 // entries.
@@ -260,7 +278,7 @@ func (r *runner) claim(ctx context.Context) (pglogrepl.LSN, bool, map[string]sta
 
 // prepare claims the target, loads its state, and rebuilds the caches that
 // need it, before the stream starts.
-func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
+func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []*runner) error {
 	f, t := r.f, r.t
 	// With several targets, one that does not answer within TargetTimeout
 	// is left behind; its rebuild below may take as long as it takes.
@@ -271,6 +289,9 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo) error {
 	defer cancel()
 	applied, known, entries, err := r.claim(cctx)
 	if err != nil {
+		return err
+	}
+	if err := r.distinct(cctx, earlier); err != nil {
 		return err
 	}
 	lost := slot.Created || !known || applied < slot.Confirmed

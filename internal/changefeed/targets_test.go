@@ -248,3 +248,22 @@ func TestTargetsSlowRebuildAtStart(t *testing.T) {
 	b.WaitEqual("both:*", rows(w, "both"))
 	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
 }
+
+// TestTargetsSameRedis: two targets that are one Redis under two URLs
+// would share cachesync's state and fence each other: the feed stops with
+// a config error naming the second.
+func TestTargetsSameRedis(t *testing.T) {
+	w := world.New(t, `CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	yaml := w.TargetsYAML(`  both: {table: items, key: "both:{id}", value: {format: string, column: v}}
+`, fmt.Sprintf("name: a, url: %q", w.Redis.URL()), fmt.Sprintf("name: b, url: %q", strings.Replace(w.Redis.URL(), "127.0.0.1", "localhost", 1)))
+	cfg, err := config.Load(strings.NewReader(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := w.StartFeed(cfg)
+	world.WaitFor(t, "the feed to end", f.Ended)
+	err = f.Stop()
+	if want := `redis.b.url: the same Redis as target "a"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("feed ended with %v, want %q", err, want)
+	}
+}

@@ -175,6 +175,9 @@ func (s *State) Claim(ctx context.Context, source string) (*Writer, error) {
 	return w, nil
 }
 
+// Token is the writer's claim, as recorded in binding.FeedOwnerKey.
+func (w *Writer) Token() string { return w.token }
+
 // Close gives back the writer's connection, watching nothing (or, when
 // it does not answer at once, closes it).
 func (w *Writer) Close() {

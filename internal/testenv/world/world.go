@@ -193,9 +193,10 @@ func (w *World) Open(cfg *config.Config, opts ...engine.Options) *engine.Engine 
 // Feed is a change feed run by a test.
 type Feed struct {
 	*changefeed.Feed
-	stop func() error
-	done chan struct{} // closed once Run returned
-	err  error         // what Run returned, once done is closed
+	stop    func() error
+	done    chan struct{} // closed once Run returned
+	stopped atomic.Bool   // Stop returned Run's error to the test
+	err     error         // what Run returned, once done is closed
 }
 
 // StartFeed runs the change feed of cfg's source db, changed by opts,
@@ -220,16 +221,30 @@ func (w *World) StartFeed(cfg *config.Config, opts ...func(*changefeed.Feed)) *F
 		}
 	}
 	w.T.Cleanup(func() {
-		if err := f.stop(); err != nil && !errors.Is(err, context.Canceled) {
+		if err := f.stop(); err != nil && !errors.Is(err, context.Canceled) && !f.stopped.Load() {
 			w.T.Errorf("change feed: %v", err)
 		}
 	})
 	return f
 }
 
-// Stop cancels the feed and returns what its Run returned (the test's end
-// stops it too); a feed that does not stop within Patience is an error.
-func (f *Feed) Stop() error { return f.stop() }
+// Ended tells whether the feed's Run returned.
+func (f *Feed) Ended() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop cancels the feed and returns what its Run returned, for the test to
+// check (the test's end stops it too, and reports what Run returned unless
+// Stop did); a feed that does not stop within Patience is an error.
+func (f *Feed) Stop() error {
+	f.stopped.Store(true)
+	return f.stop()
+}
 
 // Feed runs the change feed of cfg like StartFeed and returns once it has
 // built every cache: the feed owns them from then on. A feed that ends

@@ -155,6 +155,9 @@ func New(cfg *config.Config, source string, log *slog.Logger, clients ...rueidis
 	}
 	for i, tc := range targets {
 		t := &Target{Name: tc.Name, Stats: &Stats{Lag: latency.New(latency.Fast)}, Buffer: tc.Buffer}
+		if t.Buffer <= 0 { // a config not validated
+			t.Buffer = config.DefaultBuffer
+		}
 		if i < len(clients) && clients[i] != nil {
 			t.rc, t.st = clients[i], state.New(clients[i], cfg.Name)
 		} else {

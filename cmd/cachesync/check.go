@@ -49,7 +49,7 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	targets, err := openTargets(cfg, quiet)
+	targets, err := openTargets(cfg, quiet, false)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
@@ -92,10 +94,23 @@ type daemon struct {
 // (config.Config.ForTarget, or the config itself when it has one target),
 // its client, and a logger that names it when there are several.
 type target struct {
-	name  string
-	cfg   *config.Config
+	name string
+	spec config.Redis
+	cfg  *config.Config
+	log  *slog.Logger
+
+	mu sync.Mutex
+	// redis is nil while a target other than the first has not answered
+	// since the daemon started; err says why.
 	redis rueidis.Client
-	log   *slog.Logger
+	err   error
+}
+
+// client returns the target's client, or why it has none yet.
+func (t *target) client() (rueidis.Client, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.redis, t.err
 }
 
 // openDaemon loads the config, connects to each Redis target and checks
@@ -113,11 +128,13 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{cfg: cfg, log: log, errors: errs}
-	if d.targets, err = openTargets(cfg, log); err != nil {
+	if d.targets, err = openTargets(cfg, log, true); err != nil {
 		return nil, err
 	}
 	for _, t := range d.targets {
-		t.warnEviction(ctx)
+		if t.redis != nil {
+			t.warnEviction(ctx)
+		}
 	}
 	// Every cache is checked, and no two of one target may name one key
 	// (whatever their sources), before any feed starts: a feed's rebuild
@@ -125,7 +142,7 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	all := map[string]*binding.Binding{}
 	clients := make([]rueidis.Client, len(d.targets))
 	for i, t := range d.targets {
-		clients[i] = t.redis
+		clients[i] = t.redis // nil for a target that does not answer: the feeds open their own once it does
 	}
 	for _, source := range cfg.SourceNames() {
 		bindings, err := checkSource(ctx, cfg, source)
@@ -148,25 +165,31 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	return d, nil
 }
 
-// openTargets opens a client of each target of cfg.
-func openTargets(cfg *config.Config, log *slog.Logger) ([]*target, error) {
+// openTargets opens a client of each target of cfg. With later, a target
+// other than the first that does not answer is left without one (its
+// err says why), for the daemon to open when it answers.
+func openTargets(cfg *config.Config, log *slog.Logger, later bool) ([]*target, error) {
 	if len(cfg.Targets) <= 1 {
 		client, err := cfg.RedisClient()
 		if err != nil {
 			return nil, err
 		}
-		return []*target{{name: cfg.Redis.Name, cfg: cfg, redis: client, log: log}}, nil
+		return []*target{{name: cfg.Redis.Name, spec: cfg.Redis, cfg: cfg, redis: client, log: log}}, nil
 	}
 	var targets []*target
-	for _, tc := range cfg.Targets {
-		client, err := tc.Client()
-		if err != nil {
-			for _, t := range targets {
-				t.redis.Close()
+	for i, tc := range cfg.Targets {
+		t := &target{name: tc.Name, spec: tc, cfg: cfg.ForTarget(tc.Name), log: log.With("target", tc.Name)}
+		t.redis, t.err = tc.Client()
+		if t.err != nil {
+			if _, err := tc.Option(); i == 0 || !later || err != nil {
+				for _, t := range targets {
+					t.close()
+				}
+				return nil, t.err
 			}
-			return nil, err
+			t.log.Warn("redis target does not answer: its caches are built once it does, the others go on", "err", t.err)
 		}
-		targets = append(targets, &target{name: tc.Name, cfg: cfg.ForTarget(tc.Name), redis: client, log: log.With("target", tc.Name)})
+		targets = append(targets, t)
 	}
 	return targets, nil
 }
@@ -217,6 +240,10 @@ func (d *daemon) run(ctx context.Context) error {
 		g.Go(func() error { return f.Run(gctx) })
 	}
 	for i, t := range d.targets {
+		if t.redis == nil {
+			g.Go(func() error { t.await(gctx); return nil })
+			continue
+		}
 		api, parts, err := t.start(ctx, gctx, g, i == 0 && d.cfg.HTTP.Addr != "")
 		if api != nil {
 			defer api.Close()
@@ -290,6 +317,50 @@ func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (
 	return e, p, nil
 }
 
+// await waits for a target that did not answer when the daemon started,
+// opens its client once it does, and runs what its caches need (start)
+// until ctx is done.
+func (t *target) await(ctx context.Context) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		rc, err := t.spec.Client()
+		if err != nil {
+			continue
+		}
+		t.mu.Lock()
+		t.redis, t.err = rc, nil
+		t.mu.Unlock()
+		t.log.Info("redis target answers")
+		t.warnEviction(ctx)
+		break
+	}
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		g, gctx := errgroup.WithContext(ctx)
+		api, _, err := t.start(ctx, gctx, g, false)
+		if err == nil {
+			err = g.Wait()
+		} else {
+			_ = g.Wait() // (nothing started, or what did ends with ctx: start failed after it)
+		}
+		if api != nil {
+			api.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		t.log.Warn("cannot serve the target's caches; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
 // serve starts the HTTP API on api, the first target's engine, with the
 // status and metrics of every target.
 func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engine, p parts) {
@@ -299,8 +370,8 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 	st := status.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Errors: d.errors}
 	if len(d.targets) > 1 {
 		for _, t := range d.targets {
-			ms.Targets = append(ms.Targets, t.redis)
-			st.Targets = append(st.Targets, t.redis)
+			ms.Targets = append(ms.Targets, t.client)
+			st.Targets = append(st.Targets, t.client)
 		}
 	}
 	if refresher := p.refresher; refresher != nil {
@@ -320,7 +391,14 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 // close closes every target's client.
 func (d *daemon) close() {
 	for _, t := range d.targets {
-		t.redis.Close()
+		t.close()
+	}
+}
+
+// close closes the target's client, when it has one.
+func (t *target) close() {
+	if rc, _ := t.client(); rc != nil {
+		rc.Close()
 	}
 }
 

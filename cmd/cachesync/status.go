@@ -144,13 +144,13 @@ func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error)
 	s := status.Sources{Config: cfg, Redis: rc, API: api, Outside: true}
 	if len(cfg.Targets) > 1 {
 		// A target that cannot be reached is reported down.
-		s.Targets, s.Unopened = []rueidis.Client{rc}, []error{nil}
+		s.Targets = []status.TargetClient{func() (rueidis.Client, error) { return rc, nil }}
 		for _, tc := range cfg.Targets[1:] {
 			c, err := tc.Client()
 			if c != nil {
 				defer c.Close()
 			}
-			s.Targets, s.Unopened = append(s.Targets, c), append(s.Unopened, err)
+			s.Targets = append(s.Targets, func() (rueidis.Client, error) { return c, err })
 		}
 	}
 	return status.NewCollector(s).Collect(ctx)

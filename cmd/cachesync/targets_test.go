@@ -224,3 +224,50 @@ func TestTwoTargetsServe(t *testing.T) {
 		t.Errorf("status without the daemon: want eu up, us unreachable:\n%s", out)
 	}
 }
+
+// TestTwoTargetsOneDownAtStart: the daemon starts while us does not
+// answer. It streams to eu and says us is down; once us is started, the
+// feed builds it, and the daemon serves its caches: a stock key deleted
+// there is filled on its first miss (us's keymiss listener).
+func TestTwoTargetsOneDownAtStart(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, targetsSchema)
+	us := w.Target(testenv.StartRedis(t))
+	if err := us.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	caches := `  prices: {table: prices, key: "price:{id}", value: {format: string, column: price}}
+  stock: {table: stock, key: "stock:{id}", value: {format: string, column: n}, targets: [us], fill: on-miss}
+`
+	d, _, cfg := serve(w, twoTargets(w, us, caches), "")
+	d.WaitLog("redis target does not answer")
+	prices := func() map[string]string { return w.Rows(`SELECT 'price:' || id, price FROM prices`) }
+	w.Exec(`UPDATE prices SET price = price || '!' WHERE id % 3 = 0`)
+	w.WaitEqual("*", prices)
+	d.WaitFor("status: eu up, us down", func() bool {
+		st, _ := statusOf(t, cfg)
+		return len(st.Targets) == 2 && st.Targets[0].Up && !st.Targets[1].Up
+	})
+
+	if err := us.Redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Exec(`DELETE FROM stock WHERE id = 9`)
+	us.WaitEqual("*", func() map[string]string {
+		m := prices()
+		for k, v := range w.Rows(`SELECT 'stock:' || id, n::text FROM stock`) {
+			m[k] = v
+		}
+		return m
+	})
+	d.WaitLog("redis target answers")
+	if err := us.RC.Do(t.Context(), us.RC.B().Del().Key("stock:7").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitFor("stock:7 filled in us after a miss there", func() bool { v, _ := us.Get("stock:7"); return v == "70" })
+	d.WaitFor("status: both up", func() bool {
+		st, _ := statusOf(t, cfg)
+		return len(st.Targets) == 2 && st.Targets[0].Up && st.Targets[1].Up
+	})
+	d.Stop()
+}

@@ -43,7 +43,7 @@ type Sources struct {
 	// Targets are the clients of Config.Targets, in order, when the
 	// config has several (Redis is then the first's): each target's feed
 	// position is read from it.
-	Targets   []rueidis.Client
+	Targets   []status.TargetClient
 	Refresher *refresh.Refresher
 	Keymiss   *keymiss.Listener
 	// Consistency is the continuous consistency check, when it runs.
@@ -200,7 +200,11 @@ type redisRead struct {
 func (c *collector) readRedis(ctx context.Context, i int) (redisRead, error) {
 	rc, cfg := c.s.Redis, c.s.Config
 	if len(c.s.Targets) > 0 {
-		rc, cfg = c.s.Targets[i], status.Homed(c.s.Config, i)
+		var err error
+		if rc, err = c.s.Targets[i](); err != nil {
+			return redisRead{}, err
+		}
+		cfg = status.Homed(c.s.Config, i)
 	}
 	var rd redisRead
 	var err error

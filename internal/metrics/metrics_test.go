@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/internal/refresh"
+	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
@@ -129,7 +130,7 @@ func TestTargets(t *testing.T) {
 	}
 	usRC := us.Client(t)
 	feed := changefeed.New(cfg, "db", world.Logger(), w.RC, usRC)
-	body := scrape(t, metrics.Sources{Config: cfg, Redis: w.RC, Targets: []rueidis.Client{w.RC, usRC}, Feeds: []*changefeed.Feed{feed}})
+	body := scrape(t, metrics.Sources{Config: cfg, Redis: w.RC, Targets: []status.TargetClient{func() (rueidis.Client, error) { return w.RC, nil }, func() (rueidis.Client, error) { return usRC, nil }}, Feeds: []*changefeed.Feed{feed}})
 	for _, want := range []string{
 		`cachesync_changefeed_target_away{source="db",target="eu"} 0`,
 		`cachesync_changefeed_target_away{source="db",target="us"} 0`,

@@ -114,17 +114,19 @@ type Sources struct {
 	Redis  rueidis.Client
 	API    *engine.Engine
 	Feeds  []*changefeed.Feed
-	// Targets are the clients of Config.Targets, in order, when the
-	// config has several (Redis is then the first). A nil one could not
-	// be opened: Unopened says why.
-	Targets   []rueidis.Client
-	Unopened  []error
+	// Targets give the clients of Config.Targets, in order, when the
+	// config has several (Redis is then the first's).
+	Targets   []TargetClient
 	Errors    *Errors
 	Refreshed func(cache string) int64 // keys of cache refreshed by the daemon, when it refreshes
 	// Outside is set when API is not the daemon's client (cachesync
 	// status without a daemon): its counters say nothing then.
 	Outside bool
 }
+
+// TargetClient returns a Redis target's client, or why it has none (it
+// has not answered yet).
+type TargetClient func() (rueidis.Client, error)
 
 // Collector builds reports, counting each cache's keys at most every
 // KeysEvery (a SCAN of the keyspace is not free) and waiting for each
@@ -257,9 +259,9 @@ type redisRead struct {
 // readRedis reads target i's Redis within d; when it does not answer,
 // info says why, and applied holds what the running feeds know without it.
 func (c *Collector) readRedis(ctx context.Context, d time.Duration, i int) redisRead {
-	rc := c.client(i)
-	if rc == nil {
-		return redisRead{info: Redis{Error: Describe(c.s.Unopened[i])}, applied: c.applied(ctx, i, false)}
+	rc, err := c.client(i)
+	if err != nil {
+		return redisRead{info: Redis{Error: Describe(err)}, applied: c.applied(ctx, i, false)}
 	}
 	rd, err := Within(ctx, d, func(ctx context.Context) (redisRead, error) {
 		info, err := Info(ctx, rc, "default")
@@ -275,12 +277,12 @@ func (c *Collector) readRedis(ctx context.Context, d time.Duration, i int) redis
 	return rd
 }
 
-// client is the client of target i.
-func (c *Collector) client(i int) rueidis.Client {
+// client is the client of target i, or why it has none.
+func (c *Collector) client(i int) (rueidis.Client, error) {
 	if len(c.s.Targets) == 0 {
-		return c.s.Redis
+		return c.s.Redis, nil
 	}
-	return c.s.Targets[i]
+	return c.s.Targets[i]()
 }
 
 // view is the config as target i sees it: only its caches.
@@ -358,7 +360,11 @@ func (c *Collector) applied(ctx context.Context, i int, redisUp bool) map[string
 	if c.s.API == nil {
 		return out
 	}
-	rec := state.New(c.client(i), c.s.Config.Name)
+	rc, err := c.client(i)
+	if err != nil {
+		redisUp = false
+	}
+	rec := state.New(rc, c.s.Config.Name)
 	for _, source := range c.s.Config.SourceNames() {
 		st := c.stats(source, i)
 		switch {
@@ -452,9 +458,13 @@ func (c *Collector) countKeys(ctx context.Context, i int) map[string]int64 {
 	}
 	keys := map[string]int64{}
 	cfg := c.homed(i)
+	rc, err := c.client(i)
+	if err != nil {
+		return keys
+	}
 	for _, name := range cfg.CacheNames() {
 		var n int64
-		err := binding.ScanTemplate(ctx, c.client(i), cfg.Caches[name].Template, nil, func(ks []string) error {
+		err := binding.ScanTemplate(ctx, rc, cfg.Caches[name].Template, nil, func(ks []string) error {
 			n += int64(len(ks))
 			return nil
 		})

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +23,7 @@ type checkCommand struct{}
 var errInconsistent = errors.New("the cache in Redis differs from PostgreSQL")
 
 func (c *checkCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlagSet("check", "check --config FILE [--sample N] [--repair] [--json] [CACHE...]\n\nCompares Redis with PostgreSQL for each CACHE (default: every cache) and\nreports missing, stale and extra keys with examples. Keys that change while\nit runs are read again before they are reported. Exit code 0 only when\nconsistent, 3 when it found differences.")
+	fs := newFlagSet("check", "check --config FILE [--sample N] [--repair] [--json] [CACHE...]\n\nCompares Redis with PostgreSQL for each CACHE (default: every cache) and\nreports missing, stale and extra keys with examples, in each Redis target\nthat holds it. Keys that change while\nit runs are read again before they are reported. Exit code 0 only when\nconsistent, 3 when it found differences.")
 	common := addCommonFlags(fs)
 	sample := fs.Int("sample", 0, "check `N` random rows instead of everything")
 	repair := fs.Bool("repair", false, "fix what it finds (lease-guarded fills and invalidations)")
@@ -47,25 +48,48 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 			return config.FieldError("caches", "no cache named %q (caches: %s)", n, strings.Join(cfg.CacheNames(), ", "))
 		}
 	}
-	rc, err := cfg.RedisClient()
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	targets, err := openTargets(cfg, quiet, false)
 	if err != nil {
 		return err
 	}
-	defer rc.Close()
-	api, err := engine.Open(ctx, cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	var reports []*check.Report
-	for _, n := range names {
-		r, err := check.Run(ctx, cfg, api, rc, n, check.Options{Sample: *sample, Repair: *repair, Lookup: *lookup})
-		if err != nil {
+	defer func() {
+		for _, t := range targets {
+			t.redis.Close()
+		}
+	}()
+	// An engine per target that holds a cache to check.
+	apis := make([]*engine.Engine, len(targets))
+	for i, t := range targets {
+		if !slices.ContainsFunc(names, func(n string) bool { return t.cfg.Caches[n] != nil }) {
+			continue
+		}
+		if apis[i], err = engine.Open(ctx, t.cfg, engine.Options{Logger: quiet}); err != nil {
 			return err
 		}
-		reports = append(reports, r)
-		if !*asJSON {
-			printReport(os.Stdout, r, *repair)
+		defer apis[i].Close()
+	}
+	var reports []targetReport
+	for _, n := range names {
+		for i, t := range targets {
+			if t.cfg.Caches[n] == nil {
+				continue
+			}
+			r, err := check.Run(ctx, t.cfg, apis[i], t.redis, n, check.Options{Sample: *sample, Repair: *repair, Lookup: *lookup})
+			if err != nil {
+				if len(targets) > 1 {
+					return fmt.Errorf("target %s: %w", t.name, err)
+				}
+				return err
+			}
+			tr := targetReport{Report: r}
+			if len(targets) > 1 {
+				tr.Target = t.name
+			}
+			reports = append(reports, tr)
+			if !*asJSON {
+				printReport(os.Stdout, tr, *repair)
+			}
 		}
 	}
 	if *asJSON {
@@ -83,12 +107,23 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
-func printReport(w io.Writer, r *check.Report, repair bool) {
+// targetReport is a check's report of one cache in one target, the target
+// named when the config has several.
+type targetReport struct {
+	Target string `json:"target,omitempty"`
+	*check.Report
+}
+
+func printReport(w io.Writer, r targetReport, repair bool) {
 	state := "consistent"
 	if !r.Consistent() {
 		state = "INCONSISTENT"
 	}
-	fmt.Fprintf(w, "%s: %s (%d keys, %d rows checked in %s)\n", r.Cache, state, r.Keys, r.Rows, time.Duration(r.Took).Round(time.Millisecond))
+	name := r.Cache
+	if r.Target != "" {
+		name += " in target " + r.Target
+	}
+	fmt.Fprintf(w, "%s: %s (%d keys, %d rows checked in %s)\n", name, state, r.Keys, r.Rows, time.Duration(r.Took).Round(time.Millisecond))
 	for _, f := range []struct {
 		what string
 		f    check.Finding

@@ -94,9 +94,9 @@ func TestMetricsMove(t *testing.T) {
 	d, base, cfg := observe(w)
 	before := scrape(t, base)
 	for _, name := range []string{
-		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="db"}`,
+		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="db",target=""}`,
 		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{cache="p",result="refreshed"}`,
-		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="db"}`,
+		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="db",target=""}`,
 	} {
 		if _, ok := before[name]; !ok {
 			t.Errorf("no %s in /metrics", name)
@@ -123,8 +123,8 @@ func TestMetricsMove(t *testing.T) {
 	moved(`cachesync_gets_total{cache="p",result="miss"}`, 1)
 	moved(`cachesync_fills_total{cache="p"}`, 1)
 	w.Exec(`UPDATE p SET v = -3 WHERE id = 3`)
-	moved(`cachesync_changefeed_rows_applied_total{source="db"}`, 1)
-	moved(`cachesync_changefeed_transactions_total{source="db"}`, 1)
+	moved(`cachesync_changefeed_rows_applied_total{source="db",target=""}`, 1)
+	moved(`cachesync_changefeed_transactions_total{source="db",target=""}`, 1)
 	w.Do(w.RC.B().Pexpire().Key("p:4").Milliseconds(1).Build())
 	moved(`cachesync_refresh_keys_total{cache="p",result="refreshed"}`, 1)
 	if code, body := httpDo(t, "PUT", base+"/v1/caches/w/w:1?mode=behind", `{"id": 1, "v": 5}`); code != 204 {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
@@ -78,17 +80,42 @@ func (c *commonFlags) logger() (*slog.Logger, error) {
 	return nil, usageError{fmt.Sprintf("--log-format %q: want text or json", c.logFormat)}
 }
 
-// daemon is a loaded config with its Redis client and one feed per source.
+// daemon is a loaded config with a Redis client per target and one feed
+// per source.
 type daemon struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	errors *status.Errors // the last error of each cache, for the status
-	redis  rueidis.Client
-	feeds  []*changefeed.Feed
+	cfg     *config.Config
+	log     *slog.Logger
+	errors  *status.Errors // the last error of each cache, for the status
+	targets []*target      // the config's targets, in its order
+	feeds   []*changefeed.Feed
 }
 
-// openDaemon loads the config, connects to Redis and checks every cache
-// against its live table, so a bad config fails at once with one line.
+// target is one Redis target of the daemon: its view of the config
+// (config.Config.ForTarget, or the config itself when it has one target),
+// its client, and a logger that names it when there are several.
+type target struct {
+	name string
+	spec config.Redis
+	cfg  *config.Config
+	log  *slog.Logger
+
+	mu sync.Mutex
+	// redis is nil while a target other than the first has not answered
+	// since the daemon started; err says why.
+	redis rueidis.Client
+	err   error
+}
+
+// client returns the target's client, or why it has none yet.
+func (t *target) client() (rueidis.Client, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.redis, t.err
+}
+
+// openDaemon loads the config, connects to each Redis target and checks
+// every cache against its live table, so a bad config fails at once with
+// one line.
 func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	log, err := common.logger()
 	if err != nil {
@@ -100,29 +127,83 @@ func openDaemon(ctx context.Context, common *commonFlags) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := cfg.RedisClient()
-	if err != nil {
+	d := &daemon{cfg: cfg, log: log, errors: errs}
+	if d.targets, err = openTargets(cfg, log, true); err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, errors: errs, redis: client}
-	d.warnEviction(ctx)
-	// Every cache is checked, and no two may name one key (whatever their
-	// sources), before any feed starts: a feed's rebuild clears its keys.
+	for _, t := range d.targets {
+		if t.redis != nil {
+			t.warnEviction(ctx)
+		}
+	}
+	// Every cache is checked, and no two of one target may name one key
+	// (whatever their sources), before any feed starts: a feed's rebuild
+	// clears its keys. Caches in different targets may share key names.
 	all := map[string]*binding.Binding{}
+	clients := make([]rueidis.Client, len(d.targets))
+	for i, t := range d.targets {
+		clients[i] = t.redis // nil for a target that does not answer: the feeds open their own once it does
+	}
 	for _, source := range cfg.SourceNames() {
 		bindings, err := checkSource(ctx, cfg, source)
 		if err != nil {
-			client.Close()
+			d.close()
 			return nil, err
 		}
 		maps.Copy(all, bindings)
-		d.feeds = append(d.feeds, changefeed.New(cfg, source, log, client))
+		d.feeds = append(d.feeds, changefeed.New(cfg, source, log, clients...))
 	}
-	if err := schema.CheckKeyspaces(all); err != nil {
-		client.Close()
-		return nil, err
+	for _, t := range d.targets {
+		if err := schema.CheckKeyspaces(targetBindings(all, t.cfg)); err != nil {
+			d.close()
+			if len(d.targets) > 1 {
+				return nil, fmt.Errorf("target %s: %w", t.name, err)
+			}
+			return nil, err
+		}
 	}
 	return d, nil
+}
+
+// openTargets opens a client of each target of cfg. With later, a target
+// other than the first that does not answer is left without one (its
+// err says why), for the daemon to open when it answers.
+func openTargets(cfg *config.Config, log *slog.Logger, later bool) ([]*target, error) {
+	if len(cfg.Targets) <= 1 {
+		client, err := cfg.RedisClient()
+		if err != nil {
+			return nil, err
+		}
+		return []*target{{name: cfg.Redis.Name, spec: cfg.Redis, cfg: cfg, redis: client, log: log}}, nil
+	}
+	var targets []*target
+	for i, tc := range cfg.Targets {
+		t := &target{name: tc.Name, spec: tc, cfg: cfg.ForTarget(tc.Name), log: log.With("target", tc.Name)}
+		t.redis, t.err = tc.Client()
+		if t.err != nil {
+			if _, err := tc.Option(); i == 0 || !later || err != nil {
+				for _, t := range targets {
+					t.close()
+				}
+				return nil, t.err
+			}
+			t.log.Warn("redis target does not answer: its caches are built once it does, the others go on", "err", t.err)
+		}
+		targets = append(targets, t)
+	}
+	return targets, nil
+}
+
+// targetBindings returns the bindings of all that belong to the caches of
+// cfg.
+func targetBindings(all map[string]*binding.Binding, cfg *config.Config) map[string]*binding.Binding {
+	out := map[string]*binding.Binding{}
+	for name := range cfg.Caches {
+		if b, ok := all[name]; ok {
+			out[name] = b
+		}
+	}
+	return out
 }
 
 // checkSource checks the caches of source against the live schema and
@@ -146,64 +227,34 @@ func checkSource(ctx context.Context, cfg *config.Config, source string) (map[st
 	return schema.Bindings(caches, tables), nil
 }
 
-// run runs every feed, and the HTTP API when configured, until ctx is done
-// (SIGINT/SIGTERM) or one fails for good.
+// run runs every feed, what each target's caches need besides (fills on
+// a miss, refreshes, the consistency sampler, write-behind drains), and the
+// HTTP API when configured, until ctx is done (SIGINT/SIGTERM) or one fails
+// for good.
 func (d *daemon) run(ctx context.Context) error {
-	d.log.Info("cachesync running", "name", d.cfg.Name, "caches", len(d.cfg.Caches), "sources", len(d.feeds))
+	d.log.Info("cachesync running", "name", d.cfg.Name, "caches", len(d.cfg.Caches), "sources", len(d.feeds), "targets", len(d.targets))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	for _, f := range d.feeds {
 		g.Go(func() error { return f.Run(gctx) })
 	}
-	onMiss := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Fill == config.FillOnMiss })
-	behind := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool { return d.cfg.Caches[n].Writes == config.WritesBehind })
-	refreshes := slices.ContainsFunc(d.cfg.CacheNames(), func(n string) bool {
-		return d.cfg.Caches[n].Refreshes() || len(d.cfg.Caches[n].Schedule) > 0
-	})
-	sampling := d.cfg.Consistency.Rate() > 0
-	if d.cfg.HTTP.Addr != "" || onMiss || behind || refreshes || sampling {
-		api, err := engine.Open(ctx, d.cfg, engine.Options{Logger: d.log})
+	for i, t := range d.targets {
+		if t.redis == nil {
+			g.Go(func() error { t.await(gctx); return nil })
+			continue
+		}
+		api, parts, err := t.start(ctx, gctx, g, i == 0 && d.cfg.HTTP.Addr != "")
+		if api != nil {
+			defer api.Close()
+		}
 		if err != nil {
+			cancel() // what started already ends before the engines close
+			_ = g.Wait()
 			return err
 		}
-		defer api.Close()
-		listener, err := keymiss.New(d.cfg, api, d.redis, d.log)
-		if err != nil {
-			return err
-		}
-		if listener != nil {
-			g.Go(func() error { return listener.Run(gctx, 16) })
-		}
-		refresher, err := refresh.New(d.cfg, api, d.redis, d.log)
-		if err != nil {
-			return err
-		}
-		if refresher != nil {
-			g.Go(func() error { return refresher.Run(gctx) })
-		}
-		sampler := consistency.New(d.cfg, api, d.redis, d.log)
-		if sampler != nil {
-			g.Go(func() error { return sampler.Run(gctx) })
-		}
-		if d.cfg.HTTP.Addr != "" {
-			srv := httpapi.New(api, d.cfg.HTTP, d.log)
-			ms := metrics.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Keymiss: listener, Consistency: sampler, Log: d.log}
-			st := status.Sources{Config: d.cfg, Redis: d.redis, API: api, Feeds: d.feeds, Errors: d.errors}
-			if refresher != nil {
-				ms.Refresher = refresher
-				st.Refreshed = func(cache string) int64 {
-					if pc := refresher.PerCache[cache]; pc != nil {
-						return pc.Refreshed.Load()
-					}
-					return 0
-				}
-			}
-			collector := status.NewCollector(st)
-			srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())
-			g.Go(func() error { return srv.Run(gctx) })
-		}
-		if behind {
-			d.warnNoAOF(ctx)
-			g.Go(func() error { return drain.Run(gctx, api) })
+		if i == 0 && d.cfg.HTTP.Addr != "" {
+			d.serve(gctx, g, api, parts)
 		}
 	}
 	err := g.Wait()
@@ -213,29 +264,165 @@ func (d *daemon) run(ctx context.Context) error {
 	return err
 }
 
-func (d *daemon) close() { d.redis.Close() }
+// parts are what a target runs besides its feeds, nil when it does not.
+type parts struct {
+	keymiss   *keymiss.Listener
+	refresher *refresh.Refresher
+	sampler   *consistency.Sampler
+}
 
-// warnEviction warns when Redis may evict any key: cachesync's state record
-// would go too, and every cache would be rebuilt.
-func (d *daemon) warnEviction(ctx context.Context) {
-	m, err := d.redis.Do(ctx, d.redis.B().ConfigGet().Parameter("maxmemory-policy").Build()).AsStrMap()
+// start opens the engine of t when its caches need one (or api, for the
+// HTTP API) and starts in g what they need: the keymiss listener, the
+// refresher, the consistency sampler, the write-behind drain. The engine
+// (nil when none) is for the caller to close, also after an error.
+func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (*engine.Engine, parts, error) {
+	var p parts
+	cfg := t.cfg
+	has := func(ok func(*config.Cache) bool) bool {
+		return slices.ContainsFunc(cfg.CacheNames(), func(n string) bool { return ok(cfg.Caches[n]) })
+	}
+	onMiss := has(func(c *config.Cache) bool { return c.Fill == config.FillOnMiss })
+	behind := has(func(c *config.Cache) bool { return c.Writes == config.WritesBehind })
+	refreshes := has(func(c *config.Cache) bool { return c.Refreshes() || len(c.Schedule) > 0 })
+	sampling := cfg.Consistency.Rate() > 0 && len(cfg.Caches) > 0
+	if !api && !onMiss && !behind && !refreshes && !sampling {
+		return nil, p, nil
+	}
+	e, err := engine.Open(ctx, cfg, engine.Options{Logger: t.log})
+	if err != nil {
+		return nil, p, err
+	}
+	if p.keymiss, err = keymiss.New(cfg, e, t.redis, t.log); err != nil {
+		return e, p, err
+	}
+	if l := p.keymiss; l != nil {
+		g.Go(func() error { return l.Run(gctx, 16) })
+	}
+	if p.refresher, err = refresh.New(cfg, e, t.redis, t.log); err != nil {
+		return e, p, err
+	}
+	if r := p.refresher; r != nil {
+		g.Go(func() error { return r.Run(gctx) })
+	}
+	if sampling {
+		p.sampler = consistency.New(cfg, e, t.redis, t.log)
+	}
+	if s := p.sampler; s != nil {
+		g.Go(func() error { return s.Run(gctx) })
+	}
+	if behind {
+		t.warnNoAOF(ctx)
+		g.Go(func() error { return drain.Run(gctx, e) })
+	}
+	return e, p, nil
+}
+
+// await waits for a target that did not answer when the daemon started,
+// opens its client once it does, and runs what its caches need (start)
+// until ctx is done.
+func (t *target) await(ctx context.Context) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		rc, err := t.spec.Client()
+		if err != nil {
+			continue
+		}
+		t.mu.Lock()
+		t.redis, t.err = rc, nil
+		t.mu.Unlock()
+		t.log.Info("redis target answers")
+		t.warnEviction(ctx)
+		break
+	}
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		g, gctx := errgroup.WithContext(ctx)
+		api, _, err := t.start(ctx, gctx, g, false)
+		if err == nil {
+			err = g.Wait()
+		} else {
+			_ = g.Wait() // (nothing started, or what did ends with ctx: start failed after it)
+		}
+		if api != nil {
+			api.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		t.log.Warn("cannot serve the target's caches; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// serve starts the HTTP API on api, the first target's engine, with the
+// status and metrics of every target.
+func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engine, p parts) {
+	first := d.targets[0]
+	srv := httpapi.New(api, d.cfg.HTTP, d.log)
+	ms := metrics.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Keymiss: p.keymiss, Consistency: p.sampler, Log: d.log}
+	st := status.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Errors: d.errors}
+	if len(d.targets) > 1 {
+		for _, t := range d.targets {
+			ms.Targets = append(ms.Targets, t.client)
+			st.Targets = append(st.Targets, t.client)
+		}
+	}
+	if refresher := p.refresher; refresher != nil {
+		ms.Refresher = refresher
+		st.Refreshed = func(cache string) int64 {
+			if pc := refresher.PerCache[cache]; pc != nil {
+				return pc.Refreshed.Load()
+			}
+			return 0
+		}
+	}
+	collector := status.NewCollector(st)
+	srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())
+	g.Go(func() error { return srv.Run(gctx) })
+}
+
+// close closes every target's client.
+func (d *daemon) close() {
+	for _, t := range d.targets {
+		t.close()
+	}
+}
+
+// close closes the target's client, when it has one.
+func (t *target) close() {
+	if rc, _ := t.client(); rc != nil {
+		rc.Close()
+	}
+}
+
+// warnEviction warns when the target's Redis may evict any key:
+// cachesync's state record would go too, and every cache would be rebuilt.
+func (t *target) warnEviction(ctx context.Context) {
+	m, err := t.redis.Do(ctx, t.redis.B().ConfigGet().Parameter("maxmemory-policy").Build()).AsStrMap()
 	if err != nil {
 		return // CONFIG may be refused (managed Redis, ACL); nothing to say then
 	}
 	if p := m["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
-		d.log.Warn("redis maxmemory-policy may evict cachesync's state key (cachesync:state:"+d.cfg.Name+"), which forces full rebuilds; prefer volatile-* or noeviction", "policy", p)
+		t.log.Warn("redis maxmemory-policy may evict cachesync's state key (cachesync:state:"+t.cfg.Name+"), which forces full rebuilds; prefer volatile-* or noeviction", "policy", p)
 	}
 }
 
-// warnNoAOF warns when Redis does not log writes to disk: acknowledged
-// write-behind writes queued in it would be lost if it crashed.
-func (d *daemon) warnNoAOF(ctx context.Context) {
-	m, err := d.redis.Do(ctx, d.redis.B().ConfigGet().Parameter("appendonly").Build()).AsStrMap()
+// warnNoAOF warns when the target's Redis does not log writes to disk:
+// acknowledged write-behind writes queued in it would be lost if it crashed.
+func (t *target) warnNoAOF(ctx context.Context) {
+	m, err := t.redis.Do(ctx, t.redis.B().ConfigGet().Parameter("appendonly").Build()).AsStrMap()
 	if err != nil {
-		d.log.Warn("cannot read Redis appendonly: write-behind is only as durable as Redis (use appendonly yes)", "err", err)
+		t.log.Warn("cannot read Redis appendonly: write-behind is only as durable as Redis (use appendonly yes)", "err", err)
 		return
 	}
 	if m["appendonly"] != "yes" {
-		d.log.Warn("Redis runs without appendonly: queued write-behind writes are lost if Redis crashes; set appendonly yes")
+		t.log.Warn("Redis runs without appendonly: queued write-behind writes are lost if Redis crashes; set appendonly yes")
 	}
 }

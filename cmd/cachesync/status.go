@@ -14,6 +14,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/status"
@@ -22,7 +24,7 @@ import (
 type statusCommand struct{}
 
 func (c *statusCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlagSet("status", "status --config FILE [--json]\n\nPrints each cache's mode, keys, hit ratio, change-feed lag, write-behind queue\nand last error. With http.addr in the config it asks the running daemon\n(GET /v1/status); otherwise, or when no daemon answers, it reads Redis and\nPostgreSQL itself (no hit ratios or errors then).")
+	fs := newFlagSet("status", "status --config FILE [--json]\n\nPrints each cache's mode, keys, hit ratio, change-feed lag, write-behind queue\nand last error, and each Redis target when there are several. With http.addr in the config it asks the running daemon\n(GET /v1/status); otherwise, or when no daemon answers, it reads Redis and\nPostgreSQL itself (no hit ratios or errors then).")
 	common := addCommonFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
@@ -127,11 +129,29 @@ func readStatus(ctx context.Context, cfg *config.Config) (*status.Report, error)
 		return nil, err
 	}
 	defer rc.Close()
-	api, err := engine.Open(octx, cfg, engine.Options{Logger: slog.New(slog.DiscardHandler)})
+	// The first target's engine, as the daemon's: caches of other targets
+	// may share its key names.
+	first := cfg
+	if len(cfg.Targets) > 1 {
+		first = cfg.ForTarget(cfg.Targets[0].Name)
+	}
+	api, err := engine.Open(octx, first, engine.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}
 	defer api.Close()
 	// Not the daemon's client: its counters are empty, so leave them out.
-	return status.NewCollector(status.Sources{Config: cfg, Redis: rc, API: api, Outside: true}).Collect(ctx)
+	s := status.Sources{Config: cfg, Redis: rc, API: api, Outside: true}
+	if len(cfg.Targets) > 1 {
+		// A target that cannot be reached is reported down.
+		s.Targets = []status.TargetClient{func() (rueidis.Client, error) { return rc, nil }}
+		for _, tc := range cfg.Targets[1:] {
+			c, err := tc.Client()
+			if c != nil {
+				defer c.Close()
+			}
+			s.Targets = append(s.Targets, func() (rueidis.Client, error) { return c, err })
+		}
+	}
+	return status.NewCollector(s).Collect(ctx)
 }

@@ -36,10 +36,14 @@ import (
 
 // Sources are what the metrics are read from; any but Config and Redis may be nil.
 type Sources struct {
-	Config    *config.Config
-	Redis     rueidis.Client
-	API       *engine.Engine
-	Feeds     []*changefeed.Feed
+	Config *config.Config
+	Redis  rueidis.Client
+	API    *engine.Engine
+	Feeds  []*changefeed.Feed
+	// Targets are the clients of Config.Targets, in order, when the
+	// config has several (Redis is then the first's): each target's feed
+	// position is read from it.
+	Targets   []status.TargetClient
 	Refresher *refresh.Refresher
 	Keymiss   *keymiss.Listener
 	// Consistency is the continuous consistency check, when it runs.
@@ -76,13 +80,14 @@ var (
 	descWBDead       = desc("writebehind_dead_letters", "Entries in the write-behind dead-letter stream.", "cache")
 	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache")
 	descWBDeadTotal  = desc("writebehind_dead_lettered_total", "Write-behind entries this process moved to the dead-letter stream.", "cache")
-	descFeedRows     = desc("changefeed_rows_applied_total", "Keys written or deleted in Redis by the change feed.", "source")
-	descFeedTxns     = desc("changefeed_transactions_total", "Transactions the change feed applied.", "source")
-	descFeedErrors   = desc("changefeed_errors_total", "Change feed errors, by kind: map (a row with no key or value), session (a session that ended in an error).", "source", "kind")
-	descFeedRebuilds = desc("changefeed_rebuilds_total", "Caches rebuilt from a snapshot.", "source")
-	descFeedLSN      = desc("changefeed_confirmed_lsn", "End LSN of the last transaction applied to Redis (and confirmed to PostgreSQL), as a number.", "source")
-	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source")
-	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source")
+	descFeedRows     = desc("changefeed_rows_applied_total", "Keys written or deleted in Redis by the change feed.", "source", "target")
+	descFeedTxns     = desc("changefeed_transactions_total", "Transactions the change feed applied.", "source", "target")
+	descFeedErrors   = desc("changefeed_errors_total", "Change feed errors, by kind: map (a row with no key or value), session (a session that ended in an error).", "source", "target", "kind")
+	descFeedRebuilds = desc("changefeed_rebuilds_total", "Caches rebuilt from a snapshot.", "source", "target")
+	descFeedLSN      = desc("changefeed_confirmed_lsn", "End LSN of the last transaction applied to Redis (and confirmed to PostgreSQL), as a number.", "source", "target")
+	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source", "target")
+	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source", "target")
+	descFeedAway     = desc("changefeed_target_away", "1 when the change feed left the target behind (unreachable past its buffer): it is rebuilt once it answers.", "source", "target")
 	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "cache", "result")
 	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate")
 	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
@@ -131,11 +136,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if d <= 0 {
 		d = status.DefaultDeadline
 	}
-	var rd redisRead
-	var rerr error
+	n := max(len(c.s.Targets), 1)
+	reads, errs := make([]redisRead, n), make([]error, n)
 	var sources map[string]status.SourceProbe
 	var wg sync.WaitGroup
-	wg.Go(func() { rd, rerr = status.Within(ctx, d, c.readRedis) })
+	for i := range n {
+		wg.Go(func() {
+			reads[i], errs[i] = status.Within(ctx, d, func(ctx context.Context) (redisRead, error) { return c.readRedis(ctx, i) })
+		})
+	}
 	if c.s.API != nil {
 		wg.Go(func() { sources = status.ProbeSources(ctx, c.s.API, c.s.Config.SourceNames(), d, false) })
 	}
@@ -144,52 +153,86 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	for name, q := range rd.queues {
-		gauge(descWBPending, float64(q.Pending), name)
-		gauge(descWBDead, float64(q.DeadLetters), name)
+	for _, rd := range reads {
+		for name, q := range rd.queues {
+			gauge(descWBPending, float64(q.Pending), name)
+			gauge(descWBDead, float64(q.DeadLetters), name)
+		}
 	}
 	for _, f := range c.s.Feeds {
-		applied, known := rd.applied[f.Source]
-		if rerr != nil {
-			applied, known = f.Stats.AppliedLSN.Load(), true // what the feed knows without Redis
-		}
-		if known {
-			gauge(descFeedLSN, float64(applied), f.Source)
-		}
-		if p, ok := sources[f.Source]; ok && p.Err == nil && applied > 0 {
-			gauge(descFeedLagBytes, float64(max(int64(p.WAL)-int64(applied), 0)), f.Source)
+		for _, t := range f.Targets {
+			if len(c.s.Targets) > 0 && len(t.Caches) == 0 {
+				continue
+			}
+			i := c.index(t.Name)
+			applied, known := reads[i].applied[f.Source]
+			if errs[i] != nil {
+				applied, known = t.Stats.AppliedLSN.Load(), true // what the feed knows without Redis
+			}
+			if known {
+				gauge(descFeedLSN, float64(applied), f.Source, t.Name)
+			}
+			if p, ok := sources[f.Source]; ok && p.Err == nil && applied > 0 {
+				gauge(descFeedLagBytes, float64(max(int64(p.WAL)-int64(applied), 0)), f.Source, t.Name)
+			}
 		}
 	}
 	for name, p := range sources {
 		gauge(descSourceUp, ok(p.Err == nil), name)
 	}
-	if rerr != nil {
+	if errs[0] != nil {
 		gauge(descRedisUp, 0)
 		return
 	}
 	gauge(descRedisUp, 1)
-	collectInfo(rd.info, ch)
+	collectInfo(reads[0].info, ch)
 }
 
-// redisRead is what a scrape reads from Redis.
+// redisRead is what a scrape reads from a Redis target.
 type redisRead struct {
-	info    map[string]string
-	queues  map[string]drain.Queue
-	applied map[string]uint64 // by source of a feed: how far its changes are applied
+	info    map[string]string      // the first target's
+	queues  map[string]drain.Queue // of the caches whose figures the target gives (status.Home)
+	applied map[string]uint64      // by source of a feed: how far its changes are applied in the target
 }
 
-// readRedis reads INFO, the write-behind queues and the feeds' positions.
-func (c *collector) readRedis(ctx context.Context) (redisRead, error) {
-	info, err := status.Info(ctx, c.s.Redis, "everything")
-	if err != nil {
+// readRedis reads target i: INFO of the first, the write-behind queues
+// of the caches it is the first target of, and the feeds' positions in it.
+func (c *collector) readRedis(ctx context.Context, i int) (redisRead, error) {
+	rc, cfg := c.s.Redis, c.s.Config
+	if len(c.s.Targets) > 0 {
+		var err error
+		if rc, err = c.s.Targets[i](); err != nil {
+			return redisRead{}, err
+		}
+		cfg = status.Homed(c.s.Config, i)
+	}
+	var rd redisRead
+	var err error
+	if i == 0 {
+		if rd.info, err = status.Info(ctx, rc, "everything"); err != nil {
+			return redisRead{}, err
+		}
+	} else if err := rc.Do(ctx, rc.B().Ping().Build()).Error(); err != nil {
 		return redisRead{}, err
 	}
-	rd := redisRead{info: info, queues: drain.Queues(ctx, c.s.Redis, c.s.Config), applied: map[string]uint64{}}
-	rec := state.New(c.s.Redis, c.s.Config.Name)
+	rd.queues, rd.applied = drain.Queues(ctx, rc, cfg), map[string]uint64{}
+	rec := state.New(rc, c.s.Config.Name)
 	for _, f := range c.s.Feeds {
-		rd.applied[f.Source] = rec.Position(ctx, f.Source, f.Applied())
+		for _, t := range f.Targets {
+			if c.index(t.Name) == i {
+				rd.applied[f.Source] = rec.Position(ctx, f.Source, t.Stats.AppliedLSN.Load())
+			}
+		}
 	}
 	return rd, nil
+}
+
+// index is the index of the target named name among Targets (0 with one).
+func (c *collector) index(name string) int {
+	if len(c.s.Targets) == 0 {
+		return 0
+	}
+	return max(slices.IndexFunc(c.s.Config.Targets, func(t config.Redis) bool { return t.Name == name }), 0)
 }
 
 // collectCounts reports what this process counted: nothing to read from
@@ -222,13 +265,19 @@ func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, f := range c.s.Feeds {
-		st := f.Stats
-		counter(descFeedRows, st.Writes.Load(), f.Source)
-		counter(descFeedTxns, st.Txns.Load(), f.Source)
-		counter(descFeedErrors, st.MapErrors.Load(), f.Source, "map")
-		counter(descFeedErrors, st.Reconnects.Load(), f.Source, "session")
-		counter(descFeedRebuilds, st.Rebuilds.Load(), f.Source)
-		ch <- histogram(descFeedLag, st.Lag, f.Source)
+		for _, t := range f.Targets {
+			if len(c.s.Targets) > 0 && len(t.Caches) == 0 {
+				continue // a feed without a change-feed cache holds a target of no name
+			}
+			st, labels := t.Stats, []string{f.Source, t.Name}
+			counter(descFeedRows, st.Writes.Load(), labels...)
+			counter(descFeedTxns, st.Txns.Load(), labels...)
+			counter(descFeedErrors, st.MapErrors.Load(), f.Source, t.Name, "map")
+			counter(descFeedErrors, st.Reconnects.Load(), f.Source, t.Name, "session")
+			counter(descFeedRebuilds, st.Rebuilds.Load(), labels...)
+			ch <- histogram(descFeedLag, st.Lag, labels...)
+			gauge(descFeedAway, ok(t.Away()), labels...)
+		}
 	}
 	if r := c.s.Refresher; r != nil {
 		st := &r.Stats
@@ -254,6 +303,9 @@ func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 	if sm := c.s.Consistency; sm != nil {
 		for _, name := range cfg.CacheNames() {
 			st := sm.PerCache[name]
+			if st == nil {
+				continue // a cache of another target
+			}
 			counter(descConsChecked, st.Checked.Load(), name)
 			counter(descConsBad, st.Inconsistent.Load(), name)
 			if n := st.Nines(); !math.IsNaN(n) {

@@ -2,16 +2,22 @@ package metrics_test
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/keyevents"
 	"github.com/cachesync/cachesync/internal/keymiss"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/internal/refresh"
+	"github.com/cachesync/cachesync/internal/status"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
@@ -106,4 +112,54 @@ func TestRedisHung(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	scrape("redis hung", "cachesync_redis_up 0")
+}
+
+// TestTargets: the change-feed metrics name their target (an empty name
+// for a config's only target), and each target says whether it was left
+// behind.
+func TestTargets(t *testing.T) {
+	w := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text)`)
+	us := testenv.StartRedis(t)
+	caches := `  p: {table: t, key: "p:{id}"}
+  q: {table: u, key: "q:{id}", targets: [us]}
+`
+	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis:\n  - {name: eu, url: %q}\n  - {name: us, url: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s",
+		w.Name, w.Redis.URL(), us.URL(), w.DBURL, caches)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	usRC := us.Client(t)
+	feed := changefeed.New(cfg, "db", world.Logger(), w.RC, usRC)
+	body := scrape(t, metrics.Sources{Config: cfg, Redis: w.RC, Targets: []status.TargetClient{func() (rueidis.Client, error) { return w.RC, nil }, func() (rueidis.Client, error) { return usRC, nil }}, Feeds: []*changefeed.Feed{feed}})
+	for _, want := range []string{
+		`cachesync_changefeed_target_away{source="db",target="eu"} 0`,
+		`cachesync_changefeed_target_away{source="db",target="us"} 0`,
+		`cachesync_changefeed_rows_applied_total{source="db",target="eu"} 0`,
+		`cachesync_changefeed_rows_applied_total{source="db",target="us"} 0`,
+		`cachesync_changefeed_confirmed_lsn{source="db",target="us"} 0`,
+		`cachesync_redis_up 1`,
+	} {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	one := w.Config(caches[:strings.Index(caches, "  q:")])
+	body = scrape(t, metrics.Sources{Config: one, Redis: w.RC, Feeds: []*changefeed.Feed{changefeed.New(one, "db", world.Logger(), w.RC)}})
+	for _, want := range []string{
+		`cachesync_changefeed_target_away{source="db",target=""} 0`,
+		`cachesync_changefeed_rows_applied_total{source="db",target=""} 0`,
+	} {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("one target: metrics lack %s", want)
+		}
+	}
+}
+
+// scrape returns the metrics of s.
+func scrape(t *testing.T, s metrics.Sources) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	metrics.Handler(s).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/config"
@@ -29,8 +31,10 @@ import (
 type Report struct {
 	Name  string    `json:"name"`
 	Time  time.Time `json:"time"`
-	Live  bool      `json:"live"` // from the running daemon (hit ratios, errors), not read from outside
-	Redis Redis     `json:"redis"`
+	Live  bool      `json:"live"`  // from the running daemon (hit ratios, errors), not read from outside
+	Redis Redis     `json:"redis"` // the first target's
+	// Targets are the Redis targets, when the config has several.
+	Targets []Target `json:"targets,omitempty"`
 	// Sources are the PostgreSQL sources by name, when they were probed
 	// (with an API client).
 	Sources map[string]Source `json:"sources,omitempty"`
@@ -51,6 +55,27 @@ type Redis struct {
 	HitRatio      float64 `json:"hit_ratio"` // keyspace hits / (hits + misses), every client
 	ExpiredKeys   int64   `json:"expired_keys"`
 	CommandsTotal int64   `json:"commands_processed"`
+}
+
+// Target is the state of one Redis target of a config with several.
+type Target struct {
+	Name  string `json:"name"`
+	Up    bool   `json:"up"`
+	Error string `json:"error,omitempty"` // why not up, as Redis.Error
+	// Sources are, by source with a change-feed cache in the target, how
+	// far the target has applied its changes.
+	Sources map[string]TargetSource `json:"sources,omitempty"`
+}
+
+// TargetSource is how far a target has applied a source's changes.
+type TargetSource struct {
+	// Applied is the end LSN of the last transaction applied to the
+	// target: the running feed's, else the one recorded in it (0: none
+	// known).
+	Applied uint64 `json:"applied_lsn"`
+	// Away is set when the feed left the target behind (it was unreachable
+	// past its buffer): it is rebuilt once it answers.
+	Away bool `json:"away"`
 }
 
 // Source is the state of a PostgreSQL source.
@@ -85,16 +110,23 @@ type Cache struct {
 // Sources are what a status is read from; API, Feeds and Errors may be nil
 // (outside the daemon).
 type Sources struct {
-	Config    *config.Config
-	Redis     rueidis.Client
-	API       *engine.Engine
-	Feeds     []*changefeed.Feed
+	Config *config.Config
+	Redis  rueidis.Client
+	API    *engine.Engine
+	Feeds  []*changefeed.Feed
+	// Targets give the clients of Config.Targets, in order, when the
+	// config has several (Redis is then the first's).
+	Targets   []TargetClient
 	Errors    *Errors
 	Refreshed func(cache string) int64 // keys of cache refreshed by the daemon, when it refreshes
 	// Outside is set when API is not the daemon's client (cachesync
 	// status without a daemon): its counters say nothing then.
 	Outside bool
 }
+
+// TargetClient returns a Redis target's client, or why it has none (it
+// has not answered yet).
+type TargetClient func() (rueidis.Client, error)
 
 // Collector builds reports, counting each cache's keys at most every
 // KeysEvery (a SCAN of the keyspace is not free) and waiting for each
@@ -105,8 +137,8 @@ type Collector struct {
 	Deadline  time.Duration
 
 	mu      sync.Mutex
-	keys    map[string]int64
-	counted time.Time
+	keys    map[int]map[string]int64 // by target
+	counted map[int]time.Time
 }
 
 // NewCollector returns a collector of s.
@@ -114,7 +146,7 @@ func NewCollector(s Sources) *Collector {
 	return &Collector{s: s, KeysEvery: 10 * time.Second, Deadline: DefaultDeadline}
 }
 
-// Collect reads the status now. Redis and each source are read at once,
+// Collect reads the status now. Each Redis target and each source are read at once,
 // each within the Deadline: one that has not answered by then is reported
 // down, with why, and the report is made of what the others said.
 func (c *Collector) Collect(ctx context.Context) (*Report, error) {
@@ -124,15 +156,18 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	if d <= 0 {
 		d = DefaultDeadline
 	}
-	var rd redisRead
+	n := max(len(c.s.Targets), 1)
+	reads := make([]redisRead, n)
 	var sources map[string]SourceProbe
 	var wg sync.WaitGroup
-	wg.Go(func() { rd = c.readRedis(ctx, d) })
+	for i := range n {
+		wg.Go(func() { reads[i] = c.readRedis(ctx, d, i) })
+	}
 	if c.s.API != nil {
 		wg.Go(func() { sources = ProbeSources(ctx, c.s.API, cfg.SourceNames(), d, true) })
 	}
 	wg.Wait()
-	r.Redis = rd.info
+	r.Redis = reads[0].info
 	if sources != nil {
 		r.Sources = map[string]Source{}
 		for name, p := range sources {
@@ -143,11 +178,19 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 			r.Sources[name] = s
 		}
 	}
-	keys, queues := rd.keys, rd.queues
-	lag := c.lag(rd.applied, sources)
+	lags := make([]map[string]lagInfo, n)
+	for i, rd := range reads {
+		lags[i] = c.lag(i, rd.applied, sources)
+		if len(c.s.Targets) > 0 {
+			r.Targets = append(r.Targets, c.target(i, rd))
+		}
+	}
 	for _, name := range cfg.CacheNames() {
 		cc := cfg.Caches[name]
 		cs := Cache{Name: name, Mode: Mode(cc), Keys: -1}
+		// A cache's figures from Redis are its first target's.
+		home := c.home(cc)
+		keys, queues, lag := reads[home].keys, reads[home].queues, lags[home]
 		if n, ok := keys[name]; ok {
 			cs.Keys = n
 		}
@@ -213,46 +256,133 @@ type redisRead struct {
 	applied map[string]uint64 // by source: how far its changes are applied in Redis
 }
 
-// readRedis reads Redis within d; when Redis does not answer, info says
-// why, and applied holds what the running feeds know without it.
-func (c *Collector) readRedis(ctx context.Context, d time.Duration) redisRead {
+// readRedis reads target i's Redis within d; when it does not answer,
+// info says why, and applied holds what the running feeds know without it.
+func (c *Collector) readRedis(ctx context.Context, d time.Duration, i int) redisRead {
+	rc, err := c.client(i)
+	if err != nil {
+		return redisRead{info: Redis{Error: Describe(err)}, applied: c.applied(ctx, i, false)}
+	}
 	rd, err := Within(ctx, d, func(ctx context.Context) (redisRead, error) {
-		info, err := Info(ctx, c.s.Redis, "default")
+		info, err := Info(ctx, rc, "default")
 		if err != nil {
 			return redisRead{}, err
 		}
-		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx), queues: drain.Queues(ctx, c.s.Redis, c.s.Config),
-			applied: c.applied(ctx, true)}, nil
+		return redisRead{info: redisInfo(info), keys: c.countKeys(ctx, i), queues: drain.Queues(ctx, rc, c.homed(i)),
+			applied: c.applied(ctx, i, true)}, nil
 	})
 	if err != nil {
-		rd = redisRead{info: Redis{Error: Describe(err)}, applied: c.applied(ctx, false)}
+		rd = redisRead{info: Redis{Error: Describe(err)}, applied: c.applied(ctx, i, false)}
 	}
 	return rd
 }
 
-// applied returns how far each source's changes are applied in Redis: the
-// position of its running feed, or else, when Redis is up, the recorded
-// one; 0 when neither is known (or without an API: no lag to compute).
-func (c *Collector) applied(ctx context.Context, redisUp bool) map[string]uint64 {
+// client is the client of target i, or why it has none.
+func (c *Collector) client(i int) (rueidis.Client, error) {
+	if len(c.s.Targets) == 0 {
+		return c.s.Redis, nil
+	}
+	return c.s.Targets[i]()
+}
+
+// view is the config as target i sees it: only its caches.
+func (c *Collector) view(i int) *config.Config {
+	if len(c.s.Targets) == 0 {
+		return c.s.Config
+	}
+	return c.s.Config.ForTarget(c.s.Config.Targets[i].Name)
+}
+
+// homed is the config with only the caches whose figures target i
+// reports.
+func (c *Collector) homed(i int) *config.Config {
+	if len(c.s.Targets) == 0 {
+		return c.s.Config
+	}
+	return Homed(c.s.Config, i)
+}
+
+// home is the index of the target whose figures the report gives for cc.
+func (c *Collector) home(cc *config.Cache) int {
+	if len(c.s.Targets) == 0 {
+		return 0
+	}
+	return Home(c.s.Config, cc)
+}
+
+// Home is the index in cfg.Targets of cc's first target: the one whose
+// figures (keys, write-behind queue, lag) a status or a scrape gives for
+// the cache.
+func Home(cfg *config.Config, cc *config.Cache) int {
+	if len(cc.Targets) == 0 {
+		return 0
+	}
+	return max(slices.IndexFunc(cfg.Targets, func(t config.Redis) bool { return t.Name == cc.Targets[0] }), 0)
+}
+
+// Homed returns cfg as target i sees it (config.Config.ForTarget) with
+// only the caches it is the first target of (Home).
+func Homed(cfg *config.Config, i int) *config.Config {
+	h := cfg.ForTarget(cfg.Targets[i].Name)
+	for name, cc := range h.Caches {
+		if Home(cfg, cc) != i {
+			delete(h.Caches, name)
+		}
+	}
+	return h
+}
+
+// target reports target i from what was read of it.
+func (c *Collector) target(i int, rd redisRead) Target {
+	t := Target{Name: c.s.Config.Targets[i].Name, Up: rd.info.Up, Error: rd.info.Error}
+	for _, cc := range c.view(i).Caches {
+		if cc.Sync != config.SyncChangefeed {
+			continue
+		}
+		if t.Sources == nil {
+			t.Sources = map[string]TargetSource{}
+		}
+		ts := TargetSource{Applied: rd.applied[cc.Source]}
+		if ft := c.feedTarget(cc.Source, i); ft != nil {
+			ts.Away = ft.Away()
+		}
+		t.Sources[cc.Source] = ts
+	}
+	return t
+}
+
+// applied returns how far each source's changes are applied in target i:
+// the position of its running feed, or else, when the target is up, the
+// recorded one; 0 when neither is known (or without an API: no lag to
+// compute).
+func (c *Collector) applied(ctx context.Context, i int, redisUp bool) map[string]uint64 {
 	out := map[string]uint64{}
 	if c.s.API == nil {
 		return out
 	}
-	rec := state.New(c.s.Redis, c.s.Config.Name)
+	rc, err := c.client(i)
+	if err != nil {
+		redisUp = false
+	}
+	rec := state.New(rc, c.s.Config.Name)
 	for _, source := range c.s.Config.SourceNames() {
-		f := c.feed(source)
+		st := c.stats(source, i)
 		switch {
 		case redisUp:
-			out[source] = rec.Position(ctx, source, f.Applied())
-		case f != nil:
-			out[source] = f.Stats.AppliedLSN.Load()
+			var running uint64
+			if st != nil {
+				running = st.AppliedLSN.Load()
+			}
+			out[source] = rec.Position(ctx, source, running)
+		case st != nil:
+			out[source] = st.AppliedLSN.Load()
 		}
 	}
 	return out
 }
 
-// lag sets each source's feed position against PostgreSQL's.
-func (c *Collector) lag(applied map[string]uint64, sources map[string]SourceProbe) map[string]lagInfo {
+// lag sets each source's feed position in target i against PostgreSQL's.
+func (c *Collector) lag(i int, applied map[string]uint64, sources map[string]SourceProbe) map[string]lagInfo {
 	out := map[string]lagInfo{}
 	if c.s.API == nil {
 		return out
@@ -260,9 +390,9 @@ func (c *Collector) lag(applied map[string]uint64, sources map[string]SourceProb
 	for _, source := range c.s.Config.SourceNames() {
 		var li lagInfo
 		var lastLag, progress int64
-		f := c.feed(source)
-		if f != nil {
-			lastLag, progress, li.applied = f.Stats.LastLag.Load(), f.Stats.Progress.Load(), f.Stats.Writes.Load()
+		st := c.stats(source, i)
+		if st != nil {
+			lastLag, progress, li.applied = st.LastLag.Load(), st.Progress.Load(), st.Writes.Load()
 		}
 		p := sources[source]
 		if p.Err != nil || applied[source] == 0 {
@@ -271,7 +401,7 @@ func (c *Collector) lag(applied map[string]uint64, sources map[string]SourceProb
 		}
 		b := max(int64(p.WAL)-int64(applied[source]), 0)
 		li.bytes = &b
-		if f != nil {
+		if st != nil {
 			// The last transaction's commit → visible time; a feed that has
 			// not moved for a while (stuck, or catching up a backlog since
 			// its start) is at least that far behind.
@@ -287,28 +417,54 @@ func (c *Collector) lag(applied map[string]uint64, sources map[string]SourceProb
 	return out
 }
 
-func (c *Collector) feed(source string) *changefeed.Feed {
+// feedTarget is target i of the running feed of source, or nil (no
+// running feed, or none of its caches in that target).
+func (c *Collector) feedTarget(source string, i int) *changefeed.Target {
 	for _, f := range c.s.Feeds {
-		if f.Source == source {
-			return f
+		if f.Source != source {
+			continue
+		}
+		if len(c.s.Targets) == 0 {
+			return f.Targets[0]
+		}
+		for _, t := range f.Targets {
+			if t.Name == c.s.Config.Targets[i].Name {
+				return t
+			}
 		}
 	}
 	return nil
 }
 
-// countKeys counts each cache's keys with SCAN, at most every KeysEvery
-// (or again next time when a count failed).
-func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
+// stats are the running feed's figures of source in target i, or nil.
+func (c *Collector) stats(source string, i int) *changefeed.Stats {
+	if t := c.feedTarget(source, i); t != nil {
+		return t.Stats
+	}
+	return nil
+}
+
+// countKeys counts with SCAN the keys of each cache whose figures target
+// i reports, at most every KeysEvery (or again next time when a count
+// failed).
+func (c *Collector) countKeys(ctx context.Context, i int) map[string]int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.keys != nil && time.Since(c.counted) < c.KeysEvery {
-		return c.keys
+	if c.keys == nil {
+		c.keys, c.counted = map[int]map[string]int64{}, map[int]time.Time{}
+	}
+	if c.keys[i] != nil && time.Since(c.counted[i]) < c.KeysEvery {
+		return c.keys[i]
 	}
 	keys := map[string]int64{}
-	cfg := c.s.Config
+	cfg := c.homed(i)
+	rc, err := c.client(i)
+	if err != nil {
+		return keys
+	}
 	for _, name := range cfg.CacheNames() {
 		var n int64
-		err := binding.ScanTemplate(ctx, c.s.Redis, cfg.Caches[name].Template, nil, func(ks []string) error {
+		err := binding.ScanTemplate(ctx, rc, cfg.Caches[name].Template, nil, func(ks []string) error {
 			n += int64(len(ks))
 			return nil
 		})
@@ -317,7 +473,7 @@ func (c *Collector) countKeys(ctx context.Context) map[string]int64 {
 		}
 	}
 	if len(keys) == len(cfg.Caches) {
-		c.keys, c.counted = keys, time.Now()
+		c.keys[i], c.counted[i] = keys, time.Now()
 	}
 	return keys
 }
@@ -379,6 +535,9 @@ func WriteTable(w io.Writer, r *Report) {
 	}
 	fmt.Fprintf(w, "%s at %s — Redis: %s, %d clients, %d ops/s, %d evicted, keyspace hit ratio %.1f%%\n",
 		r.Name, r.Time.Format(time.RFC3339), mem, r.Redis.Clients, r.Redis.OpsPerSecond, r.Redis.EvictedKeys, 100*r.Redis.HitRatio)
+	for _, t := range r.Targets {
+		fmt.Fprintf(w, "target %s: %s\n", t.Name, targetLine(t))
+	}
 	names := make([]string, 0, len(r.Sources))
 	for name := range r.Sources {
 		names = append(names, name)
@@ -422,6 +581,24 @@ func WriteTable(w io.Writer, r *Report) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Mode, keys, hit, lag, queue, last)
 	}
 	tw.Flush()
+}
+
+// targetLine says how target t is: up or down, and how far it applied
+// each source, or that it was left behind.
+func targetLine(t Target) string {
+	line := "up"
+	if !t.Up {
+		line = down(t.Error)
+	}
+	sources := slices.Sorted(maps.Keys(t.Sources))
+	for _, name := range sources {
+		ts := t.Sources[name]
+		line += fmt.Sprintf(", source %s applied to %s", name, pglogrepl.LSN(ts.Applied))
+		if ts.Away {
+			line += " (left behind: rebuilt once it answers)"
+		}
+	}
+	return line
 }
 
 // down says that a server is down, and why when known.

@@ -8,7 +8,10 @@ package cachesync
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cachesync/cachesync/config"
@@ -53,6 +56,9 @@ type Options struct {
 	WriteWait time.Duration
 	// Logger receives errors worth a look; default slog.Default().
 	Logger *slog.Logger
+	// Target names the Redis target the client serves, of a config with
+	// several: its caches, in its Redis. Default: the first.
+	Target string
 }
 
 // Client reads and writes caches through Redis and PostgreSQL; it is safe
@@ -62,6 +68,12 @@ type Client struct{ e *engine.Engine }
 // Open connects to Redis and every source of cfg and checks each cache
 // against its table.
 func Open(ctx context.Context, cfg *config.Config, opts Options) (*Client, error) {
+	if opts.Target != "" {
+		if !slices.Contains(cfg.TargetNames(), opts.Target) {
+			return nil, fmt.Errorf("cachesync: no target %q in the config (targets: %s)", opts.Target, strings.Join(cfg.TargetNames(), ", "))
+		}
+		cfg = cfg.ForTarget(opts.Target)
+	}
 	e, err := engine.Open(ctx, cfg, engine.Options{LeaseTTL: opts.LeaseTTL, WriteWait: opts.WriteWait, Logger: opts.Logger})
 	if err != nil {
 		return nil, err

@@ -112,8 +112,9 @@ func (c *Config) TargetNames() []string {
 	return names
 }
 
-// ForTarget returns the config as seen by one target: its Redis, and only
-// the caches that list it. The copy shares the caches.
+// ForTarget returns the config as seen by the target named name (one of
+// TargetNames): its Redis, and only the caches that list it. The copy
+// shares the caches.
 func (c *Config) ForTarget(name string) *Config {
 	d := *c
 	d.Caches = map[string]*Cache{}
@@ -123,7 +124,7 @@ func (c *Config) ForTarget(name string) *Config {
 		}
 	}
 	for n, cc := range c.Caches {
-		if slices.Contains(cc.Targets, name) {
+		if len(cc.Targets) == 0 || slices.Contains(cc.Targets, name) { // (none listed: not validated, every target)
 			d.Caches[n] = cc
 		}
 	}

@@ -128,6 +128,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	cfg = cfg.ForTarget(cfg.Redis.Name) // of several targets, the caches of the one it serves
 	ropt, err := cfg.RedisOption()
 	if err != nil {
 		return nil, err

@@ -42,7 +42,7 @@ type Stats struct {
 	Lag         *latency.Histogram
 	LastLag     atomic.Int64 // commit → visible (ns) of the last transaction applied
 	Progress    atomic.Int64 // when AppliedLSN last moved (unix ns); heartbeats move it when idle
-	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted
+	Reconnects  atomic.Int64 // sessions that ended in an error and were restarted (a session is the feed's: counted in the first target's)
 	BackfillRow atomic.Int64 // rows written by rebuilds
 }
 
@@ -55,7 +55,8 @@ type Feed struct {
 	Slot   string          // names the replication slot and the publication
 	Caches []*config.Cache // every cache of the source, all targets together
 	// Targets are the Redis targets that hold some of Caches, in the
-	// config's order.
+	// config's order, and the config's first target always (its client is
+	// the one the feed is given).
 	Targets []*Target
 	// Redis, State and Stats are the first target's: with one target, the
 	// feed's.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -97,7 +98,36 @@ func strictDecode(n *yaml.Node, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("line %d: redis: %s", n.Line, strings.TrimPrefix(oneLine(err.Error()), "yaml: "))
+		// The decoder numbers the lines of n re-encoded: name the line
+		// of the field it did not know, or else the target's.
+		msg := fieldRE.ReplaceAllStringFunc(oneLine(err.Error()), func(m string) string {
+			field := fieldRE.FindStringSubmatch(m)[1]
+			line := n.Line
+			if k := findKey(n, field); k != nil {
+				line = k.Line
+			}
+			return fmt.Sprintf("line %d: field %s not found", line, field)
+		})
+		return fmt.Errorf("redis: %s", strings.TrimPrefix(msg, "yaml: "))
+	}
+	return nil
+}
+
+var fieldRE = regexp.MustCompile(`line [0-9]+: field (\S+) not found`)
+
+// findKey returns the first mapping key named name in n's tree.
+func findKey(n *yaml.Node, name string) *yaml.Node {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				return n.Content[i]
+			}
+		}
+	}
+	for _, c := range n.Content {
+		if k := findKey(c, name); k != nil {
+			return k
+		}
 	}
 	return nil
 }

@@ -135,6 +135,61 @@ func writeLate(w *world.World, active, standby *world.Proc, pgp, rp *testenv.Pro
 	requireItems(w)
 }
 
+// TestPartitionedRebuildFenced: the daemon that streams is cut off from
+// PostgreSQL and Redis while the rebuild it starts with is writing; the
+// standby takes over, rebuilds, and applies a newer change; then the
+// cut-off daemon's rebuild write arrives, late. It must change nothing.
+func TestPartitionedRebuildFenced(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(3000))
+	rp := testenv.StartProxy(t, w.Redis.Addr)
+	pgp, yaml := pgProxied(w)
+	rebuildLate(w, pgp, rp, rp.HoldFrom, strings.Replace(yaml, w.Redis.Addr, rp.Addr, 1))
+}
+
+// TestPartitionedRebuildFencedCluster: TestPartitionedRebuildFenced on a
+// Redis Cluster, the node that holds item:1 reached through a proxy (as in
+// TestPartitionedHolderFencedCluster).
+func TestPartitionedRebuildFencedCluster(t *testing.T) {
+	t.Parallel()
+	c := testenv.StartCluster(t, 3)
+	owner := c.Owner(t, "item:1")
+	seed := c.Nodes[0]
+	if seed == owner {
+		seed = c.Nodes[1]
+	}
+	rp := testenv.StartProxy(t, owner.Addr)
+	c.Announce(t, owner, rp.Addr)
+	w := world.NewOn(t, seed, itemsSchema(3000))
+	w.Nodes = c.Nodes
+	pgp, yaml := pgProxied(w)
+	rebuildLate(w, pgp, rp, rp.HoldConnFrom, yaml)
+}
+
+// rebuildLate plays the partition of TestPartitionedRebuildFenced: hold (of
+// rp) holds the rebuild write of item:1 of the daemon started with yaml,
+// pgp is cut, a standby takes over and applies a newer change, and the
+// first daemon, killed, has its held write delivered late; Redis must equal
+// the table.
+func rebuildLate(w *world.World, pgp, rp *testenv.Proxy, hold func(marker []byte), yaml string) {
+	w.T.Helper()
+	w.Exec(`UPDATE items SET note = 'held in the rebuild' WHERE id = 1`)
+	hold([]byte("held in the rebuild"))
+	active := w.Daemon(w.WriteYAML(yaml))
+	world.WaitFor(w.T, "the active daemon's rebuild write of item:1, held", func() bool {
+		return bytes.Contains(rp.Held(), []byte("held in the rebuild"))
+	})
+	standby := w.Daemon(w.WriteConfig(itemsCaches))
+	standby.WaitLog("waiting to take over")
+	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock ends
+	standby.WaitLog("took over the replication slot")
+	w.Exec(`UPDATE items SET note = 'after the takeover' WHERE id = 1`)
+	waitItems(w)
+	active.Kill()
+	rp.Release() // the dead daemon's rebuild write reaches Redis, late
+	requireItems(w)
+}
+
 // TestPartitionedHolderFencedCluster: TestPartitionedHolderFenced on a
 // Redis Cluster, where a batch's writes cannot be one transaction. The node
 // that holds item:1 is reached through a proxy (it announces the proxy's

@@ -24,7 +24,9 @@ const (
 
 // rebuild fills caches in target t from one consistent snapshot and returns
 // its LSN: t must skip these caches' transactions that committed before it.
-func (f *Feed) rebuild(ctx context.Context, t *Target, tables map[string]*pgsource.Table, caches []*config.Cache) (pglogrepl.LSN, error) {
+// Its writes go through w, this session's claim on t: fenced, as the
+// stream's are.
+func (f *Feed) rebuild(ctx context.Context, t *Target, w *state.Writer, tables map[string]*pgsource.Table, caches []*config.Cache) (pglogrepl.LSN, error) {
 	snap, err := pgsource.TakeSnapshot(ctx, f.URL)
 	if err != nil {
 		return 0, err
@@ -37,7 +39,7 @@ func (f *Feed) rebuild(ctx context.Context, t *Target, tables map[string]*pgsour
 	defer conn.Close(context.WithoutCancel(ctx))
 	for _, c := range caches {
 		start := time.Now()
-		n, err := f.rebuildCache(ctx, t, snap, conn, tables[c.Table], c)
+		n, err := f.rebuildCache(ctx, t, w, snap, conn, tables[c.Table], c)
 		if err != nil {
 			return 0, fmt.Errorf("cache %q: rebuild: %w", c.Name, err)
 		}
@@ -50,7 +52,7 @@ func (f *Feed) rebuild(ctx context.Context, t *Target, tables map[string]*pgsour
 // rebuildCache replaces every key of cache c with the rows of the snapshot.
 // Its state entry was removed before (State.Forget), so a crash midway
 // redoes the rebuild; it is written back at the end.
-func (f *Feed) rebuildCache(ctx context.Context, tg *Target, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
+func (f *Feed) rebuildCache(ctx context.Context, tg *Target, w *state.Writer, snap *pgsource.Snapshot, conn *pgconn.PgConn, t *pgsource.Table, c *config.Cache) (int64, error) {
 	b, cols, err := schema.SelectBinding(c, t)
 	if err != nil {
 		return 0, err
@@ -62,7 +64,7 @@ func (f *Feed) rebuildCache(ctx context.Context, tg *Target, snap *pgsource.Snap
 	if err != nil {
 		return 0, err
 	}
-	n, err := f.copyInto(ctx, tg, b, c, total, func(fn func(row [][]byte) error) (int64, error) {
+	n, err := f.copyInto(ctx, tg, w, b, c, total, func(fn func(row [][]byte) error) (int64, error) {
 		return snap.Copy(ctx, conn, t, cols, fn)
 	})
 	if err != nil {
@@ -72,17 +74,17 @@ func (f *Feed) rebuildCache(ctx context.Context, tg *Target, snap *pgsource.Snap
 }
 
 // copyInto reads the cache's rows from the snapshot and writes them to Redis,
-// with several round trips in flight.
-func (f *Feed) copyInto(ctx context.Context, t *Target, b *binding.Binding, c *config.Cache, total int64, read func(fn func(row [][]byte) error) (int64, error)) (int64, error) {
+// with several round trips in flight, each writer a fork of w.
+func (f *Feed) copyInto(ctx context.Context, t *Target, w *state.Writer, b *binding.Binding, c *config.Cache, total int64, read func(fn func(row [][]byte) error) (int64, error)) (int64, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	batches := make(chan []rueidis.Completed, rebuildWriters)
 	for range rebuildWriters {
 		g.Go(func() error {
+			fw := w.Fork()
+			defer fw.Close()
 			for cmds := range batches {
-				for _, r := range t.rc.DoMulti(gctx, cmds...) {
-					if err := r.Error(); err != nil {
-						return fmt.Errorf("redis write: %w", err)
-					}
+				if err := fw.Write(gctx, cmds); err != nil {
+					return err
 				}
 			}
 			return nil

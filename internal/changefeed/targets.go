@@ -330,7 +330,7 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 		if err := t.st.Forget(ctx, f.Source, rebuild, lost, applied); err != nil {
 			return err
 		}
-		lsn, err := f.rebuild(ctx, t, r.tables, rebuild)
+		lsn, err := f.rebuild(ctx, t, r.w, r.tables, rebuild)
 		if err != nil {
 			return err
 		}
@@ -596,7 +596,7 @@ func (r *runner) rebuildAll(ctx context.Context, q *queue) error {
 	if err := t.st.Forget(ctx, f.Source, t.Caches, true, 0); err != nil {
 		return err
 	}
-	lsn, err := f.rebuild(ctx, t, r.tables, t.Caches)
+	lsn, err := f.rebuild(ctx, t, r.w, r.tables, t.Caches)
 	if err != nil {
 		return err
 	}

@@ -210,11 +210,37 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 	s := w.s
 	adv := s.Redis.B().Eval().Script(advance).Numkeys(1).Key(s.Key).
 		Arg("lsn:"+w.source, formatLSN(from), formatLSN(max(from, to))).Build()
+	return w.send(ctx, writes, &adv)
+}
+
+// Write sends writes, fenced as Advance sends them, and moves no position:
+// a rebuild's.
+func (w *Writer) Write(ctx context.Context, writes []rueidis.Completed) error {
+	return w.send(ctx, writes, nil)
+}
+
+// Fork returns a writer of the same claim with a connection of its own,
+// for writes sent in parallel (a rebuild's); Close it.
+func (w *Writer) Fork() *Writer {
+	f := &Writer{s: w.s, source: w.source, key: w.key, token: w.token, routes: w.routes}
+	if w.dc != nil {
+		f.dc, f.release = w.s.Redis.Dedicate()
+	}
+	return f
+}
+
+// send sends writes fenced (see Advance) and then, in the same
+// transaction on one node, adv when given, whose reply it checks.
+func (w *Writer) send(ctx context.Context, writes []rueidis.Completed, adv *rueidis.Completed) error {
+	s := w.s
 	if w.dc == nil {
 		if err := w.fenced(ctx, writes); err != nil {
 			return err
 		}
-		res := s.Redis.DoMulti(ctx, adv, s.Redis.B().Get().Key(w.key).Build())
+		if adv == nil {
+			return nil
+		}
+		res := s.Redis.DoMulti(ctx, *adv, s.Redis.B().Get().Key(w.key).Build())
 		if err := w.owned(res[1]); err != nil {
 			return err
 		}
@@ -231,7 +257,10 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 	cmds := make(rueidis.Commands, 0, len(writes)+5)
 	cmds = append(cmds, b.Multi().Build())
 	cmds = append(cmds, writes...)
-	cmds = append(cmds, adv, b.Exec().Build(), b.Watch().Key(w.key).Build(), b.Get().Key(w.key).Build())
+	if adv != nil {
+		cmds = append(cmds, *adv)
+	}
+	cmds = append(cmds, b.Exec().Build(), b.Watch().Key(w.key).Build(), b.Get().Key(w.key).Build())
 	res := w.dc.DoMulti(ctx, cmds...)
 	n := len(res)
 	w.watching = false
@@ -251,10 +280,17 @@ func (w *Writer) Advance(ctx context.Context, writes []rueidis.Completed, from, 
 		// something else touched it. The session starts over.
 		return fmt.Errorf("redis write: refused: %s was touched, though it still holds this writer's token", w.key)
 	}
-	for _, r := range replies[:len(replies)-1] {
+	written := replies
+	if adv != nil {
+		written = replies[:len(replies)-1]
+	}
+	for _, r := range written {
 		if err := r.Error(); err != nil {
 			return fmt.Errorf("redis write: %w", err)
 		}
+	}
+	if adv == nil {
+		return nil
 	}
 	return checkAdvance(replies[len(replies)-1].AsInt64())
 }

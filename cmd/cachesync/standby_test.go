@@ -190,6 +190,28 @@ func rebuildLate(w *world.World, pgp, rp *testenv.Proxy, hold func(marker []byte
 	requireItems(w)
 }
 
+// TestPartitionedTruncateFenced: the daemon that streams is cut off from
+// PostgreSQL and Redis while its clear of a TRUNCATE is on the way; the
+// standby takes over, applies the TRUNCATE and a row inserted after it;
+// then the cut-off daemon's clear arrives, late. It must remove nothing.
+func TestPartitionedTruncateFenced(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(100))
+	active, standby, _, pgp, rp := partitioned(t, w)
+	rp.HoldFrom([]byte("UNLINK\r\n$6\r\nitem:1\r\n"))
+	w.Exec(`TRUNCATE items`)
+	world.WaitFor(t, "the active daemon's clear of item:1, held", func() bool {
+		return bytes.Contains(rp.Held(), []byte("UNLINK\r\n$6\r\nitem:1\r\n"))
+	})
+	pgp.Cut(nil)
+	standby.WaitLog("took over the replication slot")
+	w.Exec(`INSERT INTO items VALUES (1, 10, 'after the takeover')`)
+	waitItems(w)
+	active.Kill()
+	rp.Release() // the dead daemon's clear reaches Redis, late
+	requireItems(w)
+}
+
 // TestPartitionedHolderFencedCluster: TestPartitionedHolderFenced on a
 // Redis Cluster, where a batch's writes cannot be one transaction. The node
 // that holds item:1 is reached through a proxy (it announces the proxy's

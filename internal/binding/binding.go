@@ -275,18 +275,35 @@ func (b *Binding) AppendSet(cmds []rueidis.Completed, rb rueidis.Builder, key st
 // before it.) Pending marks of queued write-behind writes are the queue's,
 // and stay.
 func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error) {
+	return b.ClearThrough(ctx, client, nil)
+}
+
+// ClearThrough is Clear with its writes sent by write (the change feed's
+// fenced writer: a clear of a session that lost its claim writes nothing);
+// nil sends them plainly.
+func (b *Binding) ClearThrough(ctx context.Context, client rueidis.Client, write func(context.Context, []rueidis.Completed) error) (int, error) {
+	if write == nil {
+		write = func(ctx context.Context, cmds []rueidis.Completed) error {
+			for _, r := range client.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
 	n := 0
 	// First, so watched reloads that read rows before are refused.
-	if err := client.Do(ctx, client.B().Incr().Key(RemovalsKey(b.Name)).Build()).Error(); err != nil {
+	if err := write(ctx, []rueidis.Completed{client.B().Incr().Key(RemovalsKey(b.Name)).Build()}); err != nil {
 		return 0, fmt.Errorf("incr %s: %w", RemovalsKey(b.Name), err)
 	}
 	if b.Record != "" {
-		if err := client.Do(ctx, client.B().Unlink().Key(b.Record).Build()).Error(); err != nil {
+		if err := write(ctx, []rueidis.Completed{client.B().Unlink().Key(b.Record).Build()}); err != nil {
 			return 0, fmt.Errorf("unlink %s: %w", b.Record, err)
 		}
 	}
 	for _, prefix := range []string{leasePrefix, "", negPrefix, stalePrefix, existsPrefix} {
-		m, err := b.clear(ctx, client, prefix)
+		m, err := b.clear(ctx, client, write, prefix)
 		n += m
 		if err != nil {
 			return n, err
@@ -303,7 +320,7 @@ func (b *Binding) Clear(ctx context.Context, client rueidis.Client) (int, error)
 var clearPassed func(prefix string)
 
 // clear removes the keys of this binding with prefix (a companion kind).
-func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix string) (int, error) {
+func (b *Binding) clear(ctx context.Context, client rueidis.Client, write func(context.Context, []rueidis.Completed) error, prefix string) (int, error) {
 	pattern := prefix + b.Spec.Key.Pattern()
 	owns := b.Owns
 	if prefix != "" {
@@ -320,10 +337,8 @@ func (b *Binding) clear(ctx context.Context, client rueidis.Client, prefix strin
 		for i, k := range keys { // one by one: a Cluster refuses keys of several slots in one command
 			cmds[i] = client.B().Unlink().Key(k).Build()
 		}
-		for _, r := range client.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				return fmt.Errorf("unlink: %w", err)
-			}
+		if err := write(ctx, cmds); err != nil {
+			return fmt.Errorf("unlink: %w", err)
 		}
 		n += len(keys)
 		return nil

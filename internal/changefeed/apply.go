@@ -199,7 +199,7 @@ func (a *applier) change(ctx context.Context, t *pgsource.Txn, ch *pgsource.Chan
 			if err := a.flush(ctx, 0); err != nil {
 				return err
 			}
-			if _, err := rb.b.Clear(ctx, a.t.rc); err != nil {
+			if _, err := rb.b.ClearThrough(ctx, a.t.rc, a.w.Write); err != nil {
 				return fmt.Errorf("cache %q: truncate: %w", rb.cache.Name, err)
 			}
 			continue

@@ -57,7 +57,7 @@ func (f *Feed) rebuildCache(ctx context.Context, tg *Target, w *state.Writer, sn
 	if err != nil {
 		return 0, err
 	}
-	if _, err := b.Clear(ctx, tg.rc); err != nil {
+	if _, err := b.ClearThrough(ctx, tg.rc, w.Write); err != nil {
 		return 0, err
 	}
 	total, err := snap.Count(ctx, conn, t)

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync/internal/state"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -73,5 +74,56 @@ func TestClusterAdvanceAfterWrites(t *testing.T) {
 	})
 	if v := get(); v != "new" {
 		t.Fatalf("the state record says %s is applied, but %s = %q, want \"new\": the applied LSN ran ahead of a write to another node", target, key, v)
+	}
+}
+
+// TestReplicaJoinedWhileStopped: a Cluster primary whose first replica
+// attached while no feed ran took a new replication ID, having lost
+// nothing: the next session takes it for the same primary (the same
+// process, never promoted) and rebuilds nothing. A failover while no feed
+// runs makes the next session rebuild.
+func TestReplicaJoinedWhileStopped(t *testing.T) {
+	c := testenv.StartCluster(t, 3)
+	w := world.NewOn(t, c.Nodes[0], `CREATE TABLE v (id int PRIMARY KEY, x text);
+		INSERT INTO v SELECT g, 'v' || g FROM generate_series(1, 50) g`)
+	w.Nodes = c.Nodes
+	cfg := w.Config("  v: {table: v, key: \"v:{id}\", value: {format: string, column: x}}\n")
+	f := w.Feed(cfg)
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := state.PrimaryInfo(context.Background(), w.RC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := c.AddReplica(t, c.Nodes[1])
+	after, err := state.PrimaryInfo(context.Background(), w.RC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state.Gone(state.IDs(before), state.IDs(after)) == "" {
+		t.Fatal("no replication ID changed when the replica attached: the test shows nothing")
+	}
+	w.Exec(`UPDATE v SET x = 'after the replica joined' WHERE id <= 10`)
+	f = w.StartFeed(cfg)
+	w.WaitEqual("v:*", func() map[string]string { return w.Rows(`SELECT 'v:' || id, x FROM v`) })
+	if n := f.Stats.Rebuilds.Load(); n != 0 {
+		t.Fatalf("the session after a replica joined rebuilt %d caches, want none", n)
+	}
+
+	// A failover while no feed runs still makes the next session rebuild.
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	rc := replica.NodeClient(t)
+	if err := rc.Do(t.Context(), rc.B().ClusterFailover().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitGone(t, c.Nodes[1])
+	w.Exec(`UPDATE v SET x = 'after the failover' WHERE id <= 10`)
+	f = w.StartFeed(cfg)
+	w.WaitEqual("v:*", func() map[string]string { return w.Rows(`SELECT 'v:' || id, x FROM v`) })
+	if n := f.Stats.Rebuilds.Load(); n != 1 {
+		t.Fatalf("the session after a failover rebuilt %d caches, want 1", n)
 	}
 }

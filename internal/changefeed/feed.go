@@ -382,7 +382,7 @@ func (f *Feed) watchPrimaries(ctx context.Context, t *Target, primaries []state.
 			return fmt.Errorf("%w: a primary failed over or lost its data (replication ID %s is gone)", state.ErrRedisLost, id)
 		}
 		if nowIDs := state.IDs(now); !slices.Equal(nowIDs, ids) {
-			if err := t.st.SetPrimaries(ctx, f.Source, nowIDs); err != nil {
+			if err := t.st.SetPrimaries(ctx, f.Source, now); err != nil {
 				continue
 			}
 			ids = nowIDs

@@ -301,7 +301,7 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 	if t.rc.Mode() == rueidis.ClientModeCluster {
 		// (A primary that does not answer counts as gone: a failed one.)
 		r.primaries, _ = state.PrimaryInfo(cctx, t.rc)
-		gone, err := t.st.PrimaryGone(cctx, f.Source, state.IDs(r.primaries))
+		gone, err := t.st.PrimaryGone(cctx, f.Source, r.primaries)
 		if err != nil {
 			return err
 		}
@@ -340,7 +340,7 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 	}
 	r.applied = applied
 	if r.primaries != nil {
-		return t.st.SetPrimaries(ctx, f.Source, state.IDs(r.primaries))
+		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
 	}
 	return nil
 }
@@ -534,13 +534,23 @@ func (r *runner) resume(ctx context.Context) error {
 		return fmt.Errorf("%w: the state record of target %q went back from %s to %s", state.ErrRedisLost, t.Name, r.acked, applied)
 	}
 	if r.primaries != nil {
-		gone, err := t.st.PrimaryGone(ctx, f.Source, state.IDs(r.primaries))
+		// The primaries now, against those recorded: one may have failed
+		// over while the target could not be reached.
+		now, err := state.PrimaryInfo(ctx, t.rc)
+		if err != nil {
+			return err
+		}
+		gone, err := t.st.PrimaryGone(ctx, f.Source, now)
 		if err != nil {
 			return err
 		}
 		if gone {
 			return fmt.Errorf("%w: a primary failed over or lost its data", state.ErrRedisLost)
 		}
+		if err := t.st.SetPrimaries(ctx, f.Source, now); err != nil {
+			return err
+		}
+		r.primaries = now
 	}
 	since := map[string]pglogrepl.LSN{}
 	for name, e := range entries {
@@ -612,7 +622,7 @@ func (r *runner) rebuildAll(ctx context.Context, q *queue) error {
 		if err != nil {
 			return err
 		}
-		return t.st.SetPrimaries(ctx, f.Source, state.IDs(r.primaries))
+		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
 	}
 	return nil
 }

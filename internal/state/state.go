@@ -525,18 +525,19 @@ func Renewed(was []string, prev, now []Primary) []string {
 }
 
 // PrimaryGone reports whether a primary recorded for source (SetPrimaries)
-// is not among ids (IDs of PrimaryInfo): it failed over or lost its data since,
-// and with it, maybe, writes it had acknowledged. (A primary added since is
-// no loss.)
-func (s *State) PrimaryGone(ctx context.Context, source string, ids []string) (bool, error) {
-	was, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("primaries:"+source).Build()).ToString()
+// is not among now (PrimaryInfo), also after a renewal in place (Renewed):
+// it failed over or lost its data since, and with it, maybe, writes it had
+// acknowledged. (A primary added since is no loss.)
+func (s *State) PrimaryGone(ctx context.Context, source string, now []Primary) (bool, error) {
+	v, err := s.Redis.Do(ctx, s.Redis.B().Hget().Key(s.Key).Field("primaries:"+source).Build()).ToString()
 	if rueidis.IsRedisNil(err) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", s.Key, err)
 	}
-	return Gone(strings.Split(was, ","), ids) != "", nil
+	was := parsePrimaries(v)
+	return Gone(Renewed(IDs(was), was, now), IDs(now)) != "", nil
 }
 
 // Gone returns the first of was (replication IDs, PrimaryInfo) not among
@@ -550,12 +551,29 @@ func Gone(was, now []string) string {
 	return ""
 }
 
-// SetPrimaries records ids (IDs of PrimaryInfo) as the primaries source's writes go to.
-func (s *State) SetPrimaries(ctx context.Context, source string, ids []string) error {
-	if err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("primaries:"+source, strings.Join(ids, ",")).Build()).Error(); err != nil {
+// SetPrimaries records ps (PrimaryInfo) as the primaries source's writes
+// go to: each one's replication ID, run ID and config epoch.
+func (s *State) SetPrimaries(ctx context.Context, source string, ps []Primary) error {
+	recs := make([]string, len(ps))
+	for i, p := range ps {
+		recs[i] = p.ID + "/" + p.RunID + "/" + p.Epoch
+	}
+	if err := s.Redis.Do(ctx, s.Redis.B().Hset().Key(s.Key).FieldValue().FieldValue("primaries:"+source, strings.Join(recs, ",")).Build()).Error(); err != nil {
 		return fmt.Errorf("write %s: %w", s.Key, err)
 	}
 	return nil
+}
+
+// parsePrimaries reads what SetPrimaries recorded (an older record holds
+// replication IDs alone).
+func parsePrimaries(v string) []Primary {
+	var ps []Primary
+	for rec := range strings.SplitSeq(v, ",") {
+		f := strings.SplitN(rec, "/", 3)
+		f = append(f, "", "")
+		ps = append(ps, Primary{ID: f[0], RunID: f[1], Epoch: f[2]})
+	}
+	return ps
 }
 
 // Position returns how far source's changes are applied in Redis: running,

@@ -166,9 +166,9 @@ func TestReshardWhileStreaming(t *testing.T) {
 	if n := fails["read"].Load() + fails["put"].Load(); n > 0 {
 		t.Errorf("%d HTTP requests failed while slots moved (logged above)", n)
 	}
-	// (A drainer whose step a move refused starts its session over: it
-	// says so, and goes on.)
-	t.Logf("write-behind drainer retries: %d", len(d.Stderr.Lines("write-behind: retrying")))
+	if lines := d.Stderr.Lines("write-behind: retrying"); len(lines) > 0 {
+		t.Errorf("the write-behind drainer started over %d times while slots moved; the first:\n%s", len(lines), lines[0])
+	}
 	d.Stop()
 	requireConfirmed(w, lsn)
 }

@@ -165,7 +165,7 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 		}
 	}()
 	from := "0-0" // claiming the pending entries from there on; "" once all are taken
-	b := d.take(ctx, nil, "", from)
+	b := d.takeMoving(ctx, nil, "", from)
 	for {
 		if b.err != nil {
 			return progressed, b.err
@@ -185,11 +185,11 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 				}
 			}
 			from = next
-			b = d.take(ctx, nil, "", from)
+			b = d.takeMoving(ctx, nil, "", from)
 			continue
 		}
 		ahead := make(chan taken, 1)
-		go func(done []binding.Acked, removals string) { ahead <- d.take(ctx, done, removals, next) }(done, doneRemovals)
+		go func(done []binding.Acked, removals string) { ahead <- d.takeMoving(ctx, done, removals, next) }(done, doneRemovals)
 		acked, err := d.apply(ctx, b.entries)
 		r := <-ahead // waited for on every path: this function owns the goroutine
 		if r.err == nil {
@@ -259,6 +259,9 @@ func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from
 	if err := d.checkAcks(ctx, res[:n]); err != nil {
 		return taken{err: err}
 	}
+	if err := moving(res[n:]); err != nil {
+		return taken{err: err}
+	}
 	if err := res[n].Error(); err != nil {
 		return taken{err: fmt.Errorf("write-behind: read the queue: %w", err)}
 	}
@@ -272,6 +275,9 @@ func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from
 	}
 	res = dc.DoMulti(ctx, rb.Multi().Build(), read, rb.Get().Key(binding.RemovalsKey(name)).Build(),
 		rb.Xrevrange().Key(stream).End("+").Start("-").Count(1).Build(), rb.Exec().Build())
+	if err := moving(res); err != nil {
+		return taken{err: err} // refused as queued: the transaction read nothing
+	}
 	replies, err := res[len(res)-1].ToArray()
 	if rueidis.IsRedisNil(err) {
 		return taken{err: fmt.Errorf("write-behind: read the queue: %w", errFenced)} // the owner key changed
@@ -321,6 +327,37 @@ func (d *drainer) take(ctx context.Context, done []binding.Acked, removals, from
 	return t
 }
 
+// moving returns binding.ErrMoving when a reply of res says the queue's
+// slot is moving between Redis Cluster nodes (MOVED, ASK or TRYAGAIN): the
+// dedicated connection of take is not redirected, and what was refused did
+// not run. The client learns the slot's new node meanwhile.
+func moving(res []rueidis.RedisResult) error {
+	for _, r := range res {
+		var re *rueidis.RedisError
+		if err := r.Error(); errors.As(err, &re) {
+			_, moved := re.IsMoved()
+			_, ask := re.IsAsk()
+			if moved || ask || re.IsTryAgain() {
+				return fmt.Errorf("write-behind: %w: %w", binding.ErrMoving, err)
+			}
+		}
+	}
+	return nil
+}
+
+// takeMoving is take, sent again while the queue's slot moves between
+// Redis Cluster nodes (binding.UntilMoved): its acknowledgements may run
+// twice, which changes nothing the second time, and its read ran or not as
+// a whole.
+func (d *drainer) takeMoving(ctx context.Context, done []binding.Acked, removals, from string) taken {
+	var t taken
+	binding.UntilMoved(ctx, func() error {
+		t = d.take(ctx, done, removals, from)
+		return t.err
+	})
+	return t
+}
+
 func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Commands {
 	if len(done) == 0 {
 		return nil
@@ -328,16 +365,24 @@ func (d *drainer) ackCmds(done []binding.Acked, removals string) rueidis.Command
 	return d.b.AckCmds(d.rc.B(), d.token, removals, done, binding.AfterID(done[len(done)-1].ID), d.w.Complete())
 }
 
-// ack acknowledges done (read with removals).
+// ack acknowledges done (read with removals), again while the queue's
+// slot moves (an acknowledgement that ran changes nothing the second time).
 func (d *drainer) ack(ctx context.Context, done []binding.Acked, removals string) error {
-	return d.checkAcks(ctx, d.rc.DoMulti(ctx, d.ackCmds(done, removals)...))
+	return binding.UntilMoved(ctx, func() error {
+		return d.checkAcks(ctx, d.rc.DoMulti(ctx, d.ackCmds(done, removals)...))
+	})
 }
 
 // checkAcks checks the replies of acknowledgements. In a complete cache a key
 // an invalidation removed while its write was queued (the invalidation's
 // own fill found the write queued, and wrote nothing) is loaded again.
 func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) error {
+	var move error // a call refused while the slot moves: the others' keys are loaded first
 	for _, r := range res {
+		if err := moving([]rueidis.RedisResult{r}); err != nil {
+			move = err
+			continue
+		}
 		gone, err := r.AsStrSlice()
 		if err != nil {
 			return fmt.Errorf("write-behind: acknowledge: %w", err)
@@ -348,7 +393,7 @@ func (d *drainer) checkAcks(ctx context.Context, res []rueidis.RedisResult) erro
 			}
 		}
 	}
-	return nil
+	return move
 }
 
 // wait returns once the stream has an entry after last, or after a

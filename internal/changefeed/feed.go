@@ -66,7 +66,8 @@ type Feed struct {
 	Log   *slog.Logger
 	// Rebuild names caches to rebuild in the first session (cachesync resync).
 	Rebuild []string
-	// Progress, when set, is told how a rebuild advances.
+	// Progress, when set, is told how a rebuild advances (of a cache in
+	// one of several targets: "CACHE in TARGET").
 	Progress func(cache string, done, total int64)
 	// CheckEvery is how often an idle feed checks that Redis kept its data.
 	CheckEvery time.Duration

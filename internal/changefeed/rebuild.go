@@ -97,8 +97,12 @@ func (f *Feed) copyInto(ctx context.Context, t *Target, w *state.Writer, b *bind
 		errLog  rateLimiter
 		lastLog = time.Now()
 	)
+	label := c.Name // what Progress is told of
+	if t.Name != "" {
+		label += " in " + t.Name
+	}
 	if f.Progress != nil {
-		f.Progress(c.Name, 0, total)
+		f.Progress(label, 0, total)
 	}
 	n, err := read(func(row [][]byte) error {
 		key, err := b.Key(row)
@@ -121,7 +125,7 @@ func (f *Feed) copyInto(ctx context.Context, t *Target, w *state.Writer, b *bind
 			cmds = make([]rueidis.Completed, 0, rebuildBatch)
 		}
 		if f.Progress != nil && done%10000 == 0 && time.Since(lastLog) > 100*time.Millisecond {
-			f.Progress(c.Name, done, total)
+			f.Progress(label, done, total)
 			lastLog = time.Now()
 		}
 		return nil
@@ -139,7 +143,7 @@ func (f *Feed) copyInto(ctx context.Context, t *Target, w *state.Writer, b *bind
 	}
 	t.Stats.BackfillRow.Add(done)
 	if f.Progress != nil && err == nil {
-		f.Progress(c.Name, done, done) // the count was an estimate; now it is exact
+		f.Progress(label, done, done) // the count was an estimate; now it is exact
 	}
 	return n, err
 }

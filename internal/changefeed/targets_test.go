@@ -267,3 +267,26 @@ func TestTargetsSameRedis(t *testing.T) {
 		t.Fatalf("feed ended with %v, want %q", err, want)
 	}
 }
+
+// TestTargetsResync: a cache named for a rebuild (cachesync resync) is
+// rebuilt in every target that holds it, and only it.
+func TestTargetsResync(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer)
+	f := w.StartFeed(cfg)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, rw := range []*world.World{w, b} { // written behind cachesync's back
+		if err := rw.RC.Do(context.Background(), rw.RC.B().Set().Key("both:1").Value("junk").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f = w.StartFeed(cfg, func(f *changefeed.Feed) { f.Rebuild = []string{"both"} })
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("both:*", rows(w, "both"))
+	if a, tb := target(t, f, "a"), target(t, f, "b"); a.Stats.Rebuilds.Load() != 1 || tb.Stats.Rebuilds.Load() != 1 {
+		t.Fatalf("rebuilds: a %d, b %d; want 1 each (both, not onlyb)", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load())
+	}
+}

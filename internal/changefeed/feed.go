@@ -354,6 +354,22 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	if !slices.ContainsFunc(runners, func(r *runner) bool { return r.w != nil }) {
 		return fmt.Errorf("no target can be written: %w", unreachable)
 	}
+	// A target that needs a rebuild is rebuilt while the others stream
+	// when one can stream without; else every one is rebuilt first, the
+	// slot holding the changes meanwhile, as with one target.
+	if !slices.ContainsFunc(runners, func(r *runner) bool { return r.w != nil && len(r.rebuild) == 0 }) {
+		for _, r := range runners {
+			if r.w == nil || len(r.rebuild) == 0 {
+				continue
+			}
+			if err := r.rebuildNow(ctx); err != nil {
+				for _, r := range runners {
+					r.close(ctx)
+				}
+				return err
+			}
+		}
+	}
 	f.Rebuild = nil
 	return f.stream(ctx, runners)
 }

@@ -228,6 +228,8 @@ type runner struct {
 	w         *state.Writer
 	applied   pglogrepl.LSN
 	since     map[string]pglogrepl.LSN
+	rebuild   []*config.Cache // caches to rebuild before the target streams
+	lost      bool            // Redis lost data: every cache is rebuilt, from the slot's position
 	primaries []state.Primary // on a Cluster, the primaries the state records
 
 	conf  *confirmer
@@ -311,37 +313,63 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 		}
 	}
 	r.since = map[string]pglogrepl.LSN{}
-	var rebuild []*config.Cache
+	r.rebuild = nil
 	for _, c := range t.Caches {
 		e, ok := entries[c.Name]
 		if lost || !ok || e.Fingerprint != c.Fingerprint() || slices.Contains(f.Rebuild, c.Name) {
-			rebuild = append(rebuild, c)
+			r.rebuild = append(r.rebuild, c)
 			continue
 		}
 		r.since[c.Name] = e.Since
 	}
-	if len(rebuild) > 0 {
-		// Forget every cache to rebuild (and, when Redis lost data, record
-		// that streaming resumes at the slot's position) in one step, so an
-		// interrupted rebuild is redone whole.
-		if lost {
-			applied = slot.Confirmed
-		}
-		if err := t.st.Forget(ctx, f.Source, rebuild, lost, applied); err != nil {
-			return err
-		}
-		lsn, err := f.rebuild(ctx, t, r.w, r.tables, rebuild)
-		if err != nil {
-			return err
-		}
-		for _, c := range rebuild {
-			r.since[c.Name] = lsn
-		}
+	r.applied, r.lost = applied, lost
+	if lost {
+		// Redis lost data: streaming resumes at the slot's position.
+		r.applied = slot.Confirmed
 	}
-	r.applied = applied
+	if r.primaries != nil && len(r.rebuild) == 0 {
+		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
+	}
+	return nil
+}
+
+// rebuildNow rebuilds the caches prepare found needing it: it forgets them
+// first (and, when Redis lost data, records that streaming resumes at the
+// slot's position) in one step, so an interrupted rebuild is redone whole.
+func (r *runner) rebuildNow(ctx context.Context) error {
+	f, t := r.f, r.t
+	if err := t.st.Forget(ctx, f.Source, r.rebuild, r.lost, r.applied); err != nil {
+		return err
+	}
+	lsn, err := f.rebuild(ctx, t, r.w, r.tables, r.rebuild)
+	if err != nil {
+		return err
+	}
+	for _, c := range r.rebuild {
+		r.since[c.Name] = lsn
+	}
+	r.rebuild, r.lost = nil, false
 	if r.primaries != nil {
 		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
 	}
+	return nil
+}
+
+// rebuildStreaming runs rebuildNow while the other targets stream: the
+// target's queue, attached before its snapshot is taken, holds what comes
+// meanwhile, up to its buffer (past it, the target is left behind).
+func (r *runner) rebuildStreaming(ctx context.Context) error {
+	f, t := r.f, r.t
+	q := r.queue()
+	q.setFailing(true) // not applying while it rebuilds
+	t.log(f).Info("rebuilding this target while the others stream", "caches", len(r.rebuild))
+	if err := r.rebuildNow(ctx); err != nil {
+		return err
+	}
+	if !q.applying() {
+		return fmt.Errorf("target %q missed more changes than its buffer (%d) holds while it was rebuilt", t.Name, t.Buffer)
+	}
+	r.a = newApplier(f, t, r.w, r.conf, r.tables, r.since, r.applied)
 	return nil
 }
 
@@ -353,8 +381,10 @@ func (r *runner) start(conf *confirmer) {
 		return // left behind from the start
 	}
 	r.q = newQueue(r.t.Buffer)
-	r.a = newApplier(r.f, r.t, r.w, conf, r.tables, r.since, r.applied)
 	conf.join(r.t, r.applied)
+	if len(r.rebuild) == 0 { // else run rebuilds it first
+		r.a = newApplier(r.f, r.t, r.w, conf, r.tables, r.since, r.applied)
+	}
 }
 
 // push hands t to the runner's queue, if it has one.
@@ -429,6 +459,21 @@ func (r *runner) run(ctx, applyCtx context.Context) error {
 	defer r.close(ctx)
 	f, t := r.f, r.t
 	backoff := minBackoff
+	if len(r.rebuild) > 0 && r.w != nil {
+		if err := r.rebuildStreaming(ctx); err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return nil
+			case sessionError(err):
+				return err
+			}
+			t.log(f).Warn("target left behind: its rebuild failed; it is rebuilt again once it can be, and the others go on", "err", err)
+			r.close(ctx)
+			if err := r.leave(err); err != nil {
+				return err
+			}
+		}
+	}
 	for {
 		if r.queue() == nil {
 			err := r.join(ctx)

@@ -290,3 +290,49 @@ func TestTargetsResync(t *testing.T) {
 		t.Fatalf("rebuilds: a %d, b %d; want 1 each (both, not onlyb)", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load())
 	}
 }
+
+// TestTargetRebuiltWhileOthersStream: a session starts with one target in
+// need of a rebuild (its Redis lost its data while no feed ran) and one
+// that needs none: the second streams while the first is rebuilt, even
+// while the rebuild's snapshot waits (for a transaction left open).
+func TestTargetRebuiltWhileOthersStream(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer)
+	f := w.StartFeed(cfg)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.RC.Do(ctx, b.RC.B().Flushall().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	open, err := pgx.Connect(ctx, w.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close(ctx)
+	tx, err := open.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT txid_current()`); err != nil { // a snapshot waits for it to end
+		t.Fatal(err)
+	}
+	f = w.StartFeed(cfg)
+	world.WaitFor(t, "b's rebuild waiting for its snapshot", func() bool {
+		var n int
+		w.DB.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%cachesync_snap_%'`).Scan(&n)
+		return n > 0
+	})
+	w.Exec(`UPDATE items SET v = 'while b is rebuilt' WHERE id <= 20`)
+	w.WaitEqual("*", rows(w, "both")) // a streams meanwhile
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitEqual("both:*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if a, tb := target(t, f, "a"), target(t, f, "b"); a.Stats.Rebuilds.Load() != 0 || tb.Stats.Rebuilds.Load() != 2 {
+		t.Fatalf("rebuilds: a %d, b %d; want 0 and 2", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load())
+	}
+}

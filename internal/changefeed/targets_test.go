@@ -213,26 +213,11 @@ func TestTargetsSlowRebuildAtStart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	open, err := pgx.Connect(ctx, w.DBURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close(ctx)
-	tx, err := open.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT txid_current()`); err != nil { // a snapshot waits for it to end
-		t.Fatal(err)
-	}
+	release := holdSnapshots(t, w)
 	const timeout = 500 * time.Millisecond
 	f = w.StartFeed(cfg, func(f *changefeed.Feed) { f.TargetTimeout = timeout })
 	a, tb := target(t, f, "a"), target(t, f, "b")
-	world.WaitFor(t, "a rebuild waiting for its snapshot", func() bool {
-		var n int
-		w.DB.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%cachesync_snap_%'`).Scan(&n)
-		return n > 0
-	})
+	waitSnapshotHeld(t, w)
 	// The event looked for is a give-up that a correct feed never makes;
 	// the bound only decides how long to look (5 × the timeout).
 	for end := time.Now().Add(5 * timeout); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
@@ -241,9 +226,7 @@ func TestTargetsSlowRebuildAtStart(t *testing.T) {
 				a.Away(), tb.Away(), f.Stats.Reconnects.Load())
 		}
 	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	w.WaitEqual("*", rows(w, "both"))
 	b.WaitEqual("both:*", rows(w, "both"))
 	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
@@ -307,32 +290,48 @@ func TestTargetRebuiltWhileOthersStream(t *testing.T) {
 	if err := b.RC.Do(ctx, b.RC.B().Flushall().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	open, err := pgx.Connect(ctx, w.DBURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close(ctx)
-	tx, err := open.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT txid_current()`); err != nil { // a snapshot waits for it to end
-		t.Fatal(err)
-	}
+	release := holdSnapshots(t, w)
 	f = w.StartFeed(cfg)
-	world.WaitFor(t, "b's rebuild waiting for its snapshot", func() bool {
-		var n int
-		w.DB.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%cachesync_snap_%'`).Scan(&n)
-		return n > 0
-	})
+	waitSnapshotHeld(t, w)
 	w.Exec(`UPDATE items SET v = 'while b is rebuilt' WHERE id <= 20`)
 	w.WaitEqual("*", rows(w, "both")) // a streams meanwhile
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	b.WaitEqual("both:*", rows(w, "both"))
 	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
 	if a, tb := target(t, f, "a"), target(t, f, "b"); a.Stats.Rebuilds.Load() != 0 || tb.Stats.Rebuilds.Load() != 2 {
 		t.Fatalf("rebuilds: a %d, b %d; want 0 and 2", a.Stats.Rebuilds.Load(), tb.Stats.Rebuilds.Load())
 	}
+}
+
+// holdSnapshots keeps a transaction with an ID open in w's database, so a
+// snapshot taken meanwhile (a rebuild's) waits for it, until release.
+func holdSnapshots(t *testing.T, w *world.World) (release func()) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, w.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT txid_current()`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitSnapshotHeld waits until a snapshot waits for holdSnapshots'
+// transaction.
+func waitSnapshotHeld(t *testing.T, w *world.World) {
+	world.WaitFor(t, "a rebuild's snapshot waiting", func() bool {
+		var n int
+		w.DB.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%cachesync_snap_%'`).Scan(&n)
+		return n > 0
+	})
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,4 +164,70 @@ func targetsTakeover(t *testing.T, down func(*testenv.Redis) error) {
 	for _, d := range daemons {
 		t.Logf("%s:\n%s", d.Name, d.Tail(40))
 	}
+}
+
+// TestTargetGoneAfterOpen: b answers the daemon's first connection and
+// refuses every later one, as when it goes down just after the daemon
+// started (what TestTargetsTakeover's standby met under load, b stopped
+// while the daemon was starting). The daemon must go on with a, as with a
+// target down at its start or one that fails while it streams, not exit.
+func TestTargetGoneAfterOpen(t *testing.T) {
+	t.Parallel()
+	a := world.New(t, itemsSchema(100))
+	b := testenv.StartRedis(t)
+	front := oneConnection(t, b.Addr)
+	d := a.Daemon(a.WriteYAML(a.TargetsYAML(itemsCaches,
+		fmt.Sprintf("name: a, url: %q", a.Redis.URL()),
+		fmt.Sprintf("name: b, url: %q", "redis://"+front+"/0"))))
+	d.WaitLog("streaming changes")
+	a.Exec(`UPDATE items SET note = 'while b refuses' WHERE id = 1`)
+	d.WaitFor("a to hold the change", func() bool {
+		v, _ := a.Get("item:1")
+		return strings.Contains(v, "while b refuses")
+	})
+	waitItems(a)
+	if d.Exited() {
+		t.Fatalf("%s exited (%s):\n%s", d.Name, d.State(), d.Tail(20))
+	}
+}
+
+// oneConnection listens on a free port, forwards the first connection it
+// accepts to addr, and then stops listening: later connections are
+// refused. It returns the address it listened on.
+func oneConnection(t *testing.T, addr string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", addr)
+		if err != nil {
+			c.Close()
+			return
+		}
+		mu.Lock()
+		conns = append(conns, c, s)
+		mu.Unlock()
+		wg.Go(func() { _, _ = io.Copy(s, c); s.Close() })
+		_, _ = io.Copy(c, s)
+		c.Close()
+	})
+	return ln.Addr().String()
 }

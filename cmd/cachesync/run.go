@@ -240,7 +240,10 @@ func (d *daemon) run(ctx context.Context) error {
 		g.Go(func() error { return f.Run(gctx) })
 	}
 	for i, t := range d.targets {
-		if t.redis == nil {
+		if i > 0 {
+			// Another target than the first may be down, or go down, at
+			// any time: it is served once it answers, and again after a
+			// failure, without ending the daemon.
 			g.Go(func() error { t.await(gctx); return nil })
 			continue
 		}
@@ -317,11 +320,15 @@ func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (
 	return e, p, nil
 }
 
-// await waits for a target that did not answer when the daemon started,
-// opens its client once it does, and runs what its caches need (start)
-// until ctx is done.
+// await runs what the caches of t, a target other than the first, need
+// (start) until ctx is done: it waits for the target to answer when the
+// daemon has no client of it yet, and starts again after a failure (the
+// target went down), so neither ends the daemon.
 func (t *target) await(ctx context.Context) {
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		if rc, _ := t.client(); rc != nil {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return

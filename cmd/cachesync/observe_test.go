@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/status"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
 )
 
@@ -94,9 +96,9 @@ func TestMetricsMove(t *testing.T) {
 	d, base, cfg := observe(w)
 	before := scrape(t, base)
 	for _, name := range []string{
-		`cachesync_gets_total{cache="p",result="hit"}`, `cachesync_changefeed_rows_applied_total{source="db",target=""}`,
-		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{cache="p",result="refreshed"}`,
-		`cachesync_get_duration_seconds_count{cache="p"}`, `cachesync_changefeed_lag_bytes{source="db",target=""}`,
+		`cachesync_gets_total{cache="p",result="hit",target=""}`, `cachesync_changefeed_rows_applied_total{source="db",target=""}`,
+		`cachesync_redis_used_memory_bytes`, `cachesync_writebehind_pending{cache="w"}`, `cachesync_refresh_keys_total{cache="p",result="refreshed",target=""}`,
+		`cachesync_get_duration_seconds_count{cache="p",target=""}`, `cachesync_changefeed_lag_bytes{source="db",target=""}`,
 	} {
 		if _, ok := before[name]; !ok {
 			t.Errorf("no %s in /metrics", name)
@@ -115,22 +117,22 @@ func TestMetricsMove(t *testing.T) {
 			t.Fatalf("GET p:1: %d %s", code, body)
 		}
 	}
-	moved(`cachesync_gets_total{cache="p",result="hit"}`, 3)
+	moved(`cachesync_gets_total{cache="p",result="hit",target=""}`, 3)
 	w.Do(w.RC.B().Del().Key("p:2").Build())
 	if code, _ := httpDo(t, "GET", base+"/v1/caches/p/p:2", ""); code != 200 {
 		t.Fatal("GET p:2 after its key was deleted")
 	}
-	moved(`cachesync_gets_total{cache="p",result="miss"}`, 1)
-	moved(`cachesync_fills_total{cache="p"}`, 1)
+	moved(`cachesync_gets_total{cache="p",result="miss",target=""}`, 1)
+	moved(`cachesync_fills_total{cache="p",target=""}`, 1)
 	w.Exec(`UPDATE p SET v = -3 WHERE id = 3`)
 	moved(`cachesync_changefeed_rows_applied_total{source="db",target=""}`, 1)
 	moved(`cachesync_changefeed_transactions_total{source="db",target=""}`, 1)
 	w.Do(w.RC.B().Pexpire().Key("p:4").Milliseconds(1).Build())
-	moved(`cachesync_refresh_keys_total{cache="p",result="refreshed"}`, 1)
+	moved(`cachesync_refresh_keys_total{cache="p",result="refreshed",target=""}`, 1)
 	if code, body := httpDo(t, "PUT", base+"/v1/caches/w/w:1?mode=behind", `{"id": 1, "v": 5}`); code != 204 {
 		t.Fatalf("PUT behind: %d %s", code, body)
 	}
-	moved(`cachesync_writebehind_drained_total{cache="w"}`, 1)
+	moved(`cachesync_writebehind_drained_total{cache="w",target=""}`, 1)
 
 	code, body := httpDo(t, "GET", base+"/v1/status", "")
 	var r status.Report
@@ -240,7 +242,7 @@ func TestConsistencyMetrics(t *testing.T) {
 	w := world.New(t, itemsSchema(100))
 	_, base, _ := serve(w, w.YAML(itemsCaches), "consistency: {sample_rate: 200}\n")
 	waitItems(w)
-	checked, bad, nines := `cachesync_consistency_checked_total{cache="items"}`, `cachesync_consistency_inconsistent_total{cache="items"}`, `cachesync_consistency_nines{cache="items"}`
+	checked, bad, nines := `cachesync_consistency_checked_total{cache="items",target=""}`, `cachesync_consistency_inconsistent_total{cache="items",target=""}`, `cachesync_consistency_nines{cache="items",target=""}`
 	var m map[string]float64
 	world.WaitFor(t, "keys checked", func() bool { m = scrape(t, base); return m[checked] > 0 })
 	if m[bad] != 0 || m[nines] <= 0 {
@@ -251,4 +253,85 @@ func TestConsistencyMetrics(t *testing.T) {
 	if n := m[nines]; n <= 0 || n > math.Log10(m[checked]) {
 		t.Fatalf("%s = %v with %v of %v keys inconsistent", nines, n, m[bad], m[checked])
 	}
+}
+
+// TestTargetMetrics: with two targets, eu and us, us down at the start,
+// the figures of what the daemon runs for each target carry its name.
+// Before us answers none has target="us"; once it does, its keymiss
+// listener, engine and refresher are in /metrics as soon as they run:
+// a fill and a refresh in us count there, and prices, held by both, has a
+// series per target. /v1/status gives each cache the counts of its first
+// target: stock's (us only) refresh and fill are there, prices' (eu
+// first) not.
+func TestTargetMetrics(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, targetsSchema)
+	us := w.Target(testenv.StartRedis(t))
+	if err := us.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	caches := `  prices: {table: prices, key: "price:{id}", value: {format: string, column: price}, sync: none, ttl: 1h, refresh: on-expiry}
+  stock: {table: stock, key: "stock:{id}", value: {format: string, column: n}, sync: none, targets: [us], fill: on-miss, ttl: 1h, refresh: on-expiry}
+`
+	d, base, _ := serve(w, twoTargets(w, us, caches), "")
+	d.WaitLog("redis target does not answer")
+	m := scrape(t, base)
+	if _, ok := m[`cachesync_refresh_keys_total{cache="prices",result="refreshed",target="eu"}`]; !ok {
+		t.Errorf("/metrics lacks eu's refreshes of prices")
+	}
+	for series := range m {
+		if strings.Contains(series, `target="us"`) {
+			t.Errorf("/metrics has %s before us answered", series)
+		}
+	}
+
+	if err := us.Redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitFor("us's keymiss listener in /metrics", func() bool {
+		_, ok := scrape(t, base)[`cachesync_keymiss_events_total{fate="received",target="us"}`]
+		return ok
+	})
+	d.WaitFor("stock:7 filled in us after a miss there", func() bool { v, _ := us.Get("stock:7"); return v == "70" })
+	// Keys that expire in us: the refresher writes them back.
+	for _, key := range []string{"stock:8", "price:2"} {
+		if err := us.RC.Do(t.Context(), us.RC.B().Set().Key(key).Value("set by hand").Px(100*time.Millisecond).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{
+		`cachesync_keymiss_events_total{fate="filled",target="us"}`,
+		`cachesync_fills_total{cache="stock",target="us"}`,
+		`cachesync_refresh_keys_total{cache="stock",result="refreshed",target="us"}`,
+		`cachesync_refresh_keys_total{cache="prices",result="refreshed",target="us"}`,
+	}
+	d.WaitFor("us's fill and refreshes counted", func() bool {
+		m = scrape(t, base)
+		for _, series := range want {
+			if m[series] < 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if n, ok := m[`cachesync_refresh_keys_total{cache="prices",result="refreshed",target="eu"}`]; !ok || n != 0 {
+		t.Errorf("eu's refreshes of prices: %v (present %v), want 0: nothing expired in eu", n, ok)
+	}
+	if _, ok := m[`cachesync_refresh_keys_total{cache="stock",result="refreshed",target="eu"}`]; ok {
+		t.Errorf("/metrics counts refreshes of stock in eu, which does not hold it")
+	}
+
+	code, body := httpDo(t, "GET", base+"/v1/status", "")
+	var r status.Report
+	if code != 200 || json.Unmarshal([]byte(body), &r) != nil || len(r.Caches) != 2 {
+		t.Fatalf("/v1/status: %d %s", code, body)
+	}
+	prices, stock := r.Caches[0], r.Caches[1]
+	if stock.Name != "stock" || stock.Refreshed < 1 || stock.Fills < 1 {
+		t.Errorf("/v1/status: stock's refresh and fill in us not counted:\n%s", body)
+	}
+	if prices.Name != "prices" || prices.Refreshed != 0 {
+		t.Errorf("/v1/status: prices' refreshed is %d, want 0 (eu's, its first target):\n%s", prices.Refreshed, body)
+	}
+	d.Stop()
 }

@@ -88,7 +88,7 @@ func outageMetrics(t *testing.T, base string, want ...string) {
 	for range outageAttempts {
 		body := outageGet(t, base, "/metrics")
 		// Complete: the figures read without a server are there too.
-		if !strings.Contains(body, `cachesync_gets_total{cache="p",result="hit"}`) || !strings.Contains(body, "go_goroutines") {
+		if !strings.Contains(body, `cachesync_gets_total{cache="p",result="hit",target=""}`) || !strings.Contains(body, "go_goroutines") {
 			t.Fatalf("/metrics is not complete (the end of it):\n%s", body[max(0, len(body)-2000):])
 		}
 		missing = missing[:0]

@@ -183,12 +183,12 @@ func TestLeastPrivilege(t *testing.T) {
 			return err == nil && got == price
 		})
 		// Refresh on expiry: stock's keys expire every 2s and come back.
-		before := scrape(t, base)[`cachesync_refresh_keys_total{cache="stock",result="refreshed"}`]
+		before := scrape(t, base)[`cachesync_refresh_keys_total{cache="stock",result="refreshed",target=""}`]
 		d.WaitFor("stock keys refreshed on expiry", func() bool {
-			return scrape(t, base)[`cachesync_refresh_keys_total{cache="stock",result="refreshed"}`] > before
+			return scrape(t, base)[`cachesync_refresh_keys_total{cache="stock",result="refreshed",target=""}`] > before
 		})
-		if m := scrape(t, base); m[`cachesync_keyspace_events_ok{feature="refresh"}`] != 1 {
-			t.Fatalf("cachesync_keyspace_events_ok{feature=\"refresh\"} = %v, want 1", m[`cachesync_keyspace_events_ok{feature="refresh"}`])
+		if m := scrape(t, base); m[`cachesync_keyspace_events_ok{feature="refresh",target=""}`] != 1 {
+			t.Fatalf("cachesync_keyspace_events_ok{feature=\"refresh\",target=\"\"} = %v, want 1", m[`cachesync_keyspace_events_ok{feature="refresh",target=""}`])
 		}
 	}
 	mainJob(1)

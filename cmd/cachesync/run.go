@@ -104,6 +104,8 @@ type target struct {
 	// since the daemon started; err says why.
 	redis rueidis.Client
 	err   error
+	// parts are what start runs for the target's caches, once it has.
+	parts status.Parts
 }
 
 // client returns the target's client, or why it has none yet.
@@ -111,6 +113,14 @@ func (t *target) client() (rueidis.Client, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.redis, t.err
+}
+
+// running returns what the target runs for its caches now: nothing
+// before it started (a target that did not answer yet).
+func (t *target) running() status.Parts {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.parts
 }
 
 // openDaemon loads the config, connects to each Redis target and checks
@@ -247,7 +257,7 @@ func (d *daemon) run(ctx context.Context) error {
 			g.Go(func() error { t.await(gctx); return nil })
 			continue
 		}
-		api, parts, err := t.start(ctx, gctx, g, i == 0 && d.cfg.HTTP.Addr != "")
+		api, err := t.start(ctx, gctx, g, i == 0 && d.cfg.HTTP.Addr != "")
 		if api != nil {
 			defer api.Close()
 		}
@@ -257,7 +267,7 @@ func (d *daemon) run(ctx context.Context) error {
 			return err
 		}
 		if i == 0 && d.cfg.HTTP.Addr != "" {
-			d.serve(gctx, g, api, parts)
+			d.serve(gctx, g, api)
 		}
 	}
 	err := g.Wait()
@@ -267,19 +277,14 @@ func (d *daemon) run(ctx context.Context) error {
 	return err
 }
 
-// parts are what a target runs besides its feeds, nil when it does not.
-type parts struct {
-	keymiss   *keymiss.Listener
-	refresher *refresh.Refresher
-	sampler   *consistency.Sampler
-}
-
 // start opens the engine of t when its caches need one (or api, for the
 // HTTP API) and starts in g what they need: the keymiss listener, the
 // refresher, the consistency sampler, the write-behind drain. The engine
-// (nil when none) is for the caller to close, also after an error.
-func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (*engine.Engine, parts, error) {
-	var p parts
+// (nil when none) is for the caller to close, also after an error. Once
+// all started, they are the target's parts (running) for the status and
+// metrics.
+func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (*engine.Engine, error) {
+	var p status.Parts
 	cfg := t.cfg
 	has := func(ok func(*config.Cache) bool) bool {
 		return slices.ContainsFunc(cfg.CacheNames(), func(n string) bool { return ok(cfg.Caches[n]) })
@@ -289,35 +294,39 @@ func (t *target) start(ctx, gctx context.Context, g *errgroup.Group, api bool) (
 	refreshes := has(func(c *config.Cache) bool { return c.Refreshes() || len(c.Schedule) > 0 })
 	sampling := cfg.Consistency.Rate() > 0 && len(cfg.Caches) > 0
 	if !api && !onMiss && !behind && !refreshes && !sampling {
-		return nil, p, nil
+		return nil, nil
 	}
 	e, err := engine.Open(ctx, cfg, engine.Options{Logger: t.log})
 	if err != nil {
-		return nil, p, err
+		return nil, err
 	}
-	if p.keymiss, err = keymiss.New(cfg, e, t.redis, t.log); err != nil {
-		return e, p, err
+	p.Engine = e
+	if p.Keymiss, err = keymiss.New(cfg, e, t.redis, t.log); err != nil {
+		return e, err
 	}
-	if l := p.keymiss; l != nil {
+	if l := p.Keymiss; l != nil {
 		g.Go(func() error { return l.Run(gctx, 16) })
 	}
-	if p.refresher, err = refresh.New(cfg, e, t.redis, t.log); err != nil {
-		return e, p, err
+	if p.Refresher, err = refresh.New(cfg, e, t.redis, t.log); err != nil {
+		return e, err
 	}
-	if r := p.refresher; r != nil {
+	if r := p.Refresher; r != nil {
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	if sampling {
-		p.sampler = consistency.New(cfg, e, t.redis, t.log)
+		p.Consistency = consistency.New(cfg, e, t.redis, t.log)
 	}
-	if s := p.sampler; s != nil {
+	if s := p.Consistency; s != nil {
 		g.Go(func() error { return s.Run(gctx) })
 	}
 	if behind {
 		t.warnNoAOF(ctx)
 		g.Go(func() error { return drain.Run(gctx, e) })
 	}
-	return e, p, nil
+	t.mu.Lock()
+	t.parts = p
+	t.mu.Unlock()
+	return e, nil
 }
 
 // await runs what the caches of t, a target other than the first, need
@@ -347,7 +356,7 @@ func (t *target) await(ctx context.Context) {
 	}
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		g, gctx := errgroup.WithContext(ctx)
-		api, _, err := t.start(ctx, gctx, g, false)
+		api, err := t.start(ctx, gctx, g, false)
 		if err == nil {
 			err = g.Wait()
 		} else {
@@ -369,25 +378,20 @@ func (t *target) await(ctx context.Context) {
 }
 
 // serve starts the HTTP API on api, the first target's engine, with the
-// status and metrics of every target.
-func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engine, p parts) {
+// status and metrics of every target, whose parts they read through the
+// target at each request (a target that did not answer at the start runs
+// its own once it does).
+func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engine) {
 	first := d.targets[0]
 	srv := httpapi.New(api, d.cfg.HTTP, d.log)
-	ms := metrics.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Keymiss: p.keymiss, Consistency: p.sampler, Log: d.log}
+	ms := metrics.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Log: d.log}
 	st := status.Sources{Config: d.cfg, Redis: first.redis, API: api, Feeds: d.feeds, Errors: d.errors}
-	if len(d.targets) > 1 {
-		for _, t := range d.targets {
+	for _, t := range d.targets {
+		ms.Parts = append(ms.Parts, t.running)
+		st.Parts = append(st.Parts, t.running)
+		if len(d.targets) > 1 {
 			ms.Targets = append(ms.Targets, t.client)
 			st.Targets = append(st.Targets, t.client)
-		}
-	}
-	if refresher := p.refresher; refresher != nil {
-		ms.Refresher = refresher
-		st.Refreshed = func(cache string) int64 {
-			if pc := refresher.PerCache[cache]; pc != nil {
-				return pc.Refreshed.Load()
-			}
-			return 0
 		}
 	}
 	collector := status.NewCollector(st)

@@ -163,7 +163,7 @@ func TestFillAfterEventsLost(t *testing.T) {
 			}
 			rec := httptest.NewRecorder()
 			metrics.Handler(metrics.Sources{Config: cfg, Redis: rc, API: api, Keymiss: l}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-			for _, want := range []string{`cachesync_keyspace_events_reenabled_total{feature="keymiss"} 1`, `cachesync_keyspace_events_ok{feature="keymiss"} 1`} {
+			for _, want := range []string{`cachesync_keyspace_events_reenabled_total{feature="keymiss",target=""} 1`, `cachesync_keyspace_events_ok{feature="keymiss",target=""} 1`} {
 				if !strings.Contains(rec.Body.String(), want+"\n") {
 					t.Errorf("metrics lack %s", want)
 				}

@@ -43,7 +43,13 @@ type Sources struct {
 	// Targets are the clients of Config.Targets, in order, when the
 	// config has several (Redis is then the first's): each target's feed
 	// position is read from it.
-	Targets   []status.TargetClient
+	Targets []status.TargetClient
+	// Parts give what the daemon runs for each target of Config.Targets,
+	// in order (one for a config with one target), read at each scrape:
+	// their figures carry the target's name (empty for a config's only
+	// target). Without Parts, API, Refresher, Keymiss and Consistency are
+	// the parts of a config's only target.
+	Parts     []status.TargetParts
 	Refresher *refresh.Refresher
 	Keymiss   *keymiss.Listener
 	// Consistency is the continuous consistency check, when it runs.
@@ -72,14 +78,14 @@ func (a slogAdapter) Println(v ...any) {
 
 // Names and help of every metric, in one place (docs/grafana.json uses them).
 var (
-	descGets         = desc("gets_total", "Gets through the Go API and HTTP, by result: hit, miss, negative (a cached \"not found\"), stale (served stale).", "cache", "result")
-	descGetDuration  = desc("get_duration_seconds", "Duration of Gets through the Go API and HTTP, hits and misses.", "cache")
-	descFills        = desc("fills_total", "Rows loaded from PostgreSQL by read-through fills.", "cache")
-	descCollapsed    = desc("fills_collapsed_total", "Misses that waited for another fill instead of querying (stampedes collapsed).", "cache")
+	descGets         = desc("gets_total", "Gets through the Go API and HTTP, by result: hit, miss, negative (a cached \"not found\"), stale (served stale).", "cache", "target", "result")
+	descGetDuration  = desc("get_duration_seconds", "Duration of Gets through the Go API and HTTP, hits and misses.", "cache", "target")
+	descFills        = desc("fills_total", "Rows loaded from PostgreSQL by read-through fills.", "cache", "target")
+	descCollapsed    = desc("fills_collapsed_total", "Misses that waited for another fill instead of querying (stampedes collapsed).", "cache", "target")
 	descWBPending    = desc("writebehind_pending", "Write-behind entries in the queue stream, not yet applied to PostgreSQL.", "cache")
 	descWBDead       = desc("writebehind_dead_letters", "Entries in the write-behind dead-letter stream.", "cache")
-	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache")
-	descWBDeadTotal  = desc("writebehind_dead_lettered_total", "Write-behind entries this process moved to the dead-letter stream.", "cache")
+	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache", "target")
+	descWBDeadTotal  = desc("writebehind_dead_lettered_total", "Write-behind entries this process moved to the dead-letter stream.", "cache", "target")
 	descFeedRows     = desc("changefeed_rows_applied_total", "Keys written or deleted in Redis by the change feed.", "source", "target")
 	descFeedTxns     = desc("changefeed_transactions_total", "Transactions the change feed applied.", "source", "target")
 	descFeedErrors   = desc("changefeed_errors_total", "Change feed errors, by kind: map (a row with no key or value), session (a session that ended in an error).", "source", "target", "kind")
@@ -88,17 +94,17 @@ var (
 	descFeedLagBytes = desc("changefeed_lag_bytes", "WAL bytes between PostgreSQL's current position and the last transaction applied.", "source", "target")
 	descFeedLag      = desc("changefeed_lag_seconds", "Commit to visible in Redis, for the last transaction of each applied batch.", "source", "target")
 	descFeedAway     = desc("changefeed_target_away", "1 when the change feed left the target behind (unreachable past its buffer): it is rebuilt once it answers.", "source", "target")
-	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "cache", "result")
-	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate")
-	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.")
-	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.")
-	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate")
-	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis node, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a node refuses CONFIG: configure them by hand (the log says what).", "feature")
-	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis node had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature")
-	descConsChecked  = desc("consistency_checked_total", "Keys the continuous consistency check compared with their rows (held by Redis, or with a row).", "cache")
-	descConsBad      = desc("consistency_inconsistent_total", "Keys the continuous consistency check found differing from their rows, and still differing when read again after the change feed caught up.", "cache")
-	descConsNines    = desc("consistency_nines", "-log10 of the share of checked keys found inconsistent (3: one in a thousand); with none found, log10 of the keys checked, what the sample can show.", "cache")
-	descConsErrors   = desc("consistency_errors_total", "Consistency samples that failed (a server down).")
+	descRefresh      = desc("refresh_keys_total", "Keys handled by refreshes, by result: refreshed, repaired (expired while unwatched), kept, not_found, scheduled.", "cache", "target", "result")
+	descRefreshEv    = desc("refresh_events_total", "Expired-key events, by fate: received, ignored (no refreshing cache), dropped (backed up; the record repairs them).", "fate", "target")
+	descRefreshErr   = desc("refresh_errors_total", "Refresh batches that failed.", "target")
+	descRefreshDelay = desc("refresh_delay_seconds", "From a key's recorded expiry to its refresh.", "target")
+	descKeymiss      = desc("keymiss_events_total", "Keymiss events, by fate: received, filled, ignored, dropped, error.", "fate", "target")
+	descEventsOK     = desc("keyspace_events_ok", "1 when cachesync can check and enable, on every Redis node, the notify-keyspace-events flags a feature (keymiss, refresh) needs; 0 while a node refuses CONFIG: configure them by hand (the log says what).", "feature", "target")
+	descEventsAgain  = desc("keyspace_events_reenabled_total", "Times a Redis node had lost the notify-keyspace-events flags a feature needs (a restart without persistence, someone's CONFIG SET) and cachesync enabled them again.", "feature", "target")
+	descConsChecked  = desc("consistency_checked_total", "Keys the continuous consistency check compared with their rows (held by Redis, or with a row).", "cache", "target")
+	descConsBad      = desc("consistency_inconsistent_total", "Keys the continuous consistency check found differing from their rows, and still differing when read again after the change feed caught up.", "cache", "target")
+	descConsNines    = desc("consistency_nines", "-log10 of the share of checked keys found inconsistent (3: one in a thousand); with none found, log10 of the keys checked, what the sample can show.", "cache", "target")
+	descConsErrors   = desc("consistency_errors_total", "Consistency samples that failed (a server down).", "target")
 	descRedisUp      = desc("redis_up", "1 when Redis answered the scrape's INFO within its deadline.")
 	descSourceUp     = desc("source_up", "1 when the source's PostgreSQL answered the scrape's query of its WAL position within its deadline.", "source")
 	descRedisGauge   = map[string]*prometheus.Desc{
@@ -244,26 +250,6 @@ func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	cfg := c.s.Config
-	if api := c.s.API; api != nil {
-		for _, name := range cfg.CacheNames() {
-			st := api.CacheStats(name)
-			if st == nil {
-				continue
-			}
-			counter(descGets, st.Hits.Load(), name, "hit")
-			counter(descGets, st.Misses.Load(), name, "miss")
-			counter(descGets, st.NegativeHits.Load(), name, "negative")
-			counter(descGets, st.Stale.Load(), name, "stale")
-			counter(descFills, st.Fills.Load(), name)
-			counter(descCollapsed, st.Collapsed.Load(), name)
-			ch <- histogram(descGetDuration, st.Gets, name)
-			if cfg.Caches[name].Writes == config.WritesBehind {
-				counter(descWBDrained, st.Drained.Load(), name)
-				counter(descWBDeadTotal, st.DeadLettered.Load(), name)
-			}
-		}
-	}
 	for _, f := range c.s.Feeds {
 		for _, t := range f.Targets {
 			if len(c.s.Targets) > 0 && len(t.Caches) == 0 {
@@ -279,50 +265,109 @@ func (c *collector) collectCounts(ch chan<- prometheus.Metric) {
 			gauge(descFeedAway, ok(t.Away()), labels...)
 		}
 	}
-	if r := c.s.Refresher; r != nil {
+	for i, p := range c.parts() {
+		c.collectParts(ch, p, c.targetName(i))
+	}
+}
+
+// collectParts reports what the parts of a target counted, labelled with
+// its name.
+func (c *collector) collectParts(ch chan<- prometheus.Metric, p status.Parts, target string) {
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	cfg := c.s.Config
+	if e := p.Engine; e != nil {
+		for _, name := range cfg.CacheNames() {
+			st := e.CacheStats(name)
+			if st == nil {
+				continue // a cache of another target
+			}
+			counter(descGets, st.Hits.Load(), name, target, "hit")
+			counter(descGets, st.Misses.Load(), name, target, "miss")
+			counter(descGets, st.NegativeHits.Load(), name, target, "negative")
+			counter(descGets, st.Stale.Load(), name, target, "stale")
+			counter(descFills, st.Fills.Load(), name, target)
+			counter(descCollapsed, st.Collapsed.Load(), name, target)
+			ch <- histogram(descGetDuration, st.Gets, name, target)
+			if cfg.Caches[name].Writes == config.WritesBehind {
+				counter(descWBDrained, st.Drained.Load(), name, target)
+				counter(descWBDeadTotal, st.DeadLettered.Load(), name, target)
+			}
+		}
+	}
+	if r := p.Refresher; r != nil {
 		st := &r.Stats
 		for _, name := range cfg.CacheNames() {
 			if pc := r.PerCache[name]; pc != nil {
-				counter(descRefresh, pc.Refreshed.Load(), name, "refreshed")
-				counter(descRefresh, pc.Repaired.Load(), name, "repaired")
-				counter(descRefresh, pc.Kept.Load(), name, "kept")
-				counter(descRefresh, pc.NotFound.Load(), name, "not_found")
-				counter(descRefresh, pc.Scheduled.Load(), name, "scheduled")
+				counter(descRefresh, pc.Refreshed.Load(), name, target, "refreshed")
+				counter(descRefresh, pc.Repaired.Load(), name, target, "repaired")
+				counter(descRefresh, pc.Kept.Load(), name, target, "kept")
+				counter(descRefresh, pc.NotFound.Load(), name, target, "not_found")
+				counter(descRefresh, pc.Scheduled.Load(), name, target, "scheduled")
 			}
 		}
-		counter(descRefreshEv, st.Events.Load(), "received")
-		counter(descRefreshEv, st.Ignored.Load(), "ignored")
-		counter(descRefreshEv, st.Dropped.Load(), "dropped")
-		counter(descRefreshErr, st.Errors.Load())
-		ch <- histogram(descRefreshDelay, st.Delays)
+		counter(descRefreshEv, st.Events.Load(), "received", target)
+		counter(descRefreshEv, st.Ignored.Load(), "ignored", target)
+		counter(descRefreshEv, st.Dropped.Load(), "dropped", target)
+		counter(descRefreshErr, st.Errors.Load(), target)
+		ch <- histogram(descRefreshDelay, st.Delays, target)
 		if r.Listens() {
-			gauge(descEventsOK, ok(st.Notify.OK()), "refresh")
-			counter(descEventsAgain, st.Notify.Reenabled.Load(), "refresh")
+			gauge(descEventsOK, ok(st.Notify.OK()), "refresh", target)
+			counter(descEventsAgain, st.Notify.Reenabled.Load(), "refresh", target)
 		}
 	}
-	if sm := c.s.Consistency; sm != nil {
+	if sm := p.Consistency; sm != nil {
 		for _, name := range cfg.CacheNames() {
 			st := sm.PerCache[name]
 			if st == nil {
 				continue // a cache of another target
 			}
-			counter(descConsChecked, st.Checked.Load(), name)
-			counter(descConsBad, st.Inconsistent.Load(), name)
+			counter(descConsChecked, st.Checked.Load(), name, target)
+			counter(descConsBad, st.Inconsistent.Load(), name, target)
 			if n := st.Nines(); !math.IsNaN(n) {
-				gauge(descConsNines, n, name)
+				gauge(descConsNines, n, name, target)
 			}
 		}
-		counter(descConsErrors, sm.Errors.Load())
+		counter(descConsErrors, sm.Errors.Load(), target)
 	}
-	if l := c.s.Keymiss; l != nil {
-		counter(descKeymiss, l.Stats.Events.Load(), "received")
-		counter(descKeymiss, l.Stats.Filled.Load(), "filled")
-		counter(descKeymiss, l.Stats.Ignored.Load(), "ignored")
-		counter(descKeymiss, l.Stats.Dropped.Load(), "dropped")
-		counter(descKeymiss, l.Stats.Errors.Load(), "error")
-		gauge(descEventsOK, ok(l.Stats.Notify.OK()), "keymiss")
-		counter(descEventsAgain, l.Stats.Notify.Reenabled.Load(), "keymiss")
+	if l := p.Keymiss; l != nil {
+		counter(descKeymiss, l.Stats.Events.Load(), "received", target)
+		counter(descKeymiss, l.Stats.Filled.Load(), "filled", target)
+		counter(descKeymiss, l.Stats.Ignored.Load(), "ignored", target)
+		counter(descKeymiss, l.Stats.Dropped.Load(), "dropped", target)
+		counter(descKeymiss, l.Stats.Errors.Load(), "error", target)
+		gauge(descEventsOK, ok(l.Stats.Notify.OK()), "keymiss", target)
+		counter(descEventsAgain, l.Stats.Notify.Reenabled.Load(), "keymiss", target)
 	}
+}
+
+// parts are the parts of each target as they are now.
+func (c *collector) parts() []status.Parts {
+	if c.s.Parts == nil {
+		return []status.Parts{{Engine: c.s.API, Refresher: c.s.Refresher, Keymiss: c.s.Keymiss, Consistency: c.s.Consistency}}
+	}
+	out := make([]status.Parts, 0, len(c.s.Parts))
+	for _, p := range c.s.Parts {
+		var got status.Parts
+		if p != nil {
+			got = p()
+		}
+		out = append(out, got)
+	}
+	return out
+}
+
+// targetName is the name of target i, as the change-feed metrics give
+// it (empty for a config's only target, unless it is named).
+func (c *collector) targetName(i int) string {
+	if ts := c.s.Config.Targets; i < len(ts) {
+		return ts[i].Name
+	}
+	return ""
 }
 
 // ok is 1 for true, 0 for false.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,8 +59,8 @@ func TestKeyspaceEvents(t *testing.T) {
 		handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 		for feature := range features {
 			for _, want := range []string{
-				`cachesync_keyspace_events_ok{feature="` + feature + `"} ` + ok + "\n",
-				`cachesync_keyspace_events_reenabled_total{feature="` + feature + `"} ` + reenabled + "\n",
+				`cachesync_keyspace_events_ok{feature="` + feature + `",target=""} ` + ok + "\n",
+				`cachesync_keyspace_events_reenabled_total{feature="` + feature + `",target=""} ` + reenabled + "\n",
 			} {
 				if !strings.Contains(rec.Body.String(), want) {
 					t.Errorf("%s: metrics lack %s", what, strings.TrimSpace(want))
@@ -153,6 +154,88 @@ func TestTargets(t *testing.T) {
 		if !strings.Contains(body, "\n"+want+"\n") {
 			t.Errorf("one target: metrics lack %s", want)
 		}
+	}
+}
+
+// TestTargetParts: each target's parts are read at every scrape, their
+// figures labelled with its name. A cache in both targets has a series
+// in each, one in us only none in eu; before us has parts (it did not
+// answer yet) no figure names it.
+func TestTargetParts(t *testing.T) {
+	w := world.New(t, `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text)`)
+	us := testenv.StartRedis(t)
+	caches := `  p: {table: t, key: "p:{id}", sync: none, ttl: 1h, refresh: on-expiry}
+  q: {table: u, key: "q:{id}", sync: none, ttl: 1h, refresh: on-expiry, fill: on-miss, targets: [us]}
+`
+	cfg, err := config.Load(strings.NewReader(fmt.Sprintf("name: %s\nredis:\n  - {name: eu, url: %q}\n  - {name: us, url: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s",
+		w.Name, w.Redis.URL(), us.URL(), w.DBURL, caches)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	usRC := us.Client(t)
+	parts := func(name string, rc rueidis.Client) status.Parts {
+		view := cfg.ForTarget(name)
+		e := w.Open(view)
+		r, err := refresh.New(view, e, rc, world.Logger())
+		if err != nil || r == nil {
+			t.Fatalf("refresher of %s: %v, %v", name, r, err)
+		}
+		p := status.Parts{Engine: e, Refresher: r}
+		if name == "us" {
+			if p.Keymiss, err = keymiss.New(view, e, rc, world.Logger()); err != nil || p.Keymiss == nil {
+				t.Fatalf("keymiss listener of us: %v, %v", p.Keymiss, err)
+			}
+		}
+		return p
+	}
+	eu := parts("eu", w.RC)
+	var mu sync.Mutex
+	var usParts status.Parts // none until "us answers"
+	s := metrics.Sources{Config: cfg, Redis: w.RC, Targets: []status.TargetClient{func() (rueidis.Client, error) { return w.RC, nil }, func() (rueidis.Client, error) { return usRC, nil }},
+		Parts: []status.TargetParts{func() status.Parts { return eu }, func() status.Parts { mu.Lock(); defer mu.Unlock(); return usParts }}}
+	handler := metrics.Handler(s)
+	get := func() string {
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if rec.Code != 200 {
+			t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+		}
+		return rec.Body.String()
+	}
+	body := get()
+	for _, want := range []string{
+		`cachesync_refresh_keys_total{cache="p",result="refreshed",target="eu"} 0`,
+		`cachesync_gets_total{cache="p",result="hit",target="eu"} 0`,
+		`cachesync_refresh_events_total{fate="received",target="eu"} 0`,
+	} {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, `target="us"`) {
+		t.Errorf("metrics name us before it has parts:\n%s", body)
+	}
+
+	mu.Lock()
+	usParts = parts("us", usRC)
+	mu.Unlock()
+	body = get()
+	for _, want := range []string{
+		`cachesync_refresh_keys_total{cache="p",result="refreshed",target="eu"} 0`,
+		`cachesync_refresh_keys_total{cache="p",result="refreshed",target="us"} 0`,
+		`cachesync_refresh_keys_total{cache="q",result="refreshed",target="us"} 0`,
+		`cachesync_gets_total{cache="q",result="miss",target="us"} 0`,
+		`cachesync_fills_total{cache="q",target="us"} 0`,
+		`cachesync_keymiss_events_total{fate="filled",target="us"} 0`,
+		`cachesync_refresh_events_total{fate="received",target="us"} 0`,
+		`cachesync_refresh_errors_total{target="us"} 0`,
+	} {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("metrics lack %s once us has parts", want)
+		}
+	}
+	if strings.Contains(body, `cache="q",result="refreshed",target="eu"`) {
+		t.Errorf("metrics count refreshes of q in eu, which does not hold it")
 	}
 }
 

@@ -22,8 +22,11 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
+	"github.com/cachesync/cachesync/internal/consistency"
 	"github.com/cachesync/cachesync/internal/drain"
 	"github.com/cachesync/cachesync/internal/engine"
+	"github.com/cachesync/cachesync/internal/keymiss"
+	"github.com/cachesync/cachesync/internal/refresh"
 	"github.com/cachesync/cachesync/internal/state"
 )
 
@@ -116,9 +119,14 @@ type Sources struct {
 	Feeds  []*changefeed.Feed
 	// Targets give the clients of Config.Targets, in order, when the
 	// config has several (Redis is then the first's).
-	Targets   []TargetClient
-	Errors    *Errors
-	Refreshed func(cache string) int64 // keys of cache refreshed by the daemon, when it refreshes
+	Targets []TargetClient
+	// Parts give what the daemon runs for each target of Config.Targets,
+	// in order (one for a config with one target). A cache's counters
+	// (gets, hits, fills, drained, refreshed) are those of its first
+	// target's parts (Home). Without Parts they are API's, and no cache
+	// counts refreshes.
+	Parts  []TargetParts
+	Errors *Errors
 	// Outside is set when API is not the daemon's client (cachesync
 	// status without a daemon): its counters say nothing then.
 	Outside bool
@@ -127,6 +135,21 @@ type Sources struct {
 // TargetClient returns a Redis target's client, or why it has none (it
 // has not answered yet).
 type TargetClient func() (rueidis.Client, error)
+
+// Parts are what the daemon runs for one Redis target besides its feeds;
+// each is nil when the target's caches need none, or while the target
+// has not started them (it did not answer yet).
+type Parts struct {
+	Engine      *engine.Engine
+	Refresher   *refresh.Refresher
+	Keymiss     *keymiss.Listener
+	Consistency *consistency.Sampler
+}
+
+// TargetParts returns a target's parts as they are now: they are read
+// through the target each time, as a target that did not answer at the
+// start gets its parts once it does.
+type TargetParts func() Parts
 
 // Collector builds reports, counting each cache's keys at most every
 // KeysEvery (a SCAN of the keyspace is not free) and waiting for each
@@ -178,9 +201,9 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 			r.Sources[name] = s
 		}
 	}
-	lags := make([]map[string]lagInfo, n)
+	lags, parts := make([]map[string]lagInfo, n), make([]Parts, n)
 	for i, rd := range reads {
-		lags[i] = c.lag(i, rd.applied, sources)
+		lags[i], parts[i] = c.lag(i, rd.applied, sources), c.parts(i)
 		if len(c.s.Targets) > 0 {
 			r.Targets = append(r.Targets, c.target(i, rd))
 		}
@@ -188,14 +211,15 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	for _, name := range cfg.CacheNames() {
 		cc := cfg.Caches[name]
 		cs := Cache{Name: name, Mode: Mode(cc), Keys: -1}
-		// A cache's figures from Redis are its first target's.
+		// A cache's figures, from Redis and counted, are its first target's.
 		home := c.home(cc)
 		keys, queues, lag := reads[home].keys, reads[home].queues, lags[home]
 		if n, ok := keys[name]; ok {
 			cs.Keys = n
 		}
-		if c.s.API != nil && !c.s.Outside {
-			if st := c.s.API.CacheStats(name); st != nil {
+		p := parts[home]
+		if p.Engine != nil && !c.s.Outside {
+			if st := p.Engine.CacheStats(name); st != nil {
 				hits, misses := st.Hits.Load(), st.Misses.Load()
 				cs.Gets, cs.Hits, cs.Fills, cs.Drained = hits+misses, hits, st.Fills.Load(), st.Drained.Load()
 				if hits+misses > 0 {
@@ -210,8 +234,10 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 		if q, ok := queues[name]; ok {
 			cs.Queue, cs.DeadLetters = &q.Pending, &q.DeadLetters
 		}
-		if cc.Refreshes() && c.s.Refreshed != nil {
-			cs.Refreshed = c.s.Refreshed(name)
+		if r := p.Refresher; r != nil && cc.Refreshes() {
+			if pc := r.PerCache[name]; pc != nil {
+				cs.Refreshed = pc.Refreshed.Load()
+			}
 		}
 		if c.s.Errors != nil {
 			cs.LastError = c.s.Errors.Last(name, cc.Source)
@@ -219,6 +245,17 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 		r.Caches = append(r.Caches, cs)
 	}
 	return r, nil
+}
+
+// parts are the parts of target i: API alone without Parts.
+func (c *Collector) parts(i int) Parts {
+	if c.s.Parts == nil {
+		return Parts{Engine: c.s.API}
+	}
+	if i < len(c.s.Parts) && c.s.Parts[i] != nil {
+		return c.s.Parts[i]()
+	}
+	return Parts{}
 }
 
 // Mode says in a few words how a cache is kept.

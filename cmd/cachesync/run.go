@@ -257,7 +257,7 @@ func (d *daemon) run(ctx context.Context) error {
 			g.Go(func() error { t.await(gctx); return nil })
 			continue
 		}
-		api, err := t.start(ctx, gctx, g, i == 0 && d.cfg.HTTP.Addr != "")
+		api, err := t.start(ctx, gctx, g, d.cfg.HTTP.Addr != "") // the first: it serves the HTTP API
 		if api != nil {
 			defer api.Close()
 		}
@@ -266,7 +266,7 @@ func (d *daemon) run(ctx context.Context) error {
 			_ = g.Wait()
 			return err
 		}
-		if i == 0 && d.cfg.HTTP.Addr != "" {
+		if d.cfg.HTTP.Addr != "" {
 			d.serve(gctx, g, api)
 		}
 	}

@@ -50,8 +50,14 @@ func sessionError(err error) bool {
 		errors.Is(err, state.ErrFenced) || errors.Is(err, errLockLost)
 }
 
+// readAhead bounds the changes read for a target that applies but has not
+// yet: the stream waits for it past that (a deeper read-ahead only holds
+// memory; the applier takes maxBatchChanges at a time).
+const readAhead = 4 * maxBatchChanges
+
 // queue holds the transactions read for one target and not yet applied to
-// it, up to limit changes (or one transaction part, whatever its size).
+// it: up to readAhead changes while the target applies, up to limit (its
+// buffer) while it fails (or one transaction part, whatever its size).
 type queue struct {
 	mu      sync.Mutex
 	txns    []*pgsource.Txn
@@ -75,13 +81,19 @@ func signal(c chan struct{}) {
 	}
 }
 
-// push adds t. While the queue is full it waits for the target to apply,
-// or, when the target is failing, leaves it behind and reports that.
+// push adds t. While the target applies and the queue holds readAhead
+// changes, it waits for the target; while the target fails, it adds up to
+// the target's buffer, and past it leaves the target behind and reports
+// that.
 func (q *queue) push(ctx context.Context, t *pgsource.Txn) (left bool, err error) {
 	q.mu.Lock()
-	for !q.left && len(q.txns) > 0 && q.changes+len(t.Changes) > q.limit {
-		if q.failing {
+	for !q.left && len(q.txns) > 0 {
+		n := q.changes + len(t.Changes)
+		if q.failing && n > q.limit {
 			q.left, q.txns, q.changes = true, nil, 0
+			break
+		}
+		if q.failing || n <= min(readAhead, q.limit) {
 			break
 		}
 		q.mu.Unlock()

@@ -394,3 +394,46 @@ func TestStandbyUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d write-behind keys; kill -9 → took over: %v", len(last), took)
 }
+
+// TestPartitionedRebuildEntryFenced: the daemon that streams is cut off
+// from PostgreSQL and Redis just as it records a finished rebuild (the
+// cache's state entry, State.SetCache); the standby takes over and, the
+// entry being gone, rebuilds the cache, and dies midway (kill -9, a part of
+// the rows written after its clear). The cut-off daemon's entry then
+// arrives, late: a session that lost its claim must write nothing, so the
+// next daemon must still find the cache unfinished and rebuild it. If the
+// late entry lands, that daemon takes the half-written cache for complete.
+func TestPartitionedRebuildEntryFenced(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, itemsSchema(3000))
+	rp := testenv.StartProxy(t, w.Redis.Addr)
+	pgp, yaml := pgProxied(w)
+	entry := []byte("$11\r\ncache:items\r\n$") // HSET's field and its value: SetCache, not Forget
+	rp.HoldFrom(entry)
+	active := w.Daemon(w.WriteYAML(strings.Replace(yaml, w.Redis.Addr, rp.Addr, 1)))
+	world.WaitFor(t, "the active daemon's record of its rebuild, held", func() bool {
+		return bytes.Contains(rp.Held(), entry)
+	})
+	// The standby reaches Redis through a proxy of its own, which holds its
+	// rebuild's write of item:2500 (after its clear).
+	rp2 := testenv.StartProxy(t, w.Redis.Addr)
+	mid := []byte("$9\r\nitem:2500\r\n$") // a SET, not a clear's UNLINK
+	rp2.HoldConnFrom(mid)
+	standby := w.Daemon(w.WriteYAML(strings.Replace(w.YAML(itemsCaches), w.Redis.Addr, rp2.Addr, 1)))
+	standby.WaitLog("waiting to take over")
+	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock ends
+	standby.WaitLog("took over the replication slot")
+	world.WaitFor(t, "the standby's rebuild write of item:2500, held", func() bool {
+		return bytes.Contains(rp2.Held(), mid)
+	})
+	active.Kill()
+	rp.Release() // the dead daemon's record of its rebuild reaches Redis, late
+	standby.Kill()
+	next := w.Daemon(w.WriteConfig(itemsCaches))
+	next.WaitLog("streaming changes")
+	w.Exec(`UPDATE items SET note = 'after the second takeover' WHERE id = 1`)
+	world.WaitFor(t, "item:1 updated", func() bool {
+		return strings.Contains(w.Snapshot("item:1")["item:1"], "after the second takeover")
+	})
+	requireItems(w)
+}

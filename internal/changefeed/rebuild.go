@@ -70,7 +70,7 @@ func (f *Feed) rebuildCache(ctx context.Context, tg *Target, w *state.Writer, sn
 	if err != nil {
 		return n, err
 	}
-	return n, tg.st.SetCache(ctx, c.Name, state.CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
+	return n, w.SetCache(ctx, c.Name, state.CacheEntry{Fingerprint: c.Fingerprint(), Since: snap.LSN})
 }
 
 // copyInto reads the cache's rows from the snapshot and writes them to Redis,

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/binding"
 	"github.com/cachesync/cachesync/internal/changefeed"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/testenv/world"
@@ -334,4 +335,43 @@ func waitSnapshotHeld(t *testing.T, w *world.World) {
 		w.DB.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%cachesync_snap_%'`).Scan(&n)
 		return n > 0
 	})
+}
+
+// TestTargetBehindAtStartHoldsConfirmed: a session starts with target b
+// behind a (b was down while a applied changes, then the feed stopped) and
+// b's rebuild of one cache waiting for its snapshot. b is counted from its
+// own position, so the slot must confirm nothing past it: a later session
+// would otherwise find b behind the slot, take its Redis for one that lost
+// data, and rebuild every cache of it.
+func TestTargetBehindAtStartHoldsConfirmed(t *testing.T) {
+	w, b, cfg := twoTargets(t, config.DefaultBuffer, "--appendonly", "yes", "--appendfsync", "always")
+	f := w.StartFeed(cfg)
+	w.WaitEqual("*", rows(w, "both"))
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if err := b.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	w.Exec(`UPDATE items SET v = 'while b is down' WHERE id <= 20`)
+	w.WaitEqual("*", rows(w, "both")) // a applies; b's queue holds the change
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	held := confirmed(t, w) // b's position: it applied nothing since
+	if err := b.Redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	world.WaitFor(t, "b's record of onlyb removed (b needs its rebuild)", func() bool { // (the client reconnects)
+		return b.RC.Do(ctx, b.RC.B().Hdel().Key(binding.StateKey(cfg.Name)).Field("cache:onlyb").Build()).Error() == nil
+	})
+	release := holdSnapshots(t, w)
+	f = w.StartFeed(cfg)
+	waitSnapshotHeld(t, w) // b's rebuild of onlyb waits; b applies nothing
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if got := confirmed(t, w); got != held {
+		t.Fatalf("the slot confirmed %s while b, counted, stood at %s", got, held)
+	}
 }

@@ -204,6 +204,16 @@ func (c *confirmer) join(t *Target, lsn pglogrepl.LSN) {
 	c.update()
 }
 
+// count counts t, which applied everything up to lsn, from now on, and
+// confirms nothing yet: the targets a session starts with are all counted
+// before the first position is confirmed (a target counted first, ahead of
+// another, would have the slot confirm past it).
+func (c *confirmer) count(t *Target, lsn pglogrepl.LSN) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.at[t] = lsn
+}
+
 // leave stops counting t and returns how many targets are still counted.
 func (c *confirmer) leave(t *Target) int {
 	c.mu.Lock()
@@ -393,7 +403,7 @@ func (r *runner) start(conf *confirmer) {
 		return // left behind from the start
 	}
 	r.q = newQueue(r.t.Buffer)
-	conf.join(r.t, r.applied)
+	conf.count(r.t, r.applied)
 	if len(r.rebuild) == 0 { // else run rebuilds it first
 		r.a = newApplier(r.f, r.t, r.w, conf, r.tables, r.since, r.applied)
 	}

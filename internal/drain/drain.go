@@ -194,11 +194,20 @@ func (d *drainer) session(ctx context.Context) (progressed bool, err error) {
 		r := <-ahead // waited for on every path: this function owns the goroutine
 		if r.err == nil {
 			done = nil // acknowledged with the read ahead
+		} else if len(done) > 0 && d.ack(context.WithoutCancel(ctx), done, doneRemovals) == nil {
+			done = nil // acknowledged now, since the read ahead failed
 		}
 		if err != nil {
 			return progressed, err // what was read ahead stays pending: the next session claims it, in order
 		}
 		progressed = true
+		if len(done) > 0 {
+			// An earlier batch is still unacknowledged: acknowledging
+			// this one would have the next session commit the earlier
+			// one again after it. Both stay pending, committed again in
+			// order.
+			acked = nil
+		}
 		done, doneRemovals, b, from = acked, b.removals, r, next
 	}
 }

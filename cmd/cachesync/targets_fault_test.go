@@ -231,3 +231,24 @@ func oneConnection(t *testing.T, addr string) string {
 	})
 	return ln.Addr().String()
 }
+
+// TestSecondTargetNeedsNothing: a second target whose caches need nothing
+// of the daemon besides the change feed (no fills, refreshes, sampling or
+// write-behind) is served by nothing, and that is no failure: the daemon
+// must not report it as one ("cannot serve the target's caches") again
+// and again.
+func TestSecondTargetNeedsNothing(t *testing.T) {
+	t.Parallel()
+	a := world.New(t, itemsSchema(100))
+	b := a.Target(testenv.StartRedis(t))
+	d := a.Daemon(a.WriteYAML(a.TargetsYAML(itemsCaches,
+		fmt.Sprintf("name: a, url: %q", a.Redis.URL()),
+		fmt.Sprintf("name: b, url: %q", b.Redis.URL())) + "consistency: {sample_rate: 0}\n"))
+	d.WaitLog("streaming changes")
+	a.Exec(`UPDATE items SET note = 'after the start' WHERE id = 1`)
+	waitItems(a)
+	waitItems(b)
+	if lines := d.Stderr.Lines("cannot serve the target's caches"); len(lines) > 0 {
+		t.Fatalf("the daemon reports a failure of target b, which needs nothing:\n%s", strings.Join(lines, "\n"))
+	}
+}

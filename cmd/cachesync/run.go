@@ -357,6 +357,10 @@ func (t *target) await(ctx context.Context) {
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		g, gctx := errgroup.WithContext(ctx)
 		api, err := t.start(ctx, gctx, g, false)
+		if err == nil && api == nil {
+			<-ctx.Done() // the target's caches need nothing besides the change feed
+			return
+		}
 		if err == nil {
 			err = g.Wait()
 		} else {

@@ -349,7 +349,12 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 		// Redis lost data: streaming resumes at the slot's position.
 		r.applied = slot.Confirmed
 	}
-	if r.primaries != nil && len(r.rebuild) == 0 {
+	if len(r.rebuild) > 0 {
+		// Forgotten now, though rebuilt later (maybe while the others
+		// stream): a session that ends before still leaves them to rebuild.
+		return t.st.Forget(ctx, f.Source, r.rebuild, r.lost, r.applied)
+	}
+	if r.primaries != nil {
 		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
 	}
 	return nil
@@ -670,6 +675,15 @@ func (r *runner) join(ctx context.Context) error {
 // rebuildAll rebuilds every cache of the target from a snapshot taken now.
 func (r *runner) rebuildAll(ctx context.Context, q *queue) error {
 	f, t := r.f, r.t
+	var primaries []state.Primary
+	if t.rc.Mode() == rueidis.ClientModeCluster {
+		// Read before the snapshot: a failover during the rebuild is then
+		// a loss the record shows.
+		var err error
+		if primaries, err = state.PrimaryInfo(ctx, t.rc); err != nil {
+			return err
+		}
+	}
 	if err := t.st.Forget(ctx, f.Source, t.Caches, true, 0); err != nil {
 		return err
 	}
@@ -684,11 +698,8 @@ func (r *runner) rebuildAll(ctx context.Context, q *queue) error {
 	for _, c := range t.Caches {
 		r.since[c.Name] = lsn
 	}
-	if t.rc.Mode() == rueidis.ClientModeCluster {
-		r.primaries, err = state.PrimaryInfo(ctx, t.rc)
-		if err != nil {
-			return err
-		}
+	if primaries != nil {
+		r.primaries = primaries
 		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
 	}
 	return nil

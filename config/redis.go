@@ -202,13 +202,14 @@ func (c *Config) validateTargets() error {
 // validateCacheTargets checks which targets a cache lists: all of them
 // when it names none.
 func (c *Config) validateCacheTargets(field string, cc *Cache) error {
+	all := c.TargetNames()
 	if len(cc.Targets) == 0 {
-		cc.Targets = c.TargetNames()
+		cc.Targets = slices.Clone(all)
 		return nil
 	}
 	for i, name := range cc.Targets {
-		if !slices.Contains(c.TargetNames(), name) {
-			return FieldError(field+".targets", "unknown target %q (targets: %s)", name, strings.Join(c.TargetNames(), ", "))
+		if !slices.Contains(all, name) {
+			return FieldError(field+".targets", "unknown target %q (targets: %s)", name, strings.Join(all, ", "))
 		}
 		if slices.Contains(cc.Targets[:i], name) {
 			return FieldError(field+".targets", "target %q is listed twice", name)

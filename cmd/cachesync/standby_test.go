@@ -397,7 +397,7 @@ func TestStandbyUnderLoad(t *testing.T) {
 
 // TestPartitionedRebuildEntryFenced: the daemon that streams is cut off
 // from PostgreSQL and Redis just as it records a finished rebuild (the
-// cache's state entry, State.SetCache); the standby takes over and, the
+// cache's state entry, Writer.SetCache); the standby takes over and, the
 // entry being gone, rebuilds the cache, and dies midway (kill -9, a part of
 // the rows written after its clear). The cut-off daemon's entry then
 // arrives, late: a session that lost its claim must write nothing, so the

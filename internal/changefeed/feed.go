@@ -330,21 +330,23 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 	// several targets, one that does not answer is left behind: the
 	// others go on, and it is rebuilt once it answers.
 	multi := len(f.Targets) > 1
-	runners := make([]*runner, len(f.Targets))
+	var runners []*runner
+	defer func() {
+		for _, r := range runners {
+			r.close(ctx)
+		}
+	}()
 	var unreachable error
-	for i, t := range f.Targets {
+	for _, t := range f.Targets {
 		r := &runner{f: f, t: t, tables: tables, multi: multi}
-		runners[i] = r
-		err := r.prepare(ctx, slot, runners[:i])
+		err := r.prepare(ctx, slot, runners)
+		runners = append(runners, r)
 		if err == nil {
 			t.away.Store(false)
 			continue
 		}
-		r.close(ctx)
+		r.close(ctx) // (left behind: it has no claim)
 		if !multi || ctx.Err() != nil || sessionError(err) {
-			for _, r := range runners[:i] {
-				r.close(ctx)
-			}
 			return err
 		}
 		t.log(f).Warn("target unreachable; the other targets go on, and it is rebuilt once it answers", "err", err)
@@ -363,9 +365,6 @@ func (f *Feed) held(ctx context.Context, pgcfg *pgx.ConnConfig) error {
 				continue
 			}
 			if err := r.rebuildNow(ctx); err != nil {
-				for _, r := range runners {
-					r.close(ctx)
-				}
 				return err
 			}
 		}
@@ -449,11 +448,6 @@ func watchLock(ctx context.Context, lock *pgx.Conn) (context.Context, func()) {
 // stream applies the slot's changes to every target until ctx is done or
 // something fails.
 func (f *Feed) stream(ctx context.Context, runners []*runner) error {
-	defer func() {
-		for _, r := range runners {
-			r.close(ctx)
-		}
-	}()
 	st, err := pgsource.StartStream(ctx, f.URL, f.Slot, f.Slot, f.Log)
 	if err != nil {
 		var pgErr *pgconn.PgError

@@ -352,7 +352,7 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 	if len(r.rebuild) > 0 {
 		// Forgotten now, though rebuilt later (maybe while the others
 		// stream): a session that ends before still leaves them to rebuild.
-		return t.st.Forget(ctx, f.Source, r.rebuild, r.lost, r.applied)
+		return r.forget(ctx)
 	}
 	if r.primaries != nil {
 		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
@@ -360,14 +360,18 @@ func (r *runner) prepare(ctx context.Context, slot pgsource.SlotInfo, earlier []
 	return nil
 }
 
-// rebuildNow rebuilds the caches prepare found needing it: it forgets them
-// first (and, when Redis lost data, records that streaming resumes at the
-// slot's position) in one step, so an interrupted rebuild is redone whole.
+// forget removes the state entries of the caches to rebuild (and, when
+// Redis lost data, records the position streaming resumes at) in one step,
+// before they are rebuilt: an interrupted rebuild is redone whole.
+func (r *runner) forget(ctx context.Context) error {
+	return r.t.st.Forget(ctx, r.f.Source, r.rebuild, r.lost, r.applied)
+}
+
+// rebuildNow rebuilds the caches forget forgot, and records the primaries
+// read before (on a Cluster: a failover during the rebuild is then a loss
+// the record shows).
 func (r *runner) rebuildNow(ctx context.Context) error {
 	f, t := r.f, r.t
-	if err := t.st.Forget(ctx, f.Source, r.rebuild, r.lost, r.applied); err != nil {
-		return err
-	}
 	lsn, err := f.rebuild(ctx, t, r.w, r.tables, r.rebuild)
 	if err != nil {
 		return err
@@ -389,7 +393,6 @@ func (r *runner) rebuildStreaming(ctx context.Context) error {
 	f, t := r.f, r.t
 	q := r.queue()
 	q.setFailing(true) // not applying while it rebuilds
-	t.log(f).Info("rebuilding this target while the others stream", "caches", len(r.rebuild))
 	if err := r.rebuildNow(ctx); err != nil {
 		return err
 	}
@@ -487,6 +490,7 @@ func (r *runner) run(ctx, applyCtx context.Context) error {
 	f, t := r.f, r.t
 	backoff := minBackoff
 	if len(r.rebuild) > 0 && r.w != nil {
+		t.log(f).Info("rebuilding this target while the others stream", "caches", len(r.rebuild))
 		if err := r.rebuildStreaming(ctx); err != nil {
 			switch {
 			case ctx.Err() != nil:
@@ -641,12 +645,19 @@ func (r *runner) join(ctx context.Context) error {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, f.TargetTimeout)
+	defer cancel()
 	w, err := t.st.Claim(cctx, f.Source)
-	cancel()
 	if err != nil {
 		return err
 	}
 	r.w = w
+	r.primaries = nil
+	if t.rc.Mode() == rueidis.ClientModeCluster {
+		if r.primaries, err = state.PrimaryInfo(cctx, t.rc); err != nil {
+			r.close(ctx)
+			return err
+		}
+	}
 	q, ok := r.attach()
 	if !ok {
 		r.close(ctx)
@@ -654,54 +665,18 @@ func (r *runner) join(ctx context.Context) error {
 	}
 	q.setFailing(true) // not applying while it rebuilds: a full queue leaves it behind again
 	t.log(f).Info("target answers; rebuilding it while the others go on")
-	err = r.rebuildAll(ctx, q)
+	r.rebuild, r.lost, r.applied, r.since = t.Caches, true, 0, map[string]pglogrepl.LSN{}
+	if err = r.forget(ctx); err == nil {
+		err = r.rebuildStreaming(ctx)
+	}
 	if err != nil {
 		r.detach()
 		r.close(ctx)
 		return err
 	}
-	if !q.applying() { // left behind since rebuildAll looked
-		r.detach()
-		r.close(ctx)
-		return fmt.Errorf("target %q missed more changes than its buffer (%d) holds while it was rebuilt", t.Name, t.Buffer)
-	}
-	r.a = newApplier(f, t, r.w, r.conf, r.tables, r.since, 0)
 	r.conf.join(t, 0)
 	t.away.Store(false)
 	t.log(f).Info("target rebuilt; streaming its changes")
-	return nil
-}
-
-// rebuildAll rebuilds every cache of the target from a snapshot taken now.
-func (r *runner) rebuildAll(ctx context.Context, q *queue) error {
-	f, t := r.f, r.t
-	var primaries []state.Primary
-	if t.rc.Mode() == rueidis.ClientModeCluster {
-		// Read before the snapshot: a failover during the rebuild is then
-		// a loss the record shows.
-		var err error
-		if primaries, err = state.PrimaryInfo(ctx, t.rc); err != nil {
-			return err
-		}
-	}
-	if err := t.st.Forget(ctx, f.Source, t.Caches, true, 0); err != nil {
-		return err
-	}
-	lsn, err := f.rebuild(ctx, t, r.w, r.tables, t.Caches)
-	if err != nil {
-		return err
-	}
-	if q.isLeft() {
-		return fmt.Errorf("target %q missed more changes than its buffer (%d) holds while it was rebuilt", t.Name, t.Buffer)
-	}
-	r.since = map[string]pglogrepl.LSN{}
-	for _, c := range t.Caches {
-		r.since[c.Name] = lsn
-	}
-	if primaries != nil {
-		r.primaries = primaries
-		return t.st.SetPrimaries(ctx, f.Source, r.primaries)
-	}
 	return nil
 }
 

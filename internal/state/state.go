@@ -77,22 +77,16 @@ func (s *State) Load(ctx context.Context, source string, caches []string) (pglog
 	return lsn, err == nil, entries, nil
 }
 
-// SetCache records that cache was rebuilt from a snapshot at since.
-func (s *State) SetCache(ctx context.Context, cache string, e CacheEntry) error {
-	if err := s.Redis.Do(ctx, s.setCache(cache, e)).Error(); err != nil {
-		return fmt.Errorf("write %s: %w", s.Key, err)
-	}
-	return nil
-}
-
+// setCache records that cache was rebuilt from a snapshot at e.Since.
 func (s *State) setCache(cache string, e CacheEntry) rueidis.Completed {
 	return s.Redis.B().Hset().Key(s.Key).FieldValue().
 		FieldValue("cache:"+cache, e.Fingerprint+"/"+formatLSN(e.Since)).Build()
 }
 
-// SetCache is State.SetCache fenced by w's claim, as its writes are: the
-// record of a rebuild of a session that lost its claim (arriving late,
-// after another session began rebuilding the cache) writes nothing.
+// SetCache records that cache was rebuilt from a snapshot at e.Since,
+// fenced by w's claim, as its writes are: the record of a rebuild of a
+// session that lost its claim (arriving late, after another session began
+// rebuilding the cache) writes nothing.
 func (w *Writer) SetCache(ctx context.Context, cache string, e CacheEntry) error {
 	if err := w.Write(ctx, []rueidis.Completed{w.s.setCache(cache, e)}); err != nil {
 		return fmt.Errorf("write %s: %w", w.s.Key, err)

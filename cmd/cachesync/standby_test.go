@@ -126,12 +126,21 @@ func writeLate(w *world.World, active, standby *world.Proc, pgp, rp *testenv.Pro
 	world.WaitFor(w.T, "the active daemon's write of the change, held", func() bool {
 		return bytes.Contains(rp.Held(), []byte("held in the network"))
 	})
-	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock and its replication end
+	arriveLate(w, active, standby, pgp, rp, `UPDATE items SET note = 'after the takeover' WHERE id = 1`)
+}
+
+// arriveLate cuts pgp (PostgreSQL sees the active daemon gone: its lock
+// and its replication end), waits for the standby to take over and apply
+// change (SQL), kills the active daemon and delivers what rp held of it,
+// late; Redis must equal the table.
+func arriveLate(w *world.World, active, standby *world.Proc, pgp, rp *testenv.Proxy, change string) {
+	w.T.Helper()
+	pgp.Cut(nil)
 	standby.WaitLog("took over the replication slot")
-	w.Exec(`UPDATE items SET note = 'after the takeover' WHERE id = 1`)
+	w.Exec(change)
 	waitItems(w)
 	active.Kill()
-	rp.Release() // the dead daemon's last write reaches Redis, late
+	rp.Release()
 	requireItems(w)
 }
 
@@ -152,16 +161,7 @@ func TestPartitionedRebuildFenced(t *testing.T) {
 // TestPartitionedHolderFencedCluster).
 func TestPartitionedRebuildFencedCluster(t *testing.T) {
 	t.Parallel()
-	c := testenv.StartCluster(t, 3)
-	owner := c.Owner(t, "item:1")
-	seed := c.Nodes[0]
-	if seed == owner {
-		seed = c.Nodes[1]
-	}
-	rp := testenv.StartProxy(t, owner.Addr)
-	c.Announce(t, owner, rp.Addr)
-	w := world.NewOn(t, seed, itemsSchema(3000))
-	w.Nodes = c.Nodes
+	w, _, rp := ownerProxied(t, 3000)
 	pgp, yaml := pgProxied(w)
 	rebuildLate(w, pgp, rp, rp.HoldConnFrom, yaml)
 }
@@ -181,13 +181,7 @@ func rebuildLate(w *world.World, pgp, rp *testenv.Proxy, hold func(marker []byte
 	})
 	standby := w.Daemon(w.WriteConfig(itemsCaches))
 	standby.WaitLog("waiting to take over")
-	pgp.Cut(nil) // PostgreSQL sees the active daemon gone: its lock ends
-	standby.WaitLog("took over the replication slot")
-	w.Exec(`UPDATE items SET note = 'after the takeover' WHERE id = 1`)
-	waitItems(w)
-	active.Kill()
-	rp.Release() // the dead daemon's rebuild write reaches Redis, late
-	requireItems(w)
+	arriveLate(w, active, standby, pgp, rp, `UPDATE items SET note = 'after the takeover' WHERE id = 1`)
 }
 
 // TestPartitionedTruncateFenced: the daemon that streams is cut off from
@@ -203,13 +197,7 @@ func TestPartitionedTruncateFenced(t *testing.T) {
 	world.WaitFor(t, "the active daemon's clear of item:1, held", func() bool {
 		return bytes.Contains(rp.Held(), []byte("UNLINK\r\n$6\r\nitem:1\r\n"))
 	})
-	pgp.Cut(nil)
-	standby.WaitLog("took over the replication slot")
-	w.Exec(`INSERT INTO items VALUES (1, 10, 'after the takeover')`)
-	waitItems(w)
-	active.Kill()
-	rp.Release() // the dead daemon's clear reaches Redis, late
-	requireItems(w)
+	arriveLate(w, active, standby, pgp, rp, `INSERT INTO items VALUES (1, 10, 'after the takeover')`)
 }
 
 // TestPartitionedHolderFencedCluster: TestPartitionedHolderFenced on a
@@ -220,16 +208,7 @@ func TestPartitionedTruncateFenced(t *testing.T) {
 // standby's, and the node's fence refuses it.
 func TestPartitionedHolderFencedCluster(t *testing.T) {
 	t.Parallel()
-	c := testenv.StartCluster(t, 3)
-	owner := c.Owner(t, "item:1")
-	seed := c.Nodes[0]
-	if seed == owner {
-		seed = c.Nodes[1]
-	}
-	rp := testenv.StartProxy(t, owner.Addr)
-	c.Announce(t, owner, rp.Addr) // (before the world's client learns the topology)
-	w := world.NewOn(t, seed, itemsSchema(100))
-	w.Nodes = c.Nodes
+	w, owner, rp := ownerProxied(t, 100)
 	pgp, yaml := pgProxied(w)
 	active := w.Daemon(w.WriteYAML(yaml))
 	active.WaitLog("streaming changes")
@@ -292,6 +271,25 @@ func TestLockLossEndsSession(t *testing.T) {
 	d.WaitFor("streaming again", func() bool { return len(d.Stderr.Lines("streaming changes")) == 2 })
 	w.Exec(`UPDATE items SET val = val + 1, note = 'after the lock was lost' WHERE id <= 10`)
 	waitItems(w)
+}
+
+// ownerProxied starts a Redis Cluster of 3 primaries and a world of the
+// items table with rows 1..n on it, whose primary holding item:1 (owner)
+// announces the address of a proxy to it (rp), before the world's client
+// learns the topology.
+func ownerProxied(t *testing.T, n int) (w *world.World, owner *testenv.Redis, rp *testenv.Proxy) {
+	t.Helper()
+	c := testenv.StartCluster(t, 3)
+	owner = c.Owner(t, "item:1")
+	seed := c.Nodes[0]
+	if seed == owner {
+		seed = c.Nodes[1]
+	}
+	rp = testenv.StartProxy(t, owner.Addr)
+	c.Announce(t, owner, rp.Addr)
+	w = world.NewOn(t, seed, itemsSchema(n))
+	w.Nodes = c.Nodes
+	return w, owner, rp
 }
 
 // pgProxied starts a proxy to the world's PostgreSQL and returns it and

@@ -39,6 +39,18 @@ func rows(w *world.World, prefix string) func() map[string]string {
 	return func() map[string]string { return w.Rows(`SELECT '` + prefix + `:' || id, v FROM items`) }
 }
 
+// stopB runs cfg's feed until b is built, then stops b's Redis; it
+// returns the feed's targets a and b.
+func stopB(t *testing.T, w, b *world.World, cfg *config.Config) (a, tb *changefeed.Target) {
+	t.Helper()
+	f := w.StartFeed(cfg)
+	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
+	if err := b.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	return target(t, f, "a"), target(t, f, "b")
+}
+
 // target returns the feed's target named name.
 func target(t *testing.T, f *world.Feed, name string) *changefeed.Target {
 	for _, tg := range f.Targets {
@@ -85,12 +97,7 @@ func TestTargetsFromOneFeed(t *testing.T) {
 // applies what it missed without a rebuild.
 func TestTargetStoppedCatchesUp(t *testing.T) {
 	w, b, cfg := twoTargets(t, config.DefaultBuffer, "--appendonly", "yes", "--appendfsync", "always")
-	f := w.StartFeed(cfg)
-	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
-	a, tb := target(t, f, "a"), target(t, f, "b")
-	if err := b.Redis.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	a, tb := stopB(t, w, b, cfg)
 	for i := range 20 {
 		w.Exec(`UPDATE items SET v = $1 || id WHERE id % 20 = $2`, fmt.Sprint("r", i, "-"), i)
 	}
@@ -110,12 +117,7 @@ func TestTargetStoppedCatchesUp(t *testing.T) {
 // others; once it answers, it is rebuilt while the others stream.
 func TestTargetLeftBehind(t *testing.T) {
 	w, b, cfg := twoTargets(t, 50)
-	f := w.StartFeed(cfg)
-	b.WaitEqual("onlyb:*", rows(w, "onlyb"))
-	a, tb := target(t, f, "a"), target(t, f, "b")
-	if err := b.Redis.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	a, tb := stopB(t, w, b, cfg)
 	for i := range 100 {
 		w.Exec(`UPDATE items SET v = $1 WHERE id = $2`, fmt.Sprint("gone-", i), i+1)
 	}

@@ -125,8 +125,9 @@ type target struct {
 	nodes  []rueidis.Client // each node alone (its INFO)
 }
 
-// newTarget writes the daemon's config of name (the cache bench over
-// public.bench, keys b:{id}) for the Redis at url, which redis and nodes
+// newTarget writes the daemon's config of name (the cache benchCache over
+// public.bench, keys b:{id}, as the Go API steps name it: the state record
+// the daemon writes then says the cache the Go API reads is built) for the Redis at url, which redis and nodes
 // read.
 func (e *env) newTarget(name, url string, redis rueidis.Client, nodes ...rueidis.Client) (target, error) {
 	t := target{config: filepath.Join(e.dir, name+".yaml"), url: url, slot: "cachesync_" + name, redis: redis, nodes: nodes}
@@ -136,7 +137,7 @@ redis: {url: "${REDIS_URL}"}
 sources:
   db: {url: "${DATABASE_URL}"}
 caches:
-  bench:
+  `+benchCache+`:
     table: public.bench
     key: "b:{id}"
     value: {format: json, columns: {id: id, val: val, note: note}}

@@ -327,6 +327,9 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 	s.API, s.NoStats = summarize(runs["api"], lats["api"]), summarize(runs["nostats"], lats["nostats"])
 	s.Sampled = summarize(runs["sampled"], lats["sampled"])
 	s.SampledKeys = sampler.PerCache[benchCache].Checked.Load()
+	if s.SampledKeys == 0 {
+		return nil, errors.New("the consistency check compared no key while it ran: step 12 would measure an idle check")
+	}
 	s.Bare, s.HTTP = summarize(runs["bare"], lats["bare"]), summarize(runs["http"], lats["http"])
 	return s, nil
 }

@@ -137,7 +137,7 @@ redis: {url: "${REDIS_URL}"}
 sources:
   db: {url: "${DATABASE_URL}"}
 caches:
-  `+benchCache+`:
+  ` + benchCache + `:
     table: public.bench
     key: "b:{id}"
     value: {format: json, columns: {id: id, val: val, note: note}}

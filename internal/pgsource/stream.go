@@ -347,7 +347,13 @@ func (s *Stream) send(ctx context.Context, out chan<- *Txn, t *Txn) error {
 }
 
 // Close reports the final applied position and closes the connection.
+// Call it once Run returned. A connection that failed is being closed by
+// pgx already (in a goroutine of its own, which writes to it): nothing is
+// sent on it then.
 func (s *Stream) Close(ctx context.Context) error {
+	if s.conn.IsClosed() {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	err := s.sendStatus(ctx)

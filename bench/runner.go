@@ -64,7 +64,8 @@ func steps() []step {
 		lag{about: about{ID: "2", Title: "2. lag at a steady rate", Needs: filled, Timed: true}},
 		// The hits come late and take half a minute: they may run again
 		// however long the run has taken.
-		hits{about: about{ID: "5", Title: "5, 6, 10, 12. read path: hits through the Go API, a bare rueidis client and HTTP, with the consistency check", Needs: filled, Timed: true, Late: true}},
+		hits{about: about{ID: "5", Title: "5, 6, 10, 12, 16. read path: hits through the Go API, a bare rueidis client and HTTP, with the consistency check, with l1", Needs: filled, Timed: true, Late: true}},
+		l1Delay{about: about{ID: "16", Title: "16. l1: commit to every process's copy dropped", Needs: filled, Timed: true}},
 		takeover{about: about{ID: "13", Title: "13. takeover: kill -9 of the streaming daemon, a standby waiting", Needs: filled, Timed: true}},
 		storm{about: about{ID: "7", Title: "7. read path: miss storm (database queries)", Needs: table}}, // counts queries, not time
 		writeBehind{about: about{ID: "8", Title: "8. write-behind: PutBehind ingest and drain into PostgreSQL", Timed: true}},

@@ -17,21 +17,27 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/cachesync/cachesync"
+	"github.com/cachesync/cachesync/config"
 	continuous "github.com/cachesync/cachesync/internal/consistency"
 	"github.com/cachesync/cachesync/internal/engine"
 	"github.com/cachesync/cachesync/internal/httpapi"
 )
 
-// hits measures items 5, 6, 10 and 12 on keys that are in Redis: Gets
+// hits measures items 5, 6, 10, 12 and 16 on keys that are in Redis: Gets
 // through the Go API beside a bare rueidis GET (5), HTTP GETs through
-// httpapi beside the Go API (6), the Go API without its stats (10), and
-// with the continuous consistency check running (12).
+// httpapi beside the Go API and beside a bare net/http server doing one
+// rueidis GET a request (6), the Go API without its stats (10), with the
+// continuous consistency check running (12), and on a cache with l1 beside
+// a bare rueidis DoCache, and over HTTP beside the bare server (16).
 type hits struct {
 	about
 	Workers         int           // goroutines issuing requests
 	For             time.Duration // each timed run
 	Keys            int
 	API, Bare, HTTP hitSummary
+	BareHTTP        hitSummary // a bare net/http server, one rueidis GET a request
+	L1, BareL1      hitSummary // the Go API on a cache with l1; bare rueidis DoCache
+	HTTPL1          hitSummary // httpapi over an engine whose cache has l1
 	NoStats         hitSummary // the engine with Options.DisableStats
 	Sampled         hitSummary // the Go API while the continuous consistency check runs
 	SampleRate      int        // its keys a second (the default)
@@ -102,6 +108,16 @@ func (s hits) Results() []row {
 		{ID: "6", What: fmt.Sprintf("HTTP GET hits through httpapi (net/http, keep-alive client), %d goroutines, throughput", s.Workers),
 			Got: num(h.Rate) + " requests/s", Ceiling: "Go API: " + num(a.Rate) + " gets/s", Ratio: ratio(h.Rate, a.Rate), Target: "(none set)", Met: "—"},
 		{ID: "6", What: "Same, p99 latency", Got: us(h.P99), Ceiling: "Go API: " + us(a.P99), Ratio: ratioDur(a.P99, h.P99)},
+		{ID: "6", What: "HTTP GET hits through httpapi beside a bare net/http server doing one rueidis GET a request, same client, same keys",
+			Got: num(h.Rate) + " requests/s", Ceiling: "bare net/http + rueidis GET: " + num(s.BareHTTP.Rate) + " requests/s",
+			Ratio: ratio(h.Rate, s.BareHTTP.Rate), Target: "≥ 0.85", Met: yes(h.Rate/s.BareHTTP.Rate >= 0.85)},
+		{ID: "16", What: fmt.Sprintf("L1: hit-path Get through the Go API on a cache with `l1`, %d goroutines, every key held", s.Workers),
+			Got: num(s.L1.Rate) + " gets/s", Ceiling: "bare rueidis `DoCache` GET: " + num(s.BareL1.Rate) + " gets/s",
+			Ratio: ratio(s.L1.Rate, s.BareL1.Rate), Target: "≥ 0.8", Met: yes(s.L1.Rate/s.BareL1.Rate >= 0.8)},
+		{ID: "16", What: "Same, p99 latency", Got: us(s.L1.P99), Ceiling: "bare `DoCache`: " + us(s.BareL1.P99), Ratio: ratioDur(s.BareL1.P99, s.L1.P99)},
+		{ID: "16", What: "L1 over HTTP: HTTP GET hits through httpapi on a cache with `l1`",
+			Got: num(s.HTTPL1.Rate) + " requests/s", Ceiling: "bare net/http + rueidis GET: " + num(s.BareHTTP.Rate) + " requests/s",
+			Ratio: ratio(s.HTTPL1.Rate, s.BareHTTP.Rate), Target: "> 1", Met: yes(s.HTTPL1.Rate > s.BareHTTP.Rate)},
 		{ID: "10", What: "Metrics on the hit path: Go API Get counting and timing every Get (what /metrics exports), same runs as 5",
 			Got:     fmt.Sprintf("%s gets/s, p99 %s", num(a.Rate), us(a.P99)),
 			Ceiling: fmt.Sprintf("the engine with `DisableStats`: %s gets/s, p99 %s", num(plain.Rate), us(plain.P99)),
@@ -122,7 +138,8 @@ func (s hits) CPUBound(cores int) bool {
 // CostsRows are the modes' lines of the table of "Where the time goes".
 func (s hits) CostsRows() []string {
 	return []string{s.API.row("Go API `Get`"), s.NoStats.row("Go API `Get`, `DisableStats`"), s.Sampled.row("Go API `Get`, consistency check running"),
-		s.Bare.row("bare rueidis `GET`"), s.HTTP.row("HTTP `GET` (client + server)")}
+		s.Bare.row("bare rueidis `GET`"), s.HTTP.row("HTTP `GET` (client + server)"), s.BareHTTP.row("bare net/http + rueidis `GET` (client + server)"),
+		s.L1.row("Go API `Get`, `l1`"), s.BareL1.row("bare rueidis `DoCache`"), s.HTTPL1.row("HTTP `GET`, `l1` (client + server)")}
 }
 
 // WarmUp is how long each mode runs before the timed runs.
@@ -163,18 +180,47 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		return nil, err
 	}
 	defer bare.Close()
+	// 16: the cache with l1 through the Go API and HTTP, beside bare DoCache.
+	cfgL1, err := e.benchConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfgL1.Caches[benchCache].L1 = &config.L1{Max: l1Max, TTL: l1TTL}
+	userL1, err := cachesync.Open(ctx, cfgL1, cachesync.Options{Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer userL1.Close()
+	apiL1, err := engine.Open(ctx, cfgL1, engine.Options{Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer apiL1.Close()
+	bareL1, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.rds.Addr}, CacheSizeEachConn: l1Max})
+	if err != nil {
+		return nil, err
+	}
+	defer bareL1.Close()
 
 	// The HTTP API in this process, on a free port, with its own server setup.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
+	lnL1, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	lnBare, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
 	sctx, stopServer := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() {
-		served <- httpapi.New(api, cfg.HTTP, quiet).Serve(sctx, ln)
-	}()
-	defer func() { stopServer(); <-served }()
+	served := make(chan error, 3)
+	go func() { served <- httpapi.New(api, cfg.HTTP, quiet).Serve(sctx, ln) }()
+	go func() { served <- httpapi.New(apiL1, cfg.HTTP, quiet).Serve(sctx, lnL1) }()
+	go func() { served <- serveBare(sctx, bare, lnBare) }()
+	defer func() { stopServer(); <-served; <-served; <-served }()
 	tr := &http.Transport{MaxIdleConns: s.IdleConns(), MaxIdleConnsPerHost: s.IdleConns(), DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
@@ -204,9 +250,11 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 	if present != int64(len(keys)) {
 		return nil, fmt.Errorf("only %d of the %d keys read are in Redis: the hits would be fills", present, len(keys))
 	}
-	urls := make([]string, len(keys))
+	baseL1 := "http://" + lnL1.Addr().String() + "/v1/caches/" + benchCache + "/"
+	baseBare := "http://" + lnBare.Addr().String() + "/v1/caches/" + benchCache + "/"
+	urls, urlsL1, urlsBare := make([]string, len(keys)), make([]string, len(keys)), make([]string, len(keys))
 	for i, k := range keys {
-		urls[i] = base + k
+		urls[i], urlsL1[i], urlsBare[i] = base+k, baseL1+k, baseBare+k
 	}
 
 	// Each request reads a key; a failed one, or an empty value, fails the run.
@@ -222,22 +270,12 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		"bare": func(ctx context.Context, i int) error {
 			return nonEmpty(bare.Do(ctx, bare.B().Get().Key(keys[i]).Build()).AsBytes())
 		},
-		"http": func(ctx context.Context, i int) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[i], nil)
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Authorization", "Bearer "+benchAPIKey)
-			resp, err := hc.Do(req)
-			if err != nil {
-				return err
-			}
-			n, err := io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err == nil && (resp.StatusCode != http.StatusOK || n == 0) {
-				err = fmt.Errorf("HTTP %s, %d bytes", resp.Status, n)
-			}
-			return err
+		"http":     func(ctx context.Context, i int) error { return httpGet(ctx, hc, urls[i]) },
+		"barehttp": func(ctx context.Context, i int) error { return httpGet(ctx, hc, urlsBare[i]) },
+		"httpl1":   func(ctx context.Context, i int) error { return httpGet(ctx, hc, urlsL1[i]) },
+		"l1":       func(ctx context.Context, i int) error { return nonEmpty(userL1.Get(ctx, benchCache, keys[i])) },
+		"bareL1": func(ctx context.Context, i int) error {
+			return nonEmpty(bareL1.DoCache(ctx, bareL1.B().Get().Key(keys[i]).Cache(), l1TTL).AsBytes())
 		},
 	}
 	// Step 12's reads are 5's, its ceiling, to the letter: the two modes
@@ -298,14 +336,28 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		})
 	}
 	// Warm up every path (connections, keep-alive pool, code) briefly.
-	modes := []string{"api", "nostats", "sampled", "bare", "http"}
+	modes := []string{"api", "nostats", "sampled", "bare", "http", "barehttp", "l1", "bareL1", "httpl1"}
 	for _, mode := range modes {
 		if _, _, err := run(mode, s.WarmUp()); err != nil {
 			return nil, fmt.Errorf("warm-up %s: %w", mode, err)
 		}
 	}
+	// The L1s hold every key before they are timed: 16 measures hits.
+	for _, mode := range []string{"l1", "bareL1", "httpl1"} {
+		op := ops[mode]
+		per := (len(keys) + s.Workers - 1) / s.Workers
+		if _, _, err := e.runOps(ctx, s.Workers, per, 0, func(ctx context.Context, w, i int) error {
+			if k := w*per + i; k < len(keys) {
+				return op(ctx, k)
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("filling the l1 of %s: %w", mode, err)
+		}
+	}
 	runs, lats := map[string][]opRun{}, map[string][]time.Duration{}
-	names := map[string]string{"api": "Go API Get", "nostats": "Go API, no stats", "sampled": "Go API, check on", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)"}
+	names := map[string]string{"api": "Go API Get", "nostats": "Go API, no stats", "sampled": "Go API, check on", "bare": "bare rueidis GET", "http": "HTTP GET (httpapi)",
+		"barehttp": "bare net/http GET", "l1": "Go API Get, l1", "bareL1": "bare DoCache GET", "httpl1": "HTTP GET, l1"}
 	for round := range 2 {
 		for _, mode := range modes {
 			stopProfile := func() {}
@@ -331,5 +383,58 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 		return nil, errors.New("the consistency check compared no key while it ran: step 12 would measure an idle check")
 	}
 	s.Bare, s.HTTP = summarize(runs["bare"], lats["bare"]), summarize(runs["http"], lats["http"])
+	s.BareHTTP, s.HTTPL1 = summarize(runs["barehttp"], lats["barehttp"]), summarize(runs["httpl1"], lats["httpl1"])
+	s.L1, s.BareL1 = summarize(runs["l1"], lats["l1"]), summarize(runs["bareL1"], lats["bareL1"])
 	return s, nil
+}
+
+// The L1s of 16: room for every key read, copies kept through the runs.
+const (
+	l1Max = 512 << 20
+	l1TTL = time.Minute
+)
+
+// httpGet reads url with the API key through hc; a failed request, another
+// status than 200 or an empty body is an error.
+func httpGet(ctx context.Context, hc *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+benchAPIKey)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && (resp.StatusCode != http.StatusOK || n == 0) {
+		err = fmt.Errorf("HTTP %s, %d bytes", resp.Status, n)
+	}
+	return err
+}
+
+// serveBare is 6's ceiling: a net/http server with the API's path and the
+// server settings of httpapi.Server.Serve, whose handler is one rueidis GET
+// of the key and its bytes (no API key, no checks), until ctx is done.
+func serveBare(ctx context.Context, c rueidis.Client, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/caches/{cache}/{key...}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := c.Do(r.Context(), c.B().Get().Key(r.PathValue("key")).Build()).AsBytes()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(v)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	<-ctx.Done()
+	srv.Close()
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

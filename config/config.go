@@ -202,6 +202,10 @@ type Cache struct {
 	Schedule []Schedule `yaml:"schedule"`
 	// Targets names the Redis targets that hold the cache (default: all).
 	Targets []string `yaml:"targets"`
+	// L1 keeps the cache's hits in the memory of each process that reads
+	// them (Get, the HTTP API), kept exact by Redis's invalidation pushes;
+	// nil (default) reads Redis on every Get.
+	L1 *L1 `yaml:"l1"`
 
 	// Filled by Validate.
 	Template *binding.Template `yaml:"-"`
@@ -450,6 +454,9 @@ func (c *Config) validateCache(name string, cc *Cache) error {
 	}
 	if cc.StaleIfError < 0 {
 		return FieldError(field+".stale_if_error", "must not be negative")
+	}
+	if err := validateL1(field, cc.L1); err != nil {
+		return err
 	}
 	if cc.TTLJitter > 0 && cc.TTL == 0 {
 		return FieldError(field+".ttl_jitter", "needs a ttl")

@@ -83,9 +83,10 @@ func writeSecret(t *testing.T, path, text string) {
 }
 
 // privilegeCaches are the grocery example's tables as caches that use
-// every privilege: prices streams, fills what plain clients miss and takes
-// Put and PutBehind, stock streams and refreshes on expiry.
-const privilegeCaches = `  prices: {table: public.inventory, key: "price:{item}", value: {format: json, columns: {item: item, price: price}}, writes: behind, fill: on-miss}
+// every privilege: prices streams, fills what plain clients miss, takes
+// Put and PutBehind and keeps its hits in an l1, stock streams and
+// refreshes on expiry.
+const privilegeCaches = `  prices: {table: public.inventory, key: "price:{item}", value: {format: json, columns: {item: item, price: price}}, writes: behind, fill: on-miss, l1: {}}
   stock: {table: public.store_stock, key: "stock:{store}:{item}", value: {format: hash, columns: {qty: qty}}, ttl: 2s, refresh: on-expiry}
 `
 

@@ -82,6 +82,15 @@ type CacheStats struct {
 	Gets *latency.Histogram
 }
 
+// L1Stats returns the counters of cache name's L1, or nil for a cache
+// without one.
+func (c *Engine) L1Stats(name string) *L1Stats {
+	if ca, ok := c.caches[name]; ok && ca.l1 != nil {
+		return ca.l1.stats
+	}
+	return nil
+}
+
 // CacheStats returns the counters of cache name, or nil for an unknown cache.
 func (c *Engine) CacheStats(name string) *CacheStats {
 	if ca, ok := c.caches[name]; ok {
@@ -114,6 +123,7 @@ type cache struct {
 	cols   []string         // the columns a fill selects
 	loader *pgsource.Loader
 	stats  *CacheStats
+	l1     *l1 // nil without config.Cache.L1
 }
 
 // Open connects to Redis and every source of cfg and checks each cache
@@ -133,6 +143,7 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error
 	if err != nil {
 		return nil, err
 	}
+	l1opt := ropt
 	ropt.DisableCache = true
 	ropt.DisableRetry = true // a caller gets ErrUnavailable at once rather than waiting out its context
 	r, err := rueidis.NewClient(ropt)
@@ -142,14 +153,14 @@ func Open(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error
 	c := &Engine{cfg: cfg, redis: r, loaders: map[string]*pgsource.Loader{}, caches: map[string]*cache{},
 		state: state.New(r, cfg.Name), opts: opts}
 	c.bg, c.stopBg = context.WithCancel(context.Background())
-	if err := c.open(ctx); err != nil {
+	if err := c.open(ctx, l1opt); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Engine) open(ctx context.Context) error {
+func (c *Engine) open(ctx context.Context, l1opt rueidis.ClientOption) error {
 	for _, source := range c.cfg.SourceNames() {
 		l, err := pgsource.NewLoader(ctx, c.cfg.Sources[source].URL, c.opts.Logger)
 		if err != nil {
@@ -180,8 +191,14 @@ func (c *Engine) open(ctx context.Context) error {
 				return config.FieldError("caches."+name+".key", "%v", err)
 			}
 		}
-		c.caches[name] = &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source],
+		ca := &cache{cfg: cc, table: t, b: b, cols: cols, loader: c.loaders[cc.Source],
 			stats: &CacheStats{Gets: latency.New(latency.Fast)}}
+		c.caches[name] = ca
+		if cc.L1 != nil {
+			if ca.l1, err = openL1(l1opt, cc.L1); err != nil {
+				return fmt.Errorf("caches.%s.l1: %w", name, err)
+			}
+		}
 	}
 	bindings := map[string]*binding.Binding{}
 	for name, ca := range c.caches {
@@ -219,6 +236,11 @@ func (c *Engine) Close() {
 	c.bgWaiter.Wait()
 	for _, l := range c.loaders {
 		l.Close()
+	}
+	for _, ca := range c.caches {
+		if ca.l1 != nil {
+			ca.l1.client.Close()
+		}
 	}
 	c.redis.Close()
 }

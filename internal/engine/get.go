@@ -38,7 +38,7 @@ func (c *Engine) Get(ctx context.Context, name, key string) ([]byte, error) {
 
 // get is Get once the key is known to fit its cache.
 func (c *Engine) get(ctx context.Context, ca *cache, key string, values []string) ([]byte, error) {
-	if v, ok, err := c.read(ctx, ca, key); err != nil || ok {
+	if v, ok, err := c.lookup(ctx, ca, key); err != nil || ok {
 		if ok && !c.opts.DisableStats {
 			ca.stats.Hits.Add(1)
 		}
@@ -110,20 +110,47 @@ func (c *Engine) fillOnce(ctx context.Context, ca *cache, key string, values []s
 	return v.([]byte), nil
 }
 
+// lookup looks key up in the cache's L1, if it has one, else in Redis; ok
+// is false on a miss.
+func (c *Engine) lookup(ctx context.Context, ca *cache, key string) ([]byte, bool, error) {
+	if ca.l1 == nil {
+		return c.read(ctx, ca, key)
+	}
+	b := ca.l1.client.B()
+	cmd, reply := b.Get().Key(key).Cache(), stringReply
+	if ca.cfg.Format == binding.FormatHash {
+		cmd, reply = b.Hgetall().Key(key).Cache(), hashReply
+	}
+	r := ca.l1.get(ctx, cmd)
+	v, ok, err := reply(ca, r)
+	ca.l1.count(r, ok)
+	return v, ok, err
+}
+
 // read looks key up in Redis; ok is false on a miss.
 func (c *Engine) read(ctx context.Context, ca *cache, key string) ([]byte, bool, error) {
 	if ca.cfg.Format == binding.FormatHash {
-		m, err := c.redis.Do(ctx, c.redis.B().Hgetall().Key(key).Build()).AsStrMap()
-		if err != nil {
-			return nil, false, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
-		}
-		if len(m) == 0 {
-			return nil, false, nil
-		}
-		v, _ := json.Marshal(m)
-		return v, true, nil
+		return hashReply(ca, c.redis.Do(ctx, c.redis.B().Hgetall().Key(key).Build()))
 	}
-	v, err := c.redis.Do(ctx, c.redis.B().Get().Key(key).Build()).AsBytes()
+	return stringReply(ca, c.redis.Do(ctx, c.redis.B().Get().Key(key).Build()))
+}
+
+// hashReply is the value of a hash key's HGETALL reply r.
+func hashReply(ca *cache, r rueidis.RedisResult) ([]byte, bool, error) {
+	m, err := r.AsStrMap()
+	if err != nil {
+		return nil, false, fmt.Errorf("cache %q: redis %w: %w", ca.cfg.Name, ErrUnavailable, err)
+	}
+	if len(m) == 0 {
+		return nil, false, nil
+	}
+	v, _ := json.Marshal(m)
+	return v, true, nil
+}
+
+// stringReply is the value of a string key's GET reply r.
+func stringReply(ca *cache, r rueidis.RedisResult) ([]byte, bool, error) {
+	v, err := r.AsBytes()
 	if rueidis.IsRedisNil(err) {
 		return nil, false, nil
 	}

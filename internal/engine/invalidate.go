@@ -42,7 +42,11 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 	if !spelled {
 		return nil // another spelling of a row's key: its row has its own
 	}
-	return c.refill(ctx, ca, key)
+	if err := c.refill(ctx, ca, key); err != nil {
+		return err
+	}
+	c.l1Sync(ctx, ca, key)
+	return nil
 }
 
 // refill loads key again after its invalidation when ca is complete.

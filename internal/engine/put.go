@@ -89,7 +89,11 @@ func (c *Engine) Put(ctx context.Context, name string, row map[string]any) (stri
 	if targetErr != nil { // committed: how far the feed must go is unknown
 		return key, fmt.Errorf("cache %q: %w: read the WAL position: %w", name, ErrNotApplied, targetErr)
 	}
-	return key, c.WaitApplied(ctx, name, uint64(target), c.opts.WriteWait)
+	if err := c.WaitApplied(ctx, name, uint64(target), c.opts.WriteWait); err != nil {
+		return key, err
+	}
+	c.l1Sync(ctx, ca, key)
+	return key, nil
 }
 
 // KeyOf returns the key of the row whose key columns hold values (column

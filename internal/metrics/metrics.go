@@ -82,6 +82,10 @@ var (
 	descGetDuration  = desc("get_duration_seconds", "Duration of Gets through the Go API and HTTP, hits and misses.", "cache", "target")
 	descFills        = desc("fills_total", "Rows loaded from PostgreSQL by read-through fills.", "cache", "target")
 	descCollapsed    = desc("fills_collapsed_total", "Misses that waited for another fill instead of querying (stampedes collapsed).", "cache", "target")
+	descL1Gets       = desc("l1_gets_total", "Gets of a cache with l1, by result: hit (answered from this process's memory), miss (asked Redis).", "cache", "target", "result")
+	descL1Inval      = desc("l1_invalidations_total", "Keys Redis told this process changed (client tracking), each dropping its copy.", "cache", "target")
+	descL1Flushes    = desc("l1_flushes_total", "Connections of the l1 that were lost, each dropping its copies.", "cache", "target")
+	descL1Bytes      = desc("l1_bytes", "Memory held by the l1's copies, approximately.", "cache", "target")
 	descWBPending    = desc("writebehind_pending", "Write-behind entries in the queue stream, not yet applied to PostgreSQL.", "cache")
 	descWBDead       = desc("writebehind_dead_letters", "Entries in the write-behind dead-letter stream.", "cache")
 	descWBDrained    = desc("writebehind_drained_total", "Write-behind entries applied to PostgreSQL by this process.", "cache", "target")
@@ -293,6 +297,13 @@ func (c *collector) collectParts(ch chan<- prometheus.Metric, p status.Parts, ta
 			counter(descFills, st.Fills.Load(), name, target)
 			counter(descCollapsed, st.Collapsed.Load(), name, target)
 			ch <- histogram(descGetDuration, st.Gets, name, target)
+			if l1 := e.L1Stats(name); l1 != nil {
+				counter(descL1Gets, l1.Hits.Load(), name, target, "hit")
+				counter(descL1Gets, l1.Misses.Load(), name, target, "miss")
+				counter(descL1Inval, l1.Invalidations.Load(), name, target)
+				counter(descL1Flushes, l1.Flushes.Load(), name, target)
+				gauge(descL1Bytes, float64(l1.Bytes.Load()), name, target)
+			}
 			if cfg.Caches[name].Writes == config.WritesBehind {
 				counter(descWBDrained, st.Drained.Load(), name, target)
 				counter(descWBDeadTotal, st.DeadLettered.Load(), name, target)

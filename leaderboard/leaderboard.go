@@ -38,6 +38,9 @@ import (
 // ErrNotFound is returned for a member that is not on the board.
 var ErrNotFound = errors.New("member not on the board")
 
+// ErrOverflow is returned for an Add whose sum is beyond a float64.
+var ErrOverflow = errors.New("the score overflows")
+
 // ErrExpired is returned for a write to a period board whose expiry has
 // passed: Redis would drop what it wrote at once.
 var ErrExpired = errors.New("the period's board has expired")
@@ -139,7 +142,7 @@ func (b *Board) Expires() time.Time {
 }
 
 // write: ARGV member, "add" or "set", the number, the expiry (unix ms, or
-// 0). Returns the new score, or nil when the expiry has passed.
+// 0). Returns the new score, 'overflow', or nil when the expiry has passed.
 var write = rueidis.NewLuaScript(`
 local exp = tonumber(ARGV[4])
 if exp > 0 then
@@ -151,7 +154,7 @@ local cur
 if old then cur = tonumber(redis.call('ZSCORE', KEYS[1], old)) end
 local score = tonumber(ARGV[3])
 if ARGV[2] == 'add' then score = (cur or 0) + score end
-if score == math.huge or score == -math.huge then return redis.error_reply('ERR the score overflows') end
+if score == math.huge or score == -math.huge then return 'overflow' end
 if score ~= cur then
 	local n = redis.call('INCR', KEYS[3])
 	local el = string.format('%016.0f', 9007199254740991 - n) .. ARGV[1]
@@ -209,6 +212,9 @@ func (b *Board) write(ctx context.Context, member, op string, n float64) (float6
 	s, err := write.Exec(ctx, b.l.rc, b.Keys(), []string{member, op, strconv.FormatFloat(n, 'g', -1, 64), strconv.FormatInt(b.exp, 10)}).ToString()
 	if rueidis.IsRedisNil(err) {
 		return 0, fmt.Errorf("leaderboard %q: %w (at %v)", b.id, ErrExpired, b.Expires().UTC())
+	}
+	if err == nil && s == "overflow" {
+		err = ErrOverflow
 	}
 	if err != nil {
 		return 0, fmt.Errorf("leaderboard %q: %s %q: %w", b.id, op, member, err)

@@ -273,8 +273,8 @@ var cases = []struct {
 			}
 		}
 		b.set(t, b.b, "big", 1.7e308)
-		if _, err := b.b.Add(t.Context(), "big", 1.7e308); err == nil {
-			t.Error("an add that overflows: no error")
+		if _, err := b.b.Add(t.Context(), "big", 1.7e308); !errors.Is(err, leaderboard.ErrOverflow) {
+			t.Errorf("an add that overflows: %v, want ErrOverflow", err)
 		}
 		b.top(t, 0, 10, "big 1.7e+308")
 	}},

@@ -80,17 +80,17 @@ func TestSessionsAPI(t *testing.T) {
 		}
 
 		// A GET slides the expiry, within the lifetime.
-		own, _ := send("POST", "/v1/sessions", rwKey, `{"idle_ms": 60000, "lifetime_ms": 120000}`, 201)
-		if string(own.Data) != "null" || own.ExpiresMS != 60000 {
-			t.Fatalf("created %+v, want no data and the idle 60 s", own)
+		own, _ := send("POST", "/v1/sessions", rwKey, `{"idle_ms": 3600000, "lifetime_ms": 7200000}`, 201)
+		if string(own.Data) != "null" || own.ExpiresMS != 3600000 {
+			t.Fatalf("created %+v, want no data and the idle 1h", own)
 		}
 		key := sessionPrefix + "{" + own.ID + "}"
-		w.Do(w.RC.B().Pexpire().Key(key).Milliseconds(1000).Build())
-		if got, _ := send("GET", "/v1/sessions/"+own.ID, rwKey, "", 200); got.ExpiresMS <= 1000 || got.ExpiresMS > 60000 {
-			t.Fatalf("after a GET: expires in %d ms, want it slid back to at most the idle 60000", got.ExpiresMS)
+		w.Do(w.RC.B().Pexpire().Key(key).Milliseconds(60000).Build()) // as if unused for 59 minutes
+		if got, _ := send("GET", "/v1/sessions/"+own.ID, rwKey, "", 200); got.ExpiresMS != 3600000 {
+			t.Fatalf("after a GET: expires in %d ms, want it slid back to the idle 3600000", got.ExpiresMS)
 		}
-		if ms, _ := w.Do(w.RC.B().Pttl().Key(key).Build()).AsInt64(); ms <= 1000 || ms > 60000 {
-			t.Fatalf("after a GET: PTTL %d, want (1000, 60000]", ms)
+		if ms, _ := w.Do(w.RC.B().Pttl().Key(key).Build()).AsInt64(); ms <= 60000 || ms > 3600000 {
+			t.Fatalf("after a GET: PTTL %d, want (60000, 3600000]", ms)
 		}
 
 		up, _ := send("PUT", "/v1/sessions/"+def.ID, rwKey, `{"data": "new"}`, 200)

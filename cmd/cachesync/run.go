@@ -400,6 +400,8 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 	}
 	collector := status.NewCollector(st)
 	srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())
+	srv.ServeSessions(first.redis, binding.SessionPrefix)
+	srv.ServeLeaderboards(first.redis, binding.LeaderboardPrefix)
 	g.Go(func() error { return srv.Run(gctx) })
 }
 

@@ -51,6 +51,18 @@ import (
 //	                                       TAG a tag of the slot (FeedFenceKey; fence.go): the
 //	                                       feed's writes to a node check one of its slots'
 //
+// The recipes the daemon's HTTP API serves beside the caches (the session,
+// leaderboard, ratelimit, lock and pubsub packages), each under a prefix of
+// its own, an ID after it in a hash tag so that one ID's keys share a slot:
+//
+//	cachesync:session:{ID}         hash    a session (SessionPrefix): data, idle, end
+//	cachesync:leaderboard:{all:NAME}, {day:YYYY-MM-DD:NAME}, {week:YYYY-Www:NAME}
+//	                               zset    a board (LeaderboardPrefix), with :m (hash) and :n beside it
+//	cachesync:ratelimit:{POLICY:KEY}
+//	                               string, zset  a limiter's state (RateLimitPrefix)
+//	cachesync:lock:{NAME}          string  a lock's holder token (LockPrefix), with :fence beside it
+//	cachesync:topic:{TOPIC}        stream  a topic's retained messages (TopicPrefix)
+//
 // Renaming any of these strands what older processes and older data hold
 // (docs/ARCHITECTURE.md, "Limits": Upgrading); names_test.go pins their
 // bytes.
@@ -59,6 +71,15 @@ import (
 // queues): no cache's key may have it. Parse refuses such a key and
 // Render a row that would give one, whatever the template.
 const Reserved = "cachesync:"
+
+// The prefixes of the recipes' keys, which the recipe packages complete.
+const (
+	SessionPrefix     = Reserved + "session:"
+	LeaderboardPrefix = Reserved + "leaderboard:"
+	RateLimitPrefix   = Reserved + "ratelimit:"
+	LockPrefix        = Reserved + "lock:"
+	TopicPrefix       = Reserved + "topic:"
+)
 
 // The prefixes of a key's companions: what precedes hashTagged(KEY).
 const (

@@ -78,6 +78,11 @@ func TestOtherNames(t *testing.T) {
 		{StateKey("a_1"), "cachesync:state:a_1"},
 		{FeedOwnerKey("shop", "db"), "cachesync:feed:shop:db"},
 		{DrainGroup, "cachesync"},
+		{SessionPrefix, "cachesync:session:"},
+		{LeaderboardPrefix, "cachesync:leaderboard:"},
+		{RateLimitPrefix, "cachesync:ratelimit:"},
+		{LockPrefix, "cachesync:lock:"},
+		{TopicPrefix, "cachesync:topic:"},
 	} {
 		if c[0] != c[1] {
 			t.Errorf("%q, want %q", c[0], c[1])

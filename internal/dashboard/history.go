@@ -42,7 +42,7 @@ type History struct {
 	events  *ring[Event]
 	seen    map[key]int // when each series was first seen: their order
 	charts  map[string]chart
-	prev    *sample // the last sample, nil before the first
+	prev    *sample // the last sample, with what it read; nil before the first
 }
 
 // sample is what one tick read, and the figures drawn from it.
@@ -105,7 +105,7 @@ func (h *History) record(now time.Time, rd reading, rep *status.Report) {
 	for _, e := range h.changes(&s) {
 		h.events.push(e)
 	}
-	h.samples.push(s)
+	h.samples.push(sample{t: s.t, values: s.values}) // what was read is only needed for the next sample's deltas
 	h.prev = &s
 }
 
@@ -285,8 +285,10 @@ func (h *History) changes(s *sample) []Event {
 	r := s.report
 	up := func(what string, was, is bool, why string) {
 		switch {
-		case was && !is:
+		case was && !is && why != "":
 			add("down", "", what+" is down: "+why)
+		case was && !is:
+			add("down", "", what+" is down")
 		case !was && is:
 			add("up", "", what+" is up again")
 		}

@@ -129,6 +129,7 @@ func TestDashboard(t *testing.T) {
 	const samples = 4
 	world.WaitFor(t, fmt.Sprintf("%d samples, Gets in the history", samples), func() bool {
 		code, body := httpDo(t, "GET", base+"/v1/history", "")
+		hist = dashboard.Snapshot{} // (Unmarshal would keep what a field left out does not overwrite)
 		if code != 200 || json.Unmarshal([]byte(body), &hist) != nil || len(hist.Times) < samples {
 			return false
 		}
@@ -252,6 +253,57 @@ func TestDashboard(t *testing.T) {
 		if err := os.WriteFile(path, png, 0o644); err == nil {
 			t.Logf("screenshot: %s", path)
 		}
+	}
+	d.Stop()
+}
+
+// TestHistoryTargets: with two targets, /v1/history has each cache's
+// charts and lag, its Gets from the HTTP API, the rebuild of each target
+// at the start as an event naming it, and target us going down as an
+// event, while the daemon goes on.
+func TestHistoryTargets(t *testing.T) {
+	t.Parallel()
+	w := world.New(t, targetsSchema)
+	us := w.Target(testenv.StartRedis(t))
+	d, base, _ := serve(w, twoTargets(w, us, targetsCaches), "")
+	d.WaitLog("streaming changes")
+	var hist dashboard.Snapshot
+	read := func() bool {
+		code, body := httpDo(t, "GET", base+"/v1/history", "")
+		hist = dashboard.Snapshot{} // (Unmarshal would keep what a field left out does not overwrite)
+		return code == 200 && json.Unmarshal([]byte(body), &hist) == nil
+	}
+	has := func(chart, series string, ok func(v float64) bool) bool {
+		for _, c := range hist.Charts {
+			for _, s := range c.Series {
+				if c.ID == chart && s.Name == series && slices.ContainsFunc(s.Values, func(v *float64) bool { return v != nil && ok(*v) }) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	event := func(kind, text string) bool {
+		return slices.ContainsFunc(hist.Events, func(e dashboard.Event) bool { return e.Kind == kind && strings.Contains(e.Text, text) })
+	}
+	some := func(float64) bool { return true }
+	for i := 1; i <= 20; i++ {
+		httpDo(t, "GET", fmt.Sprintf("%s/v1/caches/prices/price:%d", base, i), "")
+	}
+	d.WaitFor("both caches' charts and lag, prices' Gets, both rebuilds in the history", func() bool {
+		return read() && has("cache:prices:gets", "hits", func(v float64) bool { return v > 0 }) && has("cache:stock:gets", "hits", some) &&
+			has("lag_ms", "prices", some) && has("lag_ms", "stock", some) &&
+			event("rebuild", "(target eu)") && event("rebuild", "(target us)")
+	})
+	if err := us.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitFor("an event: target us down", func() bool { return read() && event("down", "target us is down") })
+	if event("down", "target eu") || event("down", "Redis") {
+		t.Errorf("events: %+v, want only us down", hist.Events)
+	}
+	if d.Exited() {
+		t.Fatalf("the daemon exited with us down:\n%s", d.Tail(20))
 	}
 	d.Stop()
 }

@@ -89,7 +89,7 @@ func TestDashboard(t *testing.T) {
 	sess := call("POST", "/session", map[string]any{"capabilities": map[string]any{"alwaysMatch": map[string]any{
 		"browserName": "chrome",
 		"goog:chromeOptions": map[string]any{"binary": chromium, "args": []string{"--headless", "--no-sandbox", "--disable-gpu",
-			"--disable-background-networking", "--disable-component-update", "--no-first-run", "--user-data-dir=" + profile, "--window-size=1280,1000"}},
+			"--disable-background-networking", "--disable-component-update", "--no-first-run", "--user-data-dir=" + profile, "--window-size=1280,1900"}},
 	}}})
 	v, _ := sess["value"].(map[string]any)
 	id, _ := v["sessionId"].(string)

@@ -50,6 +50,11 @@ function fmt(v, unit) {
   }
 }
 
+// clock is the local time of t (unix ms), 24-hour, as the axes have it.
+function clock(t) {
+  return new Date(t).toLocaleTimeString([], { hour12: false });
+}
+
 function el(name, attrs, text) {
   const e = name === "svg" || name.startsWith("svg:")
     ? document.createElementNS("http://www.w3.org/2000/svg", name.replace("svg:", ""))
@@ -104,7 +109,7 @@ function draw(c) {
   for (const e of hist.events) {
     if (e.time < t0 || (c.cache && e.cache && e.cache !== c.cache)) continue;
     const line = el("svg:line", { class: "event " + e.kind, x1: x(e.time), x2: x(e.time), y1: T, y2: H - B });
-    line.append(el("svg:title", {}, new Date(e.time).toLocaleTimeString() + " " + e.kind + ": " + e.text));
+    line.append(el("svg:title", {}, clock(e.time) + " " + e.kind + ": " + e.text));
     svg.append(line);
   }
   const legend = el("div", { class: "legend" });
@@ -141,7 +146,7 @@ function render() {
     return s;
   }));
   document.querySelector("#events ul").replaceChildren(...(hist.events.length ? hist.events : [{ kind: "", text: "none" }]).map((e) =>
-    el("li", { class: e.kind }, e.time ? new Date(e.time).toLocaleTimeString() + " " + e.kind + ": " + e.text : e.text)));
+    el("li", { class: e.kind }, e.time ? clock(e.time) + " " + e.kind + ": " + e.text : e.text)));
 }
 
 function cell(tr, text, cls) {

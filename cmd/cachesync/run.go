@@ -399,7 +399,11 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 		}
 	}
 	collector := status.NewCollector(st)
-	srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler())
+	sampled := status.NewCollector(st)
+	sampled.KeysEvery = dashboard.Window // the history draws no key counts: a SCAN of the keyspace every 15 minutes, not every sample
+	history := dashboard.NewHistory(metrics.Gatherer(ms), sampled.Collect)
+	g.Go(func() error { history.Run(gctx); return nil })
+	srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler(), history)
 	srv.ServeSessions(first.redis, binding.SessionPrefix)
 	srv.ServeLeaderboards(first.redis, binding.LeaderboardPrefix)
 	g.Go(func() error { return srv.Run(gctx) })

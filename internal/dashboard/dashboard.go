@@ -1,8 +1,13 @@
-// Package dashboard is the page the daemon serves at /: live charts of hit
-// ratio, change-feed lag, throughput, write-behind queue depth and Redis
-// memory over the last minutes, and the per-cache table. It reads
-// /v1/status every two seconds; everything it needs is embedded, so it
-// works without reaching any other site.
+// Package dashboard is the page the daemon serves at /, and the history
+// it draws: the daemon samples its figures every 5 s (History, from its
+// Prometheus registry and its status) and keeps the last 15 minutes in
+// memory, served at /v1/history, so the page is full when it opens. The
+// page charts hit ratios, change-feed lag in ms and bytes, throughput and
+// Redis memory, then each cache's Gets, fills and refreshes and
+// write-behind queue, on time axes with the events (rebuilds, takeovers,
+// targets left behind or down, errors) as markers, and the per-cache table
+// of /v1/status. Everything it needs is embedded, so it works without
+// reaching any other site.
 package dashboard
 
 import (

@@ -49,9 +49,10 @@ func New(api *engine.Engine, cfg config.HTTP, log *slog.Logger) *Server {
 }
 
 // Observe serves the operator's views: GET /metrics (Prometheus; no key,
-// as scrapers expect, and nothing secret in it), GET /v1/status (a key with
-// the read scope when keys are configured) and the dashboard at GET /.
-func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any, error), page http.Handler) {
+// as scrapers expect, and nothing secret in it), GET /v1/status and GET
+// /v1/history (a key with the read scope when keys are configured) and the
+// dashboard at GET /.
+func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any, error), page, history http.Handler) {
 	s.mux.Handle("GET /metrics", metrics)
 	s.mux.HandleFunc("GET /v1/status", s.auth("read", func(w http.ResponseWriter, r *http.Request) {
 		st, err := status(r.Context())
@@ -61,6 +62,7 @@ func (s *Server) Observe(metrics http.Handler, status func(context.Context) (any
 		}
 		writeJSON(w, http.StatusOK, st)
 	}))
+	s.mux.HandleFunc("GET /v1/history", s.auth("read", history.ServeHTTP))
 	s.mux.Handle("GET /{$}", page)
 	s.mux.Handle("GET /app.js", page)
 	s.mux.Handle("GET /style.css", page)

@@ -68,6 +68,14 @@ func Handler(s Sources) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogAdapter{s.Log}})
 }
 
+// Gatherer gathers the figures of s that Handler serves, without Go's
+// process and runtime metrics: what the dashboard's history samples.
+func Gatherer(s Sources) prometheus.Gatherer {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s})
+	return reg
+}
+
 type slogAdapter struct{ log *slog.Logger }
 
 func (a slogAdapter) Println(v ...any) {

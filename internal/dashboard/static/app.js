@@ -1,110 +1,192 @@
-// cachesync dashboard: polls /v1/status, keeps the last minutes of each
-// figure and draws them on canvases. No libraries: it must work offline.
+// cachesync dashboard: loads the daemon's last 15 minutes (/v1/history),
+// appends what it samples after, and draws each chart as SVG with a time
+// axis, units and the events as markers. No libraries: it works offline.
 "use strict";
-const keep = 150; // points: five minutes at one every two seconds
-const series = { hit: [], lag: [], ops: [], queue: [], mem: [] };
 const key = new URLSearchParams(location.hash.slice(1)).get("key");
-let last = null; // the previous report, for rates
-window.cachesyncPoints = 0; // reports drawn so far (read by the browser test)
+const hist = { times: [], charts: new Map(), events: [], every: 5, window: 900 };
+window.cachesyncPolls = 0; // history replies merged and drawn (read by the browser test)
 
-function push(name, t, v) {
-  const s = series[name];
-  s.push([t, v]);
-  while (s.length > keep) s.shift();
+async function get(path) {
+  const res = await fetch(path, { headers: key ? { "X-API-Key": key } : {} });
+  if (!res.ok) throw new Error(path + ": " + res.status + " " + (await res.text()));
+  return res.json();
 }
 
-function total(r, field) {
-  return r.caches.reduce((a, c) => a + (c[field] || 0), 0);
+// merge appends a reply of /v1/history and drops what left the window.
+function merge(h) {
+  hist.every = h.interval_seconds;
+  hist.window = h.window_seconds;
+  const before = hist.times.length;
+  hist.times.push(...h.times);
+  for (const c of h.charts) {
+    if (!hist.charts.has(c.id)) hist.charts.set(c.id, { ...c, series: new Map() });
+    const mine = hist.charts.get(c.id);
+    for (const s of c.series) {
+      if (!mine.series.has(s.name)) mine.series.set(s.name, new Array(before).fill(null));
+      mine.series.get(s.name).push(...s.values);
+    }
+  }
+  const n = hist.times.length;
+  for (const c of hist.charts.values()) for (const v of c.series.values()) while (v.length < n) v.push(null);
+  hist.events.push(...h.events);
+  const from = hist.times[n - 1] - hist.window * 1000;
+  const cut = hist.times.findIndex((t) => t >= from);
+  if (cut > 0) {
+    hist.times.splice(0, cut);
+    for (const c of hist.charts.values()) for (const v of c.series.values()) v.splice(0, cut);
+  }
+  hist.events = hist.events.filter((e) => e.time >= from);
+}
+
+function fmt(v, unit) {
+  if (v == null) return "—";
+  const num = (x) => (x >= 1e6 ? (x / 1e6).toFixed(1) + "M" : x >= 1e4 ? (x / 1e3).toFixed(1) + "k" : x.toFixed(x < 10 && x % 1 ? 1 : 0));
+  switch (unit) {
+    case "%": return v.toFixed(1) + "%";
+    case "ms": return num(v) + " ms";
+    case "B": return v >= 1 << 30 ? (v / (1 << 30)).toFixed(1) + " GiB" : v >= 1 << 20 ? (v / (1 << 20)).toFixed(1) + " MiB" : v >= 1024 ? (v / 1024).toFixed(1) + " KiB" : v.toFixed(0) + " B";
+    case "/s": return num(v) + "/s";
+    default: return num(v);
+  }
+}
+
+// clock is the local time of t (unix ms), 24-hour, as the axes have it.
+function clock(t) {
+  return new Date(t).toLocaleTimeString([], { hour12: false });
+}
+
+function el(name, attrs, text) {
+  const e = name === "svg" || name.startsWith("svg:")
+    ? document.createElementNS("http://www.w3.org/2000/svg", name.replace("svg:", ""))
+    : document.createElement(name);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+// roof is a round number above max, for the y axis.
+function roof(max, unit) {
+  if (unit === "%") return 100;
+  if (!(max > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(max)));
+  return [1, 2, 5, 10].map((m) => m * p).find((t) => t >= max);
+}
+
+const W = 600, H = 160, L = 64, R = 8, T = 8, B = 22;
+
+// draw returns the figure of chart c over the window that ends at the
+// last sample.
+function draw(c) {
+  const t1 = hist.times[hist.times.length - 1], t0 = t1 - hist.window * 1000;
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const all = [...c.series.values()].flat().filter((v) => v != null);
+  const ymax = roof(Math.max(0, ...all), c.unit);
+  const y = (v) => H - B - (v / ymax) * (H - B - T);
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+  for (const f of [0, 0.5, 1]) {
+    svg.append(el("svg:line", { class: "grid", x1: L, x2: W - R, y1: y(f * ymax), y2: y(f * ymax) }));
+    svg.append(el("svg:text", { class: "tick-y", x: L - 6, y: y(f * ymax) + 4, "text-anchor": "end" }, fmt(f * ymax, c.unit)));
+  }
+  const step = 3 * 60 * 1000; // a tick every three minutes, on the minute
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    svg.append(el("svg:line", { class: "grid", x1: x(t), x2: x(t), y1: T, y2: H - B }));
+    const d = new Date(t);
+    svg.append(el("svg:text", { class: "tick-x", x: x(t), y: H - 6, "text-anchor": "middle" },
+      String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0")));
+  }
+  let i = 0;
+  for (const [name, vals] of c.series) {
+    // One polyline per run of values: a gap where there is no data.
+    let run = [];
+    const flush = () => {
+      if (run.length) svg.append(el("svg:polyline", { class: "s" + (i % 5), "data-series": name, "data-points": run.length, points: run.join(" ") }));
+      run = [];
+    };
+    vals.forEach((v, j) => (v == null ? flush() : run.push(x(hist.times[j]).toFixed(1) + "," + y(v).toFixed(1))));
+    flush();
+    i++;
+  }
+  for (const e of hist.events) {
+    if (e.time < t0 || (c.cache && e.cache && e.cache !== c.cache)) continue;
+    const line = el("svg:line", { class: "event " + e.kind, x1: x(e.time), x2: x(e.time), y1: T, y2: H - B });
+    line.append(el("svg:title", {}, clock(e.time) + " " + e.kind + ": " + e.text));
+    svg.append(line);
+  }
+  const legend = el("div", { class: "legend" });
+  i = 0;
+  for (const [name, vals] of c.series) {
+    const s = el("span", { class: "s" + (i++ % 5), "data-series": name }, name + " ");
+    s.append(el("b", {}, fmt(vals[vals.length - 1], c.unit)));
+    legend.append(s);
+  }
+  const fig = el("figure", { "data-chart": c.id });
+  if (c.cache) fig.dataset.cache = c.cache;
+  const cap = el("figcaption", {}, c.title + " ");
+  cap.append(el("span", { class: "unit" }, "(" + (c.unit === "B" ? "bytes" : c.unit) + ")"));
+  fig.append(cap, svg, legend);
+  return fig;
+}
+
+function render() {
+  if (!hist.times.length) return;
+  const overview = [], caches = new Map();
+  for (const c of hist.charts.values()) {
+    if (!c.cache) overview.push(draw(c));
+    else {
+      if (!caches.has(c.cache)) caches.set(c.cache, []);
+      caches.get(c.cache).push(draw(c));
+    }
+  }
+  document.getElementById("overview").replaceChildren(...overview);
+  document.getElementById("percache").replaceChildren(...[...caches].map(([name, figs]) => {
+    const s = el("section", { class: "cache", "data-cache": name });
+    const grid = el("div", { class: "charts" });
+    grid.append(...figs);
+    s.append(el("h2", {}, "Cache " + name), grid);
+    return s;
+  }));
+  document.querySelector("#events ul").replaceChildren(...(hist.events.length ? hist.events : [{ kind: "", text: "none" }]).map((e) =>
+    el("li", { class: e.kind }, e.time ? clock(e.time) + " " + e.kind + ": " + e.text : e.text)));
+}
+
+function cell(tr, text, cls) {
+  tr.append(el("td", cls ? { class: cls } : {}, text));
+}
+
+function table(r) {
+  document.getElementById("name").textContent = r.name;
+  const red = r.redis, seen = red.keyspace_hits + red.keyspace_misses;
+  let sum = red.up
+    ? `Redis: ${fmt(red.used_memory_bytes, "B")} used, ${red.connected_clients} clients, ${red.ops_per_second} ops/s, ${red.evicted_keys} evicted, keyspace hit ratio ${seen ? fmt((100 * red.keyspace_hits) / seen, "%") : "—"} — ${r.time}`
+    : `Redis is down${red.error ? " (" + red.error + ")" : ""} — ${r.time}`;
+  for (const t of r.targets || []) if (!t.up) sum += ` · target ${t.name} is down${t.error ? " (" + t.error + ")" : ""}`;
+  for (const [n, s] of Object.entries(r.sources || {})) if (!s.up) sum += ` · source ${n} is down${s.error ? " (" + s.error + ")" : ""}`;
+  document.getElementById("summary").textContent = sum;
+  document.querySelector("#caches tbody").replaceChildren(...r.caches.map((c) => {
+    const tr = el("tr");
+    cell(tr, c.name);
+    cell(tr, c.mode);
+    cell(tr, c.keys >= 0 ? String(c.keys) : "—");
+    cell(tr, c.hit_ratio == null ? "—" : fmt(100 * c.hit_ratio, "%") + " of " + c.gets);
+    cell(tr, c.lag_bytes == null ? "—" : fmt(c.lag_bytes, "B") + (c.lag_seconds == null ? "" : ", " + fmt(1000 * c.lag_seconds, "ms")));
+    cell(tr, c.queue == null ? "—" : String(c.queue) + (c.dead_letters ? ` (+${c.dead_letters} dead)` : ""));
+    cell(tr, c.last_error || "—", c.last_error ? "err" : "");
+    return tr;
+  }));
 }
 
 async function poll() {
   try {
-    const res = await fetch("v1/status", { headers: key ? { "X-API-Key": key } : {} });
-    if (!res.ok) throw new Error(res.status + " " + (await res.text()));
-    const r = await res.json();
-    const t = Date.parse(r.time) / 1000;
-    if (last) {
-      const dt = Math.max(t - last.t, 0.001);
-      const gets = total(r, "gets") - last.gets, hits = total(r, "hits") - last.hits;
-      push("hit", t, gets > 0 ? (100 * hits) / gets : (series.hit.length ? series.hit[series.hit.length - 1][1] : 0));
-      const moved = total(r, "gets") + total(r, "rows_applied") + total(r, "drained") - last.moved;
-      push("ops", t, moved / dt);
-    }
-    push("lag", t, r.caches.reduce((a, c) => Math.max(a, c.lag_bytes || 0), 0));
-    push("queue", t, r.caches.reduce((a, c) => a + (c.queue || 0), 0));
-    push("mem", t, r.redis.used_memory_bytes / (1 << 20));
-    last = { t, gets: total(r, "gets"), hits: total(r, "hits"), moved: total(r, "gets") + total(r, "rows_applied") + total(r, "drained") };
-    render(r);
-    window.cachesyncPoints++;
+    const last = hist.times[hist.times.length - 1];
+    const [h, r] = await Promise.all([get("v1/history" + (last ? "?since=" + last : "")), get("v1/status")]);
+    merge(h);
+    render();
+    table(r);
+    window.cachesyncPolls++;
   } catch (e) {
-    document.getElementById("summary").textContent = "cannot read the status: " + e.message;
+    document.getElementById("summary").textContent = "cannot read the daemon: " + e.message;
   }
-}
-
-function fmt(v, unit) {
-  if (unit === "%") return v.toFixed(1) + "%";
-  if (unit === "B") return v >= 1 << 20 ? (v / (1 << 20)).toFixed(1) + " MiB" : v >= 1024 ? (v / 1024).toFixed(1) + " KiB" : v.toFixed(0) + " B";
-  if (unit === "MiB") return v.toFixed(1) + " MiB";
-  return (v >= 1000 ? (v / 1000).toFixed(1) + "k" : v.toFixed(v < 10 ? 1 : 0)) + unit;
-}
-
-function draw(id) {
-  const c = document.getElementById(id), pts = series[id], unit = c.dataset.unit;
-  const w = (c.width = c.clientWidth * devicePixelRatio), h = (c.height = c.clientHeight * devicePixelRatio);
-  const g = c.getContext("2d");
-  g.clearRect(0, 0, w, h);
-  g.font = 11 * devicePixelRatio + "px system-ui, sans-serif";
-  g.fillStyle = "#667";
-  if (pts.length === 0) { g.fillText("waiting for data…", 8, h / 2); return; }
-  let max = Math.max(...pts.map((p) => p[1]));
-  if (unit === "%") max = 100;
-  if (max <= 0) max = 1;
-  const t0 = pts[0][0], t1 = Math.max(pts[pts.length - 1][0], t0 + 1), pad = 4 * devicePixelRatio;
-  g.strokeStyle = "#e3e6ec";
-  g.beginPath(); g.moveTo(0, pad); g.lineTo(w, pad); g.moveTo(0, h - pad); g.lineTo(w, h - pad); g.stroke();
-  g.strokeStyle = "#2f6fde"; g.lineWidth = 2 * devicePixelRatio;
-  g.beginPath();
-  pts.forEach(([t, v], i) => {
-    const x = ((t - t0) / (t1 - t0)) * w, y = h - pad - (v / max) * (h - 2 * pad);
-    i ? g.lineTo(x, y) : g.moveTo(x, y);
-  });
-  g.stroke();
-  g.fillStyle = "#1d2330";
-  g.fillText("now " + fmt(pts[pts.length - 1][1], unit) + "   max " + fmt(max, unit), 8, 14 * devicePixelRatio);
-  c.dataset.points = pts.length;
-}
-
-function cell(tr, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (cls) td.className = cls;
-  tr.appendChild(td);
-}
-
-function render(r) {
-  document.getElementById("name").textContent = r.name;
-  const red = r.redis;
-  document.getElementById("summary").textContent = red.up
-    ? `Redis: ${fmt(red.used_memory_bytes / (1 << 20), "MiB")} used, ${red.connected_clients} clients, ${red.ops_per_second} ops/s, ${red.evicted_keys} evicted, keyspace hit ratio ${(100 * red.hit_ratio).toFixed(1)}% — ${r.time}`
-    : `Redis is down${red.error ? " (" + red.error + ")" : ""} — ${r.time}`;
-  const down = Object.entries(r.sources || {}).filter(([, s]) => !s.up);
-  document.getElementById("summary").textContent += down.map(([n, s]) => ` · source ${n} is down${s.error ? " (" + s.error + ")" : ""}`).join("");
-  Object.keys(series).forEach(draw);
-  const body = document.querySelector("#caches tbody");
-  body.replaceChildren();
-  for (const c of r.caches) {
-    const tr = document.createElement("tr");
-    cell(tr, c.name);
-    cell(tr, c.mode);
-    cell(tr, c.keys >= 0 ? String(c.keys) : "-");
-    cell(tr, c.hit_ratio == null ? "-" : (100 * c.hit_ratio).toFixed(1) + "% of " + c.gets);
-    cell(tr, c.lag_bytes == null ? "-" : fmt(c.lag_bytes, "B") + (c.lag_seconds == null ? "" : ", " + c.lag_seconds.toFixed(1) + " s"));
-    cell(tr, c.queue == null ? "-" : String(c.queue) + (c.dead_letters ? ` (+${c.dead_letters} dead)` : ""));
-    cell(tr, c.last_error || "-", c.last_error ? "err" : "");
-    body.appendChild(tr);
-  }
+  setTimeout(poll, hist.every * 1000);
 }
 
 poll();
-setInterval(poll, 2000);
-window.addEventListener("resize", () => Object.keys(series).forEach(draw));

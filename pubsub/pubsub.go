@@ -140,13 +140,19 @@ type Message struct {
 // concurrent use. It holds no connection or goroutine between calls, so
 // it needs no closing.
 type Subscription struct {
-	t      *Topics
-	topic  string
-	key    string
-	last   string    // the ID after which the next message comes
-	first  []Message // what Subscribe read, for the first Next
+	t     *Topics
+	topic string
+	key   string
+	last  string   // the ID after which the next message comes
+	first *reading // what Subscribe read, for the first Next
+}
+
+// reading is what one read found: messages, whether some are gone, and
+// the ID after which reading goes on.
+type reading struct {
+	msgs   []Message
 	missed bool
-	fresh  bool
+	last   string
 }
 
 // Subscribe starts reading topic after the message ID lastID, or, when
@@ -165,10 +171,12 @@ func (t *Topics) Subscribe(ctx context.Context, topic, lastID string) (*Subscrip
 		}
 	}
 	s := &Subscription{t: t, topic: topic, key: key, last: lastID}
-	if s.first, s.missed, err = s.read(ctx); err != nil {
+	if s.first, err = s.read(ctx); err != nil {
 		return nil, err
 	}
-	s.fresh = true
+	if len(s.first.msgs) == 0 && !s.first.missed {
+		s.last, s.first = s.first.last, nil
+	}
 	return s, nil
 }
 
@@ -188,7 +196,7 @@ func parseID(id string) (string, error) {
 }
 
 // Position returns the ID after which the next message comes: the last
-// one delivered, or where the subscription started. A subscriber that
+// one Next returned, or where the subscription started. A subscriber that
 // resumes after it misses nothing still kept.
 func (s *Subscription) Position() string { return s.last }
 
@@ -198,53 +206,50 @@ func (s *Subscription) Position() string { return s.last }
 // they were read: they come before the messages returned, which may then
 // be none.
 func (s *Subscription) Next(ctx context.Context) (msgs []Message, missed bool, err error) {
-	if s.fresh {
-		s.fresh = false
-		if len(s.first) > 0 || s.missed {
-			msgs, missed, s.first = s.first, s.missed, nil
-			return msgs, missed, nil
-		}
-	}
-	for {
-		if msgs, missed, err = s.read(ctx); err != nil || len(msgs) > 0 || missed {
-			return msgs, missed, err
-		}
-		if err := s.wait(ctx); err != nil {
+	r := s.first
+	s.first = nil
+	for r == nil {
+		if r, err = s.read(ctx); err != nil {
 			return nil, false, err
 		}
+		if len(r.msgs) == 0 && !r.missed {
+			r = nil
+			if err := s.wait(ctx); err != nil {
+				return nil, false, err
+			}
+		}
 	}
+	s.last = r.last
+	return r.msgs, r.missed, nil
 }
 
-// read reads the messages after s.last, moving s.last past them, and
-// whether some were trimmed.
-func (s *Subscription) read(ctx context.Context) ([]Message, bool, error) {
+// read reads the messages after s.last.
+func (s *Subscription) read(ctx context.Context) (*reading, error) {
 	reply, err := readScript.Exec(ctx, s.t.client, []string{s.key},
 		[]string{s.last, strconv.Itoa(batch), strconv.FormatInt(s.t.retention, 10)}).ToArray()
 	if err != nil {
-		return nil, false, s.fail(ctx, "read", err)
+		return nil, s.fail(ctx, "read", err)
 	}
 	if len(reply) != 3 {
-		return nil, false, fmt.Errorf("topic %q: read: %d values in the reply, not 3", s.topic, len(reply))
+		return nil, fmt.Errorf("topic %q: read: %d values in the reply, not 3", s.topic, len(reply))
 	}
 	missed, err := reply[0].AsInt64()
 	if err != nil {
-		return nil, false, fmt.Errorf("topic %q: read: %w", s.topic, err)
+		return nil, fmt.Errorf("topic %q: read: %w", s.topic, err)
 	}
-	last, err := reply[1].ToString()
-	if err != nil {
-		return nil, false, fmt.Errorf("topic %q: read: %w", s.topic, err)
+	r := &reading{missed: missed == 1}
+	if r.last, err = reply[1].ToString(); err != nil {
+		return nil, fmt.Errorf("topic %q: read: %w", s.topic, err)
 	}
 	entries, err := reply[2].AsXRange()
 	if err != nil {
-		return nil, false, fmt.Errorf("topic %q: read: %w", s.topic, err)
+		return nil, fmt.Errorf("topic %q: read: %w", s.topic, err)
 	}
-	msgs := make([]Message, len(entries))
-	for i, e := range entries {
-		msgs[i] = Message{ID: e.ID, Data: []byte(e.FieldValues["d"])}
-		last = e.ID
+	for _, e := range entries {
+		r.msgs = append(r.msgs, Message{ID: e.ID, Data: []byte(e.FieldValues["d"])})
+		r.last = e.ID
 	}
-	s.last = last
-	return msgs, missed == 1, nil
+	return r, nil
 }
 
 // wait returns once the stream has an entry after s.last, or ctx ended:

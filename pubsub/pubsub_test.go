@@ -100,7 +100,13 @@ func TestPubSub(t *testing.T) {
 
 			// A subscriber resuming after the first gets the two after it.
 			sub := subscribe(t, topics, "news", ids[0])
+			if sub.Position() != ids[0] {
+				t.Fatalf("before Next, at %s, not %s", sub.Position(), ids[0])
+			}
 			want(t, collect(t, sub, 2), ids[1:], data[1:3])
+			if sub.Position() != ids[2] {
+				t.Fatalf("after two, at %s, not %s", sub.Position(), ids[2])
+			}
 
 			// Live: Next waits in XREAD until the next publish.
 			got := make(chan []pubsub.Message, 1)

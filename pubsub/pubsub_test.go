@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -401,4 +402,59 @@ func ExampleTopics() {
 	fmt.Println(missed, string(msgs[0].Data))
 	// A reconnecting subscriber resumes after the last ID it received:
 	// topics.Subscribe(ctx, "orders", msgs[len(msgs)-1].ID)
+}
+
+// TestLeastPrivilege runs every path of publish and subscribe as a Redis
+// user with the rules docs/recipes/pubsub.md gives, and none is refused.
+func TestLeastPrivilege(t *testing.T) {
+	doc, err := os.ReadFile("../docs/recipes/pubsub.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for line := range strings.Lines(string(doc)) {
+		if rest, ok := strings.CutPrefix(line, "ACL SETUSER pubsub "); ok {
+			rules = strings.Fields(rest)
+		}
+	}
+	if len(rules) == 0 {
+		t.Fatal("docs/recipes/pubsub.md has no line ACL SETUSER pubsub ...")
+	}
+	for i, r := range rules {
+		if r == ">SECRET" {
+			rules[i] = ">pw-0123456789"
+		}
+	}
+	r := testenv.StartRedis(t)
+	r.SetUser(t, "pubsub", rules...)
+	topics := pubsub.New(r.ClientAs(t, "pubsub", "pw-0123456789"), "cachesync:topic:", pubsub.Options{MaxLen: 2})
+
+	sub := subscribe(t, topics, "t", "") // no stream yet
+	ids := publish(t, topics, "t", "a", "b", "c")
+	want(t, collect(t, subscribe(t, topics, "t", ids[1]), 1), ids[2:], []string{"c"})
+	if _, missed := next(t, sub); !missed {
+		t.Error("a trimmed, not reported")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := sub.Next(ctx)
+		done <- err
+	}()
+	testenv.WaitFor(t, "the subscriber blocked in XREAD", func() bool { return blocked(t, r) == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Next after cancel: %v", err)
+	}
+	testenv.WaitFor(t, "no client blocked", func() bool { return blocked(t, r) == 0 })
+
+	admin := r.Client(t)
+	log, err := admin.Do(context.Background(), admin.B().AclLog().Count(100).Build()).ToArray()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, entry := range log {
+		m, _ := entry.AsStrMap()
+		t.Errorf("refused: %v", m)
+	}
 }

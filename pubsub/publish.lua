@@ -10,19 +10,19 @@ local id = redis.call('XADD', key, '*', 'd', ARGV[1])
 local ms = tonumber(string.match(id, '^(%d+)-'))
 local keep = string.format('%d-0', math.max(ms - retention, 0)) -- the first ID kept by age
 local n = redis.call('XLEN', key)
-if n > maxlen then
-  local old = redis.call('XRANGE', key, '-', '+', 'COUNT', n - maxlen + 1)
-  local byLen = old[#old][1] -- the first ID kept by length
-  if less(keep, byLen) then keep = byLen end
+-- The oldest entries, to the first kept by length (the oldest when none
+-- is beyond maxlen). No XREVRANGE to an ID before the oldest: Redis walks
+-- the whole stream for it.
+local head = redis.call('XRANGE', key, '-', '+', 'COUNT', math.max(n - maxlen, 0) + 1)
+if less(keep, head[#head][1]) then
+  keep = head[#head][1]
 end
-if keep ~= '0-0' then
+if less(head[1][1], keep) then
   local gone = redis.call('XREVRANGE', key, '(' .. keep, '-', 'COUNT', 1)
-  if #gone > 0 then
-    redis.call('XTRIM', key, 'MINID', keep)
-    redis.call('XSETID', key, id, 'MAXDELETEDID', gone[1][1])
-  elseif fresh and ms > 2 * retention then
-    redis.call('XSETID', key, id, 'MAXDELETEDID', string.format('%d-18446744073709551615', ms - 2 * retention - 1))
-  end
+  redis.call('XTRIM', key, 'MINID', keep)
+  redis.call('XSETID', key, id, 'MAXDELETEDID', gone[1][1])
+elseif fresh and ms > 2 * retention then
+  redis.call('XSETID', key, id, 'MAXDELETEDID', string.format('%d-18446744073709551615', ms - 2 * retention - 1))
 end
 redis.call('PEXPIREAT', key, ms + 2 * retention + 1)
 return id

@@ -458,3 +458,60 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Errorf("refused: %v", m)
 	}
 }
+
+// BenchmarkPublish publishes from parallel goroutines; BenchmarkXADD is
+// a bare XADD with the same data, the ceiling, in the same run.
+func BenchmarkPublish(b *testing.B) {
+	topics := pubsub.New(testenv.StartRedis(b).Client(b), prefix, pubsub.Options{})
+	data := []byte(strings.Repeat("x", 100))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := topics.Publish(context.Background(), "bench", data); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkXADD(b *testing.B) {
+	c := testenv.StartRedis(b).Client(b)
+	data := strings.Repeat("x", 100)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := c.Do(context.Background(), c.B().Xadd().Key(prefix+"{bench}").Maxlen().Almost().Threshold("10000").Id("*").FieldValue().FieldValue("d", data).Build()).Error(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkDeliver publishes a message and waits until a subscriber
+// waiting in XREAD has it: the round trip from publish to delivery.
+func BenchmarkDeliver(b *testing.B) {
+	topics := pubsub.New(testenv.StartRedis(b).Client(b), prefix, pubsub.Options{})
+	sub := subscribe(b, topics, "deliver", "")
+	got := make(chan error)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // ends with ctx
+		for {
+			_, _, err := sub.Next(ctx)
+			select {
+			case got <- err:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := topics.Publish(context.Background(), "deliver", []byte("m")); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			b.Fatal(err)
+		}
+	}
+}

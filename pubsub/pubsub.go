@@ -12,7 +12,9 @@
 // exactly whether a message after it was trimmed. A topic nobody publishes
 // to expires once its newest entry is twice the retention old; a
 // subscriber resuming after an ID older than that on an expired (or
-// re-created) topic is told messages may be gone, as they may.
+// re-created) topic is told messages may be gone, as they may. A
+// subscription that read on meanwhile (Next reads at least once a
+// retention while it waits) is not: it saw that nothing was published.
 //
 // A Subscription reads the replay with XRANGE from the ID it resumes
 // after, then waits with a blocking XREAD from the last ID it delivered and
@@ -144,15 +146,18 @@ type Subscription struct {
 	topic string
 	key   string
 	last  string   // the ID after which the next message comes
+	since string   // Redis's time (ms) when nothing followed last, or ""
 	first *reading // what Subscribe read, for the first Next
 }
 
-// reading is what one read found: messages, whether some are gone, and
-// the ID after which reading goes on.
+// reading is what one read found: messages, whether some are gone, the
+// ID after which reading goes on, and Redis's time (ms) if nothing
+// followed it then.
 type reading struct {
 	msgs   []Message
 	missed bool
 	last   string
+	since  string
 }
 
 // Subscribe starts reading topic after the message ID lastID, or, when
@@ -175,7 +180,7 @@ func (t *Topics) Subscribe(ctx context.Context, topic, lastID string) (*Subscrip
 		return nil, err
 	}
 	if len(s.first.msgs) == 0 && !s.first.missed {
-		s.last, s.first = s.first.last, nil
+		s.last, s.since, s.first = s.first.last, s.first.since, nil
 	}
 	return s, nil
 }
@@ -213,25 +218,25 @@ func (s *Subscription) Next(ctx context.Context) (msgs []Message, missed bool, e
 			return nil, false, err
 		}
 		if len(r.msgs) == 0 && !r.missed {
-			r = nil
+			s.since, r = r.since, nil
 			if err := s.wait(ctx); err != nil {
 				return nil, false, err
 			}
 		}
 	}
-	s.last = r.last
+	s.last, s.since = r.last, r.since
 	return r.msgs, r.missed, nil
 }
 
 // read reads the messages after s.last.
 func (s *Subscription) read(ctx context.Context) (*reading, error) {
 	reply, err := readScript.Exec(ctx, s.t.client, []string{s.key},
-		[]string{s.last, strconv.Itoa(batch), strconv.FormatInt(s.t.retention, 10)}).ToArray()
+		[]string{s.last, strconv.Itoa(batch), strconv.FormatInt(s.t.retention, 10), s.since}).ToArray()
 	if err != nil {
 		return nil, s.fail(ctx, "read", err)
 	}
-	if len(reply) != 3 {
-		return nil, fmt.Errorf("topic %q: read: %d values in the reply, not 3", s.topic, len(reply))
+	if len(reply) != 5 {
+		return nil, fmt.Errorf("topic %q: read: %d values in the reply, not 5", s.topic, len(reply))
 	}
 	missed, err := reply[0].AsInt64()
 	if err != nil {
@@ -249,20 +254,31 @@ func (s *Subscription) read(ctx context.Context) (*reading, error) {
 		r.msgs = append(r.msgs, Message{ID: e.ID, Data: []byte(e.FieldValues["d"])})
 		r.last = e.ID
 	}
+	if caught, err := reply[4].AsInt64(); err != nil {
+		return nil, fmt.Errorf("topic %q: read: %w", s.topic, err)
+	} else if caught == 1 {
+		now, err := reply[3].AsInt64()
+		if err != nil {
+			return nil, fmt.Errorf("topic %q: read: %w", s.topic, err)
+		}
+		r.since = strconv.FormatInt(now, 10)
+	}
 	return r, nil
 }
 
-// wait returns once the stream has an entry after s.last, or ctx ended:
-// a blocking XREAD on a connection of its own, bounded by ctx's deadline
-// and else by nothing; a cancelled ctx unblocks it (CLIENT UNBLOCK, or
-// rueidis closes the connection).
+// wait returns once the stream has an entry after s.last, ctx ended, or
+// a retention passed: a blocking XREAD on a connection of its own. A
+// cancelled ctx unblocks it (CLIENT UNBLOCK, or rueidis closes the
+// connection). Reading again at least once a retention keeps the
+// subscription's since recent, which tells a stream that expired while
+// nothing was published (read.lua).
 func (s *Subscription) wait(ctx context.Context) error {
-	block := int64(0) // forever
+	block := s.t.retention
 	if dl, ok := ctx.Deadline(); ok {
 		// A little short of the deadline, so Redis answers first and the
 		// connection is reused without an unblock.
 		left := time.Until(dl)
-		if block = (left - left/10).Milliseconds(); block < 1 {
+		if block = min(block, (left - left/10).Milliseconds()); block < 1 {
 			return s.fail(ctx, "wait", context.DeadlineExceeded)
 		}
 	}

@@ -270,6 +270,31 @@ func TestTrimmed(t *testing.T) {
 		want(t, msgs, ids[1:], []string{"b"})
 	})
 
+	t.Run("watched across expiry", func(t *testing.T) {
+		// A subscriber that reads on while an idle topic expires (as an
+		// event stream's heartbeats make it) is not told of a reset: it
+		// saw nothing published after a.
+		const retention = time.Second // what may pass between two of its reads, twice
+		topics := pubsub.New(client, prefix, pubsub.Options{Retention: retention})
+		ids := publish(t, topics, "watched", "a")
+		sub := subscribe(t, topics, "watched", ids[0])
+		testenv.WaitFor(t, "the idle topic expired", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			defer cancel()
+			if msgs, missed, err := sub.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("idle: %v %v %v", msgs, missed, err)
+			}
+			n, err := client.Do(context.Background(), client.B().Exists().Key(prefix+"{watched}").Build()).AsInt64()
+			return err == nil && n == 0
+		})
+		ids = append(ids, publish(t, topics, "watched", "b")...)
+		msgs, missed := next(t, sub)
+		if missed {
+			t.Error("told of a reset")
+		}
+		want(t, msgs, ids[1:], []string{"b"})
+	})
+
 	t.Run("never published", func(t *testing.T) {
 		// A subscriber that started on a topic nobody published to yet
 		// resumes with nothing missed.

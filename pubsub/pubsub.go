@@ -134,7 +134,8 @@ func (t *Topics) Publish(ctx context.Context, topic string, data []byte) (string
 // Message is one published message.
 type Message struct {
 	// ID is the stream entry ID: MS-SEQ, increasing within a topic.
-	ID   string
+	ID string
+	// Data is what was published.
 	Data []byte
 }
 
@@ -208,8 +209,8 @@ func (s *Subscription) Position() string { return s.last }
 // Next returns the next messages in order, waiting until there is one or
 // ctx ends (then it returns ctx's error). missed reports that messages
 // after Position (as it was before this call) are gone, trimmed before
-// they were read: they come before the messages returned, which may then
-// be none.
+// they were read, or may be, expired with an idle topic (see the package
+// doc): they came before the messages returned, which may then be none.
 func (s *Subscription) Next(ctx context.Context) (msgs []Message, missed bool, err error) {
 	r := s.first
 	s.first = nil

@@ -291,9 +291,14 @@ func (s *Subscription) wait(ctx context.Context) error {
 	return nil
 }
 
-// fail wraps err of what, or returns ctx's error once ctx ended, so a
-// caller can tell a cancelled subscription from a failed one.
+// fail wraps err of what, or ctx's error once ctx ended, so a caller can
+// tell a cancelled or timed out subscription from a failed one. An error
+// at ctx's deadline counts as ctx's (a dial under ctx fails with an i/o
+// timeout at the deadline, as ctx's timer is about to fire).
 func (s *Subscription) fail(ctx context.Context, what string, err error) error {
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("topic %q: %s: %w", s.topic, what, context.Cause(ctx))
 	}

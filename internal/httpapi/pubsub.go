@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/redis/rueidis"
+
 	"github.com/cachesync/cachesync/pubsub"
 )
 
@@ -32,12 +34,16 @@ type topicsAPI struct {
 	heartbeat time.Duration
 }
 
-// ServeTopics serves topics: POST /v1/topics/{topic}/messages publishes
+// ServeTopics serves topics stored in rc under the key prefix, with
+// pubsub's default retention: POST /v1/topics/{topic}/messages publishes
 // the body (write scope) and answers 201 {"id": ID}; GET
 // /v1/topics/{topic}/events (read scope) streams the messages as
 // Server-Sent Events, after the Last-Event-ID header or the last_event_id
-// query parameter when given.
-func (s *Server) ServeTopics(topics *pubsub.Topics) { s.serveTopics(topics, heartbeat) }
+// query parameter when given. It panics when prefix contains "{" or "}",
+// as a mux does on a bad pattern.
+func (s *Server) ServeTopics(rc rueidis.Client, prefix string) {
+	s.serveTopics(pubsub.New(rc, prefix, pubsub.Options{}), heartbeat)
+}
 
 // serveTopics is ServeTopics with a heartbeat of every.
 func (s *Server) serveTopics(topics *pubsub.Topics, every time.Duration) {
@@ -154,7 +160,7 @@ func (a *topicsAPI) fail(w http.ResponseWriter, err error) {
 	case errors.Is(err, pubsub.ErrBadID):
 		writeError(w, http.StatusBadRequest, "bad_event_id", err.Error())
 	default:
-		a.s.fail(w, err)
+		a.s.recipeFail(w, err)
 	}
 }
 

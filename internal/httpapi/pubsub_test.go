@@ -285,6 +285,24 @@ func TestTopicsBadRequests(t *testing.T) {
 	}
 }
 
+// TestTopicsRedisDown answers 503 when Redis does not answer.
+func TestTopicsRedisDown(t *testing.T) {
+	b := newTopicsBed(t, "single", pubsub.Options{}, heartbeat)
+	if err := b.redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []struct{ method, path, key string }{
+		{"POST", "/v1/topics/t/messages", topicsRW},
+		{"GET", "/v1/topics/t/events", topicsRO},
+	} {
+		status, body := b.do(req.method, req.path, req.key, "x")
+		var reply struct{ Error struct{ Code string } }
+		if err := json.Unmarshal([]byte(body), &reply); status != http.StatusServiceUnavailable || err != nil || reply.Error.Code != "unavailable" {
+			t.Errorf("%s %s with Redis down: %d %s", req.method, req.path, status, body)
+		}
+	}
+}
+
 // TestTopicsStreamOutlivesTimeouts keeps a stream open past an
 // http.Server's read and write timeouts, with heartbeats while idle.
 func TestTopicsStreamOutlivesTimeouts(t *testing.T) {

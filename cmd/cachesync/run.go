@@ -406,6 +406,7 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 	srv.Observe(metrics.Handler(ms), func(ctx context.Context) (any, error) { return collector.Collect(ctx) }, dashboard.Handler(), history)
 	srv.ServeSessions(first.redis, binding.SessionPrefix)
 	srv.ServeLeaderboards(first.redis, binding.LeaderboardPrefix)
+	srv.ServeTopics(first.redis, binding.TopicPrefix)
 	g.Go(func() error { return srv.Run(gctx) })
 }
 

@@ -31,7 +31,7 @@ func TestRace(t *testing.T) {
 			var holders atomic.Int32
 			var mu sync.Mutex // guards last and fences, not the lock
 			var last int64
-			errs := make(chan error, 50)
+			errs := make(chan error, 50*4*2) // room for every error: a send never blocks
 			var wg sync.WaitGroup
 			for range 50 {
 				wg.Go(func() {

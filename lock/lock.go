@@ -143,6 +143,10 @@ func (l *Locks) Acquire(ctx context.Context, name string, ttl time.Duration) (Le
 	pause := MinBackoff
 	for {
 		lease, left, err := l.try(ctx, name, ttl)
+		if err != nil && !errors.Is(err, ErrHeld) && ctx.Err() != nil {
+			// the try was cut short by ctx's end: say so, as a wait would
+			return Lease{}, fmt.Errorf("lock %q: waiting: %w", name, context.Cause(ctx))
+		}
 		if !errors.Is(err, ErrHeld) {
 			return lease, err
 		}

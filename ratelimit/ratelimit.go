@@ -89,6 +89,7 @@ type Limiter struct {
 	prefix string
 	policy Policy
 	script *rueidis.Lua
+	args   [3]string // the script's ARGV limit, window and burst
 	// now, when set, replaces Redis's TIME: tests drive time with it.
 	now func() time.Time
 }
@@ -102,7 +103,8 @@ func New(client rueidis.Client, prefix string, policy Policy) (*Limiter, error) 
 	if policy.Algorithm == GCRA && policy.Burst == 0 {
 		policy.Burst = policy.Limit
 	}
-	return &Limiter{client: client, prefix: prefix, policy: policy, script: scripts[policy.Algorithm]}, nil
+	return &Limiter{client: client, prefix: prefix, policy: policy, script: scripts[policy.Algorithm],
+		args: [3]string{strconv.Itoa(policy.Limit), strconv.FormatInt(policy.Window.Microseconds(), 10), strconv.Itoa(policy.Burst)}}, nil
 }
 
 // Policy returns the limiter's policy (with GCRA's Burst filled in).
@@ -127,7 +129,7 @@ func (l *Limiter) AllowN(ctx context.Context, id string, n int) (Decision, error
 	if l.now != nil {
 		now = strconv.FormatInt(l.now().UnixMicro(), 10)
 	}
-	args := []string{strconv.Itoa(l.policy.Limit), strconv.FormatInt(l.policy.Window.Microseconds(), 10), strconv.Itoa(n), now, strconv.Itoa(l.policy.Burst)}
+	args := []string{l.args[0], l.args[1], l.args[2], strconv.Itoa(n), now}
 	got, err := l.script.Exec(ctx, l.client, []string{l.prefix + id}, args).AsIntSlice()
 	if err != nil {
 		return Decision{}, fmt.Errorf("ratelimit %s: id %q: %w", l.policy.Algorithm, id, err)
@@ -144,19 +146,18 @@ func (l *Limiter) AllowN(ctx context.Context, id string, n int) (Decision, error
 }
 
 // scripts are the algorithms' scripts. Each takes KEYS[1] the id's key and
-// ARGV limit, window (µs), cost, now (µs since the epoch, or -1 for Redis
-// TIME), burst; and returns {allowed (1/0), remaining, retry after (µs),
+// ARGV limit, window (µs), burst, cost, now (µs since the epoch, or -1 for
+// Redis TIME); and returns {allowed (1/0), remaining, retry after (µs),
 // reset (µs)}. Numbers are written with %d: tostring would write a large
 // one in exponent form.
 var scripts = map[Algorithm]*rueidis.Lua{Fixed: fixedScript, Sliding: slidingScript, GCRA: gcraScript}
 
 const clock = `
-local limit, window, cost, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, window, burst, cost, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local function ms(us) return string.format('%d', math.ceil(us / 1000)) end
 `
 
 // fixedScript counts in a hash {w: window number, n: count}: a count of an
@@ -172,7 +173,7 @@ if n + cost > limit then
 end
 n = n + cost
 redis.call('HSET', KEYS[1], 'w', string.format('%d', w), 'n', string.format('%d', n))
-redis.call('PEXPIRE', KEYS[1], ms(reset))
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(reset / 1000)))
 return {1, limit - n, 0, reset}
 `)
 
@@ -194,7 +195,7 @@ for i = 1, cost do
   args[#args + 1] = string.format('%d:%d:%d', now, n, i)
 end
 redis.call('ZADD', KEYS[1], unpack(args))
-redis.call('PEXPIRE', KEYS[1], ms(window))
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(window / 1000)))
 return {1, limit - n - cost, 0, window}
 `)
 
@@ -202,7 +203,6 @@ return {1, limit - n - cost, 0, window}
 // request is admitted when TAT + cost*interval - now fits within
 // burst*interval. The key expires when TAT is past.
 var gcraScript = rueidis.NewLuaScript(clock + `
-local burst = tonumber(ARGV[5])
 local interval = math.ceil(window / limit)
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
@@ -211,6 +211,6 @@ local allowAt = new - burst * interval
 if now < allowAt then
   return {0, math.floor((burst * interval - (tat - now)) / interval), allowAt - now, tat - now}
 end
-redis.call('SET', KEYS[1], string.format('%d', new), 'PX', ms(new - now))
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', string.format('%d', math.ceil((new - now) / 1000)))
 return {1, math.floor((burst * interval - (new - now)) / interval), 0, new - now}
 `)

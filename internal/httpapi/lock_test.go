@@ -12,7 +12,7 @@ import (
 // on a Cluster.
 func TestLocks(t *testing.T) {
 	world.EachTopology(t, func(t *testing.T, topology string) {
-		_, srv := recipes(t, topology)
+		w, srv := recipes(t, topology)
 		type lease struct {
 			Token string `json:"token"`
 			Fence int64  `json:"fence"`
@@ -88,6 +88,9 @@ func TestLocks(t *testing.T) {
 		}
 		if status, code, _, _ := call(t, srv.URL, "DELETE", "/v1/locks/job", rwKey, `{"token": "`+second.Token+`"}`, nil); status != 409 || code != "not_holder" {
 			t.Fatalf("the expired holder's release: %d %q, want 409 not_holder", status, code)
+		}
+		if topology == "single" {
+			redisDown(t, w, srv.URL, "POST", "/v1/locks/job", `{"wait_ms": 1000}`)
 		}
 	})
 }

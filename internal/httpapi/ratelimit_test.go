@@ -96,6 +96,9 @@ func TestRateLimits(t *testing.T) {
 		if n, err := w.Do(w.RC.B().Exists().Key("cachesync:ratelimit:login:a\x00}{\xff/b").Build()).AsInt64(); err != nil || n != 1 {
 			t.Fatalf("the key of the id a\\x00}{\\xff/b: EXISTS %d %v", n, err)
 		}
+		if topology == "single" {
+			redisDown(t, w, srv.URL, "POST", "/v1/ratelimits/login/erin", "")
+		}
 	})
 }
 
@@ -118,4 +121,17 @@ func decision(t *testing.T, body string, h http.Header) string {
 		t.Fatalf("RateLimit-Reset %q for reset_ms %d: want the seconds rounded up", h.Get("RateLimit-Reset"), d.ResetMS)
 	}
 	return strconv.Itoa(d.Remaining)
+}
+
+// redisDown stops w's Redis and checks that a request answers 503
+// unavailable with Retry-After.
+func redisDown(t *testing.T, w *bed, base, method, path, body string) {
+	t.Helper()
+	if err := w.Redis.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	status, code, h, _ := call(t, base, method, path, rwKey, body, nil)
+	if status != 503 || code != "unavailable" || h.Get("Retry-After") == "" {
+		t.Fatalf("%s %s with Redis down: %d %q, Retry-After %q; want 503 unavailable with Retry-After", method, path, status, code, h.Get("Retry-After"))
+	}
 }

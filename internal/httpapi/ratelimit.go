@@ -19,11 +19,14 @@ const maxID = 512
 
 // ServeRateLimits serves POST /v1/ratelimits/{name}/{id...} (write
 // scope): a decision of the policy name for id, kept in client under
-// prefix + name + ":" + id. It fails on a policy that is not valid.
+// prefix + name + ":" + algorithm + ":" + id. It fails on a policy that is
+// not valid.
 func (s *Server) ServeRateLimits(client rueidis.Client, prefix string, policies map[string]config.RateLimit) error {
 	limiters := make(map[string]*ratelimit.Limiter, len(policies))
 	for name, p := range policies {
-		l, err := ratelimit.New(client, prefix+name+":", ratelimit.Policy{Algorithm: ratelimit.Algorithm(p.Algorithm), Limit: p.Limit, Window: p.Window, Burst: p.Burst})
+		// The algorithm in the key: a policy whose algorithm changes does
+		// not meet the old one's keys, of another type.
+		l, err := ratelimit.New(client, prefix+name+":"+p.Algorithm+":", ratelimit.Policy{Algorithm: ratelimit.Algorithm(p.Algorithm), Limit: p.Limit, Window: p.Window, Burst: p.Burst})
 		if err != nil {
 			return fmt.Errorf("http: ratelimits.%s: %w", name, err)
 		}

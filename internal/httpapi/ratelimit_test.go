@@ -93,7 +93,7 @@ func TestRateLimits(t *testing.T) {
 			})
 		}
 		// The odd id stays under the policy's prefix, as it was given.
-		if n, err := w.Do(w.RC.B().Exists().Key("cachesync:ratelimit:login:a\x00}{\xff/b").Build()).AsInt64(); err != nil || n != 1 {
+		if n, err := w.Do(w.RC.B().Exists().Key("cachesync:ratelimit:login:gcra:a\x00}{\xff/b").Build()).AsInt64(); err != nil || n != 1 {
 			t.Fatalf("the key of the id a\\x00}{\\xff/b: EXISTS %d %v", n, err)
 		}
 		if topology == "single" {

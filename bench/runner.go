@@ -72,6 +72,7 @@ func steps() []step {
 		refreshStep{about: about{ID: "9", Title: "9. refresh: mass expiry, delay, reader misses", Timed: true}},
 		consistency{about: about{ID: "check", Title: "consistency check", Needs: filled}},
 		checkRate{about: about{ID: "11", Title: "11. cachesync check: full-scan rate", Needs: []string{"check"}, Timed: true}},
+		recipes{about: about{ID: "15", Title: "15. recipes: rate-limit decisions and lock acquire+release beside bare EVALSHA round trips", Timed: true}},
 	}
 }
 

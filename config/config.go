@@ -50,6 +50,8 @@ type Config struct {
 	// Consistency is the daemon's continuous check of the caches against
 	// their tables.
 	Consistency Consistency `yaml:"consistency"`
+	// RateLimits are the HTTP API's named rate-limit policies (ratelimit.go).
+	RateLimits map[string]RateLimit `yaml:"ratelimits"`
 }
 
 // DefaultSampleRate is how many keys a second the daemon checks when

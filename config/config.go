@@ -376,6 +376,9 @@ func (c *Config) Validate() error {
 	if err := c.HTTP.validate(); err != nil {
 		return err
 	}
+	if err := c.validateRateLimits(); err != nil {
+		return err
+	}
 	if r := c.Consistency.Rate(); r < 0 || r > 100_000 {
 		return FieldError("consistency.sample_rate", "%d keys a second: want 0 (off) to 100000", r)
 	}

@@ -49,6 +49,41 @@ func readmePrivileges(t *testing.T) (acl []string, sql []string) {
 	return acl, sql
 }
 
+// readmeRedisUser makes a Redis user on w's Redis with the README's ACL
+// rules, a password of its own and the key patterns of the test's caches
+// (as the README says to add), and returns a URL naming the user and the
+// file holding the password (redis.password_file).
+func readmeRedisUser(t *testing.T, w *world.World, keys ...string) (url, file string) {
+	t.Helper()
+	acl, _ := readmePrivileges(t)
+	pw := newSecret(t)
+	rules := append(slices.Clone(acl[3:]), keys...)
+	for i, r := range rules {
+		if r == ">SECRET" {
+			rules[i] = ">" + pw
+		}
+	}
+	w.Redis.SetUser(t, acl[2], rules...)
+	file = filepath.Join(t.TempDir(), "redis-password")
+	writeSecret(t, file, pw)
+	return "redis://" + acl[2] + "@" + w.Redis.Addr + "/0", file
+}
+
+// requireNoACLRefusal fails the test if w's Redis refused anything: ACL
+// LOG lists every command, key or channel a rule denied (and failed logins).
+func requireNoACLRefusal(t *testing.T, w *world.World) {
+	t.Helper()
+	entries, err := w.RC.Do(context.Background(), w.RC.B().AclLog().Count(100).Build()).ToArray()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		m, _ := e.AsMap()
+		field := func(k string) string { v := m[k]; s, _ := v.ToString(); return s }
+		t.Errorf("ACL LOG: %s refused %s %q (user %s)", field("context"), field("reason"), field("object"), field("username"))
+	}
+}
+
 // makeRole runs the README's statements that make the PostgreSQL role on
 // w's database, with the password pw and the database's name (the
 // publication is the config's: the tests name it shop).
@@ -219,17 +254,8 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatalf("cachesync status: exit %d\n%s%s", code, stdout, stderr)
 	}
 
-	// Nothing was refused, shutting down included: ACL LOG lists every
-	// command, key or channel a rule denied (and failed logins).
-	entries, err := w.RC.Do(ctx, w.RC.B().AclLog().Count(100).Build()).ToArray()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		m, _ := e.AsMap()
-		field := func(k string) string { v := m[k]; s, _ := v.ToString(); return s }
-		t.Errorf("ACL LOG: %s refused %s %q (user %s)", field("context"), field("reason"), field("object"), field("username"))
-	}
+	// Nothing was refused, shutting down included.
+	requireNoACLRefusal(t, w)
 	out := d.Stderr.String()
 	if strings.Contains(out, "FOR SHARE") {
 		t.Errorf("the daemon could not read FOR SHARE with the README's grants")

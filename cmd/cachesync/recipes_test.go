@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/cachesync/cachesync/internal/testenv/world"
@@ -15,13 +19,18 @@ const (
 	recipeReader = "recipe-reader-0123456789abcdef"
 )
 
-// serveRecipes starts a daemon with an HTTP API and the two keys, and
-// returns a request function that decodes a JSON reply into out (when
-// given) and returns the status.
+// serveRecipes starts a daemon of the items cache with an HTTP API, the
+// two keys and more config (top-level YAML), as a Redis user with exactly
+// the README's ACL rules, and returns it, the API's base URL and a request
+// function that decodes a JSON reply into out (when given) and returns the
+// status. When the test ends, Redis must have refused the user nothing.
 func serveRecipes(t *testing.T, w *world.World, more string) (*world.Proc, string, func(method, path, body, key string, out any) int) {
 	t.Helper()
-	d, base, _ := serve(w, w.YAML(itemsCaches), fmt.Sprintf("  keys:\n    - {name: w, key: %q, scopes: [read, write]}\n    - {name: r, key: %q, scopes: [read]}\n%s",
-		recipeWriter, recipeReader, more))
+	url, file := readmeRedisUser(t, w, "~item:*")
+	yaml := fmt.Sprintf("name: %s\nredis: {url: %q, password_file: %q}\nsources:\n  db: {url: %q}\ncaches:\n%s%s", w.Name, url, file, w.DBURL, itemsCaches, more)
+	d, base, _ := serve(w, yaml, fmt.Sprintf("  keys:\n    - {name: w, key: %q, scopes: [read, write]}\n    - {name: r, key: %q, scopes: [read]}\n",
+		recipeWriter, recipeReader))
+	t.Cleanup(func() { requireNoACLRefusal(t, w) })
 	return d, base, func(method, path, body, key string, out any) int {
 		t.Helper()
 		code, reply := httpDo(t, method, base+path, body, key)
@@ -34,11 +43,12 @@ func serveRecipes(t *testing.T, w *world.World, more string) (*world.Proc, strin
 	}
 }
 
-// TestSessionsAndLeaderboardsThroughDaemon: cachesync run serves sessions
-// and leaderboards behind its API keys, in Redis under cachesync's prefix.
-func TestSessionsAndLeaderboardsThroughDaemon(t *testing.T) {
+// TestRecipesThroughDaemon: cachesync run serves sessions, leaderboards,
+// rate limits, locks and topics behind its API keys, in Redis under
+// cachesync's prefix, as a Redis user with the README's ACL rules.
+func TestRecipesThroughDaemon(t *testing.T) {
 	w := world.New(t, itemsSchema(1))
-	d, _, do := serveRecipes(t, w, "")
+	d, base, do := serveRecipes(t, w, "ratelimits:\n  api: {algorithm: gcra, limit: 2, window: 1h}\n")
 
 	var s struct {
 		ID   string
@@ -91,5 +101,84 @@ func TestSessionsAndLeaderboardsThroughDaemon(t *testing.T) {
 	if n, err := w.RC.Do(t.Context(), w.RC.B().Exists().Key("cachesync:leaderboard:{all:chess}").Build()).AsInt64(); err != nil || n != 1 {
 		t.Fatalf("the board's key under cachesync's prefix: %d, %v", n, err)
 	}
+
+	// Rate limits: two a key an hour, the third refused with its headers.
+	for i, want := range []int{200, 200, 429} {
+		code, _ := httpDo(t, "POST", base+"/v1/ratelimits/api/alice", "", recipeWriter)
+		if code != want {
+			t.Fatalf("decision %d for alice: %d, want %d", i+1, code, want)
+		}
+	}
+	if code := do("POST", "/v1/ratelimits/api/bob", "", recipeWriter, nil); code != 200 {
+		t.Fatalf("bob's first decision: %d", code)
+	}
+
+	// Locks: held by one token, refused to another, released by its holder.
+	var l struct {
+		Token string
+		Fence int64
+	}
+	if code := do("POST", "/v1/locks/report", `{"ttl_ms": 60000}`, recipeWriter, &l); code != 200 || l.Token == "" || l.Fence != 1 {
+		t.Fatalf("acquire: %d %+v", code, l)
+	}
+	if code := do("POST", "/v1/locks/report", `{"ttl_ms": 60000}`, recipeWriter, nil); code != 409 {
+		t.Fatalf("acquire while held: %d, want 409", code)
+	}
+	if code := do("DELETE", "/v1/locks/report", `{"token": "not-the-holder"}`, recipeWriter, nil); code != 409 {
+		t.Fatalf("release by another token: %d, want 409", code)
+	}
+	if code := do("DELETE", "/v1/locks/report", fmt.Sprintf(`{"token": %q}`, l.Token), recipeWriter, nil); code != 200 {
+		t.Fatalf("release by the holder: %d", code)
+	}
+	if code := do("POST", "/v1/locks/report", `{"ttl_ms": 60000}`, recipeWriter, &l); code != 200 || l.Fence != 2 {
+		t.Fatalf("acquire after the release: %d %+v, want fence 2", code, l)
+	}
+
+	// Topics: a reader resuming after the first message gets the second.
+	var ids []string
+	for _, m := range []string{"first", "second"} {
+		var p struct{ ID string }
+		if code := do("POST", "/v1/topics/news/messages", m, recipeWriter, &p); code != 201 {
+			t.Fatalf("publish %s: %d", m, code)
+		}
+		ids = append(ids, p.ID)
+	}
+	if got := readEvent(t, base+"/v1/topics/news/events", recipeReader, ids[0]); got != ids[1]+" second" {
+		t.Fatalf("the event after %s: %q, want %q", ids[0], got, ids[1]+" second")
+	}
 	d.Stop()
+}
+
+// readEvent opens an event stream at url after lastID and returns its first
+// message event as "ID DATA".
+func readEvent(t *testing.T, url, key, lastID string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), world.Patience)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Last-Event-ID", lastID)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	var id, data string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "data: "):
+			data = strings.TrimPrefix(line, "data: ")
+		case line == "" && data != "":
+			return id + " " + data
+		}
+	}
+	t.Fatalf("the event stream ended: %v", sc.Err())
+	return ""
 }

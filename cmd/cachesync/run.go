@@ -29,6 +29,7 @@ import (
 	"github.com/cachesync/cachesync/internal/refresh"
 	"github.com/cachesync/cachesync/internal/schema"
 	"github.com/cachesync/cachesync/internal/status"
+	"github.com/cachesync/cachesync/lock"
 )
 
 type runCommand struct{}
@@ -407,6 +408,11 @@ func (d *daemon) serve(gctx context.Context, g *errgroup.Group, api *engine.Engi
 	srv.ServeSessions(first.redis, binding.SessionPrefix)
 	srv.ServeLeaderboards(first.redis, binding.LeaderboardPrefix)
 	srv.ServeTopics(first.redis, binding.TopicPrefix)
+	if err := srv.ServeRateLimits(first.redis, binding.RateLimitPrefix, d.cfg.RateLimits); err != nil {
+		g.Go(func() error { return err }) // config.Validate checked the policies: not expected
+		return
+	}
+	srv.ServeLocks(lock.New(first.redis, binding.LockPrefix))
 	g.Go(func() error { return srv.Run(gctx) })
 }
 

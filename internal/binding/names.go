@@ -58,9 +58,9 @@ import (
 //	cachesync:session:{ID}         hash    a session (SessionPrefix): data, idle, end
 //	cachesync:leaderboard:{all:NAME}, {day:YYYY-MM-DD:NAME}, {week:YYYY-Www:NAME}
 //	                               zset    a board (LeaderboardPrefix), with :m (hash) and :n beside it
-//	cachesync:ratelimit:{POLICY:KEY}
-//	                               string, zset  a limiter's state (RateLimitPrefix)
-//	cachesync:lock:{NAME}          string  a lock's holder token (LockPrefix), with :fence beside it
+//	cachesync:ratelimit:POLICY:ALGORITHM:ID
+//	                               hash, zset, string  a limiter's state of one ID (RateLimitPrefix)
+//	cachesync:lock:{NAME}          string  a lock's holder token (LockPrefix), with :fence (a counter) beside it
 //	cachesync:topic:{TOPIC}        stream  a topic's retained messages (TopicPrefix)
 //
 // Renaming any of these strands what older processes and older data hold

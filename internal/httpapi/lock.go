@@ -68,7 +68,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, locks *lock.Loc
 	case errors.Is(err, lock.ErrHeld), errors.Is(err, errWaited):
 		writeError(w, http.StatusConflict, "held", fmt.Sprintf("the lock %q is held by another holder", name))
 	default:
-		s.unavailable(w, err)
+		s.redisFail(w, err)
 	}
 }
 
@@ -108,7 +108,7 @@ func (s *Server) ifHolder(w http.ResponseWriter, name string, ttl time.Duration,
 	case errors.Is(err, lock.ErrNotHeld):
 		writeError(w, http.StatusConflict, "not_holder", fmt.Sprintf("the token does not hold the lock %q (any more)", name))
 	default:
-		s.unavailable(w, err)
+		s.redisFail(w, err)
 	}
 }
 

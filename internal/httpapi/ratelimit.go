@@ -1,11 +1,15 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -67,7 +71,7 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request, limiters map[str
 		return
 	}
 	if err != nil {
-		s.unavailable(w, err)
+		s.redisFail(w, err)
 		return
 	}
 	h := w.Header()
@@ -95,9 +99,28 @@ func milliseconds(d time.Duration) int64 {
 	return int64(math.Ceil(float64(d) / float64(time.Millisecond)))
 }
 
-// unavailable answers 503 with Retry-After for a failure of Redis.
-func (s *Server) unavailable(w http.ResponseWriter, err error) {
+// redisFail answers a recipe's failure in Redis: 503 unavailable with
+// Retry-After when Redis did not answer (a retry may work), else 500
+// internal: Redis answered and refused (a key of another type under the
+// recipe's name, a command the user may not run), or its reply made no
+// sense, which no retry mends.
+func (s *Server) redisFail(w http.ResponseWriter, err error) {
+	var refused *rueidis.RedisError
+	if errors.As(err, &refused) || !unreachable(err) {
+		s.log.Error("http request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
 	s.log.Warn("http request failed", "err", err)
 	w.Header().Set("Retry-After", "1")
-	writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+	writeError(w, http.StatusServiceUnavailable, "unavailable", "redis unavailable: "+err.Error())
+}
+
+// unreachable tells an error of a Redis that did not answer: a connection
+// refused, broken or closed, or no reply within the request's time.
+func unreachable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, rueidis.ErrClosing) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -201,12 +201,6 @@ func (s *Server) recipeFail(w http.ResponseWriter, err error) {
 	case errors.Is(err, leaderboard.ErrOverflow):
 		writeError(w, http.StatusUnprocessableEntity, "overflow", err.Error())
 	default:
-		if _, said := rueidis.IsRedisErr(err); said { // Redis answered, and refused
-			s.log.Error("http request failed", "err", err)
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
-			return
-		}
-		w.Header().Set("Retry-After", "1") // Redis did not answer
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "redis unavailable: "+err.Error())
+		s.redisFail(w, err)
 	}
 }

@@ -388,10 +388,11 @@ func (s hits) Run(ctx context.Context, e *env) (step, error) {
 	return s, nil
 }
 
-// The L1s of 16: room for every key read, copies kept through the runs.
+// The L1s of 16: room for every key read, copies kept through both rounds
+// of runs (about two minutes).
 const (
 	l1Max = 512 << 20
-	l1TTL = time.Minute
+	l1TTL = 10 * time.Minute
 )
 
 // httpGet reads url with the API key through hc; a failed request, another

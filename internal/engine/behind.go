@@ -104,7 +104,9 @@ func (c *Engine) PutBehind(ctx context.Context, name string, row map[string]any)
 	if err != nil {
 		return "", fmt.Errorf("cache %q: redis %w: %w", name, ErrUnavailable, err)
 	}
-	c.l1Sync(ctx, ca, key)
+	if err := c.l1Sync(ctx, ca, key); err != nil {
+		return key, err
+	}
 	return key, nil
 }
 

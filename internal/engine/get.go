@@ -121,10 +121,7 @@ func (c *Engine) lookup(ctx context.Context, ca *cache, key string) ([]byte, boo
 	if ca.cfg.Format == binding.FormatHash {
 		cmd, reply = b.Hgetall().Key(key).Cache(), hashReply
 	}
-	r := ca.l1.get(ctx, cmd)
-	v, ok, err := reply(ca, r)
-	ca.l1.count(r, ok)
-	return v, ok, err
+	return reply(ca, ca.l1.get(ctx, cmd))
 }
 
 // read looks key up in Redis; ok is false on a miss.

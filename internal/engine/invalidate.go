@@ -45,8 +45,7 @@ func (c *Engine) Invalidate(ctx context.Context, name, key string) error {
 	if err := c.refill(ctx, ca, key); err != nil {
 		return err
 	}
-	c.l1Sync(ctx, ca, key)
-	return nil
+	return c.l1Sync(ctx, ca, key)
 }
 
 // refill loads key again after its invalidation when ca is complete.

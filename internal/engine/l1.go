@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,11 +32,11 @@ type l1 struct {
 
 // L1Stats counts what a cache's L1 did; safe for concurrent reads.
 type L1Stats struct {
-	Hits          atomic.Int64 // Gets answered from process memory
-	Misses        atomic.Int64 // Gets that asked Redis, or found the key missing
+	Hits          atomic.Int64 // Gets answered from process memory with a value
+	Misses        atomic.Int64 // Gets that asked Redis (or waited for another's read), or found the key missing
 	Invalidations atomic.Int64 // keys Redis said changed (a flush of all counts one)
 	Bytes         atomic.Int64 // memory the copies hold, approximately
-	Flushes       atomic.Int64 // connections lost, each dropping its copies
+	Flushes       atomic.Int64 // connections closed (lost, or the client closed), each dropping its copies
 }
 
 // openL1 opens the L1 client of a cache with cfg.
@@ -46,10 +47,7 @@ func openL1(ropt rueidis.ClientOption, cfg *config.L1) (*l1, error) {
 	ropt.PipelineMultiplex = -1 // one connection per node: sync's round trip shares it with the reads
 	ropt.CacheSizeEachConn = int(cfg.Max)
 	ropt.NewCacheStoreFn = func(o rueidis.CacheStoreOption) rueidis.CacheStore {
-		return rueidis.NewSimpleCacheAdapter(newL1Store(int64(o.CacheSizeEachConn), l.stats))
-	}
-	ropt.OnInvalidations = func(keys []rueidis.RedisMessage) {
-		l.stats.Invalidations.Add(max(int64(len(keys)), 1))
+		return newL1Store(int64(o.CacheSizeEachConn), l.stats)
 	}
 	c, err := rueidis.NewClient(ropt)
 	if err != nil {
@@ -61,17 +59,9 @@ func openL1(ropt rueidis.ClientOption, cfg *config.L1) (*l1, error) {
 
 // get reads the reply to cmd from the copies or, on a miss, from Redis,
 // keeping it (a missing key too: its creation is pushed like a change).
+// The store counts hits and misses.
 func (l *l1) get(ctx context.Context, cmd rueidis.Cacheable) rueidis.RedisResult {
 	return l.client.DoCache(ctx, cmd, l.ttl)
-}
-
-// count counts a Get: a hit is a value found in memory.
-func (l *l1) count(r rueidis.RedisResult, found bool) {
-	if found && r.IsCacheHit() {
-		l.stats.Hits.Add(1)
-	} else {
-		l.stats.Misses.Add(1)
-	}
 }
 
 // sync returns once every invalidation Redis sent this process for key
@@ -82,102 +72,251 @@ func (l *l1) sync(ctx context.Context, key string) error {
 }
 
 // l1Sync makes this process's next Get of key read what its own write just
-// left in Redis: its copy's invalidation reaches it first. A failed round
-// trip leaves the copy to the invalidation itself (a broken connection has
-// flushed it already).
-func (c *Engine) l1Sync(ctx context.Context, ca *cache, key string) {
+// left in Redis: its copy's invalidation reaches it first. An error means
+// the round trip failed (a broken connection has flushed the copies; a
+// context that ended may leave the copy until its invalidation arrives).
+func (c *Engine) l1Sync(ctx context.Context, ca *cache, key string) error {
 	if ca.l1 == nil {
-		return
+		return nil
 	}
 	if err := ca.l1.sync(ctx, key); err != nil {
-		c.opts.Logger.Debug("l1: no round trip after a write", "cache", ca.cfg.Name, "key", key, "err", err)
+		return fmt.Errorf("cache %q: written, but this process's l1 may still hold the older value of %q: redis %w: %w", ca.cfg.Name, key, ErrUnavailable, err)
 	}
+	return nil
 }
 
-// l1Store keeps the copies of one connection (rueidis.SimpleCache): Get runs
-// under the adapter's read lock, concurrently with other Gets; Set, Del and
-// Flush under its write lock, alone. It evicts as Redis does, by sampling:
-// of a few entries, the one used longest ago (an expired one first).
+// l1Store keeps the copies of one connection (a rueidis.CacheStore, which
+// rueidis calls as replies and invalidations arrive on the connection, in
+// their order). Each key and command has at most one entry: a copy, or a
+// read in flight (pending) that others wait for. An invalidation drops the
+// key's copies; it leaves a pending read, whose reply comes after it on the
+// connection and so was read after the change. A copy is never kept beside
+// a pending read: Flight replaces an expired copy, and checks again under
+// the write lock. It evicts as Redis does, by sampling: of a few copies,
+// the one used longest ago (an expired one first); pending reads are not
+// evicted, and end with their reply or their cancellation.
 type l1Store struct {
+	mu    sync.RWMutex
 	max   int64
-	size  int64        // under the write lock
-	stats *L1Stats     // the cache's, across its connections
-	clock atomic.Int64 // advances with every Set; an entry keeps the value of its last Get
-	m     map[string]*l1Entry
+	size  int64 // of the copies, under mu
+	stats *L1Stats
+	clock atomic.Int64                   // advances with every copy kept; a copy keeps the value of its last use
+	keys  map[string]map[string]*l1Entry // key → command → entry; nil once closed
 }
 
+// l1Entry is a copy (val set) or a pending read (val unset, ch open).
 type l1Entry struct {
-	v    rueidis.RedisMessage
+	val  rueidis.RedisMessage
+	exp  int64 // unix ms: the copy's end; a pending read's end as asked by its TTL
 	size int64
 	used atomic.Int64
+	ch   chan struct{} // closed when the pending read ends
+	err  error         // why it ended without a reply
 }
 
-// l1EntryOverhead approximates an entry's memory beyond its key and value.
-const l1EntryOverhead = 96
+func (e *l1Entry) pending() bool { return e.size == 0 }
+
+// Wait waits for a pending read's reply (rueidis.CacheEntry).
+func (e *l1Entry) Wait(ctx context.Context) (rueidis.RedisMessage, error) {
+	select {
+	case <-ctx.Done():
+		return rueidis.RedisMessage{}, ctx.Err()
+	case <-e.ch:
+		return e.val, e.err
+	}
+}
+
+// l1EntryOverhead approximates an entry's memory beyond its key, command
+// and reply.
+const l1EntryOverhead = 160
 
 func newL1Store(max int64, stats *L1Stats) *l1Store {
-	return &l1Store{max: max, stats: stats, m: map[string]*l1Entry{}}
+	return &l1Store{max: max, stats: stats, keys: map[string]map[string]*l1Entry{}}
 }
 
-func (s *l1Store) Get(key string) rueidis.RedisMessage {
-	e := s.m[key]
-	if e == nil {
-		return rueidis.RedisMessage{}
+// Flight returns key's copy for cmd, or the pending read to wait for, or
+// neither: then it records a pending read, which the caller sends.
+func (s *l1Store) Flight(key, cmd string, ttl time.Duration, now time.Time) (rueidis.RedisMessage, rueidis.CacheEntry) {
+	ms := now.UnixMilli()
+	s.mu.RLock()
+	e := s.keys[key][cmd]
+	if e != nil && !e.pending() && ms < e.exp {
+		s.hit(e)
+		s.mu.RUnlock()
+		return e.val, nil
 	}
+	s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil { // closed: the read goes to Redis, and is not kept
+		s.stats.Misses.Add(1)
+		return rueidis.RedisMessage{}, nil
+	}
+	cmds := s.keys[key]
+	if e = cmds[cmd]; e != nil { // someone was here between the locks
+		switch {
+		case e.pending():
+			s.stats.Misses.Add(1)
+			return rueidis.RedisMessage{}, e
+		case ms < e.exp:
+			s.hit(e)
+			return e.val, nil
+		}
+		s.drop(cmds, key, cmd, e) // expired
+	}
+	if cmds == nil {
+		cmds = map[string]*l1Entry{}
+		s.keys[key] = cmds
+	}
+	cmds[cmd] = &l1Entry{exp: now.Add(ttl).UnixMilli(), ch: make(chan struct{})}
+	s.stats.Misses.Add(1)
+	return rueidis.RedisMessage{}, nil
+}
+
+// hit counts a copy served: a value (a missing key's copy is a miss).
+func (s *l1Store) hit(e *l1Entry) {
 	if now := s.clock.Load(); e.used.Load() != now {
 		e.used.Store(now)
 	}
-	return e.v
+	if e.val.IsNil() {
+		s.stats.Misses.Add(1)
+		return
+	}
+	s.stats.Hits.Add(1)
 }
 
-func (s *l1Store) Set(key string, v rueidis.RedisMessage) {
-	s.Del(key)
-	e := &l1Entry{v: v, size: int64(len(key)+v.CacheSize()) + l1EntryOverhead}
+// Update keeps the reply of key's pending read for cmd and returns when
+// the copy ends (unix ms): the sooner of the key's TTL in Redis and the
+// read's TTL.
+func (s *l1Store) Update(key, cmd string, val rueidis.RedisMessage) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.keys[key][cmd]
+	if e == nil || !e.pending() {
+		return 0 // cancelled, or closed: nothing waits for it
+	}
+	if at := val.CachePXAT(); at > 0 && at < e.exp {
+		e.exp = at
+	}
+	e.val = val
+	e.size = int64(2*(len(key)+len(cmd))+val.CacheSize()) + l1EntryOverhead
 	e.used.Store(s.clock.Add(1))
-	s.m[key] = e
-	s.grow(e.size)
-	for s.size > s.max && len(s.m) > 1 {
-		s.evict(key)
+	s.size += e.size
+	s.stats.Bytes.Add(e.size)
+	close(e.ch)
+	for s.size > s.max && s.evict(key) {
+	}
+	return e.exp
+}
+
+// Cancel ends key's pending read for cmd without a reply.
+func (s *l1Store) Cancel(key, cmd string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmds := s.keys[key]
+	if e := cmds[cmd]; e != nil && e.pending() {
+		e.err = err
+		close(e.ch)
+		delete(cmds, cmd)
+		if len(cmds) == 0 {
+			delete(s.keys, key)
+		}
 	}
 }
 
-func (s *l1Store) Del(key string) {
-	if e := s.m[key]; e != nil {
-		delete(s.m, key)
-		s.grow(-e.size)
+// Delete drops the copies of keys, or of every key when keys is nil (Redis
+// flushed, or ran out of room to track them).
+func (s *l1Store) Delete(keys []rueidis.RedisMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if keys == nil {
+		s.stats.Invalidations.Add(1)
+		for key, cmds := range s.keys {
+			s.dropCopies(key, cmds)
+		}
+		return
+	}
+	s.stats.Invalidations.Add(int64(len(keys)))
+	for _, k := range keys {
+		key, _ := k.ToString()
+		if cmds := s.keys[key]; cmds != nil {
+			s.dropCopies(key, cmds)
+		}
 	}
 }
 
-func (s *l1Store) Flush() {
+// Close drops every copy and ends every pending read with err: the
+// connection is gone, and what Redis tracked for it with it.
+func (s *l1Store) Close(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		return
+	}
 	s.stats.Flushes.Add(1)
-	s.grow(-s.size)
-	s.m = map[string]*l1Entry{}
+	for _, cmds := range s.keys {
+		for _, e := range cmds {
+			if e.pending() {
+				e.err = err
+				close(e.ch)
+			}
+		}
+	}
+	s.stats.Bytes.Add(-s.size)
+	s.size, s.keys = 0, nil
 }
 
-func (s *l1Store) grow(n int64) {
-	s.size += n
-	s.stats.Bytes.Add(n)
+// dropCopies drops key's copies, leaving its pending reads.
+func (s *l1Store) dropCopies(key string, cmds map[string]*l1Entry) {
+	for cmd, e := range cmds {
+		if !e.pending() {
+			s.drop(cmds, key, cmd, e)
+		}
+	}
 }
 
-// evict removes, of up to five entries other than keep (Go's map order is
-// random), an expired one or else the one used longest ago.
-func (s *l1Store) evict(keep string) {
+// drop removes copy e of key's cmd.
+func (s *l1Store) drop(cmds map[string]*l1Entry, key, cmd string, e *l1Entry) {
+	delete(cmds, cmd)
+	if len(cmds) == 0 {
+		delete(s.keys, key)
+	}
+	s.size -= e.size
+	s.stats.Bytes.Add(-e.size)
+}
+
+// evict drops, of up to five copies of keys other than keep (Go's map
+// order is random), an expired one or else the one used longest ago; false
+// when there is none.
+func (s *l1Store) evict(keep string) bool {
 	now := time.Now().UnixMilli()
-	victim, oldest, n := "", int64(0), 0
-	for k, e := range s.m {
-		if k == keep {
+	var victim *l1Entry
+	var vKey, vCmd string
+	n := 0
+search:
+	for key, cmds := range s.keys {
+		if key == keep {
 			continue
 		}
-		if at := e.v.CachePXAT(); at > 0 && at <= now {
-			victim = k
-			break
-		}
-		if u := e.used.Load(); victim == "" || u < oldest {
-			victim, oldest = k, u
-		}
-		if n++; n == 5 {
-			break
+		for cmd, e := range cmds {
+			if e.pending() {
+				continue
+			}
+			if e.exp <= now {
+				victim, vKey, vCmd = e, key, cmd
+				break search
+			}
+			if victim == nil || e.used.Load() < victim.used.Load() {
+				victim, vKey, vCmd = e, key, cmd
+			}
+			if n++; n == 5 {
+				break search
+			}
 		}
 	}
-	s.Del(victim)
+	if victim == nil {
+		return false
+	}
+	s.drop(s.keys[vKey], vKey, vCmd, victim)
+	return true
 }

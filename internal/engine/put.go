@@ -92,7 +92,9 @@ func (c *Engine) Put(ctx context.Context, name string, row map[string]any) (stri
 	if err := c.WaitApplied(ctx, name, uint64(target), c.opts.WriteWait); err != nil {
 		return key, err
 	}
-	c.l1Sync(ctx, ca, key)
+	if err := c.l1Sync(ctx, ca, key); err != nil {
+		return key, fmt.Errorf("%w: %w", ErrNotApplied, err)
+	}
 	return key, nil
 }
 

@@ -143,7 +143,7 @@ func (l *Locks) Acquire(ctx context.Context, name string, ttl time.Duration) (Le
 	pause := MinBackoff
 	for {
 		lease, left, err := l.try(ctx, name, ttl)
-		if err != nil && !errors.Is(err, ErrHeld) && ctx.Err() != nil {
+		if err != nil && !errors.Is(err, ErrHeld) && ended(ctx, err) {
 			// the try was cut short by ctx's end: say so, as a wait would
 			return Lease{}, fmt.Errorf("lock %q: waiting: %w", name, context.Cause(ctx))
 		}
@@ -163,6 +163,21 @@ func (l *Locks) Acquire(ctx context.Context, name string, ttl time.Duration) (Le
 		}
 		pause = min(2*pause, MaxBackoff)
 	}
+}
+
+// ended tells whether err is ctx's end. rueidis gives a command the
+// connection's deadline of ctx's and answers context.DeadlineExceeded when
+// that passes, which may be before ctx itself says it is done: then it is
+// waited for (its deadline has passed: at once), so context.Cause tells why.
+func ended(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if dl, ok := ctx.Deadline(); ok && errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(dl) {
+		<-ctx.Done()
+		return true
+	}
+	return false
 }
 
 // Release frees the lock name if token holds it, else returns ErrNotHeld.

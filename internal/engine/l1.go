@@ -87,25 +87,27 @@ func (c *Engine) l1Sync(ctx context.Context, ca *cache, key string) error {
 
 // l1Store keeps the copies of one connection (a rueidis.CacheStore, which
 // rueidis calls as replies and invalidations arrive on the connection, in
-// their order). Each key and command has at most one entry: a copy, or a
-// read in flight (pending) that others wait for. An invalidation drops the
-// key's copies; it leaves a pending read, whose reply comes after it on the
-// connection and so was read after the change. A copy is never kept beside
-// a pending read: Flight replaces an expired copy, and checks again under
-// the write lock. It evicts as Redis does, by sampling: of a few copies,
-// the one used longest ago (an expired one first); pending reads are not
-// evicted, and end with their reply or their cancellation.
+// their order). Each key has at most one entry: a copy, or a read in flight
+// (pending) that others wait for, of one command (a cache reads its keys by
+// one command: GET, or HGETALL). An invalidation drops the key's copy; it
+// leaves a pending read, whose reply comes after it on the connection and
+// so was read after the change. A copy is never kept beside a pending read:
+// Flight replaces an expired copy, and checks again under the write lock.
+// It evicts as Redis does, by sampling: of a few copies, the one used
+// longest ago (an expired one first); pending reads are not evicted, and
+// end with their reply or their cancellation.
 type l1Store struct {
 	mu    sync.RWMutex
 	max   int64
 	size  int64 // of the copies, under mu
 	stats *L1Stats
-	clock atomic.Int64                   // advances with every copy kept; a copy keeps the value of its last use
-	keys  map[string]map[string]*l1Entry // key → command → entry; nil once closed
+	clock atomic.Int64        // advances with every copy kept; a copy keeps the value of its last use
+	keys  map[string]*l1Entry // nil once closed
 }
 
 // l1Entry is a copy (val set) or a pending read (val unset, ch open).
 type l1Entry struct {
+	cmd  string
 	val  rueidis.RedisMessage
 	exp  int64 // unix ms: the copy's end; a pending read's end as asked by its TTL
 	size int64
@@ -131,7 +133,7 @@ func (e *l1Entry) Wait(ctx context.Context) (rueidis.RedisMessage, error) {
 const l1EntryOverhead = 160
 
 func newL1Store(max int64, stats *L1Stats) *l1Store {
-	return &l1Store{max: max, stats: stats, keys: map[string]map[string]*l1Entry{}}
+	return &l1Store{max: max, stats: stats, keys: map[string]*l1Entry{}}
 }
 
 // Flight returns key's copy for cmd, or the pending read to wait for, or
@@ -139,8 +141,8 @@ func newL1Store(max int64, stats *L1Stats) *l1Store {
 func (s *l1Store) Flight(key, cmd string, ttl time.Duration, now time.Time) (rueidis.RedisMessage, rueidis.CacheEntry) {
 	ms := now.UnixMilli()
 	s.mu.RLock()
-	e := s.keys[key][cmd]
-	if e != nil && !e.pending() && ms < e.exp {
+	e := s.keys[key]
+	if e != nil && e.cmd == cmd && !e.pending() && ms < e.exp {
 		s.hit(e)
 		s.mu.RUnlock()
 		return e.val, nil
@@ -148,28 +150,22 @@ func (s *l1Store) Flight(key, cmd string, ttl time.Duration, now time.Time) (rue
 	s.mu.RUnlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.keys == nil { // closed: the read goes to Redis, and is not kept
-		s.stats.Misses.Add(1)
-		return rueidis.RedisMessage{}, nil
+	if e = s.keys[key]; e != nil && e.cmd == cmd && !e.pending() && ms < e.exp {
+		s.hit(e) // kept between the locks
+		return e.val, nil
 	}
-	cmds := s.keys[key]
-	if e = cmds[cmd]; e != nil { // someone was here between the locks
-		switch {
-		case e.pending():
-			s.stats.Misses.Add(1)
-			return rueidis.RedisMessage{}, e
-		case ms < e.exp:
-			s.hit(e)
-			return e.val, nil
-		}
-		s.drop(cmds, key, cmd, e) // expired
-	}
-	if cmds == nil {
-		cmds = map[string]*l1Entry{}
-		s.keys[key] = cmds
-	}
-	cmds[cmd] = &l1Entry{exp: now.Add(ttl).UnixMilli(), ch: make(chan struct{})}
 	s.stats.Misses.Add(1)
+	switch {
+	case s.keys == nil: // closed: the read goes to Redis, and is not kept
+		return rueidis.RedisMessage{}, nil
+	case e != nil && e.pending() && e.cmd == cmd:
+		return rueidis.RedisMessage{}, e
+	case e != nil && e.pending(): // another command's read: this one is sent, not kept
+		return rueidis.RedisMessage{}, nil
+	case e != nil:
+		s.drop(key, e) // expired, or another command's
+	}
+	s.keys[key] = &l1Entry{cmd: cmd, exp: now.Add(ttl).UnixMilli(), ch: make(chan struct{})}
 	return rueidis.RedisMessage{}, nil
 }
 
@@ -191,15 +187,15 @@ func (s *l1Store) hit(e *l1Entry) {
 func (s *l1Store) Update(key, cmd string, val rueidis.RedisMessage) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.keys[key][cmd]
-	if e == nil || !e.pending() {
+	e := s.keys[key]
+	if e == nil || e.cmd != cmd || !e.pending() {
 		return 0 // cancelled, or closed: nothing waits for it
 	}
 	if at := val.CachePXAT(); at > 0 && at < e.exp {
 		e.exp = at
 	}
 	e.val = val
-	e.size = int64(2*(len(key)+len(cmd))+val.CacheSize()) + l1EntryOverhead
+	e.size = int64(2*len(key)+len(cmd)+val.CacheSize()) + l1EntryOverhead
 	e.used.Store(s.clock.Add(1))
 	s.size += e.size
 	s.stats.Bytes.Add(e.size)
@@ -213,14 +209,10 @@ func (s *l1Store) Update(key, cmd string, val rueidis.RedisMessage) int64 {
 func (s *l1Store) Cancel(key, cmd string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cmds := s.keys[key]
-	if e := cmds[cmd]; e != nil && e.pending() {
+	if e := s.keys[key]; e != nil && e.cmd == cmd && e.pending() {
 		e.err = err
 		close(e.ch)
-		delete(cmds, cmd)
-		if len(cmds) == 0 {
-			delete(s.keys, key)
-		}
+		delete(s.keys, key)
 	}
 }
 
@@ -231,16 +223,18 @@ func (s *l1Store) Delete(keys []rueidis.RedisMessage) {
 	defer s.mu.Unlock()
 	if keys == nil {
 		s.stats.Invalidations.Add(1)
-		for key, cmds := range s.keys {
-			s.dropCopies(key, cmds)
+		for key, e := range s.keys {
+			if !e.pending() {
+				s.drop(key, e)
+			}
 		}
 		return
 	}
 	s.stats.Invalidations.Add(int64(len(keys)))
 	for _, k := range keys {
 		key, _ := k.ToString()
-		if cmds := s.keys[key]; cmds != nil {
-			s.dropCopies(key, cmds)
+		if e := s.keys[key]; e != nil && !e.pending() {
+			s.drop(key, e)
 		}
 	}
 }
@@ -254,33 +248,19 @@ func (s *l1Store) Close(err error) {
 		return
 	}
 	s.stats.Flushes.Add(1)
-	for _, cmds := range s.keys {
-		for _, e := range cmds {
-			if e.pending() {
-				e.err = err
-				close(e.ch)
-			}
+	for _, e := range s.keys {
+		if e.pending() {
+			e.err = err
+			close(e.ch)
 		}
 	}
 	s.stats.Bytes.Add(-s.size)
 	s.size, s.keys = 0, nil
 }
 
-// dropCopies drops key's copies, leaving its pending reads.
-func (s *l1Store) dropCopies(key string, cmds map[string]*l1Entry) {
-	for cmd, e := range cmds {
-		if !e.pending() {
-			s.drop(cmds, key, cmd, e)
-		}
-	}
-}
-
-// drop removes copy e of key's cmd.
-func (s *l1Store) drop(cmds map[string]*l1Entry, key, cmd string, e *l1Entry) {
-	delete(cmds, cmd)
-	if len(cmds) == 0 {
-		delete(s.keys, key)
-	}
+// drop removes key's copy e.
+func (s *l1Store) drop(key string, e *l1Entry) {
+	delete(s.keys, key)
 	s.size -= e.size
 	s.stats.Bytes.Add(-e.size)
 }
@@ -291,32 +271,26 @@ func (s *l1Store) drop(cmds map[string]*l1Entry, key, cmd string, e *l1Entry) {
 func (s *l1Store) evict(keep string) bool {
 	now := time.Now().UnixMilli()
 	var victim *l1Entry
-	var vKey, vCmd string
+	var vKey string
 	n := 0
-search:
-	for key, cmds := range s.keys {
-		if key == keep {
+	for key, e := range s.keys {
+		if key == keep || e.pending() {
 			continue
 		}
-		for cmd, e := range cmds {
-			if e.pending() {
-				continue
-			}
-			if e.exp <= now {
-				victim, vKey, vCmd = e, key, cmd
-				break search
-			}
-			if victim == nil || e.used.Load() < victim.used.Load() {
-				victim, vKey, vCmd = e, key, cmd
-			}
-			if n++; n == 5 {
-				break search
-			}
+		if e.exp <= now {
+			victim, vKey = e, key
+			break
+		}
+		if victim == nil || e.used.Load() < victim.used.Load() {
+			victim, vKey = e, key
+		}
+		if n++; n == 5 {
+			break
 		}
 	}
 	if victim == nil {
 		return false
 	}
-	s.drop(s.keys[vKey], vKey, vCmd, victim)
+	s.drop(vKey, victim)
 	return true
 }

@@ -47,7 +47,7 @@ func replies(t *testing.T, n int) ([]rueidis.RedisMessage, rueidis.RedisMessage)
 // reply, its Update.
 func keep(t *testing.T, s *l1Store, key string, v rueidis.RedisMessage) {
 	t.Helper()
-	if _, e := s.Flight(key, "GET", time.Hour, time.Now()); e != nil || !s.keys[key]["GET"].pending() {
+	if _, e := s.Flight(key, "GET", time.Hour, time.Now()); e != nil || !s.keys[key].pending() {
 		t.Fatalf("Flight %s: a copy or another's read already", key)
 	}
 	s.Update(key, "GET", v)
@@ -56,7 +56,7 @@ func keep(t *testing.T, s *l1Store, key string, v rueidis.RedisMessage) {
 // served returns what a Flight of key finds kept ("" for nothing).
 func served(s *l1Store, key string) string {
 	s.mu.RLock()
-	e := s.keys[key]["GET"]
+	e := s.keys[key]
 	s.mu.RUnlock()
 	if e == nil || e.pending() {
 		return ""
@@ -73,7 +73,7 @@ func served(s *l1Store, key string) string {
 func TestL1StoreBounds(t *testing.T) {
 	msgs, _ := replies(t, 1000)
 	stats := &L1Stats{}
-	one := int64(2*(len("k000")+len("GET"))+msgs[100].CacheSize()) + l1EntryOverhead
+	one := int64(2*len("k000")+len("GET")+msgs[100].CacheSize()) + l1EntryOverhead
 	s := newL1Store(10*one, stats)
 	for i := 100; i < 1000; i++ {
 		key := fmt.Sprintf("k%03d", i)
